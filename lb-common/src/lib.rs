@@ -1,0 +1,18 @@
+//! Types shared by the lb XDP programs (kernel side) and the `lb` agent and CLI (userspace).
+//!
+//! Everything that crosses the kernel/userspace boundary is defined here once: map keys and
+//! values (`#[repr(C)]`, explicit padding, addresses and ports as big-endian byte arrays), the
+//! counter indices, and the flow hash, so userspace can predict exactly what the kernel does.
+//!
+//! Without features this crate is `no_std` and has no dependencies; the `user` feature adds
+//! `aya::Pod` impls and the Maglev table builder.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+#![deny(missing_docs)]
+
+pub mod flow;
+#[cfg(feature = "user")]
+pub mod maglev;
+pub mod maps;
+pub mod stats;
+
+pub use flow::{flow_hash, FlowKey};

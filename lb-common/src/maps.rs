@@ -1,0 +1,212 @@
+//! Keys and values of the datapath's BPF maps, and their names and default sizes.
+//!
+//! Each map has one owner module in lb-ebpf and one in lb-user; the names here are the names of
+//! the maps in the object file (and of their pins under the state directory).
+
+/// Address family as stored in map keys and values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: addresses use the first 4 of 16 bytes.
+    V4 = 4,
+    /// IPv6.
+    V6 = 6,
+}
+
+/// Transport protocol of a VIP, as its IP protocol number.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP (6).
+    Tcp = 6,
+    /// UDP (17).
+    Udp = 17,
+}
+
+/// How packets of a VIP reach its backends.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForwardMode {
+    /// Layer-2 direct server return: only the Ethernet addresses are rewritten.
+    Dsr = 1,
+    /// IP-in-IP (outer family = the backend's): IPIP, IP6IP6, or 4in6/6in4.
+    Tunnel = 2,
+}
+
+/// Health of a backend as the datapath sees it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// Slot never written or backend removed: treated like `Down`.
+    Unused = 0,
+    /// Healthy: in the ring, tracked flows stay.
+    Up = 1,
+    /// Weight 0: not in the ring, but tracked flows stay.
+    Draining = 2,
+    /// Failed health checks: not in the ring, tracked flows are re-hashed.
+    Down = 3,
+}
+
+/// Maximum number of VIPs (size of `VIPS`, `RINGS`, `VIP_STATS`).
+pub const MAX_VIPS: u32 = 1024;
+/// Maximum number of (VIP, backend) pairs (size of `BACKENDS`, `BACKEND_STATS`).
+pub const MAX_BACKENDS: u32 = 16384;
+/// Default Maglev ring size (a prime).
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default number of tracked flows (`CONNTRACK`, an LRU: the oldest flow is evicted when full).
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
+/// Size of the devmap used for `XDP_REDIRECT` to another interface.
+pub const MAX_INTERFACES: u32 = 64;
+/// Ring slot value meaning "no backend" (never written by a well-formed ring).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Map names, shared by the object file and the pins under the state directory.
+pub mod names {
+    /// `HashMap<VipKey, Vip>`: which (address, port, protocol) are VIPs.
+    pub const VIPS: &str = "VIPS";
+    /// `ArrayOfMaps<Array<u32>>` indexed by VIP id: the VIP's Maglev ring of backend ids.
+    pub const RINGS: &str = "RINGS";
+    /// `Array<Backend>` indexed by backend id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `LruHashMap<FlowKey, Conntrack>`: flow → backend.
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// `Array<Settings>` with one entry.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `DevMap` of egress interfaces for `XDP_REDIRECT`, keyed by ifindex % MAX_INTERFACES.
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// `PerCpuArray<u64>` indexed by [`crate::stats::Counter`].
+    pub const STATS: &str = "STATS";
+    /// `PerCpuArray<VipStats>` indexed by VIP id.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<BackendStats>` indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `HashMap<DecapKey, u8>`: outer destinations the `decap` program strips tunnels for.
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`].
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+}
+
+/// Key of `VIPS`. Port 0 is an "all ports" VIP, looked up when the exact port misses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// VIP address, network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Port, network byte order; 0 = all ports.
+    pub port: [u8; 2],
+    /// [`Protocol`] number.
+    pub protocol: u8,
+    /// [`Family`] as 4 or 6.
+    pub family: u8,
+}
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vip {
+    /// Index into `RINGS` and `VIP_STATS`.
+    pub id: u32,
+    /// Number of slots of the VIP's ring (prime). The ring is looked up at `hash % ring_size`.
+    pub ring_size: u32,
+    /// [`ForwardMode`] as u8.
+    pub forward: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of `BACKENDS`: where and how to send a packet for one backend of one VIP.
+///
+/// Next hops are resolved by the agent (ARP/ND through the kernel) and stored here, so the
+/// per-packet path does no FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address, network byte order; IPv4 in the first 4 bytes. Tunnel mode's outer
+    /// destination.
+    pub addr: [u8; 16],
+    /// [`Family`] of `addr`.
+    pub family: u8,
+    /// [`BackendState`] as u8.
+    pub state: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// Interface the packet leaves by: `XDP_TX` if it is the ingress interface, else redirect.
+    pub ifindex: u32,
+    /// MTU of that interface: encapsulated packets that would exceed it are dropped and counted.
+    pub mtu: u32,
+    /// Destination MAC: the backend's (or its gateway's) address.
+    pub dst_mac: [u8; 6],
+    /// Source MAC: the egress interface's address.
+    pub src_mac: [u8; 6],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conntrack {
+    /// Backend id the flow is pinned to.
+    pub backend: u32,
+}
+
+/// The single value of `SETTINGS`: global datapath settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Outer source address of IPv4 tunnels.
+    pub tunnel_source_v4: [u8; 4],
+    /// Outer source address of IPv6 tunnels.
+    pub tunnel_source_v6: [u8; 16],
+}
+
+/// Key of `DECAP_ADDRS`: a local address tunnels may be addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapKey {
+    /// Address, network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// [`Family`] as 4 or 6.
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays, with every
+    // byte covered by a field (explicit padding), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Vip {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Conntrack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DecapKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::flow::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::stats::VipStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::stats::BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<Vip>(), 12);
+        assert_eq!(size_of::<Backend>(), 40);
+        assert_eq!(size_of::<Conntrack>(), 4);
+        assert_eq!(size_of::<Settings>(), 20);
+        assert_eq!(size_of::<DecapKey>(), 20);
+        assert_eq!(size_of::<crate::FlowKey>(), 40);
+    }
+}

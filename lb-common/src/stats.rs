@@ -1,0 +1,130 @@
+//! Counters kept by the datapath in per-CPU maps. Userspace sums them over CPUs.
+
+/// Index into the global `STATS` map: one counter per verdict and one per reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Verdict `XDP_PASS`: the host stack gets the packet untouched.
+    Pass = 0,
+    /// Verdict `XDP_TX`: forwarded back out of the ingress interface.
+    Tx,
+    /// Verdict `XDP_REDIRECT`: forwarded out of another interface.
+    Redirect,
+    /// Verdict `XDP_DROP`.
+    Drop,
+    /// Passed: not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp,
+    /// Passed: IP, but no VIP matches destination, port and protocol.
+    NotVip,
+    /// Passed: IP, but neither TCP nor UDP (ICMP, ...).
+    NotTcpUdp,
+    /// Passed: an IPv4 fragment (ports unknown, so it cannot be hashed consistently).
+    Fragment,
+    /// Passed: an IPv6 packet with extension headers.
+    Ipv6ExtensionHeader,
+    /// Dropped: truncated or malformed header.
+    ParseError,
+    /// Dropped: the VIP has no usable backend (all down, with `on_all_down = "drop"`).
+    NoBackend,
+    /// Dropped: the encapsulated packet would exceed the egress MTU.
+    TooBig,
+    /// Dropped: `bpf_xdp_adjust_head` failed (no headroom for the tunnel header).
+    NoHeadroom,
+    /// Dropped: the egress interface is not in `TX_PORTS`.
+    RedirectFailed,
+    /// Flows whose tracked backend was down, moved to another backend.
+    Rehashed,
+    /// Conntrack inserts that failed.
+    ConntrackFull,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 16] = [
+        Counter::Pass,
+        Counter::Tx,
+        Counter::Redirect,
+        Counter::Drop,
+        Counter::NotIp,
+        Counter::NotVip,
+        Counter::NotTcpUdp,
+        Counter::Fragment,
+        Counter::Ipv6ExtensionHeader,
+        Counter::ParseError,
+        Counter::NoBackend,
+        Counter::TooBig,
+        Counter::NoHeadroom,
+        Counter::RedirectFailed,
+        Counter::Rehashed,
+        Counter::ConntrackFull,
+    ];
+    /// Number of counters (size of `STATS`).
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable snake_case name, used by the CLI, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Pass => "pass",
+            Counter::Tx => "tx",
+            Counter::Redirect => "redirect",
+            Counter::Drop => "drop",
+            Counter::NotIp => "not_ip",
+            Counter::NotVip => "not_vip",
+            Counter::NotTcpUdp => "not_tcp_udp",
+            Counter::Fragment => "fragment",
+            Counter::Ipv6ExtensionHeader => "ipv6_extension_header",
+            Counter::ParseError => "parse_error",
+            Counter::NoBackend => "no_backend",
+            Counter::TooBig => "too_big",
+            Counter::NoHeadroom => "no_headroom",
+            Counter::RedirectFailed => "redirect_failed",
+            Counter::Rehashed => "rehashed",
+            Counter::ConntrackFull => "conntrack_full",
+        }
+    }
+}
+
+/// Index into `DECAP_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecapCounter {
+    /// Tunnel header stripped, inner packet passed up.
+    Decapsulated = 0,
+    /// Not a tunnel packet for us: passed untouched.
+    Passed,
+    /// Malformed tunnel packet: dropped.
+    Malformed,
+}
+
+impl DecapCounter {
+    /// Number of counters (size of `DECAP_STATS`).
+    pub const COUNT: u32 = 3;
+}
+
+/// Value of `VIP_STATS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// Packets matched to the VIP.
+    pub packets: u64,
+    /// Bytes of those packets (frame length as received).
+    pub bytes: u64,
+    /// Flows without a conntrack entry: a backend was picked from the ring.
+    pub new_flows: u64,
+    /// Packets whose flow was found in conntrack.
+    pub conntrack_hits: u64,
+    /// Packets dropped for this VIP (no backend, too big, ...).
+    pub dropped: u64,
+}
+
+/// Value of `BACKEND_STATS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Packets forwarded to the backend.
+    pub packets: u64,
+    /// Bytes of those packets (before encapsulation).
+    pub bytes: u64,
+    /// Flows newly assigned to the backend.
+    pub new_flows: u64,
+}
