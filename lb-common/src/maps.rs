@@ -57,6 +57,9 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
 /// Size of the devmap used for `XDP_REDIRECT` to another interface.
 pub const MAX_INTERFACES: u32 = 64;
+/// Map flags of every ring (inner map of `RINGS`): `BPF_F_INNER_MAP` (rings of any size can be
+/// inserted, kernel 5.10) | `BPF_F_MMAPABLE` (userspace fills a ring with one memcpy, kernel 5.5).
+pub const RING_FLAGS: u32 = 0x1000 | 0x400;
 /// Ring slot value meaning "no backend" (never written by a well-formed ring).
 pub const NO_BACKEND: u32 = u32::MAX;
 

@@ -1,1 +1,8 @@
+//! Shared harness of lb's integration tests: frames built with etherparse, a packet lab that
+//! runs the real XDP program through `BPF_PROG_TEST_RUN`, and network-namespace labs.
+//!
+//! Every test here needs root (BPF, namespaces).
 
+pub mod frames;
+pub mod lab;
+pub mod netns;

@@ -1,1 +1,115 @@
-fn main() {}
+//! Developer tasks for the `lb` workspace. Run as `cargo xtask <COMMAND>`.
+
+mod cmd;
+mod setup;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for the lb workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the machine and install what is missing (idempotent).
+    ///
+    /// Checks root, bpffs at /sys/fs/bpf (mounts it if needed), kernel BTF and XDP
+    /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4,
+    /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps.
+    Setup,
+    /// Run setup, `cargo build --workspace`, then `cargo test --workspace`.
+    ///
+    /// Arguments after `--` go to the test harness:
+    /// `cargo xtask test -- --nocapture` runs `cargo test --workspace -- --nocapture`.
+    /// If they contain their own `--`, they are passed to `cargo test` verbatim:
+    /// `cargo xtask test -- --no-fail-fast -- --nocapture`.
+    /// Sets RUST_BACKTRACE=1. Needs root (BPF, network namespaces).
+    Test {
+        /// Skip the setup phase (for fast iteration on an already set-up machine).
+        #[arg(long)]
+        skip_setup: bool,
+        /// Extra arguments (after `--`), see above.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Run the load balancer demo (not implemented yet, issue #5).
+    Demo,
+    /// Run the benchmark (not implemented yet, issue #6).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { skip_setup, args } => test(skip_setup, &args),
+        Cmd::Demo => not_implemented(5),
+        Cmd::Bench => not_implemented(6),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_implemented(issue: u32) -> Result<()> {
+    anyhow::bail!("not implemented yet (issue #{issue})")
+}
+
+/// The workspace root (parent of the xtask crate).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn header(title: &str) {
+    println!("\n==> {title}");
+}
+
+fn test(skip_setup: bool, extra: &[OsString]) -> Result<()> {
+    let root = workspace_root();
+
+    if skip_setup {
+        header("setup (skipped: --skip-setup)");
+    } else {
+        header("setup");
+        setup::run()?;
+    }
+
+    let cargo = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.args(args).current_dir(&root).env("RUST_BACKTRACE", "1");
+        c
+    };
+
+    header("build: cargo build --workspace");
+    cmd::run(&mut cargo(&["build", "--workspace"]))?;
+
+    header("test: cargo test --workspace");
+    let mut test = cargo(&["test", "--workspace"]);
+    if !extra.is_empty() && !extra.iter().any(|a| a == "--") {
+        test.arg("--");
+    }
+    test.args(extra);
+    cmd::run(&mut test)?;
+
+    header("all phases passed");
+    Ok(())
+}

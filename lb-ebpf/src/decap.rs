@@ -1,0 +1,107 @@
+//! The `decap` program for backends: strips an IPIP / IP6IP6 / 4in6 / 6in4 header addressed to
+//! one of this host's addresses (`DECAP_ADDRS`) and passes the inner packet up the stack, so
+//! tunnel-mode backends need no tunnel device (this kernel has no ipip module).
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    maps::{DecapKey, Family},
+    stats::DecapCounter,
+};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+use crate::{
+    maps::DECAP_ADDRS,
+    parse::{ethernet, ptr_at, ETH_P_IP, ETH_P_IPV6},
+};
+
+const ETH_LEN: usize = 14;
+const VLAN_ETH_LEN: usize = 18;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+
+/// What to do with a packet: the verdict and the counter to bump.
+pub fn decap(ctx: &XdpContext) -> (u32, DecapCounter) {
+    match try_decap(ctx) {
+        Ok(()) => (xdp_action::XDP_PASS, DecapCounter::Decapsulated),
+        Err(DecapCounter::Malformed) => (xdp_action::XDP_DROP, DecapCounter::Malformed),
+        Err(counter) => (xdp_action::XDP_PASS, counter),
+    }
+}
+
+#[inline(always)]
+fn try_decap(ctx: &XdpContext) -> Result<(), DecapCounter> {
+    let (l2_len, ether_type) = ethernet(ctx).map_err(|_| DecapCounter::Passed)?;
+    match (l2_len, ether_type) {
+        (ETH_LEN, ETH_P_IP) => outer_ipv4::<ETH_LEN>(ctx),
+        (ETH_LEN, ETH_P_IPV6) => outer_ipv6::<ETH_LEN>(ctx),
+        (VLAN_ETH_LEN, ETH_P_IP) => outer_ipv4::<VLAN_ETH_LEN>(ctx),
+        (VLAN_ETH_LEN, ETH_P_IPV6) => outer_ipv6::<VLAN_ETH_LEN>(ctx),
+        _ => Err(DecapCounter::Passed),
+    }
+}
+
+#[inline(always)]
+fn outer_ipv4<const L2: usize>(ctx: &XdpContext) -> Result<(), DecapCounter> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, L2).map_err(|_| DecapCounter::Passed)?;
+    // SAFETY: ptr_at checked the 20-byte header is inside the packet.
+    let ip = unsafe { &*ip };
+    // Our tunnels never carry IP options or fragments; anything else is not ours to strip.
+    let is_fragment = ip.frags[0] & 0x3f != 0 || ip.frags[1] != 0;
+    if ip.vihl != 0x45 || is_fragment || !is_local(&ip.dst_addr, Family::V4) {
+        return Err(DecapCounter::Passed);
+    }
+    strip::<L2, IPV4_LEN>(ctx, ip.proto)
+}
+
+#[inline(always)]
+fn outer_ipv6<const L2: usize>(ctx: &XdpContext) -> Result<(), DecapCounter> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, L2).map_err(|_| DecapCounter::Passed)?;
+    // SAFETY: ptr_at checked the 40-byte header is inside the packet.
+    let ip = unsafe { &*ip };
+    if !is_local(&ip.dst_addr, Family::V6) {
+        return Err(DecapCounter::Passed);
+    }
+    strip::<L2, IPV6_LEN>(ctx, ip.next_hdr)
+}
+
+#[inline(always)]
+fn is_local(addr: &[u8], family: Family) -> bool {
+    let mut key = DecapKey { family: family as u8, ..DecapKey::default() };
+    let len = if family == Family::V4 { 4 } else { 16 };
+    key.addr[..len].copy_from_slice(&addr[..len]);
+    DECAP_ADDRS.get_ptr(key).is_some()
+}
+
+/// Removes the `OUTER`-byte header after the `L2`-byte Ethernet header if it carries IPv4 or
+/// IPv6, and sets the ethertype to the inner family.
+#[inline(always)]
+fn strip<const L2: usize, const OUTER: usize>(ctx: &XdpContext, inner_protocol: u8) -> Result<(), DecapCounter> {
+    let (ether_type, version) = match inner_protocol {
+        IPPROTO_IPIP => (ETH_P_IP, 4),
+        IPPROTO_IPV6 => (ETH_P_IPV6, 6),
+        _ => return Err(DecapCounter::Passed),
+    };
+    let inner: *const u8 = ptr_at(ctx, L2 + OUTER).map_err(|_| DecapCounter::Malformed)?;
+    // SAFETY: ptr_at checked the inner header's first byte is inside the packet.
+    if unsafe { *inner } >> 4 != version {
+        return Err(DecapCounter::Malformed);
+    }
+    let old: *const [u8; L2] = ptr_at(ctx, 0).map_err(|_| DecapCounter::Malformed)?;
+    let new: *mut [u8; L2] = ptr_at(ctx, OUTER).map_err(|_| DecapCounter::Malformed)?;
+    // SAFETY: ptr_at checked both ranges are inside the packet; they do not overlap because
+    // OUTER (20 or 40) >= L2 (14 or 18).
+    unsafe {
+        *new = *old;
+        let ether_type = ether_type.to_be_bytes();
+        (*new)[L2 - 2] = ether_type[0];
+        (*new)[L2 - 1] = ether_type[1];
+    }
+    // SAFETY: shrinking by OUTER bytes stays inside the packet (checked above); pointers are
+    // not used afterwards.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER as i32) } != 0 {
+        return Err(DecapCounter::Malformed);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Every BPF map of the datapath, defined once. Userspace owns their contents (lb-user's
+//! `datapath` module); the programs only read them, except the counters and `CONNTRACK`.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    maps::{
+        Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
+        DEFAULT_RING_SIZE, RING_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+    },
+    stats::{BackendStats, Counter, DecapCounter, VipStats},
+    FlowKey,
+};
+
+/// VIP (address, port, protocol) → VIP id, ring size, forwarding mode.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, Vip, { MAX_VIPS as usize }> = HashMap::new();
+
+/// A ring, the inner map type of `RINGS`: slot → backend id.
+///
+/// `BPF_F_INNER_MAP` lets rings of any size (the configured `table_size`) be inserted;
+/// `BPF_F_MMAPABLE` lets userspace fill a new ring with one memcpy instead of a syscall per slot.
+pub type Ring = Array<u32, { DEFAULT_RING_SIZE as usize }, { RING_FLAGS as usize }>;
+
+/// VIP id → its Maglev ring.
+///
+/// Rings are replaced atomically: userspace fills a new inner map completely, then swaps the
+/// outer slot in one `bpf_map_update_elem`. A packet holds either the old ring or the new one,
+/// never a half-written one (Katran rewrites its ring in place, so a packet can see a mix).
+#[btf_map]
+pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
+
+/// Backend id → address, health state and next hop.
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Flow → backend id. An LRU: when full, the least recently used flow is forgotten (and will be
+/// hashed through the ring again).
+#[btf_map]
+pub static CONNTRACK: LruHashMap<FlowKey, Conntrack, { DEFAULT_CONNTRACK_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Global settings (tunnel source addresses), one entry.
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// Egress interfaces other than the ingress one, for `XDP_REDIRECT`, keyed by ifindex.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();
+
+/// Global counters by [`Counter`].
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Per-VIP counters, by VIP id.
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+/// Per-backend counters, by backend id.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+/// Local addresses the `decap` program strips tunnels for.
+#[btf_map]
+pub static DECAP_ADDRS: HashMap<DecapKey, u8, 64> = HashMap::new();
+
+/// `decap` counters by [`DecapCounter`].
+#[btf_map]
+pub static DECAP_STATS: PerCpuArray<u64, { DecapCounter::COUNT as usize }> = PerCpuArray::new();

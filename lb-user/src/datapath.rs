@@ -1,0 +1,363 @@
+//! The loaded XDP object: its programs and the maps they read. This module is the only
+//! userspace writer of the datapath's maps (see `lb_common::maps::names`).
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use aya::{
+    maps::{
+        Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        xdp::DevMapHash,
+    },
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use lb_common::{
+    maps::{
+        names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
+        RING_FLAGS,
+    },
+    stats::{BackendStats, Counter, DecapCounter, VipStats},
+    FlowKey,
+};
+
+/// The compiled XDP programs (lb-ebpf), built by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// The XDP programs in [`OBJECT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// The load balancer.
+    Balancer,
+    /// Strips our tunnels on backends.
+    Decap,
+    /// Passes everything (lab veth peers).
+    Pass,
+    /// Transmits everything back (benchmark floor).
+    Tx,
+}
+
+impl Program {
+    /// Name of the program's function in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Balancer => "lb",
+            Program::Decap => "decap",
+            Program::Pass => "pass",
+            Program::Tx => "tx",
+        }
+    }
+}
+
+/// What went wrong with the datapath, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object could not be loaded (map creation, BTF, ...).
+    #[error("cannot load the XDP object: {source}")]
+    Load {
+        /// The loader's error.
+        #[source]
+        source: EbpfError,
+    },
+    /// A program failed to load (verifier) or attach.
+    #[error("XDP program `{program}`: {action} failed: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// What we tried.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object (a build mismatch).
+    #[error("map {map} is not in the XDP object")]
+    MissingMap {
+        /// Map name.
+        map: &'static str,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
+    /// A devmap operation failed.
+    #[error("map {map}: {source}")]
+    DevMap {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    /// Writing a ring through mmap failed.
+    #[error("ring of VIP id {vip}: {source}")]
+    Ring {
+        /// VIP id.
+        vip: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// Sizes chosen at load time.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Entries of `CONNTRACK` (tracked flows).
+    pub conntrack_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { conntrack_size: DEFAULT_CONNTRACK_SIZE }
+    }
+}
+
+/// The XDP object loaded into the kernel, with its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Creates the maps and loads the load balancer program (running the verifier).
+    pub fn load(options: &Options) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(names::CONNTRACK, options.conntrack_size)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load { source })?;
+        let mut datapath = Self { ebpf };
+        datapath.program(Program::Balancer)?;
+        Ok(datapath)
+    }
+
+    /// A program of the object, loaded into the kernel on first use.
+    pub fn program(&mut self, program: Program) -> Result<&mut Xdp> {
+        let name = program.name();
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program {
+                program: name,
+                action: "lookup",
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { program: name, action: "lookup", source })?;
+        if xdp.fd().is_err() {
+            xdp.load()
+                .map_err(|source| DatapathError::Program { program: name, action: "load", source })?;
+        }
+        Ok(xdp)
+    }
+
+    /// Attaches `program` to `interface` (in the calling thread's network namespace).
+    pub fn attach(&mut self, program: Program, interface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        self.program(program)?
+            .attach(interface, mode)
+            .map_err(|source| DatapathError::Program { program: program.name(), action: "attach", source })
+    }
+
+    /// Attaches `program` in native mode, falling back to generic (skb) mode with a warning
+    /// when the driver has no native XDP. Returns the mode used.
+    pub fn attach_auto(&mut self, program: Program, interface: &str) -> Result<XdpMode> {
+        match self.attach(program, interface, XdpMode::Driver) {
+            Ok(_) => Ok(XdpMode::Driver),
+            Err(native) => {
+                tracing::warn!(%interface, error = %native, "native XDP unavailable; using generic mode (slower)");
+                self.attach(program, interface, XdpMode::Skb)?;
+                Ok(XdpMode::Skb)
+            }
+        }
+    }
+
+    fn map(&mut self, map: &'static str) -> Result<&mut Map> {
+        self.ebpf.map_mut(map).ok_or(DatapathError::MissingMap { map })
+    }
+
+    /// Sets the global settings.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        let map = names::SETTINGS;
+        let mut array: Array<_, Settings> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        array.set(0, settings, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Adds or replaces a VIP.
+    pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
+        let map = names::VIPS;
+        let mut vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        vips.insert(key, vip, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Removes a VIP: its packets stop matching at once.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let map = names::VIPS;
+        let mut vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        vips.remove(key).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Writes backend `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let map = names::BACKENDS;
+        let mut backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        backends.set(id, backend, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Reads backend `id`.
+    pub fn backend(&mut self, id: u32) -> Result<Backend> {
+        let map = names::BACKENDS;
+        let backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        backends.get(&id, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Replaces the ring of VIP `vip` atomically.
+    ///
+    /// The new ring is a fresh map, filled completely through mmap while no packet can see it,
+    /// then swapped into `RINGS[vip]` with a single map update: a packet uses either the whole
+    /// old ring or the whole new one. The old ring is freed by the kernel once no program run
+    /// holds it.
+    pub fn set_ring(&mut self, vip: u32, ring: &[u32]) -> Result<()> {
+        let inner = new_ring(ring).map_err(|source| DatapathError::Ring { vip, source })?;
+        let map = names::RINGS;
+        let mut rings: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        rings.set(vip, &inner, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// The ring of VIP `vip` as the kernel currently uses it (`None`: no ring).
+    pub fn ring(&mut self, vip: u32) -> Result<Option<Vec<u32>>> {
+        let map = names::RINGS;
+        let rings: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let inner = match rings.get(&vip, 0) {
+            Ok(inner) => inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => return Err(DatapathError::Map { map, source }),
+        };
+        let array: Array<MapData, u32> = Array::try_from(Map::Array(inner)).map_err(|source| DatapathError::Map { map, source })?;
+        let slots: Result<Vec<u32>, MapError> = array.iter().collect();
+        slots.map(Some).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Lets `XDP_REDIRECT` send to interface `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let map = names::TX_PORTS;
+        let mut ports: DevMapHash<_> = DevMapHash::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DatapathError::DevMap { map, source })
+    }
+
+    /// The backend id a flow is tracked to, if it is tracked.
+    pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
+        let map = names::CONNTRACK;
+        let table: HashMap<_, FlowKey, Conntrack> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        match table.get(flow, 0) {
+            Ok(entry) => Ok(Some(entry.backend)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map { map, source }),
+        }
+    }
+
+    /// Adds a local address the `decap` program strips tunnels for.
+    pub fn add_decap_address(&mut self, key: &DecapKey) -> Result<()> {
+        let map = names::DECAP_ADDRS;
+        let mut addrs: HashMap<_, DecapKey, u8> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        addrs.insert(key, 1, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// A global counter, summed over CPUs.
+    pub fn counter(&mut self, counter: Counter) -> Result<u64> {
+        sum_u64(self.map(names::STATS)?, names::STATS, counter as u32)
+    }
+
+    /// A `decap` counter, summed over CPUs.
+    pub fn decap_counter(&mut self, counter: DecapCounter) -> Result<u64> {
+        sum_u64(self.map(names::DECAP_STATS)?, names::DECAP_STATS, counter as u32)
+    }
+
+    /// Counters of VIP `vip`, summed over CPUs.
+    pub fn vip_stats(&mut self, vip: u32) -> Result<VipStats> {
+        let map = names::VIP_STATS;
+        let per_cpu = per_cpu::<VipStats>(self.map(map)?, map, vip)?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |sum, cpu| {
+            let VipStats { packets, bytes, new_flows, conntrack_hits, dropped } = *cpu;
+            VipStats {
+                packets: sum.packets + packets,
+                bytes: sum.bytes + bytes,
+                new_flows: sum.new_flows + new_flows,
+                conntrack_hits: sum.conntrack_hits + conntrack_hits,
+                dropped: sum.dropped + dropped,
+            }
+        }))
+    }
+
+    /// Counters of backend `id`, summed over CPUs.
+    pub fn backend_stats(&mut self, id: u32) -> Result<BackendStats> {
+        let map = names::BACKEND_STATS;
+        let per_cpu = per_cpu::<BackendStats>(self.map(map)?, map, id)?;
+        Ok(per_cpu.iter().fold(BackendStats::default(), |sum, cpu| {
+            let BackendStats { packets, bytes, new_flows } = *cpu;
+            BackendStats {
+                packets: sum.packets + packets,
+                bytes: sum.bytes + bytes,
+                new_flows: sum.new_flows + new_flows,
+            }
+        }))
+    }
+}
+
+fn per_cpu<V: aya::Pod>(map: &mut Map, name: &'static str, index: u32) -> Result<PerCpuValues<V>> {
+    let array: PerCpuArray<_, V> = PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+    array.get(&index, 0).map_err(|source| DatapathError::Map { map: name, source })
+}
+
+fn sum_u64(map: &mut Map, name: &'static str, index: u32) -> Result<u64> {
+    Ok(per_cpu::<u64>(map, name, index)?.iter().sum())
+}
+
+/// Creates a ring map (`RING_FLAGS`) holding `slots`, written through mmap.
+///
+/// The kernel lays array values out at a stride of `round_up(value_size, 8)`, so each 4-byte
+/// slot occupies 8 bytes of the mapping.
+fn new_ring(slots: &[u32]) -> std::io::Result<MapData> {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const STRIDE: usize = 8;
+    let size = u32::try_from(slots.len()).map_err(std::io::Error::other)?;
+    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY, 4, 4, size, RING_FLAGS);
+    let map = MapData::create(obj, "lb_ring", None).map_err(std::io::Error::other)?;
+    let bytes = slots.len() * STRIDE;
+    // SAFETY: mmap of a BPF_F_MMAPABLE array fd, shared, read-write, at offset 0, covering the
+    // value area (size * STRIDE bytes; the kernel page-rounds it). The result is checked
+    // before use and unmapped before returning.
+    let area = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if area == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let Some(area) = NonNull::new(area.cast::<u8>()) else {
+        return Err(std::io::Error::other("mmap returned null"));
+    };
+    for (index, slot) in slots.iter().enumerate() {
+        // SAFETY: `index * STRIDE + 4 <= bytes`, inside the live mapping; nothing else
+        // references it (no program can reach this map yet). Unaligned-safe write.
+        unsafe { area.as_ptr().add(index * STRIDE).cast::<u32>().write_unaligned(*slot) };
+    }
+    // SAFETY: unmapping exactly the mapping created above; no reference to it survives.
+    unsafe { libc::munmap(area.as_ptr().cast(), bytes) };
+    Ok(map)
+}

@@ -1,0 +1,412 @@
+//! The datapath's packet fixture table: every row is one frame through the real XDP program
+//! (`BPF_PROG_TEST_RUN`), with the verdict and the exact output frame it must produce.
+//!
+//! Expected backends come from userspace's prediction (`flow_hash` over the ring the lab wrote),
+//! so each forwarding row also proves that kernel and userspace agree.
+
+use lb_common::{maps::BackendState, stats::Counter};
+use lb_tests::{
+    frames::{self, ip, Frame, Ipv6Ext},
+    lab::{backend_mac, backend_of, verdict, PacketLab, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},
+};
+use lb_user::datapath::Program;
+
+/// What a row expects.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// `XDP_PASS` with the frame untouched.
+    Pass,
+    /// `XDP_DROP`.
+    Drop,
+    /// `XDP_TX` to the backend the VIP's ring gives the flow, rewritten for the VIP's mode.
+    Forward,
+    /// `XDP_TX` to the backend `before` returned (a tracked flow), rewritten for the VIP's mode.
+    ForwardTracked,
+    /// `decap`: `XDP_PASS` with the outer header stripped.
+    Decapsulated,
+    /// The kernel refuses to run XDP on the frame (shorter than an Ethernet header).
+    Rejected,
+}
+
+/// Arranges state before the row's frame; returns the backend the flow is tracked to, if any.
+type Before = fn(&mut PacketLab, &Frame) -> Option<u32>;
+
+struct Case {
+    what: &'static str,
+    program: Program,
+    input: Frame,
+    /// Overrides the built input bytes (raw edits etherparse cannot express).
+    raw: Option<fn(Vec<u8>) -> Vec<u8>>,
+    before: Option<Before>,
+    expect: Expect,
+    /// A global counter the row's frame must bump by exactly one.
+    counter: Option<Counter>,
+}
+
+fn case(what: &'static str, input: Frame, expect: Expect, counter: Option<Counter>) -> Case {
+    Case { what, program: Program::Balancer, input, raw: None, before: None, expect, counter }
+}
+
+impl Case {
+    fn before(mut self, before: Before) -> Self {
+        self.before = Some(before);
+        self
+    }
+    fn raw(mut self, raw: fn(Vec<u8>) -> Vec<u8>) -> Self {
+        self.raw = Some(raw);
+        self
+    }
+    fn decap(mut self) -> Self {
+        self.program = Program::Decap;
+        self
+    }
+}
+
+fn table() -> Vec<Case> {
+    use Counter as C;
+    use Expect::*;
+    let client4 = "198.51.100.7";
+    let client6 = "2001:db8:c::7";
+    let mut v4_options = Frame::syn(client4, 40001, "10.0.0.100", 80);
+    v4_options.ipv4_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert + NOPs + EOL
+    let mut v4_max_options = Frame::ack(client4, 40002, "10.0.0.200", 80);
+    v4_max_options.ipv4_options = vec![1; 40]; // IHL 15
+    let mut first_fragment = Frame::udp(client4, 40003, "10.0.0.100", 53);
+    first_fragment.more_fragments = true;
+    first_fragment.dont_fragment = false;
+    let mut later_fragment = Frame::udp(client4, 40003, "10.0.0.100", 53);
+    later_fragment.fragment_offset = 100;
+    later_fragment.dont_fragment = false;
+    let with_ext = |ext| {
+        let mut frame = Frame::syn(client6, 40004, "fd00::100", 80);
+        frame.ipv6_ext = Some(ext);
+        frame
+    };
+    let mut dscp = Frame::ack(client4, 40005, "10.0.0.200", 80);
+    dscp.dscp = 46;
+    let mut no_df = Frame::ack(client4, 40006, "10.0.0.200", 80);
+    no_df.dont_fragment = false;
+
+    vec![
+        case("TCP SYN to an IPv4 DSR VIP goes to its ring's backend", Frame::syn(client4, 40000, "10.0.0.100", 80), Forward, Some(C::Tx)),
+        case("TCP ACK of an untracked IPv4 flow is hashed like its SYN", Frame::ack(client4, 40000, "10.0.0.100", 80), Forward, Some(C::Tx)),
+        case("TCP ACK after the SYN hits conntrack and stays", Frame::ack(client4, 40010, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track),
+        case("TCP SYN to an IPv6 DSR VIP", Frame::syn(client6, 40000, "fd00::100", 80), Forward, Some(C::Tx)),
+        case("TCP ACK with payload to an IPv6 DSR VIP", Frame::ack(client6, 40001, "fd00::100", 80), Forward, Some(C::Tx)),
+        case("UDP to an IPv4 DSR VIP", Frame::udp(client4, 5353, "10.0.0.100", 53), Forward, Some(C::Tx)),
+        case("UDP to an IPv6 DSR VIP", Frame::udp(client6, 5353, "fd00::100", 53), Forward, Some(C::Tx)),
+        case("TCP SYN to an IPv4 tunnel VIP is IPIP-encapsulated", Frame::syn(client4, 40000, "10.0.0.200", 80), Forward, Some(C::Tx)),
+        case("TCP ACK with payload to an IPv4 tunnel VIP", Frame::ack(client4, 40001, "10.0.0.200", 80), Forward, Some(C::Tx)),
+        case("TCP SYN to an IPv6 tunnel VIP is IP6IP6-encapsulated", Frame::syn(client6, 40000, "fd00::200", 80), Forward, Some(C::Tx)),
+        case("IPv4 VIP with an IPv6 backend is 4in6-encapsulated", Frame::ack(client4, 40000, "10.0.0.210", 80), Forward, Some(C::Tx)),
+        case("IPv6 VIP with an IPv4 backend is 6in4-encapsulated", Frame::ack(client6, 40000, "fd00::210", 80), Forward, Some(C::Tx)),
+        case("tunnel copies DSCP into the outer header", dscp, Forward, Some(C::Tx)),
+        case("tunnel copies a clear DF bit into the outer header", no_df, Forward, Some(C::Tx)),
+        case("short frame with Ethernet padding: tunnel length from the IP header", Frame::syn(client4, 40007, "10.0.0.200", 80), Forward, Some(C::Tx)).raw(pad_to_60),
+        case("a tunnelled packet that would exceed the MTU is dropped", Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 19), Drop, Some(C::TooBig)),
+        case("the largest tunnelled packet that fits the MTU is forwarded", Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 20), Forward, Some(C::Tx)),
+        case("any port reaches an all-ports VIP", Frame::syn(client4, 40000, "10.0.0.150", 31337), Forward, Some(C::Tx)),
+        case("a UDP packet to an all-ports TCP VIP is not the VIP's", Frame::udp(client4, 40000, "10.0.0.150", 31337), Pass, Some(C::NotVip)),
+        case("an address that is not a VIP is passed untouched", Frame::syn(client4, 40000, "10.0.0.99", 80), Pass, Some(C::NotVip)),
+        case("a VIP address on another port is passed untouched", Frame::syn(client4, 40000, "10.0.0.100", 8080), Pass, Some(C::NotVip)),
+        case("UDP to a TCP-only VIP port is passed untouched", Frame::udp(client4, 40000, "10.0.0.100", 80), Pass, Some(C::NotVip)),
+        case("an IPv6 address that is not a VIP is passed untouched", Frame::syn(client6, 40000, "fd00::99", 80), Pass, Some(C::NotVip)),
+        case("802.1Q-tagged TCP to a DSR VIP keeps its tag", Frame::syn(client4, 40000, "10.0.0.100", 80).with_vlan(42), Forward, Some(C::Tx)),
+        case("802.1Q-tagged UDP to an IPv6 VIP keeps its tag", Frame::udp(client6, 40000, "fd00::100", 53).with_vlan(4094), Forward, Some(C::Tx)),
+        case("802.1Q-tagged traffic to a tunnel VIP: tag kept, outer header after it", Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(7), Forward, Some(C::Tx)),
+        case("802.1Q-tagged traffic to a non-VIP is passed", Frame::syn(client4, 40000, "10.0.0.99", 80).with_vlan(7), Pass, Some(C::NotVip)),
+        case("IPv4 options (IHL 7) are honoured: ports read after them", v4_options, Forward, Some(C::Tx)),
+        case("IPv4 with 40 bytes of options (IHL 15) through a tunnel", v4_max_options, Forward, Some(C::Tx)),
+        case("first IPv4 fragment is passed and counted", first_fragment, Pass, Some(C::Fragment)),
+        case("later IPv4 fragment is passed and counted", later_fragment, Pass, Some(C::Fragment)),
+        case("IPv6 hop-by-hop options are passed and counted", with_ext(Ipv6Ext::HopByHop), Pass, Some(C::Ipv6ExtensionHeader)),
+        case("IPv6 routing header is passed and counted", with_ext(Ipv6Ext::Routing), Pass, Some(C::Ipv6ExtensionHeader)),
+        case("IPv6 fragment header is passed and counted", with_ext(Ipv6Ext::Fragment), Pass, Some(C::Ipv6ExtensionHeader)),
+        case("IPv6 destination options are passed and counted", with_ext(Ipv6Ext::DestinationOptions), Pass, Some(C::Ipv6ExtensionHeader)),
+        case("ARP is passed untouched", Frame::syn(client4, 1, "10.0.0.100", 80), Pass, Some(C::NotIp)).raw(as_arp),
+        case("ICMP to a VIP address is passed to the host", Frame::syn(client4, 1, "10.0.0.100", 80), Pass, Some(C::NotTcpUdp)).raw(as_icmp),
+        case("IPv4 header with version 6 is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(bad_version),
+        case("IPv4 header with IHL 4 is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(ihl_4),
+        case("IPv4 total length beyond the frame is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(long_total_length),
+        case("a zero-length frame is refused by the kernel (XDP never sees < 14 bytes)", Frame::syn(client4, 1, "10.0.0.100", 80), Rejected, None).raw(|_| Vec::new()),
+        case("all backends down: dropped and counted", Frame::syn(client4, 40000, "10.0.0.160", 80), Drop, Some(C::NoBackend)),
+        case("tracked flow stays on its backend after a ring swap", Frame::ack(client4, 40020, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
+        case("tracked flow whose backend is down is re-hashed", Frame::ack(client4, 40021, "10.0.0.100", 80), Forward, Some(C::Rehashed)).before(track_then_down),
+        case("tracked flow whose backend is draining stays", Frame::ack(client4, 40022, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_drain),
+        case("a SYN on a tracked tuple of a draining backend picks from the ring", Frame::syn(client4, 40022, "10.0.0.100", 80), Forward, Some(C::Tx)).before(track_then_drain),
+        case("tracked tunnel flow stays after a ring swap (IPv6)", Frame::ack(client6, 40023, "fd00::200", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
+        case("decap strips IPIP addressed to us", Frame::ack(client4, 40000, "10.0.0.200", 80), Decapsulated, None).raw(encapsulated_v4).decap(),
+        case("decap strips IP6IP6 addressed to us", Frame::ack(client6, 40000, "fd00::200", 80), Decapsulated, None).raw(encapsulated_v6).decap(),
+        case("decap strips 6in4 addressed to us", Frame::ack(client6, 40000, "fd00::210", 80), Decapsulated, None).raw(encapsulated_6in4).decap(),
+        case("decap keeps a VLAN tag", Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(9), Decapsulated, None).raw(encapsulated_v4).decap(),
+        case("decap passes IPIP addressed to another host untouched", Frame::ack(client4, 40000, "10.0.0.200", 80), Pass, None).raw(encapsulated_elsewhere).decap(),
+        case("decap passes plain TCP untouched", Frame::ack(client4, 40000, "10.0.0.100", 80), Pass, None).decap(),
+        case("decap drops IPIP whose inner header is not IPv4", Frame::ack(client4, 40000, "10.0.0.200", 80), Drop, None).raw(encapsulated_bad_inner).decap(),
+    ]
+}
+
+#[test]
+fn fixture_table() {
+    let mut failures = Vec::new();
+    for case in table() {
+        if let Err(error) = std::panic::catch_unwind(|| run_case(&case)) {
+            let message = error
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| error.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{}: {message}", case.what));
+        }
+    }
+    assert!(failures.is_empty(), "{} rows failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn run_case(case: &Case) {
+    let mut lab = PacketLab::standard();
+    let tracked = case.before.and_then(|before| before(&mut lab, &case.input));
+    let mut input = case.input.build();
+    if let Some(raw) = case.raw {
+        input = raw(input);
+    }
+    let before = case.counter.map(|c| lab.datapath.counter(c).expect("counter"));
+    let result = lab.run_program(case.program, &input);
+    if let Expect::Rejected = case.expect {
+        assert!(result.is_err(), "the kernel ran the program on a {}-byte frame", input.len());
+        return;
+    }
+    let (verdict, output) = result.expect("test run");
+    assert_ne!(verdict, verdict::ABORTED, "XDP_ABORTED");
+    match case.expect {
+        Expect::Pass => {
+            assert_eq!(verdict, verdict::PASS, "verdict");
+            assert_eq!(output, input, "a passed frame must be untouched");
+        }
+        Expect::Drop => assert_eq!(verdict, verdict::DROP, "verdict"),
+        Expect::Forward | Expect::ForwardTracked => {
+            assert_eq!(verdict, verdict::TX, "verdict");
+            let backend = match case.expect {
+                Expect::ForwardTracked => tracked.expect("row has no tracked backend"),
+                _ => predicted_backend(&lab, &case.input),
+            };
+            assert_eq!(backend_of(&output), backend, "backend");
+            assert_eq!(output, forwarded(&lab, &case.input, &input, backend), "output frame");
+            frames::verify_checksums(&output);
+        }
+        Expect::Decapsulated => {
+            assert_eq!(verdict, verdict::PASS, "verdict");
+            let original = case.input.build();
+            assert_eq!(output, frames::dsr(&original, backend_mac(0xdeca)), "decapsulated frame");
+            frames::verify_checksums(&output);
+        }
+        Expect::Rejected => unreachable!(),
+    }
+    if let (Some(counter), Some(before)) = (case.counter, before) {
+        let after = lab.datapath.counter(counter).expect("counter");
+        assert_eq!(after - before, 1, "counter {}", counter.name());
+    }
+}
+
+/// The lab VIP a frame is addressed to.
+fn vip_of<'a>(lab: &'a PacketLab, frame: &Frame) -> &'a lb_tests::lab::LabVip {
+    let flow = frame.flow_key();
+    lab.vips
+        .values()
+        .find(|v| {
+            v.address == frame.dst
+                && (v.port == frame.dst_port || v.port == 0)
+                && v.protocol as u8 == flow.protocol
+        })
+        .unwrap_or_else(|| panic!("no lab VIP for {frame:?}"))
+}
+
+fn predicted_backend(lab: &PacketLab, frame: &Frame) -> u32 {
+    lab.ring_backend(vip_of(lab, frame).id, &frame.flow_key())
+}
+
+/// The exact frame the program must emit for `input` sent to `backend`.
+fn forwarded(lab: &PacketLab, frame: &Frame, input: &[u8], backend: u32) -> Vec<u8> {
+    let vip = vip_of(lab, frame);
+    let address = vip.backends.iter().find(|(id, _)| *id == backend).expect("backend of the VIP").1;
+    match vip.forward {
+        lb_common::maps::ForwardMode::Dsr => frames::dsr(input, backend_mac(backend)),
+        lb_common::maps::ForwardMode::Tunnel => {
+            let source = if address.is_ipv4() { ip(TUNNEL_SOURCE_V4) } else { ip(TUNNEL_SOURCE_V6) };
+            frames::tunnel(input, backend_mac(backend), source, address, &frame.flow_key())
+        }
+    }
+}
+
+/// Sends the flow's SYN; returns the backend it went to.
+fn track(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
+    let mut syn = frame.clone();
+    syn.kind = frames::Kind::TcpSyn;
+    syn.payload.clear();
+    let (verdict, output) = lab.run(&syn.build()).expect("syn");
+    assert_eq!(verdict, verdict::TX, "SYN verdict");
+    Some(backend_of(&output))
+}
+
+/// The VIP's backends other than `tracked`.
+fn others(lab: &PacketLab, frame: &Frame, tracked: u32) -> (u32, Vec<u32>) {
+    let vip = vip_of(lab, frame);
+    (vip.id, vip.backends.iter().map(|(id, _)| *id).filter(|id| *id != tracked).collect())
+}
+
+fn track_then_swap(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
+    let tracked = track(lab, frame)?;
+    let (vip, others) = others(lab, frame, tracked);
+    lab.set_ring(vip, &others);
+    Some(tracked)
+}
+
+fn track_then_down(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
+    let tracked = track(lab, frame)?;
+    let (vip, others) = others(lab, frame, tracked);
+    lab.set_ring(vip, &others);
+    lab.set_state(tracked, BackendState::Down);
+    Some(tracked)
+}
+
+fn track_then_drain(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
+    let tracked = track(lab, frame)?;
+    let (vip, others) = others(lab, frame, tracked);
+    lab.set_ring(vip, &others);
+    lab.set_state(tracked, BackendState::Draining);
+    Some(tracked)
+}
+
+fn pad_to_60(mut frame: Vec<u8>) -> Vec<u8> {
+    assert!(frame.len() <= 60);
+    frame.resize(60, 0xee);
+    frame
+}
+
+/// An ARP request (etherparse 0.16 has no ARP builder; the 28-byte body is RFC 826).
+fn as_arp(frame: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![0xff; 6];
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&0x0806u16.to_be_bytes());
+    out.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]); // Ethernet, IPv4, lengths, request
+    out.extend_from_slice(&frames::CLIENT_MAC);
+    out.extend_from_slice(&[198, 51, 100, 7]);
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&[10, 0, 0, 100]);
+    out
+}
+
+fn as_icmp(_: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(frames::CLIENT_MAC, frames::LB_MAC)
+        .ipv4([198, 51, 100, 7], [10, 0, 0, 100], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut out, b"ping")
+        .expect("icmp");
+    out
+}
+
+fn bad_version(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14] = 0x65;
+    frame
+}
+
+fn ihl_4(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14] = 0x44;
+    frame
+}
+
+fn long_total_length(mut frame: Vec<u8>) -> Vec<u8> {
+    let len = (frame.len() - 14 + 1) as u16;
+    frame[16..18].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+/// The frame as our own tunnel would deliver it to backend 0xdeca (whose address `decap`
+/// accepts: see `decap_lab`).
+fn encapsulate(frame: Vec<u8>, outer_source: &str, outer_destination: &str) -> Vec<u8> {
+    let l2 = frames::l2_len(&frame);
+    let inner_v4 = frame[l2] >> 4 == 4;
+    let flow = if inner_v4 {
+        lb_common::FlowKey::default()
+    } else {
+        lb_common::FlowKey { family: 6, ..Default::default() }
+    };
+    frames::tunnel(&frame, backend_mac(0xdeca), ip(outer_source), ip(outer_destination), &flow)
+}
+
+fn encapsulated_v4(frame: Vec<u8>) -> Vec<u8> {
+    encapsulate(frame, TUNNEL_SOURCE_V4, DECAP_V4)
+}
+
+fn encapsulated_v6(frame: Vec<u8>) -> Vec<u8> {
+    encapsulate(frame, TUNNEL_SOURCE_V6, DECAP_V6)
+}
+
+fn encapsulated_6in4(frame: Vec<u8>) -> Vec<u8> {
+    encapsulate(frame, TUNNEL_SOURCE_V4, DECAP_V4)
+}
+
+fn encapsulated_elsewhere(frame: Vec<u8>) -> Vec<u8> {
+    encapsulate(frame, TUNNEL_SOURCE_V4, "10.1.0.99")
+}
+
+fn encapsulated_bad_inner(frame: Vec<u8>) -> Vec<u8> {
+    let mut out = encapsulated_v4(frame);
+    out[14 + 20] = 0x55; // inner "IPv5"
+    out
+}
+
+const DECAP_V4: &str = "10.1.0.11";
+const DECAP_V6: &str = "fd01::11";
+
+#[test]
+fn every_truncation_of_a_valid_frame_is_dropped_as_a_parse_error() {
+    let mut lab = PacketLab::standard();
+    let mut options = Frame::syn("198.51.100.7", 1, "10.0.0.100", 80);
+    options.ipv4_options = vec![1; 12];
+    let frames = [
+        Frame::syn("198.51.100.7", 40000, "10.0.0.100", 80).build(),
+        Frame::ack("2001:db8:c::7", 40000, "fd00::100", 80).build(),
+        Frame::udp("198.51.100.7", 40000, "10.0.0.100", 53).with_vlan(3).build(),
+        Frame::udp("2001:db8:c::7", 40000, "fd00::100", 53).with_vlan(3).build(),
+        options.build(),
+    ];
+    for frame in frames {
+        for len in 0..frame.len() {
+            let truncated = &frame[..len];
+            let before = lab.datapath.counter(Counter::ParseError).expect("counter");
+            match lab.run(truncated) {
+                Err(_) => assert!(len < 14, "the kernel refused a {len}-byte frame"),
+                Ok((verdict, _)) => {
+                    assert!(len >= 14, "the kernel ran XDP on a {len}-byte frame");
+                    assert_eq!(verdict, verdict::DROP, "{len} of {} bytes", frame.len());
+                    let after = lab.datapath.counter(Counter::ParseError).expect("counter");
+                    assert_eq!(after - before, 1, "parse_error counter at {len} bytes");
+                }
+            }
+        }
+        let (verdict, _) = lab.run(&frame).expect("whole frame");
+        assert_eq!(verdict, verdict::TX, "the untruncated frame is forwarded");
+    }
+}
+
+#[test]
+fn vip_and_backend_counters_follow_the_packets() {
+    let mut lab = PacketLab::standard();
+    let vip = lab.vip("web4").id;
+    let syn = Frame::syn("198.51.100.7", 41000, "10.0.0.100", 80).build();
+    let ack = Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).build();
+    let (_, out) = lab.run(&syn).expect("syn");
+    let backend = backend_of(&out);
+    for _ in 0..3 {
+        lab.run(&ack).expect("ack");
+    }
+    let stats = lab.datapath.vip_stats(vip).expect("vip stats");
+    assert_eq!(stats.packets, 4);
+    assert_eq!(stats.bytes, (syn.len() + 3 * ack.len()) as u64);
+    assert_eq!(stats.new_flows, 1);
+    assert_eq!(stats.conntrack_hits, 3);
+    let backend_stats = lab.datapath.backend_stats(backend).expect("backend stats");
+    assert_eq!(backend_stats.packets, 4);
+    assert_eq!(backend_stats.new_flows, 1);
+    assert_eq!(lab.datapath.conntrack(&Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).flow_key()).expect("ct"), Some(backend));
+}

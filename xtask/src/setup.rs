@@ -1,0 +1,368 @@
+//! `cargo xtask setup`: check the machine and install whatever is missing.
+//!
+//! Every check prints one line per item: `ok: ...` when it was already there,
+//! `installed: ...` when setup fixed it. Problems that cannot be fixed are
+//! reported with what is missing and what to do; setup goes on with the
+//! remaining checks and fails at the end.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+const BPFFS: &str = "/sys/fs/bpf";
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Commands needed by the tests and the demo, and the Debian package providing each.
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("tcpdump", "tcpdump"),
+    ("bpftool", "bpftool"),
+    ("ps", "procps"),
+];
+
+/// Result of one successful check.
+enum Done {
+    Ok(String),
+    Installed(String),
+}
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+
+    // Everything below (mounting bpffs, apt-get, loading XDP programs in the
+    // tests) needs root, so there is no point going on without it.
+    let root = check_root().context("setup failed")?;
+    report(Ok(root))?;
+
+    let checks: &[fn() -> Result<Done>] = &[
+        check_bpffs,
+        check_btf,
+        check_xdp,
+        check_nightly,
+        check_rust_src,
+        check_bpf_linker,
+    ];
+    let mut failed = 0;
+    for check in checks {
+        if report(check()).is_err() {
+            failed += 1;
+        }
+    }
+    for result in check_apt_tools() {
+        if report(result).is_err() {
+            failed += 1;
+        }
+    }
+
+    if failed > 0 {
+        bail!("setup failed: {failed} problem(s), see the `FAILED:` lines above");
+    }
+    println!("setup complete ({:.2}s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn report(result: Result<Done>) -> Result<()> {
+    match result {
+        Ok(Done::Ok(msg)) => println!("ok: {msg}"),
+        Ok(Done::Installed(msg)) => println!("installed: {msg}"),
+        Err(err) => {
+            eprintln!("FAILED: {err:#}");
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- kernel --
+
+fn check_root() -> Result<Done> {
+    let euid = effective_uid().context("cannot determine the effective user id")?;
+    if euid != 0 {
+        bail!(
+            "running as uid {euid}, not root: lb's tests need root to load BPF/XDP programs \
+             and to create network namespaces; re-run as root"
+        );
+    }
+    Ok(Done::Ok("running as root".into()))
+}
+
+/// Effective uid, from /proc/self/status (`Uid: real effective saved fs`).
+fn effective_uid() -> Result<u32> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .context("no Uid: line in /proc/self/status")?;
+    let euid = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed Uid: line in /proc/self/status")?;
+    euid.parse()
+        .context("malformed Uid: line in /proc/self/status")
+}
+
+fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    Ok(mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
+        dir == Some(BPFFS) && fstype == Some("bpf")
+    }))
+}
+
+fn check_bpffs() -> Result<Done> {
+    if bpffs_mounted()? {
+        return Ok(Done::Ok(format!("bpffs mounted at {BPFFS}")));
+    }
+    if !Path::new(BPFFS).is_dir() {
+        bail!(
+            "{BPFFS} does not exist: the kernel lacks BPF support (CONFIG_BPF_SYSCALL) \
+             or sysfs is not mounted; use a kernel with BPF enabled"
+        );
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])).with_context(|| {
+        format!("cannot mount bpffs at {BPFFS} (in a container: run it privileged)")
+    })?;
+    if !bpffs_mounted()? {
+        bail!("mounted bpffs at {BPFFS} but it does not show up in /proc/mounts");
+    }
+    Ok(Done::Installed(format!("bpffs mounted at {BPFFS}")))
+}
+
+fn check_btf() -> Result<Done> {
+    if Path::new(VMLINUX_BTF).exists() {
+        Ok(Done::Ok(format!("kernel BTF ({VMLINUX_BTF})")))
+    } else {
+        bail!(
+            "kernel BTF missing ({VMLINUX_BTF} does not exist): use a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y"
+        )
+    }
+}
+
+fn check_xdp() -> Result<Done> {
+    const SYMBOLS: &[&str] = &["xdp_do_redirect", "bpf_prog_test_run_xdp"];
+    if let Some(sym) = kallsyms_find(SYMBOLS) {
+        return Ok(Done::Ok(format!(
+            "kernel XDP support ({sym} in /proc/kallsyms)"
+        )));
+    }
+    // Fall back to the kernel config, if there is one.
+    if let Some((source, config)) = kernel_config() {
+        let has = |opt: &str| config.lines().any(|l| l == format!("{opt}=y"));
+        // XDP is part of the core network stack once BPF_SYSCALL is enabled
+        // (XDP_SOCKETS depends on it too).
+        if let Some(opt) = ["CONFIG_XDP_SOCKETS", "CONFIG_BPF_SYSCALL"]
+            .into_iter()
+            .find(|o| has(o))
+        {
+            return Ok(Done::Ok(format!(
+                "kernel XDP support ({opt}=y in {source})"
+            )));
+        }
+        bail!("kernel without XDP support: CONFIG_BPF_SYSCALL=y not set in {source}; use a kernel with BPF and XDP enabled");
+    }
+    bail!(
+        "cannot confirm kernel XDP support: none of {SYMBOLS:?} in /proc/kallsyms and no kernel \
+         config (/proc/config.gz, /boot/config-$(uname -r)); use a kernel with \
+         CONFIG_BPF_SYSCALL=y and XDP (and make sure /proc/kallsyms is readable)"
+    )
+}
+
+/// The first of `symbols` found in /proc/kallsyms.
+fn kallsyms_find(symbols: &[&str]) -> Option<String> {
+    let file = fs::File::open("/proc/kallsyms").ok()?;
+    let mut line = String::new();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        // "ffffffff81234567 T name [module]"
+        if let Some(name) = line.split_whitespace().nth(2) {
+            if symbols.contains(&name) {
+                return Some(name.to_string());
+            }
+        }
+    }
+}
+
+/// The kernel config text and where it came from.
+fn kernel_config() -> Option<(String, String)> {
+    if let Ok(release) = fs::read_to_string("/proc/sys/kernel/osrelease") {
+        let path = format!("/boot/config-{}", release.trim());
+        if let Ok(text) = fs::read_to_string(&path) {
+            return Some((path, text));
+        }
+    }
+    if Path::new("/proc/config.gz").exists() {
+        if let Some(text) = cmd::probe("zcat", &["/proc/config.gz"]) {
+            return Some(("/proc/config.gz".into(), text));
+        }
+    }
+    None
+}
+
+// ------------------------------------------------------------------ rust --
+
+fn require_rustup() -> Result<()> {
+    if cmd::which("rustup").is_none() {
+        bail!("rustup not found in PATH: install it from https://rustup.rs and add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn has_nightly() -> Result<bool> {
+    let list =
+        cmd::probe("rustup", &["toolchain", "list"]).context("`rustup toolchain list` failed")?;
+    Ok(list.lines().any(|l| l.starts_with("nightly")))
+}
+
+fn check_nightly() -> Result<Done> {
+    require_rustup()?;
+    if has_nightly()? {
+        return Ok(Done::Ok("rust nightly toolchain".into()));
+    }
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+    .context("cannot install the nightly toolchain (needed to build lb-ebpf)")?;
+    if !has_nightly()? {
+        bail!("installed nightly but `rustup toolchain list` does not show it");
+    }
+    Ok(Done::Installed("rust nightly toolchain".into()))
+}
+
+fn has_rust_src() -> Result<bool> {
+    let list = cmd::probe(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context(
+        "`rustup component list --toolchain nightly --installed` failed (is nightly installed?)",
+    )?;
+    Ok(list
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-")))
+}
+
+fn check_rust_src() -> Result<Done> {
+    require_rustup()?;
+    if has_rust_src()? {
+        return Ok(Done::Ok("rust-src component (nightly)".into()));
+    }
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("cannot add rust-src to nightly (needed for build-std of lb-ebpf)")?;
+    if !has_rust_src()? {
+        bail!("added rust-src but `rustup component list` does not show it");
+    }
+    Ok(Done::Installed("rust-src component (nightly)".into()))
+}
+
+/// Version reported by `bpf-linker --version` ("bpf-linker 0.10.4"), if it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = cmd::probe("bpf-linker", &["--version"])?;
+    out.split_whitespace().nth(1).map(str::to_string)
+}
+
+fn check_bpf_linker() -> Result<Done> {
+    let found = bpf_linker_version();
+    if found.as_deref() == Some(BPF_LINKER_VERSION) {
+        return Ok(Done::Ok(format!("bpf-linker {BPF_LINKER_VERSION}")));
+    }
+    match &found {
+        Some(v) => println!("bpf-linker {v} found, need {BPF_LINKER_VERSION}; installing it (cargo install, takes ~2 min)..."),
+        None => println!("bpf-linker not found; installing {BPF_LINKER_VERSION} (cargo install, takes ~2 min)..."),
+    }
+    cmd::run(Command::new("cargo").args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+    ]))
+    .context("cannot install bpf-linker (see the cargo output above)")?;
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => {
+            Ok(Done::Installed(format!("bpf-linker {BPF_LINKER_VERSION}")))
+        }
+        other => bail!(
+            "installed bpf-linker {BPF_LINKER_VERSION} but `bpf-linker --version` reports {}: \
+             make sure ~/.cargo/bin comes first in PATH",
+            other.as_deref().unwrap_or("nothing (not in PATH?)")
+        ),
+    }
+}
+
+// ------------------------------------------------------------------- apt --
+
+/// One result per tool in [`APT_TOOLS`]; missing ones are installed with apt-get.
+fn check_apt_tools() -> Vec<Result<Done>> {
+    let describe = |tool: &str, pkg: &str| match cmd::which(tool) {
+        Some(path) => format!("{tool} ({pkg}) at {}", path.display()),
+        None => format!("{tool} ({pkg})"),
+    };
+    let missing: Vec<_> = APT_TOOLS
+        .iter()
+        .filter(|(tool, _)| cmd::which(tool).is_none())
+        .collect();
+    let installed = if missing.is_empty() {
+        Ok(())
+    } else {
+        let pkgs: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+        apt_install(&pkgs)
+    };
+
+    APT_TOOLS
+        .iter()
+        .map(|(tool, pkg)| {
+            let was_missing = missing.iter().any(|(t, _)| t == tool);
+            if !was_missing {
+                return Ok(Done::Ok(describe(tool, pkg)));
+            }
+            if let Err(err) = &installed {
+                bail!("{tool} not found in PATH and apt-get could not install {pkg}: {err:#}");
+            }
+            if cmd::which(tool).is_none() {
+                bail!(
+                    "installed {pkg} but `{tool}` is still not in PATH; add /usr/sbin and /sbin to PATH"
+                );
+            }
+            Ok(Done::Installed(describe(tool, pkg)))
+        })
+        .collect()
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    if cmd::which("apt-get").is_none() {
+        bail!(
+            "apt-get not found (not a Debian-based system?): install {} by hand",
+            pkgs.join(" ")
+        );
+    }
+    println!("installing missing packages: {}", pkgs.join(" "));
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(pkgs),
+    )
+}
