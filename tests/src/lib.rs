@@ -6,3 +6,4 @@
 pub mod frames;
 pub mod lab;
 pub mod netns;
+pub mod topology;

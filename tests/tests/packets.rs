@@ -410,3 +410,36 @@ fn vip_and_backend_counters_follow_the_packets() {
     assert_eq!(backend_stats.new_flows, 1);
     assert_eq!(lab.datapath.conntrack(&Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).flow_key()).expect("ct"), Some(backend));
 }
+
+/// Egress on another interface than the ingress: `XDP_REDIRECT` through `TX_PORTS`, and a drop
+/// (counted) when the interface was never registered. Runs in its own namespace, where a veth
+/// pair provides a real second interface.
+#[test]
+fn another_egress_interface_is_reached_by_redirect() {
+    let netns = lb_tests::netns::Netns::new("redirect");
+    netns.ip("link add out0 type veth peer name out1");
+    netns.ip("link set out0 up");
+    netns.ip("link set out1 up");
+    let egress = netns.ifindex("out0");
+    netns.run(|| {
+        let mut lab = PacketLab::standard();
+        let frame = Frame::syn("198.51.100.7", 42000, "10.0.0.100", 80);
+        let input = frame.build();
+        let vip = lab.vip("web4").clone();
+        let backend = lab.ring_backend(vip.id, &frame.flow_key());
+        let mut entry = lab.datapath.backend(backend).expect("backend");
+        entry.ifindex = egress;
+        lab.datapath.set_backend(backend, &entry).expect("set backend");
+
+        let before = lab.datapath.counter(Counter::RedirectFailed).expect("counter");
+        let (verdict, _) = lab.run(&input).expect("run");
+        assert_eq!(verdict, verdict::DROP, "unregistered egress interface");
+        assert_eq!(lab.datapath.counter(Counter::RedirectFailed).expect("counter") - before, 1);
+
+        lab.datapath.add_tx_port(egress).expect("tx port");
+        let (verdict, output) = lab.run(&input).expect("run");
+        assert_eq!(verdict, verdict::REDIRECT);
+        assert_eq!(output, frames::dsr(&input, backend_mac(backend)));
+        assert!(lab.datapath.counter(Counter::Redirect).expect("counter") >= 1);
+    });
+}
