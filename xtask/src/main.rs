@@ -29,10 +29,10 @@ enum Cmd {
     /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4,
     /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps.
     Setup,
-    /// Run setup, `cargo build --workspace`, then `cargo test --workspace`.
+    /// Run setup, `cargo build`, then `cargo test` (every unit, packet and netns test).
     ///
     /// Arguments after `--` go to the test harness:
-    /// `cargo xtask test -- --nocapture` runs `cargo test --workspace -- --nocapture`.
+    /// `cargo xtask test -- --nocapture` runs `cargo test -- --nocapture`.
     /// If they contain their own `--`, they are passed to `cargo test` verbatim:
     /// `cargo xtask test -- --no-fail-fast -- --nocapture`.
     /// Sets RUST_BACKTRACE=1. Needs root (BPF, network namespaces).
@@ -99,11 +99,12 @@ fn test(skip_setup: bool, extra: &[OsString]) -> Result<()> {
         c
     };
 
-    header("build: cargo build --workspace");
-    cmd::run(&mut cargo(&["build", "--workspace"]))?;
+    // The default members: lb-ebpf is compiled for the BPF target by lb-user/build.rs.
+    header("build: cargo build");
+    cmd::run(&mut cargo(&["build"]))?;
 
-    header("test: cargo test --workspace");
-    let mut test = cargo(&["test", "--workspace"]);
+    header("test: cargo test");
+    let mut test = cargo(&["test"]);
     if !extra.is_empty() && !extra.iter().any(|a| a == "--") {
         test.arg("--");
     }
