@@ -87,11 +87,17 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`].
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
+    /// outlive the agent.
+    pub const BALANCER: [&str; 9] =
+        [VIPS, RINGS, BACKENDS, CONNTRACK, SETTINGS, TX_PORTS, STATS, VIP_STATS, BACKEND_STATS];
+    /// Name of the pinned XDP link in the state directory.
+    pub const LINK: &str = "link";
 }
 
 /// Key of `VIPS`. Port 0 is an "all ports" VIP, looked up when the exact port misses.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     /// VIP address, network byte order; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
@@ -133,6 +139,8 @@ pub struct Backend {
     pub state: u8,
     /// Always zero.
     pub _pad: [u8; 2],
+    /// Id of the VIP this backend serves (lets a restarted agent recover its id allocation).
+    pub vip: u32,
     /// Interface the packet leaves by: `XDP_TX` if it is the ingress interface, else redirect.
     pub ifindex: u32,
     /// MTU of that interface: encapsulated packets that would exceed it are dropped and counted.
@@ -206,7 +214,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<Vip>(), 12);
-        assert_eq!(size_of::<Backend>(), 40);
+        assert_eq!(size_of::<Backend>(), 44);
         assert_eq!(size_of::<Conntrack>(), 4);
         assert_eq!(size_of::<Settings>(), 20);
         assert_eq!(size_of::<DecapKey>(), 20);

@@ -3,6 +3,7 @@
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
     ptr::NonNull,
 };
 
@@ -11,7 +12,11 @@ use aya::{
         Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
         xdp::DevMapHash,
     },
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{
@@ -96,6 +101,27 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::xdp::XdpMapError,
     },
+    /// The state directory could not be created or cleaned.
+    #[error("state directory {}: {source}", dir.display())]
+    StateDir {
+        /// The path.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pinned link could not be opened, pinned or removed.
+    #[error("pinned XDP link {}: {source}", path.display())]
+    Link {
+        /// The pin's path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Pinning was asked of a datapath loaded without a pin directory.
+    #[error("the datapath was loaded without a state directory")]
+    NotPinned,
     /// Writing a ring through mmap failed.
     #[error("ring of VIP id {vip}: {source}")]
     Ring {
@@ -109,34 +135,75 @@ pub enum DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
-/// Sizes chosen at load time.
+/// Choices made at load time.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Entries of `CONNTRACK` (tracked flows).
     pub conntrack_size: u32,
+    /// Where the balancer's maps and link are pinned (the agent's `state_dir`). Maps already
+    /// pinned there are reused as they are: conntrack, rings and counters survive restarts.
+    /// `None`: nothing is pinned (tests, `lb decap`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { conntrack_size: DEFAULT_CONNTRACK_SIZE }
+        Self { conntrack_size: DEFAULT_CONNTRACK_SIZE, pin_dir: None }
     }
+}
+
+/// How the balancer ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Native or generic.
+    pub mode: XdpMode,
+    /// A previous agent's pinned link was found and its program replaced in place.
+    pub adopted: bool,
 }
 
 /// The XDP object loaded into the kernel, with its maps.
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The loaded object (programs); `None` when only pinned maps were opened.
+    ebpf: Option<Ebpf>,
+    /// Every map, by name, taken out of the object (or opened from pins).
+    maps: std::collections::HashMap<&'static str, Map>,
+    pin_dir: Option<PathBuf>,
 }
 
 impl Datapath {
     /// Creates the maps and loads the load balancer program (running the verifier).
     pub fn load(options: &Options) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONNTRACK, options.conntrack_size)
-            .load(OBJECT)
-            .map_err(|source| DatapathError::Load { source })?;
-        let mut datapath = Self { ebpf };
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, options.conntrack_size);
+        if let Some(dir) = &options.pin_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| DatapathError::StateDir { dir: dir.clone(), source })?;
+            for map in names::BALANCER {
+                loader.map_pin_path(map, dir.join(map));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|source| DatapathError::Load { source })?;
+        let mut maps = std::collections::HashMap::new();
+        for name in names::BALANCER.into_iter().chain([names::DECAP_ADDRS, names::DECAP_STATS]) {
+            let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap { map: name })?;
+            maps.insert(name, map);
+        }
+        let mut datapath = Self { ebpf: Some(ebpf), maps, pin_dir: options.pin_dir.clone() };
         datapath.program(Program::Balancer)?;
         Ok(datapath)
+    }
+
+    /// Opens the maps a running (or stopped) agent pinned in `dir`, without loading any
+    /// program: for the CLI and for tests that watch a running agent.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let mut maps = std::collections::HashMap::new();
+        for name in names::BALANCER {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { map: name, source })?;
+            let map = Map::from_map_data(data).map_err(|source| DatapathError::Map { map: name, source })?;
+            maps.insert(name, map);
+        }
+        Ok(Self { ebpf: None, maps, pin_dir: Some(dir.to_path_buf()) })
     }
 
     /// A program of the object, loaded into the kernel on first use.
@@ -144,6 +211,8 @@ impl Datapath {
         let name = program.name();
         let xdp: &mut Xdp = self
             .ebpf
+            .as_mut()
+            .ok_or(DatapathError::Program { program: name, action: "lookup", source: ProgramError::NotLoaded })?
             .program_mut(name)
             .ok_or(DatapathError::Program {
                 program: name,
@@ -179,8 +248,60 @@ impl Datapath {
         }
     }
 
+    /// Whether `dir` holds a previous agent's pinned link (its datapath is still forwarding).
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(names::LINK).exists()
+    }
+
+    /// Attaches the balancer to `interface` so that it stays attached after this process
+    /// exits: the link is pinned in the pin directory. If a previous agent's link is pinned
+    /// there, the new program replaces the old one inside that link atomically, so no packet
+    /// meets an interface without a program. `mode` `None`: native, else generic with a warning.
+    pub fn attach_pinned(&mut self, interface: &str, mode: Option<XdpMode>) -> Result<Attachment> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Err(DatapathError::NotPinned);
+        };
+        let link_path = dir.join(names::LINK);
+        let name = Program::Balancer.name();
+        let program_error = |action, source| DatapathError::Program { program: name, action, source };
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+            let xdp = self.program(Program::Balancer)?;
+            let id = xdp.attach_to_link(link).map_err(|source| program_error("replace in pinned link", source))?;
+            // The link stays pinned; forget our handle so dropping the program keeps it attached.
+            let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
+            std::mem::forget(link);
+            return Ok(Attachment { mode: mode.unwrap_or(XdpMode::Driver), adopted: true });
+        }
+        let (id, mode) = match mode {
+            Some(mode) => (self.attach(Program::Balancer, interface, mode)?, mode),
+            None => match self.attach(Program::Balancer, interface, XdpMode::Driver) {
+                Ok(id) => (id, XdpMode::Driver),
+                Err(native) => {
+                    tracing::warn!(%interface, error = %native, "native XDP unavailable; using generic mode (slower)");
+                    (self.attach(Program::Balancer, interface, XdpMode::Skb)?, XdpMode::Skb)
+                }
+            },
+        };
+        let xdp = self.program(Program::Balancer)?;
+        let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
+        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+        fd_link.pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+        Ok(Attachment { mode, adopted: false })
+    }
+
+    /// Detaches the balancer and removes every pin (maps included): the state directory is
+    /// left empty and removed. Used on shutdown without `--keep-datapath`.
+    pub fn detach_and_unpin(self) -> Result<()> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Ok(());
+        };
+        remove_pins(&dir)
+    }
+
     fn map(&mut self, map: &'static str) -> Result<&mut Map> {
-        self.ebpf.map_mut(map).ok_or(DatapathError::MissingMap { map })
+        self.maps.get_mut(map).ok_or(DatapathError::MissingMap { map })
     }
 
     /// Sets the global settings.
@@ -195,6 +316,27 @@ impl Datapath {
         let map = names::VIPS;
         let mut vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
         vips.insert(key, vip, 0).map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Every VIP in `VIPS`.
+    pub fn vips(&mut self) -> Result<Vec<(VipKey, Vip)>> {
+        let map = names::VIPS;
+        let vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        vips.iter().collect::<Result<Vec<_>, _>>().map_err(|source| DatapathError::Map { map, source })
+    }
+
+    /// Every backend entry in use (state other than `Unused`), with its id.
+    pub fn backends(&mut self) -> Result<Vec<(u32, Backend)>> {
+        let map = names::BACKENDS;
+        let backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let mut used = Vec::new();
+        for (id, backend) in backends.iter().enumerate() {
+            let backend = backend.map_err(|source| DatapathError::Map { map, source })?;
+            if backend.state != lb_common::maps::BackendState::Unused as u8 {
+                used.push((id as u32, backend));
+            }
+        }
+        Ok(used)
     }
 
     /// Removes a VIP: its packets stop matching at once.
@@ -310,6 +452,26 @@ impl Datapath {
                 new_flows: sum.new_flows + new_flows,
             }
         }))
+    }
+}
+
+/// Detaches a pinned balancer (its link) and removes the pinned maps and the directory.
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    let link_path = dir.join(names::LINK);
+    if link_path.exists() {
+        let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+        // Unpinning drops the last reference to the link: the program is detached.
+        drop(pinned.unpin().map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?);
+    }
+    for map in names::BALANCER {
+        let path = dir.join(map);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| DatapathError::StateDir { dir: path, source })?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(DatapathError::StateDir { dir: dir.to_path_buf(), source }),
+        _ => Ok(()),
     }
 }
 

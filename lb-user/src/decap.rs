@@ -48,7 +48,7 @@ impl Decap {
             return Err(DecapError::NoAddress { interface: interface.to_owned() });
         }
         // Decap uses no conntrack; keep that map tiny.
-        let mut datapath = Datapath::load(&Options { conntrack_size: 1 })?;
+        let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None })?;
         for address in &addresses {
             datapath.add_decap_address(&decap_key(*address))?;
         }

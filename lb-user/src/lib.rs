@@ -2,5 +2,10 @@
 //! loader; `main.rs` is the `lb` binary.
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod agent;
 pub mod datapath;
 pub mod decap;
+pub mod health;
+pub mod nexthop;
+pub mod watch;

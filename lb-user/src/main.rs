@@ -1,10 +1,13 @@
 //! `lb`: the agent and the operator CLI.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::decap::Decap;
+use lb_user::{
+    agent::{self, RunOptions},
+    decap::Decap,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -16,6 +19,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: load and attach the datapath, program VIPs, check backends, follow
+    /// configuration changes, until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// On SIGTERM/SIGINT leave the datapath attached and pinned (it keeps forwarding; the
+        /// next `lb run` adopts it). Without it the datapath is detached and unpinned.
+        #[arg(long)]
+        keep_datapath: bool,
+    },
+    /// Validate a configuration file without touching the kernel (exit status 0 or 1).
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Strip lb's IP-in-IP tunnels on a tunnel-mode backend until SIGINT/SIGTERM.
     Decap {
         /// Interface the tunnels arrive on; tunnels to any of its addresses are stripped.
@@ -75,6 +95,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config, keep_datapath } => agent::run(RunOptions { config, keep_datapath }).await,
+        Command::Check { config } => {
+            let parsed = lb_user::config::load(&config)?;
+            let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
+            println!("{}: ok ({} VIPs, {backends} backends)", config.display(), parsed.vips.len());
+            Ok(())
+        }
         Command::Decap { interface, xdp_mode } => {
             let decap = Decap::attach(&interface, xdp_mode.xdp_mode())?;
             tracing::info!(%interface, mode = ?decap.mode, addresses = ?decap.addresses, "decap attached");

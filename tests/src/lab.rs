@@ -101,7 +101,7 @@ pub fn addr_bytes(address: IpAddr) -> ([u8; 16], u8) {
 impl PacketLab {
     /// An empty lab: the object loaded, tunnel sources set, no VIP.
     pub fn empty() -> Self {
-        let mut datapath = Datapath::load(&Options { conntrack_size: 4096 }).expect("load datapath");
+        let mut datapath = Datapath::load(&Options { conntrack_size: 4096, pin_dir: None }).expect("load datapath");
         let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else { unreachable!() };
         let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else { unreachable!() };
         datapath

@@ -73,7 +73,7 @@ impl Lan {
         switch.ip_batch(&switch_setup);
         let ports = names.len();
         let switch_xdp = switch.run(|| {
-            let mut datapath = Datapath::load(&Options { conntrack_size: 1 }).expect("load");
+            let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None }).expect("load");
             for i in 0..ports {
                 datapath.attach_auto(Program::Pass, &format!("p{i}")).expect("attach pass");
             }

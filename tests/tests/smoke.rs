@@ -39,7 +39,7 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
 
     let vip_address: IpAddr = VIP.parse().expect("vip");
     let mut datapath = lb.ns.run(|| {
-        let mut datapath = Datapath::load(&Options { conntrack_size: 4096 }).expect("load");
+        let mut datapath = Datapath::load(&Options { conntrack_size: 4096, pin_dir: None }).expect("load");
         for (id, backend) in backends.iter().enumerate() {
             let (addr, family) = addr_bytes(IpAddr::V4(backend.ip));
             let entry = Backend {

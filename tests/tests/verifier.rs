@@ -6,7 +6,7 @@ use lb_user::datapath::{Datapath, Options, Program};
 
 #[test]
 fn programs_stay_far_below_the_verifier_limits() {
-    let mut datapath = Datapath::load(&Options { conntrack_size: 16 }).expect("load");
+    let mut datapath = Datapath::load(&Options { conntrack_size: 16, pin_dir: None }).expect("load");
     for program in [Program::Balancer, Program::Decap] {
         let info = datapath.program(program).expect("program").info().expect("info");
         let instructions = info.size_translated().expect("xlated size") / 8;

@@ -1,0 +1,681 @@
+//! `lb run`: turns the configuration into map contents, watches backend health, rewrites a
+//! VIP's ring when one of its backends fails, recovers, drains or is reconfigured, reloads the
+//! configuration on SIGHUP or when the file changes, and hands the datapath over to the next
+//! agent without dropping a packet.
+//!
+//! Ordering rules that keep every packet correct while maps change:
+//! - a backend's entry is written before any ring points at it, and marked down only after the
+//!   ring without it is in place (its tracked flows are then re-hashed);
+//! - a VIP is inserted into `VIPS` only after its ring exists, and removed before its backends
+//!   are released;
+//! - rings are swapped whole (see `Datapath::set_ring`), and only when their content changes.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use lb_common::{
+    maglev::{build_ring, MaglevBackend},
+    maps::{Backend, BackendState, Family, Settings, Vip, VipKey, MAX_BACKENDS, MAX_VIPS},
+};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{
+    config::{self, BackendConfig, Config, OnAllDown, VipConfig, XdpModeSetting},
+    datapath::{Datapath, Options},
+    health::{spawn_checker, CheckResult, Health, HealthEvent},
+    nexthop::{self, NextHop},
+};
+
+/// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
+const NEXT_HOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Options of `lb run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Leave the datapath attached and pinned on SIGTERM/SIGINT.
+    pub keep_datapath: bool,
+}
+
+/// Identity of a checker run: the backend id and a token that changes whenever the checker is
+/// restarted, so events of a stopped checker are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CheckerKey {
+    backend: u32,
+    token: u64,
+}
+
+struct BackendRuntime {
+    id: u32,
+    config: BackendConfig,
+    health: Health,
+    last: Option<CheckResult>,
+    last_change: Instant,
+    next_hop: Option<NextHop>,
+    token: u64,
+    checker: JoinHandle<()>,
+    /// State last written to `BACKENDS`.
+    written: Option<Backend>,
+}
+
+struct VipRuntime {
+    id: u32,
+    config: VipConfig,
+    backends: Vec<BackendRuntime>,
+    /// Ring last written to `RINGS`.
+    ring: Option<Vec<u32>>,
+}
+
+/// The running agent.
+pub struct Agent {
+    path: PathBuf,
+    config: Config,
+    datapath: Datapath,
+    vips: BTreeMap<VipKey, VipRuntime>,
+    free_vip_ids: Vec<u32>,
+    free_backend_ids: Vec<u32>,
+    /// Ids a previous agent used, by (VIP key, backend address): reused on adoption.
+    adopted_backend_ids: HashMap<(VipKey, IpAddr), u32>,
+    adopted_vip_ids: HashMap<VipKey, u32>,
+    events_tx: mpsc::Sender<HealthEvent<CheckerKey>>,
+    events: mpsc::Receiver<HealthEvent<CheckerKey>>,
+    next_token: u64,
+    attach_ifindex: u32,
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = config::load(&options.config)?;
+    let mut agent = Agent::start(options.config.clone(), config).await?;
+    let result = agent.serve().await;
+    agent.shutdown(options.keep_datapath);
+    result
+}
+
+/// The `BACKENDS` state a backend should have.
+fn datapath_state(health: Health, next_hop: bool, weight: u32) -> BackendState {
+    match (health, next_hop, weight) {
+        (Health::Up, true, 0) => BackendState::Draining,
+        (Health::Up, true, _) => BackendState::Up,
+        _ => BackendState::Down,
+    }
+}
+
+/// `VIPS` key of a configured VIP.
+pub fn vip_key(vip: &VipConfig) -> VipKey {
+    let (addr, family) = addr_bytes(vip.address);
+    VipKey { addr, port: vip.port.to_be_bytes(), protocol: vip.protocol as u8, family }
+}
+
+/// An address as the maps store it, with its family.
+pub fn addr_bytes(address: IpAddr) -> ([u8; 16], u8) {
+    let mut bytes = [0; 16];
+    match address {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            (bytes, Family::V4 as u8)
+        }
+        IpAddr::V6(v6) => (v6.octets(), Family::V6 as u8),
+    }
+}
+
+/// The address stored in a map entry.
+pub fn addr_from_bytes(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == Family::V4 as u8 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    }
+}
+
+/// The Maglev identity of a backend: its address, so a backend keeps its slots whatever id it
+/// gets and whatever the order of the configuration.
+fn identity(address: IpAddr) -> Vec<u8> {
+    address.to_string().into_bytes()
+}
+
+/// The ring of a VIP for its current backend states (`NO_BACKEND` everywhere when empty).
+fn desired_ring(vip: &VipRuntime, table_size: u32) -> anyhow::Result<Vec<u32>> {
+    let up = |b: &&BackendRuntime| datapath_state(b.health, b.next_hop.is_some(), b.config.weight) == BackendState::Up;
+    let mut members: Vec<&BackendRuntime> = vip.backends.iter().filter(up).collect();
+    if members.is_empty() && vip.config.on_all_down == OnAllDown::FailOpen {
+        members = vip.backends.iter().filter(|b| b.config.weight > 0 && b.next_hop.is_some()).collect();
+    }
+    let identities: Vec<Vec<u8>> = members.iter().map(|b| identity(b.config.address)).collect();
+    let backends: Vec<MaglevBackend<'_>> = members
+        .iter()
+        .zip(&identities)
+        .map(|(b, identity)| MaglevBackend { id: b.id, identity, weight: b.config.weight })
+        .collect();
+    build_ring(&backends, table_size).with_context(|| format!("building the ring of vip {}", vip.config.name))
+}
+
+impl Agent {
+    /// Loads (or adopts) the datapath, checks every backend once, programs VIPs, backends and
+    /// rings, and attaches.
+    pub async fn start(path: PathBuf, config: Config) -> anyhow::Result<Self> {
+        let adopting = Datapath::is_pinned(&config.state_dir);
+        let datapath = Datapath::load(&Options { conntrack_size: config.conntrack_size, pin_dir: Some(config.state_dir.clone()) })
+            .with_context(|| format!("loading the datapath (state directory {})", config.state_dir.display()))?;
+        let attach_ifindex = interface_index(&config.interface)?;
+        let (events_tx, events) = mpsc::channel(1024);
+        let mut agent = Self {
+            path,
+            config: config.clone(),
+            datapath,
+            vips: BTreeMap::new(),
+            free_vip_ids: (0..MAX_VIPS).rev().collect(),
+            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            adopted_backend_ids: HashMap::new(),
+            adopted_vip_ids: HashMap::new(),
+            events_tx,
+            events,
+            next_token: 0,
+            attach_ifindex,
+        };
+        let stale_vips = if adopting { agent.recover_ids()? } else { Vec::new() };
+        agent.write_settings().await?;
+        let added: Vec<VipConfig> = config.vips.clone();
+        agent.add_vips(added).await?;
+        for key in stale_vips {
+            if !agent.vips.contains_key(&key) {
+                agent.datapath.remove_vip(&key)?;
+            }
+        }
+        agent.release_unclaimed_backends()?;
+        let mode = match config.xdp_mode {
+            XdpModeSetting::Auto => None,
+            XdpModeSetting::Native => Some(aya::programs::XdpMode::Driver),
+            XdpModeSetting::Generic => Some(aya::programs::XdpMode::Skb),
+        };
+        let attachment = agent.datapath.attach_pinned(&config.interface, mode)?;
+        tracing::info!(
+            interface = %config.interface,
+            mode = ?attachment.mode,
+            adopted = attachment.adopted,
+            vips = agent.vips.len(),
+            state_dir = %config.state_dir.display(),
+            "datapath attached{}",
+            if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
+        );
+        Ok(agent)
+    }
+
+    /// Reads the ids a previous agent left in the pinned maps, so unchanged VIPs and backends
+    /// keep theirs (and their tracked flows). Returns VIP keys found in the maps.
+    fn recover_ids(&mut self) -> anyhow::Result<Vec<VipKey>> {
+        let vips = self.datapath.vips()?;
+        let by_id: HashMap<u32, VipKey> = vips.iter().map(|(key, vip)| (vip.id, *key)).collect();
+        for (key, vip) in &vips {
+            self.adopted_vip_ids.insert(*key, vip.id);
+        }
+        for (id, backend) in self.datapath.backends()? {
+            if let Some(key) = by_id.get(&backend.vip) {
+                self.adopted_backend_ids.insert((*key, addr_from_bytes(&backend.addr, backend.family)), id);
+            }
+        }
+        self.free_vip_ids.retain(|id| !by_id.contains_key(id));
+        let taken: Vec<u32> = self.adopted_backend_ids.values().copied().collect();
+        self.free_backend_ids.retain(|id| !taken.contains(id));
+        tracing::info!(vips = vips.len(), backends = taken.len(), "adopting pinned datapath state");
+        Ok(vips.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// Marks backend entries of a previous agent that the configuration no longer has as unused.
+    fn release_unclaimed_backends(&mut self) -> anyhow::Result<()> {
+        let leftovers: Vec<u32> = self.adopted_backend_ids.drain().map(|(_, id)| id).collect();
+        for id in leftovers {
+            self.datapath.set_backend(id, &Backend::default())?;
+            self.free_backend_ids.push(id);
+        }
+        for (_, id) in self.adopted_vip_ids.drain() {
+            self.free_vip_ids.push(id);
+        }
+        Ok(())
+    }
+
+    async fn write_settings(&mut self) -> anyhow::Result<()> {
+        let mut settings = Settings::default();
+        let mut sources = self.config.tunnel_source.clone();
+        if sources.is_empty() {
+            sources = crate::decap::interface_addresses(&self.config.interface)?;
+        }
+        for source in sources.iter().rev() {
+            match source {
+                IpAddr::V4(v4) => settings.tunnel_source_v4 = v4.octets(),
+                IpAddr::V6(v6) if !v6.is_unicast_link_local() || settings.tunnel_source_v6 == [0; 16] => {
+                    settings.tunnel_source_v6 = v6.octets()
+                }
+                IpAddr::V6(_) => {}
+            }
+        }
+        self.datapath.set_settings(&settings)?;
+        Ok(())
+    }
+
+    fn allocate_vip_id(&mut self, key: &VipKey) -> anyhow::Result<u32> {
+        if let Some(id) = self.adopted_vip_ids.remove(key) {
+            return Ok(id);
+        }
+        self.free_vip_ids.pop().context("no free VIP id")
+    }
+
+    fn allocate_backend_id(&mut self, key: &VipKey, address: IpAddr) -> anyhow::Result<u32> {
+        if let Some(id) = self.adopted_backend_ids.remove(&(*key, address)) {
+            return Ok(id);
+        }
+        self.free_backend_ids.pop().context("no free backend id")
+    }
+
+    fn start_backend(&mut self, vip: &VipConfig, key: &VipKey, config: BackendConfig) -> anyhow::Result<BackendRuntime> {
+        let id = self.allocate_backend_id(key, config.address)?;
+        let (token, checker) = self.spawn_checker(id, &config);
+        let _ = vip;
+        Ok(BackendRuntime {
+            id,
+            config,
+            health: Health::Unknown,
+            last: None,
+            last_change: Instant::now(),
+            next_hop: None,
+            token,
+            checker,
+            written: None,
+        })
+    }
+
+    fn spawn_checker(&mut self, id: u32, config: &BackendConfig) -> (u64, JoinHandle<()>) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let health = &config.health;
+        let checker = spawn_checker(
+            CheckerKey { backend: id, token },
+            SocketAddr::new(config.address, health.port),
+            health.interval,
+            health.timeout,
+            health.rise,
+            health.fall,
+            self.events_tx.clone(),
+        );
+        (token, checker)
+    }
+
+    /// Adds VIPs: starts their checks, waits for every backend's first result, resolves next
+    /// hops, writes backends and rings, then inserts the VIPs.
+    async fn add_vips(&mut self, vips: Vec<VipConfig>) -> anyhow::Result<()> {
+        let mut keys = Vec::new();
+        for vip in vips {
+            let key = vip_key(&vip);
+            let id = self.allocate_vip_id(&key)?;
+            let mut backends = Vec::new();
+            for backend in &vip.backends {
+                backends.push(self.start_backend(&vip, &key, backend.clone())?);
+            }
+            self.vips.insert(key, VipRuntime { id, config: vip, backends, ring: None });
+            keys.push(key);
+        }
+        self.first_round(&keys).await;
+        for key in &keys {
+            self.resolve_next_hops(key).await;
+            self.sync_vip(key)?;
+            let vip = &self.vips[key];
+            let entry = Vip { id: vip.id, ring_size: self.config.table_size, forward: vip.config.forward as u8, _pad: [0; 3] };
+            self.datapath.set_vip(key, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every backend of `keys` has had its first check (bounded by the largest
+    /// timeout plus a margin), applying results as they come.
+    async fn first_round(&mut self, keys: &[VipKey]) {
+        let longest = keys
+            .iter()
+            .flat_map(|k| self.vips[k].backends.iter().map(|b| b.config.health.timeout))
+            .max()
+            .unwrap_or_default();
+        let deadline = Instant::now() + longest + Duration::from_millis(500);
+        loop {
+            let pending = keys.iter().any(|k| self.vips[k].backends.iter().any(|b| b.last.is_none()));
+            if !pending {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    self.record(event);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Stores a check result; returns the VIP whose backend changed health, if any.
+    fn record(&mut self, event: HealthEvent<CheckerKey>) -> Option<VipKey> {
+        let HealthEvent { key, result, transition, health } = event;
+        for (vip_key, vip) in &mut self.vips {
+            let Some(backend) = vip.backends.iter_mut().find(|b| b.id == key.backend && b.token == key.token) else {
+                continue;
+            };
+            backend.last = Some(result);
+            if let Some(transition) = transition {
+                tracing::info!(
+                    vip = %vip.config.name,
+                    backend = %backend.config.address,
+                    from = ?transition.from,
+                    to = ?transition.to,
+                    "backend {} of vip {}: {:?} -> {:?} ({})",
+                    backend.config.address, vip.config.name, transition.from, transition.to, transition.reason
+                );
+                backend.health = health;
+                backend.last_change = Instant::now();
+                return Some(*vip_key);
+            }
+            backend.health = health;
+            return None;
+        }
+        None
+    }
+
+    /// Resolves the next hop of every backend of a VIP that is up and has none yet (in
+    /// parallel). Unresolvable backends stay out of the ring, with a log line.
+    async fn resolve_next_hops(&mut self, key: &VipKey) {
+        let Some(vip) = self.vips.get(key) else { return };
+        let on_link = vip.config.forward == lb_common::maps::ForwardMode::Dsr;
+        let fail_open = vip.config.on_all_down == OnAllDown::FailOpen;
+        let wanted: Vec<(u32, IpAddr)> = vip
+            .backends
+            .iter()
+            .filter(|b| b.next_hop.is_none() && (b.health == Health::Up || fail_open))
+            .map(|b| (b.id, b.config.address))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (id, address) in wanted {
+            tasks.spawn(async move { (id, address, nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await) });
+        }
+        while let Some(Ok((id, address, result))) = tasks.join_next().await {
+            let Some(vip) = self.vips.get_mut(key) else { return };
+            let Some(backend) = vip.backends.iter_mut().find(|b| b.id == id) else { continue };
+            match result {
+                Ok(hop) => backend.next_hop = Some(hop),
+                Err(error) => tracing::warn!(
+                    vip = %vip.config.name,
+                    backend = %address,
+                    "backend {address} of vip {} treated as down: next hop unresolved: {error}",
+                    vip.config.name
+                ),
+            }
+        }
+    }
+
+    /// Brings `BACKENDS` and the ring of one VIP in line with its backends' states, in the
+    /// order described in the module docs.
+    fn sync_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        let table_size = self.config.table_size;
+        let attach_ifindex = self.attach_ifindex;
+        let Some(vip) = self.vips.get_mut(key) else { return Ok(()) };
+        let ring = desired_ring(vip, table_size)?;
+        let entries: Vec<(usize, Backend)> = vip
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let state = datapath_state(b.health, b.next_hop.is_some(), b.config.weight);
+                let (addr, family) = addr_bytes(b.config.address);
+                let hop = b.next_hop.unwrap_or(NextHop { ifindex: 0, mtu: 0, src_mac: [0; 6], dst_mac: [0; 6], gateway: None });
+                let entry = Backend {
+                    addr,
+                    family,
+                    state: state as u8,
+                    _pad: [0; 2],
+                    vip: vip.id,
+                    ifindex: hop.ifindex,
+                    mtu: hop.mtu,
+                    dst_mac: hop.dst_mac,
+                    src_mac: hop.src_mac,
+                };
+                (i, entry)
+            })
+            .collect();
+        let usable = |e: &Backend| e.state == BackendState::Up as u8 || e.state == BackendState::Draining as u8;
+        // Entries that become usable (or change next hop) first, so the ring never points at a
+        // stale entry...
+        for (i, entry) in entries.iter().filter(|(_, e)| usable(e)) {
+            let backend = &mut vip.backends[*i];
+            if backend.written.as_ref() != Some(entry) {
+                if entry.ifindex != attach_ifindex {
+                    self.datapath.add_tx_port(entry.ifindex)?;
+                }
+                self.datapath.set_backend(backend.id, entry)?;
+                backend.written = Some(*entry);
+            }
+        }
+        // ...then the ring...
+        if vip.ring.as_ref() != Some(&ring) {
+            self.datapath.set_ring(vip.id, &ring)?;
+            vip.ring = Some(ring);
+        }
+        // ...then entries that stop being usable: their tracked flows re-hash into the new ring.
+        for (i, entry) in entries.iter().filter(|(_, e)| !usable(e)) {
+            let backend = &mut vip.backends[*i];
+            if backend.written.as_ref() != Some(entry) {
+                self.datapath.set_backend(backend.id, entry)?;
+                backend.written = Some(*entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles events until SIGINT or SIGTERM.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut changes = crate::watch::watch_file(&self.path)?;
+        loop {
+            tokio::select! {
+                Some(event) = self.events.recv() => {
+                    if let Some(key) = self.record(event) {
+                        self.resolve_next_hops(&key).await;
+                        if let Err(error) = self.sync_vip(&key) {
+                            tracing::error!("updating the datapath failed: {error:#}");
+                        }
+                    }
+                }
+                _ = hangup.recv() => self.reload("SIGHUP").await,
+                Some(()) = changes.changed() => self.reload("file changed").await,
+                _ = terminate.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Re-reads the configuration; an invalid file is logged and changes nothing.
+    pub async fn reload(&mut self, why: &str) {
+        let config = match config::load(&self.path) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!("reload ({why}) rejected, still running the previous configuration: {error}");
+                return;
+            }
+        };
+        if config == self.config {
+            tracing::debug!("reload ({why}): configuration unchanged");
+            return;
+        }
+        match self.apply(config).await {
+            Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
+            Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
+        }
+    }
+
+    /// Applies a new, valid configuration as a diff against the running one.
+    async fn apply(&mut self, new: Config) -> anyhow::Result<String> {
+        for (what, changed) in [
+            ("interface", new.interface != self.config.interface),
+            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
+            ("state_dir", new.state_dir != self.config.state_dir),
+            ("conntrack_size", new.conntrack_size != self.config.conntrack_size),
+        ] {
+            if changed {
+                tracing::warn!("{what} changed: takes effect only after a restart of lb run");
+            }
+        }
+        let table_size_changed = new.table_size != self.config.table_size;
+        let tunnel_changed = new.tunnel_source != self.config.tunnel_source;
+        let metrics = new.metrics;
+        let old_table_size = self.config.table_size;
+        self.config.table_size = new.table_size;
+        self.config.tunnel_source = new.tunnel_source.clone();
+        self.config.metrics = metrics;
+        if tunnel_changed {
+            self.write_settings().await?;
+        }
+
+        let new_vips: BTreeMap<VipKey, VipConfig> = new.vips.iter().map(|v| (vip_key(v), v.clone())).collect();
+        let removed: Vec<VipKey> = self.vips.keys().filter(|k| !new_vips.contains_key(*k)).copied().collect();
+        for key in &removed {
+            self.remove_vip(key)?;
+        }
+        let added: Vec<VipConfig> = new_vips.iter().filter(|(k, _)| !self.vips.contains_key(*k)).map(|(_, v)| v.clone()).collect();
+        let mut changed = 0;
+        for (key, config) in &new_vips {
+            let Some(vip) = self.vips.get(key) else { continue };
+            if vip.config == *config && !table_size_changed {
+                continue;
+            }
+            changed += 1;
+            self.change_vip(key, config.clone(), old_table_size)?;
+        }
+        let added_count = added.len();
+        self.add_vips(added).await?;
+        self.config.vips = new.vips;
+        Ok(format!("{added_count} VIPs added, {} removed, {changed} changed", removed.len()))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        self.datapath.remove_vip(key)?;
+        if let Some(vip) = self.vips.remove(key) {
+            for backend in vip.backends {
+                backend.checker.abort();
+                self.datapath.set_backend(backend.id, &Backend::default())?;
+                self.free_backend_ids.push(backend.id);
+            }
+            self.free_vip_ids.push(vip.id);
+            tracing::info!(vip = %vip.config.name, "vip {} removed", vip.config.name);
+        }
+        Ok(())
+    }
+
+    /// Applies a changed VIP: backends added, removed, reweighted or with new health settings,
+    /// and VIP attributes. New backends join the ring after their first successful check.
+    fn change_vip(&mut self, key: &VipKey, config: VipConfig, old_table_size: u32) -> anyhow::Result<()> {
+        let Some(mut vip) = self.vips.remove(key) else { return Ok(()) };
+        let mut kept = Vec::new();
+        let mut released = Vec::new();
+        for mut backend in std::mem::take(&mut vip.backends) {
+            match config.backends.iter().find(|b| b.address == backend.config.address) {
+                Some(new) => {
+                    if new.health != backend.config.health {
+                        backend.checker.abort();
+                        let (token, checker) = self.spawn_checker(backend.id, new);
+                        backend.token = token;
+                        backend.checker = checker;
+                    }
+                    backend.config = new.clone();
+                    kept.push(backend);
+                }
+                None => released.push(backend),
+            }
+        }
+        for new in &config.backends {
+            if !kept.iter().any(|b| b.config.address == new.address) {
+                kept.push(self.start_backend(&config, key, new.clone())?);
+            }
+        }
+        vip.backends = kept;
+        vip.config = config;
+        // Released backends leave the ring first, then their entries are cleared.
+        for backend in &released {
+            backend.checker.abort();
+        }
+        let table_size = self.config.table_size;
+        let grows = table_size > old_table_size;
+        let entry = Vip { id: vip.id, ring_size: table_size, forward: vip.config.forward as u8, _pad: [0; 3] };
+        self.vips.insert(*key, vip);
+        // A smaller ring is indexed with its own size before it is swapped in, a larger one
+        // after: a packet never indexes past the end of the ring it holds.
+        if !grows {
+            self.datapath.set_vip(key, &entry)?;
+        }
+        self.sync_vip(key)?;
+        if grows {
+            self.datapath.set_vip(key, &entry)?;
+        }
+        for backend in released {
+            self.datapath.set_backend(backend.id, &Backend::default())?;
+            self.free_backend_ids.push(backend.id);
+        }
+        Ok(())
+    }
+
+    /// Stops health checks; detaches and unpins unless `keep_datapath`.
+    pub fn shutdown(self, keep_datapath: bool) {
+        for vip in self.vips.values() {
+            for backend in &vip.backends {
+                backend.checker.abort();
+            }
+        }
+        if keep_datapath {
+            tracing::info!(state_dir = %self.config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
+            return;
+        }
+        match self.datapath.detach_and_unpin() {
+            Ok(()) => tracing::info!("datapath detached"),
+            Err(error) => tracing::error!("detaching the datapath failed: {error}"),
+        }
+    }
+
+    /// The configuration file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Index of `interface` in this network namespace.
+fn interface_index(interface: &str) -> anyhow::Result<u32> {
+    nix::net::if_::if_nametoindex(interface)
+        .with_context(|| format!("interface {interface} not found (set `interface` in the configuration)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datapath_state_follows_health_next_hop_and_weight() {
+        assert_eq!(datapath_state(Health::Up, true, 1), BackendState::Up);
+        assert_eq!(datapath_state(Health::Up, true, 0), BackendState::Draining);
+        assert_eq!(datapath_state(Health::Up, false, 1), BackendState::Down);
+        assert_eq!(datapath_state(Health::Down, true, 0), BackendState::Down);
+        assert_eq!(datapath_state(Health::Unknown, true, 1), BackendState::Down);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_map_bytes() {
+        for text in ["10.0.0.1", "fd00::1"] {
+            let address: IpAddr = text.parse().expect("ip");
+            let (bytes, family) = addr_bytes(address);
+            assert_eq!(addr_from_bytes(&bytes, family), address);
+        }
+    }
+}
