@@ -492,7 +492,10 @@ impl Agent {
                     }
                 }
                 _ = hangup.recv() => self.reload("SIGHUP").await,
-                Some(()) = changes.changed() => self.reload("file changed").await,
+                Some(()) = changes.changed() => {
+                    changes.settle().await;
+                    self.reload("file changed").await;
+                }
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),
             }

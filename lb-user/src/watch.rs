@@ -17,12 +17,16 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Waits for the next change (a burst of events counts once).
+    /// Waits for the next change. Cancel-safe (usable in `select!`); call [`Self::settle`]
+    /// before acting on it.
     pub async fn changed(&mut self) -> Option<()> {
-        self.events.recv().await?;
+        self.events.recv().await
+    }
+
+    /// Waits for a burst of events (one save is often several) to end and swallows the rest.
+    pub async fn settle(&mut self) {
         tokio::time::sleep(SETTLE).await;
         while self.events.try_recv().is_ok() {}
-        Some(())
     }
 }
 
@@ -43,4 +47,35 @@ pub fn watch_file(path: &Path) -> notify::Result<FileWatch> {
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(FileWatch { _watcher: watcher, events })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sees_writes_and_renames_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("lb-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("lb.toml");
+        std::fs::write(&file, "a").expect("write");
+        let mut watch = watch_file(&file).expect("watch");
+
+        std::fs::write(&file, "b").expect("write");
+        let seen = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
+        assert_eq!(seen, Ok(Some(())), "in-place write");
+        watch.settle().await;
+
+        let tmp = dir.join("lb.toml.tmp");
+        std::fs::write(&tmp, "c").expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        let seen = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
+        assert_eq!(seen, Ok(Some(())), "rename over the file");
+        watch.settle().await;
+
+        std::fs::write(dir.join("other"), "x").expect("write");
+        let seen = tokio::time::timeout(Duration::from_millis(400), watch.changed()).await;
+        assert!(seen.is_err(), "another file in the directory is not a change");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

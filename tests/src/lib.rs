@@ -3,6 +3,7 @@
 //!
 //! Every test here needs root (BPF, namespaces).
 
+pub mod agent;
 pub mod frames;
 pub mod lab;
 pub mod netns;

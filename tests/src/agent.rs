@@ -1,0 +1,138 @@
+//! Running `lb run` as a real process inside a test namespace, with its own state directory
+//! and configuration file, all removed on drop.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub use nix::sys::signal::Signal;
+use nix::{sys::signal::kill, unistd::Pid};
+
+use crate::netns::Netns;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The `lb` binary built next to the test executables (`cargo build` builds it; `cargo xtask
+/// test` does that before running tests).
+pub fn lb_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let lb = dir.join("lb");
+    assert!(lb.exists(), "{} not found: run `cargo build -p lb-user` first", lb.display());
+    lb
+}
+
+/// A scratch directory and a bpffs state directory for one agent; removed on drop (the state
+/// directory's pins too, which detaches a datapath left running).
+pub struct AgentFiles {
+    /// Scratch directory (config, logs).
+    pub dir: PathBuf,
+    /// The agent's `state_dir`.
+    pub state_dir: PathBuf,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The agent's log (stderr of every run, appended).
+    pub log: PathBuf,
+}
+
+impl AgentFiles {
+    /// New unique paths.
+    pub fn new(tag: &str) -> Self {
+        let unique = format!("lbt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&unique);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        Self {
+            state_dir: PathBuf::from("/sys/fs/bpf").join(&unique),
+            config: dir.join("lb.toml"),
+            log: dir.join("agent.log"),
+            dir,
+        }
+    }
+
+    /// Writes the configuration file (atomically, as an editor would: write then rename).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.join("lb.toml.tmp");
+        fs::write(&tmp, text).expect("write config");
+        fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// The agent log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for AgentFiles {
+    fn drop(&mut self) {
+        let _ = lb_user::datapath::remove_pins(&self.state_dir);
+        if std::env::var_os("LB_KEEP_TEST_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running `lb run`; killed on drop.
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    /// Starts `lb run --config <files.config>` in `ns` (network namespace only, so the state
+    /// directory in /sys/fs/bpf is the same for every run and for the test).
+    pub fn start(ns: &Netns, files: &AgentFiles, keep_datapath: bool) -> Self {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&files.log).expect("log");
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(lb_binary())
+            .args(["run", "--config"])
+            .arg(&files.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if keep_datapath {
+            command.arg("--keep-datapath");
+        }
+        Self { child: command.spawn().expect("spawn lb run") }
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn stop(mut self, signal: Signal) -> std::process::ExitStatus {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+        self.child.wait().expect("wait")
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,303 @@
+//! `lb run` end to end in network namespaces: a client, the load balancer and three DSR
+//! backends on one bridge. The agent is the real binary; the test watches the pinned maps and
+//! real TCP connections.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{AgentFiles, AgentProcess, Signal},
+    topology::{ask_name, Lan, NameServer},
+};
+use lb_user::datapath::Datapath;
+
+const VIP: &str = "10.78.0.100";
+const PORT: u16 = 8080;
+const INTERVAL_MS: u64 = 200;
+const RISE: u64 = 2;
+const FALL: u64 = 3;
+/// Slack for scheduling on a loaded 2-core CI machine.
+const BOUND_MS: u64 = 250;
+const NAMES: [&str; 3] = ["b1", "b2", "b3"];
+
+struct AgentLab {
+    servers: Vec<Option<NameServer>>,
+    files: AgentFiles,
+    lan: Lan,
+}
+
+impl AgentLab {
+    fn new(tag: &str) -> Self {
+        let lan = Lan::new(tag, &["client", "lb", "b1", "b2", "b3"]);
+        let mut servers = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let backend = lan.host(2 + i);
+            backend.ns.ip(&format!("addr add {VIP}/32 dev lo"));
+            servers.push(Some(NameServer::start(&backend.ns, PORT, name)));
+        }
+        lan.host(0).ns.ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
+        let files = AgentFiles::new(tag);
+        let lab = Self { servers, files, lan };
+        lab.write_config(&[1, 1, 1], "");
+        lab
+    }
+
+    fn backend_ip(&self, i: usize) -> IpAddr {
+        IpAddr::V4(self.lan.host(2 + i).ip)
+    }
+
+    fn write_config(&self, weights: &[u32; 3], extra: &str) {
+        let mut text = format!(
+            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
+             [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
+            self.files.state_dir.display()
+        );
+        for (i, weight) in weights.iter().enumerate() {
+            text += &format!("\n  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n", self.backend_ip(i));
+        }
+        self.files.write_config(&text);
+    }
+
+    fn start_agent(&self, keep_datapath: bool) -> AgentProcess {
+        let agent = AgentProcess::start(&self.lan.host(1).ns, &self.files, keep_datapath);
+        assert!(
+            self.files.wait_log("datapath attached", self.attached_count() + 1, Duration::from_secs(15)),
+            "agent did not attach:\n{}",
+            self.files.log_text()
+        );
+        agent
+    }
+
+    fn attached_count(&self) -> usize {
+        self.files.log_text().matches("datapath attached").count()
+    }
+
+    /// Whether backend `i` has slots in the VIP's ring right now.
+    fn in_ring(&self, i: usize) -> bool {
+        let ring = self.ring();
+        let id = self.backend_id(i);
+        ring.contains(&id)
+    }
+
+    fn ring(&self) -> Vec<u32> {
+        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let vips = datapath.vips().expect("vips");
+        let (_, vip) = vips.first().expect("one vip");
+        datapath.ring(vip.id).expect("ring").expect("ring present")
+    }
+
+    fn backend_id(&self, i: usize) -> u32 {
+        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let address = self.backend_ip(i);
+        datapath
+            .backends()
+            .expect("backends")
+            .into_iter()
+            .find(|(_, b)| lb_user::agent::addr_from_bytes(&b.addr, b.family) == address)
+            .map(|(id, _)| id)
+            .expect("backend entry")
+    }
+
+    /// Opens `n` connections from the client; returns the answering backend names.
+    fn connect(&self, n: usize) -> Vec<Result<String, String>> {
+        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+        self.lan.host(0).ns.run(|| {
+            (0..n).map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string())).collect()
+        })
+    }
+
+    /// Opens `n` connections and keeps them, with the name of the backend of each.
+    fn hold(&self, n: usize) -> Vec<(TcpStream, String)> {
+        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+        self.lan.host(0).ns.run(|| {
+            (0..n)
+                .map(|_| {
+                    let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                    let name = read_line(&mut stream);
+                    (stream, name)
+                })
+                .collect()
+        })
+    }
+
+    fn wait_until(&self, timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if condition() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Sends a line on a held connection and checks it comes back.
+fn echo(stream: &mut TcpStream, text: &str) -> Result<(), String> {
+    stream.write_all(format!("{text}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; text.len() + 1];
+    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    if buf[..text.len()] == *text.as_bytes() { Ok(()) } else { Err(format!("echo mismatch: {buf:?}")) }
+}
+
+fn count(answers: &[Result<String, String>], name: &str) -> usize {
+    answers.iter().filter(|a| a.as_deref() == Ok(name)).count()
+}
+
+fn failures(answers: &[Result<String, String>]) -> Vec<&String> {
+    answers.iter().filter_map(|a| a.as_ref().err()).collect()
+}
+
+#[test]
+fn a_failed_backend_leaves_the_ring_and_returns_after_recovery() {
+    let mut lab = AgentLab::new("failover");
+    let agent = lab.start_agent(false);
+    let answers = lab.connect(30);
+    assert!(failures(&answers).is_empty(), "{:?}\n{}", failures(&answers), lab.files.log_text());
+    assert!(NAMES.iter().all(|n| count(&answers, n) > 0), "all backends serve: {answers:?}");
+
+    // Stop b1's listener: connections to it are refused, health checks fail.
+    let stopped = Instant::now();
+    lab.servers[0] = None;
+    let detect = Duration::from_millis(FALL * INTERVAL_MS + BOUND_MS);
+    let detected = lab.wait_until(Duration::from_secs(5), || !lab.in_ring(0)).map(|_| stopped.elapsed());
+    println!("detection time: {detected:?} (limit {detect:?})");
+    let detected = detected.unwrap_or_else(|| panic!("b1 never left the ring:\n{}", lab.files.log_text()));
+    assert!(detected <= detect, "b1 left the ring after {detected:?}, limit {detect:?}");
+    assert!(lab.files.log_text().contains("failed checks"), "state change logged with its reason");
+
+    let answers = lab.connect(30);
+    assert!(failures(&answers).is_empty(), "connections after failover: {:?}", failures(&answers));
+    assert_eq!(count(&answers, "b1"), 0, "no new connection reaches the failed backend");
+
+    // Start it again: back after `rise` successful checks.
+    let restarted = Instant::now();
+    lab.servers[0] = Some(NameServer::start(&lab.lan.host(2).ns, PORT, "b1"));
+    let back = lab.wait_until(Duration::from_secs(5), || lab.in_ring(0)).map(|_| restarted.elapsed());
+    println!("recovery time: {back:?}");
+    let back = back.unwrap_or_else(|| panic!("b1 never returned:\n{}", lab.files.log_text()));
+    assert!(back <= Duration::from_millis(RISE * INTERVAL_MS + BOUND_MS), "b1 returned after {back:?}");
+    let answers = lab.connect(40);
+    assert!(failures(&answers).is_empty());
+    assert!(count(&answers, "b1") > 0, "b1 serves again: {answers:?}");
+
+    // SIGTERM without --keep-datapath detaches and removes the pins.
+    let status = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "agent exit: {status}\n{}", lab.files.log_text());
+    assert!(!lab.files.state_dir.exists(), "state directory removed on a plain stop");
+}
+
+#[test]
+fn drain_and_reload_keep_established_connections() {
+    let lab = AgentLab::new("drain");
+    let _agent = lab.start_agent(false);
+    let mut held = lab.hold(30);
+    assert!(held.iter().any(|(_, n)| n == "b1"), "some held connection on b1");
+    let ring_before = lab.ring();
+
+    // Weight 0 for b1, by editing the file (no signal): existing flows stay, no new ones.
+    lab.write_config(&[0, 1, 1], "");
+    assert!(lab.files.wait_log("reloaded", 1, Duration::from_secs(5)), "no reload:\n{}", lab.files.log_text());
+    for (stream, name) in &mut held {
+        echo(stream, "still there").unwrap_or_else(|e| panic!("connection to {name} broke after drain: {e}"));
+    }
+    let answers = lab.connect(30);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    assert_eq!(count(&answers, "b1"), 0, "a draining backend gets no new connections");
+    assert_ne!(lab.ring(), ring_before, "ring rebuilt");
+
+    // An invalid file is rejected; forwarding goes on unchanged.
+    let ring_drained = lab.ring();
+    lab.files.write_config("interface = \"eth0\"\ntable_size = 65536\n");
+    assert!(lab.files.wait_log("rejected", 1, Duration::from_secs(5)), "invalid file not reported:\n{}", lab.files.log_text());
+    assert!(lab.files.log_text().contains("table_size"), "the error names the key");
+    assert_eq!(lab.ring(), ring_drained, "an invalid file changes nothing");
+    let answers = lab.connect(20);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+
+    // A valid change: b1 back with weight 2; held connections unaffected.
+    lab.write_config(&[2, 1, 1], "");
+    assert!(lab.files.wait_log("reloaded", 2, Duration::from_secs(5)), "no second reload:\n{}", lab.files.log_text());
+    for (stream, name) in &mut held {
+        echo(stream, "after reweight").unwrap_or_else(|e| panic!("connection to {name} broke after reload: {e}"));
+    }
+    let answers = lab.connect(40);
+    assert!(failures(&answers).is_empty());
+    assert!(count(&answers, "b1") > 0, "reweighted b1 gets connections: {answers:?}");
+}
+
+#[test]
+fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
+    let lab = AgentLab::new("restart");
+    let agent = lab.start_agent(true);
+    let mut held = lab.hold(5);
+    let ring_before = lab.ring();
+    let held_flows: Vec<(lb_common::FlowKey, String)> = held
+        .iter()
+        .map(|(s, name)| {
+            let local = s.local_addr().expect("local");
+            let IpAddr::V4(src) = local.ip() else { unreachable!() };
+            let flow = lb_common::FlowKey::v4(src.octets(), [10, 78, 0, 100], local.port(), PORT, lb_common::maps::Protocol::Tcp);
+            (flow, name.clone())
+        })
+        .collect();
+
+    // A client opens connections continuously while the agent is killed and restarted.
+    let running = Arc::new(AtomicBool::new(true));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = {
+        let (running, attempts, failed) = (running.clone(), attempts.clone(), failed.clone());
+        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+        lab.lan.host(0).ns.spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = ask_name(vip, Duration::from_secs(2)) {
+                    failed.lock().expect("lock").push(e.to_string());
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _agent = lab.start_agent(true);
+    assert!(lab.files.log_text().contains("adopted the running datapath"), "{}", lab.files.log_text());
+    std::thread::sleep(Duration::from_millis(800));
+    running.store(false, Ordering::Relaxed);
+    client.join().expect("client");
+
+    let failed = failed.lock().expect("lock");
+    let attempts = attempts.load(Ordering::Relaxed);
+    println!("{attempts} connections during kill -9 and restart, {} failed", failed.len());
+    assert!(attempts > 20, "the client kept connecting ({attempts})");
+    assert!(failed.is_empty(), "{} of {attempts} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+
+    // Adopted: same ring, conntrack intact, held connections still work.
+    assert_eq!(lab.ring(), ring_before, "the restarted agent keeps the ring");
+    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+    for (flow, name) in &held_flows {
+        assert!(datapath.conntrack(flow).expect("conntrack").is_some(), "tracked flow to {name} survived");
+    }
+    for (stream, name) in &mut held {
+        echo(stream, "after restart").unwrap_or_else(|e| panic!("held connection to {name} broke: {e}"));
+    }
+}
