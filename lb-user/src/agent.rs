@@ -512,7 +512,7 @@ impl Agent {
             }
         };
         if config == self.config {
-            tracing::debug!("reload ({why}): configuration unchanged");
+            tracing::info!("reload ({why}): configuration unchanged");
             return;
         }
         match self.apply(config).await {

@@ -6,6 +6,7 @@ use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
     agent::{self, RunOptions},
+    datapath::{Datapath, Options, Program},
     decap::Decap,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -35,6 +36,15 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Lab helper: attach a pass-everything XDP program to IF until SIGINT/SIGTERM. A veth
+    /// delivers frames that XDP sent with XDP_TX/XDP_REDIRECT only if its peer runs an XDP
+    /// program; real NICs do not need this.
+    #[command(hide = true)]
+    XdpPass {
+        /// Interface (a veth peer).
+        #[arg(long, short)]
+        interface: String,
     },
     /// Strip lb's IP-in-IP tunnels on a tunnel-mode backend until SIGINT/SIGTERM.
     Decap {
@@ -101,6 +111,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let parsed = lb_user::config::load(&config)?;
             let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
             println!("{}: ok ({} VIPs, {backends} backends)", config.display(), parsed.vips.len());
+            Ok(())
+        }
+        Command::XdpPass { interface } => {
+            let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None })?;
+            datapath.attach(Program::Pass, &interface, XdpMode::Driver)?;
+            tracing::info!(%interface, "pass program attached");
+            wait_for_shutdown().await?;
             Ok(())
         }
         Command::Decap { interface, xdp_mode } => {

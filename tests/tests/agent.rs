@@ -208,7 +208,7 @@ fn a_failed_backend_leaves_the_ring_and_returns_after_recovery() {
 #[test]
 fn drain_and_reload_keep_established_connections() {
     let lab = AgentLab::new("drain");
-    let _agent = lab.start_agent(false);
+    let agent = lab.start_agent(false);
     let mut held = lab.hold(30);
     assert!(held.iter().any(|(_, n)| n == "b1"), "some held connection on b1");
     let ring_before = lab.ring();
@@ -242,6 +242,10 @@ fn drain_and_reload_keep_established_connections() {
     let answers = lab.connect(40);
     assert!(failures(&answers).is_empty());
     assert!(count(&answers, "b1") > 0, "reweighted b1 gets connections: {answers:?}");
+
+    // SIGHUP re-reads the file too.
+    agent.signal(Signal::SIGHUP);
+    assert!(lab.files.wait_log("reload (SIGHUP)", 1, Duration::from_secs(5)), "SIGHUP ignored:\n{}", lab.files.log_text());
 }
 
 #[test]
