@@ -34,6 +34,7 @@ use crate::{
     datapath::{Datapath, Options},
     health::{spawn_checker, CheckResult, Health, HealthEvent},
     nexthop::{self, NextHop},
+    status,
 };
 
 /// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
@@ -61,7 +62,7 @@ struct BackendRuntime {
     config: BackendConfig,
     health: Health,
     last: Option<CheckResult>,
-    last_change: Instant,
+    last_change_unix_ms: u64,
     next_hop: Option<NextHop>,
     token: u64,
     checker: JoinHandle<()>,
@@ -92,6 +93,8 @@ pub struct Agent {
     events: mpsc::Receiver<HealthEvent<CheckerKey>>,
     next_token: u64,
     attach_ifindex: u32,
+    xdp_mode: aya::programs::XdpMode,
+    program_id: Option<u32>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -183,6 +186,8 @@ impl Agent {
             events,
             next_token: 0,
             attach_ifindex,
+            xdp_mode: aya::programs::XdpMode::Driver,
+            program_id: None,
         };
         let stale_vips = if adopting { agent.recover_ids()? } else { Vec::new() };
         agent.write_settings().await?;
@@ -200,6 +205,8 @@ impl Agent {
             XdpModeSetting::Generic => Some(aya::programs::XdpMode::Skb),
         };
         let attachment = agent.datapath.attach_pinned(&config.interface, mode)?;
+        agent.xdp_mode = attachment.mode;
+        agent.program_id = agent.datapath.program_id().ok();
         tracing::info!(
             interface = %config.interface,
             mode = ?attachment.mode,
@@ -209,7 +216,55 @@ impl Agent {
             "datapath attached{}",
             if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
         );
+        agent.publish();
         Ok(agent)
+    }
+
+    /// Writes the status snapshot `lb status` reads.
+    fn publish(&self) {
+        let snapshot = status::Snapshot {
+            pid: std::process::id(),
+            updated_unix_ms: status::now_unix_ms(),
+            config: self.path.clone(),
+            interface: self.config.interface.clone(),
+            xdp_mode: if self.xdp_mode == aya::programs::XdpMode::Skb { "generic" } else { "native" }.to_owned(),
+            program_id: self.program_id,
+            vips: self
+                .vips
+                .values()
+                .map(|vip| status::VipStatus {
+                    name: vip.config.name.clone(),
+                    id: vip.id,
+                    address: vip.config.address.to_string(),
+                    port: vip.config.port,
+                    protocol: if vip.config.protocol == lb_common::maps::Protocol::Udp { "udp" } else { "tcp" }.to_owned(),
+                    forward: if vip.config.forward == lb_common::maps::ForwardMode::Tunnel { "tunnel" } else { "dsr" }.to_owned(),
+                    backends: vip
+                        .backends
+                        .iter()
+                        .map(|b| status::BackendStatus {
+                            address: b.config.address.to_string(),
+                            id: b.id,
+                            weight: b.config.weight,
+                            state: match (b.health, datapath_state(b.health, b.next_hop.is_some(), b.config.weight)) {
+                                (Health::Unknown, _) => "unknown",
+                                (_, BackendState::Up) => "up",
+                                (_, BackendState::Draining) => "draining",
+                                _ => "down",
+                            }
+                            .to_owned(),
+                            last_check_ok: b.last.as_ref().map(|r| r.ok),
+                            last_check_latency_us: b.last.as_ref().map(|r| r.latency.as_micros() as u64),
+                            last_check_error: b.last.as_ref().and_then(|r| r.error.clone()),
+                            last_change_unix_ms: b.last_change_unix_ms,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        if let Err(error) = status::write(&self.config.state_dir, &snapshot) {
+            tracing::warn!("cannot write the status snapshot {}: {error}", status::path_for(&self.config.state_dir).display());
+        }
     }
 
     /// Reads the ids a previous agent left in the pinned maps, so unchanged VIPs and backends
@@ -287,7 +342,7 @@ impl Agent {
             config,
             health: Health::Unknown,
             last: None,
-            last_change: Instant::now(),
+            last_change_unix_ms: status::now_unix_ms(),
             next_hop: None,
             token,
             checker,
@@ -377,7 +432,7 @@ impl Agent {
                     backend.config.address, vip.config.name, transition.from, transition.to, transition.reason
                 );
                 backend.health = health;
-                backend.last_change = Instant::now();
+                backend.last_change_unix_ms = status::now_unix_ms();
                 return Some(*vip_key);
             }
             backend.health = health;
@@ -490,6 +545,7 @@ impl Agent {
                             tracing::error!("updating the datapath failed: {error:#}");
                         }
                     }
+                    self.publish();
                 }
                 _ = hangup.recv() => self.reload("SIGHUP").await,
                 Some(()) = changes.changed() => {
@@ -519,6 +575,7 @@ impl Agent {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
             Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
         }
+        self.publish();
     }
 
     /// Applies a new, valid configuration as a diff against the running one.
@@ -642,6 +699,7 @@ impl Agent {
             tracing::info!(state_dir = %self.config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
             return;
         }
+        status::remove(&self.config.state_dir);
         match self.datapath.detach_and_unpin() {
             Ok(()) => tracing::info!("datapath detached"),
             Err(error) => tracing::error!("detaching the datapath failed: {error}"),

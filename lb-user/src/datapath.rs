@@ -248,6 +248,15 @@ impl Datapath {
         }
     }
 
+    /// Kernel id of the loaded balancer program.
+    pub fn program_id(&mut self) -> Result<u32> {
+        let info = self
+            .program(Program::Balancer)?
+            .info()
+            .map_err(|source| DatapathError::Program { program: Program::Balancer.name(), action: "info", source })?;
+        Ok(info.id())
+    }
+
     /// Whether `dir` holds a previous agent's pinned link (its datapath is still forwarding).
     pub fn is_pinned(dir: &Path) -> bool {
         dir.join(names::LINK).exists()

@@ -8,4 +8,5 @@ pub mod datapath;
 pub mod decap;
 pub mod health;
 pub mod nexthop;
+pub mod status;
 pub mod watch;

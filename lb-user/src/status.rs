@@ -1,0 +1,123 @@
+//! The agent's view that the maps do not hold (VIP names, weights, health, last check), written
+//! by `lb run` as a JSON snapshot after every check and read by `lb status` and `lb stats`.
+//!
+//! The state directory is on bpffs, which only holds pins, so the snapshot lives in
+//! [`RUN_DIR`], under a name derived from the state directory.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where snapshots are written.
+pub const RUN_DIR: &str = "/run/lb";
+
+/// Snapshot path for the agent using `state_dir`.
+pub fn path_for(state_dir: &Path) -> PathBuf {
+    let name: String = state_dir
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    Path::new(RUN_DIR).join(format!("{name}.json"))
+}
+
+/// What the agent knows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The agent's pid.
+    pub pid: u32,
+    /// When the snapshot was written (Unix milliseconds).
+    pub updated_unix_ms: u64,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The interface the balancer is attached to.
+    pub interface: String,
+    /// `native` or `generic`.
+    pub xdp_mode: String,
+    /// Kernel id of the attached program.
+    pub program_id: Option<u32>,
+    /// VIPs.
+    pub vips: Vec<VipStatus>,
+}
+
+/// One VIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    /// Name from the configuration.
+    pub name: String,
+    /// VIP id (index of its ring and counters).
+    pub id: u32,
+    /// Address.
+    pub address: String,
+    /// Port (0 = all).
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `dsr` or `tunnel`.
+    pub forward: String,
+    /// Backends.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Address.
+    pub address: String,
+    /// Backend id (index of its map entry and counters).
+    pub id: u32,
+    /// Configured weight.
+    pub weight: u32,
+    /// `up`, `down`, `draining` or `unknown`.
+    pub state: String,
+    /// Whether the last check succeeded.
+    pub last_check_ok: Option<bool>,
+    /// Latency of the last check, microseconds.
+    pub last_check_latency_us: Option<u64>,
+    /// Error of the last check.
+    pub last_check_error: Option<String>,
+    /// When the state last changed (Unix milliseconds).
+    pub last_change_unix_ms: u64,
+}
+
+/// Writes `snapshot` for `state_dir` atomically (write, then rename).
+pub fn write(state_dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    let path = path_for(state_dir);
+    std::fs::create_dir_all(RUN_DIR)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Reads the snapshot for `state_dir`, if an agent wrote one.
+pub fn read(state_dir: &Path) -> Option<Snapshot> {
+    let text = std::fs::read(path_for(state_dir)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Removes the snapshot (the agent stopped and detached).
+pub fn remove(state_dir: &Path) {
+    let _ = std::fs::remove_file(path_for(state_dir));
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_is_derived_from_the_state_dir() {
+        assert_eq!(path_for(Path::new("/sys/fs/bpf/lb")), Path::new("/run/lb/sys_fs_bpf_lb.json"));
+    }
+}
