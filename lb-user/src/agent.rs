@@ -33,6 +33,7 @@ use crate::{
     config::{self, BackendConfig, Config, OnAllDown, VipConfig, XdpModeSetting},
     datapath::{Datapath, Options},
     health::{spawn_checker, CheckResult, Health, HealthEvent},
+    metrics::{self, Metrics},
     nexthop::{self, NextHop},
     status,
 };
@@ -95,6 +96,8 @@ pub struct Agent {
     attach_ifindex: u32,
     xdp_mode: aya::programs::XdpMode,
     program_id: Option<u32>,
+    /// The `/metrics` endpoint's state (`metrics` in the configuration), updated by hooks.
+    metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -173,6 +176,7 @@ impl Agent {
             .with_context(|| format!("loading the datapath (state directory {})", config.state_dir.display()))?;
         let attach_ifindex = interface_index(&config.interface)?;
         let (events_tx, events) = mpsc::channel(1024);
+        let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let mut agent = Self {
             path,
             config: config.clone(),
@@ -188,6 +192,7 @@ impl Agent {
             attach_ifindex,
             xdp_mode: aya::programs::XdpMode::Driver,
             program_id: None,
+            metrics,
         };
         let stale_vips = if adopting { agent.recover_ids()? } else { Vec::new() };
         agent.write_settings().await?;
@@ -421,6 +426,7 @@ impl Agent {
             let Some(backend) = vip.backends.iter_mut().find(|b| b.id == key.backend && b.token == key.token) else {
                 continue;
             };
+            if let Some(m) = &self.metrics { m.health_checked(&vip.config.name, backend.config.address, result.latency) } // metrics hook
             backend.last = Some(result);
             if let Some(transition) = transition {
                 tracing::info!(
@@ -517,6 +523,7 @@ impl Agent {
         // ...then the ring...
         if vip.ring.as_ref() != Some(&ring) {
             self.datapath.set_ring(vip.id, &ring)?;
+            if let Some(m) = &self.metrics { m.ring_rebuilt(&vip.config.name) } // metrics hook
             vip.ring = Some(ring);
         }
         // ...then entries that stop being usable: their tracked flows re-hash into the new ring.
@@ -527,6 +534,7 @@ impl Agent {
                 backend.written = Some(*entry);
             }
         }
+        if let Some(m) = &self.metrics { m.vip_synced(vip.id, &vip.config.name, vip.backends.iter().zip(&entries).map(|(b, (_, e))| (b.id, b.config.address, e.state))) } // metrics hook
         Ok(())
     }
 
@@ -564,14 +572,18 @@ impl Agent {
             Ok(config) => config,
             Err(error) => {
                 tracing::error!("reload ({why}) rejected, still running the previous configuration: {error}");
+                if let Some(m) = &self.metrics { m.reloaded(false, &self.config) } // metrics hook
                 return;
             }
         };
         if config == self.config {
             tracing::info!("reload ({why}): configuration unchanged");
+            if let Some(m) = &self.metrics { m.reloaded(true, &self.config) } // metrics hook
             return;
         }
-        match self.apply(config).await {
+        let applied = self.apply(config).await;
+        if let Some(m) = &self.metrics { m.reloaded(applied.is_ok(), &self.config) } // metrics hook
+        match applied {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
             Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
         }

@@ -7,6 +7,8 @@ pub mod agent;
 pub mod datapath;
 pub mod decap;
 pub mod health;
+pub mod metrics;
 pub mod nexthop;
+pub mod report;
 pub mod status;
 pub mod watch;

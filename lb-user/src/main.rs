@@ -8,6 +8,7 @@ use lb_user::{
     agent::{self, RunOptions},
     datapath::{Datapath, Options, Program},
     decap::Decap,
+    report,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -30,6 +31,33 @@ enum Command {
         /// next `lb run` adopts it). Without it the datapath is detached and unpinned.
         #[arg(long)]
         keep_datapath: bool,
+    },
+    /// Counters: global by verdict and reason, per VIP and per backend.
+    Stats {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Redraw every INTERVAL (default 1s) with rates instead of totals.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
+        /// With --watch: stop after N redraws.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
+    /// The attached datapath, each VIP's backends with health, weight and ring share.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Which backend a client's flow goes to now, and why.
+    Explain {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The VIP: ADDR:PORT/PROTO, e.g. 10.0.0.100:80/tcp or [fd00::1]:53/udp.
+        #[arg(long)]
+        vip: String,
+        /// The client: ADDR:PORT.
+        #[arg(long)]
+        client: std::net::SocketAddr,
     },
     /// Validate a configuration file without touching the kernel (exit status 0 or 1).
     Check {
@@ -55,6 +83,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
     },
+}
+
+/// Where the agent pinned its state, and the output format.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The agent's state_dir.
+    #[arg(long, default_value = lb_user::config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print JSON (schema in the README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// XDP attach mode.
@@ -107,6 +146,28 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, keep_datapath } => agent::run(RunOptions { config, keep_datapath }).await,
+        Command::Stats { state, watch, count } => {
+            let mut view = report::View::open(&state.state_dir)?;
+            match watch {
+                Some(interval) => report::watch(&mut view, interval, count, state.json)?,
+                None => {
+                    let stats = report::stats(&mut view)?;
+                    print_report(&stats, state.json, report::format_stats)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Status { state } => {
+            let mut view = report::View::open(&state.state_dir)?;
+            let status = report::status(&mut view)?;
+            print_report(&status, state.json, report::format_status)
+        }
+        Command::Explain { state, vip, client } => {
+            let (vip, protocol) = report::parse_vip(&vip)?;
+            let mut view = report::View::open(&state.state_dir)?;
+            let explanation = report::explain(&mut view, vip, protocol, client)?;
+            print_report(&explanation, state.json, report::format_explanation)
+        }
         Command::Check { config } => {
             let parsed = lb_user::config::load(&config)?;
             let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
@@ -129,6 +190,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_report<T: serde::Serialize>(report: &T, json: bool, human: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", human(report));
+    }
+    Ok(())
 }
 
 async fn wait_for_shutdown() -> std::io::Result<()> {

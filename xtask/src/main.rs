@@ -1,6 +1,7 @@
 //! Developer tasks for the `lb` workspace. Run as `cargo xtask <COMMAND>`.
 
 mod cmd;
+mod demo;
 mod setup;
 
 use std::ffi::OsString;
@@ -44,8 +45,20 @@ enum Cmd {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
-    /// Run the load balancer demo (not implemented yet, issue #5).
-    Demo,
+    /// Show lb at work in a lab of network namespaces, narrated (about 30 s; needs root).
+    ///
+    /// Runs setup and `cargo build -p lb-user`, builds a bridge with a client, the load
+    /// balancer and three backends (namespaces `lbdemo-<pid>-*`), runs `lb run` with
+    /// examples/demo.toml's configuration, sends real TCP connections, stops and restarts a
+    /// backend. Everything is removed at the end, on failure and on Ctrl-C.
+    Demo {
+        /// Leave the lab running at the end and print how to use it.
+        #[arg(long)]
+        keep: bool,
+        /// Remove every demo lab (namespaces, processes, pinned state, temp files), then exit.
+        #[arg(long, conflicts_with = "keep")]
+        clean: bool,
+    },
     /// Run the benchmark (not implemented yet, issue #6).
     Bench,
 }
@@ -55,7 +68,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::Test { skip_setup, args } => test(skip_setup, &args),
-        Cmd::Demo => not_implemented(5),
+        Cmd::Demo { clean: true, .. } => demo::clean(),
+        Cmd::Demo { keep, .. } => demo::run(keep),
         Cmd::Bench => not_implemented(6),
     };
     match result {

@@ -1,0 +1,704 @@
+//! The Prometheus endpoint of `lb run` (`metrics = "ADDR:PORT"` in the configuration): `GET
+//! /metrics` in the OpenMetrics text format, encoded by `prometheus-client` and served by axum.
+//!
+//! Two sources:
+//! - **datapath counters** are read from the pinned maps at every scrape (a [`Collector`] with
+//!   its own map handles, [`Datapath::open_pinned`]): they are exact, per-CPU sums, and survive
+//!   agent restarts (`--keep-datapath`, adoption) because the maps do;
+//! - **agent metrics** live here and are updated by one-line hooks in `agent.rs`: backend state
+//!   gauges, health-check latency, ring swaps and reloads.
+//!
+//! Every label value is a configured VIP name or backend address, and label sets of VIPs and
+//! backends removed by a reload are dropped, so the number of series stays bounded by the
+//! configuration.
+//!
+//! Metric families (all prefixed `lb_`):
+//!
+//! | family | type | labels |
+//! |---|---|---|
+//! | `lb_packets_total` | counter | `verdict` = `pass`, `tx`, `redirect`, `drop` |
+//! | `lb_passed_packets_total` | counter | `reason` = `not_ip`, `not_vip`, `not_tcp_udp`, `fragment`, `ipv6_extension_header` |
+//! | `lb_dropped_packets_total` | counter | `reason` = `parse_error`, `no_backend`, `too_big`, `no_headroom`, `redirect_failed` |
+//! | `lb_datapath_events_total` | counter | `event` = `rehashed`, `conntrack_full` |
+//! | `lb_vip_packets_total`, `lb_vip_bytes_total`, `lb_vip_new_flows_total`, `lb_vip_conntrack_hits_total`, `lb_vip_dropped_packets_total` | counter | `vip` |
+//! | `lb_backend_packets_total`, `lb_backend_bytes_total`, `lb_backend_new_flows_total` | counter | `vip`, `backend` |
+//! | `lb_backend_up` | gauge | `vip`, `backend`: 1 when the backend is in the ring (up), else 0 |
+//! | `lb_backend_draining` | gauge | `vip`, `backend`: 1 when draining (weight 0, healthy), else 0 |
+//! | `lb_health_check_duration_seconds` | histogram | `vip`, `backend`: every check, passed or failed |
+//! | `lb_ring_rebuilds_total` | counter | `vip`: ring swaps (`RINGS` updates) |
+//! | `lb_reloads_total` | counter | `result` = `ok`, `failed` |
+//!
+//! There is no conntrack entry count: `CONNTRACK` is an LRU hash, which keeps no count, and
+//! walking a million entries per scrape is not cheap.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use lb_common::{maps::BackendState, stats::Counter as DatapathCounter};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+        MetricType,
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{config::Config, datapath::Datapath};
+
+/// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of `lb_health_check_duration_seconds`: 100 µs (a LAN connect) to 5 s (the longest
+/// sensible timeout).
+const CHECK_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// One backend as the agent last wrote it to `BACKENDS`.
+#[derive(Clone, Debug)]
+struct BackendView {
+    id: u32,
+    address: IpAddr,
+    state: u8,
+}
+
+/// One VIP as the agent last synced it: its name and its backends.
+#[derive(Clone, Debug)]
+struct VipView {
+    name: String,
+    backends: Vec<BackendView>,
+}
+
+/// VIPs by id: what the agent programmed, shared with the collector.
+type Topology = Arc<Mutex<BTreeMap<u32, VipView>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The agent's metrics and the registry `/metrics` encodes.
+pub struct Metrics {
+    registry: Registry,
+    address: SocketAddr,
+    topology: Topology,
+    check_duration: Family<BackendLabels, Histogram>,
+    ring_rebuilds: Family<VipLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `/metrics` on `config.metrics`, if set. A failed bind is logged and the agent runs
+/// without metrics (`None`).
+pub async fn start(config: &Config) -> Option<Arc<Metrics>> {
+    let address = config.metrics?;
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(
+                "metrics: cannot listen on {address}: {error}; running without metrics"
+            );
+            return None;
+        }
+    };
+    let metrics = Arc::new(Metrics::new(address, config.state_dir.clone()));
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("metrics: server on {address} stopped: {error}");
+        }
+    });
+    tracing::info!("metrics: serving http://{address}/metrics");
+    Some(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.encode() {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body),
+        Err(error) => {
+            tracing::error!("metrics: encoding failed: {error}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "encoding failed\n".to_owned(),
+            )
+        }
+    }
+}
+
+impl Metrics {
+    /// A registry with the agent's families and the datapath collector for the maps pinned in
+    /// `state_dir`.
+    pub fn new(address: SocketAddr, state_dir: PathBuf) -> Self {
+        let mut registry = Registry::with_prefix("lb");
+        let topology = Topology::default();
+        let check_duration = Family::<BackendLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(CHECK_BUCKETS)
+        });
+        let ring_rebuilds = Family::<VipLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        // Both results exist from the start (at 0), so `increase()` sees the first one.
+        for result in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
+        registry.register_with_unit(
+            "health_check_duration",
+            "Latency of health checks (connect, failure or timeout)",
+            Unit::Seconds,
+            check_duration.clone(),
+        );
+        registry.register(
+            "ring_rebuilds",
+            "Maglev ring swaps of a VIP (backend state, weight or table size changes)",
+            ring_rebuilds.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        registry.register_collector(Box::new(DatapathCollector {
+            state_dir,
+            datapath: Mutex::new(None),
+            topology: topology.clone(),
+        }));
+        Self {
+            registry,
+            address,
+            topology,
+            check_duration,
+            ring_rebuilds,
+            reloads,
+        }
+    }
+
+    /// The `/metrics` body.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+
+    /// Hook (`record`): one health check of `backend` of `vip` took `latency`.
+    pub fn health_checked(&self, vip: &str, backend: IpAddr, latency: Duration) {
+        let labels = BackendLabels {
+            vip: vip.to_owned(),
+            backend: backend.to_string(),
+        };
+        self.check_duration
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Hook (`sync_vip`): the ring of `vip` was swapped.
+    pub fn ring_rebuilt(&self, vip: &str) {
+        self.ring_rebuilds
+            .get_or_create(&VipLabels {
+                vip: vip.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Hook (`sync_vip`, at its end): VIP `id` named `name` has these backends (id, address,
+    /// `BACKENDS` state as written). Replaces what was known about the VIP; series of backends
+    /// it no longer has are dropped.
+    pub fn vip_synced(
+        &self,
+        id: u32,
+        name: &str,
+        backends: impl IntoIterator<Item = (u32, IpAddr, u8)>,
+    ) {
+        let backends: Vec<BackendView> = backends
+            .into_iter()
+            .map(|(id, address, state)| BackendView { id, address, state })
+            .collect();
+        let mut topology = lock(&self.topology);
+        // Names are unique among running VIPs: another id with this name is a removed VIP.
+        let stale: Vec<u32> = topology
+            .iter()
+            .filter(|(other, v)| **other != id && v.name == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for other in stale {
+            if let Some(old) = topology.remove(&other) {
+                self.forget_backends(&old.name, old.backends.iter().map(|b| b.address));
+            }
+        }
+        let previous = topology.insert(
+            id,
+            VipView {
+                name: name.to_owned(),
+                backends: backends.clone(),
+            },
+        );
+        if let Some(old) = previous {
+            if old.name != name {
+                self.forget_vip(&old);
+            } else {
+                let gone = old
+                    .backends
+                    .iter()
+                    .filter(|o| !backends.iter().any(|b| b.address == o.address));
+                self.forget_backends(&old.name, gone.map(|b| b.address));
+            }
+        }
+    }
+
+    /// Hook (`reload`): a reload finished (`ok`: valid and applied, or unchanged). Drops the
+    /// series of VIPs and backends `config` no longer has.
+    pub fn reloaded(&self, ok: bool, config: &Config) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        if config.metrics != Some(self.address) {
+            tracing::warn!("metrics: address changed: takes effect only after a restart of lb run (serving {})", self.address);
+        }
+        let mut topology = lock(&self.topology);
+        let mut removed = Vec::new();
+        topology.retain(|_, vip| {
+            let Some(configured) = config.vips.iter().find(|v| v.name == vip.name) else {
+                removed.push(vip.clone());
+                return false;
+            };
+            let gone: Vec<BackendView> = vip
+                .backends
+                .iter()
+                .filter(|b| !configured.backends.iter().any(|c| c.address == b.address))
+                .cloned()
+                .collect();
+            vip.backends
+                .retain(|b| configured.backends.iter().any(|c| c.address == b.address));
+            removed.push(VipView {
+                name: vip.name.clone(),
+                backends: gone,
+            });
+            true
+        });
+        for vip in removed {
+            if config.vips.iter().any(|v| v.name == vip.name) {
+                self.forget_backends(&vip.name, vip.backends.iter().map(|b| b.address));
+            } else {
+                self.forget_vip(&vip);
+            }
+        }
+    }
+
+    fn forget_vip(&self, vip: &VipView) {
+        self.ring_rebuilds.remove(&VipLabels {
+            vip: vip.name.clone(),
+        });
+        self.forget_backends(&vip.name, vip.backends.iter().map(|b| b.address));
+    }
+
+    fn forget_backends(&self, vip: &str, backends: impl Iterator<Item = IpAddr>) {
+        for backend in backends {
+            self.check_duration.remove(&BackendLabels {
+                vip: vip.to_owned(),
+                backend: backend.to_string(),
+            });
+        }
+    }
+}
+
+/// What a global datapath counter means in the exposition.
+enum Kind {
+    Verdict,
+    Passed,
+    Dropped,
+    Event,
+}
+
+fn kind(counter: DatapathCounter) -> Kind {
+    use DatapathCounter::*;
+    match counter {
+        Pass | Tx | Redirect | Drop => Kind::Verdict,
+        NotIp | NotVip | NotTcpUdp | Fragment | Ipv6ExtensionHeader => Kind::Passed,
+        ParseError | NoBackend | TooBig | NoHeadroom | RedirectFailed => Kind::Dropped,
+        Rehashed | ConntrackFull => Kind::Event,
+    }
+}
+
+/// Reads the pinned maps at each scrape and emits them as constant counters, plus the backend
+/// state gauges from the agent's topology.
+struct DatapathCollector {
+    state_dir: PathBuf,
+    /// Opened on the first scrape, reopened after an error.
+    datapath: Mutex<Option<Datapath>>,
+    topology: Topology,
+}
+
+impl std::fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatapathCollector")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one scrape reads from the maps.
+#[derive(Default)]
+struct Reading {
+    global: Vec<(DatapathCounter, u64)>,
+    /// Per VIP: name, stats.
+    vips: Vec<(String, lb_common::stats::VipStats)>,
+    /// Per backend: VIP name, address, stats.
+    backends: Vec<(String, IpAddr, lb_common::stats::BackendStats)>,
+}
+
+impl DatapathCollector {
+    fn read(&self, topology: &BTreeMap<u32, VipView>) -> Option<Reading> {
+        let mut guard = lock(&self.datapath);
+        if guard.is_none() {
+            match Datapath::open_pinned(&self.state_dir) {
+                Ok(datapath) => *guard = Some(datapath),
+                Err(error) => {
+                    tracing::warn!(
+                        "metrics: cannot open the pinned maps in {}: {error}",
+                        self.state_dir.display()
+                    );
+                    return None;
+                }
+            }
+        }
+        let datapath = guard.as_mut()?;
+        let result = (|| -> Result<Reading, crate::datapath::DatapathError> {
+            let mut reading = Reading::default();
+            for counter in DatapathCounter::ALL {
+                reading.global.push((counter, datapath.counter(counter)?));
+            }
+            for (id, vip) in topology {
+                reading
+                    .vips
+                    .push((vip.name.clone(), datapath.vip_stats(*id)?));
+                for backend in &vip.backends {
+                    reading.backends.push((
+                        vip.name.clone(),
+                        backend.address,
+                        datapath.backend_stats(backend.id)?,
+                    ));
+                }
+            }
+            Ok(reading)
+        })();
+        match result {
+            Ok(reading) => Some(reading),
+            Err(error) => {
+                tracing::warn!("metrics: reading the datapath counters failed: {error}");
+                *guard = None;
+                None
+            }
+        }
+    }
+}
+
+/// Writes one counter family with one sample per label set.
+fn counters<'a, L: EncodeLabelSet + 'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family with one sample per label set.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topology = lock(&self.topology).clone();
+
+        // Agent state of every configured backend, as written to `BACKENDS`.
+        let backend_labels = |vip: &VipView, b: &BackendView| BackendLabels {
+            vip: vip.name.clone(),
+            backend: b.address.to_string(),
+        };
+        let states = || {
+            topology
+                .values()
+                .flat_map(|vip| vip.backends.iter().map(move |b| (vip, b)))
+        };
+        gauges(
+            &mut encoder,
+            "backend_up",
+            "1 when the backend is up (in the ring), else 0 (down, unknown or draining).",
+            states().map(|(vip, b)| {
+                (
+                    backend_labels(vip, b),
+                    i64::from(b.state == BackendState::Up as u8),
+                )
+            }),
+        )?;
+        gauges(
+            &mut encoder,
+            "backend_draining",
+            "1 when the backend is draining (weight 0: no new flows, tracked flows stay), else 0.",
+            states().map(|(vip, b)| {
+                (
+                    backend_labels(vip, b),
+                    i64::from(b.state == BackendState::Draining as u8),
+                )
+            }),
+        )?;
+
+        let Some(reading) = self.read(&topology) else {
+            return Ok(());
+        };
+        let global = |wanted: fn(&Kind) -> bool, label: &'static str| {
+            reading
+                .global
+                .iter()
+                .filter(move |(c, _)| wanted(&kind(*c)))
+                .map(move |(c, value)| ([(label, c.name())], *value))
+        };
+        counters(
+            &mut encoder,
+            "packets",
+            "Packets by XDP verdict.",
+            global(|k| matches!(k, Kind::Verdict), "verdict"),
+        )?;
+        counters(
+            &mut encoder,
+            "passed_packets",
+            "Packets passed to the host stack, by reason.",
+            global(|k| matches!(k, Kind::Passed), "reason"),
+        )?;
+        counters(
+            &mut encoder,
+            "dropped_packets",
+            "Packets dropped, by reason.",
+            global(|k| matches!(k, Kind::Dropped), "reason"),
+        )?;
+        counters(
+            &mut encoder,
+            "datapath_events",
+            "Datapath events: rehashed (flow moved off a down backend), conntrack_full (insert failed).",
+            global(|k| matches!(k, Kind::Event), "event"),
+        )?;
+
+        type VipField = fn(&lb_common::stats::VipStats) -> u64;
+        let vip_families: [(&str, &str, VipField); 5] = [
+            ("vip_packets", "Packets matched to the VIP.", |s| s.packets),
+            (
+                "vip_bytes",
+                "Bytes matched to the VIP (frame length as received).",
+                |s| s.bytes,
+            ),
+            (
+                "vip_new_flows",
+                "Flows of the VIP that got a backend from the ring.",
+                |s| s.new_flows,
+            ),
+            (
+                "vip_conntrack_hits",
+                "Packets of the VIP whose flow was tracked.",
+                |s| s.conntrack_hits,
+            ),
+            (
+                "vip_dropped_packets",
+                "Packets of the VIP dropped (no backend, too big, ...).",
+                |s| s.dropped,
+            ),
+        ];
+        for (name, help, field) in vip_families {
+            counters(
+                &mut encoder,
+                name,
+                help,
+                reading
+                    .vips
+                    .iter()
+                    .map(|(vip, stats)| ([("vip", vip.as_str())], field(stats))),
+            )?;
+        }
+
+        type BackendField = fn(&lb_common::stats::BackendStats) -> u64;
+        let backend_families: [(&str, &str, BackendField); 3] = [
+            (
+                "backend_packets",
+                "Packets forwarded to the backend.",
+                |s| s.packets,
+            ),
+            (
+                "backend_bytes",
+                "Bytes forwarded to the backend (before encapsulation).",
+                |s| s.bytes,
+            ),
+            (
+                "backend_new_flows",
+                "Flows newly assigned to the backend.",
+                |s| s.new_flows,
+            ),
+        ];
+        for (name, help, field) in backend_families {
+            let samples = reading.backends.iter().map(|(vip, address, stats)| {
+                (
+                    BackendLabels {
+                        vip: vip.clone(),
+                        backend: address.to_string(),
+                    },
+                    field(stats),
+                )
+            });
+            counters(&mut encoder, name, help, samples)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(
+            "127.0.0.1:9300".parse().expect("addr"),
+            PathBuf::from("/nonexistent/lb-metrics-test"),
+        )
+    }
+
+    fn config(vips: &[(&str, &[&str])]) -> Config {
+        let mut text = "interface = \"eth0\"\nmetrics = \"127.0.0.1:9300\"\n".to_owned();
+        for (i, (name, backends)) in vips.iter().enumerate() {
+            text += &format!(
+                "[[vip]]\nname = \"{name}\"\naddress = \"10.0.0.{}\"\nport = 80\n",
+                100 + i
+            );
+            for backend in *backends {
+                text += &format!("[[vip.backend]]\naddress = \"{backend}\"\n");
+            }
+        }
+        crate::config::parse(std::path::Path::new("lb.toml"), &text).expect("config")
+    }
+
+    #[test]
+    fn agent_metrics_are_encoded_and_pruned_with_the_configuration() {
+        let m = metrics();
+        let b1: IpAddr = "10.0.0.11".parse().unwrap();
+        let b2: IpAddr = "10.0.0.12".parse().unwrap();
+        m.vip_synced(
+            0,
+            "web",
+            [
+                (0, b1, BackendState::Up as u8),
+                (1, b2, BackendState::Draining as u8),
+            ],
+        );
+        m.health_checked("web", b1, Duration::from_micros(300));
+        m.health_checked("web", b2, Duration::from_millis(2));
+        m.ring_rebuilt("web");
+        m.reloaded(true, &config(&[("web", &["10.0.0.11", "10.0.0.12"])]));
+        let body = m.encode().expect("encode");
+        assert!(
+            body.contains("lb_backend_up{vip=\"web\",backend=\"10.0.0.11\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lb_backend_up{vip=\"web\",backend=\"10.0.0.12\"} 0\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lb_backend_draining{vip=\"web\",backend=\"10.0.0.12\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "lb_health_check_duration_seconds_count{vip=\"web\",backend=\"10.0.0.11\"} 1\n"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("lb_ring_rebuilds_total{vip=\"web\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lb_reloads_total{result=\"ok\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("lb_reloads_total{result=\"failed\"} 0\n"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"));
+
+        // b2 leaves the configuration, then the whole VIP does.
+        m.reloaded(true, &config(&[("web", &["10.0.0.11"])]));
+        let body = m.encode().expect("encode");
+        assert!(!body.contains("10.0.0.12"), "{body}");
+        assert!(body.contains("backend=\"10.0.0.11\""), "{body}");
+        m.reloaded(true, &config(&[("api", &["10.0.0.21"])]));
+        let body = m.encode().expect("encode");
+        assert!(!body.contains("vip=\"web\""), "{body}");
+    }
+
+    #[test]
+    fn a_vip_re_created_under_the_same_name_has_one_series() {
+        let m = metrics();
+        let b1: IpAddr = "10.0.0.11".parse().unwrap();
+        m.vip_synced(0, "web", [(0, b1, BackendState::Up as u8)]);
+        m.vip_synced(3, "web", [(7, b1, BackendState::Up as u8)]);
+        let body = m.encode().expect("encode");
+        assert_eq!(
+            body.matches("lb_backend_up{vip=\"web\"").count(),
+            1,
+            "{body}"
+        );
+    }
+}

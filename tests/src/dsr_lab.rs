@@ -1,0 +1,190 @@
+//! A ready lab for agent tests: client, lb and three DSR backends (`b1`..`b3`, each answering
+//! with its name and then echoing) on one bridge, a configuration file and a state directory.
+//! The test starts `lb run` itself.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use lb_user::datapath::Datapath;
+
+use crate::{
+    agent::{AgentFiles, AgentProcess},
+    topology::{ask_name, Lan, NameServer},
+};
+
+/// The VIP.
+pub const VIP: &str = "10.78.0.100";
+/// Its port.
+pub const PORT: u16 = 8080;
+/// Health-check interval.
+pub const INTERVAL_MS: u64 = 200;
+/// rise.
+pub const RISE: u64 = 2;
+/// fall.
+pub const FALL: u64 = 3;
+/// Slack for scheduling on a loaded 2-core CI machine.
+pub const BOUND_MS: u64 = 250;
+/// Backend names.
+pub const NAMES: [&str; 3] = ["b1", "b2", "b3"];
+
+/// The lab.
+pub struct AgentLab {
+    /// Backend servers (`None`: stopped).
+    pub servers: Vec<Option<NameServer>>,
+    /// Agent files.
+    pub files: AgentFiles,
+    /// The namespaces.
+    pub lan: Lan,
+}
+
+impl AgentLab {
+    /// Builds the lab and writes a configuration with weights 1, 1, 1.
+    pub fn new(tag: &str) -> Self {
+        let lan = Lan::new(tag, &["client", "lb", "b1", "b2", "b3"]);
+        let mut servers = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let backend = lan.host(2 + i);
+            backend.ns.ip(&format!("addr add {VIP}/32 dev lo"));
+            servers.push(Some(NameServer::start(&backend.ns, PORT, name)));
+        }
+        lan.host(0).ns.ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
+        let files = AgentFiles::new(tag);
+        let lab = Self { servers, files, lan };
+        lab.write_config(&[1, 1, 1], "");
+        lab
+    }
+
+    /// See the name.
+    pub fn backend_ip(&self, i: usize) -> IpAddr {
+        IpAddr::V4(self.lan.host(2 + i).ip)
+    }
+
+    /// See the name.
+    pub fn write_config(&self, weights: &[u32; 3], extra: &str) {
+        let mut text = format!(
+            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
+             [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
+            self.files.state_dir.display()
+        );
+        for (i, weight) in weights.iter().enumerate() {
+            text += &format!("\n  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n", self.backend_ip(i));
+        }
+        self.files.write_config(&text);
+    }
+
+    /// See the name.
+    pub fn start_agent(&self, keep_datapath: bool) -> AgentProcess {
+        let agent = AgentProcess::start(&self.lan.host(1).ns, &self.files, keep_datapath);
+        assert!(
+            self.files.wait_log("datapath attached", self.attached_count() + 1, Duration::from_secs(15)),
+            "agent did not attach:\n{}",
+            self.files.log_text()
+        );
+        agent
+    }
+
+    /// See the name.
+    pub fn attached_count(&self) -> usize {
+        self.files.log_text().matches("datapath attached").count()
+    }
+
+    /// Whether backend `i` has slots in the VIP's ring right now.
+    /// See the name.
+    pub fn in_ring(&self, i: usize) -> bool {
+        let ring = self.ring();
+        let id = self.backend_id(i);
+        ring.contains(&id)
+    }
+
+    /// See the name.
+    pub fn ring(&self) -> Vec<u32> {
+        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let vips = datapath.vips().expect("vips");
+        let (_, vip) = vips.first().expect("one vip");
+        datapath.ring(vip.id).expect("ring").expect("ring present")
+    }
+
+    /// See the name.
+    pub fn backend_id(&self, i: usize) -> u32 {
+        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let address = self.backend_ip(i);
+        datapath
+            .backends()
+            .expect("backends")
+            .into_iter()
+            .find(|(_, b)| lb_user::agent::addr_from_bytes(&b.addr, b.family) == address)
+            .map(|(id, _)| id)
+            .expect("backend entry")
+    }
+
+    /// Opens `n` connections from the client; returns the answering backend names.
+    /// See the name.
+    pub fn connect(&self, n: usize) -> Vec<Result<String, String>> {
+        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+        self.lan.host(0).ns.run(|| {
+            (0..n).map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string())).collect()
+        })
+    }
+
+    /// Opens `n` connections and keeps them, with the name of the backend of each.
+    /// See the name.
+    pub fn hold(&self, n: usize) -> Vec<(TcpStream, String)> {
+        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+        self.lan.host(0).ns.run(|| {
+            (0..n)
+                .map(|_| {
+                    let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                    let name = read_line(&mut stream);
+                    (stream, name)
+                })
+                .collect()
+        })
+    }
+
+    /// See the name.
+    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if condition() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+/// See the name.
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Sends a line on a held connection and checks it comes back.
+/// See the name.
+pub fn echo(stream: &mut TcpStream, text: &str) -> Result<(), String> {
+    stream.write_all(format!("{text}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; text.len() + 1];
+    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    if buf[..text.len()] == *text.as_bytes() { Ok(()) } else { Err(format!("echo mismatch: {buf:?}")) }
+}
+
+/// See the name.
+pub fn count(answers: &[Result<String, String>], name: &str) -> usize {
+    answers.iter().filter(|a| a.as_deref() == Ok(name)).count()
+}
+
+/// See the name.
+pub fn failures(answers: &[Result<String, String>]) -> Vec<&String> {
+    answers.iter().filter_map(|a| a.as_ref().err()).collect()
+}
+
