@@ -43,7 +43,14 @@ pub struct AgentLab {
 impl AgentLab {
     /// Builds the lab and writes a configuration with weights 1, 1, 1.
     pub fn new(tag: &str) -> Self {
-        let lan = Lan::new(tag, &["client", "lb", "b1", "b2", "b3"]);
+        Self::with_extra_hosts(tag, &[])
+    }
+
+    /// Like [`Self::new`], with more hosts on the bridge after `b3` (hosts 5, 6, ...).
+    pub fn with_extra_hosts(tag: &str, extra: &[&str]) -> Self {
+        let mut names = vec!["client", "lb", "b1", "b2", "b3"];
+        names.extend_from_slice(extra);
+        let lan = Lan::new(tag, &names);
         let mut servers = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
             let backend = lan.host(2 + i);
@@ -64,16 +71,21 @@ impl AgentLab {
 
     /// See the name.
     pub fn write_config(&self, weights: &[u32; 3], extra: &str) {
+        self.files.write_config(&self.config_text(weights, extra, &self.files.state_dir));
+    }
+
+    /// The configuration text for `weights`, with `extra` top-level lines and `state_dir`.
+    pub fn config_text(&self, weights: &[u32; 3], extra: &str, state_dir: &std::path::Path) -> String {
         let mut text = format!(
             "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
              [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
-            self.files.state_dir.display()
+            state_dir.display()
         );
         for (i, weight) in weights.iter().enumerate() {
             text += &format!("\n  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n", self.backend_ip(i));
         }
-        self.files.write_config(&text);
+        text
     }
 
     /// See the name.

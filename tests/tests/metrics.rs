@@ -27,7 +27,7 @@ struct MetricsLab {
 }
 
 impl MetricsLab {
-    fn new(tag: &str) -> Self {
+    fn new(tag: &str, metrics: &str) -> Self {
         let lan = Lan::new(tag, &["client", "lb", "b1", "b2"]);
         let mut servers = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
@@ -40,7 +40,7 @@ impl MetricsLab {
             .ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
         let files = AgentFiles::new(tag);
         let mut text = format!(
-            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\nmetrics = \"{METRICS}\"\n\n\
+            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\nmetrics = \"{metrics}\"\n\n\
              [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
             files.state_dir.display()
@@ -300,7 +300,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn metrics_endpoint_reflects_traffic_and_health() {
-    let lab = MetricsLab::new("metrics");
+    let lab = MetricsLab::new("metrics", METRICS);
     let agent = lab.start_agent();
     assert!(
         lab.files
@@ -436,4 +436,27 @@ fn the_exposition_checker_rejects_malformed_bodies() {
     ] {
         assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
     }
+}
+
+#[test]
+fn an_address_that_cannot_be_bound_leaves_the_agent_running_without_metrics() {
+    // Not an address of the load balancer's namespace: bind fails with EADDRNOTAVAIL.
+    let lab = MetricsLab::new("nometrics", "10.79.0.1:9300");
+    let _agent = lab.start_agent();
+    let log = lab.files.log_text();
+    assert!(
+        log.contains("metrics: cannot listen on 10.79.0.1:9300"),
+        "{log}"
+    );
+    let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+    let answer = lab
+        .lan
+        .host(0)
+        .ns
+        .run(|| ask_name(vip, Duration::from_secs(2)));
+    assert!(
+        answer.is_ok_and(|name| NAMES.contains(&name.as_str())),
+        "{}",
+        lab.files.log_text()
+    );
 }

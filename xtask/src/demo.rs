@@ -8,19 +8,21 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::{cmd, header, setup, workspace_root};
@@ -48,6 +50,9 @@ const BACKENDS: [(&str, &str, u32); 3] = [
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A traffic phase stops after this many failed connections (so a broken lab fails fast).
 const MAX_FAILURES: usize = 10;
+/// Time between the agent's log line of a state change and the next traffic (the agent logs
+/// first, then swaps the ring).
+const SETTLE: Duration = Duration::from_millis(250);
 /// The demo's time budget, printed and checked at the end.
 const BUDGET: Duration = Duration::from_secs(120);
 
@@ -237,14 +242,16 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
 
     header("b. b2 fails: its server is stopped");
     println!("Nothing tells lb; it notices because its health checks to 10.99.0.12:{PORT} fail.");
-    println!("After 3 failed checks 500 ms apart (about 1.5 s) b2 leaves the ring.");
+    println!("After 3 failed checks in a row (checks are 500 ms apart, so 1 to 1.5 s) b2 leaves");
+    println!("the ring: the agent builds a new ring without it and swaps it in with one map update.");
     let log_mark = lab.log_len();
-    lab.stop_process("server-b2")?;
     let t = Instant::now();
+    lab.stop_process("server-b2")?;
     match lab.wait_log("backend 10.99.0.12 of vip web: Up -> Down", log_mark, Duration::from_secs(10)) {
         Ok(line) => {
             println!("b2 detected down after {:.2}s; the agent logged:", t.elapsed().as_secs_f64());
             println!("    {line}");
+            settle();
         }
         Err(error) => {
             failures.push(format!("b. b2 was never detected down: {error:#}"));
@@ -267,6 +274,7 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
         Ok(line) => {
             println!("b2 detected up after {:.2}s; the agent logged:", t.elapsed().as_secs_f64());
             println!("    {line}");
+            settle();
         }
         Err(error) => {
             failures.push(format!("c. b2 was never detected up again: {error:#}"));
@@ -321,6 +329,11 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
         println!("come with issue #4; this demo shows them once `lb stats` exists.");
     }
     Ok(failures)
+}
+
+/// The agent logs a state change, then rebuilds and swaps the ring: give it a moment.
+fn settle() {
+    thread::sleep(SETTLE);
 }
 
 fn print_indented(bytes: &[u8]) {
@@ -457,9 +470,10 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if self.armed {
-            eprintln!("==> cleaning up the lab");
+        if self.armed && !self.lab.inner().cleaned {
+            eprintln!("\n==> cleaning up the lab");
             self.lab.cleanup();
+            eprintln!("lab removed");
         }
     }
 }
@@ -718,7 +732,11 @@ impl Lab {
                     Err(error) => {
                         tally.failed += 1;
                         if tally.errors.len() < 3 {
-                            tally.errors.push(error.to_string());
+                            tally.errors.push(format!(
+                                "connection {} of {n} (at {:.2}s): {error}",
+                                done + 1,
+                                start.elapsed().as_secs_f64()
+                            ));
                         }
                     }
                 }
@@ -846,17 +864,32 @@ fn target_dir(root: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Ctrl-C, leftovers, --clean
 
-/// SIGINT, SIGTERM and SIGHUP clean the lab up and exit with status 130. The signals are
-/// blocked in every thread and taken by one thread with sigwait (children get an empty mask).
+/// Write end of the self-pipe the signal handler writes to (-1: none yet).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: nix::libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    let byte = signal as u8;
+    // write(2) is async-signal-safe; nothing else happens in the handler.
+    unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
+/// SIGINT, SIGTERM and SIGHUP clean the lab up and exit with status 130: the handler wakes a
+/// thread through a pipe. (Handlers, unlike a blocked signal mask, are not inherited by the
+/// programs the demo starts.)
 fn install_signal_handler() -> Result<()> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGHUP);
-    set.thread_block().context("blocking signals")?;
+    let (mut reader, writer) = std::io::pipe().context("signal pipe")?;
+    SIGNAL_PIPE.store(writer.into_raw_fd(), Ordering::Relaxed);
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls write(2).
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
+    }
     thread::spawn(move || {
-        let signal = set.wait().ok();
-        eprintln!("\n==> interrupted ({}): cleaning up", signal.map_or("signal", |s| s.as_str()));
+        let mut byte = [0u8; 1];
+        let _ = reader.read_exact(&mut byte);
+        let name = Signal::try_from(i32::from(byte[0])).map_or("a signal", |s| s.as_str());
+        eprintln!("\n==> interrupted ({name}): cleaning up");
         if let Some(lab) = LAB.get() {
             lab.cleanup();
             eprintln!("lab removed");

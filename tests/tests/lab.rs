@@ -1,0 +1,271 @@
+//! End-to-end promises in the namespace lab (issue #5): distribution by weight, failover under
+//! load, identical rings on two instances, and garbage frames at the load balancer while real
+//! traffic runs.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use lb_common::{maps::Protocol, stats::Counter};
+use lb_tests::{
+    agent::{lb_binary, AgentFiles, AgentProcess},
+    dsr_lab::*,
+    frames::{Frame, CLIENT_MAC},
+    topology::ask_name,
+};
+use lb_user::datapath::Datapath;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("vip"), PORT)
+}
+
+#[test]
+fn connections_spread_by_weight() {
+    let lab = AgentLab::new("spread");
+    lab.write_config(&[1, 1, 2], "");
+    let _agent = lab.start_agent(false);
+    let answers = lab.connect(3000);
+    assert!(failures(&answers).is_empty(), "{} failed", failures(&answers).len());
+    let weights = [1.0, 1.0, 2.0];
+    for (i, name) in NAMES.iter().enumerate() {
+        let share = count(&answers, name) as f64 / 3000.0;
+        let expected = weights[i] / 4.0;
+        println!("{name}: weight {} expected {expected:.3} got {share:.3}", weights[i]);
+        assert!((share - expected).abs() <= 0.15 * expected, "{name}: share {share:.3}, expected {expected:.3} ±15%");
+    }
+}
+
+#[test]
+fn a_second_instance_builds_identical_rings() {
+    let lab = AgentLab::with_extra_hosts("twin", &["lb2"]);
+    let _first = lab.start_agent(false);
+    let twin = AgentFiles::new("twin2");
+    twin.write_config(&lab.config_text(&[1, 1, 1], "", &twin.state_dir));
+    let _second = AgentProcess::start(&lab.lan.host(5).ns, &twin, false);
+    assert!(twin.wait_log("datapath attached", 1, Duration::from_secs(15)), "{}", twin.log_text());
+    let fingerprint = |dir: &std::path::Path| {
+        let output = std::process::Command::new(lb_binary())
+            .args(["status", "--json", "--state-dir"])
+            .arg(dir)
+            .output()
+            .expect("lb status");
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        status["vips"][0]["ring_fingerprint"].as_str().expect("fingerprint").to_owned()
+    };
+    let (a, b) = (fingerprint(&lab.files.state_dir), fingerprint(&twin.state_dir));
+    println!("fingerprints: {a} {b}");
+    assert_eq!(a, b, "two instances of one configuration must hash flows alike (ECMP)");
+    // And not by accident: the rings themselves are equal slot for slot, by backend address.
+    let addresses = |dir: &std::path::Path| {
+        let mut datapath = Datapath::open_pinned(dir).expect("open");
+        let names: HashMap<u32, IpAddr> = datapath
+            .backends()
+            .expect("backends")
+            .into_iter()
+            .map(|(id, b)| (id, lb_user::agent::addr_from_bytes(&b.addr, b.family)))
+            .collect();
+        let vip = datapath.vips().expect("vips")[0].1.id;
+        datapath.ring(vip).expect("ring").expect("ring").iter().map(|id| names[id]).collect::<Vec<_>>()
+    };
+    assert_eq!(addresses(&lab.files.state_dir), addresses(&twin.state_dir));
+}
+
+#[test]
+fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
+    let mut lab = AgentLab::new("load");
+    let _agent = lab.start_agent(false);
+    let mut held: Vec<(TcpStream, String)> = lab.hold(45).into_iter().filter(|(_, n)| n != "b2").take(20).collect();
+    assert_eq!(held.len(), 20, "20 long-lived connections to the healthy backends");
+
+    let running = Arc::new(AtomicBool::new(true));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(0usize));
+    let client = {
+        let (running, failed, attempts) = (running.clone(), failed.clone(), attempts.clone());
+        lab.lan.host(0).ns.spawn(move || {
+            let mut next_port: u16 = 20_000;
+            while running.load(Ordering::Relaxed) {
+                *attempts.lock().expect("lock") += 1;
+                // Bind each attempt to a fresh source port first, so a refused attempt still has a
+                // known 5-tuple (and no attempt meets an old one's TIME_WAIT).
+                next_port += 1;
+                let port = next_port;
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+                socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind");
+                let answered = socket.connect_timeout(&vip().into(), Duration::from_secs(2)).is_ok() && {
+                    let mut stream: TcpStream = socket.into();
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut byte = [0u8; 1];
+                    std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1)
+                };
+                if !answered {
+                    failed.lock().expect("lock").push(port);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    lab.servers[1] = None; // b2
+    let detected = lab.wait_until(Duration::from_secs(5), || !lab.in_ring(1)).map(|_| stopped.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    running.store(false, Ordering::Relaxed);
+    client.join().expect("client");
+
+    let limit = Duration::from_millis(FALL * INTERVAL_MS + 100);
+    let failed = failed.lock().expect("lock").clone();
+    let attempts = *attempts.lock().expect("lock");
+    println!("detection time {detected:?} (limit {limit:?}); {attempts} attempts, {} failed", failed.len());
+    let detected = detected.expect("b2 left the ring");
+    assert!(detected <= limit, "detected after {detected:?}");
+
+    // Every failed attempt was a connection the ring had sent to b2 (its SYN is tracked there).
+    let b2 = lab.backend_ip(1).to_string();
+    let client_ip = lab.lan.host(0).ip;
+    let mut view = lb_user::report::View::open(&lab.files.state_dir).expect("view");
+    for port in &failed {
+        let e = lb_user::report::explain(&mut view, vip(), Protocol::Tcp, SocketAddr::new(IpAddr::V4(client_ip), *port)).expect("explain");
+        assert_eq!(e.tracked_backend.as_deref(), Some(b2.as_str()), "failed attempt from port {port} was not aimed at b2: {e:?}");
+    }
+    for (stream, name) in &mut held {
+        echo(stream, "still up").unwrap_or_else(|e| panic!("long-lived connection to {name} reset: {e}"));
+    }
+}
+
+/// 100k garbage frames (truncated etherparse frames and random bytes) sent at the load
+/// balancer's interface while a client opens real connections: the real traffic is unaffected,
+/// parse errors are counted, and the frames reaching XDP get a verdict.
+#[test]
+fn garbage_frames_do_not_disturb_real_traffic() {
+    const FRAMES: usize = 100_000;
+    let lab = AgentLab::new("garbage");
+    let _agent = lab.start_agent(false);
+    let lb_mac = lab.lan.host(1).mac;
+    let verdicts = |d: &mut Datapath| -> u64 {
+        [Counter::Pass, Counter::Tx, Counter::Redirect, Counter::Drop].iter().map(|c| d.counter(*c).expect("counter")).sum()
+    };
+    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+    let parse_errors_before = datapath.counter(Counter::ParseError).expect("counter");
+    let verdicts_before = verdicts(&mut datapath);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let real = {
+        let running = running.clone();
+        lab.lan.host(0).ns.spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while running.load(Ordering::Relaxed) || ok < 50 {
+                match ask_name(vip(), Duration::from_secs(2)) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let sent = lab.lan.host(0).ns.run(move || send_garbage(lb_mac, FRAMES));
+    running.store(false, Ordering::Relaxed);
+    let (ok, failed) = real.join().expect("real traffic");
+    println!("{sent} garbage frames sent; real connections: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "real connections failed during the garbage");
+    assert_eq!(sent, FRAMES);
+    let parse_errors = datapath.counter(Counter::ParseError).expect("counter") - parse_errors_before;
+    let judged = verdicts(&mut datapath) - verdicts_before;
+    println!("parse errors +{parse_errors}, verdicts +{judged}");
+    assert!(parse_errors > (FRAMES / 20) as u64, "parse_error rose: +{parse_errors}");
+    // Not every injected frame reaches the balancer's XDP program (the veth/bridge path loses
+    // some before it; see the issue notes), so the verdict count is only bounded below here.
+    // That no frame ever ends in XDP_ABORTED is asserted frame by frame, on the same program,
+    // by `random_frames_never_abort` in packets.rs.
+    assert!(judged >= parse_errors, "verdicts +{judged}, parse errors +{parse_errors}");
+}
+
+/// Sends `count` frames to `dst_mac` out of `eth0` with an AF_PACKET socket; returns how many.
+fn send_garbage(dst_mac: [u8; 6], count: usize) -> usize {
+    let seed: u64 = rand::random();
+    println!("garbage seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let templates = [
+        Frame::syn("10.77.0.10", 1000, VIP, PORT).build(),
+        Frame::ack("10.77.0.10", 1000, VIP, PORT).with_vlan(5).build(),
+        Frame::udp("10.77.0.10", 1000, VIP, 53).build(),
+        Frame::syn("fd77::10", 1000, "fd78::100", PORT).build(),
+    ];
+    let socket = PacketSocket::open("eth0");
+    let mut sent = 0;
+    for n in 0..count {
+        let mut frame = if n % 2 == 0 {
+            let template = &templates[rng.gen_range(0..templates.len())];
+            let mut frame = template[..rng.gen_range(14..=template.len())].to_vec();
+            if !frame.is_empty() && rng.gen_bool(0.3) {
+                let i = rng.gen_range(14..frame.len().max(15));
+                if i < frame.len() {
+                    frame[i] = rng.gen();
+                }
+            }
+            frame
+        } else {
+            let len = rng.gen_range(14..200);
+            (0..len).map(|_| rng.gen()).collect()
+        };
+        frame[..6].copy_from_slice(&dst_mac);
+        frame[6..12].copy_from_slice(&CLIENT_MAC);
+        if socket.send(&frame) {
+            sent += 1;
+        }
+        if n % 32 == 0 {
+            // Pace the burst: a veth running XDP receives through a 256-frame ring, and frames
+            // beyond it are lost before XDP runs.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    sent
+}
+
+/// A raw AF_PACKET socket bound to one interface.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn open(interface: &str) -> Self {
+        use std::os::fd::FromRawFd as _;
+        let name = std::ffi::CString::new(interface).expect("name");
+        // SAFETY: plain libc calls with valid arguments; the fd is owned right away.
+        let (fd, ifindex) = unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            (std::os::fd::OwnedFd::from_raw_fd(fd), libc::if_nametoindex(name.as_ptr()) as i32)
+        };
+        assert!(ifindex > 0, "no interface {interface}");
+        Self { fd, ifindex }
+    }
+
+    fn send(&self, frame: &[u8]) -> bool {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sockaddr_ll is plain data, fully initialised (zeroed, then set); the frame
+        // pointer and length describe a live slice.
+        unsafe {
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = self.ifindex;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) == frame.len() as isize
+        }
+    }
+}
