@@ -45,6 +45,9 @@ pub enum ReportError {
     Usage(String),
 }
 
+/// A VIP's key and id, with its backends' ids and entries.
+type VipEntry = (VipKey, u32, Vec<(u32, Backend)>);
+
 /// The pinned maps and the agent's snapshot.
 pub struct View {
     datapath: Datapath,
@@ -76,9 +79,9 @@ impl View {
     }
 
     /// VIPs sorted by id, with their backends.
-    fn vips(&mut self) -> Result<Vec<(VipKey, u32, Vec<(u32, Backend)>)>, ReportError> {
+    fn vips(&mut self) -> Result<Vec<VipEntry>, ReportError> {
         let backends = self.datapath.backends()?;
-        let mut vips: Vec<(VipKey, u32, Vec<(u32, Backend)>)> = self
+        let mut vips: Vec<VipEntry> = self
             .datapath
             .vips()?
             .into_iter()
@@ -593,7 +596,7 @@ pub fn format_status(status: &Status) -> String {
             vip.ring_size,
             vip.ring_fingerprint
         );
-        let _ = writeln!(out, "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} {}", "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK", "SINCE CHANGE");
+        let _ = writeln!(out, "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} SINCE CHANGE", "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK");
         for b in &vip.backends {
             let check = match (b.last_check_ok, b.last_check_latency_us, &b.last_check_error) {
                 (Some(true), Some(us), _) => format!("ok in {}", human_duration(Duration::from_micros(us))),

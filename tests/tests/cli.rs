@@ -101,7 +101,11 @@ fn stats_status_and_explain_describe_real_traffic() {
     assert!(text.contains("vip web") && text.contains("verdicts:"), "{text}");
 
     // --watch prints rates, briefly, while traffic flows.
-    let traffic = lab.lan.host(0).ns.spawn(move || (0..150).map(|_| connect_once(vip)).count());
+    let traffic = lab.lan.host(0).ns.spawn(move || {
+        for _ in 0..150 {
+            connect_once(vip);
+        }
+    });
     let watch = lb_text(&["stats", "--state-dir", &state_dir, "--watch", "300ms", "--count", "2"]);
     traffic.join().expect("traffic");
     assert_eq!(watch.matches("vip web:").count(), 2, "{watch}");
