@@ -11,15 +11,12 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     maps::DECAP_ADDRS,
-    parse::{ethernet, ptr_at, ETH_P_IP, ETH_P_IPV6},
+    parse::{
+        ethernet, move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
+        IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
+    },
 };
 
-const ETH_LEN: usize = 14;
-const VLAN_ETH_LEN: usize = 18;
-const IPV4_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
 
 /// What to do with a packet: the verdict and the counter to bump.
 pub fn decap(ctx: &XdpContext) -> (u32, DecapCounter) {
@@ -88,16 +85,7 @@ fn strip<const L2: usize, const OUTER: usize>(ctx: &XdpContext, inner_protocol: 
     if unsafe { *inner } >> 4 != version {
         return Err(DecapCounter::Malformed);
     }
-    let old: *const [u8; L2] = ptr_at(ctx, 0).map_err(|_| DecapCounter::Malformed)?;
-    let new: *mut [u8; L2] = ptr_at(ctx, OUTER).map_err(|_| DecapCounter::Malformed)?;
-    // SAFETY: ptr_at checked both ranges are inside the packet; they do not overlap because
-    // OUTER (20 or 40) >= L2 (14 or 18).
-    unsafe {
-        *new = *old;
-        let ether_type = ether_type.to_be_bytes();
-        (*new)[L2 - 2] = ether_type[0];
-        (*new)[L2 - 1] = ether_type[1];
-    }
+    move_ethernet_header::<L2, 0, OUTER>(ctx, ether_type).map_err(|_| DecapCounter::Malformed)?;
     // SAFETY: shrinking by OUTER bytes stays inside the packet (checked above); pointers are
     // not used afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER as i32) } != 0 {

@@ -15,15 +15,12 @@ use network_types::{
 use crate::{
     balance::Choice,
     maps::{SETTINGS, TX_PORTS},
-    parse::{ptr_at, Packet, Unhandled, ETH_P_IP, ETH_P_IPV6},
+    parse::{
+        move_ethernet_header, ptr_at, Packet, Unhandled, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
+        IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
+    },
 };
 
-const ETH_LEN: usize = 14;
-const VLAN_ETH_LEN: usize = 18;
-const IPV4_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
 const TUNNEL_TTL: u8 = 64;
 const IPV4_DONT_FRAGMENT: u8 = 0x40;
 
@@ -95,16 +92,7 @@ fn make_room<const L2: usize, const OUTER: usize>(ctx: &XdpContext, ether_type: 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER as i32)) } != 0 {
         return Err(Counter::NoHeadroom);
     }
-    let old: *const [u8; L2] = ptr_at(ctx, OUTER)?;
-    let new: *mut [u8; L2] = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked both ranges are inside the packet; they do not overlap because
-    // OUTER (20 or 40) >= L2 (14 or 18).
-    unsafe {
-        *new = *old;
-        let ether_type = ether_type.to_be_bytes();
-        (*new)[L2 - 2] = ether_type[0];
-        (*new)[L2 - 1] = ether_type[1];
-    }
+    move_ethernet_header::<L2, OUTER, 0>(ctx, ether_type)?;
     Ok(())
 }
 

@@ -20,6 +20,15 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const VLAN_TAG_LEN: usize = 4;
+/// Ethernet header length without and with one VLAN tag.
+pub const ETH_LEN: usize = 14;
+pub const VLAN_ETH_LEN: usize = 18;
+/// Fixed IPv4 / IPv6 header lengths (tunnel headers carry no options).
+pub const IPV4_LEN: usize = 20;
+pub const IPV6_LEN: usize = 40;
+/// IP protocol numbers of IPv4-in-IP and IPv6-in-IP.
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_IPV6: u8 = 41;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// IPv6 next-header values of extension headers (RFC 8200 §4, RFC 6564 list, plus ESP/AH).
@@ -57,6 +66,27 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Unhandled> {
         return Err(Counter::ParseError);
     }
     Ok((start + offset) as *mut T)
+}
+
+/// Copies the `L2`-byte Ethernet header at offset `FROM` to offset `TO` with `ether_type` as
+/// its (innermost) ethertype: how a tunnel header is inserted (FROM > TO, after growing the
+/// packet at the front) or removed (TO > FROM, before shrinking it).
+#[inline(always)]
+pub fn move_ethernet_header<const L2: usize, const FROM: usize, const TO: usize>(
+    ctx: &XdpContext,
+    ether_type: u16,
+) -> Result<(), Unhandled> {
+    let from: *const [u8; L2] = ptr_at(ctx, FROM)?;
+    let to: *mut [u8; L2] = ptr_at(ctx, TO)?;
+    // SAFETY: ptr_at checked both ranges are inside the packet; callers move by a whole tunnel
+    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap.
+    unsafe {
+        *to = *from;
+        let ether_type = ether_type.to_be_bytes();
+        (*to)[L2 - 2] = ether_type[0];
+        (*to)[L2 - 1] = ether_type[1];
+    }
+    Ok(())
 }
 
 /// Ethernet header length (14, or 18 with one VLAN tag) and the ethertype that follows it.

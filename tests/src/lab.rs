@@ -86,17 +86,7 @@ pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
     key
 }
 
-/// An address as the maps store it.
-pub fn addr_bytes(address: IpAddr) -> ([u8; 16], u8) {
-    let mut bytes = [0; 16];
-    match address {
-        IpAddr::V4(v4) => {
-            bytes[..4].copy_from_slice(&v4.octets());
-            (bytes, Family::V4 as u8)
-        }
-        IpAddr::V6(v6) => (v6.octets(), Family::V6 as u8),
-    }
-}
+pub use lb_user::agent::addr_bytes;
 
 impl PacketLab {
     /// An empty lab: the object loaded, tunnel sources set, no VIP.
