@@ -79,6 +79,29 @@ struct VipRuntime {
     ring: Option<Vec<u32>>,
 }
 
+/// A backend's health change, logged once the datapath reflects it.
+struct StateChange {
+    vip: String,
+    backend: IpAddr,
+    transition: crate::health::Transition,
+}
+
+impl StateChange {
+    fn log(&self) {
+        let Self { vip, backend, transition } = self;
+        tracing::info!(
+            %vip,
+            %backend,
+            from = ?transition.from,
+            to = ?transition.to,
+            "backend {backend} of vip {vip}: {:?} -> {:?} ({})",
+            transition.from,
+            transition.to,
+            transition.reason
+        );
+    }
+}
+
 /// The running agent.
 pub struct Agent {
     path: PathBuf,
@@ -412,15 +435,18 @@ impl Agent {
             }
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) => {
-                    self.record(event);
+                    if let Some((_, change)) = self.record(event) {
+                        change.log();
+                    }
                 }
                 _ => break,
             }
         }
     }
 
-    /// Stores a check result; returns the VIP whose backend changed health, if any.
-    fn record(&mut self, event: HealthEvent<CheckerKey>) -> Option<VipKey> {
+    /// Stores a check result; on a health change returns the VIP and the log line to print
+    /// once the datapath reflects it.
+    fn record(&mut self, event: HealthEvent<CheckerKey>) -> Option<(VipKey, StateChange)> {
         let HealthEvent { key, result, transition, health } = event;
         for (vip_key, vip) in &mut self.vips {
             let Some(backend) = vip.backends.iter_mut().find(|b| b.id == key.backend && b.token == key.token) else {
@@ -429,17 +455,10 @@ impl Agent {
             if let Some(m) = &self.metrics { m.health_checked(&vip.config.name, backend.config.address, result.latency) } // metrics hook
             backend.last = Some(result);
             if let Some(transition) = transition {
-                tracing::info!(
-                    vip = %vip.config.name,
-                    backend = %backend.config.address,
-                    from = ?transition.from,
-                    to = ?transition.to,
-                    "backend {} of vip {}: {:?} -> {:?} ({})",
-                    backend.config.address, vip.config.name, transition.from, transition.to, transition.reason
-                );
                 backend.health = health;
                 backend.last_change_unix_ms = status::now_unix_ms();
-                return Some(*vip_key);
+                let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition };
+                return Some((*vip_key, change));
             }
             backend.health = health;
             return None;
@@ -547,11 +566,13 @@ impl Agent {
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => {
-                    if let Some(key) = self.record(event) {
+                    if let Some((key, change)) = self.record(event) {
                         self.resolve_next_hops(&key).await;
                         if let Err(error) = self.sync_vip(&key) {
                             tracing::error!("updating the datapath failed: {error:#}");
                         }
+                        // Logged once the ring reflects it: from this line on, new flows obey it.
+                        change.log();
                     }
                     self.publish();
                 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     maglev::{build_ring, MaglevBackend},
-    maps::{Backend, BackendState, Family, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE},
+    maps::{Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE},
     FlowKey,
 };
 use lb_user::{

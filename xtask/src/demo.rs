@@ -46,10 +46,10 @@ const BACKENDS: [(&str, &str, u32); 3] = [
     ("b2", "10.99.0.12", 1),
     ("b3", "10.99.0.13", 2),
 ];
-/// Each connection's connect and read timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Each connection's connect and read timeout (a lost SYN is sent again after 1 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A traffic phase stops after this many failed connections (so a broken lab fails fast).
-const MAX_FAILURES: usize = 10;
+const MAX_FAILURES: usize = 5;
 /// Time between the agent's log line of a state change and the next traffic (the agent logs
 /// first, then swaps the ring).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -121,42 +121,63 @@ pub fn run(keep: bool) -> Result<()> {
     setup::run()?;
     header("build: cargo build -p lb-user");
     let root = workspace_root();
-    cmd::run(Command::new("cargo").args(["build", "-p", "lb-user"]).current_dir(&root))?;
+    let build_start = Instant::now();
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "-p", "lb-user"])
+            .current_dir(&root),
+    )?;
     let lb = target_dir(&root).join("debug").join("lb");
     if !lb.is_file() {
         bail!("{} not found after `cargo build -p lb-user`", lb.display());
     }
-    let build_time = start.elapsed();
+    let build_time = build_start.elapsed();
 
     remove_leftovers();
 
     let lab = Arc::new(Lab::new(lb)?);
     let _ = LAB.set(lab.clone());
-    let mut guard = Guard { lab: lab.clone(), armed: true };
-    let lab_start = Instant::now();
+    let mut guard = Guard {
+        lab: lab.clone(),
+        armed: true,
+    };
     let failures = demo(&lab)?;
 
-    let lab_time = lab_start.elapsed();
     if keep && failures.is_empty() {
         guard.armed = false;
         lab.keep()?;
     } else {
-        header("cleaning up: stopping the agent (it detaches), servers, xdp-pass; deleting namespaces");
+        if keep {
+            println!("\n(--keep: the lab is removed anyway because a check failed)");
+        }
+        header(
+            "cleaning up: stopping the agent (it detaches), servers, xdp-pass; deleting namespaces",
+        );
         lab.cleanup();
         println!("lab removed");
     }
     let total = start.elapsed();
+    // The budget leaves out compiling (minutes on a first run, a second afterwards).
+    let demo_time = total.saturating_sub(build_time);
     header(&format!(
-        "total time {:.1}s (setup and build {:.1}s, lab {:.1}s)",
+        "total time {:.1}s: cargo build {:.1}s, the demo itself {:.1}s",
         total.as_secs_f64(),
         build_time.as_secs_f64(),
-        lab_time.as_secs_f64()
+        demo_time.as_secs_f64()
     ));
     if !failures.is_empty() {
-        bail!("the demo failed {} check(s):\n  {}", failures.len(), failures.join("\n  "));
+        bail!(
+            "the demo failed {} check(s):\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
     }
-    if lab_time > BUDGET {
-        bail!("the demo took {:.1}s, more than its {}s budget", lab_time.as_secs_f64(), BUDGET.as_secs());
+    if demo_time > BUDGET {
+        bail!(
+            "the demo took {:.1}s, more than its {}s budget",
+            demo_time.as_secs_f64(),
+            BUDGET.as_secs()
+        );
     }
     println!("demo passed");
     Ok(())
@@ -189,8 +210,14 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     let mut failures = Vec::new();
     let ns = |name: &str| lab.ns(name);
 
-    header(&format!("building the lab: network namespaces {}-*", lab.id));
-    println!("Six network namespaces stand in for six machines. A bridge br0 (namespace {}) is", ns("sw"));
+    header(&format!(
+        "building the lab: network namespaces {}-*",
+        lab.id
+    ));
+    println!(
+        "Six network namespaces stand in for six machines. A bridge br0 (namespace {}) is",
+        ns("sw")
+    );
     println!("the switch; every other host has one cable (a veth pair) to it, called eth0:");
     println!();
     for (name, address) in HOSTS {
@@ -205,19 +232,34 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     println!("VIP {VIP}:{PORT} is the service address clients use; no host owns it on eth0.");
     let t = Instant::now();
     lab.build_network()?;
-    println!("network ready ({:.1}s)", t.elapsed().as_secs_f64());
+    println!(
+        "network ready, every link up ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
 
     header("starting the backend servers (each answers with its own name, then echoes)");
-    for (name, address, _) in BACKENDS {
+    for (name, ..) in BACKENDS {
         lab.start_server(name)?;
-        println!("{name}: listening on {address}:{PORT} and {VIP}:{PORT}");
     }
     lab.wait_servers(&["b1", "b2", "b3"], Duration::from_secs(10))?;
+    for (name, address, _) in BACKENDS {
+        println!(
+            "{name}: listening on {address}:{PORT} (and on the VIP {VIP}:{PORT}, its lo address)"
+        );
+    }
 
     header("starting the agent: lb run --config (in namespace lb)");
-    fs::write(&lab.config, config_text(&lab.state_dir.display().to_string()))?;
-    println!("configuration {} (the same as examples/demo.toml):", lab.config.display());
-    println!("    VIP \"web\" {VIP}:{PORT} tcp dsr, backends b1 weight 1, b2 weight 1, b3 weight 2");
+    fs::write(
+        &lab.config,
+        config_text(&lab.state_dir.display().to_string()),
+    )?;
+    println!(
+        "configuration {} (the same as examples/demo.toml):",
+        lab.config.display()
+    );
+    println!(
+        "    VIP \"web\" {VIP}:{PORT} tcp dsr, backends b1 weight 1, b2 weight 1, b3 weight 2"
+    );
     println!("    health: every 500ms, timeout 200ms, down after 3 failures, up after 2 successes");
     let t = Instant::now();
     lab.start_agent()?;
@@ -234,7 +276,9 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     println!("first packet (SYN) reaches lb's XDP program before the kernel sees it; the program");
     println!("hashes the 5-tuple onto the VIP's Maglev ring (b3 has twice the slots of b1 or b2),");
     println!("remembers the choice in connection tracking, rewrites the destination MAC to the");
-    println!("backend's and sends the frame back out of eth0 (XDP_TX). The backend, owning the VIP");
+    println!(
+        "backend's and sends the frame back out of eth0 (XDP_TX). The backend, owning the VIP"
+    );
     println!("on lo, accepts it and answers the client directly (direct server return).");
     let tally = lab.traffic(300)?;
     tally.print(all_up);
@@ -243,13 +287,22 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     header("b. b2 fails: its server is stopped");
     println!("Nothing tells lb; it notices because its health checks to 10.99.0.12:{PORT} fail.");
     println!("After 3 failed checks in a row (checks are 500 ms apart, so 1 to 1.5 s) b2 leaves");
-    println!("the ring: the agent builds a new ring without it and swaps it in with one map update.");
+    println!(
+        "the ring: the agent builds a new ring without it and swaps it in with one map update."
+    );
     let log_mark = lab.log_len();
     let t = Instant::now();
     lab.stop_process("server-b2")?;
-    match lab.wait_log("backend 10.99.0.12 of vip web: Up -> Down", log_mark, Duration::from_secs(10)) {
+    match lab.wait_log(
+        "backend 10.99.0.12 of vip web: Up -> Down",
+        log_mark,
+        Duration::from_secs(10),
+    ) {
         Ok(line) => {
-            println!("b2 detected down after {:.2}s; the agent logged:", t.elapsed().as_secs_f64());
+            println!(
+                "b2 detected down after {:.2}s; the agent logged:",
+                t.elapsed().as_secs_f64()
+            );
             println!("    {line}");
             settle();
         }
@@ -270,9 +323,16 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     let log_mark = lab.log_len();
     let t = Instant::now();
     lab.start_server("b2")?;
-    match lab.wait_log("backend 10.99.0.12 of vip web: Down -> Up", log_mark, Duration::from_secs(10)) {
+    match lab.wait_log(
+        "backend 10.99.0.12 of vip web: Down -> Up",
+        log_mark,
+        Duration::from_secs(10),
+    ) {
         Ok(line) => {
-            println!("b2 detected up after {:.2}s; the agent logged:", t.elapsed().as_secs_f64());
+            println!(
+                "b2 detected up after {:.2}s; the agent logged:",
+                t.elapsed().as_secs_f64()
+            );
             println!("    {line}");
             settle();
         }
@@ -292,23 +352,23 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
     }
 
     header(&format!("d. lb check --config {}", lab.config.display()));
-    let out = Command::new(&lab.lb).arg("check").arg("--config").arg(&lab.config).output()?;
+    let out = Command::new(&lab.lb)
+        .arg("check")
+        .arg("--config")
+        .arg(&lab.config)
+        .output()?;
     print_indented(&out.stdout);
     print_indented(&out.stderr);
     if !out.status.success() {
         failures.push(format!("d. lb check failed ({})", out.status));
     }
 
-    let has_stats = Command::new(&lab.lb)
-        .args(["stats", "--help"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if has_stats {
+    if has_stats(&lab.lb) {
         for what in ["stats", "status"] {
-            header(&format!("d. lb {what} --state-dir {} (in namespace lb)", lab.state_dir.display()));
+            header(&format!(
+                "d. lb {what} --state-dir {} (in namespace lb)",
+                lab.state_dir.display()
+            ));
             let out = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{}", ns("lb")))
                 .arg(&lab.lb)
@@ -325,10 +385,23 @@ fn demo(lab: &Lab) -> Result<Vec<String>> {
         }
     } else {
         header("d. lb stats / lb status");
-        println!("Per-VIP and per-backend counters (`lb stats`) and the agent's view (`lb status`)");
+        println!(
+            "Per-VIP and per-backend counters (`lb stats`) and the agent's view (`lb status`)"
+        );
         println!("come with issue #4; this demo shows them once `lb stats` exists.");
     }
     Ok(failures)
+}
+
+/// Whether this `lb` has the operator commands (`lb stats`, `lb status`: issue #4).
+fn has_stats(lb: &Path) -> bool {
+    Command::new(lb)
+        .args(["stats", "--help"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The agent logs a state change, then rebuilds and swaps the ring: give it a moment.
@@ -355,6 +428,8 @@ struct Tally {
     /// Answers that name no backend.
     unknown: usize,
     elapsed: Duration,
+    /// The slowest answered connection: (duration, 1-based index).
+    slowest: (Duration, usize),
 }
 
 impl Tally {
@@ -363,7 +438,12 @@ impl Tally {
     }
 
     fn expected(up: [bool; 3]) -> [f64; 3] {
-        let sum: u32 = BACKENDS.iter().zip(up).filter(|(_, u)| *u).map(|(b, _)| b.2).sum();
+        let sum: u32 = BACKENDS
+            .iter()
+            .zip(up)
+            .filter(|(_, u)| *u)
+            .map(|(b, _)| b.2)
+            .sum();
         let mut shares = [0.0; 3];
         for (i, (b, u)) in BACKENDS.iter().zip(up).enumerate() {
             if u && sum > 0 {
@@ -379,8 +459,16 @@ impl Tally {
         println!();
         println!("    backend  address     weight  expected  connections  actual");
         for (i, (name, address, weight)) in BACKENDS.iter().enumerate() {
-            let exp = if up[i] { format!("{:.1}%", expected[i] * 100.0) } else { "down".to_owned() };
-            let actual = if answered > 0 { self.counts[i] as f64 * 100.0 / answered as f64 } else { 0.0 };
+            let exp = if up[i] {
+                format!("{:.1}%", expected[i] * 100.0)
+            } else {
+                "down".to_owned()
+            };
+            let actual = if answered > 0 {
+                self.counts[i] as f64 * 100.0 / answered as f64
+            } else {
+                0.0
+            };
             println!(
                 "    {name:<8} {address:<11} {weight:>6}  {exp:>8}  {:>11}  {actual:>5.1}%",
                 self.counts[i]
@@ -392,8 +480,19 @@ impl Tally {
             self.elapsed.as_secs_f64(),
             answered,
             self.failed,
-            if self.skipped > 0 { format!(", {} not attempted", self.skipped) } else { String::new() }
+            if self.skipped > 0 {
+                format!(", {} not attempted", self.skipped)
+            } else {
+                String::new()
+            }
         );
+        if self.slowest.0 > Duration::from_millis(500) {
+            println!(
+                "    the slowest connection (number {}) took {:.2}s",
+                self.slowest.1,
+                self.slowest.0.as_secs_f64()
+            );
+        }
         for error in &self.errors {
             println!("    error: {error}");
         }
@@ -412,9 +511,16 @@ impl Tally {
         let answered: usize = self.counts.iter().sum();
         let expected = Self::expected(up);
         for (i, (name, ..)) in BACKENDS.iter().enumerate() {
-            let actual = if answered > 0 { self.counts[i] as f64 / answered as f64 } else { 0.0 };
+            let actual = if answered > 0 {
+                self.counts[i] as f64 / answered as f64
+            } else {
+                0.0
+            };
             if !up[i] && self.counts[i] > 0 {
-                failures.push(format!("{step}. {name} is down but got {} connections", self.counts[i]));
+                failures.push(format!(
+                    "{step}. {name} is down but got {} connections",
+                    self.counts[i]
+                ));
             } else if up[i] && (self.counts[i] == 0 || (actual - expected[i]).abs() > 0.12) {
                 failures.push(format!(
                     "{step}. {name} got {:.1}% of the connections, expected about {:.1}%",
@@ -443,9 +549,13 @@ struct Lab {
     config: PathBuf,
     agent_log: PathBuf,
     state_dir: PathBuf,
+    /// The backend server's script (in `dir`).
+    server_py: PathBuf,
     /// The `lb` binary.
     lb: PathBuf,
     inner: Mutex<Inner>,
+    /// Serialises [`Lab::cleanup`].
+    cleaning: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -486,14 +596,17 @@ impl Lab {
         let id = format!("{PREFIX}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::write(dir.join("server.py"), SERVER_PY.trim_start())?;
         Ok(Self {
             config: dir.join("lb.toml"),
             agent_log: dir.join("agent.log"),
+            server_py: dir.join("server.py"),
             state_dir: Path::new("/sys/fs/bpf").join(&id),
             dir,
             id,
             lb,
             inner: Mutex::new(Inner::default()),
+            cleaning: Mutex::new(()),
         })
     }
 
@@ -502,7 +615,9 @@ impl Lab {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Namespaces, veths, bridge, addresses, routes, checksum offload, xdp-pass on the ports.
@@ -512,19 +627,24 @@ impl Lab {
         let mut script = format!("netns add {sw}\n");
         for (i, (host, _)) in HOSTS.iter().enumerate() {
             script += &format!("netns add {}\n", self.ns(host));
-            script += &format!("link add eth0 netns {} type veth peer name p{i} netns {sw}\n", self.ns(host));
+            script += &format!(
+                "link add eth0 netns {} type veth peer name p{i} netns {sw}\n",
+                self.ns(host)
+            );
         }
         ip_batch(None, &script)?;
 
         // Then one `ip` process per namespace, all at once.
         let mut batches = Vec::new();
-        let mut sw_script = "link set lo up\nlink add br0 type bridge\nlink set br0 up\n".to_owned();
+        let mut sw_script =
+            "link set lo up\nlink add br0 type bridge\nlink set br0 up\n".to_owned();
         for i in 0..HOSTS.len() {
             sw_script += &format!("link set p{i} master br0\nlink set p{i} up\n");
         }
         batches.push((sw.clone(), sw_script));
         for (host, address) in HOSTS {
-            let mut s = format!("link set lo up\naddr add {address}/24 dev eth0\nlink set eth0 up\n");
+            let mut s =
+                format!("link set lo up\naddr add {address}/24 dev eth0\nlink set eth0 up\n");
             if host == "client" {
                 s += &format!("route add {VIP}/32 via {LB_IP}\n");
             } else if host.starts_with('b') {
@@ -534,20 +654,34 @@ impl Lab {
         }
         let mut children = Vec::new();
         for (ns, script) in &batches {
-            children.push((format!("ip -n {ns} -batch -"), spawn_ip_batch(Some(ns), script)?));
+            children.push((
+                format!("ip -n {ns} -batch -"),
+                spawn_ip_batch(Some(ns), script)?,
+            ));
         }
         // Checksums are filled in by the veth only if TX offload is off: frames that XDP sends
         // back out (XDP_TX) would otherwise reach a backend with partial checksums.
         for (host, _) in HOSTS {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{}", self.ns(host))).args(["ethtool", "-K", "eth0", "tx", "off"]);
+            c.arg(format!("--net=/run/netns/{}", self.ns(host)))
+                .args(["ethtool", "-K", "eth0", "tx", "off"]);
             let line = cmd::display(&c);
-            children.push((line, c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?));
+            children.push((
+                line,
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            ));
         }
         for (line, child) in children {
             let out = child.wait_with_output()?;
             if !out.status.success() {
-                bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "`{line}` failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
         }
         println!("namespaces, bridge, cables, addresses and routes set up; TX checksum offload off on every eth0");
@@ -566,10 +700,65 @@ impl Lab {
         for i in 0..HOSTS.len() {
             let role = format!("xdp-p{i}");
             let log = self.dir.join(format!("{role}.log"));
-            self.wait_file(&role, &log, "pass program attached", Duration::from_secs(30))?;
+            self.wait_file(
+                &role,
+                &log,
+                "pass program attached",
+                Duration::from_secs(30),
+            )?;
         }
         println!("switch ports p0-p{} run `lb xdp-pass` (veths deliver XDP_TX frames only to a peer with XDP)", HOSTS.len() - 1);
-        Ok(())
+        self.wait_links(Duration::from_secs(10))
+    }
+
+    /// Waits until every link is operationally up. The kernel activates a device's queueing
+    /// discipline (until then it drops what is sent) when it sees the carrier, in a work item
+    /// that runs up to a second later on a busy machine; the operational state changes with it.
+    fn wait_links(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut namespaces: Vec<String> = HOSTS.iter().map(|(host, _)| self.ns(host)).collect();
+        namespaces.push(self.ns("sw"));
+        loop {
+            let mut down = Vec::new();
+            let children: Vec<(String, Child)> = namespaces
+                .iter()
+                .map(|ns| {
+                    let child = Command::new("ip")
+                        .args(["-n", ns, "-br", "link", "show", "up"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting ip")?;
+                    Ok((ns.clone(), child))
+                })
+                .collect::<Result<_>>()?;
+            for (ns, child) in children {
+                let out = String::from_utf8_lossy(&child.wait_with_output()?.stdout).into_owned();
+                // `eth0@if2  UP  ...`; lo is UNKNOWN, br0 follows its ports.
+                for line in out.lines() {
+                    let mut fields = line.split_whitespace();
+                    let (Some(name), Some(state)) = (fields.next(), fields.next()) else {
+                        continue;
+                    };
+                    let name = name.split('@').next().unwrap_or(name);
+                    if name != "lo" && state != "UP" {
+                        down.push(format!("{ns}/{name} {state}"));
+                    }
+                }
+            }
+            if down.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "links not up after {}s: {}",
+                    timeout.as_secs(),
+                    down.join(", ")
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn start_server(&self, name: &str) -> Result<()> {
@@ -577,7 +766,7 @@ impl Lab {
             &format!("server-{name}"),
             &self.ns(name),
             Path::new("python3"),
-            &["-c", SERVER_PY, name],
+            &[&self.server_py.display().to_string(), name],
             &self.dir.join(format!("server-{name}.log")),
         )
     }
@@ -588,7 +777,10 @@ impl Lab {
             .iter()
             .map(|n| {
                 let address = BACKENDS.iter().find(|b| b.0 == *n).expect("backend").1;
-                (n.to_string(), SocketAddr::new(address.parse().expect("address"), PORT))
+                (
+                    n.to_string(),
+                    SocketAddr::new(address.parse().expect("address"), PORT),
+                )
             })
             .collect();
         let deadline = Instant::now() + timeout;
@@ -596,7 +788,10 @@ impl Lab {
             for (name, address) in &addresses {
                 loop {
                     if let Some(status) = self.exited(&format!("server-{name}")) {
-                        bail!("the server of {name} exited ({status}): {}", self.file_text(&format!("server-{name}.log")));
+                        bail!(
+                            "the server of {name} exited ({status}): {}",
+                            self.file_text(&format!("server-{name}.log"))
+                        );
                     }
                     if TcpStream::connect_timeout(address, Duration::from_millis(200)).is_ok() {
                         break;
@@ -613,7 +808,13 @@ impl Lab {
 
     fn start_agent(&self) -> Result<()> {
         let config = self.config.display().to_string();
-        self.spawn("agent", &self.ns("lb"), &self.lb, &["run", "--config", &config], &self.agent_log)
+        self.spawn(
+            "agent",
+            &self.ns("lb"),
+            &self.lb,
+            &["run", "--config", &config],
+            &self.agent_log,
+        )
     }
 
     /// Starts `program args` inside namespace `ns`, stdout and stderr to `log`, and records its
@@ -634,11 +835,19 @@ impl Lab {
         if inner.cleaned {
             bail!("interrupted");
         }
-        let child = command.spawn().with_context(|| format!("starting `{}`", cmd::display(&command)))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting `{}`", cmd::display(&command)))?;
         // nsenter (network namespace only) execs the program: this is the program's pid.
-        let mut pids = OpenOptions::new().create(true).append(true).open(self.dir.join("pids"))?;
+        let mut pids = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pids"))?;
         writeln!(pids, "{} {role}", child.id())?;
-        inner.procs.push(Proc { role: role.to_owned(), child });
+        inner.procs.push(Proc {
+            role: role.to_owned(),
+            child,
+        });
         Ok(())
     }
 
@@ -653,7 +862,11 @@ impl Lab {
     fn stop_process(&self, role: &str) -> Result<()> {
         let proc = {
             let mut inner = self.inner();
-            let i = inner.procs.iter().position(|p| p.role == role).with_context(|| format!("no process {role}"))?;
+            let i = inner
+                .procs
+                .iter()
+                .position(|p| p.role == role)
+                .with_context(|| format!("no process {role}"))?;
             inner.procs.remove(i)
         };
         stop_children(vec![proc], Duration::from_secs(3));
@@ -677,14 +890,22 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.log_text();
-            if let Some(line) = text.get(from..).unwrap_or("").lines().find(|l| l.contains(needle)) {
+            if let Some(line) = text
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| l.contains(needle))
+            {
                 return Ok(line.to_owned());
             }
             if let Some(status) = self.exited("agent") {
                 bail!("the agent exited ({status}); its log:\n{text}");
             }
             if Instant::now() > deadline {
-                bail!("no \"{needle}\" in the agent's log after {}s; the log:\n{text}", timeout.as_secs());
+                bail!(
+                    "no \"{needle}\" in the agent's log after {}s; the log:\n{text}",
+                    timeout.as_secs()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -702,7 +923,10 @@ impl Lab {
                 bail!("{role} exited ({status}): {text}");
             }
             if Instant::now() > deadline {
-                bail!("{role}: no \"{needle}\" after {}s: {text}", timeout.as_secs());
+                bail!(
+                    "{role}: no \"{needle}\" after {}s: {text}",
+                    timeout.as_secs()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -713,15 +937,29 @@ impl Lab {
         let vip = SocketAddr::new(VIP.parse().expect("VIP"), PORT);
         let start = Instant::now();
         let mut tally = in_netns(&self.ns("client"), || {
-            let mut tally =
-                Tally { counts: [0; 3], failed: 0, skipped: 0, errors: Vec::new(), unknown: 0, elapsed: Duration::ZERO };
+            let mut tally = Tally {
+                counts: [0; 3],
+                failed: 0,
+                skipped: 0,
+                errors: Vec::new(),
+                unknown: 0,
+                elapsed: Duration::ZERO,
+                slowest: (Duration::ZERO, 0),
+            };
             for done in 0..n {
                 if tally.failed >= MAX_FAILURES {
                     tally.skipped = n - done;
-                    tally.errors.push(format!("gave up after {MAX_FAILURES} failures"));
+                    tally
+                        .errors
+                        .push(format!("gave up after {MAX_FAILURES} failures"));
                     break;
                 }
-                match ask_name(vip) {
+                let t = Instant::now();
+                let answer = ask_name(vip);
+                if answer.is_ok() && t.elapsed() > tally.slowest.0 {
+                    tally.slowest = (t.elapsed(), done + 1);
+                }
+                match answer {
                     Ok(name) => match BACKENDS.iter().position(|b| b.0 == name) {
                         Some(i) => tally.counts[i] += 1,
                         None => {
@@ -753,17 +991,41 @@ impl Lab {
         let client = self.ns("client");
         let lb_ns = self.ns("lb");
         header("the lab keeps running (--keep)");
-        println!("Connect to the VIP from the client (each run is a new connection):");
+        println!("One connection to the VIP from the client (prints the backend's name):");
         println!(
             "    nsenter --net=/run/netns/{client} python3 -c 'import socket; print(socket.create_connection((\"{VIP}\", {PORT})).recv(64).decode(), end=\"\")'"
         );
-        println!("    ip netns exec {client} curl -s --max-time 1 telnet://{VIP}:{PORT} </dev/null   # prints the name, then times out");
-        println!("Stop or restart a backend and watch the agent react:");
-        println!("    kill $(awk '$2 == \"server-b2\" {{print $1}}' {}/pids)", self.dir.display());
+        println!("100 connections, counted by backend:");
+        println!(
+            "    nsenter --net=/run/netns/{client} python3 -c 'import socket, collections; print(collections.Counter(socket.create_connection((\"{VIP}\", {PORT})).recv(64).decode().strip() for _ in range(100)))'"
+        );
+        println!("Stop b2's server, watch the agent take it out, start it again:");
+        println!("    kill $(ip netns pids {})", self.ns("b2"));
         println!("    tail -f {}", self.agent_log.display());
-        println!("Counters (issue #4, coming; nsenter, not `ip netns exec`, which hides /sys/fs/bpf):");
-        println!("    nsenter --net=/run/netns/{lb_ns} {} stats --watch --state-dir {}", self.lb.display(), self.state_dir.display());
-        println!("Configuration (the agent reloads it when it changes): {}", self.config.display());
+        println!(
+            "    nsenter --net=/run/netns/{} python3 {} b2 >/dev/null 2>&1 &",
+            self.ns("b2"),
+            self.server_py.display()
+        );
+        let soon = if has_stats(&self.lb) {
+            ""
+        } else {
+            " (coming with issue #4)"
+        };
+        println!(
+            "Counters and health{soon} (nsenter, not `ip netns exec`: that one hides /sys/fs/bpf):"
+        );
+        for what in ["stats --watch", "status"] {
+            println!(
+                "    nsenter --net=/run/netns/{lb_ns} {} {what} --state-dir {}",
+                self.lb.display(),
+                self.state_dir.display()
+            );
+        }
+        println!(
+            "Configuration (the agent reloads it when the file changes): {}",
+            self.config.display()
+        );
         println!("Agent log: {}", self.agent_log.display());
         println!("Remove the lab:");
         println!("    cargo xtask demo --clean");
@@ -772,6 +1034,11 @@ impl Lab {
 
     /// Stops everything and removes the lab. Idempotent; never fails (prints problems).
     fn cleanup(&self) {
+        // Held throughout: a second caller (Ctrl-C during the cleanup) waits for the first.
+        let _cleaning = self
+            .cleaning
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let procs = {
             let mut inner = self.inner();
             if inner.cleaned {
@@ -781,7 +1048,8 @@ impl Lab {
             std::mem::take(&mut inner.procs)
         };
         // The agent first, with SIGTERM: it detaches its program and removes its pins.
-        let (agent, others): (Vec<Proc>, Vec<Proc>) = procs.into_iter().partition(|p| p.role == "agent");
+        let (agent, others): (Vec<Proc>, Vec<Proc>) =
+            procs.into_iter().partition(|p| p.role == "agent");
         stop_children(agent, Duration::from_secs(5));
         stop_children(others, Duration::from_secs(3));
         for problem in clean_lab(&self.id) {
@@ -796,7 +1064,11 @@ fn stop_children(mut procs: Vec<Proc>, grace: Duration) {
         let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && procs.iter_mut().any(|p| matches!(p.child.try_wait(), Ok(None))) {
+    while Instant::now() < deadline
+        && procs
+            .iter_mut()
+            .any(|p| matches!(p.child.try_wait(), Ok(None)))
+    {
         thread::sleep(Duration::from_millis(20));
     }
     for p in &mut procs {
@@ -815,7 +1087,10 @@ fn ask_name(vip: SocketAddr) -> std::io::Result<String> {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without an answer"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        ));
     }
     Ok(line.trim_end().to_owned())
 }
@@ -840,16 +1115,27 @@ fn spawn_ip_batch(ns: Option<&str>, script: &str) -> Result<Child> {
     if let Some(ns) = ns {
         c.args(["-n", ns]);
     }
-    c.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().context("starting ip")?;
-    child.stdin.take().expect("stdin").write_all(script.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())?;
     Ok(child)
 }
 
 fn ip_batch(ns: Option<&str>, script: &str) -> Result<()> {
     let out = spawn_ip_batch(ns, script)?.wait_with_output()?;
     if !out.status.success() {
-        bail!("ip -batch failed ({}): {}\nscript:\n{script}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip -batch failed ({}): {}\nscript:\n{script}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -880,10 +1166,15 @@ extern "C" fn on_signal(signal: nix::libc::c_int) {
 fn install_signal_handler() -> Result<()> {
     let (mut reader, writer) = std::io::pipe().context("signal pipe")?;
     SIGNAL_PIPE.store(writer.into_raw_fd(), Ordering::Relaxed);
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only calls write(2).
-        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("installing a {signal} handler"))?;
     }
     thread::spawn(move || {
         let mut byte = [0u8; 1];
@@ -903,7 +1194,9 @@ fn install_signal_handler() -> Result<()> {
 fn lab_ids() -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     let mut add = |name: &str| {
-        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else { return };
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+            return;
+        };
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         if !pid.is_empty() {
             let id = format!("{PREFIX}-{pid}");
@@ -929,7 +1222,8 @@ fn lab_ids() -> Vec<String> {
 fn remove_leftovers() {
     for id in lab_ids() {
         let pid = id.trim_start_matches(&format!("{PREFIX}-"));
-        let running = fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "xtask");
+        let running =
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "xtask");
         if running {
             continue;
         }
@@ -947,7 +1241,12 @@ fn remove_leftovers() {
 /// Names under /run/netns.
 fn netns_names() -> Vec<String> {
     fs::read_dir("/run/netns")
-        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -955,9 +1254,15 @@ fn netns_names() -> Vec<String> {
 /// Returns what could not be removed.
 fn clean_lab(id: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let namespaces: Vec<String> = netns_names().into_iter().filter(|n| n.starts_with(&format!("{id}-"))).collect();
-    let inodes: HashSet<u64> =
-        namespaces.iter().filter_map(|n| fs::metadata(format!("/run/netns/{n}")).ok()).map(|m| m.ino()).collect();
+    let namespaces: Vec<String> = netns_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{id}-")))
+        .collect();
+    let inodes: HashSet<u64> = namespaces
+        .iter()
+        .filter_map(|n| fs::metadata(format!("/run/netns/{n}")).ok())
+        .map(|m| m.ino())
+        .collect();
     let dir = std::env::temp_dir().join(id);
 
     // Processes: the recorded ones (the agent first, so it detaches), then anything else still
@@ -969,7 +1274,11 @@ fn clean_lab(id: &str) -> Vec<String> {
         let mut parts = line.split_whitespace();
         if let (Some(Ok(pid)), Some(role)) = (parts.next().map(str::parse::<i32>), parts.next()) {
             if in_namespaces(pid, &inodes) {
-                if role == "agent" { agents.push(pid) } else { others.push(pid) }
+                if role == "agent" {
+                    agents.push(pid)
+                } else {
+                    others.push(pid)
+                }
             }
         }
     }
@@ -987,7 +1296,10 @@ fn clean_lab(id: &str) -> Vec<String> {
     terminate(&stray, &inodes, Duration::from_secs(3));
 
     if !namespaces.is_empty() {
-        let script: String = namespaces.iter().map(|n| format!("netns del {n}\n")).collect();
+        let script: String = namespaces
+            .iter()
+            .map(|n| format!("netns del {n}\n"))
+            .collect();
         let out = Command::new("ip")
             .args(["-force", "-batch", "-"])
             .stdin(Stdio::piped())
@@ -995,12 +1307,19 @@ fn clean_lab(id: &str) -> Vec<String> {
             .stderr(Stdio::piped())
             .spawn()
             .and_then(|mut child| {
-                child.stdin.take().expect("stdin").write_all(script.as_bytes())?;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(script.as_bytes())?;
                 child.wait_with_output()
             });
         match out {
             Ok(out) if out.status.success() => {}
-            Ok(out) => problems.push(format!("ip netns del: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Ok(out) => problems.push(format!(
+                "ip netns del: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
             Err(error) => problems.push(format!("ip netns del: {error}")),
         }
     }
@@ -1011,7 +1330,11 @@ fn clean_lab(id: &str) -> Vec<String> {
         if let Ok(entries) = fs::read_dir(&state_dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 if let Err(error) = removed {
                     problems.push(format!("{}: {error}", path.display()));
                 }
@@ -1043,7 +1366,12 @@ fn terminate(pids: &[i32], inodes: &HashSet<u64>, grace: Duration) {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
-    let alive = || pids.iter().copied().filter(|p| in_namespaces(*p, inodes)).collect::<Vec<_>>();
+    let alive = || {
+        pids.iter()
+            .copied()
+            .filter(|p| in_namespaces(*p, inodes))
+            .collect::<Vec<_>>()
+    };
     while Instant::now() < deadline && !alive().is_empty() {
         thread::sleep(Duration::from_millis(20));
     }
@@ -1063,6 +1391,11 @@ mod tests {
     fn example_config_is_the_demo_config() {
         let example = workspace_root().join("examples/demo.toml");
         let text = fs::read_to_string(&example).expect("examples/demo.toml");
-        assert_eq!(text, config_text(EXAMPLE_STATE_DIR), "regenerate {} from demo::config_text", example.display());
+        assert_eq!(
+            text,
+            config_text(EXAMPLE_STATE_DIR),
+            "regenerate {} from demo::config_text",
+            example.display()
+        );
     }
 }

@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
-    /// Show lb at work in a lab of network namespaces, narrated (about 30 s; needs root).
+    /// Show lb at work in a lab of network namespaces, narrated (about 10 s once built; root).
     ///
     /// Runs setup and `cargo build -p lb-user`, builds a bridge with a client, the load
     /// balancer and three backends (namespaces `lbdemo-<pid>-*`), runs `lb run` with
