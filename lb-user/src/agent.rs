@@ -361,10 +361,9 @@ impl Agent {
         self.free_backend_ids.pop().context("no free backend id")
     }
 
-    fn start_backend(&mut self, vip: &VipConfig, key: &VipKey, config: BackendConfig) -> anyhow::Result<BackendRuntime> {
+    fn start_backend(&mut self, key: &VipKey, config: BackendConfig) -> anyhow::Result<BackendRuntime> {
         let id = self.allocate_backend_id(key, config.address)?;
         let (token, checker) = self.spawn_checker(id, &config);
-        let _ = vip;
         Ok(BackendRuntime {
             id,
             config,
@@ -403,7 +402,7 @@ impl Agent {
             let id = self.allocate_vip_id(&key)?;
             let mut backends = Vec::new();
             for backend in &vip.backends {
-                backends.push(self.start_backend(&vip, &key, backend.clone())?);
+                backends.push(self.start_backend(&key, backend.clone())?);
             }
             self.vips.insert(key, VipRuntime { id, config: vip, backends, ring: None });
             keys.push(key);
@@ -692,7 +691,7 @@ impl Agent {
         }
         for new in &config.backends {
             if !kept.iter().any(|b| b.config.address == new.address) {
-                kept.push(self.start_backend(&config, key, new.clone())?);
+                kept.push(self.start_backend(key, new.clone())?);
             }
         }
         vip.backends = kept;

@@ -235,15 +235,17 @@ impl Datapath {
             .map_err(|source| DatapathError::Program { program: program.name(), action: "attach", source })
     }
 
-    /// Attaches `program` in native mode, falling back to generic (skb) mode with a warning
-    /// when the driver has no native XDP. Returns the mode used.
-    pub fn attach_auto(&mut self, program: Program, interface: &str) -> Result<XdpMode> {
+    /// Attaches `program` in `mode`; `None` ("auto"): native, falling back to generic (skb)
+    /// mode with a warning when the driver has no native XDP. Returns the link and the mode used.
+    pub fn attach_auto(&mut self, program: Program, interface: &str, mode: Option<XdpMode>) -> Result<(XdpLinkId, XdpMode)> {
+        if let Some(mode) = mode {
+            return Ok((self.attach(program, interface, mode)?, mode));
+        }
         match self.attach(program, interface, XdpMode::Driver) {
-            Ok(_) => Ok(XdpMode::Driver),
+            Ok(id) => Ok((id, XdpMode::Driver)),
             Err(native) => {
                 tracing::warn!(%interface, error = %native, "native XDP unavailable; using generic mode (slower)");
-                self.attach(program, interface, XdpMode::Skb)?;
-                Ok(XdpMode::Skb)
+                Ok((self.attach(program, interface, XdpMode::Skb)?, XdpMode::Skb))
             }
         }
     }
@@ -283,16 +285,7 @@ impl Datapath {
             std::mem::forget(link);
             return Ok(Attachment { mode: mode.unwrap_or(XdpMode::Driver), adopted: true });
         }
-        let (id, mode) = match mode {
-            Some(mode) => (self.attach(Program::Balancer, interface, mode)?, mode),
-            None => match self.attach(Program::Balancer, interface, XdpMode::Driver) {
-                Ok(id) => (id, XdpMode::Driver),
-                Err(native) => {
-                    tracing::warn!(%interface, error = %native, "native XDP unavailable; using generic mode (slower)");
-                    (self.attach(Program::Balancer, interface, XdpMode::Skb)?, XdpMode::Skb)
-                }
-            },
-        };
+        let (id, mode) = self.attach_auto(Program::Balancer, interface, mode)?;
         let xdp = self.program(Program::Balancer)?;
         let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
         let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;

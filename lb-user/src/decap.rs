@@ -52,13 +52,7 @@ impl Decap {
         for address in &addresses {
             datapath.add_decap_address(&decap_key(*address))?;
         }
-        let mode = match mode {
-            Some(mode) => {
-                datapath.attach(Program::Decap, interface, mode)?;
-                mode
-            }
-            None => datapath.attach_auto(Program::Decap, interface)?,
-        };
+        let (_, mode) = datapath.attach_auto(Program::Decap, interface, mode)?;
         Ok(Self { datapath, addresses, mode })
     }
 

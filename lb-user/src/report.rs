@@ -13,7 +13,7 @@ use std::{
 
 use lb_common::{
     flow_hash,
-    maps::{Backend, BackendState, Protocol, VipKey, NO_BACKEND},
+    maps::{Backend, BackendState, Protocol, Vip, VipKey, NO_BACKEND},
     stats::{BackendStats, Counter, VipStats},
     FlowKey,
 };
@@ -45,8 +45,8 @@ pub enum ReportError {
     Usage(String),
 }
 
-/// A VIP's key and id, with its backends' ids and entries.
-type VipEntry = (VipKey, u32, Vec<(u32, Backend)>);
+/// A VIP's key and entry, with its backends' ids and entries.
+type VipEntry = (VipKey, Vip, Vec<(u32, Backend)>);
 
 /// The pinned maps and the agent's snapshot.
 pub struct View {
@@ -87,10 +87,10 @@ impl View {
             .into_iter()
             .map(|(key, vip)| {
                 let mine = backends.iter().filter(|(_, b)| b.vip == vip.id).copied().collect();
-                (key, vip.id, mine)
+                (key, vip, mine)
             })
             .collect();
-        vips.sort_by_key(|(_, id, _)| *id);
+        vips.sort_by_key(|(_, vip, _)| vip.id);
         Ok(vips)
     }
 }
@@ -171,7 +171,7 @@ pub fn stats(view: &mut View) -> Result<Stats, ReportError> {
         global.insert(counter.name(), view.datapath.counter(counter)?);
     }
     let mut vips = Vec::new();
-    for (key, id, backends) in view.vips()? {
+    for (key, Vip { id, .. }, backends) in view.vips()? {
         let VipStats { packets, bytes, new_flows, conntrack_hits, dropped } = view.datapath.vip_stats(id)?;
         let mut reports = Vec::new();
         for (backend_id, backend) in backends {
@@ -493,8 +493,8 @@ pub struct BackendStatusReport {
 pub fn status(view: &mut View) -> Result<Status, ReportError> {
     let now = status::now_unix_ms();
     let mut vips = Vec::new();
-    for (key, id, backends) in view.vips()? {
-        let vip_entry = view.datapath.vips()?.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+    for (key, vip_entry, backends) in view.vips()? {
+        let id = vip_entry.id;
         let ring = view.datapath.ring(id)?.unwrap_or_default();
         let addresses: BTreeMap<u32, String> =
             backends.iter().map(|(id, b)| (*id, addr_from_bytes(&b.addr, b.family).to_string())).collect();
@@ -524,10 +524,7 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
             address: addr_from_bytes(&key.addr, key.family).to_string(),
             port: u16::from_be_bytes(key.port),
             protocol: protocol_name(key.protocol),
-            forward: match vip_entry.map(|v| v.forward) {
-                Some(f) if f == lb_common::maps::ForwardMode::Tunnel as u8 => "tunnel",
-                _ => "dsr",
-            },
+            forward: if vip_entry.forward == lb_common::maps::ForwardMode::Tunnel as u8 { "tunnel" } else { "dsr" },
             ring_size: ring.len() as u32,
             ring_fingerprint: fingerprint(&ring, &addresses),
             backends: reports,

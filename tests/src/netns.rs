@@ -88,7 +88,7 @@ impl Netns {
     pub fn mac(&self, interface: &str) -> [u8; 6] {
         let out = self.ip(&format!("-br link show dev {interface}"));
         let mac = out.split_whitespace().nth(2).unwrap_or_else(|| panic!("no MAC in {out:?}"));
-        parse_mac(mac)
+        lb_user::nexthop::parse_mac(mac).unwrap_or_else(|| panic!("bad MAC {mac}"))
     }
 
     /// Interface index of an interface in this namespace.
@@ -102,15 +102,4 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.split(':').collect();
-    assert_eq!(parts.len(), 6, "bad MAC {text}");
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("bad MAC {text}: {e}"));
-    }
-    mac
 }

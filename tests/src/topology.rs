@@ -75,7 +75,7 @@ impl Lan {
         let switch_xdp = switch.run(|| {
             let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None }).expect("load");
             for i in 0..ports {
-                datapath.attach_auto(Program::Pass, &format!("p{i}")).expect("attach pass");
+                datapath.attach_auto(Program::Pass, &format!("p{i}"), None).expect("attach pass");
             }
             datapath
         });
