@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 
 use aya::programs::XdpMode;
-use lb_common::maps::{DecapKey, Family};
+use lb_common::{
+    maps::{DecapKey, Family},
+    stats::DecapCounter,
+};
 
 use crate::datapath::{Datapath, DatapathError, Options, Program};
 
@@ -60,6 +63,26 @@ impl Decap {
     pub fn datapath(&mut self) -> &mut Datapath {
         &mut self.datapath
     }
+
+    /// The program's counters so far, summed over CPUs.
+    pub fn counts(&mut self) -> Result<DecapCounts, DecapError> {
+        Ok(DecapCounts {
+            decapsulated: self.datapath.decap_counter(DecapCounter::Decapsulated)?,
+            passed: self.datapath.decap_counter(DecapCounter::Passed)?,
+            malformed: self.datapath.decap_counter(DecapCounter::Malformed)?,
+        })
+    }
+}
+
+/// What the `decap` program did (see [`DecapCounter`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapCounts {
+    /// Tunnel headers stripped.
+    pub decapsulated: u64,
+    /// Packets that were not tunnels for us, passed untouched.
+    pub passed: u64,
+    /// Malformed tunnel packets, dropped.
+    pub malformed: u64,
 }
 
 /// The `DECAP_ADDRS` key of an address.

@@ -182,10 +182,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Decap { interface, xdp_mode } => {
-            let decap = Decap::attach(&interface, xdp_mode.xdp_mode())?;
+            let mut decap = Decap::attach(&interface, xdp_mode.xdp_mode())?;
             tracing::info!(%interface, mode = ?decap.mode, addresses = ?decap.addresses, "decap attached");
             wait_for_shutdown().await?;
-            tracing::info!(%interface, "detaching decap");
+            let counts = decap.counts()?;
+            tracing::info!(
+                %interface,
+                decapsulated = counts.decapsulated,
+                passed = counts.passed,
+                malformed = counts.malformed,
+                "detaching decap: {} tunnel packets stripped, {} other packets passed, {} malformed dropped",
+                counts.decapsulated,
+                counts.passed,
+                counts.malformed
+            );
             drop(decap);
             Ok(())
         }

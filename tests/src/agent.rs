@@ -88,7 +88,7 @@ impl Drop for AgentFiles {
     }
 }
 
-/// A running `lb run`; killed on drop.
+/// A running `lb run` (or `lb decap`); killed on drop.
 pub struct AgentProcess {
     child: Child,
 }
@@ -97,21 +97,19 @@ impl AgentProcess {
     /// Starts `lb run --config <files.config>` in `ns` (network namespace only, so the state
     /// directory in /sys/fs/bpf is the same for every run and for the test).
     pub fn start(ns: &Netns, files: &AgentFiles, keep_datapath: bool) -> Self {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&files.log).expect("log");
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(lb_binary())
-            .args(["run", "--config"])
-            .arg(&files.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        let mut command = lb_command(ns, &files.log);
+        command.args(["run", "--config"]).arg(&files.config);
         if keep_datapath {
             command.arg("--keep-datapath");
         }
         Self { child: command.spawn().expect("spawn lb run") }
+    }
+
+    /// Starts `lb decap --interface <interface>` in `ns`, appending its output to `log`.
+    pub fn start_decap(ns: &Netns, interface: &str, log: &Path) -> Self {
+        let mut command = lb_command(ns, log);
+        command.args(["decap", "--interface", interface]);
+        Self { child: command.spawn().expect("spawn lb decap") }
     }
 
     /// Sends `signal` and waits for the exit.
@@ -129,6 +127,21 @@ impl AgentProcess {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// `lb` inside `ns`'s network namespace (only: /sys/fs/bpf stays the test's), logging at info
+/// level to `log` (appended).
+fn lb_command(ns: &Netns, log: &Path) -> Command {
+    let log = fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg(lb_binary())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    command
 }
 
 impl Drop for AgentProcess {

@@ -1,9 +1,10 @@
 //! A one-arm lab of network namespaces: every host has `eth0` on one bridge (in a "switch"
-//! namespace), addresses 10.77.0.0/24. Names are unique per test; everything is removed on drop.
+//! namespace), addresses 10.77.0.0/24 and fd77::/64. Names are unique per test; everything is
+//! removed on drop.
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -16,15 +17,19 @@ use lb_user::datapath::{Datapath, Options, Program};
 
 use crate::netns::Netns;
 
-/// Prefix of the lab's subnet.
+/// Prefix of the lab's IPv4 subnet (a /24).
 pub const SUBNET: &str = "10.77.0";
+/// Prefix of the lab's IPv6 subnet (a /64).
+pub const SUBNET6: &str = "fd77:";
 
 /// One host of the lab.
 pub struct Host {
     /// Its namespace.
     pub ns: Netns,
-    /// Address of its `eth0`.
+    /// IPv4 address of its `eth0`.
     pub ip: Ipv4Addr,
+    /// IPv6 address of its `eth0`.
+    pub ip6: Ipv6Addr,
     /// MAC of its `eth0`.
     pub mac: [u8; 6],
     /// Interface index of its `eth0` (in its namespace).
@@ -42,7 +47,8 @@ pub struct Lan {
 }
 
 impl Lan {
-    /// Creates the switch and one host per name; host `i` gets `10.77.0.(10 + i)`.
+    /// Creates the switch and one host per name; host `i` gets `10.77.0.(10 + i)` and
+    /// `fd77::(10 + i)` (decimal digits read as hex: host 0 is `fd77::10`).
     ///
     /// Every switch port runs the `pass` XDP program: a veth delivers frames another XDP program
     /// sent with `XDP_TX`/`XDP_REDIRECT` only when the receiving peer has an XDP program. The
@@ -60,11 +66,17 @@ impl Lan {
             ));
             switch_setup.push(format!("link set {port} up"));
             let ip: Ipv4Addr = format!("{SUBNET}.{}", 10 + i).parse().expect("ip");
-            ns.ip_batch(&[format!("addr add {ip}/24 dev eth0"), "link set eth0 up".to_owned()]);
+            let ip6: Ipv6Addr = format!("{SUBNET6}:{}", 10 + i).parse().expect("ip6");
+            // nodad: the address is usable at once, not after duplicate address detection.
+            ns.ip_batch(&[
+                format!("addr add {ip}/24 dev eth0"),
+                format!("addr add {ip6}/64 dev eth0 nodad"),
+                "link set eth0 up".to_owned(),
+            ]);
             ns.exec("ethtool -K eth0 tx off");
             let mac = ns.mac("eth0");
             let ifindex = ns.ifindex("eth0");
-            hosts.push(Host { ns, ip, mac, ifindex });
+            hosts.push(Host { ns, ip, ip6, mac, ifindex });
         }
         // Ports join the bridge once it exists (first line of the batch).
         for i in 0..names.len() {
@@ -86,6 +98,24 @@ impl Lan {
     pub fn host(&self, i: usize) -> &Host {
         &self.hosts[i]
     }
+
+    /// Sets the MTU of host `i`'s `eth0` and of every switch port (so the bridge carries frames
+    /// of that size). Tunnel-mode labs use it to give the LB-to-backend path room for the outer
+    /// header while the client keeps a 1500-byte MTU.
+    pub fn set_mtu(&self, hosts: &[usize], mtu: u32) {
+        let ports: Vec<String> = (0..self.hosts.len()).map(|i| format!("link set p{i} mtu {mtu}")).collect();
+        self.switch.ip_batch(&ports);
+        for &i in hosts {
+            self.hosts[i].ns.ip(&format!("link set eth0 mtu {mtu}"));
+        }
+    }
+}
+
+impl Host {
+    /// Its `eth0` address of `family`'s kind (`v6`: IPv6).
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 { IpAddr::V6(self.ip6) } else { IpAddr::V4(self.ip) }
+    }
 }
 
 /// A TCP server that answers every connection with its name, then reads until EOF and echoes.
@@ -96,11 +126,11 @@ pub struct NameServer {
 }
 
 impl NameServer {
-    /// Listens on `0.0.0.0:port` inside `ns`.
+    /// Listens on `[::]:port` (IPv4 and IPv6) inside `ns`.
     pub fn start(ns: &Netns, port: u16, name: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let name = name.to_owned();
-        let listener = ns.run(|| TcpListener::bind(("0.0.0.0", port)).expect("bind"));
+        let listener = ns.run(|| TcpListener::bind(("::", port)).expect("bind"));
         listener.set_nonblocking(true).expect("nonblocking");
         let stop_flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -138,6 +168,57 @@ impl Drop for NameServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A UDP server that answers every datagram with its name, a colon and the datagram.
+/// Stops when dropped.
+pub struct UdpNameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNameServer {
+    /// Listens on `address` inside `ns`. Bind the VIP itself, not a wildcard: the answer must
+    /// come from the address the client sent to (a wildcard socket would answer from `eth0`'s).
+    pub fn start(ns: &Netns, address: SocketAddr, name: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = ns.run(|| UdpSocket::bind(address).expect("bind udp"));
+        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let stop_flag = stop.clone();
+        let name = name.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let answer = [name.as_bytes(), b":", &buf[..n]].concat();
+                    let _ = socket.send_to(&answer, peer);
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UdpNameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `payload` on `socket` (connected to a [`UdpNameServer`]) and returns the name in the
+/// answer, checking the payload came back.
+pub fn ask_name_udp(socket: &UdpSocket, payload: &str) -> std::io::Result<String> {
+    socket.send(payload.as_bytes())?;
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf)?;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    match answer.split_once(':') {
+        Some((name, echoed)) if echoed == payload => Ok(name.to_owned()),
+        _ => Err(std::io::Error::other(format!("unexpected answer {answer:?} to {payload:?}"))),
     }
 }
 
