@@ -1,5 +1,6 @@
 //! Developer tasks for the `lb` workspace. Run as `cargo xtask <COMMAND>`.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -59,8 +60,21 @@ enum Cmd {
         #[arg(long, conflicts_with = "keep")]
         clean: bool,
     },
-    /// Run the benchmark (not implemented yet, issue #6).
-    Bench,
+    /// Run the benchmarks, print their tables and write docs/BENCHMARKS.md (root; ~5 min).
+    ///
+    /// Runs setup and a release build, then: per-packet cost of each datapath path against
+    /// an `XDP_TX` floor (BPF_PROG_TEST_RUN, live frames), Maglev build time (criterion),
+    /// ring swap latency with the real agent, connections per second and throughput through
+    /// the VIP versus direct (namespace lab), and map memory.
+    Bench {
+        /// Run only these benchmarks (comma-separated: packet, maglev, swap, lab); the
+        /// document is then not rewritten.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Print the tables without rewriting docs/BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,7 +84,7 @@ fn main() -> ExitCode {
         Cmd::Test { skip_setup, args } => test(skip_setup, &args),
         Cmd::Demo { clean: true, .. } => demo::clean(),
         Cmd::Demo { keep, .. } => demo::run(keep),
-        Cmd::Bench => not_implemented(6),
+        Cmd::Bench { only, no_write } => bench::run(&only, no_write),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,10 +93,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_implemented(issue: u32) -> Result<()> {
-    anyhow::bail!("not implemented yet (issue #{issue})")
 }
 
 /// The workspace root (parent of the xtask crate).
