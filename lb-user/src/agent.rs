@@ -40,6 +40,8 @@ use crate::{
 
 /// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
 const NEXT_HOP_WAIT: Duration = Duration::from_secs(1);
+/// How often next hops in use are re-checked against the kernel's neighbour table.
+const NEXT_HOP_REFRESH: Duration = Duration::from_secs(1);
 
 /// Options of `lb run`.
 #[derive(Clone, Debug)]
@@ -455,6 +457,10 @@ impl Agent {
             backend.last = Some(result);
             if let Some(transition) = transition {
                 backend.health = health;
+                if health != Health::Up {
+                    // Resolved afresh (route, interface, MAC) when it comes back.
+                    backend.next_hop = None;
+                }
                 backend.last_change_unix_ms = status::now_unix_ms();
                 let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition };
                 return Some((*vip_key, change));
@@ -492,6 +498,52 @@ impl Agent {
                     "backend {address} of vip {} treated as down: next hop unresolved: {error}",
                     vip.config.name
                 ),
+            }
+        }
+    }
+
+    /// Follows changes of the next hops in use (a backend's new MAC, the interface's MTU)
+    /// and rewrites the affected `BACKENDS` entries.
+    async fn refresh_next_hops(&mut self) {
+        if !self.vips.values().flat_map(|v| &v.backends).any(|b| b.next_hop.is_some()) {
+            return;
+        }
+        let snapshot = match nexthop::Snapshot::take().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::warn!("re-checking next hops failed: {error}");
+                return;
+            }
+        };
+        let mut changed = Vec::new();
+        for (key, vip) in &mut self.vips {
+            let mut vip_changed = false;
+            for backend in &mut vip.backends {
+                let Some(hop) = backend.next_hop else { continue };
+                let fresh = snapshot.refresh(backend.config.address, &hop);
+                if fresh != hop {
+                    let address = backend.config.address;
+                    tracing::info!(
+                        vip = %vip.config.name,
+                        backend = %address,
+                        "backend {address} of vip {}: next hop changed: MAC {} -> {}, MTU {} -> {}",
+                        vip.config.name,
+                        nexthop::format_mac(&hop.dst_mac),
+                        nexthop::format_mac(&fresh.dst_mac),
+                        hop.mtu,
+                        fresh.mtu
+                    );
+                    backend.next_hop = Some(fresh);
+                    vip_changed = true;
+                }
+            }
+            if vip_changed {
+                changed.push(*key);
+            }
+        }
+        for key in changed {
+            if let Err(error) = self.sync_vip(&key) {
+                tracing::error!("updating the datapath failed: {error:#}");
             }
         }
     }
@@ -562,8 +614,11 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
         let mut changes = crate::watch::watch_file(&self.path)?;
+        let mut next_hop_refresh = tokio::time::interval(NEXT_HOP_REFRESH);
+        next_hop_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = next_hop_refresh.tick() => self.refresh_next_hops().await,
                 Some(event) = self.events.recv() => {
                     if let Some((key, change)) = self.record(event) {
                         self.resolve_next_hops(&key).await;

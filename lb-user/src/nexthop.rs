@@ -3,9 +3,14 @@
 //! routing and neighbour tables (ARP / ND) before the backend enters a ring. The datapath then
 //! needs no FIB lookup per packet.
 //!
+//! Next hops in use are re-checked against a [`Snapshot`] of the neighbour and link tables every
+//! second (two commands however many backends), so a backend whose MAC changes while it stays
+//! healthy (a replaced machine, a migrated VM announcing itself by gratuitous ARP / unsolicited
+//! NA) is followed instead of black-holed.
+//!
 //! The tables are read with iproute2's JSON output (`ip -j`), present on every Linux gateway.
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use serde::Deserialize;
 use tokio::{process::Command, time::Instant};
@@ -81,15 +86,75 @@ struct Route {
 #[derive(Deserialize)]
 struct Link {
     ifindex: u32,
+    #[serde(default)]
+    ifname: String,
     mtu: u32,
     address: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Neighbour {
+    #[serde(default)]
+    dst: Option<IpAddr>,
+    #[serde(default)]
+    dev: String,
     lladdr: Option<String>,
     #[serde(default)]
     state: Vec<String>,
+}
+
+impl Neighbour {
+    /// The MAC, unless the entry is being resolved or failed to resolve.
+    fn usable_mac(&self) -> Option<[u8; 6]> {
+        let unusable = self.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE");
+        if unusable { None } else { self.lladdr.as_deref().and_then(parse_mac) }
+    }
+}
+
+/// The kernel's neighbour and link tables at one instant.
+pub struct Snapshot {
+    /// Usable neighbour MACs by (address, interface index).
+    neighbours: HashMap<(IpAddr, u32), [u8; 6]>,
+    /// (MTU, MAC) by interface index.
+    links: HashMap<u32, (u32, [u8; 6])>,
+}
+
+impl Snapshot {
+    /// Reads both tables (`ip -j link show`, `ip -j neigh show`).
+    pub async fn take() -> Result<Self, NextHopError> {
+        let links: Vec<Link> = ip_json(&["link", "show"]).await?;
+        let neighbours: Vec<Neighbour> = ip_json(&["neigh", "show"]).await?;
+        Ok(Self::from_tables(&links, &neighbours))
+    }
+
+    fn from_tables(links: &[Link], neighbours: &[Neighbour]) -> Self {
+        let ifindex: HashMap<&str, u32> = links.iter().map(|l| (l.ifname.as_str(), l.ifindex)).collect();
+        Self {
+            neighbours: neighbours
+                .iter()
+                .filter_map(|n| Some(((n.dst?, *ifindex.get(n.dev.as_str())?), n.usable_mac()?)))
+                .collect(),
+            links: links
+                .iter()
+                .map(|l| (l.ifindex, (l.mtu, l.address.as_deref().and_then(parse_mac).unwrap_or_default())))
+                .collect(),
+        }
+    }
+
+    /// `hop` (of `backend`) as the tables now describe it: the neighbour's MAC and the egress
+    /// interface's MTU and MAC. A neighbour or interface missing from the tables leaves its part
+    /// unchanged: health checks decide about backends that stopped answering.
+    pub fn refresh(&self, backend: IpAddr, hop: &NextHop) -> NextHop {
+        let mut fresh = *hop;
+        if let Some(mac) = self.neighbours.get(&(hop.gateway.unwrap_or(backend), hop.ifindex)) {
+            fresh.dst_mac = *mac;
+        }
+        if let Some((mtu, mac)) = self.links.get(&hop.ifindex) {
+            fresh.mtu = *mtu;
+            fresh.src_mac = *mac;
+        }
+        fresh
+    }
 }
 
 /// Resolves the next hop of `backend`, asking the kernel to resolve its MAC (ARP/ND) if it
@@ -134,10 +199,7 @@ pub async fn resolve(backend: IpAddr, on_link: bool, wait: Duration) -> Result<N
 /// The MAC the kernel knows for `neighbor` on `dev`, if it is usable.
 async fn neighbour_mac(neighbor: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, NextHopError> {
     let entries: Vec<Neighbour> = ip_json(&["neigh", "show", "to", &neighbor.to_string(), "dev", dev]).await?;
-    Ok(entries.into_iter().find_map(|entry| {
-        let unusable = entry.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE");
-        if unusable { None } else { entry.lladdr.as_deref().and_then(parse_mac) }
-    }))
+    Ok(entries.iter().find_map(Neighbour::usable_mac))
 }
 
 /// Makes the kernel resolve `neighbor`: a datagram to the discard port needs its MAC.
@@ -168,6 +230,11 @@ async fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, 
     serde_json::from_slice(&output.stdout).map_err(|e| NextHopError::Command { args: joined, message: e.to_string() })
 }
 
+/// Formats `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -188,6 +255,40 @@ mod tests {
         assert_eq!(parse_mac("02:00:0a:ff:00"), None);
         assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
         assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+        assert_eq!(format_mac(&[2, 0, 10, 255, 0, 1]), "02:00:0a:ff:00:01");
+    }
+
+    #[test]
+    fn a_snapshot_follows_a_changed_neighbour_and_link() {
+        let links: Vec<Link> = serde_json::from_str(
+            r#"[{"ifindex":1,"ifname":"lo","mtu":65536,"address":"00:00:00:00:00:00"},
+                {"ifindex":7,"ifname":"eth0","mtu":9000,"address":"02:00:00:00:00:07"}]"#,
+        )
+        .expect("links");
+        let neighbours: Vec<Neighbour> = serde_json::from_str(
+            r#"[{"dst":"10.0.0.11","dev":"eth0","lladdr":"02:00:00:00:0b:02","state":["STALE"]},
+                {"dst":"10.0.0.12","dev":"eth0","lladdr":"02:00:00:00:0c:01","state":["FAILED"]},
+                {"dst":"10.0.0.1","dev":"eth0","lladdr":"02:00:00:00:01:02","state":["REACHABLE"]},
+                {"dst":"fd00::1","dev":"eth0","state":["INCOMPLETE"]}]"#,
+        )
+        .expect("neighbours");
+        let snapshot = Snapshot::from_tables(&links, &neighbours);
+        let hop = |dst: u8, gateway: Option<&str>| NextHop {
+            ifindex: 7,
+            mtu: 1500,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, dst, 1],
+            gateway: gateway.map(|g| g.parse().expect("gateway")),
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        // On-link backend: its own entry; the interface's MTU and MAC.
+        let fresh = snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None));
+        assert_eq!((fresh.dst_mac, fresh.mtu, fresh.src_mac), ([2, 0, 0, 0, 0xb, 2], 9000, [2, 0, 0, 0, 0, 7]));
+        // Behind a gateway: the gateway's entry.
+        assert_eq!(snapshot.refresh(ip("10.9.0.5"), &hop(1, Some("10.0.0.1"))).dst_mac, [2, 0, 0, 0, 1, 2]);
+        // A failed or missing entry leaves the MAC alone (health checks decide).
+        assert_eq!(snapshot.refresh(ip("10.0.0.12"), &hop(0xc, None)).dst_mac, [2, 0, 0, 0, 0xc, 1]);
+        assert_eq!(snapshot.refresh(ip("10.0.0.13"), &hop(0xd, None)).dst_mac, [2, 0, 0, 0, 0xd, 1]);
     }
 
     #[tokio::test]

@@ -157,3 +157,35 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
         echo(stream, "after restart").unwrap_or_else(|e| panic!("held connection to {name} broke: {e}"));
     }
 }
+
+#[test]
+fn a_backend_whose_mac_changes_while_healthy_is_followed() {
+    let lab = AgentLab::new("newmac");
+    let _agent = lab.start_agent(false);
+    let answers = lab.connect(30);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    // The kernel overrides a neighbour entry with an unsolicited ARP only once it is 1 s old
+    // (locktime): let the agent's resolution age first.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // b1's NIC is replaced and announced by gratuitous ARP (arp_notify), as a migrating VM or a
+    // swapped machine is: the load balancer's neighbour table learns the new MAC, health checks
+    // go on passing. Frames to the old MAC would be dropped by b1 now.
+    let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x01];
+    let b1 = &lab.lan.host(2).ns;
+    b1.exec("sysctl -qw net.ipv4.conf.eth0.arp_notify=1");
+    b1.ip(&format!("link set eth0 address {}", lb_user::nexthop::format_mac(&new_mac)));
+    let id = lab.backend_id(0);
+    let followed = lab.wait_until(Duration::from_secs(5), || {
+        let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open pinned maps");
+        datapath.backend(id).expect("backend").dst_mac == new_mac
+    });
+    println!("new MAC in BACKENDS after {followed:?}");
+    assert!(followed.is_some(), "b1's new MAC never reached BACKENDS:\n{}", lab.files.log_text());
+    assert!(lab.files.log_text().contains("next hop changed"), "the change is logged");
+    assert!(lab.in_ring(0), "b1 stayed in the ring");
+
+    let answers = lab.connect(60);
+    assert!(failures(&answers).is_empty(), "connections after the MAC change: {:?}", failures(&answers));
+    assert!(count(&answers, "b1") > 0, "b1 still serves: {answers:?}");
+}
