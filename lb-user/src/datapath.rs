@@ -283,7 +283,8 @@ impl Datapath {
             // The link stays pinned; forget our handle so dropping the program keeps it attached.
             let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
             std::mem::forget(link);
-            return Ok(Attachment { mode: mode.unwrap_or(XdpMode::Driver), adopted: true });
+            let mode = attached_mode(interface).unwrap_or(mode.unwrap_or(XdpMode::Driver));
+            return Ok(Attachment { mode, adopted: true });
         }
         let (id, mode) = self.attach_auto(Program::Balancer, interface, mode)?;
         let xdp = self.program(Program::Balancer)?;
@@ -452,6 +453,19 @@ impl Datapath {
                 new_flows: sum.new_flows + new_flows,
             }
         }))
+    }
+}
+
+/// The mode of the XDP program attached to `interface`, as the kernel reports it
+/// (`ip -j link show`: 1 native, 2 generic, 3 offloaded); `None` if unknown.
+fn attached_mode(interface: &str) -> Option<XdpMode> {
+    let output = std::process::Command::new("ip").args(["-j", "link", "show", "dev", interface]).output().ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    match links.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
+        1 => Some(XdpMode::Driver),
+        2 => Some(XdpMode::Skb),
+        3 => Some(XdpMode::Hardware),
+        _ => None,
     }
 }
 

@@ -189,3 +189,26 @@ fn a_backend_whose_mac_changes_while_healthy_is_followed() {
     assert!(failures(&answers).is_empty(), "connections after the MAC change: {:?}", failures(&answers));
     assert!(count(&answers, "b1") > 0, "b1 still serves: {answers:?}");
 }
+
+#[test]
+fn an_adopting_agent_reports_the_mode_the_program_runs_in() {
+    let lab = AgentLab::new("adoptmode");
+    lab.write_config(&[1, 1, 1], "xdp_mode = \"generic\"");
+    let first = lab.start_agent(true);
+    first.stop(Signal::SIGKILL);
+    // The restarted agent is configured for "auto" (native first), but adopts the generic link.
+    lab.write_config(&[1, 1, 1], "");
+    let _second = lab.start_agent(true);
+    let log = lab.files.log_text();
+    let adopted = log.lines().find(|l| l.contains("adopted the running datapath")).unwrap_or_else(|| panic!("{log}"));
+    assert!(adopted.contains("Skb"), "adopted link reported in the mode it runs in: {adopted}");
+    let output = std::process::Command::new(lb_tests::agent::lb_binary())
+        .args(["status", "--json", "--state-dir"])
+        .arg(&lab.files.state_dir)
+        .output()
+        .expect("lb status");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(status["xdp_mode"], "generic", "{status}");
+    let answers = lab.connect(10);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+}
