@@ -199,8 +199,8 @@ impl Datapath {
         let mut maps = std::collections::HashMap::new();
         for name in names::BALANCER {
             let path = dir.join(name);
-            let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { map: name, source })?;
-            let map = Map::from_map_data(data).map_err(|source| DatapathError::Map { map: name, source })?;
+            let data = MapData::from_pin(&path).map_err(map_error(name))?;
+            let map = Map::from_map_data(data).map_err(map_error(name))?;
             maps.insert(name, map);
         }
         Ok(Self { ebpf: None, maps, pin_dir: Some(dir.to_path_buf()) })
@@ -307,34 +307,42 @@ impl Datapath {
         self.maps.get_mut(map).ok_or(DatapathError::MissingMap { map })
     }
 
+    /// `map` as the typed aya handle `T` (`Array`, `HashMap`, ...).
+    fn typed<'a, T>(&'a mut self, map: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        T::try_from(self.map(map)?).map_err(map_error(map))
+    }
+
     /// Sets the global settings.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         let map = names::SETTINGS;
-        let mut array: Array<_, Settings> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        array.set(0, settings, 0).map_err(|source| DatapathError::Map { map, source })
+        let mut array: Array<_, Settings> = self.typed(map)?;
+        array.set(0, settings, 0).map_err(map_error(map))
     }
 
     /// Adds or replaces a VIP.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;
-        let mut vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        vips.insert(key, vip, 0).map_err(|source| DatapathError::Map { map, source })
+        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.insert(key, vip, 0).map_err(map_error(map))
     }
 
     /// Every VIP in `VIPS`.
     pub fn vips(&mut self) -> Result<Vec<(VipKey, Vip)>> {
         let map = names::VIPS;
-        let vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        vips.iter().collect::<Result<Vec<_>, _>>().map_err(|source| DatapathError::Map { map, source })
+        let vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_error(map))
     }
 
     /// Every backend entry in use (state other than `Unused`), with its id.
     pub fn backends(&mut self) -> Result<Vec<(u32, Backend)>> {
         let map = names::BACKENDS;
-        let backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let backends: Array<_, Backend> = self.typed(map)?;
         let mut used = Vec::new();
         for (id, backend) in backends.iter().enumerate() {
-            let backend = backend.map_err(|source| DatapathError::Map { map, source })?;
+            let backend = backend.map_err(map_error(map))?;
             if backend.state != lb_common::maps::BackendState::Unused as u8 {
                 used.push((id as u32, backend));
             }
@@ -345,22 +353,22 @@ impl Datapath {
     /// Removes a VIP: its packets stop matching at once.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let map = names::VIPS;
-        let mut vips: HashMap<_, VipKey, Vip> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        vips.remove(key).map_err(|source| DatapathError::Map { map, source })
+        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.remove(key).map_err(map_error(map))
     }
 
     /// Writes backend `id`.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let map = names::BACKENDS;
-        let mut backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        backends.set(id, backend, 0).map_err(|source| DatapathError::Map { map, source })
+        let mut backends: Array<_, Backend> = self.typed(map)?;
+        backends.set(id, backend, 0).map_err(map_error(map))
     }
 
     /// Reads backend `id`.
     pub fn backend(&mut self, id: u32) -> Result<Backend> {
         let map = names::BACKENDS;
-        let backends: Array<_, Backend> = Array::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        backends.get(&id, 0).map_err(|source| DatapathError::Map { map, source })
+        let backends: Array<_, Backend> = self.typed(map)?;
+        backends.get(&id, 0).map_err(map_error(map))
     }
 
     /// Replaces the ring of VIP `vip` atomically.
@@ -372,18 +380,18 @@ impl Datapath {
     pub fn set_ring(&mut self, vip: u32, ring: &[u32]) -> Result<()> {
         let inner = new_ring(ring).map_err(|source| DatapathError::Ring { vip, source })?;
         let map = names::RINGS;
-        let mut rings: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        rings.set(vip, &inner, 0).map_err(|source| DatapathError::Map { map, source })
+        let mut rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        rings.set(vip, &inner, 0).map_err(map_error(map))
     }
 
     /// The ring of VIP `vip` as the kernel currently uses it (`None`: no ring).
     pub fn ring(&mut self, vip: u32) -> Result<Option<Vec<u32>>> {
         let map = names::RINGS;
-        let rings: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
         let inner = match rings.get(&vip, 0) {
             Ok(inner) => inner,
             Err(MapError::KeyNotFound) => return Ok(None),
-            Err(source) => return Err(DatapathError::Map { map, source }),
+            Err(source) => return Err(map_error(map)(source)),
         };
         read_ring(&inner).map(Some).map_err(|source| DatapathError::Ring { vip, source })
     }
@@ -391,7 +399,7 @@ impl Datapath {
     /// Lets `XDP_REDIRECT` send to interface `ifindex`.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
         let map = names::TX_PORTS;
-        let mut ports: DevMapHash<_> = DevMapHash::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let mut ports: DevMapHash<_> = self.typed(map)?;
         ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| DatapathError::DevMap { map, source })
@@ -400,19 +408,19 @@ impl Datapath {
     /// The backend id a flow is tracked to, if it is tracked.
     pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
         let map = names::CONNTRACK;
-        let table: HashMap<_, FlowKey, Conntrack> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
+        let table: HashMap<_, FlowKey, Conntrack> = self.typed(map)?;
         match table.get(flow, 0) {
             Ok(entry) => Ok(Some(entry.backend)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map { map, source }),
+            Err(source) => Err(map_error(map)(source)),
         }
     }
 
     /// Adds a local address the `decap` program strips tunnels for.
     pub fn add_decap_address(&mut self, key: &DecapKey) -> Result<()> {
         let map = names::DECAP_ADDRS;
-        let mut addrs: HashMap<_, DecapKey, u8> = HashMap::try_from(self.map(map)?).map_err(|source| DatapathError::Map { map, source })?;
-        addrs.insert(key, 1, 0).map_err(|source| DatapathError::Map { map, source })
+        let mut addrs: HashMap<_, DecapKey, u8> = self.typed(map)?;
+        addrs.insert(key, 1, 0).map_err(map_error(map))
     }
 
     /// A global counter, summed over CPUs.
@@ -456,6 +464,11 @@ impl Datapath {
     }
 }
 
+/// Wraps an error of `map`'s syscalls with the map's name.
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
 /// The mode of the XDP program attached to `interface`, as the kernel reports it
 /// (`ip -j link show`: 1 native, 2 generic, 3 offloaded); `None` if unknown.
 fn attached_mode(interface: &str) -> Option<XdpMode> {
@@ -490,8 +503,8 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
 }
 
 fn per_cpu<V: aya::Pod>(map: &mut Map, name: &'static str, index: u32) -> Result<PerCpuValues<V>> {
-    let array: PerCpuArray<_, V> = PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
-    array.get(&index, 0).map_err(|source| DatapathError::Map { map: name, source })
+    let array: PerCpuArray<_, V> = PerCpuArray::try_from(map).map_err(map_error(name))?;
+    array.get(&index, 0).map_err(map_error(name))
 }
 
 fn sum_u64(map: &mut Map, name: &'static str, index: u32) -> Result<u64> {
