@@ -36,11 +36,15 @@ pub enum Counter {
     Rehashed,
     /// Conntrack inserts that failed.
     ConntrackFull,
+    /// ICMP errors about a VIP's flow (destination unreachable, fragmentation needed / packet
+    /// too big, time exceeded, parameter problem) forwarded to the flow's backend, so a DSR
+    /// backend learns the path MTU towards its client.
+    IcmpError,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Pass,
         Counter::Tx,
         Counter::Redirect,
@@ -57,6 +61,7 @@ impl Counter {
         Counter::RedirectFailed,
         Counter::Rehashed,
         Counter::ConntrackFull,
+        Counter::IcmpError,
     ];
     /// Number of counters (size of `STATS`).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -80,6 +85,7 @@ impl Counter {
             Counter::RedirectFailed => "redirect_failed",
             Counter::Rehashed => "rehashed",
             Counter::ConntrackFull => "conntrack_full",
+            Counter::IcmpError => "icmp_error",
         }
     }
 }

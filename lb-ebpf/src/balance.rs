@@ -45,7 +45,8 @@ pub struct Choice {
 ///
 /// A tracked flow stays on its backend while that backend is up or draining; a SYN (a new
 /// connection, even on a reused 5-tuple) and an untracked flow go through the VIP's Maglev ring,
-/// and so does a tracked flow whose backend went down (it is re-hashed). `None`: no backend.
+/// and so does a tracked flow whose backend went down (it is re-hashed). An ICMP error follows
+/// its flow the same way but is never tracked itself. `None`: no backend.
 #[inline(always)]
 pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
     if !packet.syn {
@@ -55,6 +56,10 @@ pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
         }
     }
     let choice = from_ring(&packet.flow, vip)?;
+    if packet.icmp_error {
+        // An error message about a flow is no reason to track it.
+        return Some(choice);
+    }
     if CONNTRACK.insert(&packet.flow, &Conntrack { backend: choice.id }, 0).is_err() {
         stats::count(Counter::ConntrackFull);
     }

@@ -1,5 +1,6 @@
 //! Parsing: Ethernet (one optional 802.1Q tag), IPv4 (with options), IPv6 (fixed header), TCP,
-//! UDP. Every read is preceded by an explicit bounds check against `data_end`.
+//! UDP, and ICMP/ICMPv6 errors quoting a TCP or UDP packet. Every read is preceded by an
+//! explicit bounds check against `data_end`.
 
 use core::mem::size_of;
 
@@ -31,6 +32,16 @@ pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_IPV6: u8 = 41;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMP types that quote the packet they are about: destination unreachable (fragmentation
+/// needed included), time exceeded, parameter problem.
+const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
+/// ICMPv6 types that quote the packet they are about: destination unreachable, packet too big,
+/// time exceeded, parameter problem.
+const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
+/// ICMP/ICMPv6 header before the quoted packet: type, code, checksum, 4 bytes (MTU, pointer...).
+const ICMP_HEADER_LEN: usize = 8;
 /// IPv6 next-header values of extension headers (RFC 8200 §4, RFC 6564 list, plus ESP/AH).
 const IPV6_EXTENSION_HEADERS: [u8; 9] = [0, 43, 44, 50, 51, 60, 135, 139, 140];
 const IPV4_DONT_FRAGMENT: u8 = 0x40;
@@ -55,6 +66,9 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// An ICMP error about a flow to a VIP; `flow` is that flow (client to VIP), read from the
+    /// quoted packet. It follows the flow to its backend but creates no state.
+    pub icmp_error: bool,
 }
 
 /// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is inside it.
@@ -143,6 +157,7 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         tos: ip.tos,
         dont_fragment: ip.frags[0] & IPV4_DONT_FRAGMENT != 0,
         syn: false,
+        icmp_error: false,
     };
     transport(ctx, &mut packet, ip.proto, l2_len + header_len)?;
     Ok(packet)
@@ -170,6 +185,7 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         dont_fragment: true,
         syn: false,
+        icmp_error: false,
     };
     transport(ctx, &mut packet, ip.next_hdr, l2_len + size_of::<Ipv6Hdr>())?;
     Ok(packet)
@@ -195,7 +211,68 @@ fn transport(ctx: &XdpContext, packet: &mut Packet, protocol: u8, offset: usize)
             packet.flow.dst_port = udp.dst;
             packet.flow.protocol = Protocol::Udp as u8;
         }
+        IPPROTO_ICMP if packet.flow.family == Family::V4 as u8 => icmp_error(ctx, packet, offset, &ICMP_ERRORS)?,
+        IPPROTO_ICMPV6 if packet.flow.family == Family::V6 as u8 => icmp_error(ctx, packet, offset, &ICMPV6_ERRORS)?,
         _ => return Err(Counter::NotTcpUdp),
     }
+    Ok(())
+}
+
+/// An ICMP error quoting a TCP or UDP packet sent from the address the error is addressed to:
+/// the quoted packet left a VIP for a client (a DSR backend's answer a router could not pass
+/// on), so the flow it belongs to is the quoted one reversed. Other ICMP messages (echo, ...)
+/// are not ours: `NotTcpUdp`.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, packet: &mut Packet, offset: usize, errors: &[u8]) -> Result<(), Unhandled> {
+    let header: *const [u8; ICMP_HEADER_LEN] = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the 8-byte ICMP header is inside the packet.
+    let kind = unsafe { (*header)[0] };
+    if !errors.contains(&kind) {
+        return Err(Counter::NotTcpUdp);
+    }
+    let quoted = offset + ICMP_HEADER_LEN;
+    let mut flow = FlowKey { family: packet.flow.family, ..FlowKey::default() };
+    let (protocol, ports_offset) = if packet.flow.family == Family::V4 as u8 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
+        // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header is inside the packet.
+        let ip = unsafe { &*ip };
+        let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+        if ip.vihl >> 4 != 4 || header_len < size_of::<Ipv4Hdr>() {
+            return Err(Counter::ParseError);
+        }
+        if ip.src_addr != packet.flow.dst[..4] {
+            return Err(Counter::NotTcpUdp);
+        }
+        // Reversed: the client is the quoted destination, the VIP the quoted source.
+        flow.src[..4].copy_from_slice(&ip.dst_addr);
+        flow.dst[..4].copy_from_slice(&ip.src_addr);
+        (ip.proto, quoted + header_len)
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
+        // SAFETY: ptr_at checked that the quoted 40-byte IPv6 header is inside the packet.
+        let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return Err(Counter::ParseError);
+        }
+        if ip.src_addr != packet.flow.dst {
+            return Err(Counter::NotTcpUdp);
+        }
+        flow.src = ip.dst_addr;
+        flow.dst = ip.src_addr;
+        (ip.next_hdr, quoted + size_of::<Ipv6Hdr>())
+    };
+    flow.protocol = match protocol {
+        IPPROTO_TCP => Protocol::Tcp as u8,
+        IPPROTO_UDP => Protocol::Udp as u8,
+        _ => return Err(Counter::NotTcpUdp),
+    };
+    // An ICMP error quotes at least 8 bytes of the transport header: both ports.
+    let ports: *const [[u8; 2]; 2] = ptr_at(ctx, ports_offset)?;
+    // SAFETY: ptr_at checked that the 4 port bytes are inside the packet.
+    let [quoted_src_port, quoted_dst_port] = unsafe { *ports };
+    flow.src_port = quoted_dst_port;
+    flow.dst_port = quoted_src_port;
+    packet.flow = flow;
+    packet.icmp_error = true;
     Ok(())
 }

@@ -36,6 +36,9 @@ fn balance_packet(ctx: &XdpContext) -> u32 {
     match forward::forward(ctx, &packet, &vip, &choice) {
         Ok(action) => {
             stats::backend_packet(choice.id, frame_len);
+            if packet.icmp_error {
+                stats::count(Counter::IcmpError);
+            }
             action
         }
         Err(reason) => {

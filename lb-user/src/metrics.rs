@@ -356,7 +356,7 @@ fn kind(counter: DatapathCounter) -> Kind {
         Pass | Tx | Redirect | Drop => Kind::Verdict,
         NotIp | NotVip | NotTcpUdp | Fragment | Ipv6ExtensionHeader => Kind::Passed,
         ParseError | NoBackend | TooBig | NoHeadroom | RedirectFailed => Kind::Dropped,
-        Rehashed | ConntrackFull => Kind::Event,
+        Rehashed | ConntrackFull | IcmpError => Kind::Event,
     }
 }
 

@@ -199,6 +199,51 @@ pub fn ip(text: &str) -> IpAddr {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
+/// Router that reports ICMP errors in the fixtures.
+pub const ROUTER_V4: [u8; 4] = [192, 0, 2, 254];
+/// Same, IPv6.
+pub const ROUTER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+
+/// The ICMP error a router on the way to the client sends about the answer (VIP to client) of
+/// `client_frame`'s flow: IPv4 "fragmentation needed" (MTU 1400) or ICMPv6 "packet too big"
+/// (MTU 1280), addressed to `to` (default: the VIP, the answer's source) and quoting the first
+/// `quoted` bytes of the answer's IP packet (routers quote at least the IP header and 8 bytes).
+pub fn icmp_error_about_answer(client_frame: &[u8], quoted: usize, to: Option<IpAddr>) -> Vec<u8> {
+    let packet = SlicedPacket::from_ethernet(client_frame).unwrap_or_else(|e| panic!("unparseable frame: {e}"));
+    let (client, vip) = match &packet.net {
+        Some(etherparse::NetSlice::Ipv4(v4)) => {
+            (IpAddr::V4(v4.header().source_addr()), IpAddr::V4(v4.header().destination_addr()))
+        }
+        Some(etherparse::NetSlice::Ipv6(v6)) => {
+            (IpAddr::V6(v6.header().source_addr()), IpAddr::V6(v6.header().destination_addr()))
+        }
+        other => panic!("not IP: {other:?}"),
+    };
+    let (kind, client_port, vip_port) = match &packet.transport {
+        Some(TransportSlice::Tcp(tcp)) => (Kind::TcpAck, tcp.source_port(), tcp.destination_port()),
+        Some(TransportSlice::Udp(udp)) => (Kind::Udp, udp.source_port(), udp.destination_port()),
+        other => panic!("not TCP/UDP: {other:?}"),
+    };
+    let answer = Frame::new(kind, vip, vip_port, client, client_port).with_payload(1400).build();
+    let quote = &answer[14..14 + quoted];
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match to.unwrap_or(vip) {
+        IpAddr::V4(to) => builder
+            .ipv4(ROUTER_V4, to.octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut out, quote),
+        IpAddr::V6(to) => builder
+            .ipv6(ROUTER_V6, to.octets(), 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quote),
+    }
+    .expect("write icmp error");
+    out
+}
+
 /// Inserts an 802.1Q tag after the MAC addresses.
 pub fn tag_vlan(frame: &[u8], id: u16) -> Vec<u8> {
     let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
@@ -322,6 +367,17 @@ fn verify_transport(packet: &SlicedPacket<'_>) {
             let header = v6.header().to_header();
             let expected = udp.to_header().calc_checksum_ipv6(&header, udp.payload()).expect("udp checksum");
             assert_eq!(udp.checksum(), expected, "UDP checksum (IPv6)");
+        }
+        (etherparse::NetSlice::Ipv4(_), Some(TransportSlice::Icmpv4(icmp))) => {
+            assert_eq!(icmp.checksum(), icmp.icmp_type().calc_checksum(icmp.payload()), "ICMP checksum");
+        }
+        (etherparse::NetSlice::Ipv6(v6), Some(TransportSlice::Icmpv6(icmp))) => {
+            let header = v6.header();
+            let expected = icmp
+                .icmp_type()
+                .calc_checksum(header.source(), header.destination(), icmp.payload())
+                .expect("icmpv6 checksum");
+            assert_eq!(icmp.checksum(), expected, "ICMPv6 checksum");
         }
         other => panic!("unexpected transport {other:?}"),
     }

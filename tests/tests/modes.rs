@@ -80,7 +80,7 @@ impl ModesLab {
         let (mut tcp, mut udp) = (Vec::new(), Vec::new());
         for (i, name) in BACKENDS.iter().enumerate() {
             let ns = &lan.host(2 + i).ns;
-            let lines: Vec<String> = addresses.iter().map(|a| format!("addr add {a} dev lo")).collect();
+            let lines: Vec<String> = addresses.iter().map(|a| format!("addr add {a} dev lo{}", if a.contains(':') { " nodad" } else { "" })).collect();
             ns.ip_batch(&lines);
             tcp.push(NameServer::start(ns, PORT, name));
             for vip in vips.iter().filter(|v| v.udp) {
@@ -130,6 +130,9 @@ impl ModesLab {
             for backend in BACKENDS {
                 assert!(names.iter().any(|n| n == backend), "{}: no flow reached {backend}: {names:?}", vip.name);
             }
+        }
+        for vip in self.vips.iter().filter(|v| v.udp) {
+            self.check_path_mtu_reaches_the_backend(vip);
         }
         let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
         for counter in [Counter::TooBig, Counter::NoBackend, Counter::ParseError] {
@@ -183,6 +186,45 @@ impl ModesLab {
         })
     }
 
+    /// A router between the backends and the client reports that the answer of a UDP flow was
+    /// too big (IPv4 "fragmentation needed", ICMPv6 "packet too big"), addressed to the VIP as
+    /// routers do. The load balancer must hand it to the backend serving the flow, whose kernel
+    /// then lowers its path MTU to the client; the other backend learns nothing. (The client
+    /// plays the router here: any host can send it.)
+    fn check_path_mtu_reaches_the_backend(&self, vip: &LabVip) {
+        let address = vip.socket();
+        let any: SocketAddr = if address.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("any");
+        let client = self.lan.host(0);
+        let (name, client_port) = client.ns.run(|| {
+            let socket = UdpSocket::bind(any).expect("bind");
+            socket.connect(address).expect("connect");
+            socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let name = ask_name_udp(&socket, "before the icmp error").expect("answer");
+            (name, socket.local_addr().expect("local").port())
+        });
+        let mtu: u16 = if address.is_ipv6() { 1280 } else { 1400 };
+        client.ns.run(|| send_too_big(client.addr(address.is_ipv6()), address, client_port, mtu));
+        let serving = BACKENDS.iter().position(|b| *b == name).expect("backend name");
+        let route_mtu = |i: usize| {
+            let route = self.lan.host(2 + i).ns.ip(&format!("route get {}", client.addr(address.is_ipv6())));
+            route.split_whitespace().skip_while(|w| *w != "mtu").nth(1).map(|m| m.parse::<u16>().expect("mtu"))
+        };
+        assert!(
+            wait_for(|| route_mtu(serving) == Some(mtu)),
+            "{}: {name} did not learn the path MTU {mtu}: {:?}",
+            vip.name,
+            route_mtu(serving)
+        );
+        let other = 1 - serving;
+        assert_eq!(route_mtu(other), None, "{}: {} learned a path MTU for a flow it does not serve", vip.name, BACKENDS[other]);
+        println!("{}: ICMP too-big about a flow of {name} reached {name} (path MTU {mtu})", vip.name);
+        // Forget it, so the next VIP's check starts clean.
+        for i in 0..BACKENDS.len() {
+            self.lan.host(2 + i).ns.ip("route flush cache");
+            self.lan.host(2 + i).ns.ip("-6 route flush cache");
+        }
+    }
+
     /// Packets the load balancer forwarded to each backend host (over all its backend entries).
     fn forwarded_per_backend(&self) -> Vec<u64> {
         let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
@@ -221,6 +263,33 @@ impl ModesLab {
             })
             .collect()
     }
+}
+
+/// Sends, from `from`, an ICMP "fragmentation needed" / ICMPv6 "packet too big" with `mtu` to
+/// the VIP, quoting a UDP answer from the VIP to `from:client_port`.
+fn send_too_big(from: std::net::IpAddr, vip: SocketAddr, client_port: u16, mtu: u16) {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, PacketBuilder};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut quote = Vec::new();
+    let answer = [0u8; 1400];
+    let (domain, protocol, message) = match (vip.ip(), from) {
+        (std::net::IpAddr::V4(v), std::net::IpAddr::V4(c)) => {
+            PacketBuilder::ipv4(v.octets(), c.octets(), 64).udp(vip.port(), client_port).write(&mut quote, &answer).expect("quote");
+            quote.truncate(548);
+            let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu });
+            (Domain::IPV4, Protocol::ICMPV4, [Icmpv4Header::with_checksum(kind, &quote).to_bytes().to_vec(), quote].concat())
+        }
+        (std::net::IpAddr::V6(v), std::net::IpAddr::V6(c)) => {
+            PacketBuilder::ipv6(v.octets(), c.octets(), 64).udp(vip.port(), client_port).write(&mut quote, &answer).expect("quote");
+            quote.truncate(1232);
+            let kind = Icmpv6Type::PacketTooBig { mtu: mtu.into() };
+            let header = Icmpv6Header::with_checksum(kind, c.octets(), v.octets(), &quote).expect("checksum");
+            (Domain::IPV6, Protocol::ICMPV6, [header.to_bytes().to_vec(), quote].concat())
+        }
+        _ => panic!("mixed families"),
+    };
+    let socket = Socket::new(domain, Type::RAW, Some(protocol)).expect("raw socket");
+    socket.send_to(&message, &SocketAddr::new(vip.ip(), 0).into()).expect("send icmp");
 }
 
 fn decap_log(files: &AgentFiles, backend: usize) -> std::path::PathBuf {

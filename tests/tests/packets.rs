@@ -135,6 +135,12 @@ fn table() -> Vec<Case> {
         case("tracked flow whose backend is draining stays", Frame::ack(client4, 40022, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_drain),
         case("a SYN on a tracked tuple of a draining backend picks from the ring", Frame::syn(client4, 40022, "10.0.0.100", 80), Forward, Some(C::Tx)).before(track_then_drain),
         case("tracked tunnel flow stays after a ring swap (IPv6)", Frame::ack(client6, 40023, "fd00::200", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
+        case("ICMP fragmentation-needed about a DSR flow's answer reaches the flow's backend", Frame::ack(client4, 40030, "10.0.0.100", 80), Forward, Some(C::IcmpError)).raw(icmp_error),
+        case("ICMPv6 packet-too-big about a UDP flow's answer reaches the flow's backend", Frame::udp(client6, 5353, "fd00::100", 53), Forward, Some(C::IcmpError)).raw(icmp_error),
+        case("ICMP error about a tracked flow follows it to its backend after a ring swap", Frame::ack(client6, 40031, "fd00::100", 80), ForwardTracked, Some(C::IcmpError)).before(track_then_swap).raw(icmp_error),
+        case("ICMP error about a tunnel VIP's flow is encapsulated to the flow's backend", Frame::ack(client4, 40032, "10.0.0.200", 80), Forward, Some(C::IcmpError)).raw(icmp_error),
+        case("ICMP error to one address quoting another's packet is passed to the host", Frame::ack(client4, 40033, "10.0.0.100", 80), Pass, Some(C::NotTcpUdp)).raw(icmp_error_to_another_vip),
+        case("ICMP error quoting less than both ports is dropped", Frame::ack(client4, 40034, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(icmp_error_short_quote),
         case("decap strips IPIP addressed to us", Frame::ack(client4, 40000, "10.0.0.200", 80), Decapsulated, None).raw(encapsulated_v4).decap(),
         case("decap strips IP6IP6 addressed to us", Frame::ack(client6, 40000, "fd00::200", 80), Decapsulated, None).raw(encapsulated_v6).decap(),
         case("decap strips 6in4 addressed to us", Frame::ack(client6, 40000, "fd00::210", 80), Decapsulated, None).raw(encapsulated_6in4).decap(),
@@ -304,6 +310,20 @@ fn as_icmp(_: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// An ICMP error about the answer of the frame's flow, quoting 64 bytes of it.
+fn icmp_error(frame: Vec<u8>) -> Vec<u8> {
+    frames::icmp_error_about_answer(&frame, 64, None)
+}
+
+fn icmp_error_to_another_vip(frame: Vec<u8>) -> Vec<u8> {
+    frames::icmp_error_about_answer(&frame, 64, Some(ip("10.0.0.200")))
+}
+
+/// The quote ends after the IPv4 header and one port.
+fn icmp_error_short_quote(frame: Vec<u8>) -> Vec<u8> {
+    frames::icmp_error_about_answer(&frame, 22, None)
+}
+
 fn bad_version(mut frame: Vec<u8>) -> Vec<u8> {
     frame[14] = 0x65;
     frame
@@ -409,6 +429,20 @@ fn vip_and_backend_counters_follow_the_packets() {
     assert_eq!(backend_stats.packets, 4);
     assert_eq!(backend_stats.new_flows, 1);
     assert_eq!(lab.datapath.conntrack(&Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).flow_key()).expect("ct"), Some(backend));
+}
+
+#[test]
+fn an_icmp_error_is_forwarded_without_tracking_its_flow() {
+    let mut lab = PacketLab::standard();
+    let vip = lab.vip("web4").id;
+    let flow = Frame::ack("198.51.100.7", 41001, "10.0.0.100", 80);
+    let error = frames::icmp_error_about_answer(&flow.build(), 64, None);
+    let (verdict, out) = lab.run(&error).expect("icmp error");
+    assert_eq!(verdict, verdict::TX);
+    assert_eq!(backend_of(&out), lab.ring_backend(vip, &flow.flow_key()), "the flow's ring backend");
+    assert_eq!(lab.datapath.conntrack(&flow.flow_key()).expect("ct"), None, "an error message creates no entry");
+    let stats = lab.datapath.vip_stats(vip).expect("vip stats");
+    assert_eq!((stats.packets, stats.new_flows), (1, 0));
 }
 
 /// Egress on another interface than the ingress: `XDP_REDIRECT` through `TX_PORTS`, and a drop
