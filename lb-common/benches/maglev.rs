@@ -20,8 +20,11 @@ fn identities(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The weight of backend `i`.
+type WeightOf = fn(usize) -> u32;
+
 /// Backend `i` gets id `i` and weight `weight_of(i)`.
-fn backends(identities: &[Vec<u8>], weight_of: fn(usize) -> u32) -> Vec<MaglevBackend<'_>> {
+fn backends(identities: &[Vec<u8>], weight_of: WeightOf) -> Vec<MaglevBackend<'_>> {
     identities
         .iter()
         .enumerate()
@@ -34,7 +37,7 @@ fn backends(identities: &[Vec<u8>], weight_of: fn(usize) -> u32) -> Vec<MaglevBa
 }
 
 /// Every weighting benchmarked: equal weights, and weights 1..=10 spread over the backends.
-const WEIGHTINGS: [(&str, fn(usize) -> u32); 2] = [
+const WEIGHTINGS: [(&str, WeightOf); 2] = [
     ("unweighted", |_| 1),
     ("weighted", |i| 1 + (i % 10) as u32),
 ];
