@@ -37,10 +37,8 @@ fn backends(identities: &[Vec<u8>], weight_of: WeightOf) -> Vec<MaglevBackend<'_
 }
 
 /// Every weighting benchmarked: equal weights, and weights 1..=10 spread over the backends.
-const WEIGHTINGS: [(&str, WeightOf); 2] = [
-    ("unweighted", |_| 1),
-    ("weighted", |i| 1 + (i % 10) as u32),
-];
+const WEIGHTINGS: [(&str, WeightOf); 2] =
+    [("unweighted", |_| 1), ("weighted", |i| 1 + (i % 10) as u32)];
 
 fn maglev_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("maglev_build");

@@ -202,7 +202,7 @@ fn claim_round_by_probing(
     taken: &mut SlotSet,
     ring: &mut [u32],
 ) {
-    // The ring has one entry per slot; at most 2^32 of them.
+    // One entry per slot, and the size came from a u32.
     let size = ring.len() as u32;
     for &backend in round {
         let cursor = &mut cursors[backend as usize];
@@ -216,8 +216,8 @@ fn claim_round_by_probing(
 /// A claim by probing walks about `M / free` slots of its permutation (each a load and a
 /// branch, plus one mispredicted branch at the end), a claim by scanning computes `free` slot
 /// distances (a few multiplications each, no unpredictable branch): they cost about the same
-/// near `√M`. That is 256 for M = 65537, where the last 256 claims would otherwise take more
-/// than 40% of all probes.
+/// near `√M` (measured: `√M / 2` and `2·√M` are both slower). That is 256 for M = 65537,
+/// where the last 256 claims would otherwise take more than 40% of all probes.
 fn scan_threshold(size: u32) -> usize {
     // `isqrt` of a u32 fits in a u16.
     usize::from(size.isqrt() as u16)
@@ -379,7 +379,7 @@ impl FreeList {
         for (index, &word) in taken.words.iter().enumerate() {
             let mut free_bits = !word;
             while free_bits != 0 {
-                // Below 64 · words.len(), which fits a u32 like `size`, give or take 63.
+                // Below `64 · words.len() <= 2^32` (M < 2^32), so it fits a u32.
                 let slot = (index * 64) as u32 + free_bits.trailing_zeros();
                 if slot < size {
                     slots.push(slot);
@@ -647,7 +647,11 @@ mod tests {
         for weights in [vec![1; 300], (0..300).map(|i| (i % 7) as u32).collect()] {
             let backends = backends(&ids, &weights);
             for size in [307, 4099, 16411] {
-                assert_eq!(ring(&backends, size), reference_ring(&backends, size), "M = {size}");
+                assert_eq!(
+                    ring(&backends, size),
+                    reference_ring(&backends, size),
+                    "M = {size}"
+                );
             }
         }
     }
