@@ -87,9 +87,11 @@ impl std::error::Error for MaglevError {}
 /// is under 2 slots (a tiny weight in a small ring) may own none. The ring depends only on the
 /// set of (identity, weight, id) triples, not on the order of `backends`.
 ///
-/// Cost: about `M·ln M` bitmap probes for `M = size`, plus one credit update per backend per
-/// round; there are about `M / N` rounds with equal weights, up to `M` when one backend is far
-/// heavier than all others.
+/// Cost, for `M = size`: about `M·ln(√M)` bitmap probes (half of the plain algorithm's
+/// `M·ln M`: the last `√M` claims scan a list of the free slots instead, about `M / 2` cheap
+/// steps in all), plus, when weights differ, one credit update per backend per round; there are
+/// about `M / N` rounds with equal weights, up to `M` when one backend is far heavier than all
+/// others. About 1.3 ms for 1000 backends and M = 65537 (`cargo bench -p lb-common`).
 pub fn build_ring(backends: &[MaglevBackend<'_>], size: u32) -> Result<Vec<u32>, MaglevError> {
     if !is_prime(size) {
         return Err(MaglevError::SizeNotPrime { size });
@@ -152,121 +154,176 @@ fn sorted_by_identity<'b, 'a>(
 /// Runs the Maglev claiming rounds over `backends` (sorted, all with weight > 0, at most `size`
 /// of them) until every slot of the ring is owned: `size` claims, each by the backend whose
 /// turn it is, of the first free slot in its permutation.
+///
+/// Two phases give the same claims as walking permutations until the end, only faster:
+/// probing while many slots are free, then scanning the list of free slots (see
+/// [`FreeList`]) once fewer than [`scan_threshold`] are left. Most claims happen in whole
+/// rounds far from the switch, so those take a lean loop without per-claim bookkeeping.
 fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
-    let mut turns = Turns::new(backends, size);
+    let mut cursors: Vec<Cursor> = backends
+        .iter()
+        .map(|backend| Cursor::new(backend, size))
+        .collect();
+    let mut turns = Turns::new(backends);
     let mut ring = vec![NO_BACKEND; size as usize];
     let mut taken = SlotSet::new(size);
-    for _ in 0..size {
-        let cursor = turns.next_cursor();
-        let slot = cursor.probe_next_free_slot(&mut taken);
-        ring[slot as usize] = cursor.id;
+    let scan_below = scan_threshold(size);
+    let mut free = size as usize;
+    let mut list: Option<FreeList> = None;
+    while free > 0 {
+        let round = turns.next_round();
+        if free >= round.len() + scan_below {
+            claim_round_by_probing(round, &mut cursors, &mut taken, &mut ring);
+            free -= round.len();
+            continue;
+        }
+        // The round that crosses the threshold, and every round after it.
+        for &backend in round.iter().take(free) {
+            let cursor = &mut cursors[backend as usize];
+            let slot = if free > scan_below {
+                cursor.claim_by_probing(&mut taken, size)
+            } else {
+                list.get_or_insert_with(|| FreeList::new(&taken, size))
+                    .claim(cursor, size)
+            };
+            ring[slot as usize] = cursor.id;
+            free -= 1;
+        }
     }
     ring
 }
 
-/// Whose turn it is to claim a slot: the backends in identity order, round after round, each
-/// taking a turn whenever its weight credit allows (see [`PermutationCursor::earn_turn`]).
+/// One round of claims by probing, in a function of its own so that the hot loop gets the
+/// registers to itself instead of sharing them with the rest of [`fill_ring`].
+#[inline(never)]
+fn claim_round_by_probing(
+    round: &[u32],
+    cursors: &mut [Cursor],
+    taken: &mut SlotSet,
+    ring: &mut [u32],
+) {
+    // One entry per slot, and the size came from a u32.
+    let size = ring.len() as u32;
+    for &backend in round {
+        let cursor = &mut cursors[backend as usize];
+        let slot = cursor.claim_by_probing(taken, size);
+        ring[slot as usize] = cursor.id;
+    }
+}
+
+/// Number of free slots below which [`fill_ring`] stops probing and scans the [`FreeList`].
+///
+/// A claim by probing walks about `M / free` slots of its permutation (each a load and a
+/// branch, plus one mispredicted branch at the end), a claim by scanning computes `free` slot
+/// distances (a few multiplications each, no unpredictable branch): they cost about the same
+/// near `√M` (measured: `√M / 2` and `2·√M` are both slower). That is 256 for M = 65537,
+/// where the last 256 claims would otherwise take more than 40% of all probes.
+fn scan_threshold(size: u32) -> usize {
+    // `isqrt` of a u32 fits in a u16.
+    usize::from(size.isqrt() as u16)
+}
+
+/// Who claims slots in which order: the backends in identity order, round after round, a
+/// backend taking its turn in a round whenever its weight credit allows.
+///
+/// Weights are relative: each round every backend earns its weight in credit and spends
+/// `max_weight` of it on a turn if it has that much. Credit is below `max_weight` before and
+/// below `2 · max_weight` after earning, so a backend takes at most one turn per round, the
+/// heaviest exactly one, and a backend of weight `w` one per `max_weight / w` rounds.
 struct Turns {
-    cursors: Vec<PermutationCursor>,
-    /// Index of the cursor to consider next.
-    position: usize,
-    max_weight: u32,
+    weights: Vec<u64>,
+    /// Weight earned and not yet spent, per backend; below `max_weight` between rounds.
+    credits: Vec<u64>,
+    max_weight: u64,
+    /// Whether all weights are equal, so every backend takes a turn every round.
+    equal_weights: bool,
+    /// The indices of the backends taking a turn in the current round, in its front.
+    round: Vec<u32>,
 }
 
 impl Turns {
-    /// `backends` must not be empty.
-    fn new(backends: &[&MaglevBackend<'_>], size: u32) -> Self {
+    fn new(backends: &[&MaglevBackend<'_>]) -> Self {
+        let weights: Vec<u64> = backends
+            .iter()
+            .map(|backend| u64::from(backend.weight))
+            .collect();
+        let max_weight = weights.iter().copied().max().unwrap_or(1);
         Self {
-            cursors: backends
-                .iter()
-                .map(|backend| PermutationCursor::new(backend, size))
-                .collect(),
-            position: 0,
-            max_weight: backends
-                .iter()
-                .map(|backend| backend.weight)
-                .max()
-                .unwrap_or(1),
+            credits: vec![0; weights.len()],
+            max_weight,
+            equal_weights: weights.iter().all(|&weight| weight == max_weight),
+            // At most `size` (a u32) backends, so their indices fit.
+            round: (0..weights.len() as u32).collect(),
+            weights,
         }
     }
 
-    /// The cursor of the next backend to claim a slot. Returns within one round, because the
-    /// heaviest backend takes a turn every round.
-    fn next_cursor(&mut self) -> &mut PermutationCursor {
-        loop {
-            let index = self.position;
-            self.position = if index + 1 == self.cursors.len() {
-                0
-            } else {
-                index + 1
-            };
-            if self.cursors[index].earn_turn(self.max_weight) {
-                return &mut self.cursors[index];
-            }
+    /// The indices of the backends taking a turn in the next round, in identity order. Never
+    /// empty, because the heaviest backend takes a turn every round.
+    fn next_round(&mut self) -> &[u32] {
+        if self.equal_weights {
+            return &self.round;
         }
+        // Whether a backend of intermediate weight takes its turn is a coin flip for the
+        // branch predictor, so the list is compacted without branching: every index is
+        // written, and the length only grows past it when the backend takes its turn.
+        let max_weight = self.max_weight;
+        let mut len = 0;
+        for (index, (credit, &weight)) in self.credits.iter_mut().zip(&self.weights).enumerate() {
+            *credit += weight;
+            let takes_turn = *credit >= max_weight;
+            *credit -= if takes_turn { max_weight } else { 0 };
+            // `len <= index`, and the index fits a u32 (see `new`).
+            self.round[len] = index as u32;
+            len += usize::from(takes_turn);
+        }
+        &self.round[..len]
     }
 }
 
-/// One backend's walk through its preference permutation `offset, offset + skip, ...` (mod M),
-/// computed lazily: the paper's full `N × M` permutation table would be 256 MB for 1000
-/// backends and M = 65537, while each backend only ever reads a prefix of its row.
-struct PermutationCursor {
+/// One backend's walk through its preference permutation `offset, offset + skip, ...`
+/// (mod M), computed lazily: the paper's full `N × M` permutation table would be 256 MB for
+/// 1000 backends and M = 65537, while each backend only ever reads a prefix of its row.
+///
+/// 16 bytes, so 1000 backends' cursors (16 KB) and the slot bitmap (8 KB) share the L1 cache.
+struct Cursor {
+    /// Value written into the slots this backend claims.
     id: u32,
-    weight: u64,
-    /// Weight earned and not yet spent on a slot; stays below `max_weight` between rounds.
-    credit: u64,
-    /// The next slot of the permutation to try.
+    /// The next slot of the permutation to try. Every slot before it in the permutation is
+    /// owned (by this backend or by one that claimed it first), and owned slots stay owned.
     next: u32,
     /// Step between preferences, in `1..M`; coprime with M because M is prime, so the walk
     /// visits every slot exactly once per M steps.
     skip: u32,
-    /// `M - skip`: stepping forward by `skip` is stepping back by this when it would wrap.
-    rewind: u32,
+    /// `skip⁻¹ mod M`, computed when the backend first claims from the [`FreeList`]; 0 before.
+    inverse_skip: u32,
 }
 
-impl PermutationCursor {
+impl Cursor {
     fn new(backend: &MaglevBackend<'_>, size: u32) -> Self {
         let (offset, skip) = offset_and_skip(backend.identity, size);
         Self {
             id: backend.id,
-            weight: u64::from(backend.weight),
-            credit: 0,
             next: offset,
             skip,
-            rewind: size - skip,
+            inverse_skip: 0,
         }
     }
 
-    /// Adds this round's weight to the credit and spends `max_weight` of it on one slot if it
-    /// has enough. Credit is below `max_weight` before and below `2 · max_weight` after the
-    /// addition, so a backend claims at most one slot per round and the heaviest exactly one.
-    fn earn_turn(&mut self, max_weight: u32) -> bool {
-        let max_weight = u64::from(max_weight);
-        self.credit += self.weight;
-        if self.credit >= max_weight {
-            self.credit -= max_weight;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Claims the first slot at or after the cursor that is still free by walking the
+    /// Claims the first slot at or after the cursor that is still free, by walking the
     /// permutation. Terminates because at least one slot is free, slots never become free
     /// again (so every free slot is still ahead in this backend's permutation), and the
     /// permutation covers every slot.
-    fn probe_next_free_slot(&mut self, taken: &mut SlotSet) -> u32 {
+    fn claim_by_probing(&mut self, taken: &mut SlotSet, size: u32) -> u32 {
         // Locals rather than fields, so the loop keeps them in registers.
-        let (skip, rewind) = (self.skip, self.rewind);
-        let mut next = self.next;
-        loop {
-            let slot = next;
-            next = step_forward(next, skip, rewind);
-            if taken.insert(slot) {
-                self.next = next;
-                return slot;
-            }
+        let (skip, rewind) = (self.skip, size - self.skip);
+        let mut slot = self.next;
+        while taken.contains(slot) {
+            slot = step_forward(slot, skip, rewind);
         }
+        taken.insert(slot);
+        self.next = step_forward(slot, skip, rewind);
+        slot
     }
 }
 
@@ -293,14 +350,122 @@ impl SlotSet {
         }
     }
 
-    /// Marks `slot` as owned; returns whether it was free before. (Storing unconditionally is
-    /// measurably faster than a second branch.)
-    fn insert(&mut self, slot: u32) -> bool {
-        let word = &mut self.words[(slot / 64) as usize];
-        let bit = 1u64 << (slot % 64);
-        let was_free = *word & bit == 0;
-        *word |= bit;
-        was_free
+    fn contains(&self, slot: u32) -> bool {
+        self.words[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+    }
+
+    fn insert(&mut self, slot: u32) {
+        self.words[(slot / 64) as usize] |= 1 << (slot % 64);
+    }
+}
+
+/// The last free slots of the ring, for claiming without walking permutations.
+///
+/// With `free` slots left, a claim by probing walks about `M / free` slots, so the last few
+/// hundred claims of a ring of 65537 would take more than 40% of all probes. Instead, the
+/// claim computes for every free slot `s` how many steps of the backend's permutation separate
+/// it from the cursor, `(s − next) · skip⁻¹ mod M`, and takes the nearest: exactly the slot
+/// the walk would reach first, for `free` multiplications and no unpredictable branch.
+struct FreeList {
+    /// The free slots, in no particular order.
+    slots: Vec<u32>,
+    /// Reduces the step counts modulo M.
+    modulus: BarrettModulus,
+}
+
+impl FreeList {
+    fn new(taken: &SlotSet, size: u32) -> Self {
+        let mut slots = Vec::new();
+        for (index, &word) in taken.words.iter().enumerate() {
+            let mut free_bits = !word;
+            while free_bits != 0 {
+                // Below `64 · words.len() <= 2^32` (M < 2^32), so it fits a u32.
+                let slot = (index * 64) as u32 + free_bits.trailing_zeros();
+                if slot < size {
+                    slots.push(slot);
+                }
+                free_bits &= free_bits - 1;
+            }
+        }
+        Self {
+            slots,
+            modulus: BarrettModulus::new(size),
+        }
+    }
+
+    /// Takes the free slot that `cursor` reaches first in its permutation and moves the cursor
+    /// past it. The list must not be empty.
+    fn claim(&mut self, cursor: &mut Cursor, size: u32) -> u32 {
+        if cursor.inverse_skip == 0 {
+            cursor.inverse_skip = modular_inverse(cursor.skip, size);
+        }
+        let (next, inverse_skip, size) = (
+            i64::from(cursor.next),
+            u64::from(cursor.inverse_skip),
+            i64::from(size),
+        );
+        let (mut nearest_index, mut nearest_steps) = (0, u64::MAX);
+        for (index, &slot) in self.slots.iter().enumerate() {
+            // `(slot − next) mod M` without a branch: M is added when the difference is
+            // negative (its sign bit, spread over 64 bits, masks M).
+            let difference = i64::from(slot) - next;
+            let distance = (difference + (size & (difference >> 63))) as u64;
+            let steps = self.modulus.reduce(distance * inverse_skip);
+            if steps < nearest_steps {
+                (nearest_index, nearest_steps) = (index, steps);
+            }
+        }
+        let slot = self.slots.swap_remove(nearest_index);
+        cursor.next = step_forward(slot, cursor.skip, size as u32 - cursor.skip);
+        slot
+    }
+}
+
+/// `x` such that `x · value ≡ 1 (mod modulus)`, by the extended Euclidean algorithm; `value`
+/// must be coprime with `modulus` (any `value` in `1..M` for a prime M).
+fn modular_inverse(value: u32, modulus: u32) -> u32 {
+    let (mut remainder, mut next_remainder) = (i64::from(value), i64::from(modulus));
+    let (mut coefficient, mut next_coefficient) = (1_i64, 0_i64);
+    while next_remainder != 0 {
+        let quotient = remainder / next_remainder;
+        (remainder, next_remainder) = (next_remainder, remainder - quotient * next_remainder);
+        (coefficient, next_coefficient) =
+            (next_coefficient, coefficient - quotient * next_coefficient);
+    }
+    debug_assert_eq!(remainder, 1, "{value} is not invertible modulo {modulus}");
+    // In `0..modulus`, so it fits a u32.
+    coefficient.rem_euclid(i64::from(modulus)) as u32
+}
+
+/// `x mod M` by Barrett reduction: one 64×64→128-bit multiplication instead of a 64-bit
+/// division, which costs tens of cycles.
+struct BarrettModulus {
+    modulus: u64,
+    /// `⌊(2^64 − 1) / M⌋`.
+    reciprocal: u64,
+}
+
+impl BarrettModulus {
+    fn new(modulus: u32) -> Self {
+        let modulus = u64::from(modulus);
+        Self {
+            modulus,
+            reciprocal: u64::MAX / modulus,
+        }
+    }
+
+    /// `value mod M`. The quotient estimate `⌊value · reciprocal / 2^64⌋` is the true quotient
+    /// or one less, because `reciprocal > 2^64 / M − 1` makes the error below
+    /// `value / 2^64 < 1`; so one conditional subtraction finishes the job.
+    fn reduce(&self, value: u64) -> u64 {
+        // The high half of a 128-bit product fits a u64.
+        let quotient = ((u128::from(value) * u128::from(self.reciprocal)) >> 64) as u64;
+        let remainder = value - quotient * self.modulus;
+        if remainder >= self.modulus {
+            remainder - self.modulus
+        } else {
+            remainder
+        }
     }
 }
 
@@ -471,6 +636,24 @@ mod tests {
             }
         }
         ring
+    }
+
+    /// The cases the proptest above is too small to reach: many backends, a ring where the
+    /// switch from probing to scanning falls in the middle of a round, and weights that make
+    /// rounds of different lengths.
+    #[test]
+    fn many_backends_match_the_reference_algorithm() {
+        let ids = identities(300);
+        for weights in [vec![1; 300], (0..300).map(|i| (i % 7) as u32).collect()] {
+            let backends = backends(&ids, &weights);
+            for size in [307, 4099, 16411] {
+                assert_eq!(
+                    ring(&backends, size),
+                    reference_ring(&backends, size),
+                    "M = {size}"
+                );
+            }
+        }
     }
 
     #[test]
