@@ -135,6 +135,7 @@ fn table() -> Vec<Case> {
         case("tracked flow whose backend is draining stays", Frame::ack(client4, 40022, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_drain),
         case("a SYN on a tracked tuple of a draining backend picks from the ring", Frame::syn(client4, 40022, "10.0.0.100", 80), Forward, Some(C::Tx)).before(track_then_drain),
         case("tracked tunnel flow stays after a ring swap (IPv6)", Frame::ack(client6, 40023, "fd00::200", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
+        case("a SYN on a tracked IPv6 tuple picks from the ring (new ring after a swap)", Frame::syn(client6, 40024, "fd00::100", 80), Forward, Some(C::Tx)).before(track_then_swap),
         case("decap strips IPIP addressed to us", Frame::ack(client4, 40000, "10.0.0.200", 80), Decapsulated, None).raw(encapsulated_v4).decap(),
         case("decap strips IP6IP6 addressed to us", Frame::ack(client6, 40000, "fd00::200", 80), Decapsulated, None).raw(encapsulated_v6).decap(),
         case("decap strips 6in4 addressed to us", Frame::ack(client6, 40000, "fd00::210", 80), Decapsulated, None).raw(encapsulated_6in4).decap(),
