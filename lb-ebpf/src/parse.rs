@@ -79,9 +79,10 @@ pub fn move_ethernet_header<const L2: usize, const FROM: usize, const TO: usize>
     let from: *const [u8; L2] = ptr_at(ctx, FROM)?;
     let to: *mut [u8; L2] = ptr_at(ctx, TO)?;
     // SAFETY: ptr_at checked both ranges are inside the packet; callers move by a whole tunnel
-    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap.
+    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap. (Told so, LLVM
+    // inlines the copy; `*to = *from` becomes a call to a byte-by-byte memmove loop.)
     unsafe {
-        *to = *from;
+        core::ptr::copy_nonoverlapping(from, to, 1);
         let ether_type = ether_type.to_be_bytes();
         (*to)[L2 - 2] = ether_type[0];
         (*to)[L2 - 1] = ether_type[1];
@@ -133,19 +134,17 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     if ip.frags[0] & (IPV4_MORE_FRAGMENTS | IPV4_OFFSET_HIGH_BITS) != 0 || ip.frags[1] != 0 {
         return Err(Counter::Fragment);
     }
-    let mut flow = FlowKey { family: Family::V4 as u8, ..FlowKey::default() };
-    flow.src[..4].copy_from_slice(&ip.src_addr);
-    flow.dst[..4].copy_from_slice(&ip.dst_addr);
-    let mut packet = Packet {
-        flow,
+    let transport = transport(ctx, ip.proto, l2_len + header_len)?;
+    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    Ok(Packet {
+        flow: flow_key(src, dst, &transport, Family::V4),
         l2_len,
         ip_len: ip_len as u32,
         tos: ip.tos,
         dont_fragment: ip.frags[0] & IPV4_DONT_FRAGMENT != 0,
-        syn: false,
-    };
-    transport(ctx, &mut packet, ip.proto, l2_len + header_len)?;
-    Ok(packet)
+        syn: transport.syn,
+    })
 }
 
 #[inline(always)]
@@ -163,39 +162,73 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     if IPV6_EXTENSION_HEADERS.contains(&ip.next_hdr) {
         return Err(Counter::Ipv6ExtensionHeader);
     }
-    let mut packet = Packet {
-        flow: FlowKey { src: ip.src_addr, dst: ip.dst_addr, family: Family::V6 as u8, ..FlowKey::default() },
+    let transport = transport(ctx, ip.next_hdr, l2_len + size_of::<Ipv6Hdr>())?;
+    Ok(Packet {
+        flow: flow_key(words(&ip.src_addr), words(&ip.dst_addr), &transport, Family::V6),
         l2_len,
         ip_len: ip_len as u32,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         dont_fragment: true,
-        syn: false,
-    };
-    transport(ctx, &mut packet, ip.next_hdr, l2_len + size_of::<Ipv6Hdr>())?;
-    Ok(packet)
+        syn: transport.syn,
+    })
+}
+
+/// What the transport header says.
+struct Transport {
+    /// Source then destination port, in packet (network) byte order.
+    ports: u32,
+    /// IP protocol number.
+    protocol: u8,
+    /// TCP SYN without ACK.
+    syn: bool,
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, packet: &mut Packet, protocol: u8, offset: usize) -> Result<(), Unhandled> {
+fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport, Unhandled> {
     match protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 20-byte TCP header is inside the packet.
             let tcp = unsafe { &*tcp };
-            packet.flow.src_port = tcp.source;
-            packet.flow.dst_port = tcp.dest;
-            packet.flow.protocol = Protocol::Tcp as u8;
-            packet.syn = tcp.syn() != 0 && tcp.ack() == 0;
+            Ok(Transport {
+                ports: ports(tcp.source, tcp.dest),
+                protocol: Protocol::Tcp as u8,
+                syn: tcp.syn() != 0 && tcp.ack() == 0,
+            })
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 8-byte UDP header is inside the packet.
             let udp = unsafe { &*udp };
-            packet.flow.src_port = udp.src;
-            packet.flow.dst_port = udp.dst;
-            packet.flow.protocol = Protocol::Udp as u8;
+            Ok(Transport { ports: ports(udp.src, udp.dst), protocol: Protocol::Udp as u8, syn: false })
         }
-        _ => return Err(Counter::NotTcpUdp),
+        _ => Err(Counter::NotTcpUdp),
     }
-    Ok(())
+}
+
+#[inline(always)]
+fn ports(src: [u8; 2], dst: [u8; 2]) -> u32 {
+    u32::from_ne_bytes([src[0], src[1], dst[0], dst[1]])
+}
+
+/// An IPv6 address as four 32-bit words in memory order.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let word = |at: usize| u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+/// The flow key, assembled from 32-bit words.
+///
+/// Built field by field from byte arrays, LLVM splits the 40-byte key into 40 one-byte values
+/// and spills most of them to the stack, one instruction per byte: a few hundred instructions
+/// per packet. Words keep it to ten values.
+#[inline(always)]
+fn flow_key(src: [u32; 4], dst: [u32; 4], transport: &Transport, family: Family) -> FlowKey {
+    let tail = u32::from_ne_bytes([transport.protocol, family as u8, 0, 0]);
+    let words: [u32; 10] = [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], transport.ports, tail];
+    // SAFETY: FlowKey is repr(C), 40 bytes of byte arrays with no padding, whose fields in
+    // order are src, dst, src_port, dst_port, protocol, family, _pad: any 40 bytes are a valid
+    // key, and these are the fields' bytes in that order (`_pad` zero).
+    unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
 }
