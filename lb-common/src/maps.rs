@@ -96,7 +96,10 @@ pub mod names {
 }
 
 /// Key of `VIPS`. Port 0 is an "all ports" VIP, looked up when the exact port misses.
-#[repr(C)]
+///
+/// Aligned to 4 bytes without padding (size 20), like [`crate::FlowKey`], so the XDP program
+/// moves it by words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     /// VIP address, network byte order; IPv4 in the first 4 bytes.
@@ -160,7 +163,9 @@ pub struct Conntrack {
 }
 
 /// The single value of `SETTINGS`: global datapath settings.
-#[repr(C)]
+///
+/// Aligned to 4 bytes without padding (size 20), so the XDP program copies addresses by words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Outer source address of IPv4 tunnels.
@@ -219,5 +224,8 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 20);
         assert_eq!(size_of::<DecapKey>(), 20);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
+        assert_eq!(core::mem::align_of::<crate::FlowKey>(), 8);
+        assert_eq!(core::mem::align_of::<VipKey>(), 4);
+        assert_eq!(core::mem::align_of::<Settings>(), 4);
     }
 }

@@ -23,14 +23,14 @@ pub fn vip(flow: &FlowKey) -> Option<Vip> {
         protocol: flow.protocol,
         family: flow.family,
     };
-    if let Some(vip) = VIPS.get_ptr(key) {
+    if let Some(vip) = VIPS.get_ptr(&key) {
         // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
         // we copy it out immediately.
         return Some(unsafe { *vip });
     }
     key.port = [0, 0];
     // SAFETY: as above.
-    VIPS.get_ptr(key).map(|vip| unsafe { *vip })
+    VIPS.get_ptr(&key).map(|vip| unsafe { *vip })
 }
 
 /// A backend chosen for a packet.

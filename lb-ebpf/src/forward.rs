@@ -55,19 +55,20 @@ fn egress(ctx: &XdpContext, backend: &Backend) -> Result<u32, Unhandled> {
 /// (`L2` bytes) and the untouched inner IP packet.
 #[inline(always)]
 fn encapsulate<const L2: usize>(ctx: &XdpContext, packet: &Packet, backend: &Backend) -> Result<(), Unhandled> {
-    let settings = SETTINGS.get(0).copied().unwrap_or_default();
+    let unset = Settings::default();
+    let settings = SETTINGS.get(0).unwrap_or(&unset);
     let inner_protocol = if packet.flow.family == Family::V4 as u8 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     if backend.family == Family::V4 as u8 {
         check_mtu(packet, backend, IPV4_LEN)?;
         make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
-        let header = ipv4_header(packet, backend, &settings, inner_protocol);
+        let header = ipv4_header(packet, backend, settings, inner_protocol);
         let outer: *mut Ipv4Hdr = ptr_at(ctx, L2)?;
         // SAFETY: ptr_at checked the outer header's 20 bytes are inside the packet.
         unsafe { *outer = header };
     } else {
         check_mtu(packet, backend, IPV6_LEN)?;
         make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
-        let header = ipv6_header(packet, backend, &settings, inner_protocol);
+        let header = ipv6_header(packet, backend, settings, inner_protocol);
         let outer: *mut Ipv6Hdr = ptr_at(ctx, L2)?;
         // SAFETY: ptr_at checked the outer header's 40 bytes are inside the packet.
         unsafe { *outer = header };

@@ -93,9 +93,10 @@ pub fn move_ethernet_header<const L2: usize, const FROM: usize, const TO: usize>
     let from: *const [u8; L2] = ptr_at(ctx, FROM)?;
     let to: *mut [u8; L2] = ptr_at(ctx, TO)?;
     // SAFETY: ptr_at checked both ranges are inside the packet; callers move by a whole tunnel
-    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap.
+    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap. (Told so, LLVM
+    // inlines the copy; `*to = *from` becomes a call to a byte-by-byte memmove loop.)
     unsafe {
-        *to = *from;
+        core::ptr::copy_nonoverlapping(from, to, 1);
         let ether_type = ether_type.to_be_bytes();
         (*to)[L2 - 2] = ether_type[0];
         (*to)[L2 - 1] = ether_type[1];
@@ -147,20 +148,25 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     if ip.frags[0] & (IPV4_MORE_FRAGMENTS | IPV4_OFFSET_HIGH_BITS) != 0 || ip.frags[1] != 0 {
         return Err(Counter::Fragment);
     }
-    let mut flow = FlowKey { family: Family::V4 as u8, ..FlowKey::default() };
-    flow.src[..4].copy_from_slice(&ip.src_addr);
-    flow.dst[..4].copy_from_slice(&ip.dst_addr);
-    let mut packet = Packet {
+    let offset = l2_len + header_len;
+    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    let (flow, syn, icmp_error) = match ip.proto {
+        IPPROTO_ICMP => (icmp_error_v4(ctx, offset, dst)?, false, true),
+        protocol => {
+            let transport = transport(ctx, protocol, offset)?;
+            (flow_key(src, dst, &transport, Family::V4), transport.syn, false)
+        }
+    };
+    Ok(Packet {
         flow,
         l2_len,
         ip_len: ip_len as u32,
         tos: ip.tos,
         dont_fragment: ip.frags[0] & IPV4_DONT_FRAGMENT != 0,
-        syn: false,
-        icmp_error: false,
-    };
-    transport(ctx, &mut packet, ip.proto, l2_len + header_len)?;
-    Ok(packet)
+        syn,
+        icmp_error,
+    })
 }
 
 #[inline(always)]
@@ -178,101 +184,146 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     if IPV6_EXTENSION_HEADERS.contains(&ip.next_hdr) {
         return Err(Counter::Ipv6ExtensionHeader);
     }
-    let mut packet = Packet {
-        flow: FlowKey { src: ip.src_addr, dst: ip.dst_addr, family: Family::V6 as u8, ..FlowKey::default() },
+    let offset = l2_len + size_of::<Ipv6Hdr>();
+    let dst = words(&ip.dst_addr);
+    let (flow, syn, icmp_error) = match ip.next_hdr {
+        IPPROTO_ICMPV6 => (icmp_error_v6(ctx, offset, dst)?, false, true),
+        protocol => {
+            let transport = transport(ctx, protocol, offset)?;
+            (flow_key(words(&ip.src_addr), dst, &transport, Family::V6), transport.syn, false)
+        }
+    };
+    Ok(Packet {
+        flow,
         l2_len,
         ip_len: ip_len as u32,
         tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
         dont_fragment: true,
-        syn: false,
-        icmp_error: false,
-    };
-    transport(ctx, &mut packet, ip.next_hdr, l2_len + size_of::<Ipv6Hdr>())?;
-    Ok(packet)
+        syn,
+        icmp_error,
+    })
+}
+
+/// What the transport header says.
+struct Transport {
+    /// Source then destination port, in packet (network) byte order.
+    ports: u32,
+    /// IP protocol number.
+    protocol: u8,
+    /// TCP SYN without ACK.
+    syn: bool,
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, packet: &mut Packet, protocol: u8, offset: usize) -> Result<(), Unhandled> {
+fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport, Unhandled> {
     match protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 20-byte TCP header is inside the packet.
             let tcp = unsafe { &*tcp };
-            packet.flow.src_port = tcp.source;
-            packet.flow.dst_port = tcp.dest;
-            packet.flow.protocol = Protocol::Tcp as u8;
-            packet.syn = tcp.syn() != 0 && tcp.ack() == 0;
+            Ok(Transport {
+                ports: ports(tcp.source, tcp.dest),
+                protocol: Protocol::Tcp as u8,
+                syn: tcp.syn() != 0 && tcp.ack() == 0,
+            })
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 8-byte UDP header is inside the packet.
             let udp = unsafe { &*udp };
-            packet.flow.src_port = udp.src;
-            packet.flow.dst_port = udp.dst;
-            packet.flow.protocol = Protocol::Udp as u8;
+            Ok(Transport { ports: ports(udp.src, udp.dst), protocol: Protocol::Udp as u8, syn: false })
         }
-        IPPROTO_ICMP if packet.flow.family == Family::V4 as u8 => icmp_error(ctx, packet, offset, &ICMP_ERRORS)?,
-        IPPROTO_ICMPV6 if packet.flow.family == Family::V6 as u8 => icmp_error(ctx, packet, offset, &ICMPV6_ERRORS)?,
-        _ => return Err(Counter::NotTcpUdp),
+        _ => Err(Counter::NotTcpUdp),
     }
-    Ok(())
 }
 
-/// An ICMP error quoting a TCP or UDP packet sent from the address the error is addressed to:
-/// the quoted packet left a VIP for a client (a DSR backend's answer a router could not pass
-/// on), so the flow it belongs to is the quoted one reversed. Other ICMP messages (echo, ...)
-/// are not ours: `NotTcpUdp`.
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, packet: &mut Packet, offset: usize, errors: &[u8]) -> Result<(), Unhandled> {
+fn ports(src: [u8; 2], dst: [u8; 2]) -> u32 {
+    u32::from_ne_bytes([src[0], src[1], dst[0], dst[1]])
+}
+
+/// An IPv6 address as four 32-bit words in memory order.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let word = |at: usize| u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+/// The flow key, assembled from 32-bit words.
+///
+/// Built field by field from byte arrays, LLVM splits the 40-byte key into 40 one-byte values
+/// and spills most of them to the stack, one instruction per byte: a few hundred instructions
+/// per packet. Words keep it to ten values.
+#[inline(always)]
+fn flow_key(src: [u32; 4], dst: [u32; 4], transport: &Transport, family: Family) -> FlowKey {
+    let tail = u32::from_ne_bytes([transport.protocol, family as u8, 0, 0]);
+    let words: [u32; 10] = [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], transport.ports, tail];
+    // SAFETY: FlowKey is repr(C), 40 bytes of byte arrays with no padding, whose fields in
+    // order are src, dst, src_port, dst_port, protocol, family, _pad: any 40 bytes are a valid
+    // key, and these are the fields' bytes in that order (`_pad` zero).
+    unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
+}
+
+/// An ICMP error about a TCP or UDP packet sent from `to`, the address the error is addressed
+/// to: the quoted packet left a VIP for a client (a DSR backend's answer a router could not pass
+/// on), so the flow it belongs to is the quoted one reversed. Other ICMP messages (echo, ...)
+/// and quotes from other sources are not ours: `NotTcpUdp`.
+#[inline(always)]
+fn icmp_error_v4(ctx: &XdpContext, offset: usize, to: [u32; 4]) -> Result<FlowKey, Unhandled> {
+    let quoted = icmp_quote(ctx, offset, &ICMP_ERRORS)?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
+    // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header is inside the packet.
+    let ip = unsafe { &*ip };
+    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || header_len < size_of::<Ipv4Hdr>() {
+        return Err(Counter::ParseError);
+    }
+    let vip = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    if vip != to {
+        return Err(Counter::NotTcpUdp);
+    }
+    let transport = quoted_transport(ctx, ip.proto, quoted + header_len)?;
+    Ok(flow_key([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0], vip, &transport, Family::V4))
+}
+
+/// [`icmp_error_v4`] for ICMPv6.
+#[inline(always)]
+fn icmp_error_v6(ctx: &XdpContext, offset: usize, to: [u32; 4]) -> Result<FlowKey, Unhandled> {
+    let quoted = icmp_quote(ctx, offset, &ICMPV6_ERRORS)?;
+    let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
+    // SAFETY: ptr_at checked that the quoted 40-byte IPv6 header is inside the packet.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Counter::ParseError);
+    }
+    let vip = words(&ip.src_addr);
+    if vip != to {
+        return Err(Counter::NotTcpUdp);
+    }
+    let transport = quoted_transport(ctx, ip.next_hdr, quoted + size_of::<Ipv6Hdr>())?;
+    Ok(flow_key(words(&ip.dst_addr), vip, &transport, Family::V6))
+}
+
+/// The offset of the packet an ICMP message at `offset` quotes, if its type is one of `errors`.
+#[inline(always)]
+fn icmp_quote(ctx: &XdpContext, offset: usize, errors: &[u8]) -> Result<usize, Unhandled> {
     let header: *const [u8; ICMP_HEADER_LEN] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the 8-byte ICMP header is inside the packet.
     let kind = unsafe { (*header)[0] };
-    if !errors.contains(&kind) {
-        return Err(Counter::NotTcpUdp);
-    }
-    let quoted = offset + ICMP_HEADER_LEN;
-    let mut flow = FlowKey { family: packet.flow.family, ..FlowKey::default() };
-    let (protocol, ports_offset) = if packet.flow.family == Family::V4 as u8 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
-        // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header is inside the packet.
-        let ip = unsafe { &*ip };
-        let header_len = ((ip.vihl & 0x0f) as usize) * 4;
-        if ip.vihl >> 4 != 4 || header_len < size_of::<Ipv4Hdr>() {
-            return Err(Counter::ParseError);
-        }
-        if ip.src_addr != packet.flow.dst[..4] {
-            return Err(Counter::NotTcpUdp);
-        }
-        // Reversed: the client is the quoted destination, the VIP the quoted source.
-        flow.src[..4].copy_from_slice(&ip.dst_addr);
-        flow.dst[..4].copy_from_slice(&ip.src_addr);
-        (ip.proto, quoted + header_len)
-    } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
-        // SAFETY: ptr_at checked that the quoted 40-byte IPv6 header is inside the packet.
-        let ip = unsafe { &*ip };
-        if ip.vcf[0] >> 4 != 6 {
-            return Err(Counter::ParseError);
-        }
-        if ip.src_addr != packet.flow.dst {
-            return Err(Counter::NotTcpUdp);
-        }
-        flow.src = ip.dst_addr;
-        flow.dst = ip.src_addr;
-        (ip.next_hdr, quoted + size_of::<Ipv6Hdr>())
-    };
-    flow.protocol = match protocol {
+    if errors.contains(&kind) { Ok(offset + ICMP_HEADER_LEN) } else { Err(Counter::NotTcpUdp) }
+}
+
+/// The ports of a quoted TCP or UDP header, reversed (the quoted packet went from the VIP to
+/// the client). An ICMP error quotes at least 8 bytes of it, so only the ports are read.
+#[inline(always)]
+fn quoted_transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport, Unhandled> {
+    let protocol = match protocol {
         IPPROTO_TCP => Protocol::Tcp as u8,
         IPPROTO_UDP => Protocol::Udp as u8,
         _ => return Err(Counter::NotTcpUdp),
     };
-    // An ICMP error quotes at least 8 bytes of the transport header: both ports.
-    let ports: *const [[u8; 2]; 2] = ptr_at(ctx, ports_offset)?;
+    let quoted_ports: *const [[u8; 2]; 2] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the 4 port bytes are inside the packet.
-    let [quoted_src_port, quoted_dst_port] = unsafe { *ports };
-    flow.src_port = quoted_dst_port;
-    flow.dst_port = quoted_src_port;
-    packet.flow = flow;
-    packet.icmp_error = true;
-    Ok(())
+    let [vip_port, client_port] = unsafe { *quoted_ports };
+    Ok(Transport { ports: ports(client_port, vip_port), protocol, syn: false })
 }

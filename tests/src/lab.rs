@@ -24,6 +24,8 @@ pub const TUNNEL_SOURCE_V4: &str = "192.0.2.1";
 pub const TUNNEL_SOURCE_V6: &str = "2001:db8::1";
 /// MTU of every backend's egress interface in the lab.
 pub const MTU: u32 = 1500;
+/// Size of `CONNTRACK` in the lab: small, so loading is quick.
+pub const LAB_CONNTRACK_SIZE: u32 = 4096;
 
 /// XDP verdicts.
 pub mod verdict {
@@ -91,7 +93,12 @@ pub use lb_user::agent::addr_bytes;
 impl PacketLab {
     /// An empty lab: the object loaded, tunnel sources set, no VIP.
     pub fn empty() -> Self {
-        let mut datapath = Datapath::load(&Options { conntrack_size: 4096, pin_dir: None }).expect("load datapath");
+        Self::empty_with_conntrack(LAB_CONNTRACK_SIZE)
+    }
+
+    /// An empty lab whose `CONNTRACK` holds `conntrack_size` flows.
+    pub fn empty_with_conntrack(conntrack_size: u32) -> Self {
+        let mut datapath = Datapath::load(&Options { conntrack_size, pin_dir: None }).expect("load datapath");
         let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else { unreachable!() };
         let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else { unreachable!() };
         datapath
@@ -102,7 +109,13 @@ impl PacketLab {
 
     /// The standard lab used by the fixture table.
     pub fn standard() -> Self {
-        let mut lab = Self::empty();
+        Self::standard_with_conntrack(LAB_CONNTRACK_SIZE)
+    }
+
+    /// The standard lab with a `CONNTRACK` of `conntrack_size` flows (the benchmark uses the
+    /// default size).
+    pub fn standard_with_conntrack(conntrack_size: u32) -> Self {
+        let mut lab = Self::empty_with_conntrack(conntrack_size);
         let tcp = Protocol::Tcp;
         let udp = Protocol::Udp;
         let dsr = ForwardMode::Dsr;

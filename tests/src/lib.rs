@@ -4,6 +4,7 @@
 //! Every test here needs root (BPF, namespaces).
 
 pub mod agent;
+pub mod bench;
 pub mod dsr_lab;
 pub mod frames;
 pub mod lab;

@@ -135,6 +135,7 @@ fn table() -> Vec<Case> {
         case("tracked flow whose backend is draining stays", Frame::ack(client4, 40022, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_drain),
         case("a SYN on a tracked tuple of a draining backend picks from the ring", Frame::syn(client4, 40022, "10.0.0.100", 80), Forward, Some(C::Tx)).before(track_then_drain),
         case("tracked tunnel flow stays after a ring swap (IPv6)", Frame::ack(client6, 40023, "fd00::200", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
+        case("a SYN on a tracked IPv6 tuple picks from the ring (new ring after a swap)", Frame::syn(client6, 40024, "fd00::100", 80), Forward, Some(C::Tx)).before(track_then_swap),
         case("ICMP fragmentation-needed about a DSR flow's answer reaches the flow's backend", Frame::ack(client4, 40030, "10.0.0.100", 80), Forward, Some(C::IcmpError)).raw(icmp_error),
         case("ICMPv6 packet-too-big about a UDP flow's answer reaches the flow's backend", Frame::udp(client6, 5353, "fd00::100", 53), Forward, Some(C::IcmpError)).raw(icmp_error),
         case("ICMP error about a tracked flow follows it to its backend after a ring swap", Frame::ack(client6, 40031, "fd00::100", 80), ForwardTracked, Some(C::IcmpError)).before(track_then_swap).raw(icmp_error),
