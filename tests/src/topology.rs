@@ -59,6 +59,11 @@ impl Lan {
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let ns = Netns::new(&format!("{tag}-{name}"));
+            // No duplicate address detection on the interface created next: while its
+            // link-local address is tentative (a second or two), a DSR backend cannot send the
+            // neighbour solicitation for a client it answers from a VIP on `lo`, and the first
+            // IPv6 answers are lost. Long-running hosts are past that.
+            ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")).expect("accept_dad");
             let port = format!("p{i}");
             crate::netns::sh(&format!(
                 "ip link add eth0 netns {} type veth peer name {port} netns {}",
