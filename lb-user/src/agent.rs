@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -42,6 +42,10 @@ use crate::{
 const NEXT_HOP_WAIT: Duration = Duration::from_secs(1);
 /// How often next hops in use are re-checked against the kernel's neighbour table.
 const NEXT_HOP_REFRESH: Duration = Duration::from_secs(1);
+
+/// How stale the status snapshot's last-check fields may get: it is rewritten at once on a
+/// state change, reload or start, and otherwise at most this often.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Options of `lb run`.
 #[derive(Clone, Debug)]
@@ -86,22 +90,41 @@ struct StateChange {
     vip: String,
     backend: IpAddr,
     transition: crate::health::Transition,
+    /// When the health check that caused it was judged.
+    decided: SystemTime,
+    /// When the agent took the event from the checkers' queue.
+    received: SystemTime,
 }
 
 impl StateChange {
-    fn log(&self) {
-        let Self { vip, backend, transition } = self;
+    /// Logs the change. `datapath_updated`: when the writes of its ring and backend entries
+    /// returned (`None` at start-up, before any VIP is programmed, or when the update failed);
+    /// a ring swap returns only after an RCU grace period, so packets used the new ring a few
+    /// milliseconds earlier. The timestamps are wall-clock microseconds, so another process on
+    /// the host can compare them with what it sees the kernel do (`bench-swap` does).
+    fn log(&self, datapath_updated: Option<SystemTime>) {
+        let Self { vip, backend, transition, decided, received } = self;
+        let micros_between = |from: &SystemTime, to: &SystemTime| to.duration_since(*from).map_or(0, |d| d.as_micros() as u64);
         tracing::info!(
             %vip,
             %backend,
             from = ?transition.from,
             to = ?transition.to,
+            decided_unix_us = unix_micros(*decided),
+            queued_us = micros_between(decided, received),
+            ring_swapped_unix_us = datapath_updated.map(unix_micros),
+            swap_us = datapath_updated.map(|updated| micros_between(decided, &updated)),
             "backend {backend} of vip {vip}: {:?} -> {:?} ({})",
             transition.from,
             transition.to,
             transition.reason
         );
     }
+}
+
+/// Microseconds since the Unix epoch.
+fn unix_micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The running agent.
@@ -437,7 +460,7 @@ impl Agent {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) => {
                     if let Some((_, change)) = self.record(event) {
-                        change.log();
+                        change.log(None);
                     }
                 }
                 _ => break,
@@ -448,7 +471,8 @@ impl Agent {
     /// Stores a check result; on a health change returns the VIP and the log line to print
     /// once the datapath reflects it.
     fn record(&mut self, event: HealthEvent<CheckerKey>) -> Option<(VipKey, StateChange)> {
-        let HealthEvent { key, result, transition, health } = event;
+        let HealthEvent { key, result, transition, health, decided } = event;
+        let received = SystemTime::now();
         for (vip_key, vip) in &mut self.vips {
             let Some(backend) = vip.backends.iter_mut().find(|b| b.id == key.backend && b.token == key.token) else {
                 continue;
@@ -462,7 +486,7 @@ impl Agent {
                     backend.next_hop = None;
                 }
                 backend.last_change_unix_ms = status::now_unix_ms();
-                let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition };
+                let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition, decided, received };
                 return Some((*vip_key, change));
             }
             backend.health = health;
@@ -616,19 +640,36 @@ impl Agent {
         let mut changes = crate::watch::watch_file(&self.path)?;
         let mut next_hop_refresh = tokio::time::interval(NEXT_HOP_REFRESH);
         next_hop_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Check results that change no state reach the snapshot at most once per interval:
+        // rewriting it for every check made an agent with 1000 backends spend its one thread on
+        // JSON and fall behind its health events (found by `bench-swap`).
+        let mut publish_tick = tokio::time::interval(PUBLISH_INTERVAL);
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unpublished = false;
         loop {
             tokio::select! {
                 _ = next_hop_refresh.tick() => self.refresh_next_hops().await,
                 Some(event) = self.events.recv() => {
-                    if let Some((key, change)) = self.record(event) {
-                        self.resolve_next_hops(&key).await;
-                        if let Err(error) = self.sync_vip(&key) {
+                    let Some((key, change)) = self.record(event) else {
+                        unpublished = true;
+                        continue;
+                    };
+                    self.resolve_next_hops(&key).await;
+                    let updated = match self.sync_vip(&key) {
+                        Ok(()) => Some(SystemTime::now()),
+                        Err(error) => {
                             tracing::error!("updating the datapath failed: {error:#}");
+                            None
                         }
-                        // Logged once the ring reflects it: from this line on, new flows obey it.
-                        change.log();
-                    }
+                    };
+                    // Logged once the ring reflects it: from this line on, new flows obey it.
+                    change.log(updated);
                     self.publish();
+                    unpublished = false;
+                }
+                _ = publish_tick.tick(), if unpublished => {
+                    self.publish();
+                    unpublished = false;
                 }
                 _ = hangup.recv() => self.reload("SIGHUP").await,
                 Some(()) = changes.changed() => {

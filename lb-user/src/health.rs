@@ -281,6 +281,9 @@ pub struct HealthEvent<K> {
     pub transition: Option<Transition>,
     /// Health after this check.
     pub health: Health,
+    /// Wall-clock time the check finished and its result was judged: where a state change's
+    /// latency starts (the agent logs it, benchmarks compare it with what the kernel does).
+    pub decided: std::time::SystemTime,
 }
 
 /// Runs checks of `addr` forever: the first immediately, then every `interval` minus a
@@ -313,6 +316,7 @@ pub fn spawn_checker<K: Clone + Send + 'static>(
                 result,
                 transition,
                 health: tracker.health(),
+                decided: std::time::SystemTime::now(),
             };
             if events.send(event).await.is_err() {
                 return;

@@ -1,5 +1,6 @@
 //! The agent's view that the maps do not hold (VIP names, weights, health, last check), written
-//! by `lb run` as a JSON snapshot after every check and read by `lb status` and `lb stats`.
+//! by `lb run` as a JSON snapshot after every state change and reload, and at most once a second
+//! for other check results, and read by `lb status` and `lb stats`.
 //!
 //! The state directory is on bpffs, which only holds pins, so the snapshot lives in
 //! [`RUN_DIR`], under a name derived from the state directory.

@@ -16,14 +16,29 @@ use crate::netns::Netns;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// The `lb` binary built next to the test executables (`cargo build` builds it; `cargo xtask
-/// test` does that before running tests).
+/// The `lb` binary of the same build profile as the running executable: test executables live
+/// in `target/<profile>/deps/`, binaries such as the benchmarks in `target/<profile>/`, and `lb`
+/// in `target/<profile>/`. A binary cannot depend on another crate's binary, so it must be built
+/// first: `cargo build -p lb-user` (`--release` for release benchmarks; `cargo xtask test` does
+/// it before running tests). The error says which command to run.
+pub fn find_lb_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the running executable: {e}"))?;
+    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(2).collect();
+    if let Some(lb) = dirs.iter().map(|dir| dir.join("lb")).find(|lb| lb.is_file()) {
+        return Ok(lb);
+    }
+    let release = dirs.iter().any(|dir| dir.file_name().is_some_and(|name| name == "release"));
+    let looked: Vec<String> = dirs.iter().map(|dir| dir.display().to_string()).collect();
+    Err(format!(
+        "the lb binary is not built for this profile (looked in {}): run `cargo build{} -p lb-user` first",
+        looked.join(" and "),
+        if release { " --release" } else { "" }
+    ))
+}
+
+/// [`find_lb_binary`], panicking with its message.
 pub fn lb_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let lb = dir.join("lb");
-    assert!(lb.exists(), "{} not found: run `cargo build -p lb-user` first", lb.display());
-    lb
+    find_lb_binary().unwrap_or_else(|message| panic!("{message}"))
 }
 
 /// A scratch directory and a bpffs state directory for one agent; removed on drop (the state

@@ -19,7 +19,7 @@ use lb_common::{
 };
 use lb_user::datapath::Program;
 
-use super::section::Section;
+use crate::report_table::Section;
 use crate::{
     frames::{self, ip, Frame},
     lab::{backend_mac, verdict, PacketLab, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},

@@ -13,10 +13,12 @@ use nix::{
     sched::{sched_getaffinity, sched_setaffinity, CpuSet},
     unistd::Pid,
 };
-use lb_tests::bench::{
-    cost::{self, Plan},
-    memory,
-    section::{self, Section},
+use lb_tests::{
+    bench::{
+        cost::{self, Plan},
+        memory,
+    },
+    report_table::{self, Section},
 };
 
 struct Args {
@@ -77,12 +79,6 @@ fn main() -> anyhow::Result<()> {
     let possible_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
     let sections: Vec<Section> =
         vec![cost::section(&paths, &samples, args.plan, cpu), memory::section(&maps, &ring, possible_cpus)];
-    if args.json {
-        println!("{}", section::to_json(&sections));
-    } else {
-        for section in &sections {
-            println!("{}", section.to_text());
-        }
-    }
+    report_table::print(&sections, args.json);
     Ok(())
 }
