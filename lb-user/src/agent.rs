@@ -481,10 +481,6 @@ impl Agent {
             backend.last = Some(result);
             if let Some(transition) = transition {
                 backend.health = health;
-                if health != Health::Up {
-                    // Resolved afresh (route, interface, MAC) when it comes back.
-                    backend.next_hop = None;
-                }
                 backend.last_change_unix_ms = status::now_unix_ms();
                 let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition, decided, received };
                 return Some((*vip_key, change));
