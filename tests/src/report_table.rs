@@ -85,6 +85,28 @@ pub fn print(sections: &[Section], json: bool) {
     }
 }
 
+/// The `main` of a benchmark binary `name`: reads `--json` (see [`json_flag`]), runs `run` and
+/// prints its sections; exit status 2 on a bad argument, 1 if `run` fails.
+pub fn run_main(name: &str, about: &str, run: impl FnOnce() -> anyhow::Result<Vec<Section>>) -> std::process::ExitCode {
+    let json = match json_flag(about) {
+        Ok(json) => json,
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run() {
+        Ok(sections) => {
+            print(&sections, json);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Whether `--json` was given; any other argument is an error (with `--help` text) so a typo
 /// does not silently run a long benchmark in the wrong mode.
 pub fn json_flag(about: &str) -> Result<bool, String> {

@@ -35,23 +35,7 @@ const ABOUT: &str = "bench-lab: TCP connections per second and bulk upload throu
 Needs root and the lb binary of the same profile: cargo build --release -p lb-user && cargo run --release -p lb-tests --bin bench-lab";
 
 fn main() -> ExitCode {
-    let json = match report_table::json_flag(ABOUT) {
-        Ok(json) => json,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run() {
-        Ok(sections) => {
-            report_table::print(&sections, json);
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("bench-lab: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report_table::run_main("bench-lab", ABOUT, run)
 }
 
 /// One timed measurement.

@@ -110,23 +110,7 @@ fn field(fields: &std::collections::HashMap<String, String>, key: &str) -> anyho
 }
 
 fn main() -> ExitCode {
-    let json = match report_table::json_flag(ABOUT) {
-        Ok(json) => json,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run() {
-        Ok(sections) => {
-            report_table::print(&sections, json);
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("bench-swap: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report_table::run_main("bench-swap", ABOUT, run)
 }
 
 fn run() -> anyhow::Result<Vec<Section>> {
