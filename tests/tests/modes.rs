@@ -58,13 +58,16 @@ const MIXED_FAMILY: [LabVip; 2] = [
 
 /// client (host 0), lb (host 1), b1 and b2 (hosts 2, 3), the agent and, in tunnel mode, one
 /// `lb decap` per backend.
+///
+/// Fields drop in order: processes and servers first, then the agent's files, the namespaces
+/// last.
 struct ModesLab {
-    lan: Lan,
-    files: AgentFiles,
-    vips: Vec<&'static LabVip>,
-    decaps: Vec<AgentProcess>,
     _agent: AgentProcess,
+    decaps: Vec<AgentProcess>,
     _servers: (Vec<NameServer>, Vec<UdpNameServer>),
+    vips: Vec<&'static LabVip>,
+    files: AgentFiles,
+    lan: Lan,
 }
 
 impl ModesLab {
@@ -80,7 +83,8 @@ impl ModesLab {
         let (mut tcp, mut udp) = (Vec::new(), Vec::new());
         for (i, name) in BACKENDS.iter().enumerate() {
             let ns = &lan.host(2 + i).ns;
-            let lines: Vec<String> = addresses.iter().map(|a| format!("addr add {a} dev lo{}", if a.contains(':') { " nodad" } else { "" })).collect();
+            let lines: Vec<String> =
+                addresses.iter().map(|a| format!("addr add {a} dev lo{}", if a.contains(':') { " nodad" } else { "" })).collect();
             ns.ip_batch(&lines);
             tcp.push(NameServer::start(ns, PORT, name));
             for vip in vips.iter().filter(|v| v.udp) {
