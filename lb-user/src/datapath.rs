@@ -378,10 +378,23 @@ impl Datapath {
     /// old ring or the whole new one. The old ring is freed by the kernel once no program run
     /// holds it.
     pub fn set_ring(&mut self, vip: u32, ring: &[u32]) -> Result<()> {
-        let inner = new_ring(ring).map_err(|source| DatapathError::Ring { vip, source })?;
+        let prepared = Self::prepare_ring(vip, ring)?;
+        self.swap_ring(vip, &prepared)
+    }
+
+    /// The first half of [`Self::set_ring`]: the new ring map, created and filled, not yet
+    /// visible to any packet.
+    pub fn prepare_ring(vip: u32, ring: &[u32]) -> Result<PreparedRing> {
+        new_ring(ring).map(PreparedRing).map_err(|source| DatapathError::Ring { vip, source })
+    }
+
+    /// The second half of [`Self::set_ring`]: one update of `RINGS[vip]`. Packets use the new
+    /// ring at once; the call returns only after an RCU grace period, when no program run
+    /// still holds the old one.
+    pub fn swap_ring(&mut self, vip: u32, ring: &PreparedRing) -> Result<()> {
         let map = names::RINGS;
         let mut rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
-        rings.set(vip, &inner, 0).map_err(map_error(map))
+        rings.set(vip, &ring.0, 0).map_err(map_error(map))
     }
 
     /// The ring of VIP `vip` as the kernel currently uses it (`None`: no ring).
@@ -463,6 +476,9 @@ impl Datapath {
         }))
     }
 }
+
+/// A ring map filled by [`Datapath::prepare_ring`], waiting for [`Datapath::swap_ring`].
+pub struct PreparedRing(MapData);
 
 /// Wraps an error of `map`'s syscalls with the map's name.
 fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {

@@ -210,82 +210,35 @@ fn run() -> anyhow::Result<Vec<Section>> {
 /// swapped in), and of that the swap alone: one `BPF_MAP_UPDATE_ELEM` on an array of maps.
 struct Parts {
     build_us: f64,
-    set_ring_us: f64,
-    outer_update_us: f64,
+    prepare_us: f64,
+    swap_us: f64,
 }
 
+/// Times the agent's steps of a ring change on a scratch datapath: the Maglev build, then the
+/// two halves of `Datapath::set_ring`.
 fn swap_parts() -> anyhow::Result<Parts> {
     let identities: Vec<Vec<u8>> = (1..BACKENDS).map(|b| backend_address(0, b).to_string().into_bytes()).collect();
     let backends: Vec<MaglevBackend<'_>> =
         identities.iter().enumerate().map(|(id, identity)| MaglevBackend { id: id as u32, identity, weight: 1 }).collect();
     let mut datapath = Datapath::load(&Options { conntrack_size: 1024, pin_dir: None }).context("loading a scratch datapath")?;
-    let outer_map = OuterMap::new().context("creating an array of maps")?;
-    let (mut build, mut write, mut outer) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut build, mut prepare, mut swap) = (Vec::new(), Vec::new(), Vec::new());
+    let micros = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
     for _ in 0..SWAPS {
         let t = Instant::now();
         let ring = build_ring(&backends, TABLE_SIZE)?;
-        build.push(t.elapsed().as_secs_f64() * 1e6);
+        build.push(micros(t));
         let t = Instant::now();
-        datapath.set_ring(0, &ring)?;
-        write.push(t.elapsed().as_secs_f64() * 1e6);
-        outer.push(outer_map.time_swap().context("BPF_MAP_UPDATE_ELEM on an array of maps")?);
+        let prepared = Datapath::prepare_ring(0, &ring)?;
+        prepare.push(micros(t));
+        let t = Instant::now();
+        datapath.swap_ring(0, &prepared)?;
+        swap.push(micros(t));
     }
     Ok(Parts {
         build_us: median(&build).unwrap_or(f64::NAN),
-        set_ring_us: median(&write).unwrap_or(f64::NAN),
-        outer_update_us: median(&outer).unwrap_or(f64::NAN),
+        prepare_us: median(&prepare).unwrap_or(f64::NAN),
+        swap_us: median(&swap).unwrap_or(f64::NAN),
     })
-}
-
-/// A one-slot `BPF_MAP_TYPE_ARRAY_OF_MAPS` updated with raw bpf(2), as `RINGS` is: the kernel
-/// makes such an update wait for an RCU grace period (`maybe_wait_bpf_programs`), so that no
-/// program still runs on the old inner map when it returns.
-struct OuterMap {
-    outer: std::os::fd::OwnedFd,
-}
-
-impl OuterMap {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
-
-    /// bpf(2) with a zeroed `union bpf_attr` whose first 8-byte words are `words`.
-    fn bpf(cmd: libc::c_long, words: &[u64]) -> std::io::Result<i64> {
-        let mut attr = [0u64; 20];
-        attr[..words.len()].copy_from_slice(words);
-        // SAFETY: `attr` is a zero-padded union bpf_attr of 160 bytes that outlives the call;
-        // the pointers inside it (update) point at live locals of the caller.
-        let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(&attr)) };
-        if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
-    }
-
-    /// A new map from a `BPF_MAP_CREATE` of `(type, key size, value size, entries, inner fd)`.
-    fn create(kind: u32, entries: u32, inner: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-        let pair = |low: u32, high: u32| u64::from(low) | u64::from(high) << 32;
-        let fd = Self::bpf(Self::BPF_MAP_CREATE, &[pair(kind, 4), pair(4, entries), pair(0, inner)])?;
-        // SAFETY: bpf(BPF_MAP_CREATE) returned a new descriptor that nothing else owns.
-        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
-    }
-
-    fn new() -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd as _;
-        let template = Self::create(Self::BPF_MAP_TYPE_ARRAY, TABLE_SIZE, 0)?;
-        Ok(Self { outer: Self::create(Self::BPF_MAP_TYPE_ARRAY_OF_MAPS, 1, template.as_raw_fd() as u32)? })
-    }
-
-    /// Swaps a fresh ring-sized array in; µs the update took.
-    fn time_swap(&self) -> std::io::Result<f64> {
-        use std::os::fd::AsRawFd as _;
-        let inner = Self::create(Self::BPF_MAP_TYPE_ARRAY, TABLE_SIZE, 0)?;
-        let (key, value) = (0u32, inner.as_raw_fd() as u32);
-        let t = Instant::now();
-        Self::bpf(
-            Self::BPF_MAP_UPDATE_ELEM,
-            &[self.outer.as_raw_fd() as u64, &key as *const u32 as u64, &value as *const u32 as u64, 0],
-        )?;
-        Ok(t.elapsed().as_secs_f64() * 1e6)
-    }
 }
 
 fn ms(us: f64) -> String {
@@ -341,9 +294,9 @@ fn report(downs: &[Swap], ups: &[Swap], parts: &Parts, lab_time: Duration) -> Ve
         "Parts of a ring swap",
         &format!(
             "Measured in the benchmark process, {SWAPS} times each, interleaved, median: building the Maglev ring of {} backends \
-             (size {TABLE_SIZE}, `lb_common::maglev::build_ring`, what the agent does on a change), and `Datapath::set_ring` \
-             on a scratch datapath: a new ring map created, filled through mmap and swapped into `RINGS`; and that swap \
-             alone: bpf(BPF_MAP_UPDATE_ELEM) putting a fresh {TABLE_SIZE}-entry array into a one-slot array of maps. \
+             (size {TABLE_SIZE}, `lb_common::maglev::build_ring`, what the agent does on a change), then the two \
+             halves of `Datapath::set_ring` on a scratch datapath: `prepare_ring` (a new ring map created and filled \
+             through mmap) and `swap_ring` (the one bpf(BPF_MAP_UPDATE_ELEM) that puts it into `RINGS`). \
              The rest of the agent's time is its event queue (one thread runs the agent and every health check) and \
              the backend entry writes.",
             BACKENDS - 1
@@ -351,8 +304,8 @@ fn report(downs: &[Swap], ups: &[Swap], parts: &Parts, lab_time: Duration) -> Ve
         &["part", "median ms"],
     );
     parts_section.row(vec!["Maglev build".into(), ms(parts.build_us)]);
-    parts_section.row(vec!["Datapath::set_ring (create, fill, swap)".into(), ms(parts.set_ring_us)]);
-    parts_section.row(vec!["swap alone: update of an array of maps".into(), ms(parts.outer_update_us)]);
+    parts_section.row(vec!["Datapath::prepare_ring (create, fill)".into(), ms(parts.prepare_us)]);
+    parts_section.row(vec!["Datapath::swap_ring (update of RINGS)".into(), ms(parts.swap_us)]);
     parts_section.notes.push(
         "the swap is visible to packets as soon as the update is made, but bpf(BPF_MAP_UPDATE_ELEM) on an array of maps \
          returns only after an RCU grace period (the kernel's guarantee that no program still runs on the old ring): \
