@@ -126,20 +126,17 @@ impl Host {
 /// A TCP server that answers every connection with its name, then reads until EOF and echoes.
 /// Stops when dropped.
 pub struct NameServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl NameServer {
     /// Listens on `[::]:port` (IPv4 and IPv6) inside `ns`.
     pub fn start(ns: &Netns, port: u16, name: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let name = name.to_owned();
         let listener = ns.run(|| TcpListener::bind(("::", port)).expect("bind"));
         listener.set_nonblocking(true).expect("nonblocking");
-        let stop_flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
+        let thread = ServerThread::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let name = name.clone();
@@ -152,7 +149,7 @@ impl NameServer {
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { _thread: thread }
     }
 }
 
@@ -167,7 +164,22 @@ fn serve(mut stream: TcpStream, name: &str) {
     }
 }
 
-impl Drop for NameServer {
+/// A server thread that loops until its flag is set; set and joined on drop.
+struct ServerThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Runs `serve(stop)` on a new thread.
+    fn spawn(serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Self { stop, thread: Some(std::thread::spawn(move || serve(&flag))) }
+    }
+}
+
+impl Drop for ServerThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -179,40 +191,29 @@ impl Drop for NameServer {
 /// A UDP server that answers every datagram with its name, a colon and the datagram.
 /// Stops when dropped.
 pub struct UdpNameServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl UdpNameServer {
     /// Listens on `address` inside `ns`. Bind the VIP itself, not a wildcard: the answer must
     /// come from the address the client sent to (a wildcard socket would answer from `eth0`'s).
     pub fn start(ns: &Netns, address: SocketAddr, name: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let socket = ns.run(|| UdpSocket::bind(address).expect("bind udp"));
         socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        let stop_flag = stop.clone();
         let name = name.to_owned();
-        let thread = std::thread::spawn(move || {
+        let thread = ServerThread::spawn(move |stop| {
             let mut buf = [0u8; 2048];
-            while !stop_flag.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = socket.recv_from(&mut buf) {
                     let answer = [name.as_bytes(), b":", &buf[..n]].concat();
                     let _ = socket.send_to(&answer, peer);
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { _thread: thread }
     }
 }
 
-impl Drop for UdpNameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Sends `payload` on `socket` (connected to a [`UdpNameServer`]) and returns the name in the
 /// answer, checking the payload came back.
