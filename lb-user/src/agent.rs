@@ -522,19 +522,9 @@ impl Agent {
         }
     }
 
-    /// Follows changes of the next hops in use (a backend's new MAC, the interface's MTU)
-    /// and rewrites the affected `BACKENDS` entries.
-    async fn refresh_next_hops(&mut self) {
-        if !self.vips.values().flat_map(|v| &v.backends).any(|b| b.next_hop.is_some()) {
-            return;
-        }
-        let snapshot = match nexthop::Snapshot::take().await {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                tracing::warn!("re-checking next hops failed: {error}");
-                return;
-            }
-        };
+    /// Follows changes of the next hops in use (a backend's new MAC, the interface's MTU), as
+    /// `snapshot` shows them, and rewrites the affected `BACKENDS` entries.
+    fn refresh_next_hops(&mut self, snapshot: &nexthop::Snapshot) {
         let mut changed = Vec::new();
         for (key, vip) in &mut self.vips {
             let mut vip_changed = false;
@@ -634,8 +624,9 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
         let mut changes = crate::watch::watch_file(&self.path)?;
-        let mut next_hop_refresh = tokio::time::interval(NEXT_HOP_REFRESH);
-        next_hop_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The neighbour tables are read by their own task (two `ip` processes), so health events
+        // never wait for them; applying a snapshot is in-memory work.
+        let mut neighbour_snapshots = spawn_neighbour_reader();
         // Check results that change no state reach the snapshot at most once per interval:
         // rewriting it for every check made an agent with 1000 backends spend its one thread on
         // JSON and fall behind its health events (found by `bench-swap`).
@@ -644,7 +635,7 @@ impl Agent {
         let mut unpublished = false;
         loop {
             tokio::select! {
-                _ = next_hop_refresh.tick() => self.refresh_next_hops().await,
+                Some(snapshot) = neighbour_snapshots.recv() => self.refresh_next_hops(&snapshot),
                 Some(event) = self.events.recv() => {
                     let Some((key, change)) = self.record(event) else {
                         unpublished = true;
@@ -837,6 +828,28 @@ impl Agent {
 }
 
 /// Index of `interface` in this network namespace.
+/// Reads the neighbour and link tables every [`NEXT_HOP_REFRESH`] and hands each snapshot over;
+/// stops when the receiver is dropped.
+fn spawn_neighbour_reader() -> mpsc::Receiver<nexthop::Snapshot> {
+    let (sender, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NEXT_HOP_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match nexthop::Snapshot::take().await {
+                Ok(snapshot) => {
+                    if sender.send(snapshot).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!("re-checking next hops failed: {error}"),
+            }
+        }
+    });
+    receiver
+}
+
 fn interface_index(interface: &str) -> anyhow::Result<u32> {
     nix::net::if_::if_nametoindex(interface)
         .with_context(|| format!("interface {interface} not found (set `interface` in the configuration)"))
