@@ -87,7 +87,12 @@ pub const FLOW_HASH_SEED: u32 = 0x6c62_5f31; // "lb_1"
 /// has to walk), and it mixes every input bit into every output bit.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    let ports = u32::from_be_bytes([key.src_port[0], key.src_port[1], key.dst_port[0], key.dst_port[1]]);
+    let ports = u32::from_be_bytes([
+        key.src_port[0],
+        key.src_port[1],
+        key.dst_port[0],
+        key.dst_port[1],
+    ]);
     let proto = (key.protocol as u32) | ((key.family as u32) << 8);
     let mut h = FLOW_HASH_SEED;
     h = round(h, word(&key.src, 0));
@@ -114,8 +119,14 @@ fn word(bytes: &[u8; 16], at: usize) -> u32 {
 
 #[inline(always)]
 fn round(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]

@@ -89,8 +89,17 @@ pub mod names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
     /// outlive the agent.
-    pub const BALANCER: [&str; 9] =
-        [VIPS, RINGS, BACKENDS, CONNTRACK, SETTINGS, TX_PORTS, STATS, VIP_STATS, BACKEND_STATS];
+    pub const BALANCER: [&str; 9] = [
+        VIPS,
+        RINGS,
+        BACKENDS,
+        CONNTRACK,
+        SETTINGS,
+        TX_PORTS,
+        STATS,
+        VIP_STATS,
+        BACKEND_STATS,
+    ];
     /// Name of the pinned XDP link in the state directory.
     pub const LINK: &str = "link";
 }

@@ -60,7 +60,10 @@ pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
         // An error message about a flow is no reason to track it.
         return Some(choice);
     }
-    if CONNTRACK.insert(&packet.flow, &Conntrack { backend: choice.id }, 0).is_err() {
+    if CONNTRACK
+        .insert(&packet.flow, &Conntrack { backend: choice.id }, 0)
+        .is_err()
+    {
         stats::count(Counter::ConntrackFull);
     }
     stats::new_flow(vip.id, choice.id);
@@ -91,7 +94,10 @@ fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<Choice> {
     if id == NO_BACKEND {
         return None;
     }
-    Some(Choice { id, backend: lookup_backend(id)? })
+    Some(Choice {
+        id,
+        backend: lookup_backend(id)?,
+    })
 }
 
 #[inline(always)]

@@ -17,7 +17,6 @@ use crate::{
     },
 };
 
-
 /// What to do with a packet: the verdict and the counter to bump.
 pub fn decap(ctx: &XdpContext) -> (u32, DecapCounter) {
     match try_decap(ctx) {
@@ -65,7 +64,10 @@ fn outer_ipv6<const L2: usize>(ctx: &XdpContext) -> Result<(), DecapCounter> {
 
 #[inline(always)]
 fn is_local(addr: &[u8], family: Family) -> bool {
-    let mut key = DecapKey { family: family as u8, ..DecapKey::default() };
+    let mut key = DecapKey {
+        family: family as u8,
+        ..DecapKey::default()
+    };
     let len = if family == Family::V4 { 4 } else { 16 };
     key.addr[..len].copy_from_slice(&addr[..len]);
     DECAP_ADDRS.get_ptr(key).is_some()
@@ -74,7 +76,10 @@ fn is_local(addr: &[u8], family: Family) -> bool {
 /// Removes the `OUTER`-byte header after the `L2`-byte Ethernet header if it carries IPv4 or
 /// IPv6, and sets the ethertype to the inner family.
 #[inline(always)]
-fn strip<const L2: usize, const OUTER: usize>(ctx: &XdpContext, inner_protocol: u8) -> Result<(), DecapCounter> {
+fn strip<const L2: usize, const OUTER: usize>(
+    ctx: &XdpContext,
+    inner_protocol: u8,
+) -> Result<(), DecapCounter> {
     let (ether_type, version) = match inner_protocol {
         IPPROTO_IPIP => (ETH_P_IP, 4),
         IPPROTO_IPV6 => (ETH_P_IPV6, 6),

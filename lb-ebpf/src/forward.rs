@@ -16,8 +16,8 @@ use crate::{
     balance::Choice,
     maps::{SETTINGS, TX_PORTS},
     parse::{
-        move_ethernet_header, ptr_at, Packet, Unhandled, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
-        IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
+        move_ethernet_header, ptr_at, Packet, Unhandled, ETH_LEN, ETH_P_IP, ETH_P_IPV6,
+        IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
     },
 };
 
@@ -26,7 +26,12 @@ const IPV4_DONT_FRAGMENT: u8 = 0x40;
 
 /// Forwards a load-balanced packet to `choice` and returns the XDP verdict.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &Vip, choice: &Choice) -> Result<u32, Unhandled> {
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    vip: &Vip,
+    choice: &Choice,
+) -> Result<u32, Unhandled> {
     let backend = &choice.backend;
     if vip.forward == ForwardMode::Tunnel as u8 {
         match packet.l2_len {
@@ -48,16 +53,26 @@ fn egress(ctx: &XdpContext, backend: &Backend) -> Result<u32, Unhandled> {
     if backend.ifindex as usize == ctx.ingress_ifindex() {
         return Ok(xdp_action::XDP_TX);
     }
-    TX_PORTS.redirect(backend.ifindex, 0).map_err(|_| Counter::RedirectFailed)
+    TX_PORTS
+        .redirect(backend.ifindex, 0)
+        .map_err(|_| Counter::RedirectFailed)
 }
 
 /// Prepends an outer IPv4 or IPv6 header (the backend's family) between the Ethernet header
 /// (`L2` bytes) and the untouched inner IP packet.
 #[inline(always)]
-fn encapsulate<const L2: usize>(ctx: &XdpContext, packet: &Packet, backend: &Backend) -> Result<(), Unhandled> {
+fn encapsulate<const L2: usize>(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend: &Backend,
+) -> Result<(), Unhandled> {
     let unset = Settings::default();
     let settings = SETTINGS.get(0).unwrap_or(&unset);
-    let inner_protocol = if packet.flow.family == Family::V4 as u8 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_protocol = if packet.flow.family == Family::V4 as u8 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
     if backend.family == Family::V4 as u8 {
         check_mtu(packet, backend, IPV4_LEN)?;
         make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
@@ -87,7 +102,10 @@ fn check_mtu(packet: &Packet, backend: &Backend, outer_len: usize) -> Result<(),
 /// Grows the packet by `OUTER` bytes at the front and moves the `L2`-byte Ethernet header there,
 /// with `ether_type` as its (innermost) ethertype. Leaves `OUTER` bytes after it to fill.
 #[inline(always)]
-fn make_room<const L2: usize, const OUTER: usize>(ctx: &XdpContext, ether_type: u16) -> Result<(), Unhandled> {
+fn make_room<const L2: usize, const OUTER: usize>(
+    ctx: &XdpContext,
+    ether_type: u16,
+) -> Result<(), Unhandled> {
     // SAFETY: the helper only moves ctx->data within the frame's headroom, and fails (non-zero)
     // if there is not enough; all packet pointers are re-derived and re-checked afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER as i32)) } != 0 {
@@ -98,18 +116,35 @@ fn make_room<const L2: usize, const OUTER: usize>(ctx: &XdpContext, ether_type: 
 }
 
 #[inline(always)]
-fn ipv4_header(packet: &Packet, backend: &Backend, settings: &Settings, inner_protocol: u8) -> Ipv4Hdr {
+fn ipv4_header(
+    packet: &Packet,
+    backend: &Backend,
+    settings: &Settings,
+    inner_protocol: u8,
+) -> Ipv4Hdr {
     let mut header = Ipv4Hdr {
         vihl: 0x45,
         tos: packet.tos,
         tot_len: ((packet.ip_len as usize + IPV4_LEN) as u16).to_be_bytes(),
         id: [0, 0],
-        frags: [if packet.dont_fragment { IPV4_DONT_FRAGMENT } else { 0 }, 0],
+        frags: [
+            if packet.dont_fragment {
+                IPV4_DONT_FRAGMENT
+            } else {
+                0
+            },
+            0,
+        ],
         ttl: TUNNEL_TTL,
         proto: inner_protocol,
         check: [0, 0],
         src_addr: settings.tunnel_source_v4,
-        dst_addr: [backend.addr[0], backend.addr[1], backend.addr[2], backend.addr[3]],
+        dst_addr: [
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ],
     };
     header.check = ipv4_checksum(&header).to_be_bytes();
     header
@@ -140,7 +175,12 @@ fn ipv4_checksum(header: &Ipv4Hdr) -> u16 {
 }
 
 #[inline(always)]
-fn ipv6_header(packet: &Packet, backend: &Backend, settings: &Settings, inner_protocol: u8) -> Ipv6Hdr {
+fn ipv6_header(
+    packet: &Packet,
+    backend: &Backend,
+    settings: &Settings,
+    inner_protocol: u8,
+) -> Ipv6Hdr {
     // The flow label carries the flow's hash so routers between us and the backend can spread
     // tunnels over ECMP paths per flow (RFC 6438).
     let flow_label = flow_hash(&packet.flow) & 0x000f_ffff;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     maps::{
         Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
-        DEFAULT_RING_SIZE, RING_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+        DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
     },
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     FlowKey,
@@ -60,8 +60,7 @@ pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray
 
 /// Per-backend counters, by backend id.
 #[btf_map]
-pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// Local addresses the `decap` program strips tunnels for.
 #[btf_map]

@@ -117,7 +117,10 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(usize, u16), Unhandled> {
     let tag: *const [u8; VLAN_TAG_LEN] = ptr_at(ctx, size_of::<EthHdr>())?;
     // SAFETY: ptr_at checked that the 4-byte tag is inside the packet.
     let tag = unsafe { *tag };
-    Ok((size_of::<EthHdr>() + VLAN_TAG_LEN, u16::from_be_bytes([tag[2], tag[3]])))
+    Ok((
+        size_of::<EthHdr>() + VLAN_TAG_LEN,
+        u16::from_be_bytes([tag[2], tag[3]]),
+    ))
 }
 
 /// Parses a frame up to the transport ports.
@@ -155,7 +158,11 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         IPPROTO_ICMP => (icmp_error_v4(ctx, offset, dst)?, false, true),
         protocol => {
             let transport = transport(ctx, protocol, offset)?;
-            (flow_key(src, dst, &transport, Family::V4), transport.syn, false)
+            (
+                flow_key(src, dst, &transport, Family::V4),
+                transport.syn,
+                false,
+            )
         }
     };
     Ok(Packet {
@@ -190,7 +197,11 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         IPPROTO_ICMPV6 => (icmp_error_v6(ctx, offset, dst)?, false, true),
         protocol => {
             let transport = transport(ctx, protocol, offset)?;
-            (flow_key(words(&ip.src_addr), dst, &transport, Family::V6), transport.syn, false)
+            (
+                flow_key(words(&ip.src_addr), dst, &transport, Family::V6),
+                transport.syn,
+                false,
+            )
         }
     };
     Ok(Packet {
@@ -231,7 +242,11 @@ fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport,
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 8-byte UDP header is inside the packet.
             let udp = unsafe { &*udp };
-            Ok(Transport { ports: ports(udp.src, udp.dst), protocol: Protocol::Udp as u8, syn: false })
+            Ok(Transport {
+                ports: ports(udp.src, udp.dst),
+                protocol: Protocol::Udp as u8,
+                syn: false,
+            })
         }
         _ => Err(Counter::NotTcpUdp),
     }
@@ -257,7 +272,18 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 #[inline(always)]
 fn flow_key(src: [u32; 4], dst: [u32; 4], transport: &Transport, family: Family) -> FlowKey {
     let tail = u32::from_ne_bytes([transport.protocol, family as u8, 0, 0]);
-    let words: [u32; 10] = [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], transport.ports, tail];
+    let words: [u32; 10] = [
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+        transport.ports,
+        tail,
+    ];
     // SAFETY: FlowKey is repr(C), 40 bytes of byte arrays with no padding, whose fields in
     // order are src, dst, src_port, dst_port, protocol, family, _pad: any 40 bytes are a valid
     // key, and these are the fields' bytes in that order (`_pad` zero).
@@ -283,7 +309,12 @@ fn icmp_error_v4(ctx: &XdpContext, offset: usize, to: [u32; 4]) -> Result<FlowKe
         return Err(Counter::NotTcpUdp);
     }
     let transport = quoted_transport(ctx, ip.proto, quoted + header_len)?;
-    Ok(flow_key([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0], vip, &transport, Family::V4))
+    Ok(flow_key(
+        [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
+        vip,
+        &transport,
+        Family::V4,
+    ))
 }
 
 /// [`icmp_error_v4`] for ICMPv6.
@@ -310,7 +341,11 @@ fn icmp_quote(ctx: &XdpContext, offset: usize, errors: &[u8]) -> Result<usize, U
     let header: *const [u8; ICMP_HEADER_LEN] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the 8-byte ICMP header is inside the packet.
     let kind = unsafe { (*header)[0] };
-    if errors.contains(&kind) { Ok(offset + ICMP_HEADER_LEN) } else { Err(Counter::NotTcpUdp) }
+    if errors.contains(&kind) {
+        Ok(offset + ICMP_HEADER_LEN)
+    } else {
+        Err(Counter::NotTcpUdp)
+    }
 }
 
 /// The ports of a quoted TCP or UDP header, reversed (the quoted packet went from the VIP to
@@ -325,5 +360,9 @@ fn quoted_transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Tra
     let quoted_ports: *const [[u8; 2]; 2] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the 4 port bytes are inside the packet.
     let [vip_port, client_port] = unsafe { *quoted_ports };
-    Ok(Transport { ports: ports(client_port, vip_port), protocol, syn: false })
+    Ok(Transport {
+        ports: ports(client_port, vip_port),
+        protocol,
+        syn: false,
+    })
 }

@@ -103,8 +103,16 @@ impl StateChange {
     /// milliseconds earlier. The timestamps are wall-clock microseconds, so another process on
     /// the host can compare them with what it sees the kernel do (`bench-swap` does).
     fn log(&self, datapath_updated: Option<SystemTime>) {
-        let Self { vip, backend, transition, decided, received } = self;
-        let micros_between = |from: &SystemTime, to: &SystemTime| to.duration_since(*from).map_or(0, |d| d.as_micros() as u64);
+        let Self {
+            vip,
+            backend,
+            transition,
+            decided,
+            received,
+        } = self;
+        let micros_between = |from: &SystemTime, to: &SystemTime| {
+            to.duration_since(*from).map_or(0, |d| d.as_micros() as u64)
+        };
         tracing::info!(
             %vip,
             %backend,
@@ -124,7 +132,8 @@ impl StateChange {
 
 /// Microseconds since the Unix epoch.
 fn unix_micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The running agent.
@@ -169,7 +178,12 @@ fn datapath_state(health: Health, next_hop: bool, weight: u32) -> BackendState {
 /// `VIPS` key of a configured VIP.
 pub fn vip_key(vip: &VipConfig) -> VipKey {
     let (addr, family) = addr_bytes(vip.address);
-    VipKey { addr, port: vip.port.to_be_bytes(), protocol: vip.protocol as u8, family }
+    VipKey {
+        addr,
+        port: vip.port.to_be_bytes(),
+        protocol: vip.protocol as u8,
+        family,
+    }
 }
 
 /// An address as the maps store it, with its family.
@@ -201,18 +215,29 @@ fn identity(address: IpAddr) -> Vec<u8> {
 
 /// The ring of a VIP for its current backend states (`NO_BACKEND` everywhere when empty).
 fn desired_ring(vip: &VipRuntime, table_size: u32) -> anyhow::Result<Vec<u32>> {
-    let up = |b: &&BackendRuntime| datapath_state(b.health, b.next_hop.is_some(), b.config.weight) == BackendState::Up;
+    let up = |b: &&BackendRuntime| {
+        datapath_state(b.health, b.next_hop.is_some(), b.config.weight) == BackendState::Up
+    };
     let mut members: Vec<&BackendRuntime> = vip.backends.iter().filter(up).collect();
     if members.is_empty() && vip.config.on_all_down == OnAllDown::FailOpen {
-        members = vip.backends.iter().filter(|b| b.config.weight > 0 && b.next_hop.is_some()).collect();
+        members = vip
+            .backends
+            .iter()
+            .filter(|b| b.config.weight > 0 && b.next_hop.is_some())
+            .collect();
     }
     let identities: Vec<Vec<u8>> = members.iter().map(|b| identity(b.config.address)).collect();
     let backends: Vec<MaglevBackend<'_>> = members
         .iter()
         .zip(&identities)
-        .map(|(b, identity)| MaglevBackend { id: b.id, identity, weight: b.config.weight })
+        .map(|(b, identity)| MaglevBackend {
+            id: b.id,
+            identity,
+            weight: b.config.weight,
+        })
         .collect();
-    build_ring(&backends, table_size).with_context(|| format!("building the ring of vip {}", vip.config.name))
+    build_ring(&backends, table_size)
+        .with_context(|| format!("building the ring of vip {}", vip.config.name))
 }
 
 impl Agent {
@@ -220,8 +245,16 @@ impl Agent {
     /// rings, and attaches.
     pub async fn start(path: PathBuf, config: Config) -> anyhow::Result<Self> {
         let adopting = Datapath::is_pinned(&config.state_dir);
-        let datapath = Datapath::load(&Options { conntrack_size: config.conntrack_size, pin_dir: Some(config.state_dir.clone()) })
-            .with_context(|| format!("loading the datapath (state directory {})", config.state_dir.display()))?;
+        let datapath = Datapath::load(&Options {
+            conntrack_size: config.conntrack_size,
+            pin_dir: Some(config.state_dir.clone()),
+        })
+        .with_context(|| {
+            format!(
+                "loading the datapath (state directory {})",
+                config.state_dir.display()
+            )
+        })?;
         let attach_ifindex = interface_index(&config.interface)?;
         let (events_tx, events) = mpsc::channel(1024);
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
@@ -242,7 +275,11 @@ impl Agent {
             program_id: None,
             metrics,
         };
-        let stale_vips = if adopting { agent.recover_ids()? } else { Vec::new() };
+        let stale_vips = if adopting {
+            agent.recover_ids()?
+        } else {
+            Vec::new()
+        };
         agent.write_settings().await?;
         let added: Vec<VipConfig> = config.vips.clone();
         agent.add_vips(added).await?;
@@ -280,7 +317,12 @@ impl Agent {
             updated_unix_ms: status::now_unix_ms(),
             config: self.path.clone(),
             interface: self.config.interface.clone(),
-            xdp_mode: if self.xdp_mode == aya::programs::XdpMode::Skb { "generic" } else { "native" }.to_owned(),
+            xdp_mode: if self.xdp_mode == aya::programs::XdpMode::Skb {
+                "generic"
+            } else {
+                "native"
+            }
+            .to_owned(),
             program_id: self.program_id,
             vips: self
                 .vips
@@ -290,8 +332,18 @@ impl Agent {
                     id: vip.id,
                     address: vip.config.address.to_string(),
                     port: vip.config.port,
-                    protocol: if vip.config.protocol == lb_common::maps::Protocol::Udp { "udp" } else { "tcp" }.to_owned(),
-                    forward: if vip.config.forward == lb_common::maps::ForwardMode::Tunnel { "tunnel" } else { "dsr" }.to_owned(),
+                    protocol: if vip.config.protocol == lb_common::maps::Protocol::Udp {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                    .to_owned(),
+                    forward: if vip.config.forward == lb_common::maps::ForwardMode::Tunnel {
+                        "tunnel"
+                    } else {
+                        "dsr"
+                    }
+                    .to_owned(),
                     backends: vip
                         .backends
                         .iter()
@@ -299,7 +351,10 @@ impl Agent {
                             address: b.config.address.to_string(),
                             id: b.id,
                             weight: b.config.weight,
-                            state: match (b.health, datapath_state(b.health, b.next_hop.is_some(), b.config.weight)) {
+                            state: match (
+                                b.health,
+                                datapath_state(b.health, b.next_hop.is_some(), b.config.weight),
+                            ) {
                                 (Health::Unknown, _) => "unknown",
                                 (_, BackendState::Up) => "up",
                                 (_, BackendState::Draining) => "draining",
@@ -307,7 +362,10 @@ impl Agent {
                             }
                             .to_owned(),
                             last_check_ok: b.last.as_ref().map(|r| r.ok),
-                            last_check_latency_us: b.last.as_ref().map(|r| r.latency.as_micros() as u64),
+                            last_check_latency_us: b
+                                .last
+                                .as_ref()
+                                .map(|r| r.latency.as_micros() as u64),
                             last_check_error: b.last.as_ref().and_then(|r| r.error.clone()),
                             last_change_unix_ms: b.last_change_unix_ms,
                         })
@@ -316,7 +374,10 @@ impl Agent {
                 .collect(),
         };
         if let Err(error) = status::write(&self.config.state_dir, &snapshot) {
-            tracing::warn!("cannot write the status snapshot {}: {error}", status::path_for(&self.config.state_dir).display());
+            tracing::warn!(
+                "cannot write the status snapshot {}: {error}",
+                status::path_for(&self.config.state_dir).display()
+            );
         }
     }
 
@@ -330,13 +391,18 @@ impl Agent {
         }
         for (id, backend) in self.datapath.backends()? {
             if let Some(key) = by_id.get(&backend.vip) {
-                self.adopted_backend_ids.insert((*key, addr_from_bytes(&backend.addr, backend.family)), id);
+                self.adopted_backend_ids
+                    .insert((*key, addr_from_bytes(&backend.addr, backend.family)), id);
             }
         }
         self.free_vip_ids.retain(|id| !by_id.contains_key(id));
         let taken: Vec<u32> = self.adopted_backend_ids.values().copied().collect();
         self.free_backend_ids.retain(|id| !taken.contains(id));
-        tracing::info!(vips = vips.len(), backends = taken.len(), "adopting pinned datapath state");
+        tracing::info!(
+            vips = vips.len(),
+            backends = taken.len(),
+            "adopting pinned datapath state"
+        );
         Ok(vips.into_iter().map(|(key, _)| key).collect())
     }
 
@@ -362,7 +428,9 @@ impl Agent {
         for source in sources.iter().rev() {
             match source {
                 IpAddr::V4(v4) => settings.tunnel_source_v4 = v4.octets(),
-                IpAddr::V6(v6) if !v6.is_unicast_link_local() || settings.tunnel_source_v6 == [0; 16] => {
+                IpAddr::V6(v6)
+                    if !v6.is_unicast_link_local() || settings.tunnel_source_v6 == [0; 16] =>
+                {
                     settings.tunnel_source_v6 = v6.octets()
                 }
                 IpAddr::V6(_) => {}
@@ -386,7 +454,11 @@ impl Agent {
         self.free_backend_ids.pop().context("no free backend id")
     }
 
-    fn start_backend(&mut self, key: &VipKey, config: BackendConfig) -> anyhow::Result<BackendRuntime> {
+    fn start_backend(
+        &mut self,
+        key: &VipKey,
+        config: BackendConfig,
+    ) -> anyhow::Result<BackendRuntime> {
         let id = self.allocate_backend_id(key, config.address)?;
         let (token, checker) = self.spawn_checker(id, &config);
         Ok(BackendRuntime {
@@ -429,7 +501,15 @@ impl Agent {
             for backend in &vip.backends {
                 backends.push(self.start_backend(&key, backend.clone())?);
             }
-            self.vips.insert(key, VipRuntime { id, config: vip, backends, ring: None });
+            self.vips.insert(
+                key,
+                VipRuntime {
+                    id,
+                    config: vip,
+                    backends,
+                    ring: None,
+                },
+            );
             keys.push(key);
         }
         self.first_round(&keys).await;
@@ -437,7 +517,12 @@ impl Agent {
             self.resolve_next_hops(key).await;
             self.sync_vip(key)?;
             let vip = &self.vips[key];
-            let entry = Vip { id: vip.id, ring_size: self.config.table_size, forward: vip.config.forward as u8, _pad: [0; 3] };
+            let entry = Vip {
+                id: vip.id,
+                ring_size: self.config.table_size,
+                forward: vip.config.forward as u8,
+                _pad: [0; 3],
+            };
             self.datapath.set_vip(key, &entry)?;
         }
         Ok(())
@@ -448,12 +533,19 @@ impl Agent {
     async fn first_round(&mut self, keys: &[VipKey]) {
         let longest = keys
             .iter()
-            .flat_map(|k| self.vips[k].backends.iter().map(|b| b.config.health.timeout))
+            .flat_map(|k| {
+                self.vips[k]
+                    .backends
+                    .iter()
+                    .map(|b| b.config.health.timeout)
+            })
             .max()
             .unwrap_or_default();
         let deadline = Instant::now() + longest + Duration::from_millis(500);
         loop {
-            let pending = keys.iter().any(|k| self.vips[k].backends.iter().any(|b| b.last.is_none()));
+            let pending = keys
+                .iter()
+                .any(|k| self.vips[k].backends.iter().any(|b| b.last.is_none()));
             if !pending {
                 break;
             }
@@ -471,18 +563,36 @@ impl Agent {
     /// Stores a check result; on a health change returns the VIP and the log line to print
     /// once the datapath reflects it.
     fn record(&mut self, event: HealthEvent<CheckerKey>) -> Option<(VipKey, StateChange)> {
-        let HealthEvent { key, result, transition, health, decided } = event;
+        let HealthEvent {
+            key,
+            result,
+            transition,
+            health,
+            decided,
+        } = event;
         let received = SystemTime::now();
         for (vip_key, vip) in &mut self.vips {
-            let Some(backend) = vip.backends.iter_mut().find(|b| b.id == key.backend && b.token == key.token) else {
+            let Some(backend) = vip
+                .backends
+                .iter_mut()
+                .find(|b| b.id == key.backend && b.token == key.token)
+            else {
                 continue;
             };
-            if let Some(m) = &self.metrics { m.health_checked(&vip.config.name, backend.config.address, result.latency) } // metrics hook
+            if let Some(m) = &self.metrics {
+                m.health_checked(&vip.config.name, backend.config.address, result.latency)
+            } // metrics hook
             backend.last = Some(result);
             if let Some(transition) = transition {
                 backend.health = health;
                 backend.last_change_unix_ms = status::now_unix_ms();
-                let change = StateChange { vip: vip.config.name.clone(), backend: backend.config.address, transition, decided, received };
+                let change = StateChange {
+                    vip: vip.config.name.clone(),
+                    backend: backend.config.address,
+                    transition,
+                    decided,
+                    received,
+                };
                 return Some((*vip_key, change));
             }
             backend.health = health;
@@ -494,7 +604,9 @@ impl Agent {
     /// Resolves the next hop of every backend of a VIP that is up and has none yet (in
     /// parallel). Unresolvable backends stay out of the ring, with a log line.
     async fn resolve_next_hops(&mut self, key: &VipKey) {
-        let Some(vip) = self.vips.get(key) else { return };
+        let Some(vip) = self.vips.get(key) else {
+            return;
+        };
         let on_link = vip.config.forward == lb_common::maps::ForwardMode::Dsr;
         let fail_open = vip.config.on_all_down == OnAllDown::FailOpen;
         let wanted: Vec<(u32, IpAddr)> = vip
@@ -505,11 +617,21 @@ impl Agent {
             .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (id, address) in wanted {
-            tasks.spawn(async move { (id, address, nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await) });
+            tasks.spawn(async move {
+                (
+                    id,
+                    address,
+                    nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await,
+                )
+            });
         }
         while let Some(Ok((id, address, result))) = tasks.join_next().await {
-            let Some(vip) = self.vips.get_mut(key) else { return };
-            let Some(backend) = vip.backends.iter_mut().find(|b| b.id == id) else { continue };
+            let Some(vip) = self.vips.get_mut(key) else {
+                return;
+            };
+            let Some(backend) = vip.backends.iter_mut().find(|b| b.id == id) else {
+                continue;
+            };
             match result {
                 Ok(hop) => backend.next_hop = Some(hop),
                 Err(error) => tracing::warn!(
@@ -529,7 +651,9 @@ impl Agent {
         for (key, vip) in &mut self.vips {
             let mut vip_changed = false;
             for backend in &mut vip.backends {
-                let Some(hop) = backend.next_hop else { continue };
+                let Some(hop) = backend.next_hop else {
+                    continue;
+                };
                 let fresh = snapshot.refresh(backend.config.address, &hop);
                 if fresh != hop {
                     let address = backend.config.address;
@@ -563,7 +687,9 @@ impl Agent {
     fn sync_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
         let table_size = self.config.table_size;
         let attach_ifindex = self.attach_ifindex;
-        let Some(vip) = self.vips.get_mut(key) else { return Ok(()) };
+        let Some(vip) = self.vips.get_mut(key) else {
+            return Ok(());
+        };
         let ring = desired_ring(vip, table_size)?;
         let entries: Vec<(usize, Backend)> = vip
             .backends
@@ -572,7 +698,13 @@ impl Agent {
             .map(|(i, b)| {
                 let state = datapath_state(b.health, b.next_hop.is_some(), b.config.weight);
                 let (addr, family) = addr_bytes(b.config.address);
-                let hop = b.next_hop.unwrap_or(NextHop { ifindex: 0, mtu: 0, src_mac: [0; 6], dst_mac: [0; 6], gateway: None });
+                let hop = b.next_hop.unwrap_or(NextHop {
+                    ifindex: 0,
+                    mtu: 0,
+                    src_mac: [0; 6],
+                    dst_mac: [0; 6],
+                    gateway: None,
+                });
                 let entry = Backend {
                     addr,
                     family,
@@ -587,7 +719,9 @@ impl Agent {
                 (i, entry)
             })
             .collect();
-        let usable = |e: &Backend| e.state == BackendState::Up as u8 || e.state == BackendState::Draining as u8;
+        let usable = |e: &Backend| {
+            e.state == BackendState::Up as u8 || e.state == BackendState::Draining as u8
+        };
         // Entries that become usable (or change next hop) first, so the ring never points at a
         // stale entry...
         for (i, entry) in entries.iter().filter(|(_, e)| usable(e)) {
@@ -603,7 +737,9 @@ impl Agent {
         // ...then the ring...
         if vip.ring.as_ref() != Some(&ring) {
             self.datapath.set_ring(vip.id, &ring)?;
-            if let Some(m) = &self.metrics { m.ring_rebuilt(&vip.config.name) } // metrics hook
+            if let Some(m) = &self.metrics {
+                m.ring_rebuilt(&vip.config.name)
+            } // metrics hook
             vip.ring = Some(ring);
         }
         // ...then entries that stop being usable: their tracked flows re-hash into the new ring.
@@ -614,7 +750,16 @@ impl Agent {
                 backend.written = Some(*entry);
             }
         }
-        if let Some(m) = &self.metrics { m.vip_synced(vip.id, &vip.config.name, vip.backends.iter().zip(&entries).map(|(b, (_, e))| (b.id, b.config.address, e.state))) } // metrics hook
+        if let Some(m) = &self.metrics {
+            m.vip_synced(
+                vip.id,
+                &vip.config.name,
+                vip.backends
+                    .iter()
+                    .zip(&entries)
+                    .map(|(b, (_, e))| (b.id, b.config.address, e.state)),
+            )
+        } // metrics hook
         Ok(())
     }
 
@@ -674,18 +819,26 @@ impl Agent {
         let config = match config::load(&self.path) {
             Ok(config) => config,
             Err(error) => {
-                tracing::error!("reload ({why}) rejected, still running the previous configuration: {error}");
-                if let Some(m) = &self.metrics { m.reloaded(false, &self.config) } // metrics hook
+                tracing::error!(
+                    "reload ({why}) rejected, still running the previous configuration: {error}"
+                );
+                if let Some(m) = &self.metrics {
+                    m.reloaded(false, &self.config)
+                } // metrics hook
                 return;
             }
         };
         if config == self.config {
             tracing::info!("reload ({why}): configuration unchanged");
-            if let Some(m) = &self.metrics { m.reloaded(true, &self.config) } // metrics hook
+            if let Some(m) = &self.metrics {
+                m.reloaded(true, &self.config)
+            } // metrics hook
             return;
         }
         let applied = self.apply(config).await;
-        if let Some(m) = &self.metrics { m.reloaded(applied.is_ok(), &self.config) } // metrics hook
+        if let Some(m) = &self.metrics {
+            m.reloaded(applied.is_ok(), &self.config)
+        } // metrics hook
         match applied {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
             Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
@@ -699,7 +852,10 @@ impl Agent {
             ("interface", new.interface != self.config.interface),
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
             ("state_dir", new.state_dir != self.config.state_dir),
-            ("conntrack_size", new.conntrack_size != self.config.conntrack_size),
+            (
+                "conntrack_size",
+                new.conntrack_size != self.config.conntrack_size,
+            ),
         ] {
             if changed {
                 tracing::warn!("{what} changed: takes effect only after a restart of lb run");
@@ -716,15 +872,27 @@ impl Agent {
             self.write_settings().await?;
         }
 
-        let new_vips: BTreeMap<VipKey, VipConfig> = new.vips.iter().map(|v| (vip_key(v), v.clone())).collect();
-        let removed: Vec<VipKey> = self.vips.keys().filter(|k| !new_vips.contains_key(*k)).copied().collect();
+        let new_vips: BTreeMap<VipKey, VipConfig> =
+            new.vips.iter().map(|v| (vip_key(v), v.clone())).collect();
+        let removed: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|k| !new_vips.contains_key(*k))
+            .copied()
+            .collect();
         for key in &removed {
             self.remove_vip(key)?;
         }
-        let added: Vec<VipConfig> = new_vips.iter().filter(|(k, _)| !self.vips.contains_key(*k)).map(|(_, v)| v.clone()).collect();
+        let added: Vec<VipConfig> = new_vips
+            .iter()
+            .filter(|(k, _)| !self.vips.contains_key(*k))
+            .map(|(_, v)| v.clone())
+            .collect();
         let mut changed = 0;
         for (key, config) in &new_vips {
-            let Some(vip) = self.vips.get(key) else { continue };
+            let Some(vip) = self.vips.get(key) else {
+                continue;
+            };
             if vip.config == *config && !table_size_changed {
                 continue;
             }
@@ -734,7 +902,10 @@ impl Agent {
         let added_count = added.len();
         self.add_vips(added).await?;
         self.config.vips = new.vips;
-        Ok(format!("{added_count} VIPs added, {} removed, {changed} changed", removed.len()))
+        Ok(format!(
+            "{added_count} VIPs added, {} removed, {changed} changed",
+            removed.len()
+        ))
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
@@ -753,12 +924,23 @@ impl Agent {
 
     /// Applies a changed VIP: backends added, removed, reweighted or with new health settings,
     /// and VIP attributes. New backends join the ring after their first successful check.
-    fn change_vip(&mut self, key: &VipKey, config: VipConfig, old_table_size: u32) -> anyhow::Result<()> {
-        let Some(mut vip) = self.vips.remove(key) else { return Ok(()) };
+    fn change_vip(
+        &mut self,
+        key: &VipKey,
+        config: VipConfig,
+        old_table_size: u32,
+    ) -> anyhow::Result<()> {
+        let Some(mut vip) = self.vips.remove(key) else {
+            return Ok(());
+        };
         let mut kept = Vec::new();
         let mut released = Vec::new();
         for mut backend in std::mem::take(&mut vip.backends) {
-            match config.backends.iter().find(|b| b.address == backend.config.address) {
+            match config
+                .backends
+                .iter()
+                .find(|b| b.address == backend.config.address)
+            {
                 Some(new) => {
                     if new.health != backend.config.health {
                         backend.checker.abort();
@@ -785,7 +967,12 @@ impl Agent {
         }
         let table_size = self.config.table_size;
         let grows = table_size > old_table_size;
-        let entry = Vip { id: vip.id, ring_size: table_size, forward: vip.config.forward as u8, _pad: [0; 3] };
+        let entry = Vip {
+            id: vip.id,
+            ring_size: table_size,
+            forward: vip.config.forward as u8,
+            _pad: [0; 3],
+        };
         self.vips.insert(*key, vip);
         // A smaller ring is indexed with its own size before it is swapped in, a larger one
         // after: a packet never indexes past the end of the ring it holds.
@@ -851,8 +1038,9 @@ fn spawn_neighbour_reader() -> mpsc::Receiver<nexthop::Snapshot> {
 }
 
 fn interface_index(interface: &str) -> anyhow::Result<u32> {
-    nix::net::if_::if_nametoindex(interface)
-        .with_context(|| format!("interface {interface} not found (set `interface` in the configuration)"))
+    nix::net::if_::if_nametoindex(interface).with_context(|| {
+        format!("interface {interface} not found (set `interface` in the configuration)")
+    })
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::{
 
 use aya::{
     maps::{
-        Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-        xdp::DevMapHash,
+        xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -148,7 +148,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { conntrack_size: DEFAULT_CONNTRACK_SIZE, pin_dir: None }
+        Self {
+            conntrack_size: DEFAULT_CONNTRACK_SIZE,
+            pin_dir: None,
+        }
     }
 }
 
@@ -176,19 +179,32 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, options.conntrack_size);
         if let Some(dir) = &options.pin_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| DatapathError::StateDir { dir: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
+                dir: dir.clone(),
+                source,
+            })?;
             for map in names::BALANCER {
                 loader.map_pin_path(map, dir.join(map));
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|source| DatapathError::Load { source })?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load { source })?;
         let mut maps = std::collections::HashMap::new();
-        for name in names::BALANCER.into_iter().chain([names::DECAP_ADDRS, names::DECAP_STATS]) {
-            let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap { map: name })?;
+        for name in names::BALANCER
+            .into_iter()
+            .chain([names::DECAP_ADDRS, names::DECAP_STATS])
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DatapathError::MissingMap { map: name })?;
             maps.insert(name, map);
         }
-        let mut datapath = Self { ebpf: Some(ebpf), maps, pin_dir: options.pin_dir.clone() };
+        let mut datapath = Self {
+            ebpf: Some(ebpf),
+            maps,
+            pin_dir: options.pin_dir.clone(),
+        };
         datapath.program(Program::Balancer)?;
         Ok(datapath)
     }
@@ -203,7 +219,11 @@ impl Datapath {
             let map = Map::from_map_data(data).map_err(map_error(name))?;
             maps.insert(name, map);
         }
-        Ok(Self { ebpf: None, maps, pin_dir: Some(dir.to_path_buf()) })
+        Ok(Self {
+            ebpf: None,
+            maps,
+            pin_dir: Some(dir.to_path_buf()),
+        })
     }
 
     /// A program of the object, loaded into the kernel on first use.
@@ -212,7 +232,11 @@ impl Datapath {
         let xdp: &mut Xdp = self
             .ebpf
             .as_mut()
-            .ok_or(DatapathError::Program { program: name, action: "lookup", source: ProgramError::NotLoaded })?
+            .ok_or(DatapathError::Program {
+                program: name,
+                action: "lookup",
+                source: ProgramError::NotLoaded,
+            })?
             .program_mut(name)
             .ok_or(DatapathError::Program {
                 program: name,
@@ -220,24 +244,45 @@ impl Datapath {
                 source: ProgramError::NotLoaded,
             })?
             .try_into()
-            .map_err(|source| DatapathError::Program { program: name, action: "lookup", source })?;
+            .map_err(|source| DatapathError::Program {
+                program: name,
+                action: "lookup",
+                source,
+            })?;
         if xdp.fd().is_err() {
-            xdp.load()
-                .map_err(|source| DatapathError::Program { program: name, action: "load", source })?;
+            xdp.load().map_err(|source| DatapathError::Program {
+                program: name,
+                action: "load",
+                source,
+            })?;
         }
         Ok(xdp)
     }
 
     /// Attaches `program` to `interface` (in the calling thread's network namespace).
-    pub fn attach(&mut self, program: Program, interface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+    pub fn attach(
+        &mut self,
+        program: Program,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<XdpLinkId> {
         self.program(program)?
             .attach(interface, mode)
-            .map_err(|source| DatapathError::Program { program: program.name(), action: "attach", source })
+            .map_err(|source| DatapathError::Program {
+                program: program.name(),
+                action: "attach",
+                source,
+            })
     }
 
     /// Attaches `program` in `mode`; `None` ("auto"): native, falling back to generic (skb)
     /// mode with a warning when the driver has no native XDP. Returns the link and the mode used.
-    pub fn attach_auto(&mut self, program: Program, interface: &str, mode: Option<XdpMode>) -> Result<(XdpLinkId, XdpMode)> {
+    pub fn attach_auto(
+        &mut self,
+        program: Program,
+        interface: &str,
+        mode: Option<XdpMode>,
+    ) -> Result<(XdpLinkId, XdpMode)> {
         if let Some(mode) = mode {
             return Ok((self.attach(program, interface, mode)?, mode));
         }
@@ -252,10 +297,14 @@ impl Datapath {
 
     /// Kernel id of the loaded balancer program.
     pub fn program_id(&mut self) -> Result<u32> {
-        let info = self
-            .program(Program::Balancer)?
-            .info()
-            .map_err(|source| DatapathError::Program { program: Program::Balancer.name(), action: "info", source })?;
+        let info =
+            self.program(Program::Balancer)?
+                .info()
+                .map_err(|source| DatapathError::Program {
+                    program: Program::Balancer.name(),
+                    action: "info",
+                    source,
+                })?;
         Ok(info.id())
     }
 
@@ -274,24 +323,56 @@ impl Datapath {
         };
         let link_path = dir.join(names::LINK);
         let name = Program::Balancer.name();
-        let program_error = |action, source| DatapathError::Program { program: name, action, source };
+        let program_error = |action, source| DatapathError::Program {
+            program: name,
+            action,
+            source,
+        };
         if link_path.exists() {
-            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+            let pinned =
+                PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link {
+                    path: link_path.clone(),
+                    source: source.into(),
+                })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link {
+                    path: link_path.clone(),
+                    source: source.into(),
+                })?;
             let xdp = self.program(Program::Balancer)?;
-            let id = xdp.attach_to_link(link).map_err(|source| program_error("replace in pinned link", source))?;
+            let id = xdp
+                .attach_to_link(link)
+                .map_err(|source| program_error("replace in pinned link", source))?;
             // The link stays pinned; forget our handle so dropping the program keeps it attached.
-            let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
+            let link = xdp
+                .take_link(id)
+                .map_err(|source| program_error("take link", source))?;
             std::mem::forget(link);
             let mode = attached_mode(interface).unwrap_or(mode.unwrap_or(XdpMode::Driver));
-            return Ok(Attachment { mode, adopted: true });
+            return Ok(Attachment {
+                mode,
+                adopted: true,
+            });
         }
         let (id, mode) = self.attach_auto(Program::Balancer, interface, mode)?;
         let xdp = self.program(Program::Balancer)?;
-        let link = xdp.take_link(id).map_err(|source| program_error("take link", source))?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
-        fd_link.pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
-        Ok(Attachment { mode, adopted: false })
+        let link = xdp
+            .take_link(id)
+            .map_err(|source| program_error("take link", source))?;
+        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: link_path.clone(),
+            source: source.into(),
+        })?;
+        fd_link
+            .pin(&link_path)
+            .map_err(|source| DatapathError::Link {
+                path: link_path.clone(),
+                source: source.into(),
+            })?;
+        Ok(Attachment {
+            mode,
+            adopted: false,
+        })
     }
 
     /// Detaches the balancer and removes every pin (maps included): the state directory is
@@ -304,7 +385,9 @@ impl Datapath {
     }
 
     fn map(&mut self, map: &'static str) -> Result<&mut Map> {
-        self.maps.get_mut(map).ok_or(DatapathError::MissingMap { map })
+        self.maps
+            .get_mut(map)
+            .ok_or(DatapathError::MissingMap { map })
     }
 
     /// `map` as the typed aya handle `T` (`Array`, `HashMap`, ...).
@@ -333,7 +416,9 @@ impl Datapath {
     pub fn vips(&mut self) -> Result<Vec<(VipKey, Vip)>> {
         let map = names::VIPS;
         let vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
-        vips.iter().collect::<Result<Vec<_>, _>>().map_err(map_error(map))
+        vips.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error(map))
     }
 
     /// Every backend entry in use (state other than `Unused`), with its id.
@@ -385,7 +470,9 @@ impl Datapath {
     /// The first half of [`Self::set_ring`]: the new ring map, created and filled, not yet
     /// visible to any packet.
     pub fn prepare_ring(vip: u32, ring: &[u32]) -> Result<PreparedRing> {
-        new_ring(ring).map(PreparedRing).map_err(|source| DatapathError::Ring { vip, source })
+        new_ring(ring)
+            .map(PreparedRing)
+            .map_err(|source| DatapathError::Ring { vip, source })
     }
 
     /// The second half of [`Self::set_ring`]: one update of `RINGS[vip]`. Packets use the new
@@ -406,7 +493,9 @@ impl Datapath {
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(source) => return Err(map_error(map)(source)),
         };
-        read_ring(&inner).map(Some).map_err(|source| DatapathError::Ring { vip, source })
+        read_ring(&inner)
+            .map(Some)
+            .map_err(|source| DatapathError::Ring { vip, source })
     }
 
     /// Lets `XDP_REDIRECT` send to interface `ifindex`.
@@ -443,7 +532,11 @@ impl Datapath {
 
     /// A `decap` counter, summed over CPUs.
     pub fn decap_counter(&mut self, counter: DecapCounter) -> Result<u64> {
-        sum_u64(self.map(names::DECAP_STATS)?, names::DECAP_STATS, counter as u32)
+        sum_u64(
+            self.map(names::DECAP_STATS)?,
+            names::DECAP_STATS,
+            counter as u32,
+        )
     }
 
     /// Counters of VIP `vip`, summed over CPUs.
@@ -451,7 +544,13 @@ impl Datapath {
         let map = names::VIP_STATS;
         let per_cpu = per_cpu::<VipStats>(self.map(map)?, map, vip)?;
         Ok(per_cpu.iter().fold(VipStats::default(), |sum, cpu| {
-            let VipStats { packets, bytes, new_flows, conntrack_hits, dropped } = *cpu;
+            let VipStats {
+                packets,
+                bytes,
+                new_flows,
+                conntrack_hits,
+                dropped,
+            } = *cpu;
             VipStats {
                 packets: sum.packets + packets,
                 bytes: sum.bytes + bytes,
@@ -467,7 +566,11 @@ impl Datapath {
         let map = names::BACKEND_STATS;
         let per_cpu = per_cpu::<BackendStats>(self.map(map)?, map, id)?;
         Ok(per_cpu.iter().fold(BackendStats::default(), |sum, cpu| {
-            let BackendStats { packets, bytes, new_flows } = *cpu;
+            let BackendStats {
+                packets,
+                bytes,
+                new_flows,
+            } = *cpu;
             BackendStats {
                 packets: sum.packets + packets,
                 bytes: sum.bytes + bytes,
@@ -488,7 +591,10 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
 /// The mode of the XDP program attached to `interface`, as the kernel reports it
 /// (`ip -j link show`: 1 native, 2 generic, 3 offloaded); `None` if unknown.
 fn attached_mode(interface: &str) -> Option<XdpMode> {
-    let output = std::process::Command::new("ip").args(["-j", "link", "show", "dev", interface]).output().ok()?;
+    let output = std::process::Command::new("ip")
+        .args(["-j", "link", "show", "dev", interface])
+        .output()
+        .ok()?;
     let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     match links.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
         1 => Some(XdpMode::Driver),
@@ -502,18 +608,30 @@ fn attached_mode(interface: &str) -> Option<XdpMode> {
 pub fn remove_pins(dir: &Path) -> Result<()> {
     let link_path = dir.join(names::LINK);
     if link_path.exists() {
-        let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?;
+        let pinned = PinnedLink::from_pin(&link_path).map_err(|source| DatapathError::Link {
+            path: link_path.clone(),
+            source: source.into(),
+        })?;
         // Unpinning drops the last reference to the link: the program is detached.
-        drop(pinned.unpin().map_err(|source| DatapathError::Link { path: link_path.clone(), source: source.into() })?);
+        drop(pinned.unpin().map_err(|source| DatapathError::Link {
+            path: link_path.clone(),
+            source: source.into(),
+        })?);
     }
     for map in names::BALANCER {
         let path = dir.join(map);
         if path.exists() {
-            std::fs::remove_file(&path).map_err(|source| DatapathError::StateDir { dir: path, source })?;
+            std::fs::remove_file(&path)
+                .map_err(|source| DatapathError::StateDir { dir: path, source })?;
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(DatapathError::StateDir { dir: dir.to_path_buf(), source }),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(DatapathError::StateDir {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -535,14 +653,26 @@ fn read_ring(map: &MapData) -> std::io::Result<Vec<u32>> {
     // SAFETY: read-only shared mapping of a BPF_F_MMAPABLE array's value area (size * STRIDE
     // bytes); checked before use and unmapped before returning.
     let area = unsafe {
-        libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
     };
     if area == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
     let slots = (0..size)
         // SAFETY: `index * STRIDE + 4 <= bytes`, inside the live mapping.
-        .map(|index| unsafe { area.cast::<u8>().add(index * STRIDE).cast::<u32>().read_unaligned() })
+        .map(|index| unsafe {
+            area.cast::<u8>()
+                .add(index * STRIDE)
+                .cast::<u32>()
+                .read_unaligned()
+        })
         .collect();
     // SAFETY: unmapping exactly the mapping created above; no reference to it survives.
     unsafe { libc::munmap(area, bytes) };
@@ -582,7 +712,12 @@ fn new_ring(slots: &[u32]) -> std::io::Result<MapData> {
     for (index, slot) in slots.iter().enumerate() {
         // SAFETY: `index * STRIDE + 4 <= bytes`, inside the live mapping; nothing else
         // references it (no program can reach this map yet). Unaligned-safe write.
-        unsafe { area.as_ptr().add(index * STRIDE).cast::<u32>().write_unaligned(*slot) };
+        unsafe {
+            area.as_ptr()
+                .add(index * STRIDE)
+                .cast::<u32>()
+                .write_unaligned(*slot)
+        };
     }
     // SAFETY: unmapping exactly the mapping created above; no reference to it survives.
     unsafe { libc::munmap(area.as_ptr().cast(), bytes) };

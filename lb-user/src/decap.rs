@@ -14,7 +14,9 @@ use crate::datapath::{Datapath, DatapathError, Options, Program};
 #[derive(Debug, thiserror::Error)]
 pub enum DecapError {
     /// The interface has no IPv4 or IPv6 address to accept tunnels for.
-    #[error("interface {interface} has no IP address: add one (tunnels are addressed to it) and retry")]
+    #[error(
+        "interface {interface} has no IP address: add one (tunnels are addressed to it) and retry"
+    )]
     NoAddress {
         /// Interface name.
         interface: String,
@@ -48,15 +50,24 @@ impl Decap {
     pub fn attach(interface: &str, mode: Option<XdpMode>) -> Result<Self, DecapError> {
         let addresses = interface_addresses(interface)?;
         if addresses.is_empty() {
-            return Err(DecapError::NoAddress { interface: interface.to_owned() });
+            return Err(DecapError::NoAddress {
+                interface: interface.to_owned(),
+            });
         }
         // Decap uses no conntrack; keep that map tiny.
-        let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None })?;
+        let mut datapath = Datapath::load(&Options {
+            conntrack_size: 1,
+            pin_dir: None,
+        })?;
         for address in &addresses {
             datapath.add_decap_address(&decap_key(*address))?;
         }
         let (_, mode) = datapath.attach_auto(Program::Decap, interface, mode)?;
-        Ok(Self { datapath, addresses, mode })
+        Ok(Self {
+            datapath,
+            addresses,
+            mode,
+        })
     }
 
     /// The loaded datapath (for counters).
@@ -103,8 +114,10 @@ pub fn decap_key(address: IpAddr) -> DecapKey {
 
 /// Every IPv4 and IPv6 address of `interface` (in the calling thread's network namespace).
 pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>, DecapError> {
-    let addrs = nix::ifaddrs::getifaddrs()
-        .map_err(|source| DecapError::Addresses { interface: interface.to_owned(), source })?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| DecapError::Addresses {
+        interface: interface.to_owned(),
+        source,
+    })?;
     Ok(addrs
         .filter(|ifaddr| ifaddr.interface_name == interface)
         .filter_map(|ifaddr| {

@@ -2,8 +2,8 @@
 //! loader; `main.rs` is the `lb` binary.
 #![deny(missing_docs)]
 
-pub mod config;
 pub mod agent;
+pub mod config;
 pub mod datapath;
 pub mod decap;
 pub mod health;

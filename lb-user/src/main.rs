@@ -127,7 +127,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -145,8 +148,21 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, keep_datapath } => agent::run(RunOptions { config, keep_datapath }).await,
-        Command::Stats { state, watch, count } => {
+        Command::Run {
+            config,
+            keep_datapath,
+        } => {
+            agent::run(RunOptions {
+                config,
+                keep_datapath,
+            })
+            .await
+        }
+        Command::Stats {
+            state,
+            watch,
+            count,
+        } => {
             let mut view = report::View::open(&state.state_dir)?;
             match watch {
                 Some(interval) => report::watch(&mut view, interval, count, state.json)?,
@@ -171,17 +187,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => {
             let parsed = lb_user::config::load(&config)?;
             let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
-            println!("{}: ok ({} VIPs, {backends} backends)", config.display(), parsed.vips.len());
+            println!(
+                "{}: ok ({} VIPs, {backends} backends)",
+                config.display(),
+                parsed.vips.len()
+            );
             Ok(())
         }
         Command::XdpPass { interface } => {
-            let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None })?;
+            let mut datapath = Datapath::load(&Options {
+                conntrack_size: 1,
+                pin_dir: None,
+            })?;
             datapath.attach(Program::Pass, &interface, XdpMode::Driver)?;
             tracing::info!(%interface, "pass program attached");
             wait_for_shutdown().await?;
             Ok(())
         }
-        Command::Decap { interface, xdp_mode } => {
+        Command::Decap {
+            interface,
+            xdp_mode,
+        } => {
             let mut decap = Decap::attach(&interface, xdp_mode.xdp_mode())?;
             tracing::info!(%interface, mode = ?decap.mode, addresses = ?decap.addresses, "decap attached");
             wait_for_shutdown().await?;
@@ -202,7 +228,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn print_report<T: serde::Serialize>(report: &T, json: bool, human: fn(&T) -> String) -> anyhow::Result<()> {
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    human: fn(&T) -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {

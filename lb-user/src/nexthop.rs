@@ -106,8 +106,15 @@ struct Neighbour {
 impl Neighbour {
     /// The MAC, unless the entry is being resolved or failed to resolve.
     fn usable_mac(&self) -> Option<[u8; 6]> {
-        let unusable = self.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE");
-        if unusable { None } else { self.lladdr.as_deref().and_then(parse_mac) }
+        let unusable = self
+            .state
+            .iter()
+            .any(|s| s == "FAILED" || s == "INCOMPLETE");
+        if unusable {
+            None
+        } else {
+            self.lladdr.as_deref().and_then(parse_mac)
+        }
     }
 }
 
@@ -128,7 +135,10 @@ impl Snapshot {
     }
 
     fn from_tables(links: &[Link], neighbours: &[Neighbour]) -> Self {
-        let ifindex: HashMap<&str, u32> = links.iter().map(|l| (l.ifname.as_str(), l.ifindex)).collect();
+        let ifindex: HashMap<&str, u32> = links
+            .iter()
+            .map(|l| (l.ifname.as_str(), l.ifindex))
+            .collect();
         Self {
             neighbours: neighbours
                 .iter()
@@ -136,7 +146,15 @@ impl Snapshot {
                 .collect(),
             links: links
                 .iter()
-                .map(|l| (l.ifindex, (l.mtu, l.address.as_deref().and_then(parse_mac).unwrap_or_default())))
+                .map(|l| {
+                    (
+                        l.ifindex,
+                        (
+                            l.mtu,
+                            l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
+                        ),
+                    )
+                })
                 .collect(),
         }
     }
@@ -146,7 +164,10 @@ impl Snapshot {
     /// unchanged: health checks decide about backends that stopped answering.
     pub fn refresh(&self, backend: IpAddr, hop: &NextHop) -> NextHop {
         let mut fresh = *hop;
-        if let Some(mac) = self.neighbours.get(&(hop.gateway.unwrap_or(backend), hop.ifindex)) {
+        if let Some(mac) = self
+            .neighbours
+            .get(&(hop.gateway.unwrap_or(backend), hop.ifindex))
+        {
             fresh.dst_mac = *mac;
         }
         if let Some((mtu, mac)) = self.links.get(&hop.ifindex) {
@@ -160,12 +181,23 @@ impl Snapshot {
 /// Resolves the next hop of `backend`, asking the kernel to resolve its MAC (ARP/ND) if it
 /// does not know it, and waiting up to `wait` for the answer. `on_link`: the backend must be
 /// directly attached (DSR).
-pub async fn resolve(backend: IpAddr, on_link: bool, wait: Duration) -> Result<NextHop, NextHopError> {
+pub async fn resolve(
+    backend: IpAddr,
+    on_link: bool,
+    wait: Duration,
+) -> Result<NextHop, NextHopError> {
     let address = backend.to_string();
-    let routes: Vec<Route> = ip_json(&["route", "get", &address])
-        .await
-        .map_err(|e| NextHopError::NoRoute { backend, message: e.to_string() })?;
-    let route = routes.into_iter().next().ok_or(NextHopError::NoRoute { backend, message: "empty answer".into() })?;
+    let routes: Vec<Route> =
+        ip_json(&["route", "get", &address])
+            .await
+            .map_err(|e| NextHopError::NoRoute {
+                backend,
+                message: e.to_string(),
+            })?;
+    let route = routes.into_iter().next().ok_or(NextHopError::NoRoute {
+        backend,
+        message: "empty answer".into(),
+    })?;
     if route.kind.as_deref() == Some("local") || route.dev == "lo" {
         return Err(NextHopError::Local { backend });
     }
@@ -173,20 +205,37 @@ pub async fn resolve(backend: IpAddr, on_link: bool, wait: Duration) -> Result<N
         return Err(NextHopError::NotOnLink { backend, gateway });
     }
     let links: Vec<Link> = ip_json(&["link", "show", "dev", &route.dev]).await?;
-    let link = links.into_iter().next().ok_or_else(|| NextHopError::Command {
-        args: format!("link show dev {}", route.dev),
-        message: "empty answer".into(),
-    })?;
-    let src_mac = link.address.as_deref().and_then(parse_mac).unwrap_or_default();
+    let link = links
+        .into_iter()
+        .next()
+        .ok_or_else(|| NextHopError::Command {
+            args: format!("link show dev {}", route.dev),
+            message: "empty answer".into(),
+        })?;
+    let src_mac = link
+        .address
+        .as_deref()
+        .and_then(parse_mac)
+        .unwrap_or_default();
     let neighbor = route.gateway.unwrap_or(backend);
     let deadline = Instant::now() + wait;
     let mut kicked = false;
     loop {
         if let Some(dst_mac) = neighbour_mac(neighbor, &route.dev).await? {
-            return Ok(NextHop { ifindex: link.ifindex, mtu: link.mtu, src_mac, dst_mac, gateway: route.gateway });
+            return Ok(NextHop {
+                ifindex: link.ifindex,
+                mtu: link.mtu,
+                src_mac,
+                dst_mac,
+                gateway: route.gateway,
+            });
         }
         if Instant::now() >= deadline {
-            return Err(NextHopError::Unresolved { backend, neighbor, waited: wait });
+            return Err(NextHopError::Unresolved {
+                backend,
+                neighbor,
+                waited: wait,
+            });
         }
         if !kicked {
             kick_resolution(neighbor).await;
@@ -198,15 +247,22 @@ pub async fn resolve(backend: IpAddr, on_link: bool, wait: Duration) -> Result<N
 
 /// The MAC the kernel knows for `neighbor` on `dev`, if it is usable.
 async fn neighbour_mac(neighbor: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, NextHopError> {
-    let entries: Vec<Neighbour> = ip_json(&["neigh", "show", "to", &neighbor.to_string(), "dev", dev]).await?;
+    let entries: Vec<Neighbour> =
+        ip_json(&["neigh", "show", "to", &neighbor.to_string(), "dev", dev]).await?;
     Ok(entries.iter().find_map(Neighbour::usable_mac))
 }
 
 /// Makes the kernel resolve `neighbor`: a datagram to the discard port needs its MAC.
 async fn kick_resolution(neighbor: IpAddr) {
-    let bind: IpAddr = if neighbor.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+    let bind: IpAddr = if neighbor.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        [0u16; 8].into()
+    };
     if let Ok(socket) = tokio::net::UdpSocket::bind((bind, 0)).await {
-        let _ = socket.send_to(b"lb: resolving next hop", (neighbor, 9)).await;
+        let _ = socket
+            .send_to(b"lb: resolving next hop", (neighbor, 9))
+            .await;
     }
 }
 
@@ -217,7 +273,10 @@ async fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, 
         .args(args)
         .output()
         .await
-        .map_err(|e| NextHopError::Command { args: joined.clone(), message: e.to_string() })?;
+        .map_err(|e| NextHopError::Command {
+            args: joined.clone(),
+            message: e.to_string(),
+        })?;
     if !output.status.success() {
         return Err(NextHopError::Command {
             args: joined,
@@ -227,12 +286,18 @@ async fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, 
     if output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| NextHopError::Command { args: joined, message: e.to_string() })
+    serde_json::from_slice(&output.stdout).map_err(|e| NextHopError::Command {
+        args: joined,
+        message: e.to_string(),
+    })
 }
 
 /// Formats `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -283,17 +348,39 @@ mod tests {
         let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
         // On-link backend: its own entry; the interface's MTU and MAC.
         let fresh = snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None));
-        assert_eq!((fresh.dst_mac, fresh.mtu, fresh.src_mac), ([2, 0, 0, 0, 0xb, 2], 9000, [2, 0, 0, 0, 0, 7]));
+        assert_eq!(
+            (fresh.dst_mac, fresh.mtu, fresh.src_mac),
+            ([2, 0, 0, 0, 0xb, 2], 9000, [2, 0, 0, 0, 0, 7])
+        );
         // Behind a gateway: the gateway's entry.
-        assert_eq!(snapshot.refresh(ip("10.9.0.5"), &hop(1, Some("10.0.0.1"))).dst_mac, [2, 0, 0, 0, 1, 2]);
+        assert_eq!(
+            snapshot
+                .refresh(ip("10.9.0.5"), &hop(1, Some("10.0.0.1")))
+                .dst_mac,
+            [2, 0, 0, 0, 1, 2]
+        );
         // A failed or missing entry leaves the MAC alone (health checks decide).
-        assert_eq!(snapshot.refresh(ip("10.0.0.12"), &hop(0xc, None)).dst_mac, [2, 0, 0, 0, 0xc, 1]);
-        assert_eq!(snapshot.refresh(ip("10.0.0.13"), &hop(0xd, None)).dst_mac, [2, 0, 0, 0, 0xd, 1]);
+        assert_eq!(
+            snapshot.refresh(ip("10.0.0.12"), &hop(0xc, None)).dst_mac,
+            [2, 0, 0, 0, 0xc, 1]
+        );
+        assert_eq!(
+            snapshot.refresh(ip("10.0.0.13"), &hop(0xd, None)).dst_mac,
+            [2, 0, 0, 0, 0xd, 1]
+        );
     }
 
     #[tokio::test]
     async fn loopback_addresses_are_local() {
-        let error = resolve("127.0.0.1".parse().expect("ip"), true, Duration::from_millis(10)).await;
-        assert!(matches!(error, Err(NextHopError::Local { .. })), "{error:?}");
+        let error = resolve(
+            "127.0.0.1".parse().expect("ip"),
+            true,
+            Duration::from_millis(10),
+        )
+        .await;
+        assert!(
+            matches!(error, Err(NextHopError::Local { .. })),
+            "{error:?}"
+        );
     }
 }

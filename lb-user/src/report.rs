@@ -61,9 +61,14 @@ impl View {
             return Err(ReportError::NotRoot);
         }
         if !state_dir.join(lb_common::maps::names::VIPS).exists() {
-            return Err(ReportError::NoDatapath { dir: state_dir.to_path_buf() });
+            return Err(ReportError::NoDatapath {
+                dir: state_dir.to_path_buf(),
+            });
         }
-        Ok(Self { datapath: Datapath::open_pinned(state_dir)?, snapshot: status::read(state_dir) })
+        Ok(Self {
+            datapath: Datapath::open_pinned(state_dir)?,
+            snapshot: status::read(state_dir),
+        })
     }
 
     fn vip_name(&self, id: u32) -> String {
@@ -75,7 +80,12 @@ impl View {
 
     fn weight(&self, backend: u32) -> Option<u32> {
         let snapshot = self.snapshot.as_ref()?;
-        snapshot.vips.iter().flat_map(|v| &v.backends).find(|b| b.id == backend).map(|b| b.weight)
+        snapshot
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .find(|b| b.id == backend)
+            .map(|b| b.weight)
     }
 
     /// VIPs sorted by id, with their backends.
@@ -86,7 +96,11 @@ impl View {
             .vips()?
             .into_iter()
             .map(|(key, vip)| {
-                let mine = backends.iter().filter(|(_, b)| b.vip == vip.id).copied().collect();
+                let mine = backends
+                    .iter()
+                    .filter(|(_, b)| b.vip == vip.id)
+                    .copied()
+                    .collect();
                 (key, vip, mine)
             })
             .collect();
@@ -153,7 +167,11 @@ pub struct BackendStatsReport {
 }
 
 fn protocol_name(protocol: u8) -> &'static str {
-    if protocol == Protocol::Udp as u8 { "udp" } else { "tcp" }
+    if protocol == Protocol::Udp as u8 {
+        "udp"
+    } else {
+        "tcp"
+    }
 }
 
 fn state_name(state: u8) -> &'static str {
@@ -172,10 +190,20 @@ pub fn stats(view: &mut View) -> Result<Stats, ReportError> {
     }
     let mut vips = Vec::new();
     for (key, Vip { id, .. }, backends) in view.vips()? {
-        let VipStats { packets, bytes, new_flows, conntrack_hits, dropped } = view.datapath.vip_stats(id)?;
+        let VipStats {
+            packets,
+            bytes,
+            new_flows,
+            conntrack_hits,
+            dropped,
+        } = view.datapath.vip_stats(id)?;
         let mut reports = Vec::new();
         for (backend_id, backend) in backends {
-            let BackendStats { packets, bytes, new_flows } = view.datapath.backend_stats(backend_id)?;
+            let BackendStats {
+                packets,
+                bytes,
+                new_flows,
+            } = view.datapath.backend_stats(backend_id)?;
             reports.push(BackendStatsReport {
                 address: addr_from_bytes(&backend.addr, backend.family).to_string(),
                 id: backend_id,
@@ -215,7 +243,11 @@ pub fn si(value: f64) -> String {
     } else if value >= 1e3 {
         (value / 1e3, "k")
     } else {
-        return if value.fract() == 0.0 { format!("{value}") } else { format!("{value:.1}") };
+        return if value.fract() == 0.0 {
+            format!("{value}")
+        } else {
+            format!("{value:.1}")
+        };
     };
     format!("{scaled:.1}{suffix}")
 }
@@ -227,7 +259,11 @@ pub fn format_stats(stats: &Stats) -> String {
     let _ = writeln!(
         out,
         "verdicts: {}",
-        verdicts.iter().map(|v| format!("{v} {}", si(stats.global[v] as f64))).collect::<Vec<_>>().join(", ")
+        verdicts
+            .iter()
+            .map(|v| format!("{v} {}", si(stats.global[v] as f64)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let reasons: Vec<String> = stats
         .global
@@ -267,7 +303,11 @@ pub fn format_stats(stats: &Stats) -> String {
 }
 
 fn endpoint(address: &str, port: u16) -> String {
-    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// Rates between two samples, for `lb stats --watch`.
@@ -330,7 +370,10 @@ pub fn rates(before: &Stats, after: &Stats, seconds: f64) -> Rates {
                         address: b.address.clone(),
                         pps: per_second(old.map_or(0, |o| o.packets), b.packets),
                         bps: 8.0 * per_second(old.map_or(0, |o| o.bytes), b.bytes),
-                        new_flows_per_second: per_second(old.map_or(0, |o| o.new_flows), b.new_flows),
+                        new_flows_per_second: per_second(
+                            old.map_or(0, |o| o.new_flows),
+                            b.new_flows,
+                        ),
                     }
                 })
                 .collect();
@@ -343,7 +386,11 @@ pub fn rates(before: &Stats, after: &Stats, seconds: f64) -> Rates {
             }
         })
         .collect();
-    Rates { interval_seconds: seconds, verdicts_pps, vips }
+    Rates {
+        interval_seconds: seconds,
+        verdicts_pps,
+        vips,
+    }
 }
 
 /// Human text of rates: "1.2 Mpps, 3.4 Gbit/s".
@@ -353,7 +400,12 @@ pub fn format_rates(rates: &Rates) -> String {
         out,
         "every {:.1}s: {}",
         rates.interval_seconds,
-        rates.verdicts_pps.iter().map(|(v, pps)| format!("{v} {}pps", si_space(*pps))).collect::<Vec<_>>().join(", ")
+        rates
+            .verdicts_pps
+            .iter()
+            .map(|(v, pps)| format!("{v} {}pps", si_space(*pps)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for vip in &rates.vips {
         let _ = writeln!(
@@ -388,7 +440,12 @@ fn si_space(value: f64) -> String {
 }
 
 /// Prints stats every `interval`, as rates, `count` times (forever when `None`).
-pub fn watch(view: &mut View, interval: Duration, count: Option<u64>, json: bool) -> Result<(), ReportError> {
+pub fn watch(
+    view: &mut View,
+    interval: Duration,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), ReportError> {
     let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
     let mut before = stats(view)?;
     let mut at = Instant::now();
@@ -496,25 +553,39 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
     for (key, vip_entry, backends) in view.vips()? {
         let id = vip_entry.id;
         let ring = view.datapath.ring(id)?.unwrap_or_default();
-        let addresses: BTreeMap<u32, String> =
-            backends.iter().map(|(id, b)| (*id, addr_from_bytes(&b.addr, b.family).to_string())).collect();
-        let snapshot_vip = view.snapshot.as_ref().and_then(|s| s.vips.iter().find(|v| v.id == id)).cloned();
+        let addresses: BTreeMap<u32, String> = backends
+            .iter()
+            .map(|(id, b)| (*id, addr_from_bytes(&b.addr, b.family).to_string()))
+            .collect();
+        let snapshot_vip = view
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.vips.iter().find(|v| v.id == id))
+            .cloned();
         let reports = backends
             .iter()
             .map(|(backend_id, backend)| {
                 let slots = ring.iter().filter(|s| **s == *backend_id).count() as u32;
-                let snap = snapshot_vip.as_ref().and_then(|v| v.backends.iter().find(|b| b.id == *backend_id));
+                let snap = snapshot_vip
+                    .as_ref()
+                    .and_then(|v| v.backends.iter().find(|b| b.id == *backend_id));
                 BackendStatusReport {
                     address: addresses[backend_id].clone(),
                     id: *backend_id,
-                    state: snap.map_or_else(|| state_name(backend.state).to_owned(), |s| s.state.clone()),
+                    state: snap
+                        .map_or_else(|| state_name(backend.state).to_owned(), |s| s.state.clone()),
                     weight: snap.map(|s| s.weight),
                     slots,
-                    share: if ring.is_empty() { 0.0 } else { slots as f64 / ring.len() as f64 },
+                    share: if ring.is_empty() {
+                        0.0
+                    } else {
+                        slots as f64 / ring.len() as f64
+                    },
                     last_check_ok: snap.and_then(|s| s.last_check_ok),
                     last_check_latency_us: snap.and_then(|s| s.last_check_latency_us),
                     last_check_error: snap.and_then(|s| s.last_check_error.clone()),
-                    since_change_seconds: snap.map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
+                    since_change_seconds: snap
+                        .map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
                 }
             })
             .collect();
@@ -524,7 +595,11 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
             address: addr_from_bytes(&key.addr, key.family).to_string(),
             port: u16::from_be_bytes(key.port),
             protocol: protocol_name(key.protocol),
-            forward: if vip_entry.forward == lb_common::maps::ForwardMode::Tunnel as u8 { "tunnel" } else { "dsr" },
+            forward: if vip_entry.forward == lb_common::maps::ForwardMode::Tunnel as u8 {
+                "tunnel"
+            } else {
+                "dsr"
+            },
             ring_size: ring.len() as u32,
             ring_fingerprint: fingerprint(&ring, &addresses),
             backends: reports,
@@ -549,7 +624,11 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
 pub fn fingerprint(ring: &[u32], addresses: &BTreeMap<u32, String>) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for slot in ring {
-        let name = if *slot == NO_BACKEND { "-" } else { addresses.get(slot).map_or("?", String::as_str) };
+        let name = if *slot == NO_BACKEND {
+            "-"
+        } else {
+            addresses.get(slot).map_or("?", String::as_str)
+        };
         for byte in name.bytes().chain([b'\n']) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -566,7 +645,9 @@ pub fn format_status(status: &Status) -> String {
         "interface {} ({} XDP), program id {}",
         status.interface.as_deref().unwrap_or("?"),
         status.xdp_mode.as_deref().unwrap_or("?"),
-        status.program_id.map_or("?".to_owned(), |id| id.to_string())
+        status
+            .program_id
+            .map_or("?".to_owned(), |id| id.to_string())
     );
     match &status.agent {
         Some(agent) => {
@@ -574,12 +655,19 @@ pub fn format_status(status: &Status) -> String {
                 out,
                 "agent pid {} ({}), config {}",
                 agent.pid,
-                if agent.running { "running" } else { "not running: the datapath forwards on its own" },
+                if agent.running {
+                    "running"
+                } else {
+                    "not running: the datapath forwards on its own"
+                },
                 agent.config
             );
         }
         None => {
-            let _ = writeln!(out, "no agent snapshot: health unknown, states as the datapath sees them");
+            let _ = writeln!(
+                out,
+                "no agent snapshot: health unknown, states as the datapath sees them"
+            );
         }
     }
     for vip in &status.vips {
@@ -593,10 +681,20 @@ pub fn format_status(status: &Status) -> String {
             vip.ring_size,
             vip.ring_fingerprint
         );
-        let _ = writeln!(out, "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} SINCE CHANGE", "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK");
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} SINCE CHANGE",
+            "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK"
+        );
         for b in &vip.backends {
-            let check = match (b.last_check_ok, b.last_check_latency_us, &b.last_check_error) {
-                (Some(true), Some(us), _) => format!("ok in {}", human_duration(Duration::from_micros(us))),
+            let check = match (
+                b.last_check_ok,
+                b.last_check_latency_us,
+                &b.last_check_error,
+            ) {
+                (Some(true), Some(us), _) => {
+                    format!("ok in {}", human_duration(Duration::from_micros(us)))
+                }
                 (Some(false), _, Some(error)) => format!("failed: {error}"),
                 _ => "-".to_owned(),
             };
@@ -609,7 +707,10 @@ pub fn format_status(status: &Status) -> String {
                 b.slots,
                 b.share * 100.0,
                 check,
-                b.since_change_seconds.map_or("-".to_owned(), |s| human_duration(Duration::from_secs_f64(s)))
+                b.since_change_seconds
+                    .map_or("-".to_owned(), |s| human_duration(Duration::from_secs_f64(
+                        s
+                    )))
             );
         }
     }
@@ -655,7 +756,9 @@ pub struct Explanation {
 
 /// Parses `ADDR:PORT/PROTO` (`[v6]:port/proto`).
 pub fn parse_vip(text: &str) -> Result<(SocketAddr, Protocol), ReportError> {
-    let usage = || ReportError::Usage(format!("--vip {text}: expected ADDR:PORT/tcp or ADDR:PORT/udp, e.g. 10.0.0.100:80/tcp or [fd00::100]:80/udp"));
+    let usage = || {
+        ReportError::Usage(format!("--vip {text}: expected ADDR:PORT/tcp or ADDR:PORT/udp, e.g. 10.0.0.100:80/tcp or [fd00::100]:80/udp"))
+    };
     let (address, protocol) = text.rsplit_once('/').ok_or_else(usage)?;
     let protocol = match protocol {
         "tcp" => Protocol::Tcp,
@@ -666,29 +769,64 @@ pub fn parse_vip(text: &str) -> Result<(SocketAddr, Protocol), ReportError> {
 }
 
 /// Which backend a flow goes to now, and why, computed with the kernel's own hash and maps.
-pub fn explain(view: &mut View, vip: SocketAddr, protocol: Protocol, client: SocketAddr) -> Result<Explanation, ReportError> {
+pub fn explain(
+    view: &mut View,
+    vip: SocketAddr,
+    protocol: Protocol,
+    client: SocketAddr,
+) -> Result<Explanation, ReportError> {
     let flow = match (client.ip(), vip.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(v)) => FlowKey::v4(c.octets(), v.octets(), client.port(), vip.port(), protocol),
-        (IpAddr::V6(c), IpAddr::V6(v)) => FlowKey::v6(c.octets(), v.octets(), client.port(), vip.port(), protocol),
-        _ => return Err(ReportError::Usage("--client and --vip must be of the same address family".into())),
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            FlowKey::v4(c.octets(), v.octets(), client.port(), vip.port(), protocol)
+        }
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            FlowKey::v6(c.octets(), v.octets(), client.port(), vip.port(), protocol)
+        }
+        _ => {
+            return Err(ReportError::Usage(
+                "--client and --vip must be of the same address family".into(),
+            ))
+        }
     };
     let vips = view.datapath.vips()?;
-    let mut key = VipKey { addr: flow.dst, port: flow.dst_port, protocol: protocol as u8, family: flow.family };
+    let mut key = VipKey {
+        addr: flow.dst,
+        port: flow.dst_port,
+        protocol: protocol as u8,
+        family: flow.family,
+    };
     let entry = match vips.iter().find(|(k, _)| *k == key) {
         Some((_, v)) => *v,
         None => {
             key.port = [0, 0];
-            vips.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).ok_or_else(|| {
-                ReportError::Usage(format!("{vip}/{} is not a VIP of this datapath", protocol_name(protocol as u8)))
-            })?
+            vips.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    ReportError::Usage(format!(
+                        "{vip}/{} is not a VIP of this datapath",
+                        protocol_name(protocol as u8)
+                    ))
+                })?
         }
     };
     let backends: BTreeMap<u32, Backend> = view.datapath.backends()?.into_iter().collect();
-    let name_of = |id: u32| backends.get(&id).map(|b| addr_from_bytes(&b.addr, b.family).to_string());
+    let name_of = |id: u32| {
+        backends
+            .get(&id)
+            .map(|b| addr_from_bytes(&b.addr, b.family).to_string())
+    };
     let hash = flow_hash(&flow);
     let ring = view.datapath.ring(entry.id)?.unwrap_or_default();
-    let slot = if entry.ring_size == 0 { 0 } else { hash % entry.ring_size };
-    let ring_id = ring.get(slot as usize).copied().filter(|id| *id != NO_BACKEND);
+    let slot = if entry.ring_size == 0 {
+        0
+    } else {
+        hash % entry.ring_size
+    };
+    let ring_id = ring
+        .get(slot as usize)
+        .copied()
+        .filter(|id| *id != NO_BACKEND);
     let ring_backend = ring_id.and_then(name_of);
     let tracked = view.datapath.conntrack(&flow)?;
     let tracked_usable = tracked.and_then(|id| backends.get(&id)).is_some_and(|b| {
@@ -713,7 +851,10 @@ pub fn explain(view: &mut View, vip: SocketAddr, protocol: Protocol, client: Soc
 
 /// Human text of an explanation.
 pub fn format_explanation(e: &Explanation) -> String {
-    let to = |b: &Option<String>| b.clone().unwrap_or_else(|| "no backend (dropped)".to_owned());
+    let to = |b: &Option<String>| {
+        b.clone()
+            .unwrap_or_else(|| "no backend (dropped)".to_owned())
+    };
     let mut out = match e.reason {
         "tracked" => format!(
             "{} → vip {}: tracked flow → backend {}\n(its ring slot {} would give {})",
@@ -768,8 +909,10 @@ mod tests {
 
     #[test]
     fn fingerprints_depend_on_addresses_not_ids() {
-        let a: BTreeMap<u32, String> = [(0, "10.0.0.1".to_owned()), (1, "10.0.0.2".to_owned())].into();
-        let b: BTreeMap<u32, String> = [(7, "10.0.0.1".to_owned()), (9, "10.0.0.2".to_owned())].into();
+        let a: BTreeMap<u32, String> =
+            [(0, "10.0.0.1".to_owned()), (1, "10.0.0.2".to_owned())].into();
+        let b: BTreeMap<u32, String> =
+            [(7, "10.0.0.1".to_owned()), (9, "10.0.0.2".to_owned())].into();
         assert_eq!(fingerprint(&[0, 1, 0], &a), fingerprint(&[7, 9, 7], &b));
         assert_ne!(fingerprint(&[0, 1, 0], &a), fingerprint(&[1, 0, 0], &a));
     }

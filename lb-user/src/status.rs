@@ -90,7 +90,10 @@ pub fn write(state_dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
     let path = path_for(state_dir);
     std::fs::create_dir_all(RUN_DIR)?;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?,
+    )?;
     std::fs::rename(tmp, path)
 }
 
@@ -119,6 +122,9 @@ mod tests {
 
     #[test]
     fn path_is_derived_from_the_state_dir() {
-        assert_eq!(path_for(Path::new("/sys/fs/bpf/lb")), Path::new("/run/lb/sys_fs_bpf_lb.json"));
+        assert_eq!(
+            path_for(Path::new("/sys/fs/bpf/lb")),
+            Path::new("/run/lb/sys_fs_bpf_lb.json")
+        );
     }
 }

@@ -40,13 +40,19 @@ pub fn watch_file(path: &Path) -> notify::Result<FileWatch> {
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let ours = event.paths.iter().any(|p| p.file_name().map(ToOwned::to_owned) == name);
+        let ours = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(ToOwned::to_owned) == name);
         if ours && (event.kind.is_modify() || event.kind.is_create()) {
             let _ = tx.try_send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(FileWatch { _watcher: watcher, events })
+    Ok(FileWatch {
+        _watcher: watcher,
+        events,
+    })
 }
 
 #[cfg(test)]
@@ -75,7 +81,10 @@ mod tests {
 
         std::fs::write(dir.join("other"), "x").expect("write");
         let seen = tokio::time::timeout(Duration::from_millis(400), watch.changed()).await;
-        assert!(seen.is_err(), "another file in the directory is not a change");
+        assert!(
+            seen.is_err(),
+            "another file in the directory is not a change"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

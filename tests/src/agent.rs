@@ -22,12 +22,19 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// first: `cargo build -p lb-user` (`--release` for release benchmarks; `cargo xtask test` does
 /// it before running tests). The error says which command to run.
 pub fn find_lb_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the running executable: {e}"))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot locate the running executable: {e}"))?;
     let dirs: Vec<&Path> = exe.ancestors().skip(1).take(2).collect();
-    if let Some(lb) = dirs.iter().map(|dir| dir.join("lb")).find(|lb| lb.is_file()) {
+    if let Some(lb) = dirs
+        .iter()
+        .map(|dir| dir.join("lb"))
+        .find(|lb| lb.is_file())
+    {
         return Ok(lb);
     }
-    let release = dirs.iter().any(|dir| dir.file_name().is_some_and(|name| name == "release"));
+    let release = dirs
+        .iter()
+        .any(|dir| dir.file_name().is_some_and(|name| name == "release"));
     let looked: Vec<String> = dirs.iter().map(|dir| dir.display().to_string()).collect();
     Err(format!(
         "the lb binary is not built for this profile (looked in {}): run `cargo build{} -p lb-user` first",
@@ -57,7 +64,11 @@ pub struct AgentFiles {
 impl AgentFiles {
     /// New unique paths.
     pub fn new(tag: &str) -> Self {
-        let unique = format!("lbt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let unique = format!(
+            "lbt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = std::env::temp_dir().join(&unique);
         fs::create_dir_all(&dir).expect("scratch dir");
         Self {
@@ -117,14 +128,18 @@ impl AgentProcess {
         if keep_datapath {
             command.arg("--keep-datapath");
         }
-        Self { child: command.spawn().expect("spawn lb run") }
+        Self {
+            child: command.spawn().expect("spawn lb run"),
+        }
     }
 
     /// Starts `lb decap --interface <interface>` in `ns`, appending its output to `log`.
     pub fn start_decap(ns: &Netns, interface: &str, log: &Path) -> Self {
         let mut command = lb_command(ns, log);
         command.args(["decap", "--interface", interface]);
-        Self { child: command.spawn().expect("spawn lb decap") }
+        Self {
+            child: command.spawn().expect("spawn lb decap"),
+        }
     }
 
     /// Sends `signal` and waits for the exit.
@@ -147,7 +162,11 @@ impl AgentProcess {
 /// `lb` inside `ns`'s network namespace (only: /sys/fs/bpf stays the test's), logging at info
 /// level to `log` (appended).
 fn lb_command(ns: &Netns, log: &Path) -> Command {
-    let log = fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
     let mut command = Command::new("nsenter");
     command
         .arg(format!("--net=/run/netns/{}", ns.name))

@@ -57,9 +57,15 @@ impl AgentLab {
             backend.ns.ip(&format!("addr add {VIP}/32 dev lo"));
             servers.push(Some(NameServer::start(&backend.ns, PORT, name)));
         }
-        lan.host(0).ns.ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
+        lan.host(0)
+            .ns
+            .ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
         let files = AgentFiles::new(tag);
-        let lab = Self { servers, files, lan };
+        let lab = Self {
+            servers,
+            files,
+            lan,
+        };
         lab.write_config(&[1, 1, 1], "");
         lab
     }
@@ -71,11 +77,17 @@ impl AgentLab {
 
     /// See the name.
     pub fn write_config(&self, weights: &[u32; 3], extra: &str) {
-        self.files.write_config(&self.config_text(weights, extra, &self.files.state_dir));
+        self.files
+            .write_config(&self.config_text(weights, extra, &self.files.state_dir));
     }
 
     /// The configuration text for `weights`, with `extra` top-level lines and `state_dir`.
-    pub fn config_text(&self, weights: &[u32; 3], extra: &str, state_dir: &std::path::Path) -> String {
+    pub fn config_text(
+        &self,
+        weights: &[u32; 3],
+        extra: &str,
+        state_dir: &std::path::Path,
+    ) -> String {
         let mut text = format!(
             "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
              [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
@@ -83,7 +95,10 @@ impl AgentLab {
             state_dir.display()
         );
         for (i, weight) in weights.iter().enumerate() {
-            text += &format!("\n  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n", self.backend_ip(i));
+            text += &format!(
+                "\n  [[vip.backend]]\n  address = \"{}\"\n  weight = {weight}\n",
+                self.backend_ip(i)
+            );
         }
         text
     }
@@ -92,7 +107,11 @@ impl AgentLab {
     pub fn start_agent(&self, keep_datapath: bool) -> AgentProcess {
         let agent = AgentProcess::start(&self.lan.host(1).ns, &self.files, keep_datapath);
         assert!(
-            self.files.wait_log("datapath attached", self.attached_count() + 1, Duration::from_secs(15)),
+            self.files.wait_log(
+                "datapath attached",
+                self.attached_count() + 1,
+                Duration::from_secs(15)
+            ),
             "agent did not attach:\n{}",
             self.files.log_text()
         );
@@ -138,7 +157,9 @@ impl AgentLab {
     pub fn connect(&self, n: usize) -> Vec<Result<String, String>> {
         let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
         self.lan.host(0).ns.run(|| {
-            (0..n).map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string())).collect()
+            (0..n)
+                .map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string()))
+                .collect()
         })
     }
 
@@ -149,8 +170,11 @@ impl AgentLab {
         self.lan.host(0).ns.run(|| {
             (0..n)
                 .map(|_| {
-                    let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
-                    stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                    let mut stream =
+                        TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
                     let name = read_line(&mut stream);
                     (stream, name)
                 })
@@ -159,7 +183,11 @@ impl AgentLab {
     }
 
     /// See the name.
-    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if condition() {
@@ -184,10 +212,16 @@ pub fn read_line(stream: &mut TcpStream) -> String {
 /// Sends a line on a held connection and checks it comes back.
 /// See the name.
 pub fn echo(stream: &mut TcpStream, text: &str) -> Result<(), String> {
-    stream.write_all(format!("{text}\n").as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("{text}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; text.len() + 1];
     stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    if buf[..text.len()] == *text.as_bytes() { Ok(()) } else { Err(format!("echo mismatch: {buf:?}")) }
+    if buf[..text.len()] == *text.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!("echo mismatch: {buf:?}"))
+    }
 }
 
 /// See the name.
@@ -199,4 +233,3 @@ pub fn count(answers: &[Result<String, String>], name: &str) -> usize {
 pub fn failures(answers: &[Result<String, String>]) -> Vec<&String> {
     answers.iter().filter_map(|a| a.as_ref().err()).collect()
 }
-

@@ -122,14 +122,26 @@ impl Frame {
 
     /// The flow's conntrack key / hash input.
     pub fn flow_key(&self) -> FlowKey {
-        let protocol = if self.kind == Kind::Udp { Protocol::Udp } else { Protocol::Tcp };
+        let protocol = if self.kind == Kind::Udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
         match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                FlowKey::v4(s.octets(), d.octets(), self.src_port, self.dst_port, protocol)
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                FlowKey::v6(s.octets(), d.octets(), self.src_port, self.dst_port, protocol)
-            }
+            (IpAddr::V4(s), IpAddr::V4(d)) => FlowKey::v4(
+                s.octets(),
+                d.octets(),
+                self.src_port,
+                self.dst_port,
+                protocol,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => FlowKey::v6(
+                s.octets(),
+                d.octets(),
+                self.src_port,
+                self.dst_port,
+                protocol,
+            ),
             _ => panic!("mixed address families in {self:?}"),
         }
     }
@@ -140,7 +152,8 @@ impl Frame {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut header = Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets())
                     .expect("ipv4 header");
-                header.options = Ipv4Options::try_from(&self.ipv4_options[..]).expect("ipv4 options");
+                header.options =
+                    Ipv4Options::try_from(&self.ipv4_options[..]).expect("ipv4 options");
                 header.dont_fragment = self.dont_fragment;
                 header.more_fragments = self.more_fragments;
                 header.fragment_offset = self.fragment_offset.try_into().expect("fragment offset");
@@ -164,9 +177,17 @@ impl Frame {
         let ip = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ip(ip_headers);
         let mut bytes = Vec::new();
         match self.kind {
-            Kind::TcpSyn => ip.tcp(self.src_port, self.dst_port, 1000, 64240).syn().write(&mut bytes, &self.payload),
-            Kind::TcpAck => ip.tcp(self.src_port, self.dst_port, 1001, 64240).ack(5000).write(&mut bytes, &self.payload),
-            Kind::Udp => ip.udp(self.src_port, self.dst_port).write(&mut bytes, &self.payload),
+            Kind::TcpSyn => ip
+                .tcp(self.src_port, self.dst_port, 1000, 64240)
+                .syn()
+                .write(&mut bytes, &self.payload),
+            Kind::TcpAck => ip
+                .tcp(self.src_port, self.dst_port, 1001, 64240)
+                .ack(5000)
+                .write(&mut bytes, &self.payload),
+            Kind::Udp => ip
+                .udp(self.src_port, self.dst_port)
+                .write(&mut bytes, &self.payload),
         }
         .expect("write frame");
         match self.vlan {
@@ -176,18 +197,28 @@ impl Frame {
     }
 
     fn ipv6_extensions(&self) -> Ipv6Extensions {
-        let padding = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0]).expect("ext header");
+        let padding =
+            Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0]).expect("ext header");
         let mut exts = Ipv6Extensions::default();
         match self.ipv6_ext {
             None => {}
             Some(Ipv6Ext::HopByHop) => exts.hop_by_hop_options = Some(padding),
             Some(Ipv6Ext::DestinationOptions) => exts.destination_options = Some(padding),
             Some(Ipv6Ext::Routing) => {
-                let routing = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[0, 0, 0, 0, 0, 0]).expect("routing");
-                exts.routing = Some(Ipv6RoutingExtensions { routing, final_destination_options: None });
+                let routing =
+                    Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[0, 0, 0, 0, 0, 0]).expect("routing");
+                exts.routing = Some(Ipv6RoutingExtensions {
+                    routing,
+                    final_destination_options: None,
+                });
             }
             Some(Ipv6Ext::Fragment) => {
-                exts.fragment = Some(Ipv6FragmentHeader::new(IpNumber::TCP, 0.try_into().expect("offset"), false, 7));
+                exts.fragment = Some(Ipv6FragmentHeader::new(
+                    IpNumber::TCP,
+                    0.try_into().expect("offset"),
+                    false,
+                    7,
+                ));
             }
         }
         exts
@@ -202,21 +233,26 @@ pub fn ip(text: &str) -> IpAddr {
 /// Router that reports ICMP errors in the fixtures.
 pub const ROUTER_V4: [u8; 4] = [192, 0, 2, 254];
 /// Same, IPv6.
-pub const ROUTER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+pub const ROUTER_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+];
 
 /// The ICMP error a router on the way to the client sends about the answer (VIP to client) of
 /// `client_frame`'s flow: IPv4 "fragmentation needed" (MTU 1400) or ICMPv6 "packet too big"
 /// (MTU 1280), addressed to `to` (default: the VIP, the answer's source) and quoting the first
 /// `quoted` bytes of the answer's IP packet (routers quote at least the IP header and 8 bytes).
 pub fn icmp_error_about_answer(client_frame: &[u8], quoted: usize, to: Option<IpAddr>) -> Vec<u8> {
-    let packet = SlicedPacket::from_ethernet(client_frame).unwrap_or_else(|e| panic!("unparseable frame: {e}"));
+    let packet = SlicedPacket::from_ethernet(client_frame)
+        .unwrap_or_else(|e| panic!("unparseable frame: {e}"));
     let (client, vip) = match &packet.net {
-        Some(etherparse::NetSlice::Ipv4(v4)) => {
-            (IpAddr::V4(v4.header().source_addr()), IpAddr::V4(v4.header().destination_addr()))
-        }
-        Some(etherparse::NetSlice::Ipv6(v6)) => {
-            (IpAddr::V6(v6.header().source_addr()), IpAddr::V6(v6.header().destination_addr()))
-        }
+        Some(etherparse::NetSlice::Ipv4(v4)) => (
+            IpAddr::V4(v4.header().source_addr()),
+            IpAddr::V4(v4.header().destination_addr()),
+        ),
+        Some(etherparse::NetSlice::Ipv6(v6)) => (
+            IpAddr::V6(v6.header().source_addr()),
+            IpAddr::V6(v6.header().destination_addr()),
+        ),
         other => panic!("not IP: {other:?}"),
     };
     let (kind, client_port, vip_port) = match &packet.transport {
@@ -224,7 +260,9 @@ pub fn icmp_error_about_answer(client_frame: &[u8], quoted: usize, to: Option<Ip
         Some(TransportSlice::Udp(udp)) => (Kind::Udp, udp.source_port(), udp.destination_port()),
         other => panic!("not TCP/UDP: {other:?}"),
     };
-    let answer = Frame::new(kind, vip, vip_port, client, client_port).with_payload(1400).build();
+    let answer = Frame::new(kind, vip, vip_port, client, client_port)
+        .with_payload(1400)
+        .build();
     let quote = &answer[14..14 + quoted];
     let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
     let mut out = Vec::new();
@@ -232,7 +270,9 @@ pub fn icmp_error_about_answer(client_frame: &[u8], quoted: usize, to: Option<Ip
         IpAddr::V4(to) => builder
             .ipv4(ROUTER_V4, to.octets(), 64)
             .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
             ))
             .write(&mut out, quote),
         IpAddr::V6(to) => builder
@@ -262,7 +302,11 @@ pub fn tag_vlan(frame: &[u8], id: u16) -> Vec<u8> {
 
 /// Length of the Ethernet header (with VLAN tag) of a frame.
 pub fn l2_len(frame: &[u8]) -> usize {
-    if frame[12..14] == [0x81, 0x00] { 18 } else { 14 }
+    if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    }
 }
 
 /// Length of the IP packet of a frame according to its header (excludes Ethernet padding).
@@ -285,18 +329,34 @@ pub fn dsr(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
 
 /// The frame a tunnel forward produces: MACs rewritten, an outer IPv4 or IPv6 header (the
 /// backend's family) inserted after the Ethernet header, inner packet and padding unchanged.
-pub fn tunnel(input: &[u8], backend_mac: [u8; 6], source: IpAddr, backend: IpAddr, flow: &FlowKey) -> Vec<u8> {
+pub fn tunnel(
+    input: &[u8],
+    backend_mac: [u8; 6],
+    source: IpAddr,
+    backend: IpAddr,
+    flow: &FlowKey,
+) -> Vec<u8> {
     let l2 = l2_len(input);
     let inner_len = ip_len(input);
     let inner = &input[l2..];
     let inner_is_v4 = inner[0] >> 4 == 4;
-    let protocol = if inner_is_v4 { IpNumber::IPV4 } else { IpNumber::IPV6 };
-    let (tos, dont_fragment) = if inner_is_v4 { (inner[1], inner[6] & 0x40 != 0) } else { ((inner[0] << 4) | (inner[1] >> 4), true) };
+    let protocol = if inner_is_v4 {
+        IpNumber::IPV4
+    } else {
+        IpNumber::IPV6
+    };
+    let (tos, dont_fragment) = if inner_is_v4 {
+        (inner[1], inner[6] & 0x40 != 0)
+    } else {
+        ((inner[0] << 4) | (inner[1] >> 4), true)
+    };
     let mut out = dsr(&input[..l2], backend_mac);
     let outer = match (source, backend) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             out[l2 - 2..l2].copy_from_slice(&0x0800u16.to_be_bytes());
-            let mut header = Ipv4Header::new((inner_len) as u16, 64, protocol, s.octets(), d.octets()).expect("outer v4");
+            let mut header =
+                Ipv4Header::new((inner_len) as u16, 64, protocol, s.octets(), d.octets())
+                    .expect("outer v4");
             header.dont_fragment = dont_fragment;
             header.dscp = (tos >> 2).try_into().expect("dscp");
             header.ecn = (tos & 3).try_into().expect("ecn");
@@ -307,7 +367,9 @@ pub fn tunnel(input: &[u8], backend_mac: [u8; 6], source: IpAddr, backend: IpAdd
             out[l2 - 2..l2].copy_from_slice(&0x86ddu16.to_be_bytes());
             let header = Ipv6Header {
                 traffic_class: tos,
-                flow_label: (lb_common::flow_hash(flow) & 0xfffff).try_into().expect("label"),
+                flow_label: (lb_common::flow_hash(flow) & 0xfffff)
+                    .try_into()
+                    .expect("label"),
                 payload_length: inner_len as u16,
                 next_header: protocol,
                 hop_limit: 64,
@@ -326,18 +388,26 @@ pub fn tunnel(input: &[u8], backend_mac: [u8; 6], source: IpAddr, backend: IpAdd
 /// Checks every IPv4 header checksum and the innermost TCP/UDP checksum of a frame, walking
 /// through one level of IP-in-IP. Panics with a description on a mismatch.
 pub fn verify_checksums(frame: &[u8]) {
-    let packet = SlicedPacket::from_ethernet(frame).unwrap_or_else(|e| panic!("unparseable frame: {e}"));
-    let Some(net) = &packet.net else { panic!("no IP header") };
+    let packet =
+        SlicedPacket::from_ethernet(frame).unwrap_or_else(|e| panic!("unparseable frame: {e}"));
+    let Some(net) = &packet.net else {
+        panic!("no IP header")
+    };
     let payload = match net {
         etherparse::NetSlice::Ipv4(v4) => {
             let header = v4.header().to_header();
-            assert_eq!(header.header_checksum, header.calc_header_checksum(), "outer IPv4 header checksum");
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "outer IPv4 header checksum"
+            );
             v4.payload()
         }
         etherparse::NetSlice::Ipv6(v6) => v6.payload(),
     };
     if payload.ip_number == IpNumber::IPV4 || payload.ip_number == IpNumber::IPV6 {
-        let inner = SlicedPacket::from_ip(payload.payload).unwrap_or_else(|e| panic!("unparseable inner packet: {e}"));
+        let inner = SlicedPacket::from_ip(payload.payload)
+            .unwrap_or_else(|e| panic!("unparseable inner packet: {e}"));
         verify_transport(&inner);
     } else {
         verify_transport(&packet);
@@ -345,31 +415,53 @@ pub fn verify_checksums(frame: &[u8]) {
 }
 
 fn verify_transport(packet: &SlicedPacket<'_>) {
-    let Some(net) = &packet.net else { panic!("no IP header") };
+    let Some(net) = &packet.net else {
+        panic!("no IP header")
+    };
     match (net, &packet.transport) {
         (etherparse::NetSlice::Ipv4(v4), Some(TransportSlice::Tcp(tcp))) => {
             let header = v4.header().to_header();
-            assert_eq!(header.header_checksum, header.calc_header_checksum(), "inner IPv4 header checksum");
-            let expected = tcp.to_header().calc_checksum_ipv4(&header, tcp.payload()).expect("tcp checksum");
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "inner IPv4 header checksum"
+            );
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv4(&header, tcp.payload())
+                .expect("tcp checksum");
             assert_eq!(tcp.checksum(), expected, "TCP checksum (IPv4)");
         }
         (etherparse::NetSlice::Ipv6(v6), Some(TransportSlice::Tcp(tcp))) => {
             let header = v6.header().to_header();
-            let expected = tcp.to_header().calc_checksum_ipv6(&header, tcp.payload()).expect("tcp checksum");
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv6(&header, tcp.payload())
+                .expect("tcp checksum");
             assert_eq!(tcp.checksum(), expected, "TCP checksum (IPv6)");
         }
         (etherparse::NetSlice::Ipv4(v4), Some(TransportSlice::Udp(udp))) => {
             let header = v4.header().to_header();
-            let expected = udp.to_header().calc_checksum_ipv4(&header, udp.payload()).expect("udp checksum");
+            let expected = udp
+                .to_header()
+                .calc_checksum_ipv4(&header, udp.payload())
+                .expect("udp checksum");
             assert_eq!(udp.checksum(), expected, "UDP checksum (IPv4)");
         }
         (etherparse::NetSlice::Ipv6(v6), Some(TransportSlice::Udp(udp))) => {
             let header = v6.header().to_header();
-            let expected = udp.to_header().calc_checksum_ipv6(&header, udp.payload()).expect("udp checksum");
+            let expected = udp
+                .to_header()
+                .calc_checksum_ipv6(&header, udp.payload())
+                .expect("udp checksum");
             assert_eq!(udp.checksum(), expected, "UDP checksum (IPv6)");
         }
         (etherparse::NetSlice::Ipv4(_), Some(TransportSlice::Icmpv4(icmp))) => {
-            assert_eq!(icmp.checksum(), icmp.icmp_type().calc_checksum(icmp.payload()), "ICMP checksum");
+            assert_eq!(
+                icmp.checksum(),
+                icmp.icmp_type().calc_checksum(icmp.payload()),
+                "ICMP checksum"
+            );
         }
         (etherparse::NetSlice::Ipv6(v6), Some(TransportSlice::Icmpv6(icmp))) => {
             let header = v6.header();

@@ -6,7 +6,9 @@ use std::{collections::HashMap, net::IpAddr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     maglev::{build_ring, MaglevBackend},
-    maps::{Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE},
+    maps::{
+        Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE,
+    },
     FlowKey,
 };
 use lb_user::{
@@ -67,7 +69,11 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
 
 /// The backend id a frame was sent to, read from its destination MAC.
 pub fn backend_of(frame: &[u8]) -> u32 {
-    assert_eq!(frame[..2], [0x02, 0xbe], "destination MAC is not a lab backend's");
+    assert_eq!(
+        frame[..2],
+        [0x02, 0xbe],
+        "destination MAC is not a lab backend's"
+    );
     u32::from_be_bytes([frame[2], frame[3], frame[4], frame[5]])
 }
 
@@ -83,7 +89,11 @@ pub struct PacketLab {
 
 /// Key of `VIPS` for an address, port and protocol.
 pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
-    let mut key = VipKey { port: port.to_be_bytes(), protocol: protocol as u8, ..VipKey::default() };
+    let mut key = VipKey {
+        port: port.to_be_bytes(),
+        protocol: protocol as u8,
+        ..VipKey::default()
+    };
     (key.addr, key.family) = addr_bytes(address);
     key
 }
@@ -98,13 +108,28 @@ impl PacketLab {
 
     /// An empty lab whose `CONNTRACK` holds `conntrack_size` flows.
     pub fn empty_with_conntrack(conntrack_size: u32) -> Self {
-        let mut datapath = Datapath::load(&Options { conntrack_size, pin_dir: None }).expect("load datapath");
-        let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else { unreachable!() };
-        let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else { unreachable!() };
+        let mut datapath = Datapath::load(&Options {
+            conntrack_size,
+            pin_dir: None,
+        })
+        .expect("load datapath");
+        let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else {
+            unreachable!()
+        };
+        let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else {
+            unreachable!()
+        };
         datapath
-            .set_settings(&Settings { tunnel_source_v4: v4.octets(), tunnel_source_v6: v6.octets() })
+            .set_settings(&Settings {
+                tunnel_source_v4: v4.octets(),
+                tunnel_source_v6: v6.octets(),
+            })
             .expect("settings");
-        Self { datapath, rings: HashMap::new(), vips: HashMap::new() }
+        Self {
+            datapath,
+            rings: HashMap::new(),
+            vips: HashMap::new(),
+        }
     }
 
     /// The standard lab used by the fixture table.
@@ -120,28 +145,97 @@ impl PacketLab {
         let udp = Protocol::Udp;
         let dsr = ForwardMode::Dsr;
         let tunnel = ForwardMode::Tunnel;
-        lab.add_vip("web4", 0, "10.0.0.100", 80, tcp, dsr, &[(0, "10.0.0.11"), (1, "10.0.0.12")]);
-        lab.add_vip("dns4", 1, "10.0.0.100", 53, udp, dsr, &[(2, "10.0.0.21"), (3, "10.0.0.22")]);
-        lab.add_vip("web6", 2, "fd00::100", 80, tcp, dsr, &[(4, "fd00::11"), (5, "fd00::12")]);
-        lab.add_vip("tun4", 3, "10.0.0.200", 80, tcp, tunnel, &[(6, "10.1.0.11"), (7, "10.1.0.12")]);
-        lab.add_vip("tun6", 4, "fd00::200", 80, tcp, tunnel, &[(8, "fd01::11"), (9, "fd01::12")]);
+        lab.add_vip(
+            "web4",
+            0,
+            "10.0.0.100",
+            80,
+            tcp,
+            dsr,
+            &[(0, "10.0.0.11"), (1, "10.0.0.12")],
+        );
+        lab.add_vip(
+            "dns4",
+            1,
+            "10.0.0.100",
+            53,
+            udp,
+            dsr,
+            &[(2, "10.0.0.21"), (3, "10.0.0.22")],
+        );
+        lab.add_vip(
+            "web6",
+            2,
+            "fd00::100",
+            80,
+            tcp,
+            dsr,
+            &[(4, "fd00::11"), (5, "fd00::12")],
+        );
+        lab.add_vip(
+            "tun4",
+            3,
+            "10.0.0.200",
+            80,
+            tcp,
+            tunnel,
+            &[(6, "10.1.0.11"), (7, "10.1.0.12")],
+        );
+        lab.add_vip(
+            "tun6",
+            4,
+            "fd00::200",
+            80,
+            tcp,
+            tunnel,
+            &[(8, "fd01::11"), (9, "fd01::12")],
+        );
         lab.add_vip("any4", 5, "10.0.0.150", 0, tcp, dsr, &[(10, "10.0.0.31")]);
         lab.add_vip("down4", 6, "10.0.0.160", 80, tcp, dsr, &[(11, "10.0.0.41")]);
         lab.set_state(11, BackendState::Down);
         lab.set_ring(6, &[]);
-        lab.add_vip("tun4in6", 7, "10.0.0.210", 80, tcp, tunnel, &[(12, "fd01::21")]);
-        lab.add_vip("dns6", 8, "fd00::100", 53, udp, dsr, &[(13, "fd00::21"), (14, "fd00::22")]);
-        lab.add_vip("tun6in4", 9, "fd00::210", 80, tcp, tunnel, &[(15, "10.1.0.21")]);
+        lab.add_vip(
+            "tun4in6",
+            7,
+            "10.0.0.210",
+            80,
+            tcp,
+            tunnel,
+            &[(12, "fd01::21")],
+        );
+        lab.add_vip(
+            "dns6",
+            8,
+            "fd00::100",
+            53,
+            udp,
+            dsr,
+            &[(13, "fd00::21"), (14, "fd00::22")],
+        );
+        lab.add_vip(
+            "tun6in4",
+            9,
+            "fd00::210",
+            80,
+            tcp,
+            tunnel,
+            &[(15, "10.1.0.21")],
+        );
         // The `decap` program of the same object accepts tunnels to the first backend of each
         // tunnel VIP.
         for address in ["10.1.0.11", "fd01::11"] {
-            lab.datapath.add_decap_address(&decap_key(ip(address))).expect("decap address");
+            lab.datapath
+                .add_decap_address(&decap_key(ip(address)))
+                .expect("decap address");
         }
         lab
     }
 
     /// Adds a VIP with up backends of weight 1 and a Maglev ring of the default size.
-    #[expect(clippy::too_many_arguments, reason = "one line per VIP in the fixture reads best")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one line per VIP in the fixture reads best"
+    )]
     pub fn add_vip(
         &mut self,
         name: &'static str,
@@ -157,13 +251,25 @@ impl PacketLab {
         for (backend_id, backend) in &backends {
             self.set_backend(*backend_id, *backend, BackendState::Up);
         }
-        let vip = LabVip { id, address, port, protocol, forward, backends };
+        let vip = LabVip {
+            id,
+            address,
+            port,
+            protocol,
+            forward,
+            backends,
+        };
         let up: Vec<u32> = vip.backends.iter().map(|(id, _)| *id).collect();
         self.set_ring(id, &up);
         self.datapath
             .set_vip(
                 &vip_key(address, port, protocol),
-                &Vip { id, ring_size: DEFAULT_RING_SIZE, forward: forward as u8, _pad: [0; 3] },
+                &Vip {
+                    id,
+                    ring_size: DEFAULT_RING_SIZE,
+                    forward: forward as u8,
+                    _pad: [0; 3],
+                },
             )
             .expect("set vip");
         self.vips.insert(name, vip);
@@ -182,14 +288,18 @@ impl PacketLab {
             src_mac: LB_MAC,
             ..Backend::default()
         };
-        self.datapath.set_backend(id, &backend).expect("set backend");
+        self.datapath
+            .set_backend(id, &backend)
+            .expect("set backend");
     }
 
     /// Changes the state of backend `id`.
     pub fn set_state(&mut self, id: u32, state: BackendState) {
         let mut backend = self.datapath.backend(id).expect("read backend");
         backend.state = state as u8;
-        self.datapath.set_backend(id, &backend).expect("set backend");
+        self.datapath
+            .set_backend(id, &backend)
+            .expect("set backend");
     }
 
     /// Builds and swaps in the Maglev ring of VIP `vip` over backends `ids` (weight 1 each).
@@ -198,7 +308,11 @@ impl PacketLab {
         let backends: Vec<MaglevBackend<'_>> = ids
             .iter()
             .zip(&identities)
-            .map(|(id, identity)| MaglevBackend { id: *id, identity, weight: 1 })
+            .map(|(id, identity)| MaglevBackend {
+                id: *id,
+                identity,
+                weight: 1,
+            })
             .collect();
         let ring = build_ring(&backends, DEFAULT_RING_SIZE).expect("build ring");
         self.datapath.set_ring(vip, &ring).expect("set ring");
@@ -218,11 +332,20 @@ impl PacketLab {
 
     /// Address of backend `id` of VIP `name`.
     pub fn backend_address(&self, name: &str, id: u32) -> IpAddr {
-        self.vips[name].backends.iter().find(|(b, _)| *b == id).expect("backend of vip").1
+        self.vips[name]
+            .backends
+            .iter()
+            .find(|(b, _)| *b == id)
+            .expect("backend of vip")
+            .1
     }
 
     /// Runs `program` once on `frame`: the verdict and the frame as the program left it.
-    pub fn run_program(&mut self, program: Program, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+    pub fn run_program(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+    ) -> std::io::Result<(u32, Vec<u8>)> {
         let xdp = self.datapath.program(program).expect("program");
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();

@@ -39,9 +39,18 @@ pub struct Server {
 impl Server {
     /// Listens on `addr` inside `ns` with `threads` threads each accepting and serving one
     /// connection at a time.
-    pub fn start(ns: &Netns, addr: SocketAddr, threads: usize, serve: Serve) -> std::io::Result<Self> {
+    pub fn start(
+        ns: &Netns,
+        addr: SocketAddr,
+        threads: usize,
+        serve: Serve,
+    ) -> std::io::Result<Self> {
         let listener = ns.run(|| {
-            let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
             socket.set_reuse_address(true)?;
             socket.bind(&addr.into())?;
             socket.listen(4096)?;
@@ -83,7 +92,11 @@ impl Drop for Server {
 
 /// Whether `listener` has a connection to accept within `timeout` (poll(2)).
 fn readable(listener: &TcpListener, timeout: Duration) -> bool {
-    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid, initialised pollfd and its count.
     let ready = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as i32) };
     ready > 0
@@ -93,16 +106,27 @@ fn readable(listener: &TcpListener, timeout: Duration) -> bool {
 fn accept_nonblocking(listener: &TcpListener) -> std::io::Result<Option<TcpStream>> {
     // SAFETY: accept4 on a valid (non-blocking) listening socket; null address pointers are
     // allowed. The new socket is blocking.
-    let fd = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
     if fd < 0 {
         let error = std::io::Error::last_os_error();
         return match error.kind() {
-            ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted => Ok(None),
+            ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted => {
+                Ok(None)
+            }
             _ => Err(error),
         };
     }
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    Ok(Some(unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) }))
+    Ok(Some(unsafe {
+        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
 }
 
 fn serve_one(mut stream: TcpStream, serve: &Serve) {
@@ -137,7 +161,12 @@ pub struct ConnectCount {
 
 /// `threads` threads in `ns` connect to `addr`, read the server's line and close, one
 /// connection after the other, for `duration`.
-pub fn connect_for(ns: &Netns, addr: SocketAddr, threads: usize, duration: Duration) -> ConnectCount {
+pub fn connect_for(
+    ns: &Netns,
+    addr: SocketAddr,
+    threads: usize,
+    duration: Duration,
+) -> ConnectCount {
     let deadline = Instant::now() + duration;
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -145,10 +174,11 @@ pub fn connect_for(ns: &Netns, addr: SocketAddr, threads: usize, duration: Durat
                 let mut count = ConnectCount::default();
                 let mut buf = [0u8; 64];
                 while Instant::now() < deadline {
-                    let answered = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok_and(|mut stream| {
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                        matches!(stream.read(&mut buf), Ok(n) if n > 0)
-                    });
+                    let answered = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                        .is_ok_and(|mut stream| {
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                            matches!(stream.read(&mut buf), Ok(n) if n > 0)
+                        });
                     if answered {
                         count.ok += 1;
                     } else {
@@ -159,16 +189,25 @@ pub fn connect_for(ns: &Netns, addr: SocketAddr, threads: usize, duration: Durat
             })
         })
         .collect();
-    handles.into_iter().fold(ConnectCount::default(), |sum, handle| {
-        let count = handle.join().expect("client thread");
-        ConnectCount { ok: sum.ok + count.ok, failed: sum.failed + count.failed }
-    })
+    handles
+        .into_iter()
+        .fold(ConnectCount::default(), |sum, handle| {
+            let count = handle.join().expect("client thread");
+            ConnectCount {
+                ok: sum.ok + count.ok,
+                failed: sum.failed + count.failed,
+            }
+        })
 }
 
 /// One bulk upload from `ns` to a [`Serve::Sink`] at `addr`: writes for `duration`, then waits
 /// until the sink has read everything. Returns the bytes the sink received and the time from
 /// connect to its answer.
-pub fn upload_for(ns: &Netns, addr: SocketAddr, duration: Duration) -> std::io::Result<(u64, Duration)> {
+pub fn upload_for(
+    ns: &Netns,
+    addr: SocketAddr,
+    duration: Duration,
+) -> std::io::Result<(u64, Duration)> {
     ns.run(|| {
         let chunk = vec![0x5au8; 1 << 20];
         let start = Instant::now();
@@ -207,14 +246,21 @@ impl CpuTimes {
         // user nice system idle iowait irq softirq steal ...
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
         let total: u64 = fields.iter().take(8).sum();
-        Self { busy: total - idle, total }
+        Self {
+            busy: total - idle,
+            total,
+        }
     }
 
     /// Share of CPU time that was busy since `earlier` (0..1, all CPUs together).
     #[must_use]
     pub fn busy_since(&self, earlier: &Self) -> f64 {
         let total = self.total.saturating_sub(earlier.total);
-        if total == 0 { 0.0 } else { self.busy.saturating_sub(earlier.busy) as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+        }
     }
 }
 
@@ -228,6 +274,8 @@ pub fn process_cpu() -> Duration {
         libc::getrusage(libc::RUSAGE_SELF, &mut usage);
         usage
     };
-    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     time(usage.ru_utime) + time(usage.ru_stime)
 }

@@ -13,7 +13,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output if it fails. Returns stdout.
 pub fn sh(command: &str) -> String {
-    let output = Command::new("sh").arg("-c").arg(command).output().unwrap_or_else(|e| panic!("{command}: {e}"));
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
     if !output.status.success() {
         panic!(
             "`{command}` failed ({}): {}{}",
@@ -34,7 +38,11 @@ pub struct Netns {
 impl Netns {
     /// Creates `lbt-<tag>-<pid>-<n>`.
     pub fn new(tag: &str) -> Self {
-        let name = format!("lbt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "lbt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         sh(&format!("ip netns add {name}"));
         let netns = Self { name };
         netns.ip("link set lo up");
@@ -49,7 +57,10 @@ impl Netns {
     /// Runs several `ip` commands (one per line, without `ip`) in one process.
     pub fn ip_batch(&self, commands: &[String]) {
         let script = commands.join("\n");
-        sh(&format!("printf '%s\\n' '{script}' | ip -n {} -batch -", self.name));
+        sh(&format!(
+            "printf '%s\\n' '{script}' | ip -n {} -batch -",
+            self.name
+        ));
     }
 
     /// Runs a shell command inside the namespace (network namespace only: `nsenter`, which,
@@ -66,7 +77,8 @@ impl Netns {
             scope
                 .spawn(|| {
                     let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    setns(file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                    setns(file, CloneFlags::CLONE_NEWNET)
+                        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
                     f()
                 })
                 .join()
@@ -75,7 +87,10 @@ impl Netns {
     }
 
     /// Spawns a long-running thread inside this namespace.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -87,19 +102,27 @@ impl Netns {
     /// MAC address of an interface in this namespace.
     pub fn mac(&self, interface: &str) -> [u8; 6] {
         let out = self.ip(&format!("-br link show dev {interface}"));
-        let mac = out.split_whitespace().nth(2).unwrap_or_else(|| panic!("no MAC in {out:?}"));
+        let mac = out
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no MAC in {out:?}"));
         lb_user::nexthop::parse_mac(mac).unwrap_or_else(|| panic!("bad MAC {mac}"))
     }
 
     /// Interface index of an interface in this namespace.
     pub fn ifindex(&self, interface: &str) -> u32 {
         let out = self.ip(&format!("-o link show dev {interface}"));
-        out.split(':').next().and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no ifindex in {out:?}"))
+        out.split(':')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ifindex in {out:?}"))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

@@ -24,14 +24,23 @@ impl RingProbe {
     /// Loads the program reusing the maps pinned in `state_dir` (`conntrack_size` must be the
     /// agent's, the size of the pinned `CONNTRACK`).
     pub fn open(state_dir: &Path, conntrack_size: u32) -> Result<Self, DatapathError> {
-        let datapath = Datapath::load(&Options { conntrack_size, pin_dir: Some(state_dir.to_path_buf()) })?;
-        Ok(Self { datapath, out: vec![0; 4096] })
+        let datapath = Datapath::load(&Options {
+            conntrack_size,
+            pin_dir: Some(state_dir.to_path_buf()),
+        })?;
+        Ok(Self {
+            datapath,
+            out: vec![0; 4096],
+        })
     }
 
     /// Runs the program once on `frame` (a TCP or UDP frame, not itself IPIP); for a frame it
     /// encapsulates in an IPv4 tunnel, the outer destination (the backend), else `None`.
     pub fn tunnel_destination(&mut self, frame: &[u8]) -> std::io::Result<Option<IpAddr>> {
-        let xdp = self.datapath.program(Program::Balancer).map_err(std::io::Error::other)?;
+        let xdp = self
+            .datapath
+            .program(Program::Balancer)
+            .map_err(std::io::Error::other)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut self.out);
@@ -41,11 +50,16 @@ impl RingProbe {
         // returns XDP_TX this copy tries XDP_REDIRECT to an interface its devmap lacks and
         // drops; the frame it built is the same. Ethernet (14) + outer IPv4 (protocol 4 at
         // 9, destination at 16..20).
-        let forwarded = matches!(result.return_value, verdict::TX | verdict::REDIRECT | verdict::DROP);
+        let forwarded = matches!(
+            result.return_value,
+            verdict::TX | verdict::REDIRECT | verdict::DROP
+        );
         if !forwarded || out.len() < 34 || out[12..14] != [0x08, 0x00] || out[14 + 9] != 4 {
             return Ok(None);
         }
-        Ok(Some(IpAddr::V4(Ipv4Addr::new(out[30], out[31], out[32], out[33]))))
+        Ok(Some(IpAddr::V4(Ipv4Addr::new(
+            out[30], out[31], out[32], out[33],
+        ))))
     }
 
     /// Runs `frame` back to back (yielding the CPU between runs) until `done` holds for its
@@ -71,5 +85,6 @@ impl RingProbe {
 
 /// Microseconds since the Unix epoch (CLOCK_REALTIME, as the agent logs).
 pub fn unix_micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -39,14 +39,26 @@ impl Section {
 
     /// The section as the JSON object of the output contract.
     pub fn to_json(&self) -> Value {
-        let Self { title, method, columns, rows, notes } = self;
+        let Self {
+            title,
+            method,
+            columns,
+            rows,
+            notes,
+        } = self;
         json!({"title": title, "method": method, "columns": columns, "rows": rows, "notes": notes})
     }
 
     /// The section as text: title, method, a table with columns padded to their widest cell
     /// (right-aligned, except the first column), notes.
     pub fn to_text(&self) -> String {
-        let Self { title, method, columns, rows, notes } = self;
+        let Self {
+            title,
+            method,
+            columns,
+            rows,
+            notes,
+        } = self;
         let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
         for row in rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -58,7 +70,13 @@ impl Section {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(i, (cell, width))| if i == 0 { format!("{cell:<width$}") } else { format!("{cell:>width$}") })
+                .map(|(i, (cell, width))| {
+                    if i == 0 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
                 .collect();
             padded.join("  ").trim_end().to_owned()
         };
@@ -78,7 +96,10 @@ impl Section {
 pub fn print(sections: &[Section], json: bool) {
     if json {
         let array: Vec<Value> = sections.iter().map(Section::to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&array).expect("JSON of strings"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&array).expect("JSON of strings")
+        );
     } else {
         let texts: Vec<String> = sections.iter().map(Section::to_text).collect();
         print!("{}", texts.join("\n"));
@@ -87,7 +108,11 @@ pub fn print(sections: &[Section], json: bool) {
 
 /// The `main` of a benchmark binary `name`: reads `--json` (see [`json_flag`]), runs `run` and
 /// prints its sections; exit status 2 on a bad argument, 1 if `run` fails.
-pub fn run_main(name: &str, about: &str, run: impl FnOnce() -> anyhow::Result<Vec<Section>>) -> std::process::ExitCode {
+pub fn run_main(
+    name: &str,
+    about: &str,
+    run: impl FnOnce() -> anyhow::Result<Vec<Section>>,
+) -> std::process::ExitCode {
     let json = match json_flag(about) {
         Ok(json) => json,
         Err(message) => {
@@ -114,8 +139,16 @@ pub fn json_flag(about: &str) -> Result<bool, String> {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--json" => json = true,
-            "-h" | "--help" => return Err(format!("{about}\n\nusage: [--json]   (--json: a JSON array of sections on stdout)")),
-            other => return Err(format!("unknown argument {other:?} (the only option is --json)")),
+            "-h" | "--help" => {
+                return Err(format!(
+                    "{about}\n\nusage: [--json]   (--json: a JSON array of sections on stdout)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (the only option is --json)"
+                ))
+            }
         }
     }
     Ok(json)
@@ -148,7 +181,10 @@ mod tests {
         section.row(vec!["a".into(), "1".into()]);
         section.row(vec!["long name".into(), "22".into()]);
         section.notes.push("n".into());
-        assert_eq!(section.to_text(), "== t\nhow\n\nname       value\na              1\nlong name     22\nnote: n\n");
+        assert_eq!(
+            section.to_text(),
+            "== t\nhow\n\nname       value\na              1\nlong name     22\nnote: n\n"
+        );
         let json = section.to_json();
         assert_eq!(json["rows"][1][0], "long name");
         assert_eq!(json["columns"].as_array().map(Vec::len), Some(2));

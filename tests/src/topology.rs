@@ -55,7 +55,10 @@ impl Lan {
     /// hosts' checksum offload is off, or XDP_TX would carry partial checksums to a backend.
     pub fn new(tag: &str, names: &[&str]) -> Self {
         let switch = Netns::new(&format!("{tag}-sw"));
-        let mut switch_setup = vec!["link add br0 type bridge".to_owned(), "link set br0 up".to_owned()];
+        let mut switch_setup = vec![
+            "link add br0 type bridge".to_owned(),
+            "link set br0 up".to_owned(),
+        ];
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let ns = Netns::new(&format!("{tag}-{name}"));
@@ -63,7 +66,8 @@ impl Lan {
             // link-local address is tentative (a second or two), a DSR backend cannot send the
             // neighbour solicitation for a client it answers from a VIP on `lo`, and the first
             // IPv6 answers are lost. Long-running hosts are past that.
-            ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")).expect("accept_dad");
+            ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0"))
+                .expect("accept_dad");
             let port = format!("p{i}");
             crate::netns::sh(&format!(
                 "ip link add eth0 netns {} type veth peer name {port} netns {}",
@@ -81,7 +85,13 @@ impl Lan {
             ns.exec("ethtool -K eth0 tx off");
             let mac = ns.mac("eth0");
             let ifindex = ns.ifindex("eth0");
-            hosts.push(Host { ns, ip, ip6, mac, ifindex });
+            hosts.push(Host {
+                ns,
+                ip,
+                ip6,
+                mac,
+                ifindex,
+            });
         }
         // Ports join the bridge once it exists (first line of the batch).
         for i in 0..names.len() {
@@ -90,13 +100,23 @@ impl Lan {
         switch.ip_batch(&switch_setup);
         let ports = names.len();
         let switch_xdp = switch.run(|| {
-            let mut datapath = Datapath::load(&Options { conntrack_size: 1, pin_dir: None }).expect("load");
+            let mut datapath = Datapath::load(&Options {
+                conntrack_size: 1,
+                pin_dir: None,
+            })
+            .expect("load");
             for i in 0..ports {
-                datapath.attach_auto(Program::Pass, &format!("p{i}"), None).expect("attach pass");
+                datapath
+                    .attach_auto(Program::Pass, &format!("p{i}"), None)
+                    .expect("attach pass");
             }
             datapath
         });
-        Self { hosts, _switch_xdp: switch_xdp, switch }
+        Self {
+            hosts,
+            _switch_xdp: switch_xdp,
+            switch,
+        }
     }
 
     /// Host `i`.
@@ -108,7 +128,9 @@ impl Lan {
     /// of that size). Tunnel-mode labs use it to give the LB-to-backend path room for the outer
     /// header while the client keeps a 1500-byte MTU.
     pub fn set_mtu(&self, hosts: &[usize], mtu: u32) {
-        let ports: Vec<String> = (0..self.hosts.len()).map(|i| format!("link set p{i} mtu {mtu}")).collect();
+        let ports: Vec<String> = (0..self.hosts.len())
+            .map(|i| format!("link set p{i} mtu {mtu}"))
+            .collect();
         self.switch.ip_batch(&ports);
         for &i in hosts {
             self.hosts[i].ns.ip(&format!("link set eth0 mtu {mtu}"));
@@ -119,7 +141,11 @@ impl Lan {
 impl Host {
     /// Its `eth0` address of `family`'s kind (`v6`: IPv6).
     pub fn addr(&self, v6: bool) -> IpAddr {
-        if v6 { IpAddr::V6(self.ip6) } else { IpAddr::V4(self.ip) }
+        if v6 {
+            IpAddr::V6(self.ip6)
+        } else {
+            IpAddr::V4(self.ip)
+        }
     }
 }
 
@@ -175,7 +201,10 @@ impl ServerThread {
     fn spawn(serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        Self { stop, thread: Some(std::thread::spawn(move || serve(&flag))) }
+        Self {
+            stop,
+            thread: Some(std::thread::spawn(move || serve(&flag))),
+        }
     }
 }
 
@@ -199,7 +228,9 @@ impl UdpNameServer {
     /// come from the address the client sent to (a wildcard socket would answer from `eth0`'s).
     pub fn start(ns: &Netns, address: SocketAddr, name: &str) -> Self {
         let socket = ns.run(|| UdpSocket::bind(address).expect("bind udp"));
-        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         let name = name.to_owned();
         let thread = ServerThread::spawn(move |stop| {
             let mut buf = [0u8; 2048];
@@ -214,7 +245,6 @@ impl UdpNameServer {
     }
 }
 
-
 /// Sends `payload` on `socket` (connected to a [`UdpNameServer`]) and returns the name in the
 /// answer, checking the payload came back.
 pub fn ask_name_udp(socket: &UdpSocket, payload: &str) -> std::io::Result<String> {
@@ -224,7 +254,9 @@ pub fn ask_name_udp(socket: &UdpSocket, payload: &str) -> std::io::Result<String
     let answer = String::from_utf8_lossy(&buf[..n]);
     match answer.split_once(':') {
         Some((name, echoed)) if echoed == payload => Ok(name.to_owned()),
-        _ => Err(std::io::Error::other(format!("unexpected answer {answer:?} to {payload:?}"))),
+        _ => Err(std::io::Error::other(format!(
+            "unexpected answer {answer:?} to {payload:?}"
+        ))),
     }
 }
 

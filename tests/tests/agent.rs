@@ -23,38 +23,75 @@ fn a_failed_backend_leaves_the_ring_and_returns_after_recovery() {
     let mut lab = AgentLab::new("failover");
     let agent = lab.start_agent(false);
     let answers = lab.connect(30);
-    assert!(failures(&answers).is_empty(), "{:?}\n{}", failures(&answers), lab.files.log_text());
-    assert!(NAMES.iter().all(|n| count(&answers, n) > 0), "all backends serve: {answers:?}");
+    assert!(
+        failures(&answers).is_empty(),
+        "{:?}\n{}",
+        failures(&answers),
+        lab.files.log_text()
+    );
+    assert!(
+        NAMES.iter().all(|n| count(&answers, n) > 0),
+        "all backends serve: {answers:?}"
+    );
 
     // Stop b1's listener: connections to it are refused, health checks fail.
     let stopped = Instant::now();
     lab.servers[0] = None;
     let detect = Duration::from_millis(FALL * INTERVAL_MS + BOUND_MS);
-    let detected = lab.wait_until(Duration::from_secs(5), || !lab.in_ring(0)).map(|_| stopped.elapsed());
+    let detected = lab
+        .wait_until(Duration::from_secs(5), || !lab.in_ring(0))
+        .map(|_| stopped.elapsed());
     println!("detection time: {detected:?} (limit {detect:?})");
-    let detected = detected.unwrap_or_else(|| panic!("b1 never left the ring:\n{}", lab.files.log_text()));
-    assert!(detected <= detect, "b1 left the ring after {detected:?}, limit {detect:?}");
-    assert!(lab.files.log_text().contains("failed checks"), "state change logged with its reason");
+    let detected =
+        detected.unwrap_or_else(|| panic!("b1 never left the ring:\n{}", lab.files.log_text()));
+    assert!(
+        detected <= detect,
+        "b1 left the ring after {detected:?}, limit {detect:?}"
+    );
+    assert!(
+        lab.files.log_text().contains("failed checks"),
+        "state change logged with its reason"
+    );
 
     let answers = lab.connect(30);
-    assert!(failures(&answers).is_empty(), "connections after failover: {:?}", failures(&answers));
-    assert_eq!(count(&answers, "b1"), 0, "no new connection reaches the failed backend");
+    assert!(
+        failures(&answers).is_empty(),
+        "connections after failover: {:?}",
+        failures(&answers)
+    );
+    assert_eq!(
+        count(&answers, "b1"),
+        0,
+        "no new connection reaches the failed backend"
+    );
 
     // Start it again: back after `rise` successful checks.
     let restarted = Instant::now();
     lab.servers[0] = Some(NameServer::start(&lab.lan.host(2).ns, PORT, "b1"));
-    let back = lab.wait_until(Duration::from_secs(5), || lab.in_ring(0)).map(|_| restarted.elapsed());
+    let back = lab
+        .wait_until(Duration::from_secs(5), || lab.in_ring(0))
+        .map(|_| restarted.elapsed());
     println!("recovery time: {back:?}");
     let back = back.unwrap_or_else(|| panic!("b1 never returned:\n{}", lab.files.log_text()));
-    assert!(back <= Duration::from_millis(RISE * INTERVAL_MS + BOUND_MS), "b1 returned after {back:?}");
+    assert!(
+        back <= Duration::from_millis(RISE * INTERVAL_MS + BOUND_MS),
+        "b1 returned after {back:?}"
+    );
     let answers = lab.connect(40);
     assert!(failures(&answers).is_empty());
     assert!(count(&answers, "b1") > 0, "b1 serves again: {answers:?}");
 
     // SIGTERM without --keep-datapath detaches and removes the pins.
     let status = agent.stop(Signal::SIGTERM);
-    assert!(status.success(), "agent exit: {status}\n{}", lab.files.log_text());
-    assert!(!lab.files.state_dir.exists(), "state directory removed on a plain stop");
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        lab.files.log_text()
+    );
+    assert!(
+        !lab.files.state_dir.exists(),
+        "state directory removed on a plain stop"
+    );
 }
 
 #[test]
@@ -62,42 +99,75 @@ fn drain_and_reload_keep_established_connections() {
     let lab = AgentLab::new("drain");
     let agent = lab.start_agent(false);
     let mut held = lab.hold(30);
-    assert!(held.iter().any(|(_, n)| n == "b1"), "some held connection on b1");
+    assert!(
+        held.iter().any(|(_, n)| n == "b1"),
+        "some held connection on b1"
+    );
     let ring_before = lab.ring();
 
     // Weight 0 for b1, by editing the file (no signal): existing flows stay, no new ones.
     lab.write_config(&[0, 1, 1], "");
-    assert!(lab.files.wait_log("reloaded", 1, Duration::from_secs(5)), "no reload:\n{}", lab.files.log_text());
+    assert!(
+        lab.files.wait_log("reloaded", 1, Duration::from_secs(5)),
+        "no reload:\n{}",
+        lab.files.log_text()
+    );
     for (stream, name) in &mut held {
-        echo(stream, "still there").unwrap_or_else(|e| panic!("connection to {name} broke after drain: {e}"));
+        echo(stream, "still there")
+            .unwrap_or_else(|e| panic!("connection to {name} broke after drain: {e}"));
     }
     let answers = lab.connect(30);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
-    assert_eq!(count(&answers, "b1"), 0, "a draining backend gets no new connections");
+    assert_eq!(
+        count(&answers, "b1"),
+        0,
+        "a draining backend gets no new connections"
+    );
     assert_ne!(lab.ring(), ring_before, "ring rebuilt");
 
     // An invalid file is rejected; forwarding goes on unchanged.
     let ring_drained = lab.ring();
-    lab.files.write_config("interface = \"eth0\"\ntable_size = 65536\n");
-    assert!(lab.files.wait_log("rejected", 1, Duration::from_secs(5)), "invalid file not reported:\n{}", lab.files.log_text());
-    assert!(lab.files.log_text().contains("table_size"), "the error names the key");
+    lab.files
+        .write_config("interface = \"eth0\"\ntable_size = 65536\n");
+    assert!(
+        lab.files.wait_log("rejected", 1, Duration::from_secs(5)),
+        "invalid file not reported:\n{}",
+        lab.files.log_text()
+    );
+    assert!(
+        lab.files.log_text().contains("table_size"),
+        "the error names the key"
+    );
     assert_eq!(lab.ring(), ring_drained, "an invalid file changes nothing");
     let answers = lab.connect(20);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
 
     // A valid change: b1 back with weight 2; held connections unaffected.
     lab.write_config(&[2, 1, 1], "");
-    assert!(lab.files.wait_log("reloaded", 2, Duration::from_secs(5)), "no second reload:\n{}", lab.files.log_text());
+    assert!(
+        lab.files.wait_log("reloaded", 2, Duration::from_secs(5)),
+        "no second reload:\n{}",
+        lab.files.log_text()
+    );
     for (stream, name) in &mut held {
-        echo(stream, "after reweight").unwrap_or_else(|e| panic!("connection to {name} broke after reload: {e}"));
+        echo(stream, "after reweight")
+            .unwrap_or_else(|e| panic!("connection to {name} broke after reload: {e}"));
     }
     let answers = lab.connect(40);
     assert!(failures(&answers).is_empty());
-    assert!(count(&answers, "b1") > 0, "reweighted b1 gets connections: {answers:?}");
+    assert!(
+        count(&answers, "b1") > 0,
+        "reweighted b1 gets connections: {answers:?}"
+    );
 
     // SIGHUP re-reads the file too.
     agent.signal(Signal::SIGHUP);
-    assert!(lab.files.wait_log("reload (SIGHUP)", 1, Duration::from_secs(5)), "SIGHUP ignored:\n{}", lab.files.log_text());
+    assert!(
+        lab.files
+            .wait_log("reload (SIGHUP)", 1, Duration::from_secs(5)),
+        "SIGHUP ignored:\n{}",
+        lab.files.log_text()
+    );
 }
 
 #[test]
@@ -110,8 +180,16 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
         .iter()
         .map(|(s, name)| {
             let local = s.local_addr().expect("local");
-            let IpAddr::V4(src) = local.ip() else { unreachable!() };
-            let flow = lb_common::FlowKey::v4(src.octets(), [10, 78, 0, 100], local.port(), PORT, lb_common::maps::Protocol::Tcp);
+            let IpAddr::V4(src) = local.ip() else {
+                unreachable!()
+            };
+            let flow = lb_common::FlowKey::v4(
+                src.octets(),
+                [10, 78, 0, 100],
+                local.port(),
+                PORT,
+                lb_common::maps::Protocol::Tcp,
+            );
             (flow, name.clone())
         })
         .collect();
@@ -136,25 +214,47 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
     agent.stop(Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(1000));
     let _agent = lab.start_agent(true);
-    assert!(lab.files.log_text().contains("adopted the running datapath"), "{}", lab.files.log_text());
+    assert!(
+        lab.files
+            .log_text()
+            .contains("adopted the running datapath"),
+        "{}",
+        lab.files.log_text()
+    );
     std::thread::sleep(Duration::from_millis(800));
     running.store(false, Ordering::Relaxed);
     client.join().expect("client");
 
     let failed = failed.lock().expect("lock");
     let attempts = attempts.load(Ordering::Relaxed);
-    println!("{attempts} connections during kill -9 and restart, {} failed", failed.len());
+    println!(
+        "{attempts} connections during kill -9 and restart, {} failed",
+        failed.len()
+    );
     assert!(attempts > 20, "the client kept connecting ({attempts})");
-    assert!(failed.is_empty(), "{} of {attempts} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {attempts} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
 
     // Adopted: same ring, conntrack intact, held connections still work.
-    assert_eq!(lab.ring(), ring_before, "the restarted agent keeps the ring");
+    assert_eq!(
+        lab.ring(),
+        ring_before,
+        "the restarted agent keeps the ring"
+    );
     let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
     for (flow, name) in &held_flows {
-        assert!(datapath.conntrack(flow).expect("conntrack").is_some(), "tracked flow to {name} survived");
+        assert!(
+            datapath.conntrack(flow).expect("conntrack").is_some(),
+            "tracked flow to {name} survived"
+        );
     }
     for (stream, name) in &mut held {
-        echo(stream, "after restart").unwrap_or_else(|e| panic!("held connection to {name} broke: {e}"));
+        echo(stream, "after restart")
+            .unwrap_or_else(|e| panic!("held connection to {name} broke: {e}"));
     }
 }
 
@@ -174,19 +274,33 @@ fn a_backend_whose_mac_changes_while_healthy_is_followed() {
     let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x01];
     let b1 = &lab.lan.host(2).ns;
     b1.exec("sysctl -qw net.ipv4.conf.eth0.arp_notify=1");
-    b1.ip(&format!("link set eth0 address {}", lb_user::nexthop::format_mac(&new_mac)));
+    b1.ip(&format!(
+        "link set eth0 address {}",
+        lb_user::nexthop::format_mac(&new_mac)
+    ));
     let id = lab.backend_id(0);
     let followed = lab.wait_until(Duration::from_secs(5), || {
         let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open pinned maps");
         datapath.backend(id).expect("backend").dst_mac == new_mac
     });
     println!("new MAC in BACKENDS after {followed:?}");
-    assert!(followed.is_some(), "b1's new MAC never reached BACKENDS:\n{}", lab.files.log_text());
-    assert!(lab.files.log_text().contains("next hop changed"), "the change is logged");
+    assert!(
+        followed.is_some(),
+        "b1's new MAC never reached BACKENDS:\n{}",
+        lab.files.log_text()
+    );
+    assert!(
+        lab.files.log_text().contains("next hop changed"),
+        "the change is logged"
+    );
     assert!(lab.in_ring(0), "b1 stayed in the ring");
 
     let answers = lab.connect(60);
-    assert!(failures(&answers).is_empty(), "connections after the MAC change: {:?}", failures(&answers));
+    assert!(
+        failures(&answers).is_empty(),
+        "connections after the MAC change: {:?}",
+        failures(&answers)
+    );
     assert!(count(&answers, "b1") > 0, "b1 still serves: {answers:?}");
 }
 
@@ -200,8 +314,14 @@ fn an_adopting_agent_reports_the_mode_the_program_runs_in() {
     lab.write_config(&[1, 1, 1], "");
     let _second = lab.start_agent(true);
     let log = lab.files.log_text();
-    let adopted = log.lines().find(|l| l.contains("adopted the running datapath")).unwrap_or_else(|| panic!("{log}"));
-    assert!(adopted.contains("Skb"), "adopted link reported in the mode it runs in: {adopted}");
+    let adopted = log
+        .lines()
+        .find(|l| l.contains("adopted the running datapath"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        adopted.contains("Skb"),
+        "adopted link reported in the mode it runs in: {adopted}"
+    );
     let output = std::process::Command::new(lb_tests::agent::lb_binary())
         .args(["status", "--json", "--state-dir"])
         .arg(&lab.files.state_dir)

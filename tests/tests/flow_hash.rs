@@ -31,11 +31,23 @@ fn userspace_flow_hash_matches_the_kernels_slot_for_random_flows() {
         lab.set_backend(id, backend, BackendState::Up);
     }
     let identity: Vec<u32> = (0..RING_SIZE).collect();
-    let vips = [(0, v4, Protocol::Tcp), (1, v4, Protocol::Udp), (2, v6, Protocol::Tcp), (3, v6, Protocol::Udp)];
+    let vips = [
+        (0, v4, Protocol::Tcp),
+        (1, v4, Protocol::Udp),
+        (2, v6, Protocol::Tcp),
+        (3, v6, Protocol::Udp),
+    ];
     for (id, address, protocol) in vips {
         lab.datapath.set_ring(id, &identity).expect("ring");
-        let vip = Vip { id, ring_size: RING_SIZE, forward: ForwardMode::Dsr as u8, _pad: [0; 3] };
-        lab.datapath.set_vip(&vip_key(address, 0, protocol), &vip).expect("vip");
+        let vip = Vip {
+            id,
+            ring_size: RING_SIZE,
+            forward: ForwardMode::Dsr as u8,
+            _pad: [0; 3],
+        };
+        lab.datapath
+            .set_vip(&vip_key(address, 0, protocol), &vip)
+            .expect("vip");
     }
 
     for n in 0..FLOWS {
@@ -45,10 +57,20 @@ fn userspace_flow_hash_matches_the_kernels_slot_for_random_flows() {
             (v6, Ipv6Addr::from(rng.gen::<u128>()).into())
         };
         let kind = [Kind::TcpSyn, Kind::TcpAck, Kind::Udp][rng.gen_range(0..3)];
-        let frame = Frame::new(kind, client, rng.gen(), vip_address, rng.gen_range(1..=u16::MAX));
+        let frame = Frame::new(
+            kind,
+            client,
+            rng.gen(),
+            vip_address,
+            rng.gen_range(1..=u16::MAX),
+        );
         let (verdict, output) = lab.run(&frame.build()).expect("run");
         assert_eq!(verdict, verdict::TX, "flow {n}: {frame:?}");
         let expected = flow_hash(&frame.flow_key()) % RING_SIZE;
-        assert_eq!(backend_of(&output), expected, "flow {n} (seed {seed}): {frame:?}");
+        assert_eq!(
+            backend_of(&output),
+            expected,
+            "flow {n} (seed {seed}): {frame:?}"
+        );
     }
 }

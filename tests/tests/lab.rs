@@ -27,7 +27,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 /// slack for a neighbour's load.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LAB: Mutex<()> = Mutex::new(());
-    LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn vip() -> SocketAddr {
@@ -41,13 +42,23 @@ fn connections_spread_by_weight() {
     lab.write_config(&[1, 1, 2], "");
     let _agent = lab.start_agent(false);
     let answers = lab.connect(3000);
-    assert!(failures(&answers).is_empty(), "{} failed", failures(&answers).len());
+    assert!(
+        failures(&answers).is_empty(),
+        "{} failed",
+        failures(&answers).len()
+    );
     let weights = [1.0, 1.0, 2.0];
     for (i, name) in NAMES.iter().enumerate() {
         let share = count(&answers, name) as f64 / 3000.0;
         let expected = weights[i] / 4.0;
-        println!("{name}: weight {} expected {expected:.3} got {share:.3}", weights[i]);
-        assert!((share - expected).abs() <= 0.15 * expected, "{name}: share {share:.3}, expected {expected:.3} ±15%");
+        println!(
+            "{name}: weight {} expected {expected:.3} got {share:.3}",
+            weights[i]
+        );
+        assert!(
+            (share - expected).abs() <= 0.15 * expected,
+            "{name}: share {share:.3}, expected {expected:.3} ±15%"
+        );
     }
 }
 
@@ -59,7 +70,11 @@ fn a_second_instance_builds_identical_rings() {
     let twin = AgentFiles::new("twin2");
     twin.write_config(&lab.config_text(&[1, 1, 1], "", &twin.state_dir));
     let _second = AgentProcess::start(&lab.lan.host(5).ns, &twin, false);
-    assert!(twin.wait_log("datapath attached", 1, Duration::from_secs(15)), "{}", twin.log_text());
+    assert!(
+        twin.wait_log("datapath attached", 1, Duration::from_secs(15)),
+        "{}",
+        twin.log_text()
+    );
     let fingerprint = |dir: &std::path::Path| {
         let output = std::process::Command::new(lb_binary())
             .args(["status", "--json", "--state-dir"])
@@ -67,11 +82,20 @@ fn a_second_instance_builds_identical_rings() {
             .output()
             .expect("lb status");
         let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
-        status["vips"][0]["ring_fingerprint"].as_str().expect("fingerprint").to_owned()
+        status["vips"][0]["ring_fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_owned()
     };
-    let (a, b) = (fingerprint(&lab.files.state_dir), fingerprint(&twin.state_dir));
+    let (a, b) = (
+        fingerprint(&lab.files.state_dir),
+        fingerprint(&twin.state_dir),
+    );
     println!("fingerprints: {a} {b}");
-    assert_eq!(a, b, "two instances of one configuration must hash flows alike (ECMP)");
+    assert_eq!(
+        a, b,
+        "two instances of one configuration must hash flows alike (ECMP)"
+    );
     // And not by accident: the rings themselves are equal slot for slot, by backend address.
     let addresses = |dir: &std::path::Path| {
         let mut datapath = Datapath::open_pinned(dir).expect("open");
@@ -82,7 +106,13 @@ fn a_second_instance_builds_identical_rings() {
             .map(|(id, b)| (id, lb_user::agent::addr_from_bytes(&b.addr, b.family)))
             .collect();
         let vip = datapath.vips().expect("vips")[0].1.id;
-        datapath.ring(vip).expect("ring").expect("ring").iter().map(|id| names[id]).collect::<Vec<_>>()
+        datapath
+            .ring(vip)
+            .expect("ring")
+            .expect("ring")
+            .iter()
+            .map(|id| names[id])
+            .collect::<Vec<_>>()
     };
     assert_eq!(addresses(&lab.files.state_dir), addresses(&twin.state_dir));
 }
@@ -92,8 +122,17 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     let _serial = one_at_a_time();
     let mut lab = AgentLab::new("load");
     let _agent = lab.start_agent(false);
-    let mut held: Vec<(TcpStream, String)> = lab.hold(45).into_iter().filter(|(_, n)| n != "b2").take(20).collect();
-    assert_eq!(held.len(), 20, "20 long-lived connections to the healthy backends");
+    let mut held: Vec<(TcpStream, String)> = lab
+        .hold(45)
+        .into_iter()
+        .filter(|(_, n)| n != "b2")
+        .take(20)
+        .collect();
+    assert_eq!(
+        held.len(),
+        20,
+        "20 long-lived connections to the healthy backends"
+    );
 
     let running = Arc::new(AtomicBool::new(true));
     let failed = Arc::new(Mutex::new(Vec::new()));
@@ -108,14 +147,21 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
                 // known 5-tuple (and no attempt meets an old one's TIME_WAIT).
                 next_port += 1;
                 let port = next_port;
-                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-                socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind");
-                let answered = socket.connect_timeout(&vip().into(), Duration::from_secs(2)).is_ok() && {
-                    let mut stream: TcpStream = socket.into();
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut byte = [0u8; 1];
-                    std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1)
-                };
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                socket
+                    .bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
+                    .expect("bind");
+                let answered = socket
+                    .connect_timeout(&vip().into(), Duration::from_secs(2))
+                    .is_ok()
+                    && {
+                        let mut stream: TcpStream = socket.into();
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut byte = [0u8; 1];
+                        std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1)
+                    };
                 if !answered {
                     failed.lock().expect("lock").push(port);
                 }
@@ -125,7 +171,9 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     std::thread::sleep(Duration::from_millis(300));
     let stopped = Instant::now();
     lab.servers[1] = None; // b2
-    let detected = lab.wait_until(Duration::from_secs(5), || !lab.in_ring(1)).map(|_| stopped.elapsed());
+    let detected = lab
+        .wait_until(Duration::from_secs(5), || !lab.in_ring(1))
+        .map(|_| stopped.elapsed());
     std::thread::sleep(Duration::from_millis(500));
     running.store(false, Ordering::Relaxed);
     client.join().expect("client");
@@ -133,7 +181,10 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     let limit = Duration::from_millis(FALL * INTERVAL_MS + 100);
     let failed = failed.lock().expect("lock").clone();
     let attempts = *attempts.lock().expect("lock");
-    println!("detection time {detected:?} (limit {limit:?}); {attempts} attempts, {} failed", failed.len());
+    println!(
+        "detection time {detected:?} (limit {limit:?}); {attempts} attempts, {} failed",
+        failed.len()
+    );
     let detected = detected.expect("b2 left the ring");
     assert!(detected <= limit, "detected after {detected:?}");
 
@@ -142,11 +193,22 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     let client_ip = lab.lan.host(0).ip;
     let mut view = lb_user::report::View::open(&lab.files.state_dir).expect("view");
     for port in &failed {
-        let e = lb_user::report::explain(&mut view, vip(), Protocol::Tcp, SocketAddr::new(IpAddr::V4(client_ip), *port)).expect("explain");
-        assert_eq!(e.tracked_backend.as_deref(), Some(b2.as_str()), "failed attempt from port {port} was not aimed at b2: {e:?}");
+        let e = lb_user::report::explain(
+            &mut view,
+            vip(),
+            Protocol::Tcp,
+            SocketAddr::new(IpAddr::V4(client_ip), *port),
+        )
+        .expect("explain");
+        assert_eq!(
+            e.tracked_backend.as_deref(),
+            Some(b2.as_str()),
+            "failed attempt from port {port} was not aimed at b2: {e:?}"
+        );
     }
     for (stream, name) in &mut held {
-        echo(stream, "still up").unwrap_or_else(|e| panic!("long-lived connection to {name} reset: {e}"));
+        echo(stream, "still up")
+            .unwrap_or_else(|e| panic!("long-lived connection to {name} reset: {e}"));
     }
 }
 
@@ -185,36 +247,60 @@ fn garbage_frames_do_not_disturb_real_traffic() {
             (ok, failed)
         })
     };
-    let frames = lab.lan.switch.run(move || send_garbage("p1", lb_mac, FRAMES));
+    let frames = lab
+        .lan
+        .switch
+        .run(move || send_garbage("p1", lb_mac, FRAMES));
     running.store(false, Ordering::Relaxed);
     let (ok, failed) = real.join().expect("real traffic");
     std::thread::sleep(Duration::from_millis(200));
-    println!("{} garbage frames sent; real connections: {ok} ok, {failed} failed", frames.len());
+    println!(
+        "{} garbage frames sent; real connections: {ok} ok, {failed} failed",
+        frames.len()
+    );
     assert_eq!(failed, 0, "real connections failed during the garbage");
     assert_eq!(frames.len(), FRAMES, "every frame was sent");
 
-    let parse_errors = datapath.counter(Counter::ParseError).expect("counter") - parse_errors_before;
+    let parse_errors =
+        datapath.counter(Counter::ParseError).expect("counter") - parse_errors_before;
     let (verdicts, ran) = verdicts_and_runs(&mut datapath, lb_ns);
     let (judged, ran) = (verdicts - verdicts_before, ran - ran_before);
     let malformed = malformed_frames(&frames);
     println!("XDP ran {ran} times, verdicts +{judged}; parse errors +{parse_errors}, malformed frames sent {malformed}");
-    assert!(ran >= FRAMES as u64, "every garbage frame reached the program ({ran} runs)");
-    assert_eq!(judged, ran, "every run of the program ended in a counted verdict (none aborted)");
-    assert_eq!(parse_errors, malformed, "parse_error counts exactly the malformed frames");
+    assert!(
+        ran >= FRAMES as u64,
+        "every garbage frame reached the program ({ran} runs)"
+    );
+    assert_eq!(
+        judged, ran,
+        "every run of the program ended in a counted verdict (none aborted)"
+    );
+    assert_eq!(
+        parse_errors, malformed,
+        "parse_error counts exactly the malformed frames"
+    );
 }
 
 /// The verdicts the program counted and the runs the veth counted (`ethtool -S`: native XDP
 /// statistics), read consistently: retried until no frame arrived between the reads.
 fn verdicts_and_runs(datapath: &mut Datapath, lb: &lb_tests::netns::Netns) -> (u64, u64) {
     let verdicts = |d: &mut Datapath| -> u64 {
-        [Counter::Pass, Counter::Tx, Counter::Redirect, Counter::Drop].iter().map(|c| d.counter(*c).expect("counter")).sum()
+        [Counter::Pass, Counter::Tx, Counter::Redirect, Counter::Drop]
+            .iter()
+            .map(|c| d.counter(*c).expect("counter"))
+            .sum()
     };
     loop {
         let before = verdicts(datapath);
         let runs: u64 = lb
             .exec("ethtool -S eth0")
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("rx_queue_")?.split_once("_xdp_packets: ").map(|(_, v)| v.trim().to_owned()))
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("rx_queue_")?
+                    .split_once("_xdp_packets: ")
+                    .map(|(_, v)| v.trim().to_owned())
+            })
             .map(|v| v.parse::<u64>().expect("xdp_packets"))
             .sum();
         if verdicts(datapath) == before {
@@ -227,9 +313,18 @@ fn verdicts_and_runs(datapath: &mut Datapath, lb: &lb_tests::netns::Netns) -> (u
 /// second copy of the program without VIPs (where a parse error is the only reason to drop).
 fn malformed_frames(frames: &[Vec<u8>]) -> u64 {
     let mut oracle = lb_tests::lab::PacketLab::empty();
-    let dropped = frames.iter().filter(|f| oracle.run(f).expect("test run").0 == lb_tests::lab::verdict::DROP).count() as u64;
-    let counted = oracle.datapath.counter(Counter::ParseError).expect("counter");
-    assert_eq!(dropped, counted, "without VIPs only parse errors are dropped");
+    let dropped = frames
+        .iter()
+        .filter(|f| oracle.run(f).expect("test run").0 == lb_tests::lab::verdict::DROP)
+        .count() as u64;
+    let counted = oracle
+        .datapath
+        .counter(Counter::ParseError)
+        .expect("counter");
+    assert_eq!(
+        dropped, counted,
+        "without VIPs only parse errors are dropped"
+    );
     dropped
 }
 
@@ -241,7 +336,9 @@ fn send_garbage(interface: &str, dst_mac: [u8; 6], count: usize) -> Vec<Vec<u8>>
     let mut rng = StdRng::seed_from_u64(seed);
     let templates = [
         Frame::syn("10.77.0.10", 1000, VIP, PORT).build(),
-        Frame::ack("10.77.0.10", 1000, VIP, PORT).with_vlan(5).build(),
+        Frame::ack("10.77.0.10", 1000, VIP, PORT)
+            .with_vlan(5)
+            .build(),
         Frame::udp("10.77.0.10", 1000, VIP, 53).build(),
         Frame::syn("fd77::10", 1000, "fd78::100", PORT).build(),
     ];
@@ -290,7 +387,10 @@ impl PacketSocket {
         let (fd, ifindex) = unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            (std::os::fd::OwnedFd::from_raw_fd(fd), libc::if_nametoindex(name.as_ptr()) as i32)
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fd),
+                libc::if_nametoindex(name.as_ptr()) as i32,
+            )
         };
         assert!(ifindex > 0, "no interface {interface}");
         Self { fd, ifindex }

@@ -44,16 +44,46 @@ impl LabVip {
 
 /// Same-family VIPs, served in both modes.
 const SAME_FAMILY: [LabVip; 4] = [
-    LabVip { name: "tcp4", address: "10.78.0.100", udp: false, v6_backends: false },
-    LabVip { name: "udp4", address: "10.78.0.100", udp: true, v6_backends: false },
-    LabVip { name: "tcp6", address: "fd78::100", udp: false, v6_backends: true },
-    LabVip { name: "udp6", address: "fd78::100", udp: true, v6_backends: true },
+    LabVip {
+        name: "tcp4",
+        address: "10.78.0.100",
+        udp: false,
+        v6_backends: false,
+    },
+    LabVip {
+        name: "udp4",
+        address: "10.78.0.100",
+        udp: true,
+        v6_backends: false,
+    },
+    LabVip {
+        name: "tcp6",
+        address: "fd78::100",
+        udp: false,
+        v6_backends: true,
+    },
+    LabVip {
+        name: "udp6",
+        address: "fd78::100",
+        udp: true,
+        v6_backends: true,
+    },
 ];
 
 /// Mixed-family VIPs: only a tunnel can carry them.
 const MIXED_FAMILY: [LabVip; 2] = [
-    LabVip { name: "tcp4in6", address: "10.78.0.101", udp: false, v6_backends: true },
-    LabVip { name: "tcp6in4", address: "fd78::101", udp: false, v6_backends: false },
+    LabVip {
+        name: "tcp4in6",
+        address: "10.78.0.101",
+        udp: false,
+        v6_backends: true,
+    },
+    LabVip {
+        name: "tcp6in4",
+        address: "fd78::101",
+        udp: false,
+        v6_backends: false,
+    },
 ];
 
 /// client (host 0), lb (host 1), b1 and b2 (hosts 2, 3), the agent and, in tunnel mode, one
@@ -83,8 +113,15 @@ impl ModesLab {
         let (mut tcp, mut udp) = (Vec::new(), Vec::new());
         for (i, name) in BACKENDS.iter().enumerate() {
             let ns = &lan.host(2 + i).ns;
-            let lines: Vec<String> =
-                addresses.iter().map(|a| format!("addr add {a} dev lo{}", if a.contains(':') { " nodad" } else { "" })).collect();
+            let lines: Vec<String> = addresses
+                .iter()
+                .map(|a| {
+                    format!(
+                        "addr add {a} dev lo{}",
+                        if a.contains(':') { " nodad" } else { "" }
+                    )
+                })
+                .collect();
             ns.ip_batch(&lines);
             tcp.push(NameServer::start(ns, PORT, name));
             for vip in vips.iter().filter(|v| v.udp) {
@@ -99,7 +136,11 @@ impl ModesLab {
         ]);
         let files = AgentFiles::new(tag);
         let decaps = if tunnel {
-            (0..BACKENDS.len()).map(|i| AgentProcess::start_decap(&lan.host(2 + i).ns, "eth0", &decap_log(&files, i))).collect()
+            (0..BACKENDS.len())
+                .map(|i| {
+                    AgentProcess::start_decap(&lan.host(2 + i).ns, "eth0", &decap_log(&files, i))
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -112,13 +153,22 @@ impl ModesLab {
         );
         for i in 0..decaps.len() {
             assert!(
-                wait_for(|| std::fs::read_to_string(decap_log(&files, i)).unwrap_or_default().contains("decap attached")),
+                wait_for(|| std::fs::read_to_string(decap_log(&files, i))
+                    .unwrap_or_default()
+                    .contains("decap attached")),
                 "lb decap on b{} did not attach:\n{}",
                 i + 1,
                 std::fs::read_to_string(decap_log(&files, i)).unwrap_or_default()
             );
         }
-        Self { lan, files, vips, decaps, _agent: agent, _servers: (tcp, udp) }
+        Self {
+            lan,
+            files,
+            vips,
+            decaps,
+            _agent: agent,
+            _servers: (tcp, udp),
+        }
     }
 
     fn client(&self) -> &Netns {
@@ -129,10 +179,24 @@ impl ModesLab {
     /// connection carries 64 KiB both ways (full-size segments); UDP flows stick to a backend.
     fn check_every_vip(&self) {
         for vip in &self.vips {
-            let names = if vip.udp { self.check_udp(vip) } else { self.check_tcp(vip) };
-            println!("{}: {} flows via {}: {:?}", vip.name, FLOWS, vip.address, count_by_name(&names));
+            let names = if vip.udp {
+                self.check_udp(vip)
+            } else {
+                self.check_tcp(vip)
+            };
+            println!(
+                "{}: {} flows via {}: {:?}",
+                vip.name,
+                FLOWS,
+                vip.address,
+                count_by_name(&names)
+            );
             for backend in BACKENDS {
-                assert!(names.iter().any(|n| n == backend), "{}: no flow reached {backend}: {names:?}", vip.name);
+                assert!(
+                    names.iter().any(|n| n == backend),
+                    "{}: no flow reached {backend}: {names:?}",
+                    vip.name
+                );
             }
         }
         for vip in self.vips.iter().filter(|v| v.udp) {
@@ -140,7 +204,11 @@ impl ModesLab {
         }
         let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
         for counter in [Counter::TooBig, Counter::NoBackend, Counter::ParseError] {
-            assert_eq!(datapath.counter(counter).expect("counter"), 0, "{counter:?} packets at the load balancer");
+            assert_eq!(
+                datapath.counter(counter).expect("counter"),
+                0,
+                "{counter:?} packets at the load balancer"
+            );
         }
     }
 
@@ -149,20 +217,24 @@ impl ModesLab {
         self.client().run(|| {
             let names: Vec<String> = (0..FLOWS)
                 .map(|i| {
-                    ask_name(address, Duration::from_secs(2))
-                        .unwrap_or_else(|e| panic!("{}: connection {i} to {address} failed: {e}", vip.name))
+                    ask_name(address, Duration::from_secs(2)).unwrap_or_else(|e| {
+                        panic!("{}: connection {i} to {address} failed: {e}", vip.name)
+                    })
                 })
                 .collect();
-            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
-            stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let mut stream =
+                TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
             let name = read_line(&mut stream);
             let chunk: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
             for round in 0..8 {
                 stream.write_all(&chunk).expect("write");
                 let mut back = vec![0u8; chunk.len()];
-                stream
-                    .read_exact(&mut back)
-                    .unwrap_or_else(|e| panic!("{}: bulk round {round} with {name} failed: {e}", vip.name));
+                stream.read_exact(&mut back).unwrap_or_else(|e| {
+                    panic!("{}: bulk round {round} with {name} failed: {e}", vip.name)
+                });
                 assert_eq!(back, chunk, "{}: bulk data from {name} corrupted", vip.name);
             }
             names
@@ -171,17 +243,25 @@ impl ModesLab {
 
     fn check_udp(&self, vip: &LabVip) -> Vec<String> {
         let address = vip.socket();
-        let any: SocketAddr = if address.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("any");
+        let any: SocketAddr = if address.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .expect("any");
         self.client().run(|| {
             (0..FLOWS)
                 .map(|i| {
                     let socket = UdpSocket::bind(any).expect("bind");
                     socket.connect(address).expect("connect");
-                    socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
                     let name = ask_name_udp(&socket, &format!("hello {i}"))
                         .unwrap_or_else(|e| panic!("{}: datagram {i} to {address}: {e}", vip.name));
                     for again in 0..3 {
-                        let next = ask_name_udp(&socket, &format!("again {i}.{again}")).expect("answer");
+                        let next =
+                            ask_name_udp(&socket, &format!("again {i}.{again}")).expect("answer");
                         assert_eq!(next, name, "{}: a UDP flow changed backend", vip.name);
                     }
                     name
@@ -197,21 +277,41 @@ impl ModesLab {
     /// plays the router here: any host can send it.)
     fn check_path_mtu_reaches_the_backend(&self, vip: &LabVip) {
         let address = vip.socket();
-        let any: SocketAddr = if address.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("any");
+        let any: SocketAddr = if address.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .expect("any");
         let client = self.lan.host(0);
         let (name, client_port) = client.ns.run(|| {
             let socket = UdpSocket::bind(any).expect("bind");
             socket.connect(address).expect("connect");
-            socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
             let name = ask_name_udp(&socket, "before the icmp error").expect("answer");
             (name, socket.local_addr().expect("local").port())
         });
         let mtu: u16 = if address.is_ipv6() { 1280 } else { 1400 };
-        client.ns.run(|| send_too_big(client.addr(address.is_ipv6()), address, client_port, mtu));
-        let serving = BACKENDS.iter().position(|b| *b == name).expect("backend name");
+        client
+            .ns
+            .run(|| send_too_big(client.addr(address.is_ipv6()), address, client_port, mtu));
+        let serving = BACKENDS
+            .iter()
+            .position(|b| *b == name)
+            .expect("backend name");
         let route_mtu = |i: usize| {
-            let route = self.lan.host(2 + i).ns.ip(&format!("route get {}", client.addr(address.is_ipv6())));
-            route.split_whitespace().skip_while(|w| *w != "mtu").nth(1).map(|m| m.parse::<u16>().expect("mtu"))
+            let route = self
+                .lan
+                .host(2 + i)
+                .ns
+                .ip(&format!("route get {}", client.addr(address.is_ipv6())));
+            route
+                .split_whitespace()
+                .skip_while(|w| *w != "mtu")
+                .nth(1)
+                .map(|m| m.parse::<u16>().expect("mtu"))
         };
         assert!(
             wait_for(|| route_mtu(serving) == Some(mtu)),
@@ -220,8 +320,17 @@ impl ModesLab {
             route_mtu(serving)
         );
         let other = 1 - serving;
-        assert_eq!(route_mtu(other), None, "{}: {} learned a path MTU for a flow it does not serve", vip.name, BACKENDS[other]);
-        println!("{}: ICMP too-big about a flow of {name} reached {name} (path MTU {mtu})", vip.name);
+        assert_eq!(
+            route_mtu(other),
+            None,
+            "{}: {} learned a path MTU for a flow it does not serve",
+            vip.name,
+            BACKENDS[other]
+        );
+        println!(
+            "{}: ICMP too-big about a flow of {name} reached {name} (path MTU {mtu})",
+            vip.name
+        );
         // Forget it, so the next VIP's check starts clean.
         for i in 0..BACKENDS.len() {
             self.lan.host(2 + i).ns.ip("route flush cache");
@@ -256,7 +365,11 @@ impl ModesLab {
             .into_iter()
             .enumerate()
             .map(|(i, decap)| {
-                assert!(decap.stop(Signal::SIGTERM).success(), "lb decap on b{} failed", i + 1);
+                assert!(
+                    decap.stop(Signal::SIGTERM).success(),
+                    "lb decap on b{} failed",
+                    i + 1
+                );
                 let log = std::fs::read_to_string(decap_log(&self.files, i)).expect("decap log");
                 let stripped = log
                     .lines()
@@ -272,28 +385,57 @@ impl ModesLab {
 /// Sends, from `from`, an ICMP "fragmentation needed" / ICMPv6 "packet too big" with `mtu` to
 /// the VIP, quoting a UDP answer from the VIP to `from:client_port`.
 fn send_too_big(from: std::net::IpAddr, vip: SocketAddr, client_port: u16, mtu: u16) {
-    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, PacketBuilder};
+    use etherparse::{
+        icmpv4::DestUnreachableHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type,
+        PacketBuilder,
+    };
     use socket2::{Domain, Protocol, Socket, Type};
     let mut quote = Vec::new();
     let answer = [0u8; 1400];
     let (domain, protocol, message) = match (vip.ip(), from) {
         (std::net::IpAddr::V4(v), std::net::IpAddr::V4(c)) => {
-            PacketBuilder::ipv4(v.octets(), c.octets(), 64).udp(vip.port(), client_port).write(&mut quote, &answer).expect("quote");
+            PacketBuilder::ipv4(v.octets(), c.octets(), 64)
+                .udp(vip.port(), client_port)
+                .write(&mut quote, &answer)
+                .expect("quote");
             quote.truncate(548);
-            let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu });
-            (Domain::IPV4, Protocol::ICMPV4, [Icmpv4Header::with_checksum(kind, &quote).to_bytes().to_vec(), quote].concat())
+            let kind =
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: mtu,
+                });
+            (
+                Domain::IPV4,
+                Protocol::ICMPV4,
+                [
+                    Icmpv4Header::with_checksum(kind, &quote)
+                        .to_bytes()
+                        .to_vec(),
+                    quote,
+                ]
+                .concat(),
+            )
         }
         (std::net::IpAddr::V6(v), std::net::IpAddr::V6(c)) => {
-            PacketBuilder::ipv6(v.octets(), c.octets(), 64).udp(vip.port(), client_port).write(&mut quote, &answer).expect("quote");
+            PacketBuilder::ipv6(v.octets(), c.octets(), 64)
+                .udp(vip.port(), client_port)
+                .write(&mut quote, &answer)
+                .expect("quote");
             quote.truncate(1232);
             let kind = Icmpv6Type::PacketTooBig { mtu: mtu.into() };
-            let header = Icmpv6Header::with_checksum(kind, c.octets(), v.octets(), &quote).expect("checksum");
-            (Domain::IPV6, Protocol::ICMPV6, [header.to_bytes().to_vec(), quote].concat())
+            let header = Icmpv6Header::with_checksum(kind, c.octets(), v.octets(), &quote)
+                .expect("checksum");
+            (
+                Domain::IPV6,
+                Protocol::ICMPV6,
+                [header.to_bytes().to_vec(), quote].concat(),
+            )
         }
         _ => panic!("mixed families"),
     };
     let socket = Socket::new(domain, Type::RAW, Some(protocol)).expect("raw socket");
-    socket.send_to(&message, &SocketAddr::new(vip.ip(), 0).into()).expect("send icmp");
+    socket
+        .send_to(&message, &SocketAddr::new(vip.ip(), 0).into())
+        .expect("send icmp");
 }
 
 fn decap_log(files: &AgentFiles, backend: usize) -> std::path::PathBuf {
@@ -313,7 +455,10 @@ fn config_text(lan: &Lan, files: &AgentFiles, vips: &[&LabVip], forward: &str) -
             vip.name, vip.address
         );
         for i in 0..BACKENDS.len() {
-            text += &format!("  [[vip.backend]]\n  address = \"{}\"\n", lan.host(2 + i).addr(vip.v6_backends));
+            text += &format!(
+                "  [[vip.backend]]\n  address = \"{}\"\n",
+                lan.host(2 + i).addr(vip.v6_backends)
+            );
         }
     }
     text
@@ -321,7 +466,10 @@ fn config_text(lan: &Lan, files: &AgentFiles, vips: &[&LabVip], forward: &str) -
 
 fn count_by_name(names: &[String]) -> Vec<(String, usize)> {
     let distinct: BTreeSet<&String> = names.iter().collect();
-    distinct.into_iter().map(|n| (n.clone(), names.iter().filter(|m| *m == n).count())).collect()
+    distinct
+        .into_iter()
+        .map(|n| (n.clone(), names.iter().filter(|m| *m == n).count()))
+        .collect()
 }
 
 fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
@@ -346,8 +494,13 @@ fn tunnel_forwards_tcp_and_udp_over_ipv4_and_ipv6_to_backends_running_lb_decap()
     lab.check_every_vip();
     let forwarded = lab.forwarded_per_backend();
     let stripped = lab.stop_decaps();
-    println!("tunnel packets sent to b1, b2: {forwarded:?}; stripped by their lb decap: {stripped:?}");
+    println!(
+        "tunnel packets sent to b1, b2: {forwarded:?}; stripped by their lb decap: {stripped:?}"
+    );
     // Only tunnels can carry the mixed-family VIPs; the equality shows every packet the load
     // balancer sent to a backend arrived as a tunnel that `lb decap` stripped.
-    assert_eq!(stripped, forwarded, "tunnel packets stripped by each backend vs sent to it");
+    assert_eq!(
+        stripped, forwarded,
+        "tunnel packets stripped by each backend vs sent to it"
+    );
 }

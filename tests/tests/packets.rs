@@ -44,7 +44,15 @@ struct Case {
 }
 
 fn case(what: &'static str, input: Frame, expect: Expect, counter: Option<Counter>) -> Case {
-    Case { what, program: Program::Balancer, input, raw: None, before: None, expect, counter }
+    Case {
+        what,
+        program: Program::Balancer,
+        input,
+        raw: None,
+        before: None,
+        expect,
+        counter,
+    }
 }
 
 impl Case {
@@ -88,67 +96,406 @@ fn table() -> Vec<Case> {
     no_df.dont_fragment = false;
 
     vec![
-        case("TCP SYN to an IPv4 DSR VIP goes to its ring's backend", Frame::syn(client4, 40000, "10.0.0.100", 80), Forward, Some(C::Tx)),
-        case("TCP ACK of an untracked IPv4 flow is hashed like its SYN", Frame::ack(client4, 40000, "10.0.0.100", 80), Forward, Some(C::Tx)),
-        case("TCP ACK after the SYN hits conntrack and stays", Frame::ack(client4, 40010, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track),
-        case("TCP SYN to an IPv6 DSR VIP", Frame::syn(client6, 40000, "fd00::100", 80), Forward, Some(C::Tx)),
-        case("TCP ACK with payload to an IPv6 DSR VIP", Frame::ack(client6, 40001, "fd00::100", 80), Forward, Some(C::Tx)),
-        case("UDP to an IPv4 DSR VIP", Frame::udp(client4, 5353, "10.0.0.100", 53), Forward, Some(C::Tx)),
-        case("UDP to an IPv6 DSR VIP", Frame::udp(client6, 5353, "fd00::100", 53), Forward, Some(C::Tx)),
-        case("TCP SYN to an IPv4 tunnel VIP is IPIP-encapsulated", Frame::syn(client4, 40000, "10.0.0.200", 80), Forward, Some(C::Tx)),
-        case("TCP ACK with payload to an IPv4 tunnel VIP", Frame::ack(client4, 40001, "10.0.0.200", 80), Forward, Some(C::Tx)),
-        case("TCP SYN to an IPv6 tunnel VIP is IP6IP6-encapsulated", Frame::syn(client6, 40000, "fd00::200", 80), Forward, Some(C::Tx)),
-        case("IPv4 VIP with an IPv6 backend is 4in6-encapsulated", Frame::ack(client4, 40000, "10.0.0.210", 80), Forward, Some(C::Tx)),
-        case("IPv6 VIP with an IPv4 backend is 6in4-encapsulated", Frame::ack(client6, 40000, "fd00::210", 80), Forward, Some(C::Tx)),
-        case("tunnel copies DSCP into the outer header", dscp, Forward, Some(C::Tx)),
-        case("tunnel copies a clear DF bit into the outer header", no_df, Forward, Some(C::Tx)),
-        case("short frame with Ethernet padding: tunnel length from the IP header", Frame::syn(client4, 40007, "10.0.0.200", 80), Forward, Some(C::Tx)).raw(pad_to_60),
-        case("a tunnelled packet that would exceed the MTU is dropped", Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 19), Drop, Some(C::TooBig)),
-        case("the largest tunnelled packet that fits the MTU is forwarded", Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 20), Forward, Some(C::Tx)),
-        case("any port reaches an all-ports VIP", Frame::syn(client4, 40000, "10.0.0.150", 31337), Forward, Some(C::Tx)),
-        case("a UDP packet to an all-ports TCP VIP is not the VIP's", Frame::udp(client4, 40000, "10.0.0.150", 31337), Pass, Some(C::NotVip)),
-        case("an address that is not a VIP is passed untouched", Frame::syn(client4, 40000, "10.0.0.99", 80), Pass, Some(C::NotVip)),
-        case("a VIP address on another port is passed untouched", Frame::syn(client4, 40000, "10.0.0.100", 8080), Pass, Some(C::NotVip)),
-        case("UDP to a TCP-only VIP port is passed untouched", Frame::udp(client4, 40000, "10.0.0.100", 80), Pass, Some(C::NotVip)),
-        case("an IPv6 address that is not a VIP is passed untouched", Frame::syn(client6, 40000, "fd00::99", 80), Pass, Some(C::NotVip)),
-        case("802.1Q-tagged TCP to a DSR VIP keeps its tag", Frame::syn(client4, 40000, "10.0.0.100", 80).with_vlan(42), Forward, Some(C::Tx)),
-        case("802.1Q-tagged UDP to an IPv6 VIP keeps its tag", Frame::udp(client6, 40000, "fd00::100", 53).with_vlan(4094), Forward, Some(C::Tx)),
-        case("802.1Q-tagged traffic to a tunnel VIP: tag kept, outer header after it", Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(7), Forward, Some(C::Tx)),
-        case("802.1Q-tagged traffic to a non-VIP is passed", Frame::syn(client4, 40000, "10.0.0.99", 80).with_vlan(7), Pass, Some(C::NotVip)),
-        case("IPv4 options (IHL 7) are honoured: ports read after them", v4_options, Forward, Some(C::Tx)),
-        case("IPv4 with 40 bytes of options (IHL 15) through a tunnel", v4_max_options, Forward, Some(C::Tx)),
-        case("first IPv4 fragment is passed and counted", first_fragment, Pass, Some(C::Fragment)),
-        case("later IPv4 fragment is passed and counted", later_fragment, Pass, Some(C::Fragment)),
-        case("IPv6 hop-by-hop options are passed and counted", with_ext(Ipv6Ext::HopByHop), Pass, Some(C::Ipv6ExtensionHeader)),
-        case("IPv6 routing header is passed and counted", with_ext(Ipv6Ext::Routing), Pass, Some(C::Ipv6ExtensionHeader)),
-        case("IPv6 fragment header is passed and counted", with_ext(Ipv6Ext::Fragment), Pass, Some(C::Ipv6ExtensionHeader)),
-        case("IPv6 destination options are passed and counted", with_ext(Ipv6Ext::DestinationOptions), Pass, Some(C::Ipv6ExtensionHeader)),
-        case("ARP is passed untouched", Frame::syn(client4, 1, "10.0.0.100", 80), Pass, Some(C::NotIp)).raw(as_arp),
-        case("ICMP to a VIP address is passed to the host", Frame::syn(client4, 1, "10.0.0.100", 80), Pass, Some(C::NotTcpUdp)).raw(as_icmp),
-        case("IPv4 header with version 6 is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(bad_version),
-        case("IPv4 header with IHL 4 is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(ihl_4),
-        case("IPv4 total length beyond the frame is dropped", Frame::syn(client4, 1, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(long_total_length),
-        case("a zero-length frame is refused by the kernel (XDP never sees < 14 bytes)", Frame::syn(client4, 1, "10.0.0.100", 80), Rejected, None).raw(|_| Vec::new()),
-        case("all backends down: dropped and counted", Frame::syn(client4, 40000, "10.0.0.160", 80), Drop, Some(C::NoBackend)),
-        case("tracked flow stays on its backend after a ring swap", Frame::ack(client4, 40020, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
-        case("tracked flow whose backend is down is re-hashed", Frame::ack(client4, 40021, "10.0.0.100", 80), Forward, Some(C::Rehashed)).before(track_then_down),
-        case("tracked flow whose backend is draining stays", Frame::ack(client4, 40022, "10.0.0.100", 80), ForwardTracked, Some(C::Tx)).before(track_then_drain),
-        case("a SYN on a tracked tuple of a draining backend picks from the ring", Frame::syn(client4, 40022, "10.0.0.100", 80), Forward, Some(C::Tx)).before(track_then_drain),
-        case("tracked tunnel flow stays after a ring swap (IPv6)", Frame::ack(client6, 40023, "fd00::200", 80), ForwardTracked, Some(C::Tx)).before(track_then_swap),
-        case("a SYN on a tracked IPv6 tuple picks from the ring (new ring after a swap)", Frame::syn(client6, 40024, "fd00::100", 80), Forward, Some(C::Tx)).before(track_then_swap),
-        case("ICMP fragmentation-needed about a DSR flow's answer reaches the flow's backend", Frame::ack(client4, 40030, "10.0.0.100", 80), Forward, Some(C::IcmpError)).raw(icmp_error),
-        case("ICMPv6 packet-too-big about a UDP flow's answer reaches the flow's backend", Frame::udp(client6, 5353, "fd00::100", 53), Forward, Some(C::IcmpError)).raw(icmp_error),
-        case("ICMP error about a tracked flow follows it to its backend after a ring swap", Frame::ack(client6, 40031, "fd00::100", 80), ForwardTracked, Some(C::IcmpError)).before(track_then_swap).raw(icmp_error),
-        case("ICMP error about a tunnel VIP's flow is encapsulated to the flow's backend", Frame::ack(client4, 40032, "10.0.0.200", 80), Forward, Some(C::IcmpError)).raw(icmp_error),
-        case("ICMP error to one address quoting another's packet is passed to the host", Frame::ack(client4, 40033, "10.0.0.100", 80), Pass, Some(C::NotTcpUdp)).raw(icmp_error_to_another_vip),
-        case("ICMP error quoting less than both ports is dropped", Frame::ack(client4, 40034, "10.0.0.100", 80), Drop, Some(C::ParseError)).raw(icmp_error_short_quote),
-        case("decap strips IPIP addressed to us", Frame::ack(client4, 40000, "10.0.0.200", 80), Decapsulated, None).raw(encapsulated_v4).decap(),
-        case("decap strips IP6IP6 addressed to us", Frame::ack(client6, 40000, "fd00::200", 80), Decapsulated, None).raw(encapsulated_v6).decap(),
-        case("decap strips 6in4 addressed to us", Frame::ack(client6, 40000, "fd00::210", 80), Decapsulated, None).raw(encapsulated_6in4).decap(),
-        case("decap keeps a VLAN tag", Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(9), Decapsulated, None).raw(encapsulated_v4).decap(),
-        case("decap passes IPIP addressed to another host untouched", Frame::ack(client4, 40000, "10.0.0.200", 80), Pass, None).raw(encapsulated_elsewhere).decap(),
-        case("decap passes plain TCP untouched", Frame::ack(client4, 40000, "10.0.0.100", 80), Pass, None).decap(),
-        case("decap drops IPIP whose inner header is not IPv4", Frame::ack(client4, 40000, "10.0.0.200", 80), Drop, None).raw(encapsulated_bad_inner).decap(),
+        case(
+            "TCP SYN to an IPv4 DSR VIP goes to its ring's backend",
+            Frame::syn(client4, 40000, "10.0.0.100", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP ACK of an untracked IPv4 flow is hashed like its SYN",
+            Frame::ack(client4, 40000, "10.0.0.100", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP ACK after the SYN hits conntrack and stays",
+            Frame::ack(client4, 40010, "10.0.0.100", 80),
+            ForwardTracked,
+            Some(C::Tx),
+        )
+        .before(track),
+        case(
+            "TCP SYN to an IPv6 DSR VIP",
+            Frame::syn(client6, 40000, "fd00::100", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP ACK with payload to an IPv6 DSR VIP",
+            Frame::ack(client6, 40001, "fd00::100", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "UDP to an IPv4 DSR VIP",
+            Frame::udp(client4, 5353, "10.0.0.100", 53),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "UDP to an IPv6 DSR VIP",
+            Frame::udp(client6, 5353, "fd00::100", 53),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP SYN to an IPv4 tunnel VIP is IPIP-encapsulated",
+            Frame::syn(client4, 40000, "10.0.0.200", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP ACK with payload to an IPv4 tunnel VIP",
+            Frame::ack(client4, 40001, "10.0.0.200", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "TCP SYN to an IPv6 tunnel VIP is IP6IP6-encapsulated",
+            Frame::syn(client6, 40000, "fd00::200", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "IPv4 VIP with an IPv6 backend is 4in6-encapsulated",
+            Frame::ack(client4, 40000, "10.0.0.210", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "IPv6 VIP with an IPv4 backend is 6in4-encapsulated",
+            Frame::ack(client6, 40000, "fd00::210", 80),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "tunnel copies DSCP into the outer header",
+            dscp,
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "tunnel copies a clear DF bit into the outer header",
+            no_df,
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "short frame with Ethernet padding: tunnel length from the IP header",
+            Frame::syn(client4, 40007, "10.0.0.200", 80),
+            Forward,
+            Some(C::Tx),
+        )
+        .raw(pad_to_60),
+        case(
+            "a tunnelled packet that would exceed the MTU is dropped",
+            Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 19),
+            Drop,
+            Some(C::TooBig),
+        ),
+        case(
+            "the largest tunnelled packet that fits the MTU is forwarded",
+            Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 20),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "any port reaches an all-ports VIP",
+            Frame::syn(client4, 40000, "10.0.0.150", 31337),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "a UDP packet to an all-ports TCP VIP is not the VIP's",
+            Frame::udp(client4, 40000, "10.0.0.150", 31337),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "an address that is not a VIP is passed untouched",
+            Frame::syn(client4, 40000, "10.0.0.99", 80),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "a VIP address on another port is passed untouched",
+            Frame::syn(client4, 40000, "10.0.0.100", 8080),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "UDP to a TCP-only VIP port is passed untouched",
+            Frame::udp(client4, 40000, "10.0.0.100", 80),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "an IPv6 address that is not a VIP is passed untouched",
+            Frame::syn(client6, 40000, "fd00::99", 80),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "802.1Q-tagged TCP to a DSR VIP keeps its tag",
+            Frame::syn(client4, 40000, "10.0.0.100", 80).with_vlan(42),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "802.1Q-tagged UDP to an IPv6 VIP keeps its tag",
+            Frame::udp(client6, 40000, "fd00::100", 53).with_vlan(4094),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "802.1Q-tagged traffic to a tunnel VIP: tag kept, outer header after it",
+            Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(7),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "802.1Q-tagged traffic to a non-VIP is passed",
+            Frame::syn(client4, 40000, "10.0.0.99", 80).with_vlan(7),
+            Pass,
+            Some(C::NotVip),
+        ),
+        case(
+            "IPv4 options (IHL 7) are honoured: ports read after them",
+            v4_options,
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "IPv4 with 40 bytes of options (IHL 15) through a tunnel",
+            v4_max_options,
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "first IPv4 fragment is passed and counted",
+            first_fragment,
+            Pass,
+            Some(C::Fragment),
+        ),
+        case(
+            "later IPv4 fragment is passed and counted",
+            later_fragment,
+            Pass,
+            Some(C::Fragment),
+        ),
+        case(
+            "IPv6 hop-by-hop options are passed and counted",
+            with_ext(Ipv6Ext::HopByHop),
+            Pass,
+            Some(C::Ipv6ExtensionHeader),
+        ),
+        case(
+            "IPv6 routing header is passed and counted",
+            with_ext(Ipv6Ext::Routing),
+            Pass,
+            Some(C::Ipv6ExtensionHeader),
+        ),
+        case(
+            "IPv6 fragment header is passed and counted",
+            with_ext(Ipv6Ext::Fragment),
+            Pass,
+            Some(C::Ipv6ExtensionHeader),
+        ),
+        case(
+            "IPv6 destination options are passed and counted",
+            with_ext(Ipv6Ext::DestinationOptions),
+            Pass,
+            Some(C::Ipv6ExtensionHeader),
+        ),
+        case(
+            "ARP is passed untouched",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Pass,
+            Some(C::NotIp),
+        )
+        .raw(as_arp),
+        case(
+            "ICMP to a VIP address is passed to the host",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Pass,
+            Some(C::NotTcpUdp),
+        )
+        .raw(as_icmp),
+        case(
+            "IPv4 header with version 6 is dropped",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Drop,
+            Some(C::ParseError),
+        )
+        .raw(bad_version),
+        case(
+            "IPv4 header with IHL 4 is dropped",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Drop,
+            Some(C::ParseError),
+        )
+        .raw(ihl_4),
+        case(
+            "IPv4 total length beyond the frame is dropped",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Drop,
+            Some(C::ParseError),
+        )
+        .raw(long_total_length),
+        case(
+            "a zero-length frame is refused by the kernel (XDP never sees < 14 bytes)",
+            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Rejected,
+            None,
+        )
+        .raw(|_| Vec::new()),
+        case(
+            "all backends down: dropped and counted",
+            Frame::syn(client4, 40000, "10.0.0.160", 80),
+            Drop,
+            Some(C::NoBackend),
+        ),
+        case(
+            "tracked flow stays on its backend after a ring swap",
+            Frame::ack(client4, 40020, "10.0.0.100", 80),
+            ForwardTracked,
+            Some(C::Tx),
+        )
+        .before(track_then_swap),
+        case(
+            "tracked flow whose backend is down is re-hashed",
+            Frame::ack(client4, 40021, "10.0.0.100", 80),
+            Forward,
+            Some(C::Rehashed),
+        )
+        .before(track_then_down),
+        case(
+            "tracked flow whose backend is draining stays",
+            Frame::ack(client4, 40022, "10.0.0.100", 80),
+            ForwardTracked,
+            Some(C::Tx),
+        )
+        .before(track_then_drain),
+        case(
+            "a SYN on a tracked tuple of a draining backend picks from the ring",
+            Frame::syn(client4, 40022, "10.0.0.100", 80),
+            Forward,
+            Some(C::Tx),
+        )
+        .before(track_then_drain),
+        case(
+            "tracked tunnel flow stays after a ring swap (IPv6)",
+            Frame::ack(client6, 40023, "fd00::200", 80),
+            ForwardTracked,
+            Some(C::Tx),
+        )
+        .before(track_then_swap),
+        case(
+            "a SYN on a tracked IPv6 tuple picks from the ring (new ring after a swap)",
+            Frame::syn(client6, 40024, "fd00::100", 80),
+            Forward,
+            Some(C::Tx),
+        )
+        .before(track_then_swap),
+        case(
+            "ICMP fragmentation-needed about a DSR flow's answer reaches the flow's backend",
+            Frame::ack(client4, 40030, "10.0.0.100", 80),
+            Forward,
+            Some(C::IcmpError),
+        )
+        .raw(icmp_error),
+        case(
+            "ICMPv6 packet-too-big about a UDP flow's answer reaches the flow's backend",
+            Frame::udp(client6, 5353, "fd00::100", 53),
+            Forward,
+            Some(C::IcmpError),
+        )
+        .raw(icmp_error),
+        case(
+            "ICMP error about a tracked flow follows it to its backend after a ring swap",
+            Frame::ack(client6, 40031, "fd00::100", 80),
+            ForwardTracked,
+            Some(C::IcmpError),
+        )
+        .before(track_then_swap)
+        .raw(icmp_error),
+        case(
+            "ICMP error about a tunnel VIP's flow is encapsulated to the flow's backend",
+            Frame::ack(client4, 40032, "10.0.0.200", 80),
+            Forward,
+            Some(C::IcmpError),
+        )
+        .raw(icmp_error),
+        case(
+            "ICMP error to one address quoting another's packet is passed to the host",
+            Frame::ack(client4, 40033, "10.0.0.100", 80),
+            Pass,
+            Some(C::NotTcpUdp),
+        )
+        .raw(icmp_error_to_another_vip),
+        case(
+            "ICMP error quoting less than both ports is dropped",
+            Frame::ack(client4, 40034, "10.0.0.100", 80),
+            Drop,
+            Some(C::ParseError),
+        )
+        .raw(icmp_error_short_quote),
+        case(
+            "decap strips IPIP addressed to us",
+            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Decapsulated,
+            None,
+        )
+        .raw(encapsulated_v4)
+        .decap(),
+        case(
+            "decap strips IP6IP6 addressed to us",
+            Frame::ack(client6, 40000, "fd00::200", 80),
+            Decapsulated,
+            None,
+        )
+        .raw(encapsulated_v6)
+        .decap(),
+        case(
+            "decap strips 6in4 addressed to us",
+            Frame::ack(client6, 40000, "fd00::210", 80),
+            Decapsulated,
+            None,
+        )
+        .raw(encapsulated_6in4)
+        .decap(),
+        case(
+            "decap keeps a VLAN tag",
+            Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(9),
+            Decapsulated,
+            None,
+        )
+        .raw(encapsulated_v4)
+        .decap(),
+        case(
+            "decap passes IPIP addressed to another host untouched",
+            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Pass,
+            None,
+        )
+        .raw(encapsulated_elsewhere)
+        .decap(),
+        case(
+            "decap passes plain TCP untouched",
+            Frame::ack(client4, 40000, "10.0.0.100", 80),
+            Pass,
+            None,
+        )
+        .decap(),
+        case(
+            "decap drops IPIP whose inner header is not IPv4",
+            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Drop,
+            None,
+        )
+        .raw(encapsulated_bad_inner)
+        .decap(),
     ]
 }
 
@@ -165,7 +512,12 @@ fn fixture_table() {
             failures.push(format!("{}: {message}", case.what));
         }
     }
-    assert!(failures.is_empty(), "{} rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn run_case(case: &Case) {
@@ -175,10 +527,16 @@ fn run_case(case: &Case) {
     if let Some(raw) = case.raw {
         input = raw(input);
     }
-    let before = case.counter.map(|c| lab.datapath.counter(c).expect("counter"));
+    let before = case
+        .counter
+        .map(|c| lab.datapath.counter(c).expect("counter"));
     let result = lab.run_program(case.program, &input);
     if let Expect::Rejected = case.expect {
-        assert!(result.is_err(), "the kernel ran the program on a {}-byte frame", input.len());
+        assert!(
+            result.is_err(),
+            "the kernel ran the program on a {}-byte frame",
+            input.len()
+        );
         return;
     }
     let (verdict, output) = result.expect("test run");
@@ -196,13 +554,21 @@ fn run_case(case: &Case) {
                 _ => predicted_backend(&lab, &case.input),
             };
             assert_eq!(backend_of(&output), backend, "backend");
-            assert_eq!(output, forwarded(&lab, &case.input, &input, backend), "output frame");
+            assert_eq!(
+                output,
+                forwarded(&lab, &case.input, &input, backend),
+                "output frame"
+            );
             frames::verify_checksums(&output);
         }
         Expect::Decapsulated => {
             assert_eq!(verdict, verdict::PASS, "verdict");
             let original = case.input.build();
-            assert_eq!(output, frames::dsr(&original, backend_mac(0xdeca)), "decapsulated frame");
+            assert_eq!(
+                output,
+                frames::dsr(&original, backend_mac(0xdeca)),
+                "decapsulated frame"
+            );
             frames::verify_checksums(&output);
         }
         Expect::Rejected => unreachable!(),
@@ -233,12 +599,27 @@ fn predicted_backend(lab: &PacketLab, frame: &Frame) -> u32 {
 /// The exact frame the program must emit for `input` sent to `backend`.
 fn forwarded(lab: &PacketLab, frame: &Frame, input: &[u8], backend: u32) -> Vec<u8> {
     let vip = vip_of(lab, frame);
-    let address = vip.backends.iter().find(|(id, _)| *id == backend).expect("backend of the VIP").1;
+    let address = vip
+        .backends
+        .iter()
+        .find(|(id, _)| *id == backend)
+        .expect("backend of the VIP")
+        .1;
     match vip.forward {
         lb_common::maps::ForwardMode::Dsr => frames::dsr(input, backend_mac(backend)),
         lb_common::maps::ForwardMode::Tunnel => {
-            let source = if address.is_ipv4() { ip(TUNNEL_SOURCE_V4) } else { ip(TUNNEL_SOURCE_V6) };
-            frames::tunnel(input, backend_mac(backend), source, address, &frame.flow_key())
+            let source = if address.is_ipv4() {
+                ip(TUNNEL_SOURCE_V4)
+            } else {
+                ip(TUNNEL_SOURCE_V6)
+            };
+            frames::tunnel(
+                input,
+                backend_mac(backend),
+                source,
+                address,
+                &frame.flow_key(),
+            )
         }
     }
 }
@@ -256,7 +637,14 @@ fn track(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
 /// The VIP's backends other than `tracked`.
 fn others(lab: &PacketLab, frame: &Frame, tracked: u32) -> (u32, Vec<u32>) {
     let vip = vip_of(lab, frame);
-    (vip.id, vip.backends.iter().map(|(id, _)| *id).filter(|id| *id != tracked).collect())
+    (
+        vip.id,
+        vip.backends
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != tracked)
+            .collect(),
+    )
 }
 
 fn track_then_swap(lab: &mut PacketLab, frame: &Frame) -> Option<u32> {
@@ -349,9 +737,18 @@ fn encapsulate(frame: Vec<u8>, outer_source: &str, outer_destination: &str) -> V
     let flow = if inner_v4 {
         lb_common::FlowKey::default()
     } else {
-        lb_common::FlowKey { family: 6, ..Default::default() }
+        lb_common::FlowKey {
+            family: 6,
+            ..Default::default()
+        }
     };
-    frames::tunnel(&frame, backend_mac(0xdeca), ip(outer_source), ip(outer_destination), &flow)
+    frames::tunnel(
+        &frame,
+        backend_mac(0xdeca),
+        ip(outer_source),
+        ip(outer_destination),
+        &flow,
+    )
 }
 
 fn encapsulated_v4(frame: Vec<u8>) -> Vec<u8> {
@@ -387,8 +784,12 @@ fn every_truncation_of_a_valid_frame_is_dropped_as_a_parse_error() {
     let frames = [
         Frame::syn("198.51.100.7", 40000, "10.0.0.100", 80).build(),
         Frame::ack("2001:db8:c::7", 40000, "fd00::100", 80).build(),
-        Frame::udp("198.51.100.7", 40000, "10.0.0.100", 53).with_vlan(3).build(),
-        Frame::udp("2001:db8:c::7", 40000, "fd00::100", 53).with_vlan(3).build(),
+        Frame::udp("198.51.100.7", 40000, "10.0.0.100", 53)
+            .with_vlan(3)
+            .build(),
+        Frame::udp("2001:db8:c::7", 40000, "fd00::100", 53)
+            .with_vlan(3)
+            .build(),
         options.build(),
     ];
     for frame in frames {
@@ -429,7 +830,12 @@ fn vip_and_backend_counters_follow_the_packets() {
     let backend_stats = lab.datapath.backend_stats(backend).expect("backend stats");
     assert_eq!(backend_stats.packets, 4);
     assert_eq!(backend_stats.new_flows, 1);
-    assert_eq!(lab.datapath.conntrack(&Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).flow_key()).expect("ct"), Some(backend));
+    assert_eq!(
+        lab.datapath
+            .conntrack(&Frame::ack("198.51.100.7", 41000, "10.0.0.100", 80).flow_key())
+            .expect("ct"),
+        Some(backend)
+    );
 }
 
 #[test]
@@ -440,8 +846,16 @@ fn an_icmp_error_is_forwarded_without_tracking_its_flow() {
     let error = frames::icmp_error_about_answer(&flow.build(), 64, None);
     let (verdict, out) = lab.run(&error).expect("icmp error");
     assert_eq!(verdict, verdict::TX);
-    assert_eq!(backend_of(&out), lab.ring_backend(vip, &flow.flow_key()), "the flow's ring backend");
-    assert_eq!(lab.datapath.conntrack(&flow.flow_key()).expect("ct"), None, "an error message creates no entry");
+    assert_eq!(
+        backend_of(&out),
+        lab.ring_backend(vip, &flow.flow_key()),
+        "the flow's ring backend"
+    );
+    assert_eq!(
+        lab.datapath.conntrack(&flow.flow_key()).expect("ct"),
+        None,
+        "an error message creates no entry"
+    );
     let stats = lab.datapath.vip_stats(vip).expect("vip stats");
     assert_eq!((stats.packets, stats.new_flows), (1, 0));
 }
@@ -464,12 +878,23 @@ fn another_egress_interface_is_reached_by_redirect() {
         let backend = lab.ring_backend(vip.id, &frame.flow_key());
         let mut entry = lab.datapath.backend(backend).expect("backend");
         entry.ifindex = egress;
-        lab.datapath.set_backend(backend, &entry).expect("set backend");
+        lab.datapath
+            .set_backend(backend, &entry)
+            .expect("set backend");
 
-        let before = lab.datapath.counter(Counter::RedirectFailed).expect("counter");
+        let before = lab
+            .datapath
+            .counter(Counter::RedirectFailed)
+            .expect("counter");
         let (verdict, _) = lab.run(&input).expect("run");
         assert_eq!(verdict, verdict::DROP, "unregistered egress interface");
-        assert_eq!(lab.datapath.counter(Counter::RedirectFailed).expect("counter") - before, 1);
+        assert_eq!(
+            lab.datapath
+                .counter(Counter::RedirectFailed)
+                .expect("counter")
+                - before,
+            1
+        );
 
         lab.datapath.add_tx_port(egress).expect("tx port");
         let (verdict, output) = lab.run(&input).expect("run");
@@ -489,7 +914,9 @@ fn random_frames_never_abort() {
     let mut lab = PacketLab::standard();
     let templates = [
         Frame::syn("198.51.100.7", 1, "10.0.0.200", 80).build(),
-        Frame::ack("2001:db8:c::7", 1, "fd00::200", 80).with_vlan(3).build(),
+        Frame::ack("2001:db8:c::7", 1, "fd00::200", 80)
+            .with_vlan(3)
+            .build(),
         Frame::udp("198.51.100.7", 1, "10.0.0.100", 53).build(),
     ];
     for n in 0..100_000 {
@@ -504,6 +931,10 @@ fn random_frames_never_abort() {
             frame
         };
         let (verdict, _) = lab.run(&frame).expect("run");
-        assert_ne!(verdict, verdict::ABORTED, "seed {seed}, frame {n}: {frame:02x?}");
+        assert_ne!(
+            verdict,
+            verdict::ABORTED,
+            "seed {seed}, frame {n}: {frame:02x?}"
+        );
     }
 }

@@ -39,7 +39,11 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
 
     let vip_address: IpAddr = VIP.parse().expect("vip");
     let mut datapath = lb.ns.run(|| {
-        let mut datapath = Datapath::load(&Options { conntrack_size: 4096, pin_dir: None }).expect("load");
+        let mut datapath = Datapath::load(&Options {
+            conntrack_size: 4096,
+            pin_dir: None,
+        })
+        .expect("load");
         for (id, backend) in backends.iter().enumerate() {
             let (addr, family) = addr_bytes(IpAddr::V4(backend.ip));
             let entry = Backend {
@@ -58,13 +62,26 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
         let members: Vec<MaglevBackend<'_>> = identities
             .iter()
             .enumerate()
-            .map(|(id, identity)| MaglevBackend { id: id as u32, identity, weight: 1 })
+            .map(|(id, identity)| MaglevBackend {
+                id: id as u32,
+                identity,
+                weight: 1,
+            })
             .collect();
         let ring = build_ring(&members, DEFAULT_RING_SIZE).expect("ring");
         datapath.set_ring(0, &ring).expect("set ring");
-        let vip = Vip { id: 0, ring_size: DEFAULT_RING_SIZE, forward: ForwardMode::Dsr as u8, _pad: [0; 3] };
-        datapath.set_vip(&vip_key(vip_address, PORT, Protocol::Tcp), &vip).expect("vip");
-        datapath.attach(Program::Balancer, "eth0", XdpMode::Driver).expect("attach native XDP");
+        let vip = Vip {
+            id: 0,
+            ring_size: DEFAULT_RING_SIZE,
+            forward: ForwardMode::Dsr as u8,
+            _pad: [0; 3],
+        };
+        datapath
+            .set_vip(&vip_key(vip_address, PORT, Protocol::Tcp), &vip)
+            .expect("vip");
+        datapath
+            .attach(Program::Balancer, "eth0", XdpMode::Driver)
+            .expect("attach native XDP");
         datapath
     });
 
@@ -77,16 +94,39 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
             .collect()
     });
     let failures: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of {CONNECTIONS} connections failed: {failures:?}", failures.len());
-    let per_backend: Vec<usize> =
-        ["b1", "b2"].iter().map(|n| answers.iter().filter(|a| a.as_deref() == Ok(*n)).count()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNECTIONS} connections failed: {failures:?}",
+        failures.len()
+    );
+    let per_backend: Vec<usize> = ["b1", "b2"]
+        .iter()
+        .map(|n| answers.iter().filter(|a| a.as_deref() == Ok(*n)).count())
+        .collect();
     println!("connections per backend: {per_backend:?}");
-    assert!(per_backend.iter().all(|&n| n > 0), "both backends must answer: {per_backend:?}");
-    assert_eq!(per_backend.iter().sum::<usize>(), CONNECTIONS, "every answer names a backend");
+    assert!(
+        per_backend.iter().all(|&n| n > 0),
+        "both backends must answer: {per_backend:?}"
+    );
+    assert_eq!(
+        per_backend.iter().sum::<usize>(),
+        CONNECTIONS,
+        "every answer names a backend"
+    );
 
     let stats = datapath.vip_stats(0).expect("vip stats");
-    assert_eq!(stats.new_flows as usize, CONNECTIONS, "one new flow per connection");
-    assert!(stats.packets as usize >= 3 * CONNECTIONS, "SYN, ACK, FIN... per connection: {stats:?}");
-    assert_eq!(datapath.counter(Counter::Tx).expect("tx"), stats.packets, "every VIP packet sent with XDP_TX");
+    assert_eq!(
+        stats.new_flows as usize, CONNECTIONS,
+        "one new flow per connection"
+    );
+    assert!(
+        stats.packets as usize >= 3 * CONNECTIONS,
+        "SYN, ACK, FIN... per connection: {stats:?}"
+    );
+    assert_eq!(
+        datapath.counter(Counter::Tx).expect("tx"),
+        stats.packets,
+        "every VIP packet sent with XDP_TX"
+    );
     drop(servers);
 }

@@ -42,16 +42,35 @@ pub struct Section {
 pub fn run(only: &[String], no_write: bool) -> Result<()> {
     for name in only {
         if !BENCHMARKS.contains(&name.as_str()) {
-            bail!("unknown benchmark {name:?}: choose among {}", BENCHMARKS.join(", "));
+            bail!(
+                "unknown benchmark {name:?}: choose among {}",
+                BENCHMARKS.join(", ")
+            );
         }
     }
-    let selected: Vec<&str> = BENCHMARKS.iter().copied().filter(|b| only.is_empty() || only.iter().any(|o| o == b)).collect();
+    let selected: Vec<&str> = BENCHMARKS
+        .iter()
+        .copied()
+        .filter(|b| only.is_empty() || only.iter().any(|o| o == b))
+        .collect();
     let root = workspace_root();
 
     header("setup");
     setup::run()?;
     header("build: release binaries (lb, bench-*)");
-    cmd::run(Command::new("cargo").args(["build", "--release", "-p", "lb-user", "-p", "lb-tests", "--bins"]).current_dir(&root))?;
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "lb-user",
+                "-p",
+                "lb-tests",
+                "--bins",
+            ])
+            .current_dir(&root),
+    )?;
 
     let mut sections = Vec::new();
     for bench in &selected {
@@ -71,11 +90,19 @@ pub fn run(only: &[String], no_write: bool) -> Result<()> {
         println!("{}", section_text(section));
     }
     if no_write || !only.is_empty() {
-        println!("(docs/BENCHMARKS.md not written: {})", if no_write { "--no-write" } else { "only part of the benchmarks ran" });
+        println!(
+            "(docs/BENCHMARKS.md not written: {})",
+            if no_write {
+                "--no-write"
+            } else {
+                "only part of the benchmarks ran"
+            }
+        );
         return Ok(());
     }
     let path = root.join("docs/BENCHMARKS.md");
-    fs::write(&path, markdown(&machine, &sections)).with_context(|| format!("writing {}", path.display()))?;
+    fs::write(&path, markdown(&machine, &sections))
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -84,14 +111,21 @@ pub fn run(only: &[String], no_write: bool) -> Result<()> {
 fn bench_binary(root: &Path, name: &str) -> Result<Vec<Section>> {
     let binary = root.join("target/release").join(format!("bench-{name}"));
     let mut command = Command::new(&binary);
-    command.arg("--json").current_dir(root).stdin(Stdio::null()).stderr(Stdio::inherit());
+    command
+        .arg("--json")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
     let line = cmd::display(&command);
     println!("$ {line}");
-    let output = command.output().with_context(|| format!("failed to start `{line}`"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("failed to start `{line}`"))?;
     if !output.status.success() {
         bail!("`{line}` failed ({})", output.status);
     }
-    serde_json::from_slice(&output.stdout).with_context(|| format!("`{line}` printed no section list"))
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`{line}` printed no section list"))
 }
 
 /// Criterion's point estimates, in nanoseconds.
@@ -108,21 +142,41 @@ struct Estimate {
 
 /// Runs the criterion benchmark of `lb_common::maglev::build_ring` and tabulates it.
 fn maglev(root: &Path) -> Result<Section> {
-    cmd::run(Command::new("cargo").args(["bench", "-p", "lb-common", "--bench", "maglev"]).current_dir(root))?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["bench", "-p", "lb-common", "--bench", "maglev"])
+            .current_dir(root),
+    )?;
     let group = root.join("target/criterion/maglev_build");
     let mut rows = Vec::new();
     for entry in fs::read_dir(&group).with_context(|| format!("reading {}", group.display()))? {
         let dir = entry?.path();
         let estimates = dir.join("new/estimates.json");
-        let Ok(text) = fs::read_to_string(&estimates) else { continue };
-        let Estimates { median, mean } =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", estimates.display()))?;
-        let id = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let Ok(text) = fs::read_to_string(&estimates) else {
+            continue;
+        };
+        let Estimates { median, mean } = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", estimates.display()))?;
+        let id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         // Directory names are the benchmark ids "{backends}x{M}/{weighting}" with '/' -> '_'.
-        let Some((shape, weighting)) = id.split_once('_') else { continue };
-        let Some((backends, size)) = shape.split_once('x') else { continue };
-        let (Ok(backends), Ok(size)) = (backends.parse::<u32>(), size.parse::<u32>()) else { continue };
-        let target = if (backends, size) == (1000, 65537) { "< 1 ms" } else { "" };
+        let Some((shape, weighting)) = id.split_once('_') else {
+            continue;
+        };
+        let Some((backends, size)) = shape.split_once('x') else {
+            continue;
+        };
+        let (Ok(backends), Ok(size)) = (backends.parse::<u32>(), size.parse::<u32>()) else {
+            continue;
+        };
+        let target = if (backends, size) == (1000, 65537) {
+            "< 1 ms"
+        } else {
+            ""
+        };
         rows.push((
             (backends, size, weighting.to_owned()),
             vec![
@@ -141,11 +195,14 @@ fn maglev(root: &Path) -> Result<Section> {
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Section {
         title: "Maglev table build".to_owned(),
-        method: "criterion (`cargo bench -p lb-common --bench maglev`), release build, one thread: \
+        method:
+            "criterion (`cargo bench -p lb-common --bench maglev`), release build, one thread: \
                  `lb_common::maglev::build_ring` for N backends named by their address strings, as \
                  the agent names them, into a ring of M slots; weighted = weights 1..=10."
-            .to_owned(),
-        columns: ["backends", "M", "weights", "median", "mean", "target"].map(String::from).to_vec(),
+                .to_owned(),
+        columns: ["backends", "M", "weights", "median", "mean", "target"]
+            .map(String::from)
+            .to_vec(),
         rows: rows.into_iter().map(|(_, row)| row).collect(),
         notes: Vec::new(),
     })
@@ -171,28 +228,57 @@ impl Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_else(|| "unknown".to_owned());
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory = meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or_else(|| "unknown".to_owned(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
-        let probe = |program: &str, args: &[&str]| cmd::probe(program, args).map(|s| s.trim().to_owned()).unwrap_or_else(|| "unknown".to_owned());
+            .map_or_else(
+                || "unknown".to_owned(),
+                |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0),
+            );
+        let probe = |program: &str, args: &[&str]| {
+            cmd::probe(program, args)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
         Self {
             cpu,
-            cores: std::thread::available_parallelism().map_or_else(|_| "unknown".to_owned(), |n| n.to_string()),
+            cores: std::thread::available_parallelism()
+                .map_or_else(|_| "unknown".to_owned(), |n| n.to_string()),
             kernel: probe("uname", &["-r"]),
             memory,
             rustc: probe("rustc", &["--version"]),
-            commit: probe("git", &["-C", &workspace_root().to_string_lossy(), "rev-parse", "--short", "HEAD"]),
+            commit: probe(
+                "git",
+                &[
+                    "-C",
+                    &workspace_root().to_string_lossy(),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ],
+            ),
             date: probe("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         }
     }
 
     fn rows(&self) -> [(&str, &str); 7] {
-        let Self { cpu, cores, kernel, memory, rustc, commit, date } = self;
+        let Self {
+            cpu,
+            cores,
+            kernel,
+            memory,
+            rustc,
+            commit,
+            date,
+        } = self;
         [
             ("CPU", cpu),
             ("cores", cores),
@@ -205,13 +291,22 @@ impl Machine {
     }
 
     fn text(&self) -> String {
-        self.rows().iter().map(|(k, v)| format!("{k:<18} {v}\n")).collect()
+        self.rows()
+            .iter()
+            .map(|(k, v)| format!("{k:<18} {v}\n"))
+            .collect()
     }
 }
 
 /// A section as an aligned text table.
 fn section_text(section: &Section) -> String {
-    let Section { title, method: _, columns, rows, notes } = section;
+    let Section {
+        title,
+        method: _,
+        columns,
+        rows,
+        notes,
+    } = section;
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -221,7 +316,11 @@ fn section_text(section: &Section) -> String {
         }
     }
     let line = |cells: &[String]| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_owned() + "\n"
     };
     let mut out = format!("{title}\n");
@@ -248,8 +347,19 @@ fn markdown(machine: &Machine, sections: &[Section]) -> String {
         let _ = writeln!(out, "| {key} | {value} |");
     }
     for section in sections {
-        let Section { title, method, columns, rows, notes } = section;
-        let _ = write!(out, "\n## {title}\n\n{method}\n\n| {} |\n|{}\n", columns.join(" | "), "---|".repeat(columns.len()));
+        let Section {
+            title,
+            method,
+            columns,
+            rows,
+            notes,
+        } = section;
+        let _ = write!(
+            out,
+            "\n## {title}\n\n{method}\n\n| {} |\n|{}\n",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        );
         for row in rows {
             let _ = writeln!(out, "| {} |", row.join(" | "));
         }

@@ -39,7 +39,10 @@ pub struct Plan {
 
 impl Default for Plan {
     fn default() -> Self {
-        Self { repeat: 250_000, passes: 21 }
+        Self {
+            repeat: 250_000,
+            passes: 21,
+        }
     }
 }
 
@@ -121,22 +124,67 @@ pub fn lab_and_paths() -> anyhow::Result<(PacketLab, Vec<Path>)> {
     let mut lab = PacketLab::standard_with_conntrack(DEFAULT_CONNTRACK_SIZE);
     let tunnel = ForwardMode::Tunnel;
     let tcp = Protocol::Tcp;
-    lab.add_vip("bench-tun4", 10, "10.0.0.220", PORT, tcp, tunnel, &[(16, "10.1.8.0"), (17, "10.2.8.0")]);
-    lab.add_vip("bench-tun6", 11, "fd00::220", PORT, tcp, tunnel, &[(18, "fd01::86dd"), (19, "fd02::86dd")]);
+    lab.add_vip(
+        "bench-tun4",
+        10,
+        "10.0.0.220",
+        PORT,
+        tcp,
+        tunnel,
+        &[(16, "10.1.8.0"), (17, "10.2.8.0")],
+    );
+    lab.add_vip(
+        "bench-tun6",
+        11,
+        "fd00::220",
+        PORT,
+        tcp,
+        tunnel,
+        &[(18, "fd01::86dd"), (19, "fd02::86dd")],
+    );
 
     let probe = Frame::ack(CLIENT_V4, 40000, "10.0.0.100", PORT).build();
     let mut paths = vec![
         floor(Program::Tx, Verdict::Tx, &probe),
         floor(Program::Pass, Verdict::Pass, &probe),
-        conntrack_hit(&mut lab, "TCP v4 conntrack hit (dsr)", "web4", Frame::ack(CLIENT_V4, 40001, "10.0.0.100", PORT))?,
-        new_flow(&mut lab, "TCP v4 SYN (ring, dsr)", "web4", Frame::syn(CLIENT_V4, 40002, "10.0.0.100", PORT))?,
-        conntrack_hit(&mut lab, "TCP v4 conntrack hit (tunnel)", "bench-tun4", Frame::ack(CLIENT_V4, 40003, "10.0.0.220", PORT))?,
-        conntrack_hit(&mut lab, "TCP v6 conntrack hit (tunnel)", "bench-tun6", Frame::ack(CLIENT_V6, 40004, "fd00::220", PORT))?,
-        conntrack_hit(&mut lab, "UDP v4 (dsr, conntrack hit)", "dns4", Frame::udp(CLIENT_V4, 40005, "10.0.0.100", 53))?,
+        conntrack_hit(
+            &mut lab,
+            "TCP v4 conntrack hit (dsr)",
+            "web4",
+            Frame::ack(CLIENT_V4, 40001, "10.0.0.100", PORT),
+        )?,
+        new_flow(
+            &mut lab,
+            "TCP v4 SYN (ring, dsr)",
+            "web4",
+            Frame::syn(CLIENT_V4, 40002, "10.0.0.100", PORT),
+        )?,
+        conntrack_hit(
+            &mut lab,
+            "TCP v4 conntrack hit (tunnel)",
+            "bench-tun4",
+            Frame::ack(CLIENT_V4, 40003, "10.0.0.220", PORT),
+        )?,
+        conntrack_hit(
+            &mut lab,
+            "TCP v6 conntrack hit (tunnel)",
+            "bench-tun6",
+            Frame::ack(CLIENT_V6, 40004, "fd00::220", PORT),
+        )?,
+        conntrack_hit(
+            &mut lab,
+            "UDP v4 (dsr, conntrack hit)",
+            "dns4",
+            Frame::udp(CLIENT_V4, 40005, "10.0.0.100", 53),
+        )?,
     ];
     let not_vip = Frame::ack(CLIENT_V4, 40006, "10.0.0.99", PORT).build();
     let (action, out) = lab.run(&not_vip)?;
-    ensure!(action == verdict::PASS && out == not_vip, "non-VIP frame: verdict {action}, frame changed: {}", out != not_vip);
+    ensure!(
+        action == verdict::PASS && out == not_vip,
+        "non-VIP frame: verdict {action}, frame changed: {}",
+        out != not_vip
+    );
     paths.push(Path {
         name: "non-VIP packet (pass)".into(),
         program: Program::Balancer,
@@ -168,7 +216,10 @@ fn conntrack_hit(lab: &mut PacketLab, name: &str, vip: &str, frame: Frame) -> an
         first.payload.clear();
     }
     let (action, _) = lab.run(&first.build())?;
-    ensure!(action == verdict::TX, "{name}: first packet: verdict {action}");
+    ensure!(
+        action == verdict::TX,
+        "{name}: first packet: verdict {action}"
+    );
     let backend = lab
         .datapath
         .conntrack(&frame.flow_key())?
@@ -176,7 +227,14 @@ fn conntrack_hit(lab: &mut PacketLab, name: &str, vip: &str, frame: Frame) -> an
     let bytes = frame.build();
     check_forward(lab, name, vip, &frame, &bytes, backend)?;
     let id = lab.vip(vip).id;
-    Ok(Path { name: name.into(), program: Program::Balancer, frame: bytes, verdict: Verdict::Tx, route: Route::ConntrackHit { vip: id }, target: Some(TARGET) })
+    Ok(Path {
+        name: name.into(),
+        program: Program::Balancer,
+        frame: bytes,
+        verdict: Verdict::Tx,
+        route: Route::ConntrackHit { vip: id },
+        target: Some(TARGET),
+    })
 }
 
 /// A path of a new connection: a SYN, hashed through the VIP's ring.
@@ -185,22 +243,52 @@ fn new_flow(lab: &mut PacketLab, name: &str, vip: &str, frame: Frame) -> anyhow:
     let backend = lab.ring_backend(id, &frame.flow_key());
     let bytes = frame.build();
     check_forward(lab, name, vip, &frame, &bytes, backend)?;
-    Ok(Path { name: name.into(), program: Program::Balancer, frame: bytes, verdict: Verdict::Tx, route: Route::NewFlow { vip: id }, target: Some(TARGET) })
+    Ok(Path {
+        name: name.into(),
+        program: Program::Balancer,
+        frame: bytes,
+        verdict: Verdict::Tx,
+        route: Route::NewFlow { vip: id },
+        target: Some(TARGET),
+    })
 }
 
 /// Runs the frame once (not live) and checks the verdict and the whole output frame.
-fn check_forward(lab: &mut PacketLab, name: &str, vip: &str, frame: &Frame, bytes: &[u8], backend: u32) -> anyhow::Result<()> {
+fn check_forward(
+    lab: &mut PacketLab,
+    name: &str,
+    vip: &str,
+    frame: &Frame,
+    bytes: &[u8],
+    backend: u32,
+) -> anyhow::Result<()> {
     let expected = match lab.vip(vip).forward {
         ForwardMode::Dsr => frames::dsr(bytes, backend_mac(backend)),
         ForwardMode::Tunnel => {
             let address = lab.backend_address(vip, backend);
-            let source = ip(if address.is_ipv4() { TUNNEL_SOURCE_V4 } else { TUNNEL_SOURCE_V6 });
-            frames::tunnel(bytes, backend_mac(backend), source, address, &frame.flow_key())
+            let source = ip(if address.is_ipv4() {
+                TUNNEL_SOURCE_V4
+            } else {
+                TUNNEL_SOURCE_V6
+            });
+            frames::tunnel(
+                bytes,
+                backend_mac(backend),
+                source,
+                address,
+                &frame.flow_key(),
+            )
         }
     };
     let (action, out) = lab.run(bytes)?;
-    ensure!(action == verdict::TX, "{name}: verdict {action}, expected XDP_TX");
-    ensure!(out == expected, "{name}: the output frame is not the expected forward to backend {backend}");
+    ensure!(
+        action == verdict::TX,
+        "{name}: verdict {action}, expected XDP_TX"
+    );
+    ensure!(
+        out == expected,
+        "{name}: the output frame is not the expected forward to backend {backend}"
+    );
     if lab.vip(vip).forward == ForwardMode::Tunnel {
         ensure_reparses_as_itself(name, bytes, &out, lab.backend_address(vip, backend))?;
     }
@@ -208,7 +296,12 @@ fn check_forward(lab: &mut PacketLab, name: &str, vip: &str, frame: &Frame, byte
 }
 
 /// Checks that a recycled live-frames page still holds the same flow (see [`lab_and_paths`]).
-fn ensure_reparses_as_itself(name: &str, input: &[u8], output: &[u8], backend: IpAddr) -> anyhow::Result<()> {
+fn ensure_reparses_as_itself(
+    name: &str,
+    input: &[u8],
+    output: &[u8],
+    backend: IpAddr,
+) -> anyhow::Result<()> {
     let outer = output.len() - input.len();
     let recycled = &output[outer..];
     if recycled[12..14] != input[12..14] || recycled[14..] != input[14..] {
@@ -233,7 +326,10 @@ impl Counters {
             Route::ConntrackHit { vip } | Route::NewFlow { vip } => Some(vip),
             Route::Floor | Route::NotVip => None,
         };
-        let stats = vip.map(|vip| lab.datapath.vip_stats(vip)).transpose()?.unwrap_or_default();
+        let stats = vip
+            .map(|vip| lab.datapath.vip_stats(vip))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             tx: lab.datapath.counter(Counter::Tx)?,
             pass: lab.datapath.counter(Counter::Pass)?,
@@ -244,7 +340,13 @@ impl Counters {
     }
 
     fn since(self, before: Self) -> Self {
-        let Self { tx, pass, not_vip, conntrack_hits, new_flows } = self;
+        let Self {
+            tx,
+            pass,
+            not_vip,
+            conntrack_hits,
+            new_flows,
+        } = self;
         Self {
             tx: tx - before.tx,
             pass: pass - before.pass,
@@ -258,9 +360,21 @@ impl Counters {
         let none = Self::default();
         match route {
             Route::Floor => none,
-            Route::ConntrackHit { .. } => Self { tx: frames, conntrack_hits: frames, ..none },
-            Route::NewFlow { .. } => Self { tx: frames, new_flows: frames, ..none },
-            Route::NotVip => Self { pass: frames, not_vip: frames, ..none },
+            Route::ConntrackHit { .. } => Self {
+                tx: frames,
+                conntrack_hits: frames,
+                ..none
+            },
+            Route::NewFlow { .. } => Self {
+                tx: frames,
+                new_flows: frames,
+                ..none
+            },
+            Route::NotVip => Self {
+                pass: frames,
+                not_vip: frames,
+                ..none
+            },
         }
     }
 }
@@ -276,10 +390,16 @@ pub fn time(lab: &mut PacketLab, path: &Path, repeat: u32) -> anyhow::Result<f64
     options.data_in = Some(&path.frame);
     options.repeat = repeat;
     options.attrs = TestRunAttrs::new().xdp_live_frames(BATCH_SIZE);
-    let result = xdp.test_run(options).with_context(|| format!("{}: live test run", path.name))?;
+    let result = xdp
+        .test_run(options)
+        .with_context(|| format!("{}: live test run", path.name))?;
     let moved = Counters::read(lab, path.route)?.since(before);
     let expected = Counters::expected(path.route, u64::from(repeat));
-    ensure!(moved == expected, "{}: counters moved {moved:?}, expected {expected:?}: the wrong path was timed", path.name);
+    ensure!(
+        moved == expected,
+        "{}: counters moved {moved:?}, expected {expected:?}: the wrong path was timed",
+        path.name
+    );
     Ok(result.duration.as_nanos() as f64 + 0.5)
 }
 
@@ -303,14 +423,22 @@ fn summary(samples: &[f64]) -> (f64, f64, f64) {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
-    let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
     (median, sorted[0], sorted[n - 1])
 }
 
 /// The "Per-packet cost" section.
 pub fn section(paths: &[Path], samples: &[Vec<f64>], plan: Plan, cpu: usize) -> Section {
     let floor_of = |verdict: Verdict| {
-        paths.iter().zip(samples).find(|(p, _)| p.route == Route::Floor && p.verdict == verdict).map(|(_, s)| s)
+        paths
+            .iter()
+            .zip(samples)
+            .find(|(p, _)| p.route == Route::Floor && p.verdict == verdict)
+            .map(|(_, s)| s)
     };
     let rows = paths
         .iter()
@@ -318,12 +446,19 @@ pub fn section(paths: &[Path], samples: &[Vec<f64>], plan: Plan, cpu: usize) -> 
         .map(|(path, samples)| {
             let (median, min, max) = summary(samples);
             let ratio = floor_of(path.verdict).map(|floor| {
-                let ratios: Vec<f64> = samples.iter().zip(floor).map(|(ns, floor)| ns / floor).collect();
+                let ratios: Vec<f64> = samples
+                    .iter()
+                    .zip(floor)
+                    .map(|(ns, floor)| ns / floor)
+                    .collect();
                 summary(&ratios).0
             });
             let target = match (path.target, ratio) {
                 (Some(target), Some(ratio)) => {
-                    format!("≤ {target:.1}× ({})", if ratio <= target { "met" } else { "missed" })
+                    format!(
+                        "≤ {target:.1}× ({})",
+                        if ratio <= target { "met" } else { "missed" }
+                    )
                 }
                 _ => "—".into(),
             };

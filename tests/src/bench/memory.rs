@@ -28,7 +28,10 @@ pub struct MapMemory {
 
 /// The memory of every map the balancer program uses (in [`names::BALANCER`] order), and of
 /// the ring of VIP `ring_vip`.
-pub fn measure(datapath: &mut Datapath, ring_vip: u32) -> anyhow::Result<(Vec<MapMemory>, MapMemory)> {
+pub fn measure(
+    datapath: &mut Datapath,
+    ring_vip: u32,
+) -> anyhow::Result<(Vec<MapMemory>, MapMemory)> {
     let ids = datapath
         .program(Program::Balancer)?
         .info()?
@@ -49,11 +52,16 @@ pub fn measure(datapath: &mut Datapath, ring_vip: u32) -> anyhow::Result<(Vec<Ma
     maps.sort_by_key(|m| position(&m.name));
     if maps.len() != names::BALANCER.len() {
         let found: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
-        return Err(anyhow!("the balancer uses {found:?}, expected {:?}", names::BALANCER));
+        return Err(anyhow!(
+            "the balancer uses {found:?}, expected {:?}",
+            names::BALANCER
+        ));
     }
     let rings = rings.ok_or_else(|| anyhow!("the balancer does not use {}", names::RINGS))?;
     let rings: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(Map::from_map_data(rings)?)?;
-    let ring = rings.get(&ring_vip, 0).with_context(|| format!("ring of VIP id {ring_vip}"))?;
+    let ring = rings
+        .get(&ring_vip, 0)
+        .with_context(|| format!("ring of VIP id {ring_vip}"))?;
     Ok((maps, map_memory(&ring)?))
 }
 
@@ -61,7 +69,9 @@ fn map_memory(data: &MapData) -> anyhow::Result<MapMemory> {
     let info = data.info()?;
     Ok(MapMemory {
         name: info.name_as_str().unwrap_or("?").to_string(),
-        kind: info.map_type().map_or_else(|_| "?".to_string(), |t| format!("{t:?}")),
+        kind: info
+            .map_type()
+            .map_or_else(|_| "?".to_string(), |t| format!("{t:?}")),
         entries: info.max_entries(),
         bytes: memlock(data.fd().as_fd())?,
     })
@@ -95,16 +105,42 @@ pub fn human(bytes: u64) -> String {
 /// The "Map memory" section.
 pub fn section(maps: &[MapMemory], ring: &MapMemory, cpus: usize) -> Section {
     let row = |name: String, kind: &str, entries: String, bytes: u64| {
-        vec![name, kind.to_string(), entries, human(bytes), bytes.to_string()]
+        vec![
+            name,
+            kind.to_string(),
+            entries,
+            human(bytes),
+            bytes.to_string(),
+        ]
     };
-    let mut rows: Vec<Vec<String>> =
-        maps.iter().map(|m| row(m.name.clone(), &m.kind, m.entries.to_string(), m.bytes)).collect();
-    rows.push(row(format!("one ring ({} slots)", ring.entries), &ring.kind, ring.entries.to_string(), ring.bytes));
+    let mut rows: Vec<Vec<String>> = maps
+        .iter()
+        .map(|m| row(m.name.clone(), &m.kind, m.entries.to_string(), m.bytes))
+        .collect();
+    rows.push(row(
+        format!("one ring ({} slots)", ring.entries),
+        &ring.kind,
+        ring.entries.to_string(),
+        ring.bytes,
+    ));
     let fixed: u64 = maps.iter().map(|m| m.bytes).sum();
-    for (what, vips) in [("typical", TYPICAL_VIPS), ("worst case, MAX_VIPS", MAX_VIPS)] {
+    for (what, vips) in [
+        ("typical", TYPICAL_VIPS),
+        ("worst case, MAX_VIPS", MAX_VIPS),
+    ] {
         let rings = ring.bytes * u64::from(vips);
-        rows.push(row(format!("rings × {vips} VIPs"), "", format!("{vips} × {}", ring.entries), rings));
-        rows.push(row(format!("total, {vips} VIPs ({what})"), "", String::new(), fixed + rings));
+        rows.push(row(
+            format!("rings × {vips} VIPs"),
+            "",
+            format!("{vips} × {}", ring.entries),
+            rings,
+        ));
+        rows.push(row(
+            format!("total, {vips} VIPs ({what})"),
+            "",
+            String::new(),
+            fixed + rings,
+        ));
     }
     Section {
         title: "Map memory".into(),
@@ -117,7 +153,9 @@ pub fn section(maps: &[MapMemory], ring: &MapMemory, cpus: usize) -> Section {
             maps.iter().find(|m| m.name == names::CONNTRACK).map_or(0, |m| m.entries),
             DEFAULT_RING_SIZE,
         ),
-        columns: ["map", "type", "entries", "memory", "bytes"].map(String::from).to_vec(),
+        columns: ["map", "type", "entries", "memory", "bytes"]
+            .map(String::from)
+            .to_vec(),
         rows,
         notes: vec![
             format!(

@@ -64,8 +64,18 @@ fn run() -> anyhow::Result<Vec<Section>> {
     let mut servers = Vec::new();
     for (i, name) in NAMES.iter().enumerate() {
         let ns = &lab.lan.host(2 + i).ns;
-        servers.push(Server::start(ns, SocketAddr::from(([0, 0, 0, 0], PORT)), SERVER_THREADS, Serve::Line(format!("{name}\n")))?);
-        servers.push(Server::start(ns, SocketAddr::from(([0, 0, 0, 0], BULK_PORT)), 2, Serve::Sink)?);
+        servers.push(Server::start(
+            ns,
+            SocketAddr::from(([0, 0, 0, 0], PORT)),
+            SERVER_THREADS,
+            Serve::Line(format!("{name}\n")),
+        )?);
+        servers.push(Server::start(
+            ns,
+            SocketAddr::from(([0, 0, 0, 0], BULK_PORT)),
+            2,
+            Serve::Sink,
+        )?);
     }
     let bulk_vip = lab.config_text(&[1, 1, 1], "", &lab.files.state_dir)
         + &format!("\n[[vip]]\nname = \"bulk\"\naddress = \"{VIP}\"\nport = {BULK_PORT}\nforward = \"dsr\"\n")
@@ -80,14 +90,23 @@ fn run() -> anyhow::Result<Vec<Section>> {
     let vip: IpAddr = VIP.parse().expect("VIP");
     let direct = lab.backend_ip(0);
     let targets = [("VIP", vip), ("direct to b1", direct)];
-    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).context("opening the agent's maps")?;
+    let mut datapath =
+        Datapath::open_pinned(&lab.files.state_dir).context("opening the agent's maps")?;
     let mut forwarded = move || datapath.counter(Counter::Tx).unwrap_or(0);
 
     eprintln!("bench-lab: warming up");
     for (_, address) in targets {
-        let count = connect_for(client, SocketAddr::new(address, PORT), CLIENT_THREADS, Duration::from_millis(500));
+        let count = connect_for(
+            client,
+            SocketAddr::new(address, PORT),
+            CLIENT_THREADS,
+            Duration::from_millis(500),
+        );
         if count.ok == 0 {
-            bail!("no connection to {address}:{PORT} succeeded ({} failed)", count.failed);
+            bail!(
+                "no connection to {address}:{PORT} succeeded ({} failed)",
+                count.failed
+            );
         }
     }
 
@@ -98,10 +117,22 @@ fn run() -> anyhow::Result<Vec<Section>> {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for t in order {
             let (name, address) = targets[t];
-            eprintln!("bench-lab: round {}/{ROUNDS}: connections to {name} for {CPS_SECONDS} s", round + 1);
+            eprintln!(
+                "bench-lab: round {}/{ROUNDS}: connections to {name} for {CPS_SECONDS} s",
+                round + 1
+            );
             let (cpu_before, own_before, tx_before) = (CpuTimes::now(), process_cpu(), forwarded());
-            let count = connect_for(client, SocketAddr::new(address, PORT), CLIENT_THREADS, Duration::from_secs(CPS_SECONDS));
-            let (cpu, own, tx) = (CpuTimes::now().busy_since(&cpu_before), process_cpu() - own_before, forwarded() - tx_before);
+            let count = connect_for(
+                client,
+                SocketAddr::new(address, PORT),
+                CLIENT_THREADS,
+                Duration::from_secs(CPS_SECONDS),
+            );
+            let (cpu, own, tx) = (
+                CpuTimes::now().busy_since(&cpu_before),
+                process_cpu() - own_before,
+                forwarded() - tx_before,
+            );
             cps[t].push(Sample {
                 rate: count.ok as f64 / CPS_SECONDS as f64,
                 cpu,
@@ -112,11 +143,22 @@ fn run() -> anyhow::Result<Vec<Section>> {
         }
         for t in order {
             let (name, address) = targets[t];
-            eprintln!("bench-lab: round {}/{ROUNDS}: upload to {name} for {BULK_SECONDS} s", round + 1);
+            eprintln!(
+                "bench-lab: round {}/{ROUNDS}: upload to {name} for {BULK_SECONDS} s",
+                round + 1
+            );
             let (cpu_before, own_before, tx_before) = (CpuTimes::now(), process_cpu(), forwarded());
-            let (bytes, took) = upload_for(client, SocketAddr::new(address, BULK_PORT), Duration::from_secs(BULK_SECONDS))
-                .with_context(|| format!("upload to {address}:{BULK_PORT}"))?;
-            let (cpu, own, tx) = (CpuTimes::now().busy_since(&cpu_before), process_cpu() - own_before, forwarded() - tx_before);
+            let (bytes, took) = upload_for(
+                client,
+                SocketAddr::new(address, BULK_PORT),
+                Duration::from_secs(BULK_SECONDS),
+            )
+            .with_context(|| format!("upload to {address}:{BULK_PORT}"))?;
+            let (cpu, own, tx) = (
+                CpuTimes::now().busy_since(&cpu_before),
+                process_cpu() - own_before,
+                forwarded() - tx_before,
+            );
             let megabytes = bytes as f64 / 1e6;
             bulk[t].push(Sample {
                 rate: megabytes / took.as_secs_f64(),
@@ -133,8 +175,16 @@ fn run() -> anyhow::Result<Vec<Section>> {
 }
 
 fn report(cps: &[Vec<Sample>; 2], bulk: &[Vec<Sample>; 2]) -> Vec<Section> {
-    let med = |samples: &[Sample], f: fn(&Sample) -> f64| median(&samples.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN);
-    let rates = |samples: &[Sample], digits: usize| samples.iter().map(|s| format!("{:.digits$}", s.rate)).collect::<Vec<_>>().join(" / ");
+    let med = |samples: &[Sample], f: fn(&Sample) -> f64| {
+        median(&samples.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+    };
+    let rates = |samples: &[Sample], digits: usize| {
+        samples
+            .iter()
+            .map(|s| format!("{:.digits$}", s.rate))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     let mut sections = Vec::new();
     for (title, samples, unit, digits, method) in [
         (

@@ -9,16 +9,16 @@
 //! `docs/BENCHMARKS.md`; without it, aligned text tables.
 
 use anyhow::{anyhow, bail, Context as _};
-use nix::{
-    sched::{sched_getaffinity, sched_setaffinity, CpuSet},
-    unistd::Pid,
-};
 use lb_tests::{
     bench::{
         cost::{self, Plan},
         memory,
     },
     report_table::{self, Section},
+};
+use nix::{
+    sched::{sched_getaffinity, sched_setaffinity, CpuSet},
+    unistd::Pid,
 };
 
 struct Args {
@@ -29,18 +29,28 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { json: false, plan: Plan::default(), only: None };
+    let mut args = Args {
+        json: false,
+        plan: Plan::default(),
+        only: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| -> anyhow::Result<u64> {
             let text = it.next().ok_or_else(|| anyhow!("{name} needs a value"))?;
-            text.parse().with_context(|| format!("{name} {text}: not a number"))
+            text.parse()
+                .with_context(|| format!("{name} {text}: not a number"))
         };
         match arg.as_str() {
             "--json" => args.json = true,
             "--repeat" => args.plan.repeat = u32::try_from(value("--repeat")?.max(2))?,
             "--passes" => args.plan.passes = usize::try_from(value("--passes")?.max(1))?,
-            "--only" => args.only = Some(it.next().ok_or_else(|| anyhow!("--only needs a path name"))?),
+            "--only" => {
+                args.only = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow!("--only needs a path name"))?,
+                )
+            }
             "-h" | "--help" => {
                 println!("usage: bench-packet [--json] [--repeat FRAMES] [--passes N] [--only PATH-NAME-PART]");
                 std::process::exit(0);
@@ -77,8 +87,10 @@ fn main() -> anyhow::Result<()> {
     let web4 = lab.vip("web4").id;
     let (maps, ring) = memory::measure(&mut lab.datapath, web4)?;
     let possible_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-    let sections: Vec<Section> =
-        vec![cost::section(&paths, &samples, args.plan, cpu), memory::section(&maps, &ring, possible_cpus)];
+    let sections: Vec<Section> = vec![
+        cost::section(&paths, &samples, args.plan, cpu),
+        memory::section(&maps, &ring, possible_cpus),
+    ];
     report_table::print(&sections, args.json);
     Ok(())
 }

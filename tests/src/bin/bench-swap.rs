@@ -75,7 +75,10 @@ fn config(files: &AgentFiles) -> String {
             vip_address(v)
         );
         for b in 0..BACKENDS {
-            text += &format!("  [[vip.backend]]\n  address = \"{}\"\n", backend_address(v, b));
+            text += &format!(
+                "  [[vip.backend]]\n  address = \"{}\"\n",
+                backend_address(v, b)
+            );
             if b == 0 {
                 text += &format!(
                     "  health = {{ port = {SWITCHED_PORT}, interval = \"{SWITCHED_INTERVAL_MS}ms\", timeout = \"40ms\", rise = 1, fall = 1 }}\n"
@@ -95,7 +98,11 @@ struct Swap {
 }
 
 /// The `n`-th (0-based) log line containing `needle`, and its `key=value` fields.
-fn logged_fields(log: &str, needle: &str, n: usize) -> Option<std::collections::HashMap<String, String>> {
+fn logged_fields(
+    log: &str,
+    needle: &str,
+    n: usize,
+) -> Option<std::collections::HashMap<String, String>> {
     let line = log.lines().filter(|l| l.contains(needle)).nth(n)?;
     Some(
         line.split_whitespace()
@@ -106,7 +113,11 @@ fn logged_fields(log: &str, needle: &str, n: usize) -> Option<std::collections::
 }
 
 fn field(fields: &std::collections::HashMap<String, String>, key: &str) -> anyhow::Result<u64> {
-    fields.get(key).with_context(|| format!("no {key} in the log line"))?.parse().with_context(|| format!("{key} is not a number"))
+    fields
+        .get(key)
+        .with_context(|| format!("no {key} in the log line"))?
+        .parse()
+        .with_context(|| format!("{key} is not a number"))
 }
 
 fn main() -> ExitCode {
@@ -116,45 +127,89 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<Vec<Section>> {
     find_lb_binary().map_err(anyhow::Error::msg)?;
     let started = Instant::now();
-    eprintln!("bench-swap: building the lab (2 namespaces, {} backend addresses)", VIPS * BACKENDS);
+    eprintln!(
+        "bench-swap: building the lab (2 namespaces, {} backend addresses)",
+        VIPS * BACKENDS
+    );
     let lan = Lan::new("swap", &["lb", "bk"]);
     let (lb, bk) = (lan.host(0), lan.host(1));
-    let addresses: Vec<String> =
-        (0..VIPS).flat_map(|v| (0..BACKENDS).map(move |b| format!("addr add {}/32 dev lo", backend_address(v, b)))).collect();
+    let addresses: Vec<String> = (0..VIPS)
+        .flat_map(|v| {
+            (0..BACKENDS).map(move |b| format!("addr add {}/32 dev lo", backend_address(v, b)))
+        })
+        .collect();
     bk.ns.ip_batch(&addresses);
     lb.ns.ip(&format!("route add 10.79.0.0/16 via {}", bk.ip));
-    let _health_target = Server::start(&bk.ns, SocketAddr::from(([0, 0, 0, 0], PORT)), 2, Serve::Close)?;
-    let start_switched = |v: usize| Server::start(&bk.ns, SocketAddr::new(switched(v), SWITCHED_PORT), 1, Serve::Close);
-    let mut switched_servers = (0..VIPS).map(|v| start_switched(v).map(Some)).collect::<Result<Vec<_>, _>>()?;
+    let _health_target = Server::start(
+        &bk.ns,
+        SocketAddr::from(([0, 0, 0, 0], PORT)),
+        2,
+        Serve::Close,
+    )?;
+    let start_switched = |v: usize| {
+        Server::start(
+            &bk.ns,
+            SocketAddr::new(switched(v), SWITCHED_PORT),
+            1,
+            Serve::Close,
+        )
+    };
+    let mut switched_servers = (0..VIPS)
+        .map(|v| start_switched(v).map(Some))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let files = AgentFiles::new("swap");
     files.write_config(&config(&files));
-    eprintln!("bench-swap: starting lb run (checks and next hops of {} backends first)", VIPS * BACKENDS);
+    eprintln!(
+        "bench-swap: starting lb run (checks and next hops of {} backends first)",
+        VIPS * BACKENDS
+    );
     let mut agent = AgentProcess::start(&lb.ns, &files, false);
     if !files.wait_log("datapath attached", 1, Duration::from_secs(60)) {
-        bail!("the agent did not attach within 60 s; its log:\n{}", files.log_text());
+        bail!(
+            "the agent did not attach within 60 s; its log:\n{}",
+            files.log_text()
+        );
     }
     // The first round of checks may end before every backend answered: wait for all of them.
     let mut maps = Datapath::open_pinned(&files.state_dir).context("opening the agent's maps")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let up = maps.backends()?.iter().filter(|(_, b)| b.state == BackendState::Up as u8).count();
+        let up = maps
+            .backends()?
+            .iter()
+            .filter(|(_, b)| b.state == BackendState::Up as u8)
+            .count();
         if up == VIPS * BACKENDS {
             break;
         }
         if Instant::now() > deadline {
-            bail!("{up} of {} backends are up after 30 s; the agent's log:\n{}", VIPS * BACKENDS, files.log_text());
+            bail!(
+                "{up} of {} backends are up after 30 s; the agent's log:\n{}",
+                VIPS * BACKENDS,
+                files.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let mut probe = RingProbe::open(&files.state_dir, CONNTRACK_SIZE).context("loading the probe program on the agent's maps")?;
+    let mut probe = RingProbe::open(&files.state_dir, CONNTRACK_SIZE)
+        .context("loading the probe program on the agent's maps")?;
     // One probe flow per VIP whose ring slot belongs to the switched backend.
     let mut probes = Vec::new();
     for v in 0..VIPS {
         let target = switched(v);
         let frame = (1024..u16::MAX)
-            .map(|port| Frame::new(lb_tests::frames::Kind::TcpSyn, "10.77.0.200".parse().expect("ip"), port, vip_address(v), PORT).build())
+            .map(|port| {
+                Frame::new(
+                    lb_tests::frames::Kind::TcpSyn,
+                    "10.77.0.200".parse().expect("ip"),
+                    port,
+                    vip_address(v),
+                    PORT,
+                )
+                .build()
+            })
             .find(|frame| probe.tunnel_destination(frame).ok().flatten() == Some(target))
             .with_context(|| format!("no client port maps to {target} in the ring of v{v}"))?;
         probes.push(frame);
@@ -180,7 +235,9 @@ fn run() -> anyhow::Result<Vec<Section>> {
                 switched_servers[v] = Some(start_switched(v)?);
                 probe.wait_for(&probes[v], probe_timeout, |d| d == Some(target))?
             };
-            let probe_us = probe_us.with_context(|| format!("swap {i}: the probe never saw `{needle}` in the kernel"))?;
+            let probe_us = probe_us.with_context(|| {
+                format!("swap {i}: the probe never saw `{needle}` in the kernel")
+            })?;
             if !files.wait_log(&needle, round + 1, Duration::from_secs(5)) {
                 bail!("swap {i}: the agent never logged `{needle}`");
             }
@@ -191,7 +248,11 @@ fn run() -> anyhow::Result<Vec<Section>> {
                 swapped_us: field(&fields, "ring_swapped_unix_us")?,
                 probe_us,
             };
-            if going_down { downs.push(swap) } else { ups.push(swap) }
+            if going_down {
+                downs.push(swap)
+            } else {
+                ups.push(swap)
+            }
         }
         if !agent.is_running() {
             bail!("the agent exited; its log:\n{}", files.log_text());
@@ -217,10 +278,23 @@ struct Parts {
 /// Times the agent's steps of a ring change on a scratch datapath: the Maglev build, then the
 /// two halves of `Datapath::set_ring`.
 fn swap_parts() -> anyhow::Result<Parts> {
-    let identities: Vec<Vec<u8>> = (1..BACKENDS).map(|b| backend_address(0, b).to_string().into_bytes()).collect();
-    let backends: Vec<MaglevBackend<'_>> =
-        identities.iter().enumerate().map(|(id, identity)| MaglevBackend { id: id as u32, identity, weight: 1 }).collect();
-    let mut datapath = Datapath::load(&Options { conntrack_size: 1024, pin_dir: None }).context("loading a scratch datapath")?;
+    let identities: Vec<Vec<u8>> = (1..BACKENDS)
+        .map(|b| backend_address(0, b).to_string().into_bytes())
+        .collect();
+    let backends: Vec<MaglevBackend<'_>> = identities
+        .iter()
+        .enumerate()
+        .map(|(id, identity)| MaglevBackend {
+            id: id as u32,
+            identity,
+            weight: 1,
+        })
+        .collect();
+    let mut datapath = Datapath::load(&Options {
+        conntrack_size: 1024,
+        pin_dir: None,
+    })
+    .context("loading a scratch datapath")?;
     let (mut build, mut prepare, mut swap) = (Vec::new(), Vec::new(), Vec::new());
     let micros = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
     for _ in 0..SWAPS {
@@ -266,29 +340,70 @@ fn report(downs: &[Swap], ups: &[Swap], parts: &Parts, lab_time: Duration) -> Ve
     let mut medians = Vec::new();
     for (name, swaps) in [("up -> down", downs), ("down -> up", ups)] {
         let series: [(&str, Vec<f64>); 3] = [
-            ("probe sees the new ring", swaps.iter().map(|s| s.probe_us.saturating_sub(s.decided_us) as f64).collect()),
-            ("agent: set_ring returned", swaps.iter().map(|s| s.swapped_us.saturating_sub(s.decided_us) as f64).collect()),
-            ("agent: queued", swaps.iter().map(|s| s.queued_us as f64).collect()),
+            (
+                "probe sees the new ring",
+                swaps
+                    .iter()
+                    .map(|s| s.probe_us.saturating_sub(s.decided_us) as f64)
+                    .collect(),
+            ),
+            (
+                "agent: set_ring returned",
+                swaps
+                    .iter()
+                    .map(|s| s.swapped_us.saturating_sub(s.decided_us) as f64)
+                    .collect(),
+            ),
+            (
+                "agent: queued",
+                swaps.iter().map(|s| s.queued_us as f64).collect(),
+            ),
         ];
         for (end, values) in &series {
-            let (m, x) = (median(values).unwrap_or(f64::NAN), max(values).unwrap_or(f64::NAN));
+            let (m, x) = (
+                median(values).unwrap_or(f64::NAN),
+                max(values).unwrap_or(f64::NAN),
+            );
             if *end == "probe sees the new ring" {
                 medians.push((name, m));
             }
-            latency.row(vec![name.to_owned(), (*end).to_owned(), values.len().to_string(), ms(m), ms(x)]);
+            latency.row(vec![
+                name.to_owned(),
+                (*end).to_owned(),
+                values.len().to_string(),
+                ms(m),
+                ms(x),
+            ]);
         }
     }
     for (name, median_us) in &medians {
-        let verdict = if median_us / 1000.0 < TARGET_MS { "met" } else { "MISSED" };
-        latency.notes.push(format!("target: median under {TARGET_MS} ms ({name}): {verdict} ({} ms)", ms(*median_us)));
+        let verdict = if median_us / 1000.0 < TARGET_MS {
+            "met"
+        } else {
+            "MISSED"
+        };
+        latency.notes.push(format!(
+            "target: median under {TARGET_MS} ms ({name}): {verdict} ({} ms)",
+            ms(*median_us)
+        ));
     }
-    let early = downs.iter().chain(ups).filter(|s| s.probe_us + 1000 < s.decided_us).count();
-    let late = downs.iter().chain(ups).filter(|s| s.probe_us > s.swapped_us + 1000).count();
+    let early = downs
+        .iter()
+        .chain(ups)
+        .filter(|s| s.probe_us + 1000 < s.decided_us)
+        .count();
+    let late = downs
+        .iter()
+        .chain(ups)
+        .filter(|s| s.probe_us > s.swapped_us + 1000)
+        .count();
     latency.notes.push(format!(
         "consistency: {early} probe observations more than 1 ms before the decision, {late} more than 1 ms after the agent's \
          ring_swapped timestamp (the probe yields the CPU between runs, so on 2 cores it may see a change late)"
     ));
-    latency.notes.push(format!("the lab ran {:.1} s", lab_time.as_secs_f64()));
+    latency
+        .notes
+        .push(format!("the lab ran {:.1} s", lab_time.as_secs_f64()));
 
     let mut parts_section = Section::new(
         "Parts of a ring swap",
@@ -304,8 +419,14 @@ fn report(downs: &[Swap], ups: &[Swap], parts: &Parts, lab_time: Duration) -> Ve
         &["part", "median ms"],
     );
     parts_section.row(vec!["Maglev build".into(), ms(parts.build_us)]);
-    parts_section.row(vec!["Datapath::prepare_ring (create, fill)".into(), ms(parts.prepare_us)]);
-    parts_section.row(vec!["Datapath::swap_ring (update of RINGS)".into(), ms(parts.swap_us)]);
+    parts_section.row(vec![
+        "Datapath::prepare_ring (create, fill)".into(),
+        ms(parts.prepare_us),
+    ]);
+    parts_section.row(vec![
+        "Datapath::swap_ring (update of RINGS)".into(),
+        ms(parts.swap_us),
+    ]);
     parts_section.notes.push(
         "the swap is visible to packets as soon as the update is made, but bpf(BPF_MAP_UPDATE_ELEM) on an array of maps \
          returns only after an RCU grace period (the kernel's guarantee that no program still runs on the old ring): \
