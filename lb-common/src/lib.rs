@@ -5,10 +5,13 @@
 //! counter indices, and the flow hash, so userspace can predict exactly what the kernel does.
 //!
 //! Without features this crate is `no_std` and has no dependencies; the `user` feature adds
-//! `aya::Pod` impls and the Maglev table builder.
+//! `aya::Pod` impls, typed
+//! constructors and accessors of the map types ([`encoding`]) and the Maglev table builder.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "user")]
+pub mod encoding;
 pub mod flow;
 #[cfg(feature = "user")]
 pub mod maglev;

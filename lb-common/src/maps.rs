@@ -6,6 +6,7 @@
 /// Address family as stored in map keys and values.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub enum Family {
     /// IPv4: addresses use the first 4 of 16 bytes.
     V4 = 4,
@@ -16,6 +17,11 @@ pub enum Family {
 /// Transport protocol of a VIP, as its IP protocol number.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Protocol {
     /// TCP (6).
     Tcp = 6,
@@ -26,6 +32,11 @@ pub enum Protocol {
 /// How packets of a VIP reach its backends.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum ForwardMode {
     /// Layer-2 direct server return: only the Ethernet addresses are rewritten.
     Dsr = 1,
@@ -36,6 +47,11 @@ pub enum ForwardMode {
 /// Health of a backend as the datapath sees it.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum BackendState {
     /// Slot never written or backend removed: treated like `Down`.
     Unused = 0,
@@ -45,6 +61,90 @@ pub enum BackendState {
     Draining = 2,
     /// Failed health checks: not in the ring, tracked flows are re-hashed.
     Down = 3,
+}
+
+impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    /// The protocol of an IP protocol number as stored in maps, if it is one of ours.
+    pub const fn from_raw(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as in the configuration, the CLI and JSON: `tcp` or `udp`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl ForwardMode {
+    /// Every mode.
+    pub const ALL: [ForwardMode; 2] = [ForwardMode::Dsr, ForwardMode::Tunnel];
+
+    /// The mode stored in a [`Vip`] entry, if it is a known one.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(ForwardMode::Dsr),
+            2 => Some(ForwardMode::Tunnel),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as in the configuration, the CLI and JSON: `dsr` or `tunnel`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForwardMode::Dsr => "dsr",
+            ForwardMode::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl BackendState {
+    /// Every state.
+    pub const ALL: [BackendState; 4] = [
+        BackendState::Unused,
+        BackendState::Up,
+        BackendState::Draining,
+        BackendState::Down,
+    ];
+
+    /// The state stored in a [`Backend`] entry; unknown values read as `Unused` (treated like
+    /// `Down` by the datapath).
+    pub const fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => BackendState::Up,
+            2 => BackendState::Draining,
+            3 => BackendState::Down,
+            _ => BackendState::Unused,
+        }
+    }
+
+    /// Whether tracked flows stay on a backend in this state (`Up` or `Draining`); flows
+    /// tracked to any other state are re-hashed through the ring.
+    pub const fn is_usable(self) -> bool {
+        match self {
+            BackendState::Up | BackendState::Draining => true,
+            BackendState::Unused | BackendState::Down => false,
+        }
+    }
+
+    /// Lower-case name as in the CLI and JSON: `unused`, `up`, `draining` or `down`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendState::Unused => "unused",
+            BackendState::Up => "up",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        }
+    }
 }
 
 /// Maximum number of VIPs (size of `VIPS`, `RINGS`, `VIP_STATS`).

@@ -90,6 +90,42 @@ impl Counter {
     }
 }
 
+/// What a global counter counts, for reports and metrics: the four verdicts, and for every other
+/// counter whether it is a reason to pass, a reason to drop, or an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CounterClass {
+    /// An XDP verdict (`pass`, `tx`, `redirect`, `drop`): every packet counts in exactly one.
+    Verdict,
+    /// A reason a packet was passed to the host untouched.
+    Passed,
+    /// A reason a packet was dropped.
+    Dropped,
+    /// Something that happened to a forwarded packet (re-hash, failed insert, ICMP error).
+    Event,
+}
+
+impl Counter {
+    /// The class of this counter.
+    pub const fn class(self) -> CounterClass {
+        match self {
+            Counter::Pass | Counter::Tx | Counter::Redirect | Counter::Drop => {
+                CounterClass::Verdict
+            }
+            Counter::NotIp
+            | Counter::NotVip
+            | Counter::NotTcpUdp
+            | Counter::Fragment
+            | Counter::Ipv6ExtensionHeader => CounterClass::Passed,
+            Counter::ParseError
+            | Counter::NoBackend
+            | Counter::TooBig
+            | Counter::NoHeadroom
+            | Counter::RedirectFailed => CounterClass::Dropped,
+            Counter::Rehashed | Counter::ConntrackFull | Counter::IcmpError => CounterClass::Event,
+        }
+    }
+}
+
 /// Index into `DECAP_STATS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
