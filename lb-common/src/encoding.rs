@@ -202,7 +202,11 @@ macro_rules! named {
 
 named!(Protocol, "protocol", ["tcp", "udp"]);
 named!(ForwardMode, "forward mode", ["dsr", "tunnel"]);
-named!(BackendState, "backend state", ["unused", "up", "draining", "down"]);
+named!(
+    BackendState,
+    "backend state",
+    ["unused", "up", "draining", "down"]
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@
 #[cfg(feature = "user")]
 pub mod encoding;
 pub mod flow;
+pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;

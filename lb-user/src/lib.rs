@@ -1,14 +1,16 @@
 //! lb: a layer-4 XDP load balancer. This library holds the agent, the CLI and the datapath
-//! loader; `main.rs` is the `lb` binary.
+//! loader; `main.rs` is the `lb` binary. docs/ARCHITECTURE.md draws the map.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod datapath;
-pub mod decap;
+pub mod error;
 pub mod health;
+pub mod interface;
 pub mod metrics;
 pub mod nexthop;
-pub mod report;
 pub mod status;
 pub mod watch;

@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use lb_common::maps::{BackendState, ForwardMode, Protocol};
 use serde::{Deserialize, Serialize};
+
+use crate::datapath::AttachMode;
 
 /// Where snapshots are written.
 pub const RUN_DIR: &str = "/run/lb";
@@ -27,7 +30,7 @@ pub fn path_for(state_dir: &Path) -> PathBuf {
 }
 
 /// What the agent knows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The agent's pid.
     pub pid: u32,
@@ -38,7 +41,7 @@ pub struct Snapshot {
     /// The interface the balancer is attached to.
     pub interface: String,
     /// `native` or `generic`.
-    pub xdp_mode: String,
+    pub xdp_mode: AttachMode,
     /// Kernel id of the attached program.
     pub program_id: Option<u32>,
     /// VIPs.
@@ -46,7 +49,7 @@ pub struct Snapshot {
 }
 
 /// One VIP.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipStatus {
     /// Name from the configuration.
     pub name: String,
@@ -57,15 +60,15 @@ pub struct VipStatus {
     /// Port (0 = all).
     pub port: u16,
     /// `tcp` or `udp`.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// `dsr` or `tunnel`.
-    pub forward: String,
+    pub forward: ForwardMode,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }
 
 /// One backend of a VIP.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     /// Address.
     pub address: String,
@@ -74,7 +77,7 @@ pub struct BackendStatus {
     /// Configured weight.
     pub weight: u32,
     /// `up`, `down`, `draining` or `unknown`.
-    pub state: String,
+    pub state: ServingState,
     /// Whether the last check succeeded.
     pub last_check_ok: Option<bool>,
     /// Latency of the last check, microseconds.
@@ -83,6 +86,44 @@ pub struct BackendStatus {
     pub last_check_error: Option<String>,
     /// When the state last changed (Unix milliseconds).
     pub last_change_unix_ms: u64,
+}
+
+/// Whether a backend serves, as the agent sees it: its health, and whether the datapath sends it
+/// new flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServingState {
+    /// Not checked yet: receives no traffic.
+    Unknown,
+    /// In the ring.
+    Up,
+    /// Healthy with weight 0: no new flows, tracked flows stay.
+    Draining,
+    /// Failed its checks (or has no next hop): no traffic, tracked flows re-hash.
+    Down,
+}
+
+impl ServingState {
+    /// Lower-case name as in the CLI and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ServingState::Unknown => "unknown",
+            ServingState::Up => "up",
+            ServingState::Draining => "draining",
+            ServingState::Down => "down",
+        }
+    }
+}
+
+impl From<BackendState> for ServingState {
+    /// What a backend entry's state says when no agent snapshot does.
+    fn from(state: BackendState) -> Self {
+        match state {
+            BackendState::Up => ServingState::Up,
+            BackendState::Draining => ServingState::Draining,
+            BackendState::Down | BackendState::Unused => ServingState::Down,
+        }
+    }
 }
 
 /// Writes `snapshot` for `state_dir` atomically (write, then rename).

@@ -147,7 +147,7 @@ impl AgentLab {
             .backends()
             .expect("backends")
             .into_iter()
-            .find(|(_, b)| lb_user::agent::addr_from_bytes(&b.addr, b.family) == address)
+            .find(|(_, b)| b.address() == address)
             .map(|(id, _)| id)
             .expect("backend entry")
     }

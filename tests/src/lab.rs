@@ -5,16 +5,15 @@ use std::{collections::HashMap, net::IpAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
+    encoding::addr_bytes,
     maglev::{build_ring, MaglevBackend},
     maps::{
-        Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE,
+        Backend, BackendState, DecapKey, ForwardMode, Protocol, Settings, Vip, VipKey,
+        DEFAULT_RING_SIZE,
     },
     FlowKey,
 };
-use lb_user::{
-    datapath::{Datapath, Options, Program},
-    decap::decap_key,
-};
+use lb_user::datapath::{Datapath, Options, Program};
 
 use crate::frames::{ip, LB_MAC};
 
@@ -86,19 +85,6 @@ pub struct PacketLab {
     /// VIPs by name.
     pub vips: HashMap<&'static str, LabVip>,
 }
-
-/// Key of `VIPS` for an address, port and protocol.
-pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKey {
-    let mut key = VipKey {
-        port: port.to_be_bytes(),
-        protocol: protocol as u8,
-        ..VipKey::default()
-    };
-    (key.addr, key.family) = addr_bytes(address);
-    key
-}
-
-pub use lb_user::agent::addr_bytes;
 
 impl PacketLab {
     /// An empty lab: the object loaded, tunnel sources set, no VIP.
@@ -225,7 +211,7 @@ impl PacketLab {
         // tunnel VIP.
         for address in ["10.1.0.11", "fd01::11"] {
             lab.datapath
-                .add_decap_address(&decap_key(ip(address)))
+                .add_decap_address(&DecapKey::new(ip(address)))
                 .expect("decap address");
         }
         lab
@@ -263,13 +249,8 @@ impl PacketLab {
         self.set_ring(id, &up);
         self.datapath
             .set_vip(
-                &vip_key(address, port, protocol),
-                &Vip {
-                    id,
-                    ring_size: DEFAULT_RING_SIZE,
-                    forward: forward as u8,
-                    _pad: [0; 3],
-                },
+                &VipKey::new(address, port, protocol),
+                &Vip::new(id, DEFAULT_RING_SIZE, forward),
             )
             .expect("set vip");
         self.vips.insert(name, vip);
@@ -280,7 +261,7 @@ impl PacketLab {
         let (addr, family) = addr_bytes(address);
         let backend = Backend {
             addr,
-            family,
+            family: family as u8,
             state: state as u8,
             ifindex: TEST_RUN_IFINDEX,
             mtu: MTU,

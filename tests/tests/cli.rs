@@ -74,10 +74,10 @@ fn stats_status_and_explain_describe_real_traffic() {
         .run(|| (0..200).map(|_| connect_once(vip)).collect());
 
     // explain agrees with every real connection (through the library, with the CLI's code)...
-    let mut view = lb_user::report::View::open(&lab.files.state_dir).expect("view");
+    let mut view = lb_user::cli::View::open(&lab.files.state_dir).expect("view");
     for (port, name) in &connections {
         let client = SocketAddr::new(IpAddr::V4(client_ip), *port);
-        let e = lb_user::report::explain(&mut view, vip, lb_common::maps::Protocol::Tcp, client)
+        let e = lb_user::cli::explain(&mut view, vip, lb_common::maps::Protocol::Tcp, client)
             .expect("explain");
         let predicted = e.backend.as_deref().map(|a| names[a]);
         assert_eq!(predicted, Some(name.as_str()), "client port {port}: {e:?}");

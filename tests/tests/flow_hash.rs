@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
     flow_hash,
-    maps::{BackendState, ForwardMode, Protocol, Vip},
+    maps::{BackendState, ForwardMode, Protocol, Vip, VipKey},
 };
 use lb_tests::{
     frames::{Frame, Kind},
-    lab::{backend_of, verdict, vip_key, PacketLab},
+    lab::{backend_of, verdict, PacketLab},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -46,7 +46,7 @@ fn userspace_flow_hash_matches_the_kernels_slot_for_random_flows() {
             _pad: [0; 3],
         };
         lab.datapath
-            .set_vip(&vip_key(address, 0, protocol), &vip)
+            .set_vip(&VipKey::new(address, 0, protocol), &vip)
             .expect("vip");
     }
 

@@ -103,7 +103,7 @@ fn a_second_instance_builds_identical_rings() {
             .backends()
             .expect("backends")
             .into_iter()
-            .map(|(id, b)| (id, lb_user::agent::addr_from_bytes(&b.addr, b.family)))
+            .map(|(id, b)| (id, b.address()))
             .collect();
         let vip = datapath.vips().expect("vips")[0].1.id;
         datapath
@@ -191,9 +191,9 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     // Every failed attempt was a connection the ring had sent to b2 (its SYN is tracked there).
     let b2 = lab.backend_ip(1).to_string();
     let client_ip = lab.lan.host(0).ip;
-    let mut view = lb_user::report::View::open(&lab.files.state_dir).expect("view");
+    let mut view = lb_user::cli::View::open(&lab.files.state_dir).expect("view");
     for port in &failed {
-        let e = lb_user::report::explain(
+        let e = lb_user::cli::explain(
             &mut view,
             vip(),
             Protocol::Tcp,

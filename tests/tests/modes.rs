@@ -348,7 +348,7 @@ impl ModesLab {
                 entries
                     .iter()
                     .filter(|(_, b)| {
-                        let address = lb_user::agent::addr_from_bytes(&b.addr, b.family);
+                        let address = b.address();
                         address == host.addr(false) || address == host.addr(true)
                     })
                     .map(|(id, _)| datapath.backend_stats(*id).expect("backend stats").packets)

@@ -9,14 +9,12 @@ use std::{
 
 use aya::programs::XdpMode;
 use lb_common::{
+    encoding::addr_bytes,
     maglev::{build_ring, MaglevBackend},
-    maps::{Backend, BackendState, ForwardMode, Protocol, Vip, DEFAULT_RING_SIZE},
+    maps::{Backend, BackendState, ForwardMode, Protocol, Vip, VipKey, DEFAULT_RING_SIZE},
     stats::Counter,
 };
-use lb_tests::{
-    lab::{addr_bytes, vip_key},
-    topology::{ask_name, Lan, NameServer},
-};
+use lb_tests::topology::{ask_name, Lan, NameServer};
 use lb_user::datapath::{Datapath, Options, Program};
 
 const VIP: &str = "10.78.0.100";
@@ -48,7 +46,7 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
             let (addr, family) = addr_bytes(IpAddr::V4(backend.ip));
             let entry = Backend {
                 addr,
-                family,
+                family: family as u8,
                 state: BackendState::Up as u8,
                 ifindex: lb.ifindex,
                 mtu: 1500,
@@ -77,7 +75,7 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
             _pad: [0; 3],
         };
         datapath
-            .set_vip(&vip_key(vip_address, PORT, Protocol::Tcp), &vip)
+            .set_vip(&VipKey::new(vip_address, PORT, Protocol::Tcp), &vip)
             .expect("vip");
         datapath
             .attach(Program::Balancer, "eth0", XdpMode::Driver)

@@ -31,7 +31,9 @@ enum Cmd {
     /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4,
     /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps.
     Setup,
-    /// Run setup, `cargo build`, then `cargo test` (every unit, packet and netns test).
+    /// Run setup, the gates (`cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
+    /// `cargo doc` with warnings denied), `cargo build`, then `cargo test` (every unit, packet
+    /// and netns test).
     ///
     /// Arguments after `--` go to the test harness:
     /// `cargo xtask test -- --nocapture` runs `cargo test -- --nocapture`.
@@ -107,6 +109,11 @@ fn header(title: &str) {
     println!("\n==> {title}");
 }
 
+/// Runs a gate: on failure, says what it means and what to do.
+fn gate(command: &mut Command, meaning: &str) -> Result<()> {
+    cmd::run(command).map_err(|error| anyhow::anyhow!("{meaning} ({error})"))
+}
+
 fn test(skip_setup: bool, extra: &[OsString]) -> Result<()> {
     let root = workspace_root();
 
@@ -123,9 +130,31 @@ fn test(skip_setup: bool, extra: &[OsString]) -> Result<()> {
         c
     };
 
+    // Gates first: a tree formatted one way, free of lints, with documentation that builds.
+    header("format: cargo fmt --all --check");
+    gate(
+        &mut cargo(&["fmt", "--all", "--check"]),
+        "the tree is not formatted: run `cargo fmt --all` and commit",
+    )?;
+
     // The default members: lb-ebpf is compiled for the BPF target by lb-user/build.rs.
     header("build: cargo build");
     cmd::run(&mut cargo(&["build"]))?;
+
+    header("lints: cargo clippy --all-targets -- -D warnings");
+    gate(
+        &mut cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]),
+        "clippy found problems (above): fix them, or `#[expect(lint, reason = \"...\")]` where \
+         the lint is wrong",
+    )?;
+
+    header("docs: cargo doc --no-deps (warnings denied)");
+    let mut doc = cargo(&["doc", "--no-deps", "--quiet"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    gate(
+        &mut doc,
+        "rustdoc found problems (above): broken links or bad doc syntax",
+    )?;
 
     header("test: cargo test");
     let mut test = cargo(&["test"]);

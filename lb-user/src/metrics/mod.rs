@@ -2,8 +2,8 @@
 //! /metrics` in the OpenMetrics text format, encoded by `prometheus-client` and served by axum.
 //!
 //! Two sources:
-//! - **datapath counters** are read from the pinned maps at every scrape (a [`Collector`] with
-//!   its own map handles, [`Datapath::open_pinned`]): they are exact, per-CPU sums, and survive
+//! - **datapath counters** are read from the pinned maps at every scrape (a `Collector` with
+//!   its own map handles, [`crate::datapath::Datapath::open_pinned`]): they are exact, per-CPU sums, and survive
 //!   agent restarts (`--keep-datapath`, adoption) because the maps do;
 //! - **agent metrics** live here and are updated by one-line hooks in `agent.rs`: backend state
 //!   gauges, health-check latency, ring swaps and reloads.
@@ -31,6 +31,8 @@
 //! There is no conntrack entry count: `CONNTRACK` is an LRU hash, which keeps no count, and
 //! walking a million entries per scrape is not cheap.
 
+mod collector;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -46,21 +48,15 @@ use axum::{
     routing::get,
     Router,
 };
-use lb_common::{maps::BackendState, stats::Counter as DatapathCounter};
+use lb_common::maps::BackendState;
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::ConstGauge,
-        histogram::Histogram,
-        MetricType,
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::{config::Config, datapath::Datapath};
+use self::collector::DatapathCollector;
+use crate::config::Config;
 
 /// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -72,14 +68,14 @@ const CHECK_BUCKETS: [f64; 15] = [
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VipLabels {
+pub(super) struct VipLabels {
     vip: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BackendLabels {
-    vip: String,
-    backend: String,
+pub(super) struct BackendLabels {
+    pub vip: String,
+    pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,23 +85,23 @@ struct ReloadLabels {
 
 /// One backend as the agent last wrote it to `BACKENDS`.
 #[derive(Clone, Debug)]
-struct BackendView {
-    id: u32,
-    address: IpAddr,
-    state: u8,
+pub(super) struct BackendView {
+    pub id: u32,
+    pub address: IpAddr,
+    pub state: BackendState,
 }
 
 /// One VIP as the agent last synced it: its name and its backends.
 #[derive(Clone, Debug)]
-struct VipView {
-    name: String,
-    backends: Vec<BackendView>,
+pub(super) struct VipView {
+    pub name: String,
+    pub backends: Vec<BackendView>,
 }
 
 /// VIPs by id: what the agent programmed, shared with the collector.
-type Topology = Arc<Mutex<BTreeMap<u32, VipView>>>;
+pub(super) type Topology = Arc<Mutex<BTreeMap<u32, VipView>>>;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -249,7 +245,7 @@ impl Metrics {
         &self,
         id: u32,
         name: &str,
-        backends: impl IntoIterator<Item = (u32, IpAddr, u8)>,
+        backends: impl IntoIterator<Item = (u32, IpAddr, BackendState)>,
     ) {
         let backends: Vec<BackendView> = backends
             .into_iter()
@@ -342,267 +338,6 @@ impl Metrics {
     }
 }
 
-/// What a global datapath counter means in the exposition.
-enum Kind {
-    Verdict,
-    Passed,
-    Dropped,
-    Event,
-}
-
-fn kind(counter: DatapathCounter) -> Kind {
-    use DatapathCounter::*;
-    match counter {
-        Pass | Tx | Redirect | Drop => Kind::Verdict,
-        NotIp | NotVip | NotTcpUdp | Fragment | Ipv6ExtensionHeader => Kind::Passed,
-        ParseError | NoBackend | TooBig | NoHeadroom | RedirectFailed => Kind::Dropped,
-        Rehashed | ConntrackFull | IcmpError => Kind::Event,
-    }
-}
-
-/// Reads the pinned maps at each scrape and emits them as constant counters, plus the backend
-/// state gauges from the agent's topology.
-struct DatapathCollector {
-    state_dir: PathBuf,
-    /// Opened on the first scrape, reopened after an error.
-    datapath: Mutex<Option<Datapath>>,
-    topology: Topology,
-}
-
-impl std::fmt::Debug for DatapathCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatapathCollector")
-            .field("state_dir", &self.state_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Everything one scrape reads from the maps.
-#[derive(Default)]
-struct Reading {
-    global: Vec<(DatapathCounter, u64)>,
-    /// Per VIP: name, stats.
-    vips: Vec<(String, lb_common::stats::VipStats)>,
-    /// Per backend: VIP name, address, stats.
-    backends: Vec<(String, IpAddr, lb_common::stats::BackendStats)>,
-}
-
-impl DatapathCollector {
-    fn read(&self, topology: &BTreeMap<u32, VipView>) -> Option<Reading> {
-        let mut guard = lock(&self.datapath);
-        if guard.is_none() {
-            match Datapath::open_pinned(&self.state_dir) {
-                Ok(datapath) => *guard = Some(datapath),
-                Err(error) => {
-                    tracing::warn!(
-                        "metrics: cannot open the pinned maps in {}: {error}",
-                        self.state_dir.display()
-                    );
-                    return None;
-                }
-            }
-        }
-        let datapath = guard.as_mut()?;
-        let result = (|| -> Result<Reading, crate::datapath::DatapathError> {
-            let mut reading = Reading::default();
-            for counter in DatapathCounter::ALL {
-                reading.global.push((counter, datapath.counter(counter)?));
-            }
-            for (id, vip) in topology {
-                reading
-                    .vips
-                    .push((vip.name.clone(), datapath.vip_stats(*id)?));
-                for backend in &vip.backends {
-                    reading.backends.push((
-                        vip.name.clone(),
-                        backend.address,
-                        datapath.backend_stats(backend.id)?,
-                    ));
-                }
-            }
-            Ok(reading)
-        })();
-        match result {
-            Ok(reading) => Some(reading),
-            Err(error) => {
-                tracing::warn!("metrics: reading the datapath counters failed: {error}");
-                *guard = None;
-                None
-            }
-        }
-    }
-}
-
-/// Writes one counter family with one sample per label set.
-fn counters<'a, L: EncodeLabelSet + 'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// Writes one gauge family with one sample per label set.
-fn gauges<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, i64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for DatapathCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let topology = lock(&self.topology).clone();
-
-        // Agent state of every configured backend, as written to `BACKENDS`.
-        let backend_labels = |vip: &VipView, b: &BackendView| BackendLabels {
-            vip: vip.name.clone(),
-            backend: b.address.to_string(),
-        };
-        let states = || {
-            topology
-                .values()
-                .flat_map(|vip| vip.backends.iter().map(move |b| (vip, b)))
-        };
-        gauges(
-            &mut encoder,
-            "backend_up",
-            "1 when the backend is up (in the ring), else 0 (down, unknown or draining).",
-            states().map(|(vip, b)| {
-                (
-                    backend_labels(vip, b),
-                    i64::from(b.state == BackendState::Up as u8),
-                )
-            }),
-        )?;
-        gauges(
-            &mut encoder,
-            "backend_draining",
-            "1 when the backend is draining (weight 0: no new flows, tracked flows stay), else 0.",
-            states().map(|(vip, b)| {
-                (
-                    backend_labels(vip, b),
-                    i64::from(b.state == BackendState::Draining as u8),
-                )
-            }),
-        )?;
-
-        let Some(reading) = self.read(&topology) else {
-            return Ok(());
-        };
-        let global = |wanted: fn(&Kind) -> bool, label: &'static str| {
-            reading
-                .global
-                .iter()
-                .filter(move |(c, _)| wanted(&kind(*c)))
-                .map(move |(c, value)| ([(label, c.name())], *value))
-        };
-        counters(
-            &mut encoder,
-            "packets",
-            "Packets by XDP verdict.",
-            global(|k| matches!(k, Kind::Verdict), "verdict"),
-        )?;
-        counters(
-            &mut encoder,
-            "passed_packets",
-            "Packets passed to the host stack, by reason.",
-            global(|k| matches!(k, Kind::Passed), "reason"),
-        )?;
-        counters(
-            &mut encoder,
-            "dropped_packets",
-            "Packets dropped, by reason.",
-            global(|k| matches!(k, Kind::Dropped), "reason"),
-        )?;
-        counters(
-            &mut encoder,
-            "datapath_events",
-            "Datapath events: rehashed (flow moved off a down backend), conntrack_full (insert failed).",
-            global(|k| matches!(k, Kind::Event), "event"),
-        )?;
-
-        type VipField = fn(&lb_common::stats::VipStats) -> u64;
-        let vip_families: [(&str, &str, VipField); 5] = [
-            ("vip_packets", "Packets matched to the VIP.", |s| s.packets),
-            (
-                "vip_bytes",
-                "Bytes matched to the VIP (frame length as received).",
-                |s| s.bytes,
-            ),
-            (
-                "vip_new_flows",
-                "Flows of the VIP that got a backend from the ring.",
-                |s| s.new_flows,
-            ),
-            (
-                "vip_conntrack_hits",
-                "Packets of the VIP whose flow was tracked.",
-                |s| s.conntrack_hits,
-            ),
-            (
-                "vip_dropped_packets",
-                "Packets of the VIP dropped (no backend, too big, ...).",
-                |s| s.dropped,
-            ),
-        ];
-        for (name, help, field) in vip_families {
-            counters(
-                &mut encoder,
-                name,
-                help,
-                reading
-                    .vips
-                    .iter()
-                    .map(|(vip, stats)| ([("vip", vip.as_str())], field(stats))),
-            )?;
-        }
-
-        type BackendField = fn(&lb_common::stats::BackendStats) -> u64;
-        let backend_families: [(&str, &str, BackendField); 3] = [
-            (
-                "backend_packets",
-                "Packets forwarded to the backend.",
-                |s| s.packets,
-            ),
-            (
-                "backend_bytes",
-                "Bytes forwarded to the backend (before encapsulation).",
-                |s| s.bytes,
-            ),
-            (
-                "backend_new_flows",
-                "Flows newly assigned to the backend.",
-                |s| s.new_flows,
-            ),
-        ];
-        for (name, help, field) in backend_families {
-            let samples = reading.backends.iter().map(|(vip, address, stats)| {
-                (
-                    BackendLabels {
-                        vip: vip.clone(),
-                        backend: address.to_string(),
-                    },
-                    field(stats),
-                )
-            });
-            counters(&mut encoder, name, help, samples)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,10 +371,7 @@ mod tests {
         m.vip_synced(
             0,
             "web",
-            [
-                (0, b1, BackendState::Up as u8),
-                (1, b2, BackendState::Draining as u8),
-            ],
+            [(0, b1, BackendState::Up), (1, b2, BackendState::Draining)],
         );
         m.health_checked("web", b1, Duration::from_micros(300));
         m.health_checked("web", b2, Duration::from_millis(2));
@@ -692,8 +424,8 @@ mod tests {
     fn a_vip_re_created_under_the_same_name_has_one_series() {
         let m = metrics();
         let b1: IpAddr = "10.0.0.11".parse().unwrap();
-        m.vip_synced(0, "web", [(0, b1, BackendState::Up as u8)]);
-        m.vip_synced(3, "web", [(7, b1, BackendState::Up as u8)]);
+        m.vip_synced(0, "web", [(0, b1, BackendState::Up)]);
+        m.vip_synced(3, "web", [(7, b1, BackendState::Up)]);
         let body = m.encode().expect("encode");
         assert_eq!(
             body.matches("lb_backend_up{vip=\"web\"").count(),

@@ -1,14 +1,12 @@
-//! `lb decap --interface IF`: runs the `decap` program on a tunnel-mode backend.
+//! The `decap` program attached to a tunnel-mode backend's interface (`lb decap`).
 
 use std::net::IpAddr;
 
 use aya::programs::XdpMode;
-use lb_common::{
-    maps::{DecapKey, Family},
-    stats::DecapCounter,
-};
+use lb_common::{maps::DecapKey, stats::DecapCounter};
 
-use crate::datapath::{Datapath, DatapathError, Options, Program};
+use super::{Datapath, DatapathError, Options, Program};
+use crate::interface::{self, InterfaceError};
 
 /// Errors of `lb decap`.
 #[derive(Debug, thiserror::Error)]
@@ -22,14 +20,8 @@ pub enum DecapError {
         interface: String,
     },
     /// Listing addresses failed.
-    #[error("cannot list addresses of {interface}: {source}")]
-    Addresses {
-        /// Interface name.
-        interface: String,
-        /// The error.
-        #[source]
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Interface(#[from] InterfaceError),
     /// Loading or attaching failed.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
@@ -48,7 +40,7 @@ impl Decap {
     /// Loads `decap`, accepts tunnels for every address of `interface`, and attaches (native
     /// mode, or generic if the driver has no native XDP and `mode` is `None`).
     pub fn attach(interface: &str, mode: Option<XdpMode>) -> Result<Self, DecapError> {
-        let addresses = interface_addresses(interface)?;
+        let addresses = interface::addresses(interface)?;
         if addresses.is_empty() {
             return Err(DecapError::NoAddress {
                 interface: interface.to_owned(),
@@ -60,7 +52,7 @@ impl Decap {
             pin_dir: None,
         })?;
         for address in &addresses {
-            datapath.add_decap_address(&decap_key(*address))?;
+            datapath.add_decap_address(&DecapKey::new(*address))?;
         }
         let (_, mode) = datapath.attach_auto(Program::Decap, interface, mode)?;
         Ok(Self {
@@ -94,39 +86,4 @@ pub struct DecapCounts {
     pub passed: u64,
     /// Malformed tunnel packets, dropped.
     pub malformed: u64,
-}
-
-/// The `DECAP_ADDRS` key of an address.
-pub fn decap_key(address: IpAddr) -> DecapKey {
-    let mut key = DecapKey::default();
-    match address {
-        IpAddr::V4(v4) => {
-            key.family = Family::V4 as u8;
-            key.addr[..4].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            key.family = Family::V6 as u8;
-            key.addr = v6.octets();
-        }
-    }
-    key
-}
-
-/// Every IPv4 and IPv6 address of `interface` (in the calling thread's network namespace).
-pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>, DecapError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| DecapError::Addresses {
-        interface: interface.to_owned(),
-        source,
-    })?;
-    Ok(addrs
-        .filter(|ifaddr| ifaddr.interface_name == interface)
-        .filter_map(|ifaddr| {
-            let address = ifaddr.address?;
-            if let Some(v4) = address.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect())
 }

@@ -1,0 +1,76 @@
+//! The agent's health checkers: one task per backend (see `crate::health`), whose events all
+//! arrive on one queue, tagged so that events of a checker that was replaced are ignored.
+
+use std::net::SocketAddr;
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    config::BackendConfig,
+    health::{spawn_checker, HealthEvent},
+};
+
+/// How many check results may wait for the agent.
+const QUEUE: usize = 1024;
+
+/// Identity of a checker run: the backend id and a token that changes whenever the checker is
+/// restarted, so events of a stopped checker are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckerKey {
+    /// Backend id.
+    pub backend: u32,
+    /// Which run of its checker.
+    pub token: u64,
+}
+
+/// A running checker; stopped when dropped.
+#[derive(Debug)]
+pub struct Checker {
+    /// Its events carry this token.
+    pub token: u64,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts checkers that all report to one queue.
+#[derive(Debug)]
+pub struct Checkers {
+    events: mpsc::Sender<HealthEvent<CheckerKey>>,
+    next_token: u64,
+}
+
+impl Checkers {
+    /// The spawner and the queue its checkers report to.
+    pub fn new() -> (Self, mpsc::Receiver<HealthEvent<CheckerKey>>) {
+        let (events, receiver) = mpsc::channel(QUEUE);
+        (
+            Self {
+                events,
+                next_token: 0,
+            },
+            receiver,
+        )
+    }
+
+    /// Starts checking backend `id` as `config` says (its first check runs at once).
+    pub fn start(&mut self, id: u32, config: &BackendConfig) -> Checker {
+        self.next_token += 1;
+        let token = self.next_token;
+        let health = &config.health;
+        let task = spawn_checker(
+            CheckerKey { backend: id, token },
+            SocketAddr::new(config.address, health.port),
+            health.interval,
+            health.timeout,
+            health.rise,
+            health.fall,
+            self.events.clone(),
+        );
+        Checker { token, task }
+    }
+}

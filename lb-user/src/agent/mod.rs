@@ -1,0 +1,329 @@
+//! `lb run`: turns the configuration into map contents, watches backend health, rewrites a
+//! VIP's ring when one of its backends fails, recovers, drains or is reconfigured, reloads the
+//! configuration on SIGHUP or when the file changes, and hands the datapath over to the next
+//! agent without dropping a packet.
+//!
+//! The agent is a thin shell around pure parts:
+//! - [`target`] computes what the datapath should hold for a VIP from what the agent knows of
+//!   its backends (health, next hop, weight);
+//! - [`mod@plan`] turns the difference between that and what the datapath holds into an ordered
+//!   list of map writes (the ordering rules that keep every packet correct are documented and
+//!   unit-tested there), which `apply` carries out;
+//! - `ids` allocates VIP and backend ids and adopts those of a previous agent.
+//!
+//! The shell owns the I/O: health checkers (`checkers`), next-hop resolution
+//! (`next_hops`), the status snapshot (`publish`), reloads (`reload`) and the event loop.
+
+mod apply;
+mod checkers;
+mod events;
+mod ids;
+mod next_hops;
+pub mod plan;
+mod publish;
+mod reload;
+mod runtime;
+mod state_change;
+pub mod target;
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::programs::XdpMode;
+use lb_common::maps::{Settings, VipKey, MAX_BACKENDS, MAX_VIPS};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use self::{
+    checkers::{CheckerKey, Checkers},
+    ids::Ids,
+    plan::{plan, plan_removal},
+    runtime::VipRuntime,
+};
+use crate::{
+    config::{self, Config},
+    datapath::{Datapath, Options},
+    error::Chain,
+    health::HealthEvent,
+    interface,
+    metrics::{self, Metrics},
+};
+
+/// How stale the status snapshot's last-check fields may get: it is rewritten at once on a
+/// state change, reload or start, and otherwise at most this often.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options of `lb run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Leave the datapath attached and pinned on SIGTERM/SIGINT.
+    pub keep_datapath: bool,
+}
+
+/// Where and how the balancer is attached.
+#[derive(Clone, Copy, Debug)]
+struct Attached {
+    /// The interface it runs on: backends reached through it get `XDP_TX`.
+    ifindex: u32,
+    /// The mode the kernel runs it in.
+    mode: XdpMode,
+    /// Kernel id of the program.
+    program_id: Option<u32>,
+}
+
+/// The running agent.
+pub struct Agent {
+    /// The configuration file.
+    path: PathBuf,
+    /// The configuration in force.
+    config: Config,
+    /// The loaded (or adopted) datapath.
+    datapath: Datapath,
+    /// Every VIP, by key.
+    vips: BTreeMap<VipKey, VipRuntime>,
+    /// VIP and backend ids.
+    ids: Ids,
+    /// Starts health checkers.
+    checkers: Checkers,
+    /// Their results.
+    events: mpsc::Receiver<HealthEvent<CheckerKey>>,
+    /// Where the balancer runs.
+    attached: Attached,
+    /// The `/metrics` endpoint's state (`metrics` in the configuration), updated by hooks.
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = config::load(&options.config)?;
+    let mut agent = Agent::start(options.config.clone(), config).await?;
+    let result = agent.serve().await;
+    agent.shutdown(options.keep_datapath);
+    result
+}
+
+impl Agent {
+    /// Loads (or adopts) the datapath, checks every backend once, programs VIPs, backends and
+    /// rings, and attaches.
+    pub async fn start(path: PathBuf, config: Config) -> anyhow::Result<Self> {
+        let adopting = Datapath::is_pinned(&config.state_dir);
+        let mut datapath = Datapath::load(&Options {
+            conntrack_size: config.conntrack_size,
+            pin_dir: Some(config.state_dir.clone()),
+        })
+        .with_context(|| {
+            format!(
+                "loading the datapath (state directory {})",
+                config.state_dir.display()
+            )
+        })?;
+        let ifindex =
+            interface::index(&config.interface).context("set `interface` in the configuration")?;
+        let ids = if adopting {
+            let vips = datapath.vips()?;
+            let backends = datapath.backends()?;
+            tracing::info!(
+                vips = vips.len(),
+                backends = backends.len(),
+                "adopting pinned datapath state"
+            );
+            Ids::adopt(MAX_VIPS, MAX_BACKENDS, &vips, &backends)
+        } else {
+            Ids::new(MAX_VIPS, MAX_BACKENDS)
+        };
+        let (checkers, events) = Checkers::new();
+        let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
+        let mut agent = Self {
+            path,
+            config: config.clone(),
+            datapath,
+            vips: BTreeMap::new(),
+            ids,
+            checkers,
+            events,
+            attached: Attached {
+                ifindex,
+                mode: XdpMode::Driver,
+                program_id: None,
+            },
+            metrics,
+        };
+        agent.write_settings()?;
+        agent.add_vips(config.vips.clone()).await?;
+        agent.remove_unclaimed()?;
+        let attachment = agent
+            .datapath
+            .attach_pinned(&config.interface, config.xdp_mode.xdp_mode())?;
+        agent.attached.mode = attachment.mode;
+        agent.attached.program_id = agent.datapath.program_id().ok();
+        tracing::info!(
+            interface = %config.interface,
+            mode = ?attachment.mode,
+            adopted = attachment.adopted,
+            vips = agent.vips.len(),
+            state_dir = %config.state_dir.display(),
+            "datapath attached{}",
+            if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
+        );
+        agent.publish();
+        Ok(agent)
+    }
+
+    /// Removes what a previous agent left that the configuration no longer has: its VIPs (out
+    /// of `VIPS`, backends cleared) and backend entries of VIPs that are gone; frees their ids.
+    fn remove_unclaimed(&mut self) -> anyhow::Result<()> {
+        let (vips, orphans) = self.ids.unclaimed();
+        for (key, mut written) in vips {
+            let writes = plan_removal(key, &written);
+            apply::apply(&mut self.datapath, &mut written, &writes)?;
+        }
+        for id in orphans {
+            self.datapath
+                .set_backend(id, &lb_common::maps::Backend::default())?;
+        }
+        self.ids.release_unclaimed();
+        Ok(())
+    }
+
+    /// Writes the tunnel source addresses: the configured ones, else the interface's (its
+    /// first IPv4 address and its first IPv6 address that is not link-local, if any).
+    fn write_settings(&mut self) -> anyhow::Result<()> {
+        let mut settings = Settings::default();
+        let mut sources = self.config.tunnel_source.clone();
+        if sources.is_empty() {
+            sources = interface::addresses(&self.config.interface)?;
+        }
+        for source in sources.iter().rev() {
+            match source {
+                IpAddr::V4(v4) => settings.tunnel_source_v4 = v4.octets(),
+                IpAddr::V6(v6)
+                    if !v6.is_unicast_link_local() || settings.tunnel_source_v6 == [0; 16] =>
+                {
+                    settings.tunnel_source_v6 = v6.octets()
+                }
+                IpAddr::V6(_) => {}
+            }
+        }
+        self.datapath.set_settings(&settings)?;
+        Ok(())
+    }
+
+    /// Brings the datapath's entries of one VIP in line with what the agent knows of its
+    /// backends: target, plan, apply.
+    fn sync_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        let table_size = self.config.table_size;
+        let Some(vip) = self.vips.get_mut(key) else {
+            return Ok(());
+        };
+        let facts = vip.backend_facts();
+        let target = target::vip_target(&vip.facts(table_size), &facts)?;
+        let writes = plan(&vip.written, &target, self.attached.ifindex);
+        let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
+            .with_context(|| format!("updating the datapath for vip {}", vip.config.name))?;
+        for id in &applied.cleared {
+            self.ids.release_backend(*id);
+        }
+        if let Some(m) = &self.metrics {
+            if applied.rings > 0 {
+                m.ring_rebuilt(&vip.config.name);
+            }
+            m.vip_synced(
+                vip.id,
+                &vip.config.name,
+                facts
+                    .iter()
+                    .map(|b| (b.id, b.address, target.backends[&b.id].state())),
+            );
+        } // metrics hook
+        Ok(())
+    }
+
+    /// [`Self::sync_vip`], logging a failure (the next change retries).
+    fn sync_vip_logged(&mut self, key: &VipKey) -> Option<SystemTime> {
+        match self.sync_vip(key) {
+            Ok(()) => Some(SystemTime::now()),
+            Err(error) => {
+                tracing::error!("{error:#}");
+                None
+            }
+        }
+    }
+
+    /// Handles events until SIGINT or SIGTERM.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut changes = crate::watch::watch_file(&self.path)?;
+        let mut neighbour_snapshots = next_hops::spawn_neighbour_reader();
+        // Check results that change no state reach the snapshot at most once per interval:
+        // rewriting it for every check made an agent with 1000 backends spend its one thread on
+        // JSON and fall behind its health events (found by `bench-swap`).
+        let mut publish_tick = tokio::time::interval(PUBLISH_INTERVAL);
+        publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unpublished = false;
+        loop {
+            tokio::select! {
+                Some(snapshot) = neighbour_snapshots.recv() => self.refresh_next_hops(&snapshot),
+                Some(event) = self.events.recv() => {
+                    let Some((key, change)) = self.record(event) else {
+                        unpublished = true;
+                        continue;
+                    };
+                    self.resolve_next_hops(&key).await;
+                    let updated = self.sync_vip_logged(&key);
+                    // Logged once the ring reflects it: from this line on, new flows obey it.
+                    change.log(updated);
+                    self.publish();
+                    unpublished = false;
+                }
+                _ = publish_tick.tick(), if unpublished => {
+                    self.publish();
+                    unpublished = false;
+                }
+                _ = hangup.recv() => self.reload("SIGHUP").await,
+                Some(()) = changes.changed() => {
+                    changes.settle().await;
+                    self.reload("file changed").await;
+                }
+                _ = terminate.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Stops health checks; detaches and unpins unless `keep_datapath`.
+    pub fn shutdown(self, keep_datapath: bool) {
+        let Self {
+            config,
+            datapath,
+            vips,
+            ..
+        } = self;
+        drop(vips); // stops the checkers
+        if keep_datapath {
+            tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
+            return;
+        }
+        crate::status::remove(&config.state_dir);
+        match datapath.detach_and_unpin() {
+            Ok(()) => tracing::info!("datapath detached"),
+            Err(error) => tracing::error!("detaching the datapath failed: {}", Chain(&error)),
+        }
+    }
+
+    /// The configuration file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,219 @@
+//! Configuration changes: a reload (SIGHUP or the file changed) is applied as a diff against the
+//! running configuration; VIPs are added, removed or changed one by one, each through the
+//! planner, so a reload never drops the VIPs it does not touch.
+
+use anyhow::Context as _;
+use lb_common::maps::VipKey;
+
+use super::{
+    apply,
+    checkers::Checkers,
+    ids::Ids,
+    plan::plan_removal,
+    runtime::{BackendRuntime, VipRuntime},
+    Agent,
+};
+use crate::{
+    config::{self, BackendConfig, Config, VipConfig},
+    health::Health,
+    status,
+};
+
+impl Agent {
+    /// Re-reads the configuration; an invalid file is logged and changes nothing.
+    pub async fn reload(&mut self, why: &str) {
+        let config = match config::load(&self.path) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(
+                    "reload ({why}) rejected, still running the previous configuration: {error}"
+                );
+                if let Some(m) = &self.metrics {
+                    m.reloaded(false, &self.config)
+                } // metrics hook
+                return;
+            }
+        };
+        if config == self.config {
+            tracing::info!("reload ({why}): configuration unchanged");
+            if let Some(m) = &self.metrics {
+                m.reloaded(true, &self.config)
+            } // metrics hook
+            return;
+        }
+        let applied = self.apply_config(config).await;
+        if let Some(m) = &self.metrics {
+            m.reloaded(applied.is_ok(), &self.config)
+        } // metrics hook
+        match applied {
+            Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
+            Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
+        }
+        self.publish();
+    }
+
+    /// Applies a new, valid configuration as a diff against the running one.
+    async fn apply_config(&mut self, new: Config) -> anyhow::Result<String> {
+        for (what, changed) in [
+            ("interface", new.interface != self.config.interface),
+            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
+            ("state_dir", new.state_dir != self.config.state_dir),
+            (
+                "conntrack_size",
+                new.conntrack_size != self.config.conntrack_size,
+            ),
+        ] {
+            if changed {
+                tracing::warn!("{what} changed: takes effect only after a restart of lb run");
+            }
+        }
+        let table_size_changed = new.table_size != self.config.table_size;
+        let tunnel_changed = new.tunnel_source != self.config.tunnel_source;
+        self.config.table_size = new.table_size;
+        self.config.tunnel_source = new.tunnel_source.clone();
+        self.config.metrics = new.metrics;
+        if tunnel_changed {
+            self.write_settings()?;
+        }
+
+        let removed: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|key| !new.vips.iter().any(|v| v.key() == **key))
+            .copied()
+            .collect();
+        for key in &removed {
+            self.remove_vip(key)?;
+        }
+        let mut added = Vec::new();
+        let mut changed = 0;
+        for config in &new.vips {
+            let key = config.key();
+            match self.vips.get(&key) {
+                None => added.push(config.clone()),
+                Some(vip) if vip.config == *config && !table_size_changed => {}
+                Some(_) => {
+                    changed += 1;
+                    self.change_vip(&key, config.clone())?;
+                }
+            }
+        }
+        let added_count = added.len();
+        self.add_vips(added).await?;
+        self.config.vips = new.vips;
+        Ok(format!(
+            "{added_count} VIPs added, {} removed, {changed} changed",
+            removed.len()
+        ))
+    }
+
+    /// Adds VIPs: starts their checks, waits for every backend's first result, resolves next
+    /// hops, then programs each through the planner (backends, ring, then the `VIPS` entry).
+    pub(super) async fn add_vips(&mut self, vips: Vec<VipConfig>) -> anyhow::Result<()> {
+        let mut keys = Vec::new();
+        for config in vips {
+            let key = config.key();
+            let (id, written) = self.ids.vip(&key)?;
+            let mut backends = Vec::new();
+            for backend in &config.backends {
+                backends.push(start_backend(
+                    &mut self.ids,
+                    &mut self.checkers,
+                    &key,
+                    backend.clone(),
+                )?);
+            }
+            self.vips.insert(
+                key,
+                VipRuntime {
+                    id,
+                    key,
+                    config,
+                    backends,
+                    written,
+                },
+            );
+            keys.push(key);
+        }
+        self.first_round(&keys).await;
+        for key in &keys {
+            self.resolve_next_hops(key).await;
+            self.sync_vip(key)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP: out of `VIPS`, then its backend entries cleared and its ids freed.
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        let Some(mut vip) = self.vips.remove(key) else {
+            return Ok(());
+        };
+        let writes = plan_removal(*key, &vip.written);
+        let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
+            .with_context(|| format!("removing vip {}", vip.config.name))?;
+        for id in applied.cleared {
+            self.ids.release_backend(id);
+        }
+        self.ids.release_vip(vip.id);
+        tracing::info!(vip = %vip.config.name, "vip {} removed", vip.config.name);
+        Ok(())
+    }
+
+    /// Applies a changed VIP: backends added, removed, reweighted or with new health settings,
+    /// VIP attributes, the table size. New backends join the ring after their first successful
+    /// check; the planner orders the writes (a shrinking ring, removed backends...).
+    fn change_vip(&mut self, key: &VipKey, config: VipConfig) -> anyhow::Result<()> {
+        let Some(vip) = self.vips.get_mut(key) else {
+            return Ok(());
+        };
+        let mut kept = Vec::new();
+        for mut backend in std::mem::take(&mut vip.backends) {
+            let Some(new) = config
+                .backends
+                .iter()
+                .find(|b| b.address == backend.config.address)
+            else {
+                // Dropped: its checker stops; the planner clears its entry after the ring.
+                continue;
+            };
+            if new.health != backend.config.health {
+                backend.checker = self.checkers.start(backend.id, new);
+            }
+            backend.config = new.clone();
+            kept.push(backend);
+        }
+        for new in &config.backends {
+            if !kept.iter().any(|b| b.config.address == new.address) {
+                kept.push(start_backend(
+                    &mut self.ids,
+                    &mut self.checkers,
+                    key,
+                    new.clone(),
+                )?);
+            }
+        }
+        vip.backends = kept;
+        vip.config = config;
+        self.sync_vip(key)
+    }
+}
+
+/// A new backend of VIP `key`: its id, and its checker started.
+fn start_backend(
+    ids: &mut Ids,
+    checkers: &mut Checkers,
+    key: &VipKey,
+    config: BackendConfig,
+) -> anyhow::Result<BackendRuntime> {
+    let id = ids.backend(key, config.address)?;
+    let checker = checkers.start(id, &config);
+    Ok(BackendRuntime {
+        id,
+        config,
+        health: Health::Unknown,
+        last: None,
+        last_change_unix_ms: status::now_unix_ms(),
+        next_hop: None,
+        checker,
+    })
+}

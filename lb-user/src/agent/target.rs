@@ -1,0 +1,238 @@
+//! What the datapath should hold for a VIP, computed from what the agent knows of its backends
+//! (health, next hop, weight): each backend's `BACKENDS` entry and the VIP's Maglev ring. Pure:
+//! [`mod@super::plan`] turns the result into map writes.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::Context as _;
+use lb_common::{
+    maglev::{build_ring, MaglevBackend},
+    maps::{Backend, BackendState, ForwardMode, Vip, VipKey},
+};
+
+use super::plan::VipTarget;
+use crate::{config::OnAllDown, health::Health, nexthop::NextHop, status::ServingState};
+
+/// What the target of one backend depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendFacts {
+    /// Backend id.
+    pub id: u32,
+    /// Its address (also its Maglev identity).
+    pub address: IpAddr,
+    /// Its weight (0: draining).
+    pub weight: u32,
+    /// Its health.
+    pub health: Health,
+    /// Where its packets go, once resolved.
+    pub next_hop: Option<NextHop>,
+}
+
+/// What the target of one VIP depends on, besides its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipFacts<'a> {
+    /// VIP id.
+    pub id: u32,
+    /// Its `VIPS` key.
+    pub key: VipKey,
+    /// Its name (for errors).
+    pub name: &'a str,
+    /// How its packets reach the backends.
+    pub forward: ForwardMode,
+    /// What it does when no backend is up.
+    pub on_all_down: OnAllDown,
+    /// Slots of its ring (a prime).
+    pub ring_size: u32,
+}
+
+/// The `BACKENDS` state a backend should have: up when healthy with a next hop, draining when
+/// so with weight 0, else down.
+pub fn datapath_state(backend: &BackendFacts) -> BackendState {
+    match (backend.health, backend.next_hop.is_some(), backend.weight) {
+        (Health::Up, true, 0) => BackendState::Draining,
+        (Health::Up, true, _) => BackendState::Up,
+        _ => BackendState::Down,
+    }
+}
+
+/// How `lb status` shows a backend: unknown before its first check, else its datapath state.
+pub fn serving_state(backend: &BackendFacts) -> ServingState {
+    match backend.health {
+        Health::Unknown => ServingState::Unknown,
+        Health::Up | Health::Down => datapath_state(backend).into(),
+    }
+}
+
+/// The `BACKENDS` entry of a backend of VIP `vip` (a backend without a next hop gets zeros).
+pub fn backend_entry(vip: u32, backend: &BackendFacts) -> Backend {
+    let (addr, family) = lb_common::encoding::addr_bytes(backend.address);
+    let hop = backend.next_hop.unwrap_or(NextHop {
+        ifindex: 0,
+        mtu: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+        gateway: None,
+    });
+    Backend {
+        addr,
+        family: family as u8,
+        state: datapath_state(backend) as u8,
+        _pad: [0; 2],
+        vip,
+        ifindex: hop.ifindex,
+        mtu: hop.mtu,
+        dst_mac: hop.dst_mac,
+        src_mac: hop.src_mac,
+    }
+}
+
+/// The Maglev identity of a backend: its address, so a backend keeps its slots whatever id it
+/// gets and whatever the order of the configuration (and two instances build the same ring).
+fn identity(address: IpAddr) -> Vec<u8> {
+    address.to_string().into_bytes()
+}
+
+/// The ring of a VIP: its up backends by weight; with none up and `on_all_down = "fail-open"`,
+/// every backend with a weight and a next hop; `NO_BACKEND` everywhere when empty.
+pub fn ring(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> anyhow::Result<Vec<u32>> {
+    let mut members: Vec<&BackendFacts> = backends
+        .iter()
+        .filter(|b| datapath_state(b) == BackendState::Up)
+        .collect();
+    if members.is_empty() && vip.on_all_down == OnAllDown::FailOpen {
+        members = backends
+            .iter()
+            .filter(|b| b.weight > 0 && b.next_hop.is_some())
+            .collect();
+    }
+    let identities: Vec<Vec<u8>> = members.iter().map(|b| identity(b.address)).collect();
+    let maglev: Vec<MaglevBackend<'_>> = members
+        .iter()
+        .zip(&identities)
+        .map(|(b, identity)| MaglevBackend {
+            id: b.id,
+            identity,
+            weight: b.weight,
+        })
+        .collect();
+    build_ring(&maglev, vip.ring_size)
+        .with_context(|| format!("building the ring of vip {}", vip.name))
+}
+
+/// Everything the datapath should hold for a VIP.
+pub fn vip_target(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> anyhow::Result<VipTarget> {
+    Ok(VipTarget {
+        key: vip.key,
+        entry: Vip::new(vip.id, vip.ring_size, vip.forward),
+        ring: ring(vip, backends)?,
+        backends: backends
+            .iter()
+            .map(|b| (b.id, backend_entry(vip.id, b)))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps::{Protocol, NO_BACKEND};
+
+    use super::*;
+
+    fn hop() -> Option<NextHop> {
+        Some(NextHop {
+            ifindex: 2,
+            mtu: 1500,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            gateway: None,
+        })
+    }
+
+    fn facts(id: u32, health: Health, weight: u32) -> BackendFacts {
+        BackendFacts {
+            id,
+            address: format!("10.0.0.{}", 10 + id).parse().unwrap(),
+            weight,
+            health,
+            next_hop: hop(),
+        }
+    }
+
+    fn vip(on_all_down: OnAllDown) -> VipFacts<'static> {
+        VipFacts {
+            id: 3,
+            key: VipKey::new("10.0.0.100".parse().unwrap(), 80, Protocol::Tcp),
+            name: "web",
+            forward: ForwardMode::Dsr,
+            on_all_down,
+            ring_size: 251,
+        }
+    }
+
+    #[test]
+    fn datapath_state_follows_health_next_hop_and_weight() {
+        assert_eq!(datapath_state(&facts(0, Health::Up, 1)), BackendState::Up);
+        assert_eq!(
+            datapath_state(&facts(0, Health::Up, 0)),
+            BackendState::Draining
+        );
+        let no_hop = BackendFacts {
+            next_hop: None,
+            ..facts(0, Health::Up, 1)
+        };
+        assert_eq!(datapath_state(&no_hop), BackendState::Down);
+        assert_eq!(
+            datapath_state(&facts(0, Health::Down, 0)),
+            BackendState::Down
+        );
+        assert_eq!(
+            datapath_state(&facts(0, Health::Unknown, 1)),
+            BackendState::Down
+        );
+        assert_eq!(
+            serving_state(&facts(0, Health::Unknown, 1)),
+            ServingState::Unknown
+        );
+        assert_eq!(
+            serving_state(&facts(0, Health::Up, 0)),
+            ServingState::Draining
+        );
+    }
+
+    #[test]
+    fn the_ring_holds_up_backends_only() {
+        let backends = [
+            facts(0, Health::Up, 1),
+            facts(1, Health::Down, 1),
+            facts(2, Health::Up, 0),
+        ];
+        let ring = ring(&vip(OnAllDown::Drop), &backends).expect("ring");
+        assert!(ring.iter().all(|slot| *slot == 0), "only backend 0 is up");
+        let target = vip_target(&vip(OnAllDown::Drop), &backends).expect("target");
+        assert_eq!(target.entry, Vip::new(3, 251, ForwardMode::Dsr));
+        assert_eq!(target.backends[&2].state(), BackendState::Draining);
+        assert_eq!(target.backends[&1].vip, 3);
+    }
+
+    #[test]
+    fn with_all_down_the_ring_is_empty_or_fails_open() {
+        let backends = [facts(0, Health::Down, 1), facts(1, Health::Down, 0)];
+        let dropped = ring(&vip(OnAllDown::Drop), &backends).expect("ring");
+        assert!(dropped.iter().all(|slot| *slot == NO_BACKEND));
+        let open = ring(&vip(OnAllDown::FailOpen), &backends).expect("ring");
+        assert!(open.iter().all(|slot| *slot == 0), "weighted backends only");
+    }
+
+    #[test]
+    fn ids_do_not_move_slots() {
+        let one = [facts(0, Health::Up, 1), facts(1, Health::Up, 1)];
+        let mut other = one;
+        other[0].id = 40;
+        other[1].id = 41;
+        other.reverse();
+        let a = ring(&vip(OnAllDown::Drop), &one).expect("ring");
+        let b = ring(&vip(OnAllDown::Drop), &other).expect("ring");
+        let renamed: Vec<u32> = a.iter().map(|id| id + 40).collect();
+        assert_eq!(renamed, b);
+    }
+}

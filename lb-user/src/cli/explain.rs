@@ -1,0 +1,165 @@
+//! `lb explain`: which backend a client's flow goes to now, and why, computed with the kernel's
+//! own lookup rules (`lb_common::lookup`) over the pinned maps.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use lb_common::{
+    flow_hash,
+    lookup::{self, Source as LookupSource},
+    maps::{Backend, BackendState, Protocol, NO_BACKEND},
+    FlowKey,
+};
+use serde::Serialize;
+
+use super::view::{ReportError, View};
+
+/// `lb explain` as JSON.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Explanation {
+    /// The VIP matched (name).
+    pub vip: String,
+    /// The client.
+    pub client: String,
+    /// `flow_hash` of the 5-tuple.
+    pub hash: u32,
+    /// Ring slot (`hash % ring_size`).
+    pub slot: u32,
+    /// Backend in that slot (`None`: no backend).
+    pub ring_backend: Option<String>,
+    /// Backend the flow is tracked to, if any.
+    pub tracked_backend: Option<String>,
+    /// Where the next packet of this flow goes.
+    pub backend: Option<String>,
+    /// Where that backend comes from.
+    pub reason: Source,
+}
+
+/// Where the next packet's backend comes from (`reason` in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The flow's tracked backend, up or draining.
+    Tracked,
+    /// The ring: the flow is not tracked.
+    Ring,
+    /// The ring, because the tracked backend is down: the flow is re-hashed.
+    Rehash,
+}
+
+impl From<LookupSource> for Source {
+    fn from(source: LookupSource) -> Self {
+        match source {
+            LookupSource::Tracked => Source::Tracked,
+            LookupSource::Ring => Source::Ring,
+            LookupSource::Rehash => Source::Rehash,
+        }
+    }
+}
+
+/// Parses `ADDR:PORT/PROTO` (`[v6]:port/proto`).
+pub fn parse_vip(text: &str) -> Result<(SocketAddr, Protocol), ReportError> {
+    let usage = || {
+        ReportError::Usage(format!("--vip {text}: expected ADDR:PORT/tcp or ADDR:PORT/udp, e.g. 10.0.0.100:80/tcp or [fd00::100]:80/udp"))
+    };
+    let (address, protocol) = text.rsplit_once('/').ok_or_else(usage)?;
+    let protocol: Protocol = protocol.parse().map_err(|_| usage())?;
+    Ok((address.parse().map_err(|_| usage())?, protocol))
+}
+
+/// Which backend the next (non-SYN) packet of `client` → `vip` goes to now, and why.
+pub fn explain(
+    view: &mut View,
+    vip: SocketAddr,
+    protocol: Protocol,
+    client: SocketAddr,
+) -> Result<Explanation, ReportError> {
+    let flow = FlowKey::between(client, vip, protocol).ok_or_else(|| {
+        ReportError::Usage("--client and --vip must be of the same address family".into())
+    })?;
+    let vips = view.datapath.vips()?;
+    let entry = lookup::vip_keys(&flow)
+        .iter()
+        .find_map(|key| vips.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+        .ok_or_else(|| {
+            ReportError::Usage(format!("{vip}/{protocol} is not a VIP of this datapath"))
+        })?;
+    let backends: BTreeMap<u32, Backend> = view.datapath.backends()?.into_iter().collect();
+    let name_of = |id: u32| backends.get(&id).map(|b| b.address().to_string());
+    let ring = view.datapath.ring(entry.id)?.unwrap_or_default();
+    let slot = lookup::ring_slot(&flow, entry.ring_size);
+    let ring_backend = slot
+        .and_then(|slot| ring.get(slot as usize).copied())
+        .filter(|id| *id != NO_BACKEND)
+        .and_then(name_of);
+    let tracked = view.datapath.conntrack(&flow)?;
+    // A tracked id without an entry in use reads as `Unused`, as the kernel's array lookup does.
+    let tracked_state = tracked.map(|id| {
+        backends
+            .get(&id)
+            .map_or(BackendState::Unused, Backend::state)
+    });
+    let reason = Source::from(lookup::source(tracked_state, false));
+    let backend = match (reason, tracked) {
+        (Source::Tracked, Some(id)) => name_of(id),
+        _ => ring_backend.clone(),
+    };
+    Ok(Explanation {
+        vip: view.vip_name(entry.id),
+        client: client.to_string(),
+        hash: flow_hash(&flow),
+        slot: slot.unwrap_or(0),
+        ring_backend,
+        tracked_backend: tracked.and_then(name_of),
+        backend,
+        reason,
+    })
+}
+
+/// Human text of an explanation.
+pub fn format_explanation(e: &Explanation) -> String {
+    let to = |b: &Option<String>| {
+        b.clone()
+            .unwrap_or_else(|| "no backend (dropped)".to_owned())
+    };
+    let mut out = match e.reason {
+        Source::Tracked => format!(
+            "{} → vip {}: tracked flow → backend {}\n(its ring slot {} would give {})",
+            e.client,
+            e.vip,
+            to(&e.backend),
+            e.slot,
+            to(&e.ring_backend)
+        ),
+        Source::Rehash => format!(
+            "{} → vip {}: tracked to {}, which is down: the next packet is re-hashed to ring slot {} → backend {}",
+            e.client,
+            e.vip,
+            to(&e.tracked_backend),
+            e.slot,
+            to(&e.backend)
+        ),
+        Source::Ring => format!(
+            "{} → vip {}: not tracked: flow hash {:#010x}, ring slot {} → backend {}",
+            e.client,
+            e.vip,
+            e.hash,
+            e.slot,
+            to(&e.backend)
+        ),
+    };
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_arguments() {
+        assert_eq!(parse_vip("10.0.0.1:80/tcp").expect("v4").1, Protocol::Tcp);
+        assert_eq!(parse_vip("[fd00::1]:53/udp").expect("v6").0.port(), 53);
+        assert!(parse_vip("10.0.0.1:80").is_err());
+        assert!(parse_vip("10.0.0.1/tcp").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! The `lb` command line: its clap definition (also the source of the man page and shell
+//! completions) and one module per operator command. `main.rs` only sets up logging and the
+//! runtime and calls [`run`].
+
+mod decap;
+mod explain;
+mod format;
+mod stats;
+mod status;
+mod view;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+pub use self::{
+    explain::{explain, parse_vip, Explanation, Source},
+    stats::{
+        rates, stats, BackendRates, BackendStatsReport, Rates, Stats, VipRates, VipStatsReport,
+    },
+    status::{fingerprint, status, AgentStatus, BackendStatusReport, Status, VipStatusReport},
+    view::{ReportError, View},
+};
+use crate::{
+    agent::{self, RunOptions},
+    datapath::{AttachMode, Datapath, Options, Program},
+};
+
+/// `lb`: the agent and the operator commands.
+#[derive(Parser)]
+#[command(name = "lb", version, about = "Layer-4 XDP load balancer")]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `lb`.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent: load and attach the datapath, program VIPs, check backends, follow
+    /// configuration changes, until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// On SIGTERM/SIGINT leave the datapath attached and pinned (it keeps forwarding; the
+        /// next `lb run` adopts it). Without it the datapath is detached and unpinned.
+        #[arg(long)]
+        keep_datapath: bool,
+    },
+    /// Counters: global by verdict and reason, per VIP and per backend.
+    Stats {
+        /// The agent's state directory and the output format.
+        #[command(flatten)]
+        state: StateArgs,
+        /// Redraw every INTERVAL (default 1s) with rates instead of totals.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+        watch: Option<Duration>,
+        /// With --watch: stop after N redraws.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
+    /// The attached datapath, each VIP's backends with health, weight and ring share.
+    Status {
+        /// The agent's state directory and the output format.
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Which backend a client's flow goes to now, and why.
+    Explain {
+        /// The agent's state directory and the output format.
+        #[command(flatten)]
+        state: StateArgs,
+        /// The VIP: ADDR:PORT/PROTO, e.g. 10.0.0.100:80/tcp or `[fd00::1]:53/udp`.
+        #[arg(long)]
+        vip: String,
+        /// The client: ADDR:PORT.
+        #[arg(long)]
+        client: SocketAddr,
+    },
+    /// Validate a configuration file without touching the kernel (exit status 0 or 1).
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Lab helper: attach a pass-everything XDP program to IF until SIGINT/SIGTERM. A veth
+    /// delivers frames that XDP sent with XDP_TX/XDP_REDIRECT only if its peer runs an XDP
+    /// program; real NICs do not need this.
+    #[command(hide = true)]
+    XdpPass {
+        /// Interface (a veth peer).
+        #[arg(long, short)]
+        interface: String,
+    },
+    /// Strip lb's IP-in-IP tunnels on a tunnel-mode backend until SIGINT/SIGTERM.
+    Decap {
+        /// Interface the tunnels arrive on; tunnels to any of its addresses are stripped.
+        #[arg(long, short)]
+        interface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        xdp_mode: AttachMode,
+    },
+}
+
+/// Where the agent pinned its state, and the output format.
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// The agent's state_dir.
+    #[arg(long, default_value = crate::config::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Print JSON (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs one command to its end.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            keep_datapath,
+        } => {
+            agent::run(RunOptions {
+                config,
+                keep_datapath,
+            })
+            .await
+        }
+        Command::Stats {
+            state,
+            watch,
+            count,
+        } => {
+            let mut view = View::open(&state.state_dir)?;
+            match watch {
+                Some(interval) => stats::watch(&mut view, interval, count, state.json)?,
+                None => print_report(&stats(&mut view)?, state.json, stats::format_stats)?,
+            }
+            Ok(())
+        }
+        Command::Status { state } => {
+            let mut view = View::open(&state.state_dir)?;
+            print_report(&status(&mut view)?, state.json, status::format_status)
+        }
+        Command::Explain { state, vip, client } => {
+            let (vip, protocol) = parse_vip(&vip)?;
+            let mut view = View::open(&state.state_dir)?;
+            let explanation = explain(&mut view, vip, protocol, client)?;
+            print_report(&explanation, state.json, explain::format_explanation)
+        }
+        Command::Check { config } => {
+            let parsed = crate::config::load(&config)?;
+            let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
+            println!(
+                "{}: ok ({} VIPs, {backends} backends)",
+                config.display(),
+                parsed.vips.len()
+            );
+            Ok(())
+        }
+        Command::XdpPass { interface } => {
+            let mut datapath = Datapath::load(&Options {
+                conntrack_size: 1,
+                pin_dir: None,
+            })?;
+            datapath.attach(Program::Pass, &interface, aya::programs::XdpMode::Driver)?;
+            tracing::info!(%interface, "pass program attached");
+            wait_for_shutdown().await?;
+            Ok(())
+        }
+        Command::Decap {
+            interface,
+            xdp_mode,
+        } => decap::run(&interface, xdp_mode).await,
+    }
+}
+
+/// Prints `report` as pretty JSON or as the command's human text.
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    human: fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", human(report));
+    }
+    Ok(())
+}
+
+/// Returns at the first SIGINT or SIGTERM.
+async fn wait_for_shutdown() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

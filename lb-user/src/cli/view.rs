@@ -1,0 +1,109 @@
+//! What the operator commands read: the maps an agent pinned and its status snapshot, from
+//! another process, also while no agent runs.
+
+use std::path::{Path, PathBuf};
+
+use lb_common::maps::{Backend, Vip, VipKey};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    status::{self, BackendStatus, Snapshot, VipStatus},
+};
+
+/// Why a report cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No pinned datapath at the state directory.
+    #[error("no lb datapath at {}: start one with `lb run --config FILE` (or pass --state-dir DIR if it uses another state_dir)", dir.display())]
+    NoDatapath {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// Not root.
+    #[error("reading the datapath's maps needs root (CAP_BPF and CAP_SYS_ADMIN): run with sudo or as root")]
+    NotRoot,
+    /// The maps could not be read.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// A bad `--vip` or `--client`.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// One VIP as the maps hold it: its key and entry, and its backends' ids and entries.
+pub struct VipEntry {
+    /// `VIPS` key.
+    pub key: VipKey,
+    /// `VIPS` value.
+    pub entry: Vip,
+    /// Its backends in `BACKENDS`, by id.
+    pub backends: Vec<(u32, Backend)>,
+}
+
+/// The pinned maps and the agent's snapshot.
+pub struct View {
+    /// The pinned maps.
+    pub datapath: Datapath,
+    /// The agent's snapshot, if one was written.
+    pub snapshot: Option<Snapshot>,
+}
+
+impl View {
+    /// Opens the state of the agent using `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, ReportError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ReportError::NotRoot);
+        }
+        if !state_dir.join(lb_common::maps::names::VIPS).exists() {
+            return Err(ReportError::NoDatapath {
+                dir: state_dir.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            datapath: Datapath::open_pinned(state_dir)?,
+            snapshot: status::read(state_dir),
+        })
+    }
+
+    /// The agent's view of VIP `id`.
+    pub fn snapshot_vip(&self, id: u32) -> Option<&VipStatus> {
+        self.snapshot.as_ref()?.vips.iter().find(|v| v.id == id)
+    }
+
+    /// The agent's view of backend `id`.
+    pub fn snapshot_backend(&self, id: u32) -> Option<&BackendStatus> {
+        let snapshot = self.snapshot.as_ref()?;
+        snapshot
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .find(|b| b.id == id)
+    }
+
+    /// The name of VIP `id`: the configured one from the snapshot, else `vip<id>`.
+    pub fn vip_name(&self, id: u32) -> String {
+        self.snapshot_vip(id)
+            .map_or_else(|| format!("vip{id}"), |v| v.name.clone())
+    }
+
+    /// VIPs sorted by id, with their backends.
+    pub fn vips(&mut self) -> Result<Vec<VipEntry>, ReportError> {
+        let backends = self.datapath.backends()?;
+        let mut vips: Vec<VipEntry> = self
+            .datapath
+            .vips()?
+            .into_iter()
+            .map(|(key, entry)| VipEntry {
+                key,
+                entry,
+                backends: backends
+                    .iter()
+                    .filter(|(_, b)| b.vip == entry.id)
+                    .copied()
+                    .collect(),
+            })
+            .collect();
+        vips.sort_by_key(|vip| vip.entry.id);
+        Ok(vips)
+    }
+}

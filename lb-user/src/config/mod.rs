@@ -1,0 +1,167 @@
+//! The agent's configuration: a TOML file parsed and validated into typed, fully resolved
+//! structures ([`Config`]).
+//!
+//! Every default is applied here and every health setting is resolved per backend (global
+//! `[health]`, then the VIP's `health`, then the backend's `health`), so the agent never looks
+//! at the raw file. Only `tunnel_source` may stay empty: the interface's addresses are looked up
+//! at run time.
+//!
+//! Errors name the file, the line and column (1-based) and the key path of the offending value,
+//! like `lb.toml:14:11: vip[1].backend[0].weight: weight must be between 0 and 10000`. Parsing
+//! stops at the first error.
+
+mod error;
+mod health;
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+mod vip;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::maps::{ForwardMode, Protocol, VipKey};
+
+pub use self::error::ConfigError;
+use self::{error::io_message, resolve::Ctx};
+use crate::datapath::AttachMode;
+
+/// Default directory where the maps and the program link are pinned.
+pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/lb";
+/// Smallest accepted `conntrack_size`.
+pub const MIN_CONNTRACK_SIZE: u32 = 1024;
+/// Largest accepted backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Default backend weight.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Default health-check interval.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default health-check timeout.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default number of consecutive successes that mark a down backend up.
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Default number of consecutive failures that mark an up backend down.
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// The Maglev ring must have at least this many slots per backend of the largest VIP.
+pub const RING_SLOTS_PER_BACKEND: u32 = 10;
+/// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+/// The agent's whole configuration, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// NIC the XDP program attaches to.
+    pub interface: String,
+    /// How the XDP program is attached.
+    pub xdp_mode: AttachMode,
+    /// Outer source addresses for tunnel VIPs: at most one IPv4 and one IPv6 address. Empty
+    /// means "the interface's addresses", resolved at run time.
+    pub tunnel_source: Vec<IpAddr>,
+    /// Maglev ring size (a prime, at least 10 × the backend count of any VIP).
+    pub table_size: u32,
+    /// Number of tracked flows (at least [`MIN_CONNTRACK_SIZE`]).
+    pub conntrack_size: u32,
+    /// Absolute directory where the maps and the program link are pinned.
+    pub state_dir: PathBuf,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    /// The VIPs, in file order.
+    pub vips: Vec<VipConfig>,
+}
+
+/// What a VIP does when none of its backends is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnAllDown {
+    /// Drop the VIP's packets.
+    Drop,
+    /// Keep balancing over all backends (weight above 0) as if they were up.
+    FailOpen,
+}
+
+impl OnAllDown {
+    /// Every choice, the default first.
+    pub const ALL: [OnAllDown; 2] = [OnAllDown::Drop, OnAllDown::FailOpen];
+
+    /// Its name in the configuration: `drop` or `fail-open`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OnAllDown::Drop => "drop",
+            OnAllDown::FailOpen => "fail-open",
+        }
+    }
+}
+
+/// Health-check settings of one backend, fully resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HealthSettings {
+    /// Time between two checks (above 0).
+    pub interval: Duration,
+    /// Time a check may take (above 0, at most `interval`).
+    pub timeout: Duration,
+    /// Consecutive successes that mark a down backend up (at least 1).
+    pub rise: u32,
+    /// Consecutive failures that mark an up backend down (at least 1).
+    pub fall: u32,
+    /// Port checked: the explicit health port, else the VIP's port (never 0).
+    pub port: u16,
+}
+
+/// One VIP and its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    /// Unique name made of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Virtual address.
+    pub address: IpAddr,
+    /// Virtual port; 0 means all ports.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// How packets reach the backends.
+    pub forward: ForwardMode,
+    /// What to do when no backend is up.
+    pub on_all_down: OnAllDown,
+    /// The backends, in file order (at least one, distinct addresses).
+    pub backends: Vec<BackendConfig>,
+}
+
+impl VipConfig {
+    /// Its `VIPS` key.
+    pub fn key(&self) -> VipKey {
+        VipKey::new(self.address, self.port, self.protocol)
+    }
+}
+
+/// One backend of a VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Backend address (same family as the VIP for `dsr` VIPs).
+    pub address: IpAddr,
+    /// Relative weight, 0 to [`MAX_WEIGHT`]; 0 drains the backend.
+    pub weight: u32,
+    /// Health-check settings (global, then VIP, then backend overrides).
+    pub health: HealthSettings,
+}
+
+/// Reads and parses the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        key: None,
+        message: format!("cannot read {}: {}", path.display(), io_message(&error)),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates the configuration `text`; `path` only names the file in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = Ctx { file: path, text };
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|error| ctx.toml_error(&error))?;
+    ctx.resolve(raw)
+}

@@ -1,0 +1,759 @@
+//! Unit tests of the configuration parser: every key, every default, every error location.
+
+use super::*;
+use lb_common::maps::{DEFAULT_CONNTRACK_SIZE, MAX_VIPS};
+
+fn ok(text: &str) -> Config {
+    parse(Path::new("test.toml"), text).unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn error(text: &str) -> ConfigError {
+    match parse(Path::new("test.toml"), text) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(error) => error,
+    }
+}
+
+/// Asserts the error's line, key and that its message contains `message`.
+#[track_caller]
+fn assert_error(text: &str, line: usize, key: &str, message: &str) -> ConfigError {
+    let error = error(text);
+    assert_eq!(error.file, Path::new("test.toml"), "{error}");
+    assert_eq!(error.line, Some(line), "{error}");
+    assert!(error.column.is_some(), "{error}");
+    assert_eq!(error.key.as_deref(), Some(key), "{error}");
+    assert!(
+        error.message.contains(message),
+        "{error}\nexpected: {message}"
+    );
+    error
+}
+
+const HEAD: &str = "interface = \"eth0\"\n";
+
+/// A config with one VIP `web` on 10.0.0.100:80 and one backend; `vip` and `backend` are
+/// extra lines for the VIP table and the backend table.
+fn one_vip(top: &str, vip: &str, backend: &str) -> String {
+    format!(
+        "{HEAD}{top}\n[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n{vip}\n\
+         [[vip.backend]]\naddress = \"10.0.0.11\"\n{backend}\n"
+    )
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+const FULL: &str = r#"
+interface = "eth0"
+xdp_mode = "native"
+tunnel_source = ["192.0.2.1", "2001:db8::1"]
+table_size = 251
+conntrack_size = 4096
+state_dir = "/run/lb"
+metrics = "127.0.0.1:9300"
+
+[health]
+interval = "2s"
+timeout = "1s"
+rise = 4
+port = 8080
+
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+health = { timeout = "300ms", fall = 5 }
+
+  [[vip.backend]]
+  address = "10.0.0.11"
+
+  [[vip.backend]]
+  address = "10.0.0.12"
+  weight = 0
+  health = { interval = "1s", port = 8081 }
+
+[[vip]]
+name = "dns.v6"
+address = "2001:db8::53"
+port = 0
+protocol = "udp"
+forward = "tunnel"
+on_all_down = "fail-open"
+
+  [[vip.backend]]
+  address = "192.168.0.1"
+  weight = 10000
+
+[[vip]]
+name = "api_2"
+address = "10.0.0.100"
+port = 443
+
+  [[vip.backend]]
+  address = "10.0.0.11"
+  weight = 3
+  health = { port = 9000, rise = 1 }
+"#;
+
+#[test]
+fn full_config() {
+    let config = ok(FULL);
+    let global = HealthSettings {
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        rise: 4,
+        fall: 3,
+        port: 8080,
+    };
+    let web = HealthSettings {
+        timeout: Duration::from_millis(300),
+        fall: 5,
+        ..global
+    };
+    let expected = Config {
+        interface: "eth0".into(),
+        xdp_mode: AttachMode::Native,
+        tunnel_source: vec![ip("192.0.2.1"), ip("2001:db8::1")],
+        table_size: 251,
+        conntrack_size: 4096,
+        state_dir: "/run/lb".into(),
+        metrics: Some("127.0.0.1:9300".parse().unwrap()),
+        vips: vec![
+            VipConfig {
+                name: "web".into(),
+                address: ip("10.0.0.100"),
+                port: 80,
+                protocol: Protocol::Tcp,
+                forward: ForwardMode::Dsr,
+                on_all_down: OnAllDown::Drop,
+                backends: vec![
+                    BackendConfig {
+                        address: ip("10.0.0.11"),
+                        weight: 1,
+                        health: web,
+                    },
+                    BackendConfig {
+                        address: ip("10.0.0.12"),
+                        weight: 0,
+                        health: HealthSettings {
+                            interval: Duration::from_secs(1),
+                            port: 8081,
+                            ..web
+                        },
+                    },
+                ],
+            },
+            VipConfig {
+                name: "dns.v6".into(),
+                address: ip("2001:db8::53"),
+                port: 0,
+                protocol: Protocol::Udp,
+                forward: ForwardMode::Tunnel,
+                on_all_down: OnAllDown::FailOpen,
+                backends: vec![BackendConfig {
+                    address: ip("192.168.0.1"),
+                    weight: 10000,
+                    health: global,
+                }],
+            },
+            VipConfig {
+                name: "api_2".into(),
+                address: ip("10.0.0.100"),
+                port: 443,
+                protocol: Protocol::Tcp,
+                forward: ForwardMode::Dsr,
+                on_all_down: OnAllDown::Drop,
+                backends: vec![BackendConfig {
+                    address: ip("10.0.0.11"),
+                    weight: 3,
+                    health: HealthSettings {
+                        port: 9000,
+                        rise: 1,
+                        ..global
+                    },
+                }],
+            },
+        ],
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn defaults() {
+    let config = ok(&one_vip("", "", ""));
+    assert_eq!(config.xdp_mode, AttachMode::Auto);
+    assert!(config.tunnel_source.is_empty());
+    assert_eq!(config.table_size, 65537);
+    assert_eq!(config.conntrack_size, DEFAULT_CONNTRACK_SIZE);
+    assert_eq!(config.state_dir, Path::new("/sys/fs/bpf/lb"));
+    assert_eq!(config.metrics, None);
+    let vip = &config.vips[0];
+    assert_eq!(
+        (vip.protocol, vip.forward, vip.on_all_down),
+        (Protocol::Tcp, ForwardMode::Dsr, OnAllDown::Drop)
+    );
+    assert_eq!(vip.backends[0].weight, 1);
+    assert_eq!(
+        vip.backends[0].health,
+        HealthSettings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            port: 80,
+        }
+    );
+}
+
+#[test]
+fn minimal_config() {
+    let config = ok("interface = \"eth0\"\n");
+    assert_eq!(config.interface, "eth0");
+    assert!(config.vips.is_empty());
+    let config = ok("interface = \"eth0\"\ntunnel_source = \"2001:db8::1\"\n");
+    assert_eq!(config.tunnel_source, vec![ip("2001:db8::1")]);
+    // A backend of another family through a tunnel, and inline tables.
+    let config = ok(&format!(
+        "{HEAD}vip = [{{ name = \"a\", address = \"10.0.0.1\", port = 1, forward = \
+         \"tunnel\", backend = [{{ address = \"2001:db8::2\" }}] }}]\n"
+    ));
+    assert_eq!(config.vips[0].backends[0].address, ip("2001:db8::2"));
+}
+
+#[test]
+fn display() {
+    let error = ConfigError {
+        file: "demo.toml".into(),
+        line: Some(14),
+        column: Some(11),
+        key: Some("vip[1].backend[0].weight".into()),
+        message: "weight must be between 0 and 10000".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "demo.toml:14:11: vip[1].backend[0].weight: weight must be between 0 and 10000"
+    );
+    let error = ConfigError {
+        line: Some(3),
+        column: None,
+        key: None,
+        ..error
+    };
+    assert_eq!(
+        error.to_string(),
+        "demo.toml:3: weight must be between 0 and 10000"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let error = load(Path::new("/nonexistent/demo.toml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "cannot read /nonexistent/demo.toml: No such file or directory"
+    );
+    assert_eq!((error.line, error.key), (None, None));
+}
+
+#[test]
+fn load_reads_the_file() {
+    let path = std::env::temp_dir().join(format!("lb-config-{}.toml", std::process::id()));
+    std::fs::write(&path, one_vip("", "", "weight = 20000")).unwrap();
+    let error = load(&path).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(error.file, path);
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}:10:10: vip[0].backend[0].weight: weight must be between 0 and 10000",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn syntax_error() {
+    let error = error("interface = \"eth0\"\n[health\n");
+    assert_eq!(error.line, Some(2));
+    assert_eq!(error.column, Some(8));
+    assert!(error.message.contains("expected `]`"), "{error}");
+    assert!(error.to_string().starts_with("test.toml:2:8: "), "{error}");
+}
+
+#[test]
+fn type_errors() {
+    assert_error(
+        &format!("{HEAD}table_size = \"big\"\n"),
+        2,
+        "table_size",
+        "invalid type",
+    );
+    assert_error(
+        &one_vip("", "", "weight = -1"),
+        10,
+        "vip[0].backend[0].weight",
+        "u32",
+    );
+    assert_error(
+        &one_vip("", "", "health = { port = 70000 }"),
+        10,
+        "vip[0].backend[0].health.port",
+        "u16",
+    );
+    assert_error(
+        &format!("{HEAD}tunnel_source = 3\n"),
+        2,
+        "tunnel_source",
+        "IP address",
+    );
+}
+
+#[test]
+fn missing_keys() {
+    assert_error(
+        "table_size = 3\n",
+        1,
+        "interface",
+        "missing field `interface`",
+    );
+    let error = assert_error(
+        &format!("{HEAD}[[vip]]\nname = \"a\"\nport = 1\n"),
+        2,
+        "vip[0].address",
+        "missing field `address`",
+    );
+    assert_eq!(error.column, Some(1));
+    assert_error(
+        &one_vip("", "", "").replace("address = \"10.0.0.11\"", "weight = 2"),
+        8,
+        "vip[0].backend[0].address",
+        "missing field `address`",
+    );
+}
+
+#[test]
+fn unknown_keys() {
+    assert_error(
+        &format!("{HEAD}bogus = 1\n"),
+        2,
+        "bogus",
+        "unknown field `bogus`",
+    );
+    assert_error(
+        &format!("{HEAD}[health]\nrize = 1\n"),
+        3,
+        "health.rize",
+        "unknown field",
+    );
+    assert_error(
+        &one_vip("", "protcol = \"udp\"", ""),
+        7,
+        "vip[0].protcol",
+        "unknown field",
+    );
+    let error = assert_error(
+        &one_vip("", "", "wieght = 2"),
+        10,
+        "vip[0].backend[0].wieght",
+        "unknown field",
+    );
+    assert_eq!(error.column, Some(1));
+    assert_error(
+        &one_vip("", "health = { prot = 1 }", ""),
+        7,
+        "vip[0].health.prot",
+        "unknown field",
+    );
+}
+
+#[test]
+fn table_size_not_prime() {
+    let error = assert_error(
+        &format!("{HEAD}table_size = 65536\n"),
+        2,
+        "table_size",
+        "65536 is not prime (try 65537 or 65521)",
+    );
+    assert_eq!(
+        error.to_string(),
+        "test.toml:2:14: table_size: 65536 is not prime (try 65537 or 65521)"
+    );
+}
+
+#[test]
+fn table_size_too_small() {
+    assert_error(
+        &format!("{HEAD}table_size = 1\n"),
+        2,
+        "table_size",
+        "at least 2",
+    );
+    let mut text =
+        format!("{HEAD}table_size = 29\n[[vip]]\nname = \"a\"\naddress = \"10.0.0.1\"\nport = 1\n");
+    for backend in 1..=3 {
+        text.push_str(&format!(
+            "[[vip.backend]]\naddress = \"10.0.1.{backend}\"\n"
+        ));
+    }
+    assert_error(
+        &text,
+        2,
+        "table_size",
+        "too small for VIP \"a\" with 3 backends: Maglev needs at least 10 × 3 = 30 slots (try 31)",
+    );
+    ok(&text.replace("= 29", "= 31"));
+}
+
+#[test]
+fn default_table_size_too_small() {
+    let mut text = format!("{HEAD}[[vip]]\nname = \"a\"\naddress = \"10.0.0.1\"\nport = 1\n");
+    for backend in 0..6554 {
+        text.push_str(&format!(
+            "[[vip.backend]]\naddress = \"10.1.{}.{}\"\n",
+            backend / 256,
+            backend % 256
+        ));
+    }
+    assert_error(
+        &text,
+        2,
+        "vip[0]",
+        "the default table_size 65537 is too small",
+    );
+}
+
+#[test]
+fn conntrack_size_too_small() {
+    assert_error(
+        &format!("{HEAD}conntrack_size = 1023\n"),
+        2,
+        "conntrack_size",
+        "at least 1024",
+    );
+    ok(&format!("{HEAD}conntrack_size = 1024\n"));
+}
+
+#[test]
+fn state_dir_relative() {
+    assert_error(
+        &format!("{HEAD}state_dir = \"lb\"\n"),
+        2,
+        "state_dir",
+        "absolute path",
+    );
+}
+
+#[test]
+fn interface_empty() {
+    assert_error("interface = \"\"\n", 1, "interface", "must not be empty");
+    assert_error(
+        "interface = \"a-very-long-interface\"\n",
+        1,
+        "interface",
+        "longer than 15",
+    );
+}
+
+#[test]
+fn too_many_vips() {
+    let mut text = HEAD.to_owned();
+    for vip in 0..=MAX_VIPS {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"v{vip}\"\naddress = \"10.0.0.1\"\nport = {}\nbackend = [{{ address = \"10.0.1.1\" }}]\n",
+            vip + 1
+        ));
+    }
+    let line = 2 + 5 * MAX_VIPS as usize;
+    assert_error(&text, line, "vip[1024]", "too many VIPs: at most 1024");
+}
+
+#[test]
+fn too_many_backends() {
+    let mut text = HEAD.to_owned();
+    for vip in 0..17 {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"v{vip}\"\naddress = \"10.0.0.1\"\nport = {}\n",
+            vip + 1
+        ));
+        for backend in 0..1000 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"10.1.{}.{}\"\n",
+                backend / 256,
+                backend % 256
+            ));
+        }
+    }
+    let line = 2 + 16 * 2004 + 4 + 384 * 2;
+    assert_error(
+        &text,
+        line,
+        "vip[16].backend[384]",
+        "too many backends: at most 16384",
+    );
+}
+
+#[test]
+fn vip_name() {
+    assert_error(
+        &one_vip("", "", "").replace("\"web\"", "\"\""),
+        4,
+        "vip[0].name",
+        "VIP name must not be empty",
+    );
+    assert_error(
+        &one_vip("", "", "").replace("\"web\"", "\"we b\""),
+        4,
+        "vip[0].name",
+        "invalid VIP name \"we b\"",
+    );
+}
+
+#[test]
+fn duplicate_vip_name() {
+    let text = format!(
+        "{}[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 81\n",
+        one_vip("", "", "")
+    );
+    assert_error(
+        &text,
+        12,
+        "vip[1].name",
+        "duplicate VIP name \"web\" (also vip[0].name)",
+    );
+}
+
+#[test]
+fn duplicate_vip() {
+    let text = format!(
+        "{}[[vip]]\nname = \"web2\"\naddress = \"10.0.0.100\"\nport = 80\nprotocol = \"tcp\"\n",
+        one_vip("", "", "")
+    );
+    assert_error(
+        &text,
+        13,
+        "vip[1].address",
+        "VIP \"web2\" has the same address, port and protocol (10.0.0.100:80/tcp) as VIP \"web\" (vip[0])",
+    );
+    // Another protocol is another VIP.
+    let text = format!(
+        "{}[[vip]]\nname = \"web2\"\naddress = \"10.0.0.100\"\nport = 80\nprotocol = \"udp\"\nbackend = [{{ address = \"10.0.0.1\" }}]\n",
+        one_vip("", "", "")
+    );
+    ok(&text);
+}
+
+#[test]
+fn duplicate_backend() {
+    let text = format!(
+        "{}[[vip.backend]]\naddress = \"10.0.0.11\"\n",
+        one_vip("", "", "")
+    );
+    assert_error(
+        &text,
+        12,
+        "vip[0].backend[1].address",
+        "duplicate backend address 10.0.0.11 (also vip[0].backend[0])",
+    );
+}
+
+#[test]
+fn vip_without_backends() {
+    let text = format!("{HEAD}[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n");
+    assert_error(&text, 2, "vip[0]", "VIP \"web\" has no backends");
+}
+
+#[test]
+fn weight_too_large() {
+    let error = assert_error(
+        &one_vip("", "", "weight = 10001"),
+        10,
+        "vip[0].backend[0].weight",
+        "weight must be between 0 and 10000",
+    );
+    assert_eq!(error.column, Some(10));
+}
+
+#[test]
+fn dsr_family() {
+    let text = one_vip("", "", "").replace("10.0.0.11", "2001:db8::11");
+    assert_error(
+        &text,
+        9,
+        "vip[0].backend[0].address",
+        "dsr cannot change the address family: use forward = \"tunnel\"",
+    );
+    ok(&one_vip("", "forward = \"tunnel\"", "").replace("10.0.0.11", "2001:db8::11"));
+}
+
+#[test]
+fn port_zero_needs_a_health_port() {
+    let text = one_vip("", "", "").replace("port = 80", "port = 0");
+    assert_error(
+        &text,
+        8,
+        "vip[0].backend[0]",
+        "VIP \"web\" has port 0 (all ports): backend 10.0.0.11 needs a health port",
+    );
+    // From any level.
+    let text = one_vip("[health]\nport = 1", "", "").replace("port = 80", "port = 0");
+    assert_eq!(ok(&text).vips[0].backends[0].health.port, 1);
+    let text = one_vip("", "health = { port = 2 }", "").replace("port = 80", "port = 0");
+    assert_eq!(ok(&text).vips[0].backends[0].health.port, 2);
+    let text = one_vip("", "", "health = { port = 3 }").replace("port = 80", "port = 0");
+    assert_eq!(ok(&text).vips[0].backends[0].health.port, 3);
+}
+
+#[test]
+fn health_values() {
+    assert_error(
+        &one_vip("[health]\ninterval = \"0s\"", "", ""),
+        3,
+        "health.interval",
+        "interval must be above 0",
+    );
+    assert_error(
+        &one_vip("", "health = { timeout = \"0ms\" }", ""),
+        7,
+        "vip[0].health.timeout",
+        "timeout must be above 0",
+    );
+    assert_error(
+        &one_vip("", "", "health = { rise = 0 }"),
+        10,
+        "vip[0].backend[0].health.rise",
+        "rise must be at least 1",
+    );
+    assert_error(
+        &one_vip("[health]\nfall = 0", "", ""),
+        3,
+        "health.fall",
+        "fall must be at least 1",
+    );
+    assert_error(
+        &one_vip("[health]\nport = 0", "", ""),
+        3,
+        "health.port",
+        "health port must not be 0",
+    );
+    assert_error(
+        &one_vip("[health]\ninterval = \"1 fortnight\"", "", ""),
+        3,
+        "health.interval",
+        "invalid duration \"1 fortnight\"",
+    );
+}
+
+#[test]
+fn timeout_longer_than_interval() {
+    assert_error(
+        &one_vip("[health]\ntimeout = \"2s\"", "", ""),
+        3,
+        "health.timeout",
+        "timeout 2s is longer than interval 1s",
+    );
+    // The key closest to the backend is blamed.
+    assert_error(
+        &one_vip(
+            "[health]\ntimeout = \"800ms\"",
+            "",
+            "health = { interval = \"500ms\" }",
+        ),
+        11,
+        "vip[0].backend[0].health.interval",
+        "timeout 800ms is longer than interval 500ms",
+    );
+    assert_error(
+        &one_vip(
+            "[health]\ninterval = \"5s\"",
+            "health = { timeout = \"6s\" }",
+            "",
+        ),
+        8,
+        "vip[0].health.timeout",
+        "timeout 6s is longer than interval 5s",
+    );
+    ok(&one_vip("[health]\ninterval = \"500ms\"", "", ""));
+}
+
+#[test]
+fn tunnel_source() {
+    assert_error(
+        &format!("{HEAD}tunnel_source = [\"192.0.2.1\", \"2001:db8::1\", \"192.0.2.2\"]\n"),
+        2,
+        "tunnel_source[2]",
+        "tunnel_source has 3 addresses: give at most two, one IPv4 and one IPv6",
+    );
+    let error = assert_error(
+        &format!("{HEAD}tunnel_source = [\"192.0.2.1\", \"192.0.2.2\"]\n"),
+        2,
+        "tunnel_source[1]",
+        "192.0.2.2 and 192.0.2.1 are both IPv4",
+    );
+    assert_eq!(error.column, Some(31));
+    assert_error(
+        &format!("{HEAD}tunnel_source = \"192.0.2\"\n"),
+        2,
+        "tunnel_source",
+        "invalid IP address \"192.0.2\"",
+    );
+    assert!(ok(&format!("{HEAD}tunnel_source = []\n"))
+        .tunnel_source
+        .is_empty());
+}
+
+#[test]
+fn invalid_enums() {
+    assert_error(
+        &format!("{HEAD}xdp_mode = \"fast\"\n"),
+        2,
+        "xdp_mode",
+        "invalid xdp_mode \"fast\": expected one of auto, native, generic",
+    );
+    assert_error(
+        &one_vip("", "protocol = \"sctp\"", ""),
+        7,
+        "vip[0].protocol",
+        "invalid protocol \"sctp\": expected one of tcp, udp",
+    );
+    assert_error(
+        &one_vip("", "forward = \"nat\"", ""),
+        7,
+        "vip[0].forward",
+        "expected one of dsr, tunnel",
+    );
+    assert_error(
+        &one_vip("", "on_all_down = \"open\"", ""),
+        7,
+        "vip[0].on_all_down",
+        "expected one of drop, fail-open",
+    );
+}
+
+#[test]
+fn invalid_addresses() {
+    assert_error(
+        &format!("{HEAD}metrics = \"localhost:9300\"\n"),
+        2,
+        "metrics",
+        "invalid socket address \"localhost:9300\"",
+    );
+    assert_error(
+        &one_vip("", "", "").replace("10.0.0.100", "10.0.0"),
+        5,
+        "vip[0].address",
+        "invalid IP address \"10.0.0\"",
+    );
+    assert_error(
+        &one_vip("", "", "").replace("10.0.0.11", "backend1"),
+        9,
+        "vip[0].backend[0].address",
+        "invalid IP address \"backend1\"",
+    );
+}
+
+#[test]
+fn first_error_wins() {
+    let text = one_vip("table_size = 4", "", "weight = 20000");
+    assert_error(&text, 2, "table_size", "4 is not prime (try 5 or 3)");
+}

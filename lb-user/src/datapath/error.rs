@@ -1,0 +1,90 @@
+//! Errors of the datapath. Messages name what failed and where; the cause is the `#[source]`,
+//! never repeated in the message, so `{error:#}` or [`crate::error::Chain`] print each once.
+
+use std::path::PathBuf;
+
+use aya::{maps::MapError, programs::ProgramError, EbpfError};
+
+/// What went wrong with the datapath, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object could not be loaded (map creation, BTF, ...).
+    #[error("cannot load the XDP object")]
+    Load {
+        /// The loader's error.
+        #[source]
+        source: EbpfError,
+    },
+    /// A program failed to load (verifier) or attach.
+    #[error("XDP program `{program}`: {action} failed")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// What we tried.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object (a build mismatch).
+    #[error("map {map} is not in the XDP object")]
+    MissingMap {
+        /// Map name.
+        map: &'static str,
+    },
+    /// A map operation failed.
+    #[error("map {map}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
+    /// A devmap operation failed.
+    #[error("map {map}")]
+    DevMap {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    /// The state directory could not be created or cleaned.
+    #[error("state directory {}", dir.display())]
+    StateDir {
+        /// The path.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pinned link could not be opened, pinned or removed.
+    #[error("pinned XDP link {}", path.display())]
+    Link {
+        /// The pin's path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Pinning was asked of a datapath loaded without a pin directory.
+    #[error("the datapath was loaded without a state directory")]
+    NotPinned,
+    /// Writing a ring through mmap failed.
+    #[error("ring of VIP id {vip}")]
+    Ring {
+        /// VIP id.
+        vip: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(super) type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// Wraps an error of `map`'s syscalls with the map's name.
+pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}

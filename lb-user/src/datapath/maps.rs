@@ -1,0 +1,209 @@
+//! Typed reads and writes of each map. The datapath module is the only userspace writer of the
+//! balancer's maps (see `lb_common::maps::names`).
+
+use aya::maps::{
+    xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
+use lb_common::{
+    maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
+    stats::{BackendStats, Counter, DecapCounter, VipStats},
+    FlowKey,
+};
+
+use super::{
+    error::{map_error, DatapathError, Result},
+    ring::{new_ring, read_ring, PreparedRing},
+    Datapath,
+};
+
+impl Datapath {
+    /// Sets the global settings.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        let map = names::SETTINGS;
+        let mut array: Array<_, Settings> = self.typed(map)?;
+        array.set(0, settings, 0).map_err(map_error(map))
+    }
+
+    /// Adds or replaces a VIP.
+    pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
+        let map = names::VIPS;
+        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.insert(key, vip, 0).map_err(map_error(map))
+    }
+
+    /// Every VIP in `VIPS`.
+    pub fn vips(&mut self) -> Result<Vec<(VipKey, Vip)>> {
+        let map = names::VIPS;
+        let vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error(map))
+    }
+
+    /// Every backend entry in use (state other than `Unused`), with its id.
+    pub fn backends(&mut self) -> Result<Vec<(u32, Backend)>> {
+        let map = names::BACKENDS;
+        let backends: Array<_, Backend> = self.typed(map)?;
+        let mut used = Vec::new();
+        for (id, backend) in backends.iter().enumerate() {
+            let backend = backend.map_err(map_error(map))?;
+            if backend.state() != lb_common::maps::BackendState::Unused {
+                used.push((id as u32, backend));
+            }
+        }
+        Ok(used)
+    }
+
+    /// Removes a VIP: its packets stop matching at once.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let map = names::VIPS;
+        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        vips.remove(key).map_err(map_error(map))
+    }
+
+    /// Writes backend `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let map = names::BACKENDS;
+        let mut backends: Array<_, Backend> = self.typed(map)?;
+        backends.set(id, backend, 0).map_err(map_error(map))
+    }
+
+    /// Reads backend `id`.
+    pub fn backend(&mut self, id: u32) -> Result<Backend> {
+        let map = names::BACKENDS;
+        let backends: Array<_, Backend> = self.typed(map)?;
+        backends.get(&id, 0).map_err(map_error(map))
+    }
+
+    /// Replaces the ring of VIP `vip` atomically.
+    ///
+    /// The new ring is a fresh map, filled completely through mmap while no packet can see it,
+    /// then swapped into `RINGS[vip]` with a single map update: a packet uses either the whole
+    /// old ring or the whole new one. The old ring is freed by the kernel once no program run
+    /// holds it.
+    pub fn set_ring(&mut self, vip: u32, ring: &[u32]) -> Result<()> {
+        let prepared = Self::prepare_ring(vip, ring)?;
+        self.swap_ring(vip, &prepared)
+    }
+
+    /// The first half of [`Self::set_ring`]: the new ring map, created and filled, not yet
+    /// visible to any packet.
+    pub fn prepare_ring(vip: u32, ring: &[u32]) -> Result<PreparedRing> {
+        new_ring(ring)
+            .map(PreparedRing)
+            .map_err(|source| DatapathError::Ring { vip, source })
+    }
+
+    /// The second half of [`Self::set_ring`]: one update of `RINGS[vip]`. Packets use the new
+    /// ring at once; the call returns only after an RCU grace period, when no program run
+    /// still holds the old one.
+    pub fn swap_ring(&mut self, vip: u32, ring: &PreparedRing) -> Result<()> {
+        let map = names::RINGS;
+        let mut rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        rings.set(vip, &ring.0, 0).map_err(map_error(map))
+    }
+
+    /// The ring of VIP `vip` as the kernel currently uses it (`None`: no ring).
+    pub fn ring(&mut self, vip: u32) -> Result<Option<Vec<u32>>> {
+        let map = names::RINGS;
+        let rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        let inner = match rings.get(&vip, 0) {
+            Ok(inner) => inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => return Err(map_error(map)(source)),
+        };
+        read_ring(&inner)
+            .map(Some)
+            .map_err(|source| DatapathError::Ring { vip, source })
+    }
+
+    /// Lets `XDP_REDIRECT` send to interface `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let map = names::TX_PORTS;
+        let mut ports: DevMapHash<_> = self.typed(map)?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DatapathError::DevMap { map, source })
+    }
+
+    /// The backend id a flow is tracked to, if it is tracked.
+    pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
+        let map = names::CONNTRACK;
+        let table: HashMap<_, FlowKey, Conntrack> = self.typed(map)?;
+        match table.get(flow, 0) {
+            Ok(entry) => Ok(Some(entry.backend)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(map_error(map)(source)),
+        }
+    }
+
+    /// Adds a local address the `decap` program strips tunnels for.
+    pub fn add_decap_address(&mut self, key: &DecapKey) -> Result<()> {
+        let map = names::DECAP_ADDRS;
+        let mut addrs: HashMap<_, DecapKey, u8> = self.typed(map)?;
+        addrs.insert(key, 1, 0).map_err(map_error(map))
+    }
+
+    /// A global counter, summed over CPUs.
+    pub fn counter(&mut self, counter: Counter) -> Result<u64> {
+        sum_u64(self.map(names::STATS)?, names::STATS, counter as u32)
+    }
+
+    /// A `decap` counter, summed over CPUs.
+    pub fn decap_counter(&mut self, counter: DecapCounter) -> Result<u64> {
+        sum_u64(
+            self.map(names::DECAP_STATS)?,
+            names::DECAP_STATS,
+            counter as u32,
+        )
+    }
+
+    /// Counters of VIP `vip`, summed over CPUs.
+    pub fn vip_stats(&mut self, vip: u32) -> Result<VipStats> {
+        let map = names::VIP_STATS;
+        let per_cpu = per_cpu::<VipStats>(self.map(map)?, map, vip)?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |sum, cpu| {
+            let VipStats {
+                packets,
+                bytes,
+                new_flows,
+                conntrack_hits,
+                dropped,
+            } = *cpu;
+            VipStats {
+                packets: sum.packets + packets,
+                bytes: sum.bytes + bytes,
+                new_flows: sum.new_flows + new_flows,
+                conntrack_hits: sum.conntrack_hits + conntrack_hits,
+                dropped: sum.dropped + dropped,
+            }
+        }))
+    }
+
+    /// Counters of backend `id`, summed over CPUs.
+    pub fn backend_stats(&mut self, id: u32) -> Result<BackendStats> {
+        let map = names::BACKEND_STATS;
+        let per_cpu = per_cpu::<BackendStats>(self.map(map)?, map, id)?;
+        Ok(per_cpu.iter().fold(BackendStats::default(), |sum, cpu| {
+            let BackendStats {
+                packets,
+                bytes,
+                new_flows,
+            } = *cpu;
+            BackendStats {
+                packets: sum.packets + packets,
+                bytes: sum.bytes + bytes,
+                new_flows: sum.new_flows + new_flows,
+            }
+        }))
+    }
+}
+
+fn per_cpu<V: aya::Pod>(map: &mut Map, name: &'static str, index: u32) -> Result<PerCpuValues<V>> {
+    let array: PerCpuArray<_, V> = PerCpuArray::try_from(map).map_err(map_error(name))?;
+    array.get(&index, 0).map_err(map_error(name))
+}
+
+fn sum_u64(map: &mut Map, name: &'static str, index: u32) -> Result<u64> {
+    Ok(per_cpu::<u64>(map, name, index)?.iter().sum())
+}

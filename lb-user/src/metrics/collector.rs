@@ -1,0 +1,233 @@
+//! The datapath half of `/metrics`: at every scrape, the pinned maps' counters (one
+//! [`CounterReading`], as `lb stats` reads them) and the backend state gauges of the VIPs the
+//! agent programmed.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex};
+
+use lb_common::{
+    maps::BackendState,
+    stats::{BackendStats, CounterClass, VipStats},
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+
+use super::{lock, BackendLabels, BackendView, Topology, VipView};
+use crate::{counters::CounterReading, datapath::Datapath, error::Chain};
+
+/// Reads the pinned maps at each scrape and emits them as constant counters, plus the backend
+/// state gauges from the agent's topology.
+pub(super) struct DatapathCollector {
+    /// Where the maps are pinned.
+    pub state_dir: PathBuf,
+    /// Opened on the first scrape, reopened after an error.
+    pub datapath: Mutex<Option<Datapath>>,
+    /// The VIPs and backends the agent programmed.
+    pub topology: Topology,
+}
+
+impl std::fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatapathCollector")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatapathCollector {
+    /// The counters of the maps and of `topology`'s VIPs and backends; `None` (logged) if the
+    /// maps cannot be read.
+    fn read(&self, topology: &BTreeMap<u32, VipView>) -> Option<CounterReading> {
+        let mut guard = lock(&self.datapath);
+        if guard.is_none() {
+            match Datapath::open_pinned(&self.state_dir) {
+                Ok(datapath) => *guard = Some(datapath),
+                Err(error) => {
+                    tracing::warn!(
+                        "metrics: cannot open the pinned maps in {}: {}",
+                        self.state_dir.display(),
+                        Chain(&error)
+                    );
+                    return None;
+                }
+            }
+        }
+        let datapath = guard.as_mut()?;
+        let backends = topology
+            .values()
+            .flat_map(|vip| vip.backends.iter().map(|b| b.id));
+        match CounterReading::read(datapath, topology.keys().copied(), backends) {
+            Ok(reading) => Some(reading),
+            Err(error) => {
+                tracing::warn!(
+                    "metrics: reading the datapath counters failed: {}",
+                    Chain(&error)
+                );
+                *guard = None;
+                None
+            }
+        }
+    }
+}
+
+/// Writes one counter family with one sample per label set.
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family with one sample per label set.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The family of each counter class: name, help, label name.
+fn class_family(class: CounterClass) -> (&'static str, &'static str, &'static str) {
+    match class {
+        CounterClass::Verdict => ("packets", "Packets by XDP verdict.", "verdict"),
+        CounterClass::Passed => (
+            "passed_packets",
+            "Packets passed to the host stack, by reason.",
+            "reason",
+        ),
+        CounterClass::Dropped => ("dropped_packets", "Packets dropped, by reason.", "reason"),
+        CounterClass::Event => (
+            "datapath_events",
+            "Datapath events: rehashed (flow moved off a down backend), conntrack_full (insert \
+             failed), icmp_error (ICMP error forwarded to a flow's backend).",
+            "event",
+        ),
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topology = lock(&self.topology).clone();
+
+        // Agent state of every configured backend, as written to `BACKENDS`.
+        let backend_labels = |vip: &VipView, b: &BackendView| BackendLabels {
+            vip: vip.name.clone(),
+            backend: b.address.to_string(),
+        };
+        let states = || {
+            topology
+                .values()
+                .flat_map(|vip| vip.backends.iter().map(move |b| (vip, b)))
+        };
+        gauges(
+            &mut encoder,
+            "backend_up",
+            "1 when the backend is up (in the ring), else 0 (down, unknown or draining).",
+            states().map(|(vip, b)| {
+                (
+                    backend_labels(vip, b),
+                    i64::from(b.state == BackendState::Up),
+                )
+            }),
+        )?;
+        gauges(
+            &mut encoder,
+            "backend_draining",
+            "1 when the backend is draining (weight 0: no new flows, tracked flows stay), else 0.",
+            states().map(|(vip, b)| {
+                (
+                    backend_labels(vip, b),
+                    i64::from(b.state == BackendState::Draining),
+                )
+            }),
+        )?;
+
+        let Some(reading) = self.read(&topology) else {
+            return Ok(());
+        };
+        for class in [
+            CounterClass::Verdict,
+            CounterClass::Passed,
+            CounterClass::Dropped,
+            CounterClass::Event,
+        ] {
+            let (name, help, label) = class_family(class);
+            let samples = reading
+                .global
+                .iter()
+                .filter(|(counter, _)| counter.class() == class)
+                .map(|(counter, value)| ([(label, counter.name())], *value));
+            counters(&mut encoder, name, help, samples)?;
+        }
+
+        type VipField = fn(&VipStats) -> u64;
+        let vip_families: [(&str, &str, VipField); 5] = [
+            ("vip_packets", "Packets matched to the VIP.", |s| s.packets),
+            (
+                "vip_bytes",
+                "Bytes matched to the VIP (frame length as received).",
+                |s| s.bytes,
+            ),
+            (
+                "vip_new_flows",
+                "Flows of the VIP that got a backend from the ring.",
+                |s| s.new_flows,
+            ),
+            (
+                "vip_conntrack_hits",
+                "Packets of the VIP whose flow was tracked.",
+                |s| s.conntrack_hits,
+            ),
+            (
+                "vip_dropped_packets",
+                "Packets of the VIP dropped (no backend, too big, ...).",
+                |s| s.dropped,
+            ),
+        ];
+        for (name, help, field) in vip_families {
+            let samples = topology
+                .iter()
+                .map(|(id, vip)| ([("vip", vip.name.as_str())], field(&reading.vip(*id))));
+            counters(&mut encoder, name, help, samples)?;
+        }
+
+        type BackendField = fn(&BackendStats) -> u64;
+        let backend_families: [(&str, &str, BackendField); 3] = [
+            (
+                "backend_packets",
+                "Packets forwarded to the backend.",
+                |s| s.packets,
+            ),
+            (
+                "backend_bytes",
+                "Bytes forwarded to the backend (before encapsulation).",
+                |s| s.bytes,
+            ),
+            (
+                "backend_new_flows",
+                "Flows newly assigned to the backend.",
+                |s| s.new_flows,
+            ),
+        ];
+        for (name, help, field) in backend_families {
+            let samples =
+                states().map(|(vip, b)| (backend_labels(vip, b), field(&reading.backend(b.id))));
+            counters(&mut encoder, name, help, samples)?;
+        }
+        Ok(())
+    }
+}
