@@ -14,8 +14,11 @@ use lb_common::{
     stats::Counter,
 };
 use lb_tests::{
-    lab::{addr_bytes, vip_key},
-    topology::{ask_name, Lan, NameServer},
+    netns::{
+        servers::{ask_name, NameServer},
+        topology::Lan,
+    },
+    packet::lab::{addr_bytes, vip_key},
 };
 use lb_user::datapath::{Datapath, Options, Program};
 
