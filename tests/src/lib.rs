@@ -1,16 +1,13 @@
-//! Shared harness of lb's integration tests: frames built with etherparse, a packet lab that
-//! runs the real XDP program through `BPF_PROG_TEST_RUN`, and network-namespace labs.
+//! Shared harness of lb's integration tests, one folder per kind of test:
 //!
-//! Every test here needs root (BPF, namespaces). The benchmark binaries in `src/bin/` use the
-//! same harness (`load`, `probe`, `report_table`).
+//! - [`packet`]: frames built with etherparse run through the real, verifier-loaded XDP
+//!   program with `BPF_PROG_TEST_RUN` (no network needed);
+//! - [`netns`]: labs of network namespaces (the shared [`lb_lab`] toolkit plus what needs lb:
+//!   its `pass` program on the switch ports, the real `lb run` process, the DSR agent lab);
+//! - [`bench`](mod@bench): what the benchmark binaries in `src/bin/` measure with and how they report.
+//!
+//! Every test here needs root (BPF, namespaces).
 
-pub mod agent;
 pub mod bench;
-pub mod dsr_lab;
-pub mod frames;
-pub mod lab;
-pub mod load;
 pub mod netns;
-pub mod probe;
-pub mod report_table;
-pub mod topology;
+pub mod packet;

@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
+use lb_tests::netns::{
     agent::Signal,
     dsr_lab::*,
-    topology::{ask_name, NameServer},
+    servers::{ask_name, NameServer},
 };
 use lb_user::datapath::Datapath;
 
@@ -322,7 +322,7 @@ fn an_adopting_agent_reports_the_mode_the_program_runs_in() {
         adopted.contains("Skb"),
         "adopted link reported in the mode it runs in: {adopted}"
     );
-    let output = std::process::Command::new(lb_tests::agent::lb_binary())
+    let output = std::process::Command::new(lb_tests::netns::agent::lb_binary())
         .args(["status", "--json", "--state-dir"])
         .arg(&lab.files.state_dir)
         .output()

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use lb_tests::{agent::lb_binary, dsr_lab::*};
+use lb_tests::netns::{agent::lb_binary, dsr_lab::*};
 use serde_json::Value;
 
 fn lb(args: &[&str]) -> Output {

@@ -9,7 +9,7 @@ use lb_common::{
     flow_hash,
     maps::{BackendState, ForwardMode, Protocol, Vip, VipKey},
 };
-use lb_tests::{
+use lb_tests::packet::{
     frames::{Frame, Kind},
     lab::{backend_of, verdict, PacketLab},
 };

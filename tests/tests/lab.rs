@@ -14,10 +14,12 @@ use std::{
 
 use lb_common::{maps::Protocol, stats::Counter};
 use lb_tests::{
-    agent::{lb_binary, AgentFiles, AgentProcess},
-    dsr_lab::*,
-    frames::{Frame, CLIENT_MAC},
-    topology::ask_name,
+    netns::{
+        agent::{lb_binary, AgentFiles, AgentProcess},
+        dsr_lab::*,
+        servers::ask_name,
+    },
+    packet::frames::{Frame, CLIENT_MAC},
 };
 use lb_user::datapath::Datapath;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -312,10 +314,10 @@ fn verdicts_and_runs(datapath: &mut Datapath, lb: &lb_tests::netns::Netns) -> (u
 /// How many of `frames` the program counts as parse errors, found by running each through a
 /// second copy of the program without VIPs (where a parse error is the only reason to drop).
 fn malformed_frames(frames: &[Vec<u8>]) -> u64 {
-    let mut oracle = lb_tests::lab::PacketLab::empty();
+    let mut oracle = lb_tests::packet::lab::PacketLab::empty();
     let dropped = frames
         .iter()
-        .filter(|f| oracle.run(f).expect("test run").0 == lb_tests::lab::verdict::DROP)
+        .filter(|f| oracle.run(f).expect("test run").0 == lb_tests::packet::lab::verdict::DROP)
         .count() as u64;
     let counted = oracle
         .datapath

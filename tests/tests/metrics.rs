@@ -9,9 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
+use lb_tests::netns::{
     agent::{AgentFiles, AgentProcess, Signal},
-    topology::{ask_name, Lan, NameServer},
+    servers::{ask_name, NameServer},
+    topology::Lan,
 };
 
 const VIP: &str = "10.78.0.100";

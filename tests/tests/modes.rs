@@ -11,11 +11,12 @@ use std::{
 };
 
 use lb_common::stats::Counter;
-use lb_tests::{
+use lb_tests::netns::{
     agent::{AgentFiles, AgentProcess, Signal},
     dsr_lab::read_line,
-    netns::Netns,
-    topology::{ask_name, ask_name_udp, Lan, NameServer, UdpNameServer},
+    servers::{ask_name, ask_name_udp, NameServer, UdpNameServer},
+    topology::Lan,
+    Netns,
 };
 use lb_user::datapath::Datapath;
 

@@ -5,7 +5,7 @@
 //! so each forwarding row also proves that kernel and userspace agree.
 
 use lb_common::{maps::BackendState, stats::Counter};
-use lb_tests::{
+use lb_tests::packet::{
     frames::{self, ip, Frame, Ipv6Ext},
     lab::{backend_mac, backend_of, verdict, PacketLab, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},
 };
@@ -580,7 +580,7 @@ fn run_case(case: &Case) {
 }
 
 /// The lab VIP a frame is addressed to.
-fn vip_of<'a>(lab: &'a PacketLab, frame: &Frame) -> &'a lb_tests::lab::LabVip {
+fn vip_of<'a>(lab: &'a PacketLab, frame: &Frame) -> &'a lb_tests::packet::lab::LabVip {
     let flow = frame.flow_key();
     lab.vips
         .values()

@@ -14,7 +14,10 @@ use lb_common::{
     maps::{Backend, BackendState, ForwardMode, Protocol, Vip, VipKey, DEFAULT_RING_SIZE},
     stats::Counter,
 };
-use lb_tests::topology::{ask_name, Lan, NameServer};
+use lb_tests::netns::{
+    servers::{ask_name, NameServer},
+    topology::Lan,
+};
 use lb_user::datapath::{Datapath, Options, Program};
 
 const VIP: &str = "10.78.0.100";

@@ -19,8 +19,8 @@ use lb_common::{
 };
 use lb_user::datapath::Program;
 
-use crate::report_table::Section;
-use crate::{
+use crate::bench::report_table::Section;
+use crate::packet::{
     frames::{self, ip, Frame},
     lab::{backend_mac, verdict, PacketLab, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},
 };

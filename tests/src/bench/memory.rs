@@ -8,7 +8,7 @@ use aya::maps::{ArrayOfMaps, Map, MapData};
 use lb_common::maps::{names, DEFAULT_RING_SIZE, MAX_VIPS};
 use lb_user::datapath::{Datapath, Program};
 
-use crate::report_table::Section;
+use crate::bench::report_table::Section;
 
 /// Number of VIPs of the "typical deployment" total.
 pub const TYPICAL_VIPS: u32 = 10;

@@ -1,6 +1,9 @@
-//! Benchmarks of the datapath: the per-packet cost of each path against a trivial XDP program
-//! ([`cost`]) and the kernel memory of the maps ([`memory`]), reported as [`crate::report_table::Section`]s.
-//! The `bench-packet` binary runs them; `cargo xtask bench` renders its JSON.
+//! What the benchmark binaries in `src/bin/` use: the per-packet cost of each datapath path
+//! against a trivial XDP program ([`cost`]), the kernel memory of the maps ([`memory`]), lean
+//! servers and clients for the namespace lab ([`load`]), and how results are printed
+//! ([`report_table`]). `cargo xtask bench` renders their JSON.
 
 pub mod cost;
+pub mod load;
 pub mod memory;
+pub mod report_table;

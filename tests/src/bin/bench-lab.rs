@@ -15,10 +15,14 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::stats::Counter;
 use lb_tests::{
-    agent::find_lb_binary,
-    dsr_lab::{AgentLab, NAMES, PORT, VIP},
-    load::{connect_for, process_cpu, upload_for, CpuTimes, Serve, Server},
-    report_table::{self, median, Section},
+    bench::{
+        load::{connect_for, process_cpu, upload_for, CpuTimes, Serve, Server},
+        report_table::{self, median, Section},
+    },
+    netns::{
+        agent::find_lb_binary,
+        dsr_lab::{AgentLab, NAMES, PORT, VIP},
+    },
 };
 use lb_user::datapath::Datapath;
 

@@ -9,11 +9,9 @@
 //! `docs/BENCHMARKS.md`; without it, aligned text tables.
 
 use anyhow::{anyhow, bail, Context as _};
-use lb_tests::{
-    bench::{
-        cost::{self, Plan},
-        memory,
-    },
+use lb_tests::bench::{
+    cost::{self, Plan},
+    memory,
     report_table::{self, Section},
 };
 use nix::{

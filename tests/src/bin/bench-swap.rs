@@ -28,12 +28,15 @@ use lb_common::{
     maps::BackendState,
 };
 use lb_tests::{
-    agent::{find_lb_binary, AgentFiles, AgentProcess},
-    frames::Frame,
-    load::{Serve, Server},
-    probe::RingProbe,
-    report_table::{self, max, median, Section},
-    topology::Lan,
+    bench::{
+        load::{Serve, Server},
+        report_table::{self, max, median, Section},
+    },
+    netns::{
+        agent::{find_lb_binary, AgentFiles, AgentProcess},
+        topology::Lan,
+    },
+    packet::{frames::Frame, probe::RingProbe},
 };
 use lb_user::datapath::{Datapath, Options};
 
@@ -202,7 +205,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
         let frame = (1024..u16::MAX)
             .map(|port| {
                 Frame::new(
-                    lb_tests::frames::Kind::TcpSyn,
+                    lb_tests::packet::frames::Kind::TcpSyn,
                     "10.77.0.200".parse().expect("ip"),
                     port,
                     vip_address(v),

@@ -167,10 +167,8 @@ fn lb_command(ns: &Netns, log: &Path) -> Command {
         .append(true)
         .open(log)
         .expect("log");
-    let mut command = Command::new("nsenter");
+    let mut command = ns.command(lb_binary());
     command
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg(lb_binary())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))

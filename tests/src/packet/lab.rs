@@ -15,7 +15,7 @@ use lb_common::{
 };
 use lb_user::datapath::{Datapath, Options, Program};
 
-use crate::frames::{ip, LB_MAC};
+use crate::packet::frames::{ip, LB_MAC};
 
 /// `BPF_PROG_TEST_RUN` runs XDP programs as if received on loopback (ifindex 1).
 pub const TEST_RUN_IFINDEX: u32 = 1;

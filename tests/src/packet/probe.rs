@@ -12,7 +12,7 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_user::datapath::{Datapath, DatapathError, Options, Program};
 
-use crate::lab::verdict;
+use crate::packet::lab::verdict;
 
 /// The probe program on an agent's pinned maps.
 pub struct RingProbe {

@@ -10,9 +10,10 @@ use std::{
 
 use lb_user::datapath::Datapath;
 
-use crate::{
+use crate::netns::{
     agent::{AgentFiles, AgentProcess},
-    topology::{ask_name, Lan, NameServer},
+    servers::{ask_name, NameServer},
+    topology::Lan,
 };
 
 /// The VIP.

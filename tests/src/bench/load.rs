@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(10);
 pub enum Serve {
     /// Close it at once (a health-check target).
     Close,
-    /// Send this line, then read until EOF (like [`crate::topology::NameServer`]).
+    /// Send this line, then read until EOF (like [`crate::netns::servers::NameServer`]).
     Line(String),
     /// Read until EOF, then send the byte count (8 bytes, big-endian): a bulk upload sink.
     Sink,

@@ -1,0 +1,31 @@
+//! Network-namespace labs shared by `cargo xtask demo` and lb's integration tests.
+//!
+//! A lab is a set of network namespaces standing in for machines: [`Netns`] creates one (and
+//! removes it on drop), runs `ip`, shell commands and Rust code inside it; [`Lan`] plugs hosts
+//! into one bridge in a switch namespace, with addresses, in a few lines; [`servers`] are the
+//! small TCP and UDP servers that answer with their name, so a client can tell which backend a
+//! connection reached.
+//!
+//! Nothing here loads BPF. What a lab needs of lb itself (its `pass` program on the switch
+//! ports, the agent) is the caller's job: the tests attach programs through
+//! `lb_user::datapath`, the demo runs the `lb` binary. So xtask builds without the eBPF
+//! toolchain.
+//!
+//! Commands and namespace operations come in two forms: panicking for tests (`sh`, `ip`,
+//! `run`...) and `try_` returning [`LabError`] for the demo, which reports errors and cleans
+//! up. Building a [`Lan`] returns [`LabError`].
+//!
+//! Everything needs root (namespaces, `ip`, `ethtool`, `nsenter`).
+
+#![deny(missing_docs)]
+
+mod command;
+mod error;
+mod lan;
+mod netns;
+pub mod servers;
+
+pub use command::{sh, try_sh};
+pub use error::LabError;
+pub use lan::{Addresses, Host, Lan, Naming, Subnets, LAB_SUBNETS};
+pub use netns::Netns;

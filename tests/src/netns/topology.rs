@@ -1,0 +1,57 @@
+//! The tests' one-arm LAN: [`lb_lab::Lan`] (every host's `eth0` on one bridge, 10.77.0.0/24 and
+//! fd77::/64, names unique per test, removed on drop) with lb's `pass` program on every switch
+//! port.
+
+use std::ops::Deref;
+
+use lb_lab::Naming;
+use lb_user::datapath::{Datapath, Options, Program};
+
+/// Hosts on one bridge whose switch ports run lb's `pass` XDP program; derefs to the
+/// [`lb_lab::Lan`] (hosts, switch, MTU).
+pub struct Lan {
+    /// Keeps the `pass` programs on the switch ports attached (dropped first, while the ports
+    /// still exist).
+    _switch_xdp: Datapath,
+    /// The namespaces.
+    lan: lb_lab::Lan,
+}
+
+impl Lan {
+    /// Creates the switch and one host per name; host `i` gets `10.77.0.(10 + i)` and
+    /// `fd77::(10 + i)` (decimal digits read as hex: host 0 is `fd77::10`).
+    ///
+    /// Every switch port runs the `pass` XDP program: a veth delivers frames another XDP program
+    /// sent with `XDP_TX`/`XDP_REDIRECT` only when the receiving peer has an XDP program. The
+    /// hosts' checksum offload is off, or XDP_TX would carry partial checksums to a backend.
+    pub fn new(tag: &str, names: &[&str]) -> Self {
+        let lan = lb_lab::Lan::with_hosts(Naming::Unique(tag.to_owned()), names)
+            .unwrap_or_else(|error| panic!("building the lab {tag}: {}", error.full_message()));
+        let ports = lan.ports();
+        let switch_xdp = lan.switch.run(|| {
+            let mut datapath = Datapath::load(&Options {
+                conntrack_size: 1,
+                pin_dir: None,
+            })
+            .expect("load");
+            for port in &ports {
+                datapath
+                    .attach_auto(Program::Pass, port, None)
+                    .expect("attach pass");
+            }
+            datapath
+        });
+        Self {
+            _switch_xdp: switch_xdp,
+            lan,
+        }
+    }
+}
+
+impl Deref for Lan {
+    type Target = lb_lab::Lan;
+
+    fn deref(&self) -> &lb_lab::Lan {
+        &self.lan
+    }
+}
