@@ -12,5 +12,6 @@ pub mod health;
 pub mod interface;
 pub mod metrics;
 pub mod nexthop;
+pub mod routes;
 pub mod status;
 pub mod watch;

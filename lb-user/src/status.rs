@@ -13,7 +13,7 @@ use std::{
 use lb_common::maps::{BackendState, ForwardMode, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::AttachMode;
+use crate::{datapath::AttachMode, routes::RouteOwner};
 
 /// Where snapshots are written.
 pub const RUN_DIR: &str = "/run/lb";
@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub xdp_mode: AttachMode,
     /// Kernel id of the attached program.
     pub program_id: Option<u32>,
+    /// Where servable VIP addresses are announced (`[announce]`), if anywhere.
+    #[serde(default)]
+    pub announce: Option<RouteOwner>,
     /// VIPs.
     pub vips: Vec<VipStatus>,
 }
@@ -63,6 +66,9 @@ pub struct VipStatus {
     pub protocol: Protocol,
     /// `dsr` or `tunnel`.
     pub forward: ForwardMode,
+    /// Whether its address is announced while it is servable (`announce`).
+    #[serde(default)]
+    pub announce: bool,
     /// Backends.
     pub backends: Vec<BackendStatus>,
 }

@@ -19,6 +19,7 @@ impl Agent {
             interface: self.config.interface.clone(),
             xdp_mode: AttachMode::of(self.attached.mode),
             program_id: self.attached.program_id,
+            announce: self.announcer.as_ref().map(|a| a.owner()),
             vips: self
                 .vips
                 .values()
@@ -29,6 +30,7 @@ impl Agent {
                     port: vip.config.port,
                     protocol: vip.config.protocol,
                     forward: vip.config.forward,
+                    announce: vip.config.announce,
                     backends: vip
                         .backends
                         .iter()

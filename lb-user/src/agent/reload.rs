@@ -49,6 +49,7 @@ impl Agent {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
             Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
         }
+        self.reconcile_announcements().await;
         self.publish();
     }
 
@@ -72,6 +73,7 @@ impl Agent {
         self.config.table_size = new.table_size;
         self.config.tunnel_source = new.tunnel_source.clone();
         self.config.metrics = new.metrics;
+        self.config.announce = new.announce;
         if tunnel_changed {
             self.write_settings()?;
         }

@@ -18,7 +18,10 @@ pub use self::{
     stats::{
         rates, stats, BackendRates, BackendStatsReport, Rates, Stats, VipRates, VipStatsReport,
     },
-    status::{fingerprint, status, AgentStatus, BackendStatusReport, Status, VipStatusReport},
+    status::{
+        announced_routes, fingerprint, readiness, status, AgentStatus, BackendStatusReport, Status,
+        VipStatusReport,
+    },
     view::{ReportError, View},
 };
 use crate::{
@@ -66,6 +69,10 @@ pub enum Command {
         /// The agent's state directory and the output format.
         #[command(flatten)]
         state: StateArgs,
+        /// Exit 0 only while the agent runs, the datapath is attached and a VIP is servable,
+        /// else 1 with a one-line reason (for keepalived's track_script, supervisors).
+        #[arg(long)]
+        check: bool,
     },
     /// Which backend a client's flow goes to now, and why.
     Explain {
@@ -141,9 +148,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { state } => {
+        Command::Status { state, check } => {
             let mut view = View::open(&state.state_dir)?;
-            print_report(&status(&mut view)?, state.json, status::format_status)
+            let routes = status::announced_routes(&view).await?;
+            let report = status(&mut view, routes.as_ref())?;
+            if check {
+                let ready = status::readiness(&report)
+                    .map_err(|reason| anyhow::anyhow!("not ready: {reason}"))?;
+                println!("ready: {ready}");
+                return Ok(());
+            }
+            print_report(&report, state.json, status::format_status)
         }
         Command::Explain { state, vip, client } => {
             let (vip, protocol) = parse_vip(&vip)?;

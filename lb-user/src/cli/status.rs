@@ -1,6 +1,11 @@
 //! `lb status`: the attached datapath and each VIP's backends with health, weight and ring share.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    time::Duration,
+};
 
 use lb_common::maps::{ForwardMode, Protocol, NO_BACKEND};
 use serde::Serialize;
@@ -11,6 +16,7 @@ use super::{
 };
 use crate::{
     datapath::AttachMode,
+    routes::{RouteOwner, Routes},
     status::{self, ServingState},
 };
 
@@ -23,6 +29,10 @@ pub struct Status {
     pub xdp_mode: Option<AttachMode>,
     /// Kernel id of the program.
     pub program_id: Option<u32>,
+    /// Whether the balancer's link is pinned in the state directory (it is attached).
+    pub attached: bool,
+    /// Where servable VIP addresses are announced (`[announce]`), if anywhere.
+    pub announce: Option<RouteOwner>,
     /// The agent.
     pub agent: Option<AgentStatus>,
     /// VIPs.
@@ -62,6 +72,10 @@ pub struct VipStatusReport {
     /// Short hash of the ring as backend addresses per slot: equal on two instances with the
     /// same configuration and health.
     pub ring_fingerprint: String,
+    /// Its ring holds a backend: packets to it are forwarded.
+    pub servable: bool,
+    /// Servable, `announce = true`, and its address's route is in the announce table.
+    pub announced: bool,
     /// Backends.
     pub backends: Vec<BackendStatusReport>,
 }
@@ -91,8 +105,28 @@ pub struct BackendStatusReport {
     pub since_change_seconds: Option<f64>,
 }
 
-/// Reads the status of every VIP.
-pub fn status(view: &mut View) -> Result<Status, ReportError> {
+/// The addresses whose route is in the announce table the agent's snapshot names (`None`
+/// without `[announce]` or snapshot).
+pub async fn announced_routes(view: &View) -> Result<Option<BTreeSet<IpAddr>>, ReportError> {
+    let Some(owner) = view.snapshot.as_ref().and_then(|s| s.announce) else {
+        return Ok(None);
+    };
+    let routes = Routes::connect().map_err(ReportError::Routes)?;
+    let listed = routes
+        .list(owner.table)
+        .await
+        .map_err(ReportError::Routes)?;
+    Ok(Some(
+        listed
+            .into_iter()
+            .filter(|route| route.protocol == owner.protocol)
+            .map(|route| route.address)
+            .collect(),
+    ))
+}
+
+/// Reads the status of every VIP; `routes`: what [`announced_routes`] found.
+pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Status, ReportError> {
     let now = status::now_unix_ms();
     let mut vips = Vec::new();
     for vip in view.vips()? {
@@ -128,7 +162,12 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
                 }
             })
             .collect();
+        let servable = ring.iter().any(|slot| *slot != NO_BACKEND);
+        let announce = view.snapshot_vip(id).is_some_and(|v| v.announce);
+        let address = vip.key.address();
         vips.push(VipStatusReport {
+            servable,
+            announced: servable && announce && routes.is_some_and(|r| r.contains(&address)),
             name: view.vip_name(id),
             id,
             address: vip.key.address().to_string(),
@@ -148,12 +187,42 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
         updated_unix_ms: s.updated_unix_ms,
     });
     Ok(Status {
+        attached: view.attached,
+        announce: snapshot.and_then(|s| s.announce),
         interface: snapshot.map(|s| s.interface.clone()),
         xdp_mode: snapshot.map(|s| s.xdp_mode),
         program_id: snapshot.and_then(|s| s.program_id),
         agent,
         vips,
     })
+}
+
+/// `lb status --check`: ready while the agent runs, the datapath is attached and at least one
+/// VIP is servable. `Ok`: what is ready; `Err`: the first thing that is not, in one line.
+pub fn readiness(status: &Status) -> Result<String, String> {
+    let agent = status
+        .agent
+        .as_ref()
+        .ok_or("no agent has written a status snapshot for this state directory")?;
+    if !agent.running {
+        return Err(format!("the agent (pid {}) is not running", agent.pid));
+    }
+    if !status.attached {
+        return Err("the datapath is not attached".to_owned());
+    }
+    let servable = status.vips.iter().filter(|v| v.servable).count();
+    if servable == 0 {
+        return Err(format!(
+            "no VIP is servable ({} VIPs, none has a backend up)",
+            status.vips.len()
+        ));
+    }
+    Ok(format!(
+        "agent pid {} running, datapath attached on {}, {servable} of {} VIPs servable",
+        agent.pid,
+        status.interface.as_deref().unwrap_or("?"),
+        status.vips.len()
+    ))
 }
 
 /// FNV-1a (64-bit) over the backend address of every slot; 12 hex digits.
@@ -185,6 +254,13 @@ pub fn format_status(status: &Status) -> String {
             .program_id
             .map_or("?".to_owned(), |id| id.to_string())
     );
+    if let Some(owner) = status.announce {
+        let _ = writeln!(
+            out,
+            "announcing servable VIP addresses in table {} (proto {})",
+            owner.table, owner.protocol
+        );
+    }
     match &status.agent {
         Some(agent) => {
             let _ = writeln!(
@@ -207,15 +283,25 @@ pub fn format_status(status: &Status) -> String {
         }
     }
     for vip in &status.vips {
+        let announced = match (status.announce, vip.announced) {
+            (None, _) => "",
+            (Some(_), true) => ", announced",
+            (Some(_), false) => ", not announced",
+        };
         let _ = writeln!(
             out,
-            "\nvip {} {}/{} {}  ring {} slots, fingerprint {}",
+            "\nvip {} {}/{} {}  ring {} slots, fingerprint {}{}{announced}",
             vip.name,
             endpoint(&vip.address, vip.port),
             vip.protocol.map_or("?", Protocol::name),
             vip.forward.map_or("?", ForwardMode::name),
             vip.ring_size,
-            vip.ring_fingerprint
+            vip.ring_fingerprint,
+            if vip.servable {
+                ""
+            } else {
+                ", NOT SERVABLE (no backend)"
+            }
         );
         let _ = writeln!(
             out,
@@ -256,6 +342,60 @@ pub fn format_status(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(running: bool, attached: bool, servable: &[bool]) -> Status {
+        Status {
+            interface: Some("eth0".into()),
+            xdp_mode: Some(AttachMode::Native),
+            program_id: Some(7),
+            attached,
+            announce: None,
+            agent: Some(AgentStatus {
+                pid: 42,
+                running,
+                config: "/etc/lb/lb.toml".into(),
+                updated_unix_ms: 0,
+            }),
+            vips: servable
+                .iter()
+                .map(|servable| VipStatusReport {
+                    name: "web".into(),
+                    id: 0,
+                    address: "10.0.0.100".into(),
+                    port: 80,
+                    protocol: Some(Protocol::Tcp),
+                    forward: Some(ForwardMode::Dsr),
+                    ring_size: 7,
+                    ring_fingerprint: String::new(),
+                    servable: *servable,
+                    announced: false,
+                    backends: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ready_only_with_a_running_agent_an_attached_datapath_and_a_servable_vip() {
+        let ready = readiness(&status(true, true, &[false, true])).expect("ready");
+        assert_eq!(
+            ready,
+            "agent pid 42 running, datapath attached on eth0, 1 of 2 VIPs servable"
+        );
+        let not = |status: Status| readiness(&status).expect_err("not ready");
+        assert_eq!(
+            not(status(false, true, &[true])),
+            "the agent (pid 42) is not running"
+        );
+        assert_eq!(
+            not(status(true, false, &[true])),
+            "the datapath is not attached"
+        );
+        assert!(not(status(true, true, &[false])).starts_with("no VIP is servable"));
+        let mut orphan = status(true, true, &[true]);
+        orphan.agent = None;
+        assert!(not(orphan).starts_with("no agent"));
+    }
 
     #[test]
     fn fingerprints_depend_on_addresses_not_ids() {

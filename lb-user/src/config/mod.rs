@@ -10,6 +10,7 @@
 //! like `lb.toml:14:11: vip[1].backend[0].weight: weight must be between 0 and 10000`. Parsing
 //! stops at the first error.
 
+mod announce;
 mod error;
 mod health;
 mod raw;
@@ -69,6 +70,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Address of the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Announcing servable VIPs through a routing table (`[announce]`), if set.
+    pub announce: Option<AnnounceConfig>,
     /// The VIPs, in file order.
     pub vips: Vec<VipConfig>,
 }
@@ -125,6 +128,9 @@ pub struct VipConfig {
     pub forward: ForwardMode,
     /// What to do when no backend is up.
     pub on_all_down: OnAllDown,
+    /// Whether its address is announced while it is servable (always false without
+    /// `[announce]`).
+    pub announce: bool,
     /// The backends, in file order (at least one, distinct addresses).
     pub backends: Vec<BackendConfig>,
 }
@@ -135,6 +141,25 @@ impl VipConfig {
         VipKey::new(self.address, self.port, self.protocol)
     }
 }
+
+/// `[announce]`: the kernel routing table lb keeps one route per servable VIP address in, for
+/// the operator's routing daemon to announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// The table (1..=252: not `default`, `main` or `local`).
+    pub table: u32,
+    /// The protocol number of lb's routes (what the daemon filters on; 5..=255).
+    pub protocol: u8,
+    /// On a graceful stop: how long to keep forwarding after withdrawing everything.
+    pub drain: Duration,
+}
+
+/// Default `announce.table`.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 250;
+/// Default `announce.protocol`.
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 250;
+/// Default `announce.drain`.
+pub const DEFAULT_ANNOUNCE_DRAIN: Duration = Duration::from_secs(2);
 
 /// One backend of a VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]

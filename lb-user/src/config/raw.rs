@@ -19,9 +19,18 @@ pub(super) struct RawConfig {
     pub(super) conntrack_size: Option<Spanned<u32>>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
+    pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) table: Option<Spanned<u32>>,
+    pub(super) protocol: Option<Spanned<u32>>,
+    pub(super) drain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +52,7 @@ pub(super) struct RawVip {
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) forward: Option<Spanned<String>>,
     pub(super) on_all_down: Option<Spanned<String>>,
+    pub(super) announce: Option<Spanned<bool>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,

@@ -119,6 +119,7 @@ fn full_config() {
         conntrack_size: 4096,
         state_dir: "/run/lb".into(),
         metrics: Some("127.0.0.1:9300".parse().unwrap()),
+        announce: None,
         vips: vec![
             VipConfig {
                 name: "web".into(),
@@ -127,6 +128,7 @@ fn full_config() {
                 protocol: Protocol::Tcp,
                 forward: ForwardMode::Dsr,
                 on_all_down: OnAllDown::Drop,
+                announce: false,
                 backends: vec![
                     BackendConfig {
                         address: ip("10.0.0.11"),
@@ -151,6 +153,7 @@ fn full_config() {
                 protocol: Protocol::Udp,
                 forward: ForwardMode::Tunnel,
                 on_all_down: OnAllDown::FailOpen,
+                announce: false,
                 backends: vec![BackendConfig {
                     address: ip("192.168.0.1"),
                     weight: 10000,
@@ -164,6 +167,7 @@ fn full_config() {
                 protocol: Protocol::Tcp,
                 forward: ForwardMode::Dsr,
                 on_all_down: OnAllDown::Drop,
+                announce: false,
                 backends: vec![BackendConfig {
                     address: ip("10.0.0.11"),
                     weight: 3,
@@ -756,4 +760,54 @@ fn invalid_addresses() {
 fn first_error_wins() {
     let text = one_vip("table_size = 4", "", "weight = 20000");
     assert_error(&text, 2, "table_size", "4 is not prime (try 5 or 3)");
+}
+
+#[test]
+fn announce() {
+    let config = ok(&one_vip("[announce]", "", ""));
+    assert_eq!(
+        config.announce,
+        Some(AnnounceConfig {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            drain: DEFAULT_ANNOUNCE_DRAIN,
+        })
+    );
+    assert!(
+        config.vips[0].announce,
+        "announced by default with [announce]"
+    );
+    let config = ok(&one_vip(
+        "[announce]\ntable = 100\nprotocol = 99\ndrain = \"0s\"",
+        "announce = false",
+        "",
+    ));
+    let announce = config.announce.expect("announce");
+    assert_eq!((announce.table, announce.protocol), (100, 99));
+    assert!(announce.drain.is_zero());
+    assert!(!config.vips[0].announce);
+    let quiet = ok(&one_vip("", "announce = true", ""));
+    assert!(quiet.announce.is_none());
+    assert!(
+        !quiet.vips[0].announce,
+        "nothing is announced without [announce]"
+    );
+    assert_error(
+        &one_vip("[announce]\ntable = 254", "", ""),
+        3,
+        "announce.table",
+        "use 1 to 252",
+    );
+    assert_error(
+        &one_vip("[announce]\nprotocol = 4", "", ""),
+        3,
+        "announce.protocol",
+        "use 5 to 255",
+    );
+    assert_error(
+        &one_vip("[announce]\ndrain = \"soon\"", "", ""),
+        3,
+        "announce.drain",
+        "invalid duration",
+    );
 }

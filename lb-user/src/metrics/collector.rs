@@ -156,6 +156,16 @@ impl Collector for DatapathCollector {
             }),
         )?;
 
+        gauges(
+            &mut encoder,
+            "vip_announced",
+            "1 when the VIP is servable, has announce = true and its address's route is in the \
+             announce table, else 0.",
+            topology
+                .values()
+                .map(|vip| ([("vip", vip.name.as_str())], i64::from(vip.announced))),
+        )?;
+
         let Some(reading) = self.read(&topology) else {
             return Ok(());
         };

@@ -24,6 +24,7 @@
 //! | `lb_backend_packets_total`, `lb_backend_bytes_total`, `lb_backend_new_flows_total` | counter | `vip`, `backend` |
 //! | `lb_backend_up` | gauge | `vip`, `backend`: 1 when the backend is in the ring (up), else 0 |
 //! | `lb_backend_draining` | gauge | `vip`, `backend`: 1 when draining (weight 0, healthy), else 0 |
+//! | `lb_vip_announced` | gauge | `vip`: 1 when servable, `announce = true` and its route is in the announce table, else 0 |
 //! | `lb_health_check_duration_seconds` | histogram | `vip`, `backend`: every check, passed or failed |
 //! | `lb_ring_rebuilds_total` | counter | `vip`: ring swaps (`RINGS` updates) |
 //! | `lb_reloads_total` | counter | `result` = `ok`, `failed` |
@@ -96,6 +97,8 @@ pub(super) struct BackendView {
 pub(super) struct VipView {
     pub name: String,
     pub backends: Vec<BackendView>,
+    /// Its address is announced (`[announce]`) and it is servable.
+    pub announced: bool,
 }
 
 /// VIPs by id: what the agent programmed, shared with the collector.
@@ -263,11 +266,15 @@ impl Metrics {
                 self.forget_backends(&old.name, old.backends.iter().map(|b| b.address));
             }
         }
+        let announced = topology
+            .get(&id)
+            .is_some_and(|v| v.announced && v.name == name);
         let previous = topology.insert(
             id,
             VipView {
                 name: name.to_owned(),
                 backends: backends.clone(),
+                announced,
             },
         );
         if let Some(old) = previous {
@@ -280,6 +287,13 @@ impl Metrics {
                     .filter(|o| !backends.iter().any(|b| b.address == o.address));
                 self.forget_backends(&old.name, gone.map(|b| b.address));
             }
+        }
+    }
+
+    /// Hook (`update_announcements`): whether VIP `id` is announced now.
+    pub fn vip_announced(&self, id: u32, announced: bool) {
+        if let Some(vip) = lock(&self.topology).get_mut(&id) {
+            vip.announced = announced;
         }
     }
 
@@ -309,6 +323,7 @@ impl Metrics {
             removed.push(VipView {
                 name: vip.name.clone(),
                 backends: gone,
+                announced: false,
             });
             true
         });
