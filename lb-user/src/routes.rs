@@ -143,6 +143,10 @@ fn blackhole(owner: RouteOwner, address: IpAddr) -> RouteMessage {
 }
 
 /// The host route `message` describes, if it is one of `table`.
+#[expect(
+    clippy::wildcard_enum_match_arm,
+    reason = "netlink's attribute and family enums are large and open: we read two of each"
+)]
 fn host_route(message: &RouteMessage, table: u32) -> Option<TableRoute> {
     let in_table = message
         .attributes
