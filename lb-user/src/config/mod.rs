@@ -98,8 +98,52 @@ impl OnAllDown {
     }
 }
 
+/// How a backend is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connect to the health port.
+    Tcp,
+    /// An HTTP/1.1 `GET` whose status line must be one of the expected codes.
+    Http(HttpCheck),
+}
+
+impl CheckKind {
+    /// Its name in the configuration (`type`).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http(_) => "http",
+        }
+    }
+}
+
+/// An HTTP check: `GET path` with `Host: host` (or the backend's address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// Request path (starts with `/`).
+    pub path: String,
+    /// The `Host` header; `None`: the backend's address and port.
+    pub host: Option<String>,
+    /// Status codes that pass; empty: any 2xx.
+    pub expect: Vec<u16>,
+}
+
+impl HttpCheck {
+    /// Whether `status` passes.
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect.contains(&status)
+        }
+    }
+}
+
+/// Default HTTP check path.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+
 /// Health-check settings of one backend, fully resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthSettings {
     /// Time between two checks (above 0).
     pub interval: Duration,
@@ -111,6 +155,11 @@ pub struct HealthSettings {
     pub fall: u32,
     /// Port checked: the explicit health port, else the VIP's port (never 0).
     pub port: u16,
+    /// What a check does.
+    pub check: CheckKind,
+    /// After coming up (recovering, being added, leaving maintenance) the backend's weight
+    /// ramps linearly from ~0 to its configured weight over this time; zero: at once.
+    pub slow_start: Duration,
 }
 
 /// One VIP and its backends.

@@ -41,6 +41,12 @@ pub(super) struct RawHealth {
     pub(super) rise: Option<Spanned<u32>>,
     pub(super) fall: Option<Spanned<u32>>,
     pub(super) port: Option<Spanned<u16>>,
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expect: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub(super) slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -105,11 +105,13 @@ fn full_config() {
         rise: 4,
         fall: 3,
         port: 8080,
+        check: CheckKind::Tcp,
+        slow_start: Duration::ZERO,
     };
     let web = HealthSettings {
         timeout: Duration::from_millis(300),
         fall: 5,
-        ..global
+        ..global.clone()
     };
     let expected = Config {
         interface: "eth0".into(),
@@ -133,7 +135,7 @@ fn full_config() {
                     BackendConfig {
                         address: ip("10.0.0.11"),
                         weight: 1,
-                        health: web,
+                        health: web.clone(),
                     },
                     BackendConfig {
                         address: ip("10.0.0.12"),
@@ -157,7 +159,7 @@ fn full_config() {
                 backends: vec![BackendConfig {
                     address: ip("192.168.0.1"),
                     weight: 10000,
-                    health: global,
+                    health: global.clone(),
                 }],
             },
             VipConfig {
@@ -206,6 +208,8 @@ fn defaults() {
             rise: 2,
             fall: 3,
             port: 80,
+            check: CheckKind::Tcp,
+            slow_start: Duration::ZERO,
         }
     );
 }
@@ -808,6 +812,78 @@ fn announce() {
         &one_vip("[announce]\ndrain = \"soon\"", "", ""),
         3,
         "announce.drain",
+        "invalid duration",
+    );
+}
+
+#[test]
+fn http_checks_and_slow_start() {
+    let config = ok(&one_vip(
+        "[health]\ntype = \"http\"\npath = \"/healthz\"\nslow_start = \"30s\"",
+        "health = { expect = [200, 204] }",
+        "health = { host = \"www.example.com\" }",
+    ));
+    let health = &config.vips[0].backends[0].health;
+    assert_eq!(health.slow_start, Duration::from_secs(30));
+    let CheckKind::Http(http) = &health.check else {
+        panic!("{health:?}");
+    };
+    assert_eq!(http.path, "/healthz");
+    assert_eq!(http.host.as_deref(), Some("www.example.com"));
+    assert!(http.accepts(204) && !http.accepts(201));
+    let any = ok(&one_vip("[health]\ntype = \"http\"", "", ""));
+    let CheckKind::Http(http) = &any.vips[0].backends[0].health.check else {
+        panic!("http");
+    };
+    assert_eq!(http.path, "/");
+    assert!(http.accepts(200) && http.accepts(299) && !http.accepts(503));
+    // The backend goes back to TCP: the inherited HTTP keys are not used.
+    let tcp = ok(&one_vip(
+        "[health]\ntype = \"http\"\npath = \"/x\"",
+        "",
+        "health = { type = \"tcp\" }",
+    ));
+    assert_eq!(tcp.vips[0].backends[0].health.check, CheckKind::Tcp);
+    assert_error(
+        &one_vip("[health]\npath = \"/healthz\"", "", ""),
+        3,
+        "health.path",
+        "add type = \"http\"",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"udp\"", "", ""),
+        3,
+        "health.type",
+        "expected one of tcp, http",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\npath = \"healthz\"", "", ""),
+        4,
+        "health.path",
+        "must start with '/'",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\npath = \"/a b\"", "", ""),
+        4,
+        "health.path",
+        "no spaces",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\nexpect = [200, 700]", "", ""),
+        4,
+        "health.expect[1]",
+        "not an HTTP status code",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\nexpect = []", "", ""),
+        4,
+        "health.expect",
+        "at least one status code",
+    );
+    assert_error(
+        &one_vip("[health]\nslow_start = \"later\"", "", ""),
+        3,
+        "health.slow_start",
         "invalid duration",
     );
 }
