@@ -549,9 +549,10 @@ fn run_case(case: &Case) {
         Expect::Drop => assert_eq!(verdict, verdict::DROP, "verdict"),
         Expect::Forward | Expect::ForwardTracked => {
             assert_eq!(verdict, verdict::TX, "verdict");
-            let backend = match case.expect {
-                Expect::ForwardTracked => tracked.expect("row has no tracked backend"),
-                _ => predicted_backend(&lab, &case.input),
+            let backend = if let Expect::ForwardTracked = case.expect {
+                tracked.expect("row has no tracked backend")
+            } else {
+                predicted_backend(&lab, &case.input)
             };
             assert_eq!(backend_of(&output), backend, "backend");
             assert_eq!(

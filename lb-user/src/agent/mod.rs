@@ -12,10 +12,16 @@
 //! - `ids` allocates VIP and backend ids and adopts those of a previous agent.
 //!
 //! The shell owns the I/O: health checkers (`checkers`), next-hop resolution
-//! (`next_hops`), the status snapshot (`publish`), reloads (`reload`) and the event loop.
+//! (`next_hops`), the status snapshot (`publish`), reloads (`reload`), the routes that announce
+//! servable VIPs ([`announce`]) and the event loop.
 
+pub mod admin;
+mod administer;
+pub mod announce;
 mod apply;
+pub mod availability;
 mod checkers;
+pub mod control;
 mod events;
 mod ids;
 mod next_hops;
@@ -40,9 +46,11 @@ use lb_common::maps::{Settings, VipKey, MAX_BACKENDS, MAX_VIPS};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
+    time::Instant,
 };
 
 use self::{
+    announce::Announcer,
     checkers::{CheckerKey, Checkers},
     ids::Ids,
     plan::{plan, plan_removal},
@@ -55,11 +63,16 @@ use crate::{
     health::HealthEvent,
     interface,
     metrics::{self, Metrics},
+    records::{self, Records},
+    routes::RouteOwner,
+    status,
 };
 
 /// How stale the status snapshot's last-check fields may get: it is rewritten at once on a
 /// state change, reload or start, and otherwise at most this often.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the rings of backends in slow start are rebuilt with their grown weight.
+const RAMP_STEP: Duration = Duration::from_millis(500);
 
 /// Options of `lb run`.
 #[derive(Clone, Debug)]
@@ -101,21 +114,44 @@ pub struct Agent {
     attached: Attached,
     /// The `/metrics` endpoint's state (`metrics` in the configuration), updated by hooks.
     metrics: Option<Arc<Metrics>>,
+    /// The routes announcing servable VIPs (`[announce]` in the configuration).
+    announcer: Option<Announcer>,
+    /// A graceful stop is under way: every address is withdrawn, forwarding goes on.
+    stopping: bool,
+    /// Leave the datapath attached (and the routes in place) on stop.
+    keep_datapath: bool,
+    /// Administrative states and availability history kept across restarts.
+    records: Records,
+    /// Start-up is over: backends added from now on slow-start.
+    started: bool,
+    /// Requests from `lb backend ...`.
+    control: mpsc::Receiver<control::Pending>,
+    /// The control socket (its file goes with it).
+    _control_socket: Option<control::ControlSocket>,
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config)?;
-    let mut agent = Agent::start(options.config.clone(), config).await?;
+    let mut agent = Agent::start(options.config.clone(), config, options.keep_datapath).await?;
     let result = agent.serve().await;
-    agent.shutdown(options.keep_datapath);
+    agent.shutdown().await;
     result
 }
 
 impl Agent {
     /// Loads (or adopts) the datapath, checks every backend once, programs VIPs, backends and
-    /// rings, and attaches.
-    pub async fn start(path: PathBuf, config: Config) -> anyhow::Result<Self> {
+    /// rings, attaches, and announces the servable VIPs. `keep_datapath`: leave the datapath
+    /// and the routes in place on stop.
+    pub async fn start(path: PathBuf, config: Config, keep_datapath: bool) -> anyhow::Result<Self> {
         let adopting = Datapath::is_pinned(&config.state_dir);
         let mut datapath = Datapath::load(&Options {
             conntrack_size: config.conntrack_size,
@@ -143,6 +179,17 @@ impl Agent {
         };
         let (checkers, events) = Checkers::new();
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
+        let (control_socket, control) =
+            match control::listen(&status::socket_for(&config.state_dir)) {
+                Ok((socket, requests)) => (Some(socket), requests),
+                Err(error) => {
+                    tracing::error!(
+                    "cannot listen on the control socket {}: {error}; `lb backend` will not work",
+                    status::socket_for(&config.state_dir).display()
+                );
+                    (None, mpsc::channel(1).1)
+                }
+            };
         let mut agent = Self {
             path,
             config: config.clone(),
@@ -157,6 +204,13 @@ impl Agent {
                 program_id: None,
             },
             metrics,
+            announcer: None,
+            stopping: false,
+            keep_datapath,
+            records: records::load(&config.state_dir),
+            started: false,
+            control,
+            _control_socket: control_socket,
         };
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
@@ -175,6 +229,8 @@ impl Agent {
             "datapath attached{}",
             if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
         );
+        agent.started = true;
+        agent.reconcile_announcements().await;
         agent.publish();
         Ok(agent)
     }
@@ -225,7 +281,7 @@ impl Agent {
         let Some(vip) = self.vips.get_mut(key) else {
             return Ok(());
         };
-        let facts = vip.backend_facts();
+        let facts = vip.backend_facts(Instant::now());
         let target = target::vip_target(&vip.facts(table_size), &facts)?;
         let writes = plan(&vip.written, &target, self.attached.ifindex);
         let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
@@ -237,9 +293,15 @@ impl Agent {
             if applied.rings > 0 {
                 m.ring_rebuilt(&vip.config.name);
             }
+            let addresses = facts
+                .iter()
+                .map(|b| (b.id, b.address.to_string()))
+                .collect();
+            let ring = vip.written.ring.as_deref().unwrap_or_default();
             m.vip_synced(
                 vip.id,
                 &vip.config.name,
+                crate::fingerprint::ring_fingerprint(ring, &addresses),
                 facts
                     .iter()
                     .map(|b| (b.id, b.address, target.backends[&b.id].state())),
@@ -259,7 +321,9 @@ impl Agent {
         }
     }
 
-    /// Handles events until SIGINT or SIGTERM.
+    /// Handles events until SIGINT or SIGTERM; without `--keep-datapath` and with
+    /// `[announce]`, a first signal withdraws every address and keeps forwarding for
+    /// `announce.drain` (events still handled), and a second one ends the drain at once.
     async fn serve(&mut self) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -272,9 +336,26 @@ impl Agent {
         let mut publish_tick = tokio::time::interval(PUBLISH_INTERVAL);
         publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unpublished = false;
+        let mut drained_at: Option<Instant> = None;
+        let mut ramp_tick = tokio::time::interval(RAMP_STEP);
+        ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                Some(snapshot) = neighbour_snapshots.recv() => self.refresh_next_hops(&snapshot),
+            let ramping = self.ramping();
+            let stop = tokio::select! {
+                Some(pending) = self.control.recv() => {
+                    let reply = self.administer(&pending.request, pending.peer).await;
+                    let _ = pending.reply.send(reply);
+                    false
+                }
+                _ = ramp_tick.tick(), if ramping => {
+                    self.step_ramps().await;
+                    false
+                }
+                Some(snapshot) = neighbour_snapshots.recv() => {
+                    self.refresh_next_hops(&snapshot);
+                    self.update_announcements().await;
+                    false
+                }
                 Some(event) = self.events.recv() => {
                     let Some((key, change)) = self.record(event) else {
                         unpublished = true;
@@ -284,30 +365,138 @@ impl Agent {
                     let updated = self.sync_vip_logged(&key);
                     // Logged once the ring reflects it: from this line on, new flows obey it.
                     change.log(updated);
+                    self.update_announcements().await;
                     self.publish();
                     unpublished = false;
+                    false
                 }
                 _ = publish_tick.tick(), if unpublished => {
                     self.publish();
                     unpublished = false;
+                    false
                 }
-                _ = hangup.recv() => self.reload("SIGHUP").await,
+                _ = hangup.recv() => {
+                    self.reload("SIGHUP").await;
+                    false
+                }
                 Some(()) = changes.changed() => {
                     changes.settle().await;
                     self.reload("file changed").await;
+                    false
                 }
-                _ = terminate.recv() => return Ok(()),
-                _ = interrupt.recv() => return Ok(()),
+                () = sleep_until(drained_at) => return Ok(()),
+                _ = terminate.recv() => true,
+                _ = interrupt.recv() => true,
+            };
+            if stop {
+                if self.stopping || !self.begin_graceful_stop().await {
+                    return Ok(());
+                }
+                let drain = self.config.announce.map(|a| a.drain).unwrap_or_default();
+                drained_at = Some(Instant::now() + drain);
             }
         }
     }
 
-    /// Stops health checks; detaches and unpins unless `keep_datapath`.
-    pub fn shutdown(self, keep_datapath: bool) {
+    /// Starts a graceful stop: withdraws every address; returns whether to keep forwarding for
+    /// the drain time (`[announce]` set, the datapath not kept).
+    async fn begin_graceful_stop(&mut self) -> bool {
+        let Some(announce) = self.config.announce else {
+            return false;
+        };
+        if self.keep_datapath || self.announcer.is_none() {
+            return false;
+        }
+        self.stopping = true;
+        self.update_announcements().await;
+        tracing::info!(
+            "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
+            humantime::format_duration(announce.drain)
+        );
+        !announce.drain.is_zero()
+    }
+
+    /// Brings the announced addresses in line with the VIPs' servability.
+    async fn update_announcements(&mut self) {
+        let Some(announcer) = self.announcer.as_mut() else {
+            return;
+        };
+        let vips: Vec<(&config::VipConfig, bool)> = self
+            .vips
+            .values()
+            .map(|vip| (&vip.config, announce::servable(&vip.written)))
+            .collect();
+        if self.stopping {
+            announcer
+                .update(&BTreeMap::new(), |_| "graceful stop".to_owned())
+                .await;
+        } else {
+            let wanted = announce::wanted(vips.iter().copied());
+            announcer
+                .update(&wanted, |address| {
+                    announce::withdraw_reason(address, vips.iter().copied())
+                })
+                .await;
+        }
+        if let Some(m) = &self.metrics {
+            for vip in self.vips.values() {
+                let announced = vip.config.announce
+                    && announce::servable(&vip.written)
+                    && announcer.is_announced(vip.config.address);
+                m.vip_announced(vip.id, announced);
+            }
+        } // metrics hook
+    }
+
+    /// Reconciles the routing table with the configuration's `[announce]`: a changed table or
+    /// protocol first withdraws everything from the old one; then the table is read and our
+    /// routes for addresses no longer served are removed, missing ones added.
+    async fn reconcile_announcements(&mut self) {
+        let wanted_owner = self.config.announce.map(|a| RouteOwner {
+            table: a.table,
+            protocol: a.protocol,
+        });
+        if self.announcer.as_ref().map(Announcer::owner) != wanted_owner {
+            if let Some(mut old) = self.announcer.take() {
+                old.withdraw_all("[announce] changed").await;
+            }
+        }
+        let Some(owner) = wanted_owner else {
+            return;
+        };
+        let vips: Vec<(&config::VipConfig, bool)> = self
+            .vips
+            .values()
+            .map(|vip| (&vip.config, announce::servable(&vip.written)))
+            .collect();
+        let wanted = announce::wanted(vips.iter().copied());
+        let why = |address| announce::withdraw_reason(address, vips.iter().copied());
+        match self.announcer.as_mut() {
+            Some(announcer) => announcer.reconcile(&wanted, why).await,
+            None => match Announcer::start(owner, &wanted, why).await {
+                Ok(announcer) => self.announcer = Some(announcer),
+                Err(error) => tracing::error!(
+                    "cannot announce vip addresses in table {}: {}",
+                    owner.table,
+                    Chain(&error)
+                ),
+            },
+        }
+        self.update_announcements().await;
+    }
+
+    /// Stops health checks; unless `--keep-datapath`, withdraws every address (if not done
+    /// yet) and detaches and unpins the datapath.
+    pub async fn shutdown(mut self) {
+        if !self.keep_datapath {
+            self.stopping = true;
+            self.update_announcements().await;
+        }
         let Self {
             config,
             datapath,
             vips,
+            keep_datapath,
             ..
         } = self;
         drop(vips); // stops the checkers

@@ -2,6 +2,7 @@
 //! completions) and one module per operator command. `main.rs` only sets up logging and the
 //! runtime and calls [`run`].
 
+mod backend;
 mod decap;
 mod explain;
 mod format;
@@ -18,11 +19,14 @@ pub use self::{
     stats::{
         rates, stats, BackendRates, BackendStatsReport, Rates, Stats, VipRates, VipStatsReport,
     },
-    status::{fingerprint, status, AgentStatus, BackendStatusReport, Status, VipStatusReport},
+    status::{
+        announced_routes, fingerprint, readiness, status, AgentStatus, BackendStatusReport, Status,
+        VipStatusReport,
+    },
     view::{ReportError, View},
 };
 use crate::{
-    agent::{self, RunOptions},
+    agent::{self, control::AdminCommand, RunOptions},
     datapath::{AttachMode, Datapath, Options, Program},
 };
 
@@ -66,6 +70,10 @@ pub enum Command {
         /// The agent's state directory and the output format.
         #[command(flatten)]
         state: StateArgs,
+        /// Exit 0 only while the agent runs, the datapath is attached and a VIP is servable,
+        /// else 1 with a one-line reason (for keepalived's track_script, supervisors).
+        #[arg(long)]
+        check: bool,
     },
     /// Which backend a client's flow goes to now, and why.
     Explain {
@@ -78,6 +86,23 @@ pub enum Command {
         /// The client: ADDR:PORT.
         #[arg(long)]
         client: SocketAddr,
+    },
+    /// Change a backend's administrative state at run time (kept across reloads and restarts):
+    /// `drain` (no new flows), `disable` (maintenance: out of the ring, its flows re-hash),
+    /// `enable` (back to its configured weight, with slow start).
+    Backend {
+        /// What to do.
+        #[arg(value_enum)]
+        action: AdminCommand,
+        /// The VIP's name.
+        #[arg(long)]
+        vip: String,
+        /// The backend's address.
+        #[arg(long)]
+        backend: std::net::IpAddr,
+        /// The agent's state_dir.
+        #[arg(long, default_value = crate::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Validate a configuration file without touching the kernel (exit status 0 or 1).
     Check {
@@ -141,9 +166,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { state } => {
+        Command::Status { state, check } => {
             let mut view = View::open(&state.state_dir)?;
-            print_report(&status(&mut view)?, state.json, status::format_status)
+            let routes = status::announced_routes(&view).await?;
+            let report = status(&mut view, routes.as_ref())?;
+            if check {
+                let ready = status::readiness(&report)
+                    .map_err(|reason| anyhow::anyhow!("not ready: {reason}"))?;
+                println!("ready: {ready}");
+                return Ok(());
+            }
+            print_report(&report, state.json, status::format_status)
         }
         Command::Explain { state, vip, client } => {
             let (vip, protocol) = parse_vip(&vip)?;
@@ -151,6 +184,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let explanation = explain(&mut view, vip, protocol, client)?;
             print_report(&explanation, state.json, explain::format_explanation)
         }
+        Command::Backend {
+            action,
+            vip,
+            backend,
+            state_dir,
+        } => backend::run(&state_dir, action, &vip, backend),
         Command::Check { config } => {
             let parsed = crate::config::load(&config)?;
             let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();

@@ -1,6 +1,11 @@
 //! `lb status`: the attached datapath and each VIP's backends with health, weight and ring share.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    time::Duration,
+};
 
 use lb_common::maps::{ForwardMode, Protocol, NO_BACKEND};
 use serde::Serialize;
@@ -10,7 +15,10 @@ use super::{
     view::{ReportError, View},
 };
 use crate::{
+    agent::admin::AdminState,
     datapath::AttachMode,
+    fingerprint::ring_fingerprint,
+    routes::{RouteOwner, Routes},
     status::{self, ServingState},
 };
 
@@ -23,6 +31,10 @@ pub struct Status {
     pub xdp_mode: Option<AttachMode>,
     /// Kernel id of the program.
     pub program_id: Option<u32>,
+    /// Whether the balancer's link is pinned in the state directory (it is attached).
+    pub attached: bool,
+    /// Where servable VIP addresses are announced (`[announce]`), if anywhere.
+    pub announce: Option<RouteOwner>,
     /// The agent.
     pub agent: Option<AgentStatus>,
     /// VIPs.
@@ -62,6 +74,10 @@ pub struct VipStatusReport {
     /// Short hash of the ring as backend addresses per slot: equal on two instances with the
     /// same configuration and health.
     pub ring_fingerprint: String,
+    /// Its ring holds a backend: packets to it are forwarded.
+    pub servable: bool,
+    /// Servable, `announce = true`, and its address's route is in the announce table.
+    pub announced: bool,
     /// Backends.
     pub backends: Vec<BackendStatusReport>,
 }
@@ -89,10 +105,44 @@ pub struct BackendStatusReport {
     pub last_check_error: Option<String>,
     /// Seconds since the state last changed.
     pub since_change_seconds: Option<f64>,
+    /// `ready`, `drain` or `maint` (`lb backend ...`; `ready` without a snapshot).
+    pub admin: AdminState,
+    /// Who set `admin`, and when.
+    pub admin_by: Option<String>,
+    /// The weight it gets now (during slow start and drain), in configured units.
+    pub effective_weight: Option<f64>,
+    /// Up → down transitions.
+    pub failures: Option<u64>,
+    /// Mean time from down to up; null before the first recovery.
+    pub mttr_seconds: Option<f64>,
+    /// Mean time up before a failure; null before the first failure.
+    pub mttf_seconds: Option<f64>,
+    /// Time up / time observed, since the records were created.
+    pub availability: Option<f64>,
 }
 
-/// Reads the status of every VIP.
-pub fn status(view: &mut View) -> Result<Status, ReportError> {
+/// The addresses whose route is in the announce table the agent's snapshot names (`None`
+/// without `[announce]` or snapshot).
+pub async fn announced_routes(view: &View) -> Result<Option<BTreeSet<IpAddr>>, ReportError> {
+    let Some(owner) = view.snapshot.as_ref().and_then(|s| s.announce) else {
+        return Ok(None);
+    };
+    let routes = Routes::connect().map_err(ReportError::Routes)?;
+    let listed = routes
+        .list(owner.table)
+        .await
+        .map_err(ReportError::Routes)?;
+    Ok(Some(
+        listed
+            .into_iter()
+            .filter(|route| route.protocol == owner.protocol)
+            .map(|route| route.address)
+            .collect(),
+    ))
+}
+
+/// Reads the status of every VIP; `routes`: what [`announced_routes`] found.
+pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Status, ReportError> {
     let now = status::now_unix_ms();
     let mut vips = Vec::new();
     for vip in view.vips()? {
@@ -125,10 +175,22 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
                     last_check_error: snap.and_then(|s| s.last_check_error.clone()),
                     since_change_seconds: snap
                         .map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
+                    admin: snap.map(|s| s.admin).unwrap_or_default(),
+                    admin_by: snap.and_then(|s| s.admin_by.clone()),
+                    effective_weight: snap.map(|s| s.effective_weight),
+                    failures: snap.map(|s| s.failures),
+                    mttr_seconds: snap.and_then(|s| s.mttr_seconds),
+                    mttf_seconds: snap.and_then(|s| s.mttf_seconds),
+                    availability: snap.and_then(|s| s.availability),
                 }
             })
             .collect();
+        let servable = ring.iter().any(|slot| *slot != NO_BACKEND);
+        let announce = view.snapshot_vip(id).is_some_and(|v| v.announce);
+        let address = vip.key.address();
         vips.push(VipStatusReport {
+            servable,
+            announced: servable && announce && routes.is_some_and(|r| r.contains(&address)),
             name: view.vip_name(id),
             id,
             address: vip.key.address().to_string(),
@@ -148,6 +210,8 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
         updated_unix_ms: s.updated_unix_ms,
     });
     Ok(Status {
+        attached: view.attached,
+        announce: snapshot.and_then(|s| s.announce),
         interface: snapshot.map(|s| s.interface.clone()),
         xdp_mode: snapshot.map(|s| s.xdp_mode),
         program_id: snapshot.and_then(|s| s.program_id),
@@ -156,21 +220,37 @@ pub fn status(view: &mut View) -> Result<Status, ReportError> {
     })
 }
 
-/// FNV-1a (64-bit) over the backend address of every slot; 12 hex digits.
-pub fn fingerprint(ring: &[u32], addresses: &BTreeMap<u32, String>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for slot in ring {
-        let name = if *slot == NO_BACKEND {
-            "-"
-        } else {
-            addresses.get(slot).map_or("?", String::as_str)
-        };
-        for byte in name.bytes().chain([b'\n']) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+/// `lb status --check`: ready while the agent runs, the datapath is attached and at least one
+/// VIP is servable. `Ok`: what is ready; `Err`: the first thing that is not, in one line.
+pub fn readiness(status: &Status) -> Result<String, String> {
+    let agent = status
+        .agent
+        .as_ref()
+        .ok_or("no agent has written a status snapshot for this state directory")?;
+    if !agent.running {
+        return Err(format!("the agent (pid {}) is not running", agent.pid));
     }
-    format!("{:012x}", hash >> 16)
+    if !status.attached {
+        return Err("the datapath is not attached".to_owned());
+    }
+    let servable = status.vips.iter().filter(|v| v.servable).count();
+    if servable == 0 {
+        return Err(format!(
+            "no VIP is servable ({} VIPs, none has a backend up)",
+            status.vips.len()
+        ));
+    }
+    Ok(format!(
+        "agent pid {} running, datapath attached on {}, {servable} of {} VIPs servable",
+        agent.pid,
+        status.interface.as_deref().unwrap_or("?"),
+        status.vips.len()
+    ))
+}
+
+/// The ring's fingerprint as `lb status` shows it: 12 hex digits (see [`ring_fingerprint`]).
+pub fn fingerprint(ring: &[u32], addresses: &BTreeMap<u32, String>) -> String {
+    format!("{:012x}", ring_fingerprint(ring, addresses))
 }
 
 /// Human text of a status report.
@@ -185,6 +265,13 @@ pub fn format_status(status: &Status) -> String {
             .program_id
             .map_or("?".to_owned(), |id| id.to_string())
     );
+    if let Some(owner) = status.announce {
+        let _ = writeln!(
+            out,
+            "announcing servable VIP addresses in table {} (proto {})",
+            owner.table, owner.protocol
+        );
+    }
     match &status.agent {
         Some(agent) => {
             let _ = writeln!(
@@ -207,20 +294,30 @@ pub fn format_status(status: &Status) -> String {
         }
     }
     for vip in &status.vips {
+        let announced = match (status.announce, vip.announced) {
+            (None, _) => "",
+            (Some(_), true) => ", announced",
+            (Some(_), false) => ", not announced",
+        };
         let _ = writeln!(
             out,
-            "\nvip {} {}/{} {}  ring {} slots, fingerprint {}",
+            "\nvip {} {}/{} {}  ring {} slots, fingerprint {}{}{announced}",
             vip.name,
             endpoint(&vip.address, vip.port),
             vip.protocol.map_or("?", Protocol::name),
             vip.forward.map_or("?", ForwardMode::name),
             vip.ring_size,
-            vip.ring_fingerprint
+            vip.ring_fingerprint,
+            if vip.servable {
+                ""
+            } else {
+                ", NOT SERVABLE (no backend)"
+            }
         );
         let _ = writeln!(
             out,
-            "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} SINCE CHANGE",
-            "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK"
+            "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>7} {:>8} {:>6}  {:<28} SINCE CHANGE",
+            "BACKEND", "STATE", "ADMIN", "WEIGHT", "SLOTS", "SHARE", "AVAIL", "FAILS", "LAST CHECK"
         );
         for b in &vip.backends {
             let check = match (
@@ -234,14 +331,23 @@ pub fn format_status(status: &Status) -> String {
                 (Some(false), _, Some(error)) => format!("failed: {error}"),
                 _ => "-".to_owned(),
             };
+            let weight = match (b.weight, b.effective_weight) {
+                (Some(w), Some(e)) if f64::from(w) != e => format!("{e:.2}/{w}"),
+                (Some(w), _) => w.to_string(),
+                (None, _) => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<24} {:<9} {:>6} {:>7} {:>6.1}%  {:<28} {}",
+                "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>6.1}% {:>8} {:>6}  {:<28} {}",
                 b.address,
                 b.state.name(),
-                b.weight.map_or("-".to_owned(), |w| w.to_string()),
+                b.admin.name(),
+                weight,
                 b.slots,
                 b.share * 100.0,
+                b.availability
+                    .map_or("-".to_owned(), |a| format!("{:.3}%", a * 100.0)),
+                b.failures.map_or("-".to_owned(), |f| f.to_string()),
                 check,
                 b.since_change_seconds
                     .map_or("-".to_owned(), |s| human_duration(Duration::from_secs_f64(
@@ -256,6 +362,60 @@ pub fn format_status(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(running: bool, attached: bool, servable: &[bool]) -> Status {
+        Status {
+            interface: Some("eth0".into()),
+            xdp_mode: Some(AttachMode::Native),
+            program_id: Some(7),
+            attached,
+            announce: None,
+            agent: Some(AgentStatus {
+                pid: 42,
+                running,
+                config: "/etc/lb/lb.toml".into(),
+                updated_unix_ms: 0,
+            }),
+            vips: servable
+                .iter()
+                .map(|servable| VipStatusReport {
+                    name: "web".into(),
+                    id: 0,
+                    address: "10.0.0.100".into(),
+                    port: 80,
+                    protocol: Some(Protocol::Tcp),
+                    forward: Some(ForwardMode::Dsr),
+                    ring_size: 7,
+                    ring_fingerprint: String::new(),
+                    servable: *servable,
+                    announced: false,
+                    backends: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ready_only_with_a_running_agent_an_attached_datapath_and_a_servable_vip() {
+        let ready = readiness(&status(true, true, &[false, true])).expect("ready");
+        assert_eq!(
+            ready,
+            "agent pid 42 running, datapath attached on eth0, 1 of 2 VIPs servable"
+        );
+        let not = |status: Status| readiness(&status).expect_err("not ready");
+        assert_eq!(
+            not(status(false, true, &[true])),
+            "the agent (pid 42) is not running"
+        );
+        assert_eq!(
+            not(status(true, false, &[true])),
+            "the datapath is not attached"
+        );
+        assert!(not(status(true, true, &[false])).starts_with("no VIP is servable"));
+        let mut orphan = status(true, true, &[true]);
+        orphan.agent = None;
+        assert!(not(orphan).starts_with("no agent"));
+    }
 
     #[test]
     fn fingerprints_depend_on_addresses_not_ids() {

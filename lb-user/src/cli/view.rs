@@ -28,6 +28,9 @@ pub enum ReportError {
     /// A bad `--vip` or `--client`.
     #[error("{0}")]
     Usage(String),
+    /// The announce table could not be read.
+    #[error("reading the announce table")]
+    Routes(#[source] crate::routes::RouteError),
 }
 
 /// One VIP as the maps hold it: its key and entry, and its backends' ids and entries.
@@ -46,6 +49,8 @@ pub struct View {
     pub datapath: Datapath,
     /// The agent's snapshot, if one was written.
     pub snapshot: Option<Snapshot>,
+    /// Whether the balancer's link is pinned there (the datapath is attached).
+    pub attached: bool,
 }
 
 impl View {
@@ -62,6 +67,7 @@ impl View {
         Ok(Self {
             datapath: Datapath::open_pinned(state_dir)?,
             snapshot: status::read(state_dir),
+            attached: Datapath::is_pinned(state_dir),
         })
     }
 

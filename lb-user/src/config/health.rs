@@ -8,8 +8,8 @@ use toml::Spanned;
 use super::{
     raw::RawHealth,
     resolve::{Ctx, Result},
-    ConfigError, HealthSettings, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE,
-    DEFAULT_HEALTH_TIMEOUT,
+    CheckKind, ConfigError, HealthSettings, HttpCheck, DEFAULT_HEALTH_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HTTP_PATH,
 };
 
 /// A value from the file with where it came from.
@@ -30,6 +30,15 @@ pub(super) struct HealthLayer {
     rise: Option<u32>,
     fall: Option<u32>,
     port: Option<u16>,
+    /// `type`: true for `http`.
+    http: Option<bool>,
+    path: Option<String>,
+    host: Option<String>,
+    expect: Option<Vec<u16>>,
+    slow_start: Option<Duration>,
+    /// The first HTTP-only key set (`path`, `host`, `expect`), for the error when `type` is
+    /// never set.
+    http_key: Option<Located<()>>,
 }
 
 impl HealthLayer {
@@ -41,8 +50,19 @@ impl HealthLayer {
             rise: over.rise.or(self.rise),
             fall: over.fall.or(self.fall),
             port: over.port.or(self.port),
+            http: over.http.or(self.http),
+            path: over.path.clone().or_else(|| self.path.clone()),
+            host: over.host.clone().or_else(|| self.host.clone()),
+            expect: over.expect.clone().or_else(|| self.expect.clone()),
+            slow_start: over.slow_start.or(self.slow_start),
+            http_key: over.http_key.clone().or_else(|| self.http_key.clone()),
         }
     }
+}
+
+/// Whether `text` is safe in an HTTP request line or header: printable ASCII without spaces.
+fn is_header_text(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl Ctx<'_> {
@@ -94,12 +114,107 @@ impl Ctx<'_> {
             Some(port) => Some(*port.get_ref()),
             None => None,
         };
+        let http = match &raw.kind {
+            Some(kind) => match kind.get_ref().as_str() {
+                "tcp" => Some(false),
+                "http" => Some(true),
+                other => {
+                    return Err(self.error(
+                        kind.span(),
+                        &format!("{prefix}.type"),
+                        format!("invalid type {other:?}: expected one of tcp, http"),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let path = match &raw.path {
+            Some(path) if !path.get_ref().starts_with('/') || !is_header_text(path.get_ref()) => {
+                return Err(self.error(
+                    path.span(),
+                    &format!("{prefix}.path"),
+                    format!(
+                        "invalid path {:?}: it must start with '/' and hold no spaces or control \
+                         characters (percent-encode them)",
+                        path.get_ref()
+                    ),
+                ))
+            }
+            Some(path) => Some(path.get_ref().clone()),
+            None => None,
+        };
+        let host = match &raw.host {
+            Some(host) if !is_header_text(host.get_ref()) => {
+                return Err(self.error(
+                    host.span(),
+                    &format!("{prefix}.host"),
+                    format!(
+                        "invalid host {:?}: a host name (and port) without spaces",
+                        host.get_ref()
+                    ),
+                ))
+            }
+            Some(host) => Some(host.get_ref().clone()),
+            None => None,
+        };
+        let expect = match &raw.expect {
+            Some(codes) if codes.get_ref().is_empty() => {
+                return Err(self.error(
+                    codes.span(),
+                    &format!("{prefix}.expect"),
+                    "expect must list at least one status code (leave it out for any 2xx)",
+                ))
+            }
+            Some(codes) => {
+                for (index, code) in codes.get_ref().iter().enumerate() {
+                    if !(100..=599).contains(code.get_ref()) {
+                        return Err(self.error(
+                            code.span(),
+                            &format!("{prefix}.expect[{index}]"),
+                            format!("{} is not an HTTP status code (100 to 599)", code.get_ref()),
+                        ));
+                    }
+                }
+                Some(codes.get_ref().iter().map(|code| *code.get_ref()).collect())
+            }
+            None => None,
+        };
+        let slow_start = match &raw.slow_start {
+            Some(value) => Some(humantime::parse_duration(value.get_ref()).map_err(|error| {
+                self.error(
+                    value.span(),
+                    &format!("{prefix}.slow_start"),
+                    format!("invalid duration {:?}: {error}", value.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let http_key = [
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("host", raw.host.as_ref().map(Spanned::span)),
+            ("expect", raw.expect.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .find_map(|(name, span)| {
+            Some(Located {
+                value: (),
+                span: span?,
+                key: format!("{prefix}.{name}"),
+                level,
+            })
+        });
         Ok(HealthLayer {
             interval: duration(&raw.interval, "interval")?,
             timeout: duration(&raw.timeout, "timeout")?,
             rise: count(&raw.rise, "rise")?,
             fall: count(&raw.fall, "fall")?,
             port,
+            http,
+            path,
+            host,
+            expect,
+            slow_start,
+            http_key,
         })
     }
 
@@ -145,12 +260,35 @@ impl Ctx<'_> {
             None if vip_port == 0 => return Err(no_port()),
             None => vip_port,
         };
+        let check = match (merged.http, &merged.http_key) {
+            (Some(true), _) => CheckKind::Http(HttpCheck {
+                path: merged
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
+                host: merged.host.clone(),
+                expect: merged.expect.clone().unwrap_or_default(),
+            }),
+            // An HTTP key with no `type` anywhere is a forgotten `type = "http"`: checking TCP
+            // instead would leave a sick service its traffic.
+            (None, Some(key)) => {
+                return Err(self.error(
+                    key.span.clone(),
+                    &key.key,
+                    "this key is for HTTP checks, but no `type` is set: add type = \"http\" \
+                     (or type = \"tcp\" to keep TCP checks)",
+                ))
+            }
+            (Some(false) | None, _) => CheckKind::Tcp,
+        };
         Ok(HealthSettings {
             interval,
             timeout,
             rise: merged.rise.unwrap_or(DEFAULT_HEALTH_RISE),
             fall: merged.fall.unwrap_or(DEFAULT_HEALTH_FALL),
             port,
+            check,
+            slow_start: merged.slow_start.unwrap_or_default(),
         })
     }
 }

@@ -10,6 +10,7 @@
 //! like `lb.toml:14:11: vip[1].backend[0].weight: weight must be between 0 and 10000`. Parsing
 //! stops at the first error.
 
+mod announce;
 mod error;
 mod health;
 mod raw;
@@ -69,6 +70,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Address of the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Announcing servable VIPs through a routing table (`[announce]`), if set.
+    pub announce: Option<AnnounceConfig>,
     /// The VIPs, in file order.
     pub vips: Vec<VipConfig>,
 }
@@ -95,8 +98,52 @@ impl OnAllDown {
     }
 }
 
+/// How a backend is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connect to the health port.
+    Tcp,
+    /// An HTTP/1.1 `GET` whose status line must be one of the expected codes.
+    Http(HttpCheck),
+}
+
+impl CheckKind {
+    /// Its name in the configuration (`type`).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http(_) => "http",
+        }
+    }
+}
+
+/// An HTTP check: `GET path` with `Host: host` (or the backend's address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// Request path (starts with `/`).
+    pub path: String,
+    /// The `Host` header; `None`: the backend's address and port.
+    pub host: Option<String>,
+    /// Status codes that pass; empty: any 2xx.
+    pub expect: Vec<u16>,
+}
+
+impl HttpCheck {
+    /// Whether `status` passes.
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect.contains(&status)
+        }
+    }
+}
+
+/// Default HTTP check path.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+
 /// Health-check settings of one backend, fully resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthSettings {
     /// Time between two checks (above 0).
     pub interval: Duration,
@@ -108,6 +155,11 @@ pub struct HealthSettings {
     pub fall: u32,
     /// Port checked: the explicit health port, else the VIP's port (never 0).
     pub port: u16,
+    /// What a check does.
+    pub check: CheckKind,
+    /// After coming up (recovering, being added, leaving maintenance) the backend's weight
+    /// ramps linearly from ~0 to its configured weight over this time; zero: at once.
+    pub slow_start: Duration,
 }
 
 /// One VIP and its backends.
@@ -125,6 +177,9 @@ pub struct VipConfig {
     pub forward: ForwardMode,
     /// What to do when no backend is up.
     pub on_all_down: OnAllDown,
+    /// Whether its address is announced while it is servable (always false without
+    /// `[announce]`).
+    pub announce: bool,
     /// The backends, in file order (at least one, distinct addresses).
     pub backends: Vec<BackendConfig>,
 }
@@ -135,6 +190,25 @@ impl VipConfig {
         VipKey::new(self.address, self.port, self.protocol)
     }
 }
+
+/// `[announce]`: the kernel routing table lb keeps one route per servable VIP address in, for
+/// the operator's routing daemon to announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// The table (1..=252: not `default`, `main` or `local`).
+    pub table: u32,
+    /// The protocol number of lb's routes (what the daemon filters on; 5..=255).
+    pub protocol: u8,
+    /// On a graceful stop: how long to keep forwarding after withdrawing everything.
+    pub drain: Duration,
+}
+
+/// Default `announce.table`.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 250;
+/// Default `announce.protocol`.
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 250;
+/// Default `announce.drain`.
+pub const DEFAULT_ANNOUNCE_DRAIN: Duration = Duration::from_secs(2);
 
 /// One backend of a VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]

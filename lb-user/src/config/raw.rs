@@ -19,9 +19,18 @@ pub(super) struct RawConfig {
     pub(super) conntrack_size: Option<Spanned<u32>>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
+    pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) table: Option<Spanned<u32>>,
+    pub(super) protocol: Option<Spanned<u32>>,
+    pub(super) drain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +41,12 @@ pub(super) struct RawHealth {
     pub(super) rise: Option<Spanned<u32>>,
     pub(super) fall: Option<Spanned<u32>>,
     pub(super) port: Option<Spanned<u16>>,
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expect: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub(super) slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +58,7 @@ pub(super) struct RawVip {
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) forward: Option<Spanned<String>>,
     pub(super) on_all_down: Option<Spanned<String>>,
+    pub(super) announce: Option<Spanned<bool>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) backend: Vec<Spanned<RawBackend>>,

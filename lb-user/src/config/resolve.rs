@@ -17,7 +17,7 @@ use super::{
     error::{join, key_path_at, line_column},
     health::HealthLayer,
     raw::{RawAddresses, RawConfig},
-    vip::Seen,
+    vip::{Seen, VipDefaults},
     Config, ConfigError, VipConfig, DEFAULT_STATE_DIR, MAX_INTERFACE_NAME, MIN_CONNTRACK_SIZE,
     RING_SLOTS_PER_BACKEND,
 };
@@ -163,15 +163,22 @@ impl Ctx<'_> {
             })?),
             None => None,
         };
-        let global = match &raw.health {
-            Some(health) => self.health_layer(health, "health", 0)?,
-            None => HealthLayer::default(),
+        let announce = match &raw.announce {
+            Some(announce) => Some(self.announce(announce)?),
+            None => None,
+        };
+        let defaults = VipDefaults {
+            health: match &raw.health {
+                Some(health) => self.health_layer(health, "health", 0)?,
+                None => HealthLayer::default(),
+            },
+            announce: announce.is_some(),
         };
 
         let mut vips: Vec<VipConfig> = Vec::with_capacity(raw.vip.len());
         let mut seen = Seen::default();
         for (index, raw_vip) in raw.vip.iter().enumerate() {
-            let vip = self.vip(index, raw_vip, &global, &mut seen, &vips)?;
+            let vip = self.vip(index, raw_vip, &defaults, &mut seen, &vips)?;
             vips.push(vip);
         }
 
@@ -221,6 +228,7 @@ impl Ctx<'_> {
             conntrack_size,
             state_dir,
             metrics,
+            announce,
             vips,
         })
     }

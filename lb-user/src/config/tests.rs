@@ -105,11 +105,13 @@ fn full_config() {
         rise: 4,
         fall: 3,
         port: 8080,
+        check: CheckKind::Tcp,
+        slow_start: Duration::ZERO,
     };
     let web = HealthSettings {
         timeout: Duration::from_millis(300),
         fall: 5,
-        ..global
+        ..global.clone()
     };
     let expected = Config {
         interface: "eth0".into(),
@@ -119,6 +121,7 @@ fn full_config() {
         conntrack_size: 4096,
         state_dir: "/run/lb".into(),
         metrics: Some("127.0.0.1:9300".parse().unwrap()),
+        announce: None,
         vips: vec![
             VipConfig {
                 name: "web".into(),
@@ -127,11 +130,12 @@ fn full_config() {
                 protocol: Protocol::Tcp,
                 forward: ForwardMode::Dsr,
                 on_all_down: OnAllDown::Drop,
+                announce: false,
                 backends: vec![
                     BackendConfig {
                         address: ip("10.0.0.11"),
                         weight: 1,
-                        health: web,
+                        health: web.clone(),
                     },
                     BackendConfig {
                         address: ip("10.0.0.12"),
@@ -151,10 +155,11 @@ fn full_config() {
                 protocol: Protocol::Udp,
                 forward: ForwardMode::Tunnel,
                 on_all_down: OnAllDown::FailOpen,
+                announce: false,
                 backends: vec![BackendConfig {
                     address: ip("192.168.0.1"),
                     weight: 10000,
-                    health: global,
+                    health: global.clone(),
                 }],
             },
             VipConfig {
@@ -164,6 +169,7 @@ fn full_config() {
                 protocol: Protocol::Tcp,
                 forward: ForwardMode::Dsr,
                 on_all_down: OnAllDown::Drop,
+                announce: false,
                 backends: vec![BackendConfig {
                     address: ip("10.0.0.11"),
                     weight: 3,
@@ -202,6 +208,8 @@ fn defaults() {
             rise: 2,
             fall: 3,
             port: 80,
+            check: CheckKind::Tcp,
+            slow_start: Duration::ZERO,
         }
     );
 }
@@ -756,4 +764,126 @@ fn invalid_addresses() {
 fn first_error_wins() {
     let text = one_vip("table_size = 4", "", "weight = 20000");
     assert_error(&text, 2, "table_size", "4 is not prime (try 5 or 3)");
+}
+
+#[test]
+fn announce() {
+    let config = ok(&one_vip("[announce]", "", ""));
+    assert_eq!(
+        config.announce,
+        Some(AnnounceConfig {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            drain: DEFAULT_ANNOUNCE_DRAIN,
+        })
+    );
+    assert!(
+        config.vips[0].announce,
+        "announced by default with [announce]"
+    );
+    let config = ok(&one_vip(
+        "[announce]\ntable = 100\nprotocol = 99\ndrain = \"0s\"",
+        "announce = false",
+        "",
+    ));
+    let announce = config.announce.expect("announce");
+    assert_eq!((announce.table, announce.protocol), (100, 99));
+    assert!(announce.drain.is_zero());
+    assert!(!config.vips[0].announce);
+    let quiet = ok(&one_vip("", "announce = true", ""));
+    assert!(quiet.announce.is_none());
+    assert!(
+        !quiet.vips[0].announce,
+        "nothing is announced without [announce]"
+    );
+    assert_error(
+        &one_vip("[announce]\ntable = 254", "", ""),
+        3,
+        "announce.table",
+        "use 1 to 252",
+    );
+    assert_error(
+        &one_vip("[announce]\nprotocol = 4", "", ""),
+        3,
+        "announce.protocol",
+        "use 5 to 255",
+    );
+    assert_error(
+        &one_vip("[announce]\ndrain = \"soon\"", "", ""),
+        3,
+        "announce.drain",
+        "invalid duration",
+    );
+}
+
+#[test]
+fn http_checks_and_slow_start() {
+    let config = ok(&one_vip(
+        "[health]\ntype = \"http\"\npath = \"/healthz\"\nslow_start = \"30s\"",
+        "health = { expect = [200, 204] }",
+        "health = { host = \"www.example.com\" }",
+    ));
+    let health = &config.vips[0].backends[0].health;
+    assert_eq!(health.slow_start, Duration::from_secs(30));
+    let CheckKind::Http(http) = &health.check else {
+        panic!("{health:?}");
+    };
+    assert_eq!(http.path, "/healthz");
+    assert_eq!(http.host.as_deref(), Some("www.example.com"));
+    assert!(http.accepts(204) && !http.accepts(201));
+    let any = ok(&one_vip("[health]\ntype = \"http\"", "", ""));
+    let CheckKind::Http(http) = &any.vips[0].backends[0].health.check else {
+        panic!("http");
+    };
+    assert_eq!(http.path, "/");
+    assert!(http.accepts(200) && http.accepts(299) && !http.accepts(503));
+    // The backend goes back to TCP: the inherited HTTP keys are not used.
+    let tcp = ok(&one_vip(
+        "[health]\ntype = \"http\"\npath = \"/x\"",
+        "",
+        "health = { type = \"tcp\" }",
+    ));
+    assert_eq!(tcp.vips[0].backends[0].health.check, CheckKind::Tcp);
+    assert_error(
+        &one_vip("[health]\npath = \"/healthz\"", "", ""),
+        3,
+        "health.path",
+        "add type = \"http\"",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"udp\"", "", ""),
+        3,
+        "health.type",
+        "expected one of tcp, http",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\npath = \"healthz\"", "", ""),
+        4,
+        "health.path",
+        "must start with '/'",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\npath = \"/a b\"", "", ""),
+        4,
+        "health.path",
+        "no spaces",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\nexpect = [200, 700]", "", ""),
+        4,
+        "health.expect[1]",
+        "not an HTTP status code",
+    );
+    assert_error(
+        &one_vip("[health]\ntype = \"http\"\nexpect = []", "", ""),
+        4,
+        "health.expect",
+        "at least one status code",
+    );
+    assert_error(
+        &one_vip("[health]\nslow_start = \"later\"", "", ""),
+        3,
+        "health.slow_start",
+        "invalid duration",
+    );
 }

@@ -12,6 +12,14 @@ use super::{
     BackendConfig, OnAllDown, VipConfig, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 
+/// What a VIP inherits from the top of the file.
+pub(super) struct VipDefaults {
+    /// The `[health]` layer.
+    pub health: HealthLayer,
+    /// Whether VIPs are announced unless they say otherwise (`[announce]` is present).
+    pub announce: bool,
+}
+
 /// What earlier VIPs of the file took: names, endpoints, backend count.
 #[derive(Default)]
 pub(super) struct Seen {
@@ -29,7 +37,7 @@ impl Ctx<'_> {
         &self,
         index: usize,
         raw: &Spanned<RawVip>,
-        global: &HealthLayer,
+        defaults: &VipDefaults,
         seen: &mut Seen,
         vips: &[VipConfig],
     ) -> Result<VipConfig> {
@@ -88,9 +96,11 @@ impl Ctx<'_> {
             self.choice(vip.on_all_down.as_ref(), &format!("{path}.on_all_down"))?;
         let vip_health = match &vip.health {
             Some(health) => {
-                global.overlay(&self.health_layer(health, &format!("{path}.health"), 1)?)
+                defaults
+                    .health
+                    .overlay(&self.health_layer(health, &format!("{path}.health"), 1)?)
             }
-            None => global.clone(),
+            None => defaults.health.clone(),
         };
 
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(vip.backend.len());
@@ -179,6 +189,8 @@ impl Ctx<'_> {
             ));
         }
 
+        // Without `[announce]` nothing is announced, whatever the VIP says.
+        let announce = defaults.announce && vip.announce.as_ref().is_none_or(|a| *a.get_ref());
         Ok(VipConfig {
             name: name.clone(),
             address,
@@ -186,6 +198,7 @@ impl Ctx<'_> {
             protocol,
             forward,
             on_all_down,
+            announce,
             backends,
         })
     }
