@@ -253,27 +253,14 @@ fn graceful_stop_withdraws_before_it_detaches_and_fails_nothing() {
         &mut lab,
         |lab| {
             let t = Instant::now();
-            if AGENT_ANNOUNCES {
-                lab.instances[1]
-                    .agent
-                    .as_ref()
-                    .expect("agent")
-                    .signal(Signal::SIGTERM);
-            } else {
-                // By hand until the agent does it: withdraw, drain, then stop (it detaches).
-                lab.withdraw_by_hand(1);
-            }
+            lab.instances[1]
+                .agent
+                .as_ref()
+                .expect("agent")
+                .signal(Signal::SIGTERM);
             let withdrawn = lab
                 .wait_next_hops(VIPS[0].1, &[0], Duration::from_secs(5))
                 .map(|_| t.elapsed());
-            if !AGENT_ANNOUNCES {
-                std::thread::sleep(DRAIN.saturating_sub(t.elapsed()));
-                lab.instances[1]
-                    .agent
-                    .as_ref()
-                    .expect("agent")
-                    .signal(Signal::SIGTERM);
-            }
             let agent = lab.instances[1].agent.as_mut().expect("agent");
             let exited =
                 lab_wait(Duration::from_secs(10), || !agent.is_running()).map(|_| t.elapsed());
@@ -308,19 +295,17 @@ fn graceful_stop_withdraws_before_it_detaches_and_fails_nothing() {
         withdrawn < exited,
         "lb2 detached before the router dropped it"
     );
-    if AGENT_ANNOUNCES {
-        let withdraw_line = log
-            .find("withdrawn")
-            .unwrap_or_else(|| panic!("no withdrawn line:\n{log}"));
-        assert!(
-            withdraw_line < log.find("datapath detached").expect("detached"),
-            "{log}"
-        );
-        assert!(
-            exited >= DRAIN,
-            "lb2 detached {exited:?} after SIGTERM, before its drain ({DRAIN:?})"
-        );
-    }
+    let withdraw_line = log
+        .find("withdrawn")
+        .unwrap_or_else(|| panic!("no withdrawn line:\n{log}"));
+    assert!(
+        withdraw_line < log.find("datapath detached").expect("detached"),
+        "{log}"
+    );
+    assert!(
+        exited >= DRAIN,
+        "lb2 detached {exited:?} after SIGTERM, before its drain ({DRAIN:?})"
+    );
     assert_none_broken(&outcome);
     assert!(
         failures.is_empty(),
@@ -481,32 +466,30 @@ fn kill_9_with_keep_datapath_keeps_the_route_and_the_next_agent_reconciles() {
         failures.len(),
         failures.iter().take(5).collect::<Vec<_>>()
     );
-    if AGENT_ANNOUNCES {
-        let gone = lab.wait_until(Duration::from_secs(2), || !lab.announced(1, STALE));
-        assert!(
-            gone.is_some(),
-            "the new agent left its protocol's route to {STALE}"
-        );
-        assert!(
-            lab.wait_next_hops(STALE, &[], Duration::from_secs(2))
-                .is_some(),
-            "the router still routes {STALE}: {}",
-            lab.router_route(STALE)
-        );
-        let foreign = lab
-            .host(1)
-            .ns
-            .ip(&format!("route show table {TABLE} exact {FOREIGN}/32"));
-        assert!(
-            foreign.contains("proto static"),
-            "another daemon's route was touched: {foreign:?}"
-        );
-        let log = lab.instances[1].files.log_text();
-        assert!(
-            log.contains(FOREIGN),
-            "no warning about the foreign route {FOREIGN}:\n{log}"
-        );
-    }
+    let gone = lab.wait_until(Duration::from_secs(2), || !lab.announced(1, STALE));
+    assert!(
+        gone.is_some(),
+        "the new agent left its protocol's route to {STALE}"
+    );
+    assert!(
+        lab.wait_next_hops(STALE, &[], Duration::from_secs(2))
+            .is_some(),
+        "the router still routes {STALE}: {}",
+        lab.router_route(STALE)
+    );
+    let foreign = lab
+        .host(1)
+        .ns
+        .ip(&format!("route show table {TABLE} exact {FOREIGN}/32"));
+    assert!(
+        foreign.contains("proto static"),
+        "another daemon's route was touched: {foreign:?}"
+    );
+    let log = lab.instances[1].files.log_text();
+    assert!(
+        log.contains(FOREIGN),
+        "no warning about the foreign route {FOREIGN}:\n{log}"
+    );
     assert!(
         lab.next_hops(FOREIGN).is_empty(),
         "bird announced a route of another protocol: {}",
@@ -551,10 +534,6 @@ fn keepalived_moves_the_floating_address_within_3_s_of_the_active_host_dying() {
 
 #[test]
 fn keepalived_track_script_moves_the_address_when_the_agent_stops() {
-    if !AGENT_ANNOUNCES {
-        println!("skipped until lb has `status --check` (issue #15, agent side)");
-        return;
-    }
     let _serial = one_at_a_time();
     let mut lab = RedundancyLab::new("red-track", Options::new(Routing::Vrrp));
     lab.start();
@@ -703,9 +682,8 @@ fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added()
 /// pass them (they are not addressed to it), or two instances would forward one packet.
 #[test]
 fn frames_flooded_for_a_dead_instance_are_not_balanced_by_the_other() {
-    if !AGENT_ANNOUNCES {
-        // Comes with the agent's part of issue #15 (the datapath's MAC filter); today lb2
-        // balances all 10.
+    if !DATAPATH_FILTERS_MAC {
+        // Comes with the datapath's part of issue #15; today lb2 balances all 10.
         println!("skipped until the datapath balances only frames addressed to its MAC");
         return;
     }

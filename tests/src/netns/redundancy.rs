@@ -77,10 +77,9 @@ pub const INSTANCES: [&str; 2] = ["lb1", "lb2"];
 /// Index of the router on the LAN; instance `i` is host `1 + i`, backend `j` host `3 + j`.
 const ROUTER: usize = 0;
 
-/// Whether the agent announces (`[announce]` in its configuration) or the lab does it by
-/// hand on its behalf: `ip route add blackhole VIP/32 table 250 proto 250` once the agent
-/// attached, the way the agent will. False until the agent's part of issue #15 is on main.
-pub const AGENT_ANNOUNCES: bool = false;
+/// Whether the datapath balances only frames addressed to its interface's MAC (issue #15);
+/// until it does, the test that proves it is skipped.
+pub const DATAPATH_FILTERS_MAC: bool = false;
 
 /// How the router reaches the instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,18 +307,12 @@ impl RedundancyLab {
 
     /// The configuration of `instance`.
     fn config_text(&self, instance: &Instance, backends: usize) -> String {
-        let announce = if AGENT_ANNOUNCES {
-            format!(
-                "\n[announce]\ntable = {TABLE}\nprotocol = {PROTOCOL}\ndrain = \"{}s\"\n",
-                DRAIN.as_secs()
-            )
-        } else {
-            String::new()
-        };
         let mut text = format!(
-            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{announce}\n\
+            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
+             [announce]\ntable = {TABLE}\nprotocol = {PROTOCOL}\ndrain = \"{}s\"\n\n\
              [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n",
-            instance.files.state_dir.display()
+            instance.files.state_dir.display(),
+            DRAIN.as_secs()
         );
         for (name, address, port) in VIPS {
             text += &format!(
@@ -336,8 +329,7 @@ impl RedundancyLab {
         text
     }
 
-    /// Starts instance `i`'s agent and waits until it attached (and, until the agent
-    /// announces itself, announces its VIPs by hand).
+    /// Starts instance `i`'s agent and waits until it attached.
     pub fn start_agent(&mut self, i: usize, keep_datapath: bool) {
         let files = &self.instances[i].files;
         let attached = files.log_text().matches("datapath attached").count();
@@ -349,32 +341,6 @@ impl RedundancyLab {
             files.log_text()
         );
         self.instances[i].agent = Some(agent);
-        if !AGENT_ANNOUNCES {
-            self.announce_by_hand(i);
-        }
-    }
-
-    /// What the agent does once attached, by hand: a blackhole route per VIP address in
-    /// table [`TABLE`], protocol [`PROTOCOL`] (replacing one left by an earlier agent).
-    pub fn announce_by_hand(&self, i: usize) {
-        let batch: Vec<String> = VIPS
-            .iter()
-            .map(|(_, address, _)| {
-                format!("route replace blackhole {address}/32 table {TABLE} proto {PROTOCOL}")
-            })
-            .collect();
-        self.host(i).ns.ip_batch(&batch);
-    }
-
-    /// What the agent does on SIGTERM before it detaches, by hand: removes its routes.
-    pub fn withdraw_by_hand(&self, i: usize) {
-        let batch: Vec<String> = VIPS
-            .iter()
-            .map(|(_, address, _)| {
-                format!("route del blackhole {address}/32 table {TABLE} proto {PROTOCOL}")
-            })
-            .collect();
-        self.host(i).ns.ip_batch(&batch);
     }
 
     /// Starts instance `i`'s routing daemon (bird2, FRR or keepalived).
@@ -462,8 +428,7 @@ impl RedundancyLab {
             advert_interval: ADVERT,
             floating: FLOATING,
             prefix_len: 24,
-            // Until lb has `status --check`, without: the script would fail on both.
-            track_script: AGENT_ANNOUNCES.then(|| TrackScript {
+            track_script: Some(TrackScript {
                 command: format!(
                     "{} status --check --state-dir {}",
                     lb_binary().display(),
