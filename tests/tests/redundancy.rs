@@ -46,10 +46,7 @@ const PING: Duration = Duration::from_millis(50);
 #[test]
 fn both_instances_announce_and_share_the_connections() {
     let _serial = one_at_a_time();
-    let mut lab = RedundancyLab::new(
-        "red-share",
-        Options::new(Routing::Bgp { frr_on_lb2: false }),
-    );
+    let mut lab = RedundancyLab::new("red-share", Options::new(Routing::BIRD));
     lab.start();
     for (_, address, _) in VIPS {
         let route = lab.router_route(address);
@@ -190,10 +187,7 @@ fn assert_none_broken(outcome: &Outcome) {
 #[test]
 fn host_death_drops_the_instance_within_a_second_and_breaks_no_connection() {
     let _serial = one_at_a_time();
-    let mut lab = RedundancyLab::new(
-        "red-death",
-        Options::new(Routing::Bgp { frr_on_lb2: false }),
-    );
+    let mut lab = RedundancyLab::new("red-death", Options::new(Routing::BIRD));
     lab.start();
     let mut died = None;
     let mut detected = None;
@@ -246,7 +240,7 @@ fn host_death_drops_the_instance_within_a_second_and_breaks_no_connection() {
 #[test]
 fn graceful_stop_withdraws_before_it_detaches_and_fails_nothing() {
     let _serial = one_at_a_time();
-    let mut lab = RedundancyLab::new("red-stop", Options::new(Routing::Bgp { frr_on_lb2: false }));
+    let mut lab = RedundancyLab::new("red-stop", Options::new(Routing::BIRD));
     lab.start();
     let mut timeline = None;
     let outcome = under_load(
@@ -336,7 +330,7 @@ fn lab_wait(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Du
 #[test]
 fn a_vip_without_backends_is_withdrawn_by_both_instances_and_announced_again() {
     let _serial = one_at_a_time();
-    let mut lab = RedundancyLab::new("red-down", Options::new(Routing::Bgp { frr_on_lb2: false }));
+    let mut lab = RedundancyLab::new("red-down", Options::new(Routing::BIRD));
     lab.start();
     let (web, api) = (VIPS[0].1, VIPS[1].1);
     for j in 0..3 {
@@ -413,7 +407,7 @@ fn a_vip_without_backends_is_withdrawn_by_both_instances_and_announced_again() {
 #[test]
 fn kill_9_with_keep_datapath_keeps_the_route_and_the_next_agent_reconciles() {
     let _serial = one_at_a_time();
-    let mut options = Options::new(Routing::Bgp { frr_on_lb2: false });
+    let mut options = Options::new(Routing::BIRD);
     options.keep_datapath = true;
     let mut lab = RedundancyLab::new("red-kill", options);
     lab.start();
@@ -568,35 +562,111 @@ fn keepalived_track_script_moves_the_address_when_the_agent_stops() {
     assert_none_broken(&outcome);
 }
 
+/// The maintenance order docs/REDUNDANCY.md recommends for the active instance: keepalived
+/// first (it hands the address over at once), then lb (still forwarding while the address
+/// moves): nothing fails.
 #[test]
-fn frr_and_bird_instances_share_a_vip_and_frr_s_death_is_noticed() {
+fn keepalived_stopped_before_lb_hands_over_without_failures() {
     let _serial = one_at_a_time();
-    let mut lab = RedundancyLab::new("red-frr", Options::new(Routing::Bgp { frr_on_lb2: true }));
+    let mut lab = RedundancyLab::new("red-handover", Options::new(Routing::Vrrp));
+    lab.start();
+    let mut moved = None;
+    let outcome = under_load(
+        &mut lab,
+        |lab| {
+            let t = Instant::now();
+            // SIGTERM: keepalived advertises priority 0 and releases the address.
+            let keepalived = lab.instances[0].keepalived.take().expect("keepalived");
+            keepalived.daemon.signal(Signal::SIGTERM);
+            moved = lab
+                .wait_until(Duration::from_secs(10), || lab.holds_floating(1))
+                .map(|_| t.elapsed());
+            drop(keepalived);
+            std::thread::sleep(Duration::from_millis(500));
+            let status = lab.stop_agent(0, Signal::SIGTERM);
+            println!(
+                "lb1's agent exited ({status}) {:.1}s after keepalived was told to stop",
+                t.elapsed().as_secs_f64()
+            );
+        },
+        Duration::from_millis(500),
+    );
+    let failures = failed(&outcome.attempts);
+    println!(
+        "keepalived stopped on lb1: lb2 took the address after {moved:?}; then lb1's agent stopped; \
+         {} of {} new connections failed",
+        failures.len(),
+        outcome.attempts.len()
+    );
+    let moved = moved.unwrap_or_else(|| panic!("lb2 never took the address\n{}", lab.logs()));
+    assert!(moved <= Duration::from_secs(1), "handover took {moved:?}");
+    assert_none_broken(&outcome);
+    assert!(
+        failures.is_empty(),
+        "{} new connections failed: {:?}",
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// `routing` with FRR somewhere: both instances announce with equal attributes (the router
+/// multipaths over them), share connections, and lb2's death is noticed within a second.
+fn mixed_daemons(tag: &str, routing: Routing) {
+    let mut lab = RedundancyLab::new(tag, Options::new(routing));
     lab.start();
     let route = lab.router_route(VIPS[0].1);
-    println!("router, lb1 on bird2 and lb2 on FRR: {}", route.trim());
+    println!("{routing:?}: the router's route: {}", route.trim());
     let before: Vec<u64> = (0..2).map(|i| lab.new_flows(i, 0)).collect();
     let answers = lab.connect(0, 300);
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     let carried: Vec<u64> = (0..2).map(|i| lab.new_flows(i, 0) - before[i]).collect();
     println!(
-        "300 connections: lb1 (bird2) carried {}, lb2 (FRR) {}",
+        "300 connections: lb1 carried {}, lb2 {}",
         carried[0], carried[1]
     );
     assert!(carried.iter().all(|&n| n >= 90), "{carried:?}");
-    let t = Instant::now();
     lab.kill_host(1);
     let detected = lab.wait_next_hops(VIPS[0].1, &[0], Duration::from_secs(5));
-    println!("lb2 (FRR) died: the router dropped it after {detected:?}");
-    let detected = detected.unwrap_or_else(|| panic!("router kept lb2 after {:?}", t.elapsed()));
+    println!("lb2's host died: the router dropped it after {detected:?}");
+    let detected = detected.unwrap_or_else(|| {
+        panic!(
+            "the router kept lb2: {}\n{}",
+            lab.router_route(VIPS[0].1),
+            lab.logs()
+        )
+    });
     assert!(detected <= Duration::from_secs(1), "{detected:?}");
+}
+
+#[test]
+fn bird_and_frr_instances_share_a_vip_behind_a_bird_router() {
+    let _serial = one_at_a_time();
+    mixed_daemons(
+        "red-frr",
+        Routing::Bgp {
+            router: Speaker::Bird,
+            lb2: Speaker::Frr,
+        },
+    );
+}
+
+#[test]
+fn bird_and_frr_instances_share_a_vip_behind_an_frr_router() {
+    let _serial = one_at_a_time();
+    mixed_daemons(
+        "red-frrr",
+        Routing::Bgp {
+            router: Speaker::Frr,
+            lb2: Speaker::Frr,
+        },
+    );
 }
 
 #[test]
 fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added() {
     let _serial = one_at_a_time();
     const HELD: usize = 200;
-    let mut options = Options::new(Routing::Bgp { frr_on_lb2: false });
+    let mut options = Options::new(Routing::BIRD);
     options.backends = 4;
     let mut lab = RedundancyLab::new("red-added", options);
     lab.start();
@@ -688,7 +758,7 @@ fn frames_flooded_for_a_dead_instance_are_not_balanced_by_the_other() {
         return;
     }
     let _serial = one_at_a_time();
-    let mut options = Options::new(Routing::Bgp { frr_on_lb2: false });
+    let mut options = Options::new(Routing::BIRD);
     options.flood = true;
     let mut lab = RedundancyLab::new("red-flood", options);
     lab.start();
@@ -723,4 +793,40 @@ fn frames_flooded_for_a_dead_instance_are_not_balanced_by_the_other() {
         answered, 0,
         "connections through a dead instance were answered"
     );
+}
+
+/// Every configuration docs/REDUNDANCY.md shows (lb-lab's unit test keeps the document equal
+/// to them) is accepted by the daemon that reads it: `bird -p`, `vtysh --dryrun`,
+/// `keepalived --config-test`, and each sysctl exists and takes its value (in a namespace).
+#[test]
+fn documented_configurations_parse() {
+    use lb_lab::routing::examples::{documented, Kind};
+    let scratch = lb_lab::Scratch::try_new("red-docs").expect("scratch");
+    let ns = lb_tests::netns::Netns::new("red-docs");
+    for (i, example) in documented().into_iter().enumerate() {
+        let file = scratch.dir.join(format!("{i}.conf"));
+        // keepalived checks that the track script exists: the built lb stands in.
+        let text = example.text.replace(
+            "/usr/local/bin/lb",
+            &lb_tests::netns::agent::lb_binary().display().to_string(),
+        );
+        std::fs::write(&file, &text).expect("write");
+        let file = file.display();
+        let result = match example.kind {
+            Kind::Bird => lb_lab::try_sh(&format!("bird -p -c {file}")),
+            Kind::Frr => lb_lab::try_sh(&format!("vtysh --dryrun --inputfile {file}")),
+            Kind::Keepalived => lb_lab::try_sh(&format!("keepalived --config-test -f {file}")),
+            Kind::Sysctl => {
+                for line in text.lines().filter(|l| !l.starts_with('#')) {
+                    let (key, value) = line.split_once(" = ").expect("key = value");
+                    ns.sysctl(key, value);
+                }
+                Ok(String::new())
+            }
+        };
+        if let Err(error) = result {
+            panic!("{}: {}\n{text}", example.title, error.full_message());
+        }
+        println!("{}: accepted", example.title);
+    }
 }

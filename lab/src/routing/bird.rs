@@ -64,6 +64,7 @@ impl LbHostBird {
         let mut text = format!(
             r#"# bird2 on an lb host: announce the VIPs lb serves to the upstream router.
 router id {router_id};
+# Under systemd (Debian's bird.service runs bird -f), stderr goes to the journal.
 log stderr all;
 
 protocol device {{ }}
@@ -107,6 +108,8 @@ filter lb_vips {{
 "#,
             names.join(" || ")
         );
+        text += "\n# BFD notices a dead router (and the router a dead lb host) in interval x multiplier;\n\
+                 # the short timers below only speed up (re)connecting.\n";
         for (v, session) in families {
             let Some(Session { local, peer }) = session else {
                 continue;
@@ -117,10 +120,7 @@ filter lb_vips {{
                 ..
             } = peer;
             text += &format!(
-                r#"
-# BFD notices a dead router (and the router a dead lb host) in interval x multiplier;
-# the short timers below only speed up (re)connecting.
-protocol bgp upstream{v} {{
+                r#"protocol bgp upstream{v} {{
   local {local} as {asn};
   neighbor {address} as {peer_asn};
   bfd on;
@@ -135,10 +135,12 @@ protocol bgp upstream{v} {{
     next hop self;
   }};
 }}
+
 "#
             );
         }
-        text
+        text.truncate(text.trim_end().len());
+        text + "\n"
     }
 }
 
@@ -181,6 +183,7 @@ impl RouterBird {
         let mut text = format!(
             r#"# bird2 on the router upstream of the lb instances.
 router id {router_id};
+# Under systemd (Debian's bird.service runs bird -f), stderr goes to the journal.
 log stderr all;
 
 protocol device {{ }}
@@ -322,21 +325,10 @@ impl Bird {
             &what,
             timeout,
             || daemon.check_running(),
-            || {
-                let out = birdc(&socket, "show protocols").map_err(|e| e.full_message())?;
-                let down: Vec<String> = names
-                    .iter()
-                    .filter_map(|name| match protocol_info(&out, name) {
-                        Some(info) if info.contains("Established") => None,
-                        Some(info) => Some(format!("{name}: {info}")),
-                        None => Some(format!("{name}: no such protocol")),
-                    })
-                    .collect();
-                if down.is_empty() {
-                    Ok(())
-                } else {
-                    Err(down.join("; "))
-                }
+            || match not_established(&socket, names) {
+                Ok(down) if down.is_empty() => Ok(()),
+                Ok(down) => Err(down.join("; ")),
+                Err(error) => Err(error.full_message()),
             },
         )
     }
@@ -346,6 +338,20 @@ impl Bird {
         self.try_wait_established(names, timeout)
             .unwrap_or_else(|error| panic!("{}", error.full_message()))
     }
+}
+
+/// The BGP protocols of `names` that the bird listening on `socket` has not established,
+/// each with its state (`lb1_4: start 18:28:40.174 Active Socket: Connection refused`).
+pub fn not_established(socket: &Path, names: &[&str]) -> Result<Vec<String>, LabError> {
+    let out = birdc(socket, "show protocols")?;
+    Ok(names
+        .iter()
+        .filter_map(|name| match protocol_info(&out, name) {
+            Some(info) if info.contains("Established") => None,
+            Some(info) => Some(format!("{name}: {info}")),
+            None => Some(format!("{name}: no such protocol")),
+        })
+        .collect())
 }
 
 /// `birdc -s socket command`.

@@ -117,15 +117,27 @@ router bgp {asn}
         )
     }
 
-    /// The per-daemon files [`Frr::try_start`] writes.
-    fn files(&self) -> [(&'static str, String); 3] {
+    /// One file per daemon, for [`Frr::try_start`].
+    pub fn daemon_files(&self) -> DaemonFiles {
         let header = header(&self.hostname);
-        [
-            ("zebra", format!("{header}{}", self.zebra())),
-            ("bfdd", format!("{header}{}", self.bfdd())),
-            ("bgpd", format!("{header}{}", self.bgpd())),
-        ]
+        DaemonFiles {
+            zebra: format!("{header}{}", self.zebra()),
+            bfdd: format!("{header}{}", self.bfdd()),
+            bgpd: format!("{header}{}", self.bgpd()),
+        }
     }
+}
+
+/// The configuration of each FRR daemon a lab runs (each reads its own file; an integrated
+/// `frr.conf` is their concatenation, applied by `vtysh -b` on a real host).
+#[derive(Clone, Debug)]
+pub struct DaemonFiles {
+    /// zebra's.
+    pub zebra: String,
+    /// bfdd's.
+    pub bfdd: String,
+    /// bgpd's.
+    pub bgpd: String,
 }
 
 /// FRR on the router upstream of the lb instances, IPv4.
@@ -150,16 +162,37 @@ pub struct RouterFrr {
 impl RouterFrr {
     /// The whole `frr.conf`.
     pub fn config(&self) -> String {
+        format!("{}{}{}", header(&self.hostname), self.bgpd(), self.bfdd())
+    }
+
+    /// One file per daemon, for [`Frr::try_start`] (zebra needs nothing beyond the header).
+    pub fn daemon_files(&self) -> DaemonFiles {
+        let header = header(&self.hostname);
+        DaemonFiles {
+            zebra: header.clone(),
+            bfdd: format!("{header}{}", self.bfdd()),
+            bgpd: format!("{header}{}", self.bgpd()),
+        }
+    }
+
+    /// bfdd's part: one peer per instance.
+    pub fn bfdd(&self) -> String {
+        let addresses: Vec<IpAddr> = self.instances.iter().map(|p| p.address).collect();
+        bfd_peers(&addresses, &self.bfd)
+    }
+
+    /// bgpd's part: a session per instance, their VIP host routes in, nothing out,
+    /// multipath.
+    pub fn bgpd(&self) -> String {
         let Self {
-            hostname,
             router_id,
             asn,
             instances,
             vip_prefixes,
             maximum_paths,
-            bfd,
+            ..
         } = self;
-        let mut text = header(hostname);
+        let mut text = String::new();
         for (i, prefix) in vip_prefixes.iter().enumerate() {
             text += &format!(
                 "ip prefix-list LB-VIPS seq {} permit {prefix} ge 32\n",
@@ -167,11 +200,21 @@ impl RouterFrr {
             );
         }
         text += &format!(
-            "!\nroute-map FROM-LB permit 10\n match ip address prefix-list LB-VIPS\n!\n\
-             route-map TO-LB deny 10\n!\nrouter bgp {asn}\n bgp router-id {router_id}\n\
-             ! instances in different ASes multipath too\n bgp bestpath as-path multipath-relax\n\
-             neighbor LB peer-group\n neighbor LB bfd\n neighbor LB timers 3 9\n\
-             neighbor LB timers connect 1\n"
+            r#"!
+route-map FROM-LB permit 10
+ match ip address prefix-list LB-VIPS
+!
+route-map TO-LB deny 10
+!
+router bgp {asn}
+ bgp router-id {router_id}
+ ! instances in different ASes multipath too
+ bgp bestpath as-path multipath-relax
+ neighbor LB peer-group
+ neighbor LB bfd
+ neighbor LB timers 3 9
+ neighbor LB timers connect 1
+"#
         );
         for Peer { address, asn, .. } in instances {
             text += &format!(
@@ -179,17 +222,23 @@ impl RouterFrr {
             );
         }
         text += &format!(
-            " !\n address-family ipv4 unicast\n  neighbor LB route-map FROM-LB in\n\
-             neighbor LB route-map TO-LB out\n  maximum-paths {maximum_paths}\n exit-address-family\n!\n"
+            r#" !
+ address-family ipv4 unicast
+  neighbor LB route-map FROM-LB in
+  neighbor LB route-map TO-LB out
+  ! one next hop per instance announcing a VIP
+  maximum-paths {maximum_paths}
+ exit-address-family
+!
+"#
         );
-        let addresses: Vec<IpAddr> = instances.iter().map(|p| p.address).collect();
-        text + &bfd_peers(&addresses, bfd)
+        text
     }
 }
 
 /// The first lines of every FRR file.
 fn header(hostname: &str) -> String {
-    format!("frr defaults datacenter\nhostname {hostname}\nlog stdout informational\n!\n")
+    format!("frr defaults datacenter\nhostname {hostname}\nlog syslog informational\n!\n")
 }
 
 /// bfdd's `bfd` block with one peer per address.
@@ -217,12 +266,12 @@ pub struct Frr {
 }
 
 impl Frr {
-    /// Starts an lb host's FRR (`config`) in `ns` with its files in `dir` (which must exist);
-    /// returns once bgpd's vty answers.
-    pub fn try_start(ns: &Netns, dir: &Path, config: &LbHostFrr) -> Result<Self, LabError> {
+    /// Starts FRR in `ns` with `files` (an lb host's or a router's [`DaemonFiles`]) and its
+    /// other files in `dir` (which must exist); returns once bgpd's vty answers.
+    pub fn try_start(ns: &Netns, dir: &Path, files: &DaemonFiles) -> Result<Self, LabError> {
         try_sh(&format!("chown frr:frr {}", dir.display()))?;
-        let files = config.files();
-        for (daemon, text) in &files {
+        let DaemonFiles { zebra, bfdd, bgpd } = files;
+        for (daemon, text) in [("zebra", zebra), ("bfdd", bfdd), ("bgpd", bgpd)] {
             write_file(&dir.join(format!("{daemon}.conf")), text)?;
         }
         let zebra = spawn(ns, dir, "zebra", &[])?;
@@ -257,13 +306,20 @@ impl Frr {
     }
 
     /// [`Self::try_start`], panicking with the error.
-    pub fn start(ns: &Netns, dir: &Path, config: &LbHostFrr) -> Self {
-        Self::try_start(ns, dir, config).unwrap_or_else(|error| panic!("{}", error.full_message()))
+    pub fn start(ns: &Netns, dir: &Path, files: &DaemonFiles) -> Self {
+        Self::try_start(ns, dir, files).unwrap_or_else(|error| panic!("{}", error.full_message()))
     }
 
     /// Runs `vtysh -c <command>` against these daemons.
     pub fn try_vtysh(&self, command: &str) -> Result<String, LabError> {
         vtysh(&self.dir, command)
+    }
+
+    /// The end of each daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        [&self.zebra, &self.bfdd, &self.bgpd]
+            .map(|d| format!("{}:\n{}", d.name, d.log_tail(lines)))
+            .join("\n")
     }
 
     /// Waits until the BGP session with `peer` is established.

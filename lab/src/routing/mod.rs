@@ -9,6 +9,7 @@
 //! it finds there.
 
 pub mod bird;
+pub mod examples;
 pub mod frr;
 pub mod keepalived;
 mod upstream;

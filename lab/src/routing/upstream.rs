@@ -38,11 +38,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The client namespace (`client` of `naming`), the cable, the addresses, the default
-    /// route, TX checksum offload off on both ends (the lb's XDP program sees the client's
-    /// packets as the router forwarded them), and the router's sysctls with `seed`.
+    /// The client namespace (role `name` of `naming`), the cable, the addresses, the
+    /// default route, TX checksum offload off on both ends (the lb's XDP program sees the
+    /// client's packets as the router forwarded them), and the router's sysctls with `seed`.
     pub fn try_new(
         naming: &Naming,
+        name: &str,
         router: &Netns,
         prefix: [u8; 3],
         seed: u32,
@@ -50,7 +51,7 @@ impl Upstream {
         let [a, b, c] = prefix;
         let client_ip = Ipv4Addr::new(a, b, c, 2);
         let gateway = Ipv4Addr::new(a, b, c, 1);
-        let client = naming.create("client")?;
+        let client = naming.create(name)?;
         client.try_add_veth("eth0", router, "up0")?;
         client.try_ip_batch(&[
             format!("addr add {client_ip}/24 dev eth0"),

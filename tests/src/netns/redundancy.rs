@@ -29,7 +29,7 @@ use lb_common::maps::Protocol;
 use lb_lab::{
     routing::{
         bird::{Bird, LbHostBird, RouterBird, Session},
-        frr::{Frr, LbHostFrr},
+        frr::{Frr, LbHostFrr, RouterFrr},
         keepalived::{Keepalived, TrackScript, Vrrp},
         Peer, Upstream, LAB_BFD,
     },
@@ -81,16 +81,35 @@ const ROUTER: usize = 0;
 /// until it does, the test that proves it is skipped.
 pub const DATAPATH_FILTERS_MAC: bool = false;
 
+/// A BGP daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// bird2.
+    Bird,
+    /// FRR (zebra, bgpd, bfdd).
+    Frr,
+}
+
 /// How the router reaches the instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routing {
-    /// bird2 on the router; bird2 on lb1; bird2 on lb2, or FRR when `frr_on_lb2`.
+    /// BGP with BFD: `router` on the router, bird2 on lb1, `lb2` on lb2.
     Bgp {
-        /// Run FRR instead of bird2 on lb2.
-        frr_on_lb2: bool,
+        /// The router's daemon.
+        router: Speaker,
+        /// lb2's daemon.
+        lb2: Speaker,
     },
     /// keepalived on both instances, the router's VIP routes via [`FLOATING`].
     Vrrp,
+}
+
+impl Routing {
+    /// bird2 everywhere.
+    pub const BIRD: Self = Self::Bgp {
+        router: Speaker::Bird,
+        lb2: Speaker::Bird,
+    };
 }
 
 /// How to build the lab.
@@ -126,7 +145,7 @@ pub struct Instance {
     pub keepalived: Option<Keepalived>,
     /// bird2 ([`Routing::Bgp`]).
     pub bird: Option<Bird>,
-    /// FRR (lb2 with `frr_on_lb2`).
+    /// FRR (lb2 with `lb2: Speaker::Frr`).
     pub frr: Option<Frr>,
     /// The running `lb run`, if any.
     pub agent: Option<AgentProcess>,
@@ -144,6 +163,8 @@ pub struct RedundancyLab {
     pub instances: Vec<Instance>,
     /// The router's bird.
     pub router_bird: Option<Bird>,
+    /// The router's FRR.
+    pub router_frr: Option<Frr>,
     /// Per backend, its server on each VIP port (`None`: stopped).
     pub servers: Vec<Vec<Option<NameServer>>>,
     /// The client behind the router.
@@ -165,7 +186,7 @@ impl RedundancyLab {
         names.extend_from_slice(&backend_names[..options.backends]);
         let lan = Lan::new(tag, &names);
         let router = lan.host(ROUTER);
-        let upstream = Upstream::try_new(lan.naming(), &router.ns, UPSTREAM, HASH_SEED)
+        let upstream = Upstream::try_new(lan.naming(), "client", &router.ns, UPSTREAM, HASH_SEED)
             .unwrap_or_else(|e| panic!("the client behind the router: {}", e.full_message()));
         let mut servers = Vec::new();
         for (j, name) in backend_names[..options.backends].iter().enumerate() {
@@ -214,6 +235,7 @@ impl RedundancyLab {
         let lab = Self {
             instances,
             router_bird: None,
+            router_frr: None,
             servers,
             upstream,
             lan,
@@ -229,8 +251,8 @@ impl RedundancyLab {
     /// address (VRRP).
     pub fn start(&mut self) {
         match self.options.routing {
-            Routing::Bgp { .. } => {
-                self.start_router_bird();
+            Routing::Bgp { router, .. } => {
+                self.start_router(router);
                 for i in 0..INSTANCES.len() {
                     self.start_agent(i, self.options.keep_datapath);
                     self.start_routing(i);
@@ -349,7 +371,9 @@ impl RedundancyLab {
         let router = self.router();
         let dir = self.instances[i].dir.clone();
         match self.options.routing {
-            Routing::Bgp { frr_on_lb2 } if frr_on_lb2 && i == 1 => {
+            Routing::Bgp {
+                lb2: Speaker::Frr, ..
+            } if i == 1 => {
                 let config = LbHostFrr {
                     hostname: INSTANCES[i].to_owned(),
                     router_id: host.ip,
@@ -363,7 +387,7 @@ impl RedundancyLab {
                     vip_prefixes: vec![VIP_PREFIX.to_owned()],
                     bfd: LAB_BFD,
                 };
-                self.instances[i].frr = Some(Frr::start(&host.ns, &dir, &config));
+                self.instances[i].frr = Some(Frr::start(&host.ns, &dir, &config.daemon_files()));
             }
             Routing::Bgp { .. } => {
                 let config = self.lb_host_bird(i).config();
@@ -441,11 +465,38 @@ impl RedundancyLab {
         }
     }
 
-    /// Starts the router's bird.
-    fn start_router_bird(&mut self) {
+    /// The router's FRR configuration.
+    pub fn router_frr_config(&self) -> RouterFrr {
+        RouterFrr {
+            hostname: "router".into(),
+            router_id: self.router().ip,
+            asn: ROUTER_ASN,
+            instances: (0..INSTANCES.len())
+                .map(|i| Peer {
+                    name: INSTANCES[i].to_owned(),
+                    address: IpAddr::V4(self.host(i).ip),
+                    asn: LB_ASN,
+                })
+                .collect(),
+            vip_prefixes: vec![VIP_PREFIX.to_owned()],
+            maximum_paths: 16,
+            bfd: LAB_BFD,
+        }
+    }
+
+    /// Starts the router's daemon.
+    fn start_router(&mut self, speaker: Speaker) {
         let dir = self.scratch.try_subdir("router").expect("router directory");
-        let config = self.router_bird_config().config();
-        self.router_bird = Some(Bird::start(&self.router().ns, &dir, &config));
+        match speaker {
+            Speaker::Bird => {
+                let config = self.router_bird_config().config();
+                self.router_bird = Some(Bird::start(&self.router().ns, &dir, &config));
+            }
+            Speaker::Frr => {
+                let files = self.router_frr_config().daemon_files();
+                self.router_frr = Some(Frr::start(&self.router().ns, &dir, &files));
+            }
+        }
     }
 
     /// Waits until instance `i`'s BGP session with the router is established, on both sides.
@@ -461,10 +512,14 @@ impl RedundancyLab {
                 .unwrap_or_else(|e| panic!("{}", e.full_message()));
         }
         let name = format!("{}_4", INSTANCES[i]);
-        self.router_bird
-            .as_mut()
-            .expect("router bird")
-            .wait_established(&[&name], timeout);
+        let address = IpAddr::V4(self.host(i).ip);
+        if let Some(bird) = &mut self.router_bird {
+            bird.wait_established(&[&name], timeout);
+        }
+        if let Some(frr) = &mut self.router_frr {
+            frr.try_wait_established(address, timeout)
+                .unwrap_or_else(|e| panic!("{}", e.full_message()));
+        }
     }
 
     /// The router's route to `address` (`ip route show exact`).
@@ -635,6 +690,9 @@ impl RedundancyLab {
             if let Some(bird) = &instance.bird {
                 text += &format!("--- {}:\n{}\n", bird.daemon.name, bird.daemon.log_tail(30));
             }
+            if let Some(frr) = &instance.frr {
+                text += &format!("--- FRR:\n{}\n", frr.log_tail(20));
+            }
             if let Some(keepalived) = &instance.keepalived {
                 text += &format!(
                     "--- {}:\n{}\n",
@@ -645,6 +703,9 @@ impl RedundancyLab {
         }
         if let Some(bird) = &self.router_bird {
             text += &format!("--- {}:\n{}\n", bird.daemon.name, bird.daemon.log_tail(30));
+        }
+        if let Some(frr) = &self.router_frr {
+            text += &format!("--- router FRR:\n{}\n", frr.log_tail(20));
         }
         text
     }
