@@ -13,20 +13,30 @@ use std::{
 use lb_common::maps::{BackendState, ForwardMode, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::AttachMode, routes::RouteOwner};
+use crate::{agent::admin::AdminState, datapath::AttachMode, routes::RouteOwner};
 
 /// Where snapshots are written.
 pub const RUN_DIR: &str = "/run/lb";
 
-/// Snapshot path for the agent using `state_dir`.
-pub fn path_for(state_dir: &Path) -> PathBuf {
-    let name: String = state_dir
+/// A file name for the agent using `state_dir`, for files that cannot live on bpffs: the
+/// path with `/` as `_`, e.g. `sys_fs_bpf_lb`.
+pub fn derived_name(state_dir: &Path) -> String {
+    state_dir
         .to_string_lossy()
         .trim_matches('/')
         .chars()
         .map(|c| if c == '/' { '_' } else { c })
-        .collect();
-    Path::new(RUN_DIR).join(format!("{name}.json"))
+        .collect()
+}
+
+/// Snapshot path for the agent using `state_dir`.
+pub fn path_for(state_dir: &Path) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{}.json", derived_name(state_dir)))
+}
+
+/// Path of the agent's control socket (`lb backend ...`) for `state_dir`.
+pub fn socket_for(state_dir: &Path) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{}.sock", derived_name(state_dir)))
 }
 
 /// What the agent knows.
@@ -92,6 +102,34 @@ pub struct BackendStatus {
     pub last_check_error: Option<String>,
     /// When the state last changed (Unix milliseconds).
     pub last_change_unix_ms: u64,
+    /// `ready`, `drain` or `maint` (`lb backend drain|disable|enable`).
+    #[serde(default)]
+    pub admin: AdminState,
+    /// Who set `admin`, and when.
+    #[serde(default)]
+    pub admin_by: Option<String>,
+    /// The weight it gets now, in configured units: lower during slow start, 0 when drained or
+    /// in maintenance.
+    #[serde(default)]
+    pub effective_weight: f64,
+    /// Up → down transitions since the records were created.
+    #[serde(default)]
+    pub failures: u64,
+    /// Mean time from down to up (`None` before the first recovery).
+    #[serde(default)]
+    pub mttr_seconds: Option<f64>,
+    /// Mean time up before a failure (`None` before the first failure).
+    #[serde(default)]
+    pub mttf_seconds: Option<f64>,
+    /// Time up / time observed (`None` before the first check).
+    #[serde(default)]
+    pub availability: Option<f64>,
+    /// Seconds observed up, and observed in all (for rates over time).
+    #[serde(default)]
+    pub up_seconds: f64,
+    /// Seconds observed with a known health.
+    #[serde(default)]
+    pub observed_seconds: f64,
 }
 
 /// Whether a backend serves, as the agent sees it: its health, and whether the datapath sends it

@@ -7,7 +7,10 @@ use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
 use super::{checkers::CheckerKey, state_change::StateChange, Agent};
-use crate::{health::HealthEvent, status};
+use crate::{
+    health::{Health, HealthEvent},
+    status,
+};
 
 impl Agent {
     /// Stores a check result; on a health change returns the VIP and the log line to print
@@ -35,9 +38,26 @@ impl Agent {
             if let Some(m) = &self.metrics {
                 m.health_checked(&vip.config.name, backend.config.address, result.latency)
             } // metrics hook
+            let now = Instant::now();
+            backend.observe(now);
             backend.last = Some(result);
-            backend.health = health;
+            let was = std::mem::replace(&mut backend.health, health);
             let transition = transition?;
+            match health {
+                Health::Up => {
+                    backend.availability.record(true);
+                    if was != Health::Up && backend.ramp_pending {
+                        backend.start_ramp(now);
+                    }
+                }
+                Health::Down => {
+                    backend.availability.record(false);
+                    // Its next recovery ramps up again.
+                    backend.ramp_since = None;
+                    backend.ramp_pending = true;
+                }
+                Health::Unknown => {}
+            }
             backend.last_change_unix_ms = status::now_unix_ms();
             let change = StateChange {
                 vip: vip.config.name.clone(),

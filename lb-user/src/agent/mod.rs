@@ -15,9 +15,13 @@
 //! (`next_hops`), the status snapshot (`publish`), reloads (`reload`), the routes that announce
 //! servable VIPs ([`announce`]) and the event loop.
 
+pub mod admin;
+mod administer;
 pub mod announce;
 mod apply;
+pub mod availability;
 mod checkers;
+pub mod control;
 mod events;
 mod ids;
 mod next_hops;
@@ -59,12 +63,16 @@ use crate::{
     health::HealthEvent,
     interface,
     metrics::{self, Metrics},
+    records::{self, Records},
     routes::RouteOwner,
+    status,
 };
 
 /// How stale the status snapshot's last-check fields may get: it is rewritten at once on a
 /// state change, reload or start, and otherwise at most this often.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the rings of backends in slow start are rebuilt with their grown weight.
+const RAMP_STEP: Duration = Duration::from_millis(500);
 
 /// Options of `lb run`.
 #[derive(Clone, Debug)]
@@ -112,6 +120,14 @@ pub struct Agent {
     stopping: bool,
     /// Leave the datapath attached (and the routes in place) on stop.
     keep_datapath: bool,
+    /// Administrative states and availability history kept across restarts.
+    records: Records,
+    /// Start-up is over: backends added from now on slow-start.
+    started: bool,
+    /// Requests from `lb backend ...`.
+    control: mpsc::Receiver<control::Pending>,
+    /// The control socket (its file goes with it).
+    _control_socket: Option<control::ControlSocket>,
 }
 
 /// Sleeps until `deadline`; forever when there is none.
@@ -163,6 +179,17 @@ impl Agent {
         };
         let (checkers, events) = Checkers::new();
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
+        let (control_socket, control) =
+            match control::listen(&status::socket_for(&config.state_dir)) {
+                Ok((socket, requests)) => (Some(socket), requests),
+                Err(error) => {
+                    tracing::error!(
+                    "cannot listen on the control socket {}: {error}; `lb backend` will not work",
+                    status::socket_for(&config.state_dir).display()
+                );
+                    (None, mpsc::channel(1).1)
+                }
+            };
         let mut agent = Self {
             path,
             config: config.clone(),
@@ -180,6 +207,10 @@ impl Agent {
             announcer: None,
             stopping: false,
             keep_datapath,
+            records: records::load(&config.state_dir),
+            started: false,
+            control,
+            _control_socket: control_socket,
         };
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
@@ -198,6 +229,7 @@ impl Agent {
             "datapath attached{}",
             if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
         );
+        agent.started = true;
         agent.reconcile_announcements().await;
         agent.publish();
         Ok(agent)
@@ -249,7 +281,7 @@ impl Agent {
         let Some(vip) = self.vips.get_mut(key) else {
             return Ok(());
         };
-        let facts = vip.backend_facts();
+        let facts = vip.backend_facts(Instant::now());
         let target = target::vip_target(&vip.facts(table_size), &facts)?;
         let writes = plan(&vip.written, &target, self.attached.ifindex);
         let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
@@ -261,9 +293,15 @@ impl Agent {
             if applied.rings > 0 {
                 m.ring_rebuilt(&vip.config.name);
             }
+            let addresses = facts
+                .iter()
+                .map(|b| (b.id, b.address.to_string()))
+                .collect();
+            let ring = vip.written.ring.as_deref().unwrap_or_default();
             m.vip_synced(
                 vip.id,
                 &vip.config.name,
+                crate::fingerprint::ring_fingerprint(ring, &addresses),
                 facts
                     .iter()
                     .map(|b| (b.id, b.address, target.backends[&b.id].state())),
@@ -299,8 +337,20 @@ impl Agent {
         publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unpublished = false;
         let mut drained_at: Option<Instant> = None;
+        let mut ramp_tick = tokio::time::interval(RAMP_STEP);
+        ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let ramping = self.ramping();
             let stop = tokio::select! {
+                Some(pending) = self.control.recv() => {
+                    let reply = self.administer(&pending.request, pending.peer).await;
+                    let _ = pending.reply.send(reply);
+                    false
+                }
+                _ = ramp_tick.tick(), if ramping => {
+                    self.step_ramps().await;
+                    false
+                }
                 Some(snapshot) = neighbour_snapshots.recv() => {
                     self.refresh_next_hops(&snapshot);
                     self.update_announcements().await;

@@ -5,6 +5,8 @@
 use anyhow::Context as _;
 use lb_common::maps::VipKey;
 
+use tokio::time::Instant;
+
 use super::{
     apply,
     checkers::Checkers,
@@ -16,6 +18,7 @@ use super::{
 use crate::{
     config::{self, BackendConfig, Config, VipConfig},
     health::Health,
+    records::{self, BackendRecord, Records},
     status,
 };
 
@@ -112,6 +115,8 @@ impl Agent {
     /// Adds VIPs: starts their checks, waits for every backend's first result, resolves next
     /// hops, then programs each through the planner (backends, ring, then the `VIPS` entry).
     pub(super) async fn add_vips(&mut self, vips: Vec<VipConfig>) -> anyhow::Result<()> {
+        // Backends of VIPs added at start-up serve at once; added later, they slow-start.
+        let slow_start = self.started;
         let mut keys = Vec::new();
         for config in vips {
             let key = config.key();
@@ -121,8 +126,10 @@ impl Agent {
                 backends.push(start_backend(
                     &mut self.ids,
                     &mut self.checkers,
-                    &key,
+                    &self.records,
+                    (&key, &config.name),
                     backend.clone(),
+                    slow_start,
                 )?);
             }
             self.vips.insert(
@@ -156,6 +163,9 @@ impl Agent {
         for id in applied.cleared {
             self.ids.release_backend(id);
         }
+        for backend in &vip.backends {
+            forget_admin(&vip.config.name, backend);
+        }
         self.ids.release_vip(vip.id);
         tracing::info!(vip = %vip.config.name, "vip {} removed", vip.config.name);
         Ok(())
@@ -176,6 +186,7 @@ impl Agent {
                 .find(|b| b.address == backend.config.address)
             else {
                 // Dropped: its checker stops; the planner clears its entry after the ring.
+                forget_admin(&vip.config.name, &backend);
                 continue;
             };
             if new.health != backend.config.health {
@@ -189,8 +200,10 @@ impl Agent {
                 kept.push(start_backend(
                     &mut self.ids,
                     &mut self.checkers,
-                    key,
+                    &self.records,
+                    (key, &config.name),
                     new.clone(),
+                    true,
                 )?);
             }
         }
@@ -200,15 +213,42 @@ impl Agent {
     }
 }
 
-/// A new backend of VIP `key`: its id, and its checker started.
+/// Logs that a backend leaving the configuration takes its administrative state with it (a
+/// reload never drops one silently).
+fn forget_admin(vip: &str, backend: &BackendRuntime) {
+    if backend.admin != super::admin::AdminState::Ready {
+        tracing::info!(
+            vip,
+            backend = %backend.address(),
+            "admin: backend {} of vip {vip} left the configuration: its {} state is forgotten",
+            backend.address(),
+            backend.admin.name()
+        );
+    }
+}
+
+/// A new backend of VIP `key` named `name`: its id, its checker started, what the records
+/// kept of it (administrative state, availability); `slow_start`: its first coming up ramps.
 fn start_backend(
     ids: &mut Ids,
     checkers: &mut Checkers,
-    key: &VipKey,
+    records: &Records,
+    (key, name): (&VipKey, &str),
     config: BackendConfig,
+    slow_start: bool,
 ) -> anyhow::Result<BackendRuntime> {
     let id = ids.backend(key, config.address)?;
     let checker = checkers.start(id, &config);
+    let BackendRecord {
+        admin,
+        admin_by,
+        mut availability,
+    } = records
+        .backends
+        .get(&records::key(name, config.address))
+        .cloned()
+        .unwrap_or_default();
+    availability.resume();
     Ok(BackendRuntime {
         id,
         config,
@@ -217,5 +257,11 @@ fn start_backend(
         last_change_unix_ms: status::now_unix_ms(),
         next_hop: None,
         checker,
+        admin,
+        admin_by,
+        ramp_since: None,
+        ramp_pending: slow_start,
+        availability,
+        observed_at: Instant::now(),
     })
 }

@@ -3,8 +3,11 @@
 use std::net::IpAddr;
 
 use lb_common::maps::VipKey;
+use tokio::time::Instant;
 
 use super::{
+    admin::{ring_weight, AdminState, Ramp},
+    availability::Availability,
     checkers::Checker,
     plan::Written,
     target::{BackendFacts, VipFacts},
@@ -32,6 +35,18 @@ pub struct BackendRuntime {
     pub next_hop: Option<NextHop>,
     /// Its health checker.
     pub checker: Checker,
+    /// What the operator decided at run time.
+    pub admin: AdminState,
+    /// Who decided it (`uid 0 pid 1234 at ...`), if anyone.
+    pub admin_by: Option<String>,
+    /// When its slow start began (`None`: not ramping).
+    pub ramp_since: Option<Instant>,
+    /// Its next coming up starts a slow start (it was added at run time, or went down).
+    pub ramp_pending: bool,
+    /// Its health history.
+    pub availability: Availability,
+    /// Up to when `availability` counts.
+    pub observed_at: Instant,
 }
 
 impl BackendRuntime {
@@ -40,15 +55,45 @@ impl BackendRuntime {
         self.config.address
     }
 
-    /// What its datapath entry and ring membership depend on.
-    pub fn facts(&self) -> BackendFacts {
+    /// Where its slow start stands at `now`, if it is in one.
+    pub fn ramp(&self, now: Instant) -> Option<Ramp> {
+        self.ramp_since.map(|since| Ramp {
+            elapsed: now.saturating_duration_since(since),
+            total: self.config.health.slow_start,
+        })
+    }
+
+    /// What its datapath entry and ring membership depend on, at `now`.
+    pub fn facts(&self, now: Instant) -> BackendFacts {
         BackendFacts {
             id: self.id,
             address: self.config.address,
-            weight: self.config.weight,
+            weight: ring_weight(self.config.weight, self.admin, self.ramp(now)),
+            maintenance: self.admin == AdminState::Maint,
             health: self.health,
             next_hop: self.next_hop,
         }
+    }
+
+    /// Counts the time since the last call into its availability.
+    pub fn observe(&mut self, now: Instant) {
+        self.availability
+            .advance(now.saturating_duration_since(self.observed_at));
+        self.observed_at = now;
+    }
+
+    /// Starts a slow start at `now` if it has one configured (else it serves at full weight).
+    pub fn start_ramp(&mut self, now: Instant) {
+        self.ramp_pending = false;
+        self.ramp_since = (!self.config.health.slow_start.is_zero()).then_some(now);
+    }
+
+    /// Ends a slow start that is over at `now`; returns whether it is still ramping.
+    pub fn settle_ramp(&mut self, now: Instant) -> bool {
+        if self.ramp(now).is_some_and(|ramp| ramp.done()) {
+            self.ramp_since = None;
+        }
+        self.ramp_since.is_some()
     }
 }
 
@@ -80,9 +125,9 @@ impl VipRuntime {
         }
     }
 
-    /// Its backends' facts, in configuration order.
-    pub fn backend_facts(&self) -> Vec<BackendFacts> {
-        self.backends.iter().map(BackendRuntime::facts).collect()
+    /// Its backends' facts at `now`, in configuration order.
+    pub fn backend_facts(&self, now: Instant) -> Vec<BackendFacts> {
+        self.backends.iter().map(|b| b.facts(now)).collect()
     }
 
     /// The backend with id `id`.

@@ -20,8 +20,11 @@ pub struct BackendFacts {
     pub id: u32,
     /// Its address (also its Maglev identity).
     pub address: IpAddr,
-    /// Its weight (0: draining).
+    /// Its ring weight (0: draining): the configured weight scaled, during slow start ramping,
+    /// 0 when drained or in maintenance (see `admin::ring_weight`).
     pub weight: u32,
+    /// In maintenance: out of the ring and down in the datapath (tracked flows re-hash).
+    pub maintenance: bool,
     /// Its health.
     pub health: Health,
     /// Where its packets go, once resolved.
@@ -46,11 +49,16 @@ pub struct VipFacts<'a> {
 }
 
 /// The `BACKENDS` state a backend should have: up when healthy with a next hop, draining when
-/// so with weight 0, else down.
+/// so with weight 0, else (or in maintenance) down.
 pub fn datapath_state(backend: &BackendFacts) -> BackendState {
-    match (backend.health, backend.next_hop.is_some(), backend.weight) {
-        (Health::Up, true, 0) => BackendState::Draining,
-        (Health::Up, true, _) => BackendState::Up,
+    match (
+        backend.maintenance,
+        backend.health,
+        backend.next_hop.is_some(),
+        backend.weight,
+    ) {
+        (false, Health::Up, true, 0) => BackendState::Draining,
+        (false, Health::Up, true, _) => BackendState::Up,
         _ => BackendState::Down,
     }
 }
@@ -153,6 +161,7 @@ mod tests {
             id,
             address: format!("10.0.0.{}", 10 + id).parse().unwrap(),
             weight,
+            maintenance: false,
             health,
             next_hop: hop(),
         }
@@ -196,6 +205,15 @@ mod tests {
         assert_eq!(
             serving_state(&facts(0, Health::Up, 0)),
             ServingState::Draining
+        );
+        let maintenance = BackendFacts {
+            maintenance: true,
+            ..facts(0, Health::Up, 0)
+        };
+        assert_eq!(
+            datapath_state(&maintenance),
+            BackendState::Down,
+            "tracked flows re-hash"
         );
     }
 

@@ -2,6 +2,7 @@
 //! completions) and one module per operator command. `main.rs` only sets up logging and the
 //! runtime and calls [`run`].
 
+mod backend;
 mod decap;
 mod explain;
 mod format;
@@ -25,7 +26,7 @@ pub use self::{
     view::{ReportError, View},
 };
 use crate::{
-    agent::{self, RunOptions},
+    agent::{self, control::AdminCommand, RunOptions},
     datapath::{AttachMode, Datapath, Options, Program},
 };
 
@@ -85,6 +86,23 @@ pub enum Command {
         /// The client: ADDR:PORT.
         #[arg(long)]
         client: SocketAddr,
+    },
+    /// Change a backend's administrative state at run time (kept across reloads and restarts):
+    /// `drain` (no new flows), `disable` (maintenance: out of the ring, its flows re-hash),
+    /// `enable` (back to its configured weight, with slow start).
+    Backend {
+        /// What to do.
+        #[arg(value_enum)]
+        action: AdminCommand,
+        /// The VIP's name.
+        #[arg(long)]
+        vip: String,
+        /// The backend's address.
+        #[arg(long)]
+        backend: std::net::IpAddr,
+        /// The agent's state_dir.
+        #[arg(long, default_value = crate::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Validate a configuration file without touching the kernel (exit status 0 or 1).
     Check {
@@ -166,6 +184,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let explanation = explain(&mut view, vip, protocol, client)?;
             print_report(&explanation, state.json, explain::format_explanation)
         }
+        Command::Backend {
+            action,
+            vip,
+            backend,
+            state_dir,
+        } => backend::run(&state_dir, action, &vip, backend),
         Command::Check { config } => {
             let parsed = crate::config::load(&config)?;
             let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();

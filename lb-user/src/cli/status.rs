@@ -15,7 +15,9 @@ use super::{
     view::{ReportError, View},
 };
 use crate::{
+    agent::admin::AdminState,
     datapath::AttachMode,
+    fingerprint::ring_fingerprint,
     routes::{RouteOwner, Routes},
     status::{self, ServingState},
 };
@@ -103,6 +105,20 @@ pub struct BackendStatusReport {
     pub last_check_error: Option<String>,
     /// Seconds since the state last changed.
     pub since_change_seconds: Option<f64>,
+    /// `ready`, `drain` or `maint` (`lb backend ...`; `ready` without a snapshot).
+    pub admin: AdminState,
+    /// Who set `admin`, and when.
+    pub admin_by: Option<String>,
+    /// The weight it gets now (during slow start and drain), in configured units.
+    pub effective_weight: Option<f64>,
+    /// Up → down transitions.
+    pub failures: Option<u64>,
+    /// Mean time from down to up; null before the first recovery.
+    pub mttr_seconds: Option<f64>,
+    /// Mean time up before a failure; null before the first failure.
+    pub mttf_seconds: Option<f64>,
+    /// Time up / time observed, since the records were created.
+    pub availability: Option<f64>,
 }
 
 /// The addresses whose route is in the announce table the agent's snapshot names (`None`
@@ -159,6 +175,13 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                     last_check_error: snap.and_then(|s| s.last_check_error.clone()),
                     since_change_seconds: snap
                         .map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
+                    admin: snap.map(|s| s.admin).unwrap_or_default(),
+                    admin_by: snap.and_then(|s| s.admin_by.clone()),
+                    effective_weight: snap.map(|s| s.effective_weight),
+                    failures: snap.map(|s| s.failures),
+                    mttr_seconds: snap.and_then(|s| s.mttr_seconds),
+                    mttf_seconds: snap.and_then(|s| s.mttf_seconds),
+                    availability: snap.and_then(|s| s.availability),
                 }
             })
             .collect();
@@ -225,21 +248,9 @@ pub fn readiness(status: &Status) -> Result<String, String> {
     ))
 }
 
-/// FNV-1a (64-bit) over the backend address of every slot; 12 hex digits.
+/// The ring's fingerprint as `lb status` shows it: 12 hex digits (see [`ring_fingerprint`]).
 pub fn fingerprint(ring: &[u32], addresses: &BTreeMap<u32, String>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for slot in ring {
-        let name = if *slot == NO_BACKEND {
-            "-"
-        } else {
-            addresses.get(slot).map_or("?", String::as_str)
-        };
-        for byte in name.bytes().chain([b'\n']) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{:012x}", hash >> 16)
+    format!("{:012x}", ring_fingerprint(ring, addresses))
 }
 
 /// Human text of a status report.
@@ -305,8 +316,8 @@ pub fn format_status(status: &Status) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<24} {:<9} {:>6} {:>7} {:>7}  {:<28} SINCE CHANGE",
-            "BACKEND", "STATE", "WEIGHT", "SLOTS", "SHARE", "LAST CHECK"
+            "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>7} {:>8} {:>6}  {:<28} SINCE CHANGE",
+            "BACKEND", "STATE", "ADMIN", "WEIGHT", "SLOTS", "SHARE", "AVAIL", "FAILS", "LAST CHECK"
         );
         for b in &vip.backends {
             let check = match (
@@ -320,14 +331,23 @@ pub fn format_status(status: &Status) -> String {
                 (Some(false), _, Some(error)) => format!("failed: {error}"),
                 _ => "-".to_owned(),
             };
+            let weight = match (b.weight, b.effective_weight) {
+                (Some(w), Some(e)) if f64::from(w) != e => format!("{e:.2}/{w}"),
+                (Some(w), _) => w.to_string(),
+                (None, _) => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<24} {:<9} {:>6} {:>7} {:>6.1}%  {:<28} {}",
+                "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>6.1}% {:>8} {:>6}  {:<28} {}",
                 b.address,
                 b.state.name(),
-                b.weight.map_or("-".to_owned(), |w| w.to_string()),
+                b.admin.name(),
+                weight,
                 b.slots,
                 b.share * 100.0,
+                b.availability
+                    .map_or("-".to_owned(), |a| format!("{:.3}%", a * 100.0)),
+                b.failures.map_or("-".to_owned(), |f| f.to_string()),
                 check,
                 b.since_change_seconds
                     .map_or("-".to_owned(), |s| human_duration(Duration::from_secs_f64(

@@ -14,8 +14,16 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
-use super::{lock, BackendLabels, BackendView, Topology, VipView};
-use crate::{counters::CounterReading, datapath::Datapath, error::Chain};
+use super::{lock, BackendLabels, BackendRecordView, BackendView, Topology, VipView};
+use crate::{agent::admin::AdminState, counters::CounterReading, datapath::Datapath, error::Chain};
+
+/// Labels of `lb_backend_admin_state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLabels {
+    vip: String,
+    backend: String,
+    state: &'static str,
+}
 
 /// Reads the pinned maps at each scrape and emits them as constant counters, plus the backend
 /// state gauges from the agent's topology.
@@ -156,6 +164,73 @@ impl Collector for DatapathCollector {
             }),
         )?;
 
+        let records = || states().map(|(vip, b)| (backend_labels(vip, b), b.record));
+        let mut family = encoder.encode_descriptor(
+            "backend_failures",
+            "Up to down transitions of the backend, since its records were created.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, record) in records() {
+            ConstCounter::new(record.failures).encode(family.encode_family(&labels)?)?;
+        }
+        type SecondsField = fn(&BackendRecordView) -> f64;
+        let seconds: [(&str, &str, SecondsField); 2] = [
+            (
+                "backend_up_seconds",
+                "Seconds the backend was observed up (availability = up / observed).",
+                |r| r.up_seconds,
+            ),
+            (
+                "backend_observed_seconds",
+                "Seconds the backend's health was known (observed by a running agent).",
+                |r| r.observed_seconds,
+            ),
+        ];
+        for (name, help, field) in seconds {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, record) in records() {
+                ConstCounter::new(field(&record)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "backend_admin_state",
+            "1 for the backend's administrative state (ready, drain, maint), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, record) in records() {
+            for state in [AdminState::Ready, AdminState::Drain, AdminState::Maint] {
+                let labels = AdminLabels {
+                    vip: labels.vip.clone(),
+                    backend: labels.backend.clone(),
+                    state: state.name(),
+                };
+                ConstGauge::new(i64::from(record.admin == state))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "backend_effective_weight",
+            "The weight the backend gets now, in configured units: lower during slow start, 0 \
+             when drained or in maintenance.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, record) in records() {
+            ConstGauge::new(record.effective_weight).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "vip_ring_fingerprint",
+            "The VIP's ring fingerprint (48 bits, as in lb status): equal on instances with \
+             identical rings.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for vip in topology.values() {
+            ConstGauge::new(vip.fingerprint as f64)
+                .encode(family.encode_family(&[("vip", vip.name.as_str())])?)?;
+        }
         gauges(
             &mut encoder,
             "vip_announced",

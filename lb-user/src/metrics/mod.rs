@@ -57,7 +57,7 @@ use prometheus_client::{
 };
 
 use self::collector::DatapathCollector;
-use crate::config::Config;
+use crate::{agent::admin::AdminState, config::Config};
 
 /// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -90,6 +90,23 @@ pub(super) struct BackendView {
     pub id: u32,
     pub address: IpAddr,
     pub state: BackendState,
+    /// Administration and availability, as last published.
+    pub record: BackendRecordView,
+}
+
+/// A backend's administrative state, weight and availability counters, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackendRecordView {
+    /// `ready`, `drain` or `maint`.
+    pub admin: AdminState,
+    /// The weight it gets now, in configured units.
+    pub effective_weight: f64,
+    /// Up → down transitions.
+    pub failures: u64,
+    /// Seconds observed up.
+    pub up_seconds: f64,
+    /// Seconds observed with a known health.
+    pub observed_seconds: f64,
 }
 
 /// One VIP as the agent last synced it: its name and its backends.
@@ -99,6 +116,8 @@ pub(super) struct VipView {
     pub backends: Vec<BackendView>,
     /// Its address is announced (`[announce]`) and it is servable.
     pub announced: bool,
+    /// The fingerprint of its ring (see `crate::fingerprint`).
+    pub fingerprint: u64,
 }
 
 /// VIPs by id: what the agent programmed, shared with the collector.
@@ -248,13 +267,23 @@ impl Metrics {
         &self,
         id: u32,
         name: &str,
+        fingerprint: u64,
         backends: impl IntoIterator<Item = (u32, IpAddr, BackendState)>,
     ) {
+        let mut topology = lock(&self.topology);
+        let known = topology.get(&id).filter(|v| v.name == name);
         let backends: Vec<BackendView> = backends
             .into_iter()
-            .map(|(id, address, state)| BackendView { id, address, state })
+            .map(|(id, address, state)| BackendView {
+                id,
+                address,
+                state,
+                record: known
+                    .and_then(|v| v.backends.iter().find(|b| b.id == id))
+                    .map(|b| b.record)
+                    .unwrap_or_default(),
+            })
             .collect();
-        let mut topology = lock(&self.topology);
         // Names are unique among running VIPs: another id with this name is a removed VIP.
         let stale: Vec<u32> = topology
             .iter()
@@ -275,6 +304,7 @@ impl Metrics {
                 name: name.to_owned(),
                 backends: backends.clone(),
                 announced,
+                fingerprint,
             },
         );
         if let Some(old) = previous {
@@ -286,6 +316,23 @@ impl Metrics {
                     .iter()
                     .filter(|o| !backends.iter().any(|b| b.address == o.address));
                 self.forget_backends(&old.name, gone.map(|b| b.address));
+            }
+        }
+    }
+
+    /// Hook (`publish`): the administrative state, weight and availability of backends, by
+    /// (VIP id, backend id).
+    pub fn backends_observed(
+        &self,
+        backends: impl IntoIterator<Item = (u32, u32, BackendRecordView)>,
+    ) {
+        let mut topology = lock(&self.topology);
+        for (vip, id, record) in backends {
+            if let Some(backend) = topology
+                .get_mut(&vip)
+                .and_then(|v| v.backends.iter_mut().find(|b| b.id == id))
+            {
+                backend.record = record;
             }
         }
     }
@@ -324,6 +371,7 @@ impl Metrics {
                 name: vip.name.clone(),
                 backends: gone,
                 announced: false,
+                fingerprint: 0,
             });
             true
         });
@@ -386,6 +434,7 @@ mod tests {
         m.vip_synced(
             0,
             "web",
+            1,
             [(0, b1, BackendState::Up), (1, b2, BackendState::Draining)],
         );
         m.health_checked("web", b1, Duration::from_micros(300));
@@ -439,8 +488,8 @@ mod tests {
     fn a_vip_re_created_under_the_same_name_has_one_series() {
         let m = metrics();
         let b1: IpAddr = "10.0.0.11".parse().unwrap();
-        m.vip_synced(0, "web", [(0, b1, BackendState::Up)]);
-        m.vip_synced(3, "web", [(7, b1, BackendState::Up)]);
+        m.vip_synced(0, "web", 1, [(0, b1, BackendState::Up)]);
+        m.vip_synced(3, "web", 1, [(7, b1, BackendState::Up)]);
         let body = m.encode().expect("encode");
         assert_eq!(
             body.matches("lb_backend_up{vip=\"web\"").count(),

@@ -108,6 +108,8 @@ impl Drop for AgentFiles {
     fn drop(&mut self) {
         let _ = lb_user::datapath::remove_pins(&self.state_dir);
         lb_user::status::remove(&self.state_dir);
+        lb_user::records::remove(&self.state_dir);
+        let _ = fs::remove_file(lb_user::status::socket_for(&self.state_dir));
         if std::env::var_os("LB_KEEP_TEST_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
