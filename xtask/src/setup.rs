@@ -26,7 +26,18 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("bpftool", "bpftool"),
     ("ps", "procps"),
+    // `promtool check rules` / `test rules` validate docs/prometheus-alerts.yml. The package
+    // also holds the Prometheus server, which `apt_install` keeps from starting.
+    ("promtool", "prometheus"),
 ];
+
+/// Debian's hook asked before any package starts a service (`invoke-rc.d`,
+/// `deb-systemd-invoke`); exit status 101 means "forbidden".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Services that packages of [`APT_TOOLS`] would enable, to be disabled again: the tests
+/// need the tools, not the daemons.
+const UNWANTED_SERVICES: &[(&str, &str)] = &[("prometheus", "prometheus")];
 
 /// Result of one successful check.
 enum Done {
@@ -359,10 +370,90 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     }
     println!("installing missing packages: {}", pkgs.join(" "));
     cmd::run(Command::new("apt-get").arg("update"))?;
-    cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(pkgs),
-    )
+    let running_before: Vec<(u32, String)> = UNWANTED_SERVICES
+        .iter()
+        .flat_map(|(_, process)| processes_named(process))
+        .collect();
+    let installed = {
+        let _no_starts = NoServiceStarts::new()?;
+        cmd::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(pkgs),
+        )
+    };
+    for (package, process) in UNWANTED_SERVICES {
+        if pkgs.contains(package) {
+            stop_service(process, &running_before)?;
+        }
+    }
+    installed
+}
+
+/// While alive, a `policy-rc.d` that forbids starting services (unless the machine has one
+/// already, as Debian container images do); removed on drop if it was ours.
+struct NoServiceStarts {
+    created: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { created: false });
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {POLICY_RC_D} executable"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// Makes sure the install left no `process` daemon running: disables the unit where systemd
+/// runs (so it does not start at the next boot either) and stops any such process that was not
+/// running before (`before`: pid and name of those).
+fn stop_service(process: &str, before: &[(u32, String)]) -> Result<()> {
+    if Path::new("/run/systemd/system").is_dir() && cmd::which("systemctl").is_some() {
+        cmd::run(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            &format!("{process}.service"),
+        ]))?;
+    }
+    for (pid, name) in processes_named(process) {
+        if before.iter().any(|(old, _)| *old == pid) {
+            continue;
+        }
+        println!("stopping {name} (pid {pid}), started by the install");
+        cmd::run(Command::new("kill").arg(pid.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Running processes whose name (`/proc/PID/comm`) is `name`: pid and name.
+fn processes_named(name: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| (pid, comm.trim_end().to_owned()))
+        })
+        .collect()
 }

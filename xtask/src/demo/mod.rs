@@ -10,7 +10,7 @@
 //! - [`config`]: the hosts, the VIP, the backends and the agent's configuration;
 //! - [`steps`]: the narrated steps; [`traffic`]: one phase of connections, counted and checked;
 //! - [`lab`]: the lab's network, processes ([`processes`]) and logs; [`keep`]: `--keep`;
-//! - [`clean`]: removing labs by name (`--clean`, leftovers); [`signals`]: Ctrl-C.
+//! - [`mod@clean`]: removing labs by name (`--clean`, leftovers); [`signals`]: Ctrl-C.
 
 mod clean;
 mod config;
