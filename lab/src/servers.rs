@@ -1,12 +1,13 @@
 //! Small servers that answer with their name, so a client can tell which host a connection or
-//! a datagram reached, and the clients that read the name.
+//! a datagram reached, and the clients that read the name; and an HTTP server whose answer
+//! (a status, a slow status, garbage) can be changed while it runs, for health checks.
 
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::Duration,
@@ -53,6 +54,96 @@ fn serve(mut stream: TcpStream, name: &str) {
             break;
         }
     }
+}
+
+/// What an [`HttpServer`] answers to every request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpAnswer {
+    /// `HTTP/1.1 {code} ...` with an empty body.
+    Status(u16),
+    /// The same status after a delay.
+    Slow(Duration, u16),
+    /// These bytes, which are not HTTP.
+    Garbage(Vec<u8>),
+}
+
+impl HttpAnswer {
+    fn bytes(&self) -> Vec<u8> {
+        let status = |code: u16| {
+            let reason = match code {
+                200 => "OK",
+                204 => "No Content",
+                404 => "Not Found",
+                500 => "Internal Server Error",
+                503 => "Service Unavailable",
+                _ => "Status",
+            };
+            format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes()
+        };
+        match self {
+            HttpAnswer::Status(code) | HttpAnswer::Slow(_, code) => status(*code),
+            HttpAnswer::Garbage(bytes) => bytes.clone(),
+        }
+    }
+}
+
+/// An HTTP/1.1 server answering every request (whatever its path) with the current
+/// [`HttpAnswer`], then closing the connection. Stops when dropped.
+pub struct HttpServer {
+    answer: Arc<Mutex<HttpAnswer>>,
+    _thread: ServerThread,
+}
+
+impl HttpServer {
+    /// Listens on `[::]:port` (IPv4 and IPv6) inside `ns`.
+    pub fn start(ns: &Netns, port: u16, answer: HttpAnswer) -> Self {
+        let answer = Arc::new(Mutex::new(answer));
+        let shared = answer.clone();
+        let listener = ns.run(|| TcpListener::bind(("::", port)).expect("bind http"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let thread = ServerThread::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let answer = shared.lock().expect("answer").clone();
+                        std::thread::spawn(move || answer_http(stream, &answer));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Self {
+            answer,
+            _thread: thread,
+        }
+    }
+
+    /// Answers the next requests with `answer`.
+    pub fn set(&self, answer: HttpAnswer) {
+        *self.answer.lock().expect("answer") = answer;
+    }
+}
+
+/// Reads a request head (until its blank line), then sends `answer` and closes.
+fn answer_http(mut stream: TcpStream, answer: &HttpAnswer) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if let HttpAnswer::Slow(delay, _) = answer {
+        std::thread::sleep(*delay);
+    }
+    let _ = stream.write_all(&answer.bytes());
 }
 
 /// A server thread that loops until its flag is set; set and joined on drop.

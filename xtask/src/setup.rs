@@ -20,16 +20,18 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Commands needed by the tests and the demo, and the Debian package providing each. The
-/// routing daemons (bird2, FRR's `vtysh` and daemons, keepalived) serve the redundancy labs,
-/// where every namespace runs its own instance: the packages' own services must not run (see
-/// [`check_package_daemons`]).
+/// Commands needed by the tests and the demo, and the Debian package providing each.
 const APT_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
     ("bpftool", "bpftool"),
     ("ps", "procps"),
+    // `promtool check rules` / `test rules` validate docs/prometheus-alerts.yml. The package
+    // also holds the Prometheus server, which `apt_install` keeps from starting.
+    ("promtool", "prometheus"),
+    // The redundancy labs run their own routing daemons in namespaces; the packages' own
+    // services must not run (see `check_package_daemons`).
     ("bird", "bird2"),
     ("keepalived", "keepalived"),
     ("vtysh", "frr"),
@@ -49,16 +51,21 @@ const PACKAGE_DAEMONS: &[(&str, &str)] = &[
     ("mgmtd", "/run/frr/mgmtd.pid"),
 ];
 
-/// The packages' systemd units, disabled when setup installed the package on a systemd host.
+/// The routing packages' systemd units, disabled when setup installed the package on a
+/// systemd host.
 const PACKAGE_UNITS: &[(&str, &str)] = &[
     ("bird2", "bird.service"),
     ("keepalived", "keepalived.service"),
     ("frr", "frr.service"),
 ];
 
-/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` consult before starting a
-/// service from a package's postinst; exit status 101 means "not now".
+/// Debian's hook asked before any package starts a service (`invoke-rc.d`,
+/// `deb-systemd-invoke`); exit status 101 means "forbidden".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Services that packages of [`APT_TOOLS`] would enable, to be disabled again: the tests
+/// need the tools, not the daemons.
+const UNWANTED_SERVICES: &[(&str, &str)] = &[("prometheus", "prometheus")];
 
 /// Result of one successful check.
 enum Done {
@@ -404,56 +411,89 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     }
     println!("installing missing packages: {}", pkgs.join(" "));
     cmd::run(Command::new("apt-get").arg("update"))?;
-    // The routing packages' postinst scripts start their services (a bird, a keepalived in
-    // the host's namespace) unless the policy hook says no.
-    let _policy = NoServiceStarts::install()?;
-    cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(pkgs),
-    )
+    let running_before: Vec<(u32, String)> = UNWANTED_SERVICES
+        .iter()
+        .flat_map(|(_, process)| processes_named(process))
+        .collect();
+    let installed = {
+        let _no_starts = NoServiceStarts::new()?;
+        cmd::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(pkgs),
+        )
+    };
+    for (package, process) in UNWANTED_SERVICES {
+        if pkgs.contains(package) {
+            stop_service(process, &running_before)?;
+        }
+    }
+    installed
 }
 
-/// A `policy-rc.d` that forbids starting services, present while it lives; none is written
-/// when the machine has its own (a container's usually forbids starts already).
+/// While alive, a `policy-rc.d` that forbids starting services (unless the machine has one
+/// already, as Debian container images do); removed on drop if it was ours.
 struct NoServiceStarts {
-    written: bool,
+    created: bool,
 }
 
 impl NoServiceStarts {
-    fn install() -> Result<Self> {
+    fn new() -> Result<Self> {
         if Path::new(POLICY_RC_D).exists() {
-            return Ok(Self { written: false });
+            return Ok(Self { created: false });
         }
         use std::os::unix::fs::PermissionsExt;
         fs::write(
             POLICY_RC_D,
-            "#!/bin/sh\n# written by cargo xtask setup while it installs packages\nexit 101\n",
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages.\nexit 101\n",
         )
-        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
-        Ok(Self { written: true })
+            .with_context(|| format!("cannot make {POLICY_RC_D} executable"))?;
+        Ok(Self { created: true })
     }
 }
 
 impl Drop for NoServiceStarts {
     fn drop(&mut self) {
-        if self.written {
+        if self.created {
             let _ = fs::remove_file(POLICY_RC_D);
         }
     }
+}
+
+/// Makes sure the install left no `process` daemon running: disables the unit where systemd
+/// runs (so it does not start at the next boot either) and stops any such process that was not
+/// running before (`before`: pid and name of those).
+fn stop_service(process: &str, before: &[(u32, String)]) -> Result<()> {
+    if Path::new("/run/systemd/system").is_dir() && cmd::which("systemctl").is_some() {
+        cmd::run(Command::new("systemctl").args([
+            "disable",
+            "--now",
+            &format!("{process}.service"),
+        ]))?;
+    }
+    for (pid, name) in processes_named(process) {
+        if before.iter().any(|(old, _)| *old == pid) {
+            continue;
+        }
+        println!("stopping {name} (pid {pid}), started by the install");
+        cmd::run(Command::new("kill").arg(pid.to_string()))?;
+    }
+    Ok(())
 }
 
 // -------------------------------------------------------- package daemons --
 
 /// The routing packages' own services must not run in the host's namespace: a bird or FRR
 /// there would announce the host's routes, a keepalived would run VRRP on its interfaces, and
-/// the labs' daemons would share their default sockets. Stops those setup's installation
-/// started (found by the services' pid files, in the host namespace only) and, on a systemd
-/// host, disables the services of packages this run installed. A daemon of a package that was
-/// already installed is the machine's owner's: it is reported, not stopped.
+/// the labs' daemons would share their default sockets. The install cannot start them
+/// ([`NoServiceStarts`]); this stops those that run anyway (found by their services' pid
+/// files, in the host namespace only, so the labs' daemons are never touched) if setup
+/// installed their package, and on a systemd host disables the services of packages this run
+/// installed. A daemon of a package that was already installed is the machine owner's: it is
+/// reported, not stopped.
 fn check_package_daemons(installed: &[&str]) -> Result<Done> {
     if Path::new("/run/systemd/system").is_dir() {
         for (pkg, unit) in PACKAGE_UNITS {
@@ -523,4 +563,19 @@ fn running_daemon(name: &str, pid_file: &str, netns: u64) -> Option<i32> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let in_host = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino() == netns;
     (comm.trim() == name && in_host).then_some(pid)
+}
+
+/// Running processes whose name (`/proc/PID/comm`) is `name`: pid and name.
+fn processes_named(name: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| (pid, comm.trim_end().to_owned()))
+        })
+        .collect()
 }

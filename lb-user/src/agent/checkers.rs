@@ -1,8 +1,6 @@
 //! The agent's health checkers: one task per backend (see `crate::health`), whose events all
 //! arrive on one queue, tagged so that events of a checker that was replaced are ignored.
 
-use std::net::SocketAddr;
-
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -61,14 +59,10 @@ impl Checkers {
     pub fn start(&mut self, id: u32, config: &BackendConfig) -> Checker {
         self.next_token += 1;
         let token = self.next_token;
-        let health = &config.health;
         let task = spawn_checker(
             CheckerKey { backend: id, token },
-            SocketAddr::new(config.address, health.port),
-            health.interval,
-            health.timeout,
-            health.rise,
-            health.fall,
+            config.address,
+            &config.health,
             self.events.clone(),
         );
         Checker { token, task }

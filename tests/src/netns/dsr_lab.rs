@@ -22,6 +22,8 @@ pub const VIP: &str = "10.78.0.100";
 pub const PORT: u16 = 8080;
 /// Health-check interval.
 pub const INTERVAL_MS: u64 = 200;
+/// Health-check timeout.
+pub const TIMEOUT_MS: u64 = 100;
 /// rise.
 pub const RISE: u64 = 2;
 /// fall.
@@ -89,9 +91,31 @@ impl AgentLab {
         extra: &str,
         state_dir: &std::path::Path,
     ) -> String {
+        self.config_text_with_health(weights, extra, "", state_dir)
+    }
+
+    /// Like [`Self::write_config`], with more `[health]` keys (`health`: lines such as
+    /// `type = "http"`).
+    pub fn write_config_with_health(&self, weights: &[u32; 3], health: &str) {
+        self.files.write_config(&self.config_text_with_health(
+            weights,
+            "",
+            health,
+            &self.files.state_dir,
+        ));
+    }
+
+    /// Like [`Self::config_text`], with more `[health]` keys.
+    pub fn config_text_with_health(
+        &self,
+        weights: &[u32; 3],
+        extra: &str,
+        health: &str,
+        state_dir: &std::path::Path,
+    ) -> String {
         let mut text = format!(
             "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
-             [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
+             [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = {RISE}\nfall = {FALL}\n{health}\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
             state_dir.display()
         );
