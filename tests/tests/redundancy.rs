@@ -257,7 +257,7 @@ fn graceful_stop_withdraws_before_it_detaches_and_fails_nothing() {
                 .map(|_| t.elapsed());
             let agent = lab.instances[1].agent.as_mut().expect("agent");
             let exited =
-                lab_wait(Duration::from_secs(10), || !agent.is_running()).map(|_| t.elapsed());
+                wait_until(Duration::from_secs(10), || !agent.is_running()).map(|_| t.elapsed());
             timeline = Some((withdrawn, exited));
         },
         Duration::from_millis(500),
@@ -315,18 +315,6 @@ fn graceful_stop_withdraws_before_it_detaches_and_fails_nothing() {
     );
 }
 
-/// `condition` every 5 ms until it holds.
-fn lab_wait(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if condition() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 #[test]
 fn a_vip_without_backends_is_withdrawn_by_both_instances_and_announced_again() {
     let _serial = one_at_a_time();
@@ -338,7 +326,7 @@ fn a_vip_without_backends_is_withdrawn_by_both_instances_and_announced_again() {
     }
     let last_stopped = Instant::now();
     let mut withdrawn = [None, None];
-    lab_wait(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), || {
         for (i, at) in withdrawn.iter_mut().enumerate() {
             if at.is_none() && !lab.announced(i, web) {
                 *at = Some(last_stopped.elapsed());

@@ -140,12 +140,19 @@ impl Pingers {
     }
 
     /// Stops them (each finishes its ping in flight) and returns every connection's fate.
-    pub fn stop(self) -> Vec<Pinged> {
+    pub fn stop(mut self) -> Vec<Pinged> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads
+        std::mem::take(&mut self.threads)
             .into_iter()
             .map(|thread| thread.join().expect("pinger"))
             .collect()
+    }
+}
+
+impl Drop for Pingers {
+    /// A test that failed before [`Pingers::stop`] leaves no thread pinging.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -662,20 +662,13 @@ impl RedundancyLab {
             .collect()
     }
 
-    /// Calls `condition` every 5 ms until it holds; how long that took.
+    /// [`wait_until`].
     pub fn wait_until(
         &self,
         timeout: Duration,
-        mut condition: impl FnMut() -> bool,
+        condition: impl FnMut() -> bool,
     ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if condition() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
+        wait_until(timeout, condition)
     }
 
     /// Every agent's and daemon's log, for a failure message.
@@ -709,4 +702,17 @@ impl RedundancyLab {
         }
         text
     }
+}
+
+/// Calls `condition` every 5 ms until it holds; how long that took (`None`: not within
+/// `timeout`).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
 }
