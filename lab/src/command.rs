@@ -67,7 +67,7 @@ fn stdout_of(command: &str, output: Output) -> Result<String, LabError> {
 }
 
 /// The command line, for messages.
-fn display(command: &Command) -> String {
+pub(crate) fn display(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(|part| part.to_string_lossy())

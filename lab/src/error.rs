@@ -54,6 +54,37 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// A file or directory of the lab could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A daemon exited while the lab needed it.
+    #[error("{name} exited ({status}); the end of its log {log}:\n{tail}")]
+    Exited {
+        /// The daemon (`bird in router`).
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its log file.
+        log: String,
+        /// The last lines of its log.
+        tail: String,
+    },
+    /// A wait ended before what it waited for happened.
+    #[error("{what}: not within {:.1}s ({detail})", waited.as_secs_f64())]
+    Timeout {
+        /// What was waited for (`bird in lb1: protocol upstream4 established`).
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// What was seen last.
+        detail: String,
+    },
     /// Links still down when the wait ended.
     #[error("links not up after {}s: {}", timeout.as_secs(), down.join(", "))]
     LinksDown {

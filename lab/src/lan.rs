@@ -155,13 +155,7 @@ impl Lan {
         // address is tentative (a second or two), a DSR backend cannot send the neighbour
         // solicitation for a client it answers from a VIP on `lo`, and the first IPv6 answers
         // are lost. Long-running hosts are past that.
-        let accept_dad = "/proc/sys/net/ipv6/conf/default/accept_dad";
-        ns.try_run(|| std::fs::write(accept_dad, "0"))?
-            .map_err(|source| LabError::Sysctl {
-                namespace: ns.name.clone(),
-                path: accept_dad.to_owned(),
-                source,
-            })?;
+        ns.try_sysctl("net/ipv6/conf/default/accept_dad", "0")?;
         let port = format!("p{}", self.hosts.len());
         ns.try_add_veth("eth0", &self.switch, &port)?;
         // nodad: the address is usable at once, not after duplicate address detection.

@@ -4,7 +4,9 @@
 //! removes it on drop), runs `ip`, shell commands and Rust code inside it; [`Lan`] plugs hosts
 //! into one bridge in a switch namespace, with addresses, in a few lines; [`servers`] are the
 //! small TCP and UDP servers that answer with their name, so a client can tell which backend a
-//! connection reached.
+//! connection reached; [`routing`] has what labs of several lb instances add: a router with a
+//! client behind it, bird2, FRR and keepalived as processes ([`Daemon`], their files in a
+//! [`Scratch`] directory) and their configurations.
 //!
 //! Nothing here loads BPF. What a lab needs of lb itself (its `pass` program on the switch
 //! ports, the agent) is the caller's job: the tests attach programs through
@@ -20,12 +22,15 @@
 #![deny(missing_docs)]
 
 mod command;
+mod daemon;
 mod error;
 mod lan;
 mod netns;
+pub mod routing;
 pub mod servers;
 
 pub use command::{sh, try_sh};
+pub use daemon::{Daemon, Scratch};
 pub use error::LabError;
 pub use lan::{Addresses, Host, Lan, Naming, Subnets, LAB_SUBNETS};
 pub use netns::Netns;

@@ -121,6 +121,23 @@ impl Netns {
         })
     }
 
+    /// Writes `value` to `/proc/sys/<key>` (dots or slashes: `net.ipv4.ip_forward`) inside
+    /// this namespace; the `net.*` settings are per namespace.
+    pub fn try_sysctl(&self, key: &str, value: &str) -> Result<(), LabError> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.try_run(|| std::fs::write(&path, value))?
+            .map_err(|source| LabError::Sysctl {
+                namespace: self.name.clone(),
+                path: path.clone(),
+                source,
+            })
+    }
+
+    /// [`Self::try_sysctl`], panicking with the error.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        or_panic(self.try_sysctl(key, value))
+    }
+
     /// Adds a veth pair: `interface` in this namespace, `peer_interface` in `peer` (a cable
     /// between two machines; both ends down).
     pub fn try_add_veth(

@@ -29,7 +29,8 @@ enum Cmd {
     ///
     /// Checks root, bpffs at /sys/fs/bpf (mounts it if needed), kernel BTF and XDP
     /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4,
-    /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps.
+    /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps, bird (bird2),
+    /// keepalived and vtysh (frr), without letting their services run.
     Setup,
     /// Run setup, the gates (`cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
     /// `cargo doc` with warnings denied), `cargo build`, then `cargo test` (every unit, packet

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -29,6 +30,33 @@ const APT_TOOLS: &[(&str, &str)] = &[
     // `promtool check rules` / `test rules` validate docs/prometheus-alerts.yml. The package
     // also holds the Prometheus server, which `apt_install` keeps from starting.
     ("promtool", "prometheus"),
+    // The redundancy labs run their own routing daemons in namespaces; the packages' own
+    // services must not run (see `check_package_daemons`).
+    ("bird", "bird2"),
+    ("keepalived", "keepalived"),
+    ("vtysh", "frr"),
+];
+
+/// What the routing packages start when their services run: the process name and the pid
+/// file their service uses. The labs' daemons have pid files of their own, in their
+/// namespaces, and are never these.
+const PACKAGE_DAEMONS: &[(&str, &str)] = &[
+    ("bird", "/run/bird/bird.pid"),
+    ("keepalived", "/run/keepalived.pid"),
+    ("watchfrr", "/run/frr/watchfrr.pid"),
+    ("zebra", "/run/frr/zebra.pid"),
+    ("bgpd", "/run/frr/bgpd.pid"),
+    ("bfdd", "/run/frr/bfdd.pid"),
+    ("staticd", "/run/frr/staticd.pid"),
+    ("mgmtd", "/run/frr/mgmtd.pid"),
+];
+
+/// The routing packages' systemd units, disabled when setup installed the package on a
+/// systemd host.
+const PACKAGE_UNITS: &[(&str, &str)] = &[
+    ("bird2", "bird.service"),
+    ("keepalived", "keepalived.service"),
+    ("frr", "frr.service"),
 ];
 
 /// Debian's hook asked before any package starts a service (`invoke-rc.d`,
@@ -43,6 +71,8 @@ const UNWANTED_SERVICES: &[(&str, &str)] = &[("prometheus", "prometheus")];
 enum Done {
     Ok(String),
     Installed(String),
+    /// Something was wrong and setup repaired it (a daemon stopped).
+    Fixed(String),
 }
 
 pub fn run() -> Result<()> {
@@ -67,10 +97,14 @@ pub fn run() -> Result<()> {
             failed += 1;
         }
     }
-    for result in check_apt_tools() {
+    let (results, installed) = check_apt_tools();
+    for result in results {
         if report(result).is_err() {
             failed += 1;
         }
+    }
+    if report(check_package_daemons(&installed)).is_err() {
+        failed += 1;
     }
 
     if failed > 0 {
@@ -84,6 +118,7 @@ fn report(result: Result<Done>) -> Result<()> {
     match result {
         Ok(Done::Ok(msg)) => println!("ok: {msg}"),
         Ok(Done::Installed(msg)) => println!("installed: {msg}"),
+        Ok(Done::Fixed(msg)) => println!("fixed: {msg}"),
         Err(err) => {
             eprintln!("FAILED: {err:#}");
             return Err(err);
@@ -324,8 +359,9 @@ fn check_bpf_linker() -> Result<Done> {
 
 // ------------------------------------------------------------------- apt --
 
-/// One result per tool in [`APT_TOOLS`]; missing ones are installed with apt-get.
-fn check_apt_tools() -> Vec<Result<Done>> {
+/// One result per tool in [`APT_TOOLS`]; missing ones are installed with apt-get. Also returns
+/// the packages this run installed.
+fn check_apt_tools() -> (Vec<Result<Done>>, Vec<&'static str>) {
     let describe = |tool: &str, pkg: &str| match cmd::which(tool) {
         Some(path) => format!("{tool} ({pkg}) at {}", path.display()),
         None => format!("{tool} ({pkg})"),
@@ -334,14 +370,18 @@ fn check_apt_tools() -> Vec<Result<Done>> {
         .iter()
         .filter(|(tool, _)| cmd::which(tool).is_none())
         .collect();
-    let installed = if missing.is_empty() {
+    let mut pkgs: Vec<&'static str> = missing.iter().map(|(_, pkg)| *pkg).collect();
+    pkgs.dedup();
+    let installed = if pkgs.is_empty() {
         Ok(())
     } else {
-        let pkgs: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
         apt_install(&pkgs)
     };
+    if installed.is_err() {
+        pkgs.clear();
+    }
 
-    APT_TOOLS
+    let results = APT_TOOLS
         .iter()
         .map(|(tool, pkg)| {
             let was_missing = missing.iter().any(|(t, _)| t == tool);
@@ -358,7 +398,8 @@ fn check_apt_tools() -> Vec<Result<Done>> {
             }
             Ok(Done::Installed(describe(tool, pkg)))
         })
-        .collect()
+        .collect();
+    (results, pkgs)
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
@@ -441,6 +482,87 @@ fn stop_service(process: &str, before: &[(u32, String)]) -> Result<()> {
         cmd::run(Command::new("kill").arg(pid.to_string()))?;
     }
     Ok(())
+}
+
+// -------------------------------------------------------- package daemons --
+
+/// The routing packages' own services must not run in the host's namespace: a bird or FRR
+/// there would announce the host's routes, a keepalived would run VRRP on its interfaces, and
+/// the labs' daemons would share their default sockets. The install cannot start them
+/// ([`NoServiceStarts`]); this stops those that run anyway (found by their services' pid
+/// files, in the host namespace only, so the labs' daemons are never touched) if setup
+/// installed their package, and on a systemd host disables the services of packages this run
+/// installed. A daemon of a package that was already installed is the machine owner's: it is
+/// reported, not stopped.
+fn check_package_daemons(installed: &[&str]) -> Result<Done> {
+    if Path::new("/run/systemd/system").is_dir() {
+        for (pkg, unit) in PACKAGE_UNITS {
+            if installed.contains(pkg) {
+                cmd::run(Command::new("systemctl").args(["disable", "--now", unit]))
+                    .with_context(|| format!("cannot disable {unit} (installed with {pkg})"))?;
+            }
+        }
+    }
+    let host_netns = fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino();
+    let mut stopped = Vec::new();
+    let mut foreign = Vec::new();
+    for (name, pid_file) in PACKAGE_DAEMONS {
+        let Some(pid) = running_daemon(name, pid_file, host_netns) else {
+            continue;
+        };
+        if !installed.contains(&package_of(name)) {
+            foreign.push(format!("{name} (pid {pid}, {pid_file})"));
+            continue;
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+            .with_context(|| format!("cannot stop {name} (pid {pid})"))?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while running_daemon(name, pid_file, host_netns).is_some() {
+            if Instant::now() > deadline {
+                bail!("{name} (pid {pid}) started by its package did not stop on SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        stopped.push(format!("{name} (pid {pid})"));
+    }
+    if !foreign.is_empty() {
+        bail!(
+            "routing daemons run in the host namespace: {}; the redundancy labs run their own \
+             in namespaces and need these stopped (`service bird stop`, `service keepalived \
+             stop`, `service frr stop`)",
+            foreign.join(", ")
+        );
+    }
+    if stopped.is_empty() {
+        Ok(Done::Ok(
+            "no bird, keepalived or FRR service running in the host namespace".into(),
+        ))
+    } else {
+        Ok(Done::Fixed(format!(
+            "stopped what the packages started in the host namespace: {}",
+            stopped.join(", ")
+        )))
+    }
+}
+
+/// The package of daemon `name`.
+fn package_of(name: &str) -> &'static str {
+    match name {
+        "bird" => "bird2",
+        "keepalived" => "keepalived",
+        _ => "frr",
+    }
+}
+
+/// The pid in `pid_file` if that process runs, is called `name` and lives in the network
+/// namespace `netns` (inode).
+fn running_daemon(name: &str, pid_file: &str, netns: u64) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let in_host = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino() == netns;
+    (comm.trim() == name && in_host).then_some(pid)
 }
 
 /// Running processes whose name (`/proc/PID/comm`) is `name`: pid and name.

@@ -119,7 +119,7 @@ pub(super) fn clean_lab(id: &str) -> Vec<String> {
         let mut parts = line.split_whitespace();
         if let (Some(Ok(pid)), Some(role)) = (parts.next().map(str::parse::<i32>), parts.next()) {
             if in_namespaces(pid, &inodes) {
-                if role == "agent" {
+                if role.starts_with("agent") {
                     agents.push(pid)
                 } else {
                     others.push(pid)
@@ -169,30 +169,50 @@ pub(super) fn clean_lab(id: &str) -> Vec<String> {
         }
     }
 
-    // Pins left behind (the agent was killed): unlinking the link's pin detaches the program.
-    let state_dir = Path::new("/sys/fs/bpf").join(id);
-    if state_dir.exists() {
-        if let Ok(entries) = fs::read_dir(&state_dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let removed = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                if let Err(error) = removed {
-                    problems.push(format!("{}: {error}", path.display()));
-                }
-            }
-        }
-        if let Err(error) = fs::remove_dir(&state_dir) {
-            problems.push(format!("{}: {error}", state_dir.display()));
-        }
+    // Pins left behind (an agent was killed): unlinking the link's pin detaches the program.
+    // The first instance's state directory is the lab's id, lb2's `<id>-lb2`.
+    let state_dirs = fs::read_dir("/sys/fs/bpf")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n == id || n.starts_with(&format!("{id}-")))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for state_dir in state_dirs {
+        problems.extend(remove_state_dir(&state_dir));
     }
     if dir.exists() {
         if let Err(error) = fs::remove_dir_all(&dir) {
             problems.push(format!("{}: {error}", dir.display()));
         }
+    }
+    problems
+}
+
+/// Removes an agent's state directory on bpffs and its pins; what could not be removed.
+fn remove_state_dir(state_dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Ok(entries) = fs::read_dir(state_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(error) = removed {
+                problems.push(format!("{}: {error}", path.display()));
+            }
+        }
+    }
+    if let Err(error) = fs::remove_dir(state_dir) {
+        problems.push(format!("{}: {error}", state_dir.display()));
     }
     problems
 }

@@ -17,14 +17,27 @@ pub(super) const SUBNETS: Subnets = Subnets {
     ipv6: [0xfd99, 0, 0, 0],
 };
 /// The hosts plugged into the bridge, in port order (switch port `pN` is host N's peer): name
-/// and host number in [`SUBNETS`] (client 10.99.0.10, lb 10.99.0.2, b1 10.99.0.11...).
-pub(super) const HOSTS: [(&str, u8); 5] = [
+/// and host number in [`SUBNETS`] (client 10.99.0.10, lb 10.99.0.2, b1 10.99.0.11...). The
+/// router and lb2 wait for the redundancy chapter.
+pub(super) const HOSTS: [(&str, u8); 7] = [
     ("client", 10),
     ("lb", 2),
     ("b1", 11),
     ("b2", 12),
     ("b3", 13),
+    ("router", 1),
+    ("lb2", 3),
 ];
+/// The redundancy chapter's router, on the bridge.
+pub(super) const ROUTER_IP: &str = "10.99.0.1";
+/// The second lb instance.
+pub(super) const LB2_IP: &str = "10.99.0.3";
+/// The /24 of the remote client behind the router (`.2`; the router is `.1`).
+pub(super) const REMOTE: [u8; 3] = [10, 99, 2];
+/// lb's `[announce]` in the redundancy chapter: the table and protocol bird learns from.
+pub(super) const ANNOUNCE_TABLE: u32 = 250;
+/// The routes' protocol number.
+pub(super) const ANNOUNCE_PROTOCOL: u32 = 250;
 /// The backends: (name, address, weight), as in the configuration.
 pub(super) const BACKENDS: [(&str, &str, u32); 3] = [
     ("b1", "10.99.0.11", 1),
@@ -68,6 +81,18 @@ forward = "dsr"
     text
 }
 
+/// The redundancy chapter's configuration of both instances: the demo's with `[announce]`.
+pub(super) fn announcing_config_text(state_dir: &str) -> String {
+    config_text(state_dir).replacen(
+        "[health]",
+        &format!(
+            "# Keep a blackhole route per servable VIP address in table {ANNOUNCE_TABLE}; bird announces it.\n\
+             [announce]\ntable = {ANNOUNCE_TABLE}\nprotocol = {ANNOUNCE_PROTOCOL}\ndrain = \"1s\"\n\n[health]"
+        ),
+        1,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +121,8 @@ mod tests {
             SUBNETS.host(*n).ip.to_string()
         };
         assert_eq!(address("lb"), LB_IP);
+        assert_eq!(address("lb2"), LB2_IP);
+        assert_eq!(address("router"), ROUTER_IP);
         for (name, backend, _) in BACKENDS {
             assert_eq!(address(name), backend, "{name}");
         }

@@ -52,6 +52,16 @@ pub(super) fn keep(lab: &Lab) -> Result<()> {
         lab.config.display()
     );
     println!("Agent log: {}", lab.agent_log.display());
+    println!("Step e's router (bird2; the VIP's multipath route) and the remote client behind it:");
+    println!(
+        "    birdc -s {} show protocols",
+        lab.dir.join("bird-router").join("bird.ctl").display()
+    );
+    println!("    ip -n {} route show {VIP}", lab.ns("router"));
+    println!(
+        "    nsenter --net=/run/netns/{} python3 -c 'import socket; print(socket.create_connection((\"{VIP}\", {PORT})).recv(64).decode(), end=\"\")'",
+        lab.ns("remote")
+    );
     println!("Remove the lab:");
     println!("    cargo xtask demo --clean");
     Ok(())

@@ -12,10 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lb_lab::{Lan, Naming, Netns};
+use lb_lab::{routing::Upstream, Host, Lan, Naming, Netns};
 
 use super::clean::clean_lab;
-use super::config::{BACKENDS, HOSTS, LB_IP, PORT, PREFIX, SUBNETS, VIP};
+use super::config::{BACKENDS, HOSTS, LB_IP, PORT, PREFIX, REMOTE, ROUTER_IP, SUBNETS, VIP};
 use super::processes::Processes;
 
 /// The backend server: answers every connection with its name, then echoes until EOF.
@@ -54,6 +54,8 @@ pub(super) struct Lab {
     /// The namespaces, once built. Never dropped: they are removed by name ([`clean_lab`]),
     /// which also covers a demo that was killed, and `--keep` leaves them running.
     network: OnceLock<ManuallyDrop<Lan>>,
+    /// The remote client behind the router (redundancy chapter); removed by name like the rest.
+    upstream: OnceLock<ManuallyDrop<Upstream>>,
     processes: Processes,
     /// Serialises [`Lab::cleanup`].
     cleaning: Mutex<()>,
@@ -94,6 +96,7 @@ impl Lab {
             id,
             lb,
             network: OnceLock::new(),
+            upstream: OnceLock::new(),
             cleaning: Mutex::new(()),
         })
     }
@@ -115,6 +118,40 @@ impl Lab {
         Ok(&host.ns)
     }
 
+    /// Host `name`, once the network is built.
+    pub(super) fn host(&self, name: &str) -> Result<&Host> {
+        let lan = self
+            .network
+            .get()
+            .context("the lab's network is not built")?;
+        lan.host_named(name)
+            .with_context(|| format!("no host {name} in the lab"))
+    }
+
+    /// The switch's namespace.
+    pub(super) fn switch(&self) -> Result<&Netns> {
+        Ok(&self
+            .network
+            .get()
+            .context("the lab's network is not built")?
+            .switch)
+    }
+
+    /// The remote client behind the router.
+    pub(super) fn remote(&self) -> Result<&Upstream> {
+        self.upstream
+            .get()
+            .map(|u| &**u)
+            .context("the lab's network is not built")
+    }
+
+    /// Starts `command` as process `role`, logging to `<role>.log` in the lab's directory.
+    pub(super) fn spawn(&self, role: &str, command: std::process::Command) -> Result<PathBuf> {
+        let log = self.dir.join(format!("{role}.log"));
+        self.processes.spawn(role, command, &log)?;
+        Ok(log)
+    }
+
     /// Namespaces, cables, bridge, addresses and checksum offload (`lb_lab`), the VIP's route
     /// and addresses, `lb xdp-pass` on the switch ports; returns once every link is up.
     pub(super) fn build_network(&self) -> Result<()> {
@@ -122,15 +159,29 @@ impl Lab {
         for (name, n) in HOSTS {
             lan.plug(name, SUBNETS.host(n))?;
         }
+        let [a, b, c] = REMOTE;
         for host in &lan.hosts {
             if host.name == "client" {
                 host.ns.try_ip(&format!("route add {VIP}/32 via {LB_IP}"))?;
             } else if host.name.starts_with('b') {
-                host.ns.try_ip(&format!("addr add {VIP}/32 dev lo"))?;
+                host.ns.try_ip_batch(&[
+                    format!("addr add {VIP}/32 dev lo"),
+                    // DSR answers to the remote client go through the router.
+                    format!("route add {a}.{b}.{c}.0/24 via {ROUTER_IP}"),
+                ])?;
+            } else if host.name.starts_with("lb") {
+                // The bridge floods frames for a MAC it no longer knows (a dead host's) to
+                // every port: the other instance must not forward them too.
+                lan.switch
+                    .try_exec(&format!("bridge link set dev {} flood off", host.port))?;
             }
         }
+        let router = lan.host_named("router").context("no router in the lab")?;
+        let upstream = Upstream::try_new(lan.naming(), "remote", &router.ns, REMOTE, 0x00c0_ffee)?;
         println!("namespaces, bridge, cables, addresses and routes set up; TX checksum offload off on every eth0");
-        if self.network.set(ManuallyDrop::new(lan)).is_err() {
+        if self.network.set(ManuallyDrop::new(lan)).is_err()
+            || self.upstream.set(ManuallyDrop::new(upstream)).is_err()
+        {
             bail!("the lab's network is built twice");
         }
         let lan = self.network.get().expect("just set");
@@ -261,7 +312,13 @@ impl Lab {
     }
 
     /// Waits for `needle` in the log file of process `role`.
-    fn wait_file(&self, role: &str, log: &Path, needle: &str, timeout: Duration) -> Result<()> {
+    pub(super) fn wait_file(
+        &self,
+        role: &str,
+        log: &Path,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = fs::read_to_string(log).unwrap_or_default();

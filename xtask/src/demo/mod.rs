@@ -1,7 +1,8 @@
 //! `cargo xtask demo [--keep | --clean]`: lb end to end in network namespaces, narrated.
 //!
 //! The lab: a "switch" namespace with a bridge `br0`, and one namespace per host (client, lb,
-//! three backends), each with `eth0` plugged into the bridge (built with `lb_lab`, as the
+//! three backends, and for step e a router with a remote client behind it and a second lb),
+//! each with `eth0` plugged into the bridge (built with `lb_lab`, as the
 //! tests' labs are). The real `lb run` forwards TCP connections from the client to the
 //! backends (DSR); the demo stops and restarts a backend and shows what the agent does.
 //! Everything is named `lbdemo-<pid>...` and removed at the end, on errors and on Ctrl-C
@@ -9,6 +10,7 @@
 //!
 //! - [`config`]: the hosts, the VIP, the backends and the agent's configuration;
 //! - [`steps`]: the narrated steps; [`traffic`]: one phase of connections, counted and checked;
+//! - [`redundancy`]: step e, two lb instances behind a router running bird2, one dies;
 //! - [`lab`]: the lab's network, processes ([`processes`]) and logs; [`keep`]: `--keep`;
 //! - [`mod@clean`]: removing labs by name (`--clean`, leftovers); [`signals`]: Ctrl-C.
 
@@ -17,6 +19,7 @@ mod config;
 mod keep;
 mod lab;
 mod processes;
+mod redundancy;
 mod signals;
 mod steps;
 mod traffic;

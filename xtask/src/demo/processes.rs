@@ -109,7 +109,7 @@ impl Processes {
         self.state().stopped
     }
 
-    /// Stops every process, the agent first with SIGTERM (it detaches its program and removes
+    /// Stops every process, the agents first with SIGTERM (it detaches its program and removes
     /// its pins); nothing starts afterwards. Returns `false` if an earlier call did it already.
     pub(super) fn stop_all(&self) -> bool {
         let procs = {
@@ -121,7 +121,7 @@ impl Processes {
             std::mem::take(&mut state.running)
         };
         let (agent, others): (Vec<Proc>, Vec<Proc>) =
-            procs.into_iter().partition(|p| p.role == "agent");
+            procs.into_iter().partition(|p| p.role.starts_with("agent"));
         stop_children(agent, Duration::from_secs(5));
         stop_children(others, Duration::from_secs(3));
         true

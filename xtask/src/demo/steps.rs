@@ -28,16 +28,18 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
         lab.id
     ));
     println!(
-        "Six network namespaces stand in for six machines. A bridge br0 (namespace {}) is",
+        "Network namespaces stand in for machines. A bridge br0 (namespace {}) is the",
         ns("sw")
     );
-    println!("the switch; every other host has one cable (a veth pair) to it, called eth0:");
+    println!("switch; every other host has one cable (a veth pair) to it, called eth0:");
     println!();
     for (name, n) in HOSTS {
         let address = SUBNETS.host(n).ip.to_string();
         let role = match name {
             "client" => format!("routes the VIP {VIP} via lb ({LB_IP})"),
             "lb" => "runs `lb run` (XDP on eth0)".to_owned(),
+            "router" => "the router of step e (a remote client behind it)".to_owned(),
+            "lb2" => "a second lb instance (step e)".to_owned(),
             _ => format!("TCP server on port {PORT}, VIP {VIP} on lo"),
         };
         println!("    {name:<7} {address:<11} {:<18} {role}", ns(name));
@@ -204,6 +206,8 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
         );
         println!("come with issue #4; this demo shows them once `lb stats` exists.");
     }
+
+    super::redundancy::narrate(lab, &mut failures)?;
     Ok(failures)
 }
 
