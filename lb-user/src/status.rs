@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// Where servable VIP addresses are announced (`[announce]`), if anywhere.
     #[serde(default)]
     pub announce: Option<RouteOwner>,
+    /// A graceful stop is under way (addresses withdrawn, draining).
+    #[serde(default)]
+    pub stopping: bool,
     /// VIPs.
     pub vips: Vec<VipStatus>,
 }

@@ -161,6 +161,9 @@ fn a_servable_vip_is_announced_and_withdrawn_with_its_backends() {
     let signalled = Instant::now();
     assert!(wait_announced(&lab, false, Duration::from_secs(1)).is_some());
     println!("withdrawn {:?} after SIGTERM", signalled.elapsed());
+    let (code, line) = check(&lab);
+    assert_eq!(code, 1, "not ready while draining: {line}");
+    assert!(line.contains("is stopping"), "{line}");
     let answers = lab.connect(10);
     assert!(
         failures(&answers).is_empty(),

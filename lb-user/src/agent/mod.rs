@@ -409,6 +409,8 @@ impl Agent {
         }
         self.stopping = true;
         self.update_announcements().await;
+        // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
+        self.publish();
         tracing::info!(
             "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
             humantime::format_duration(announce.drain)

@@ -23,6 +23,7 @@ impl Agent {
             xdp_mode: AttachMode::of(self.attached.mode),
             program_id: self.attached.program_id,
             announce: self.announcer.as_ref().map(|a| a.owner()),
+            stopping: self.stopping,
             vips: self
                 .vips
                 .values()

@@ -48,6 +48,8 @@ pub struct AgentStatus {
     pub pid: u32,
     /// Whether that pid is alive.
     pub running: bool,
+    /// It is stopping gracefully (every address withdrawn, draining before it detaches).
+    pub stopping: bool,
     /// Configuration file.
     pub config: String,
     /// When the snapshot was written (Unix ms).
@@ -206,6 +208,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
     let agent = snapshot.map(|s| AgentStatus {
         pid: s.pid,
         running: nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid as i32), None).is_ok(),
+        stopping: s.stopping,
         config: s.config.display().to_string(),
         updated_unix_ms: s.updated_unix_ms,
     });
@@ -229,6 +232,12 @@ pub fn readiness(status: &Status) -> Result<String, String> {
         .ok_or("no agent has written a status snapshot for this state directory")?;
     if !agent.running {
         return Err(format!("the agent (pid {}) is not running", agent.pid));
+    }
+    if agent.stopping {
+        return Err(format!(
+            "the agent (pid {}) is stopping: its addresses are withdrawn",
+            agent.pid
+        ));
     }
     if !status.attached {
         return Err("the datapath is not attached".to_owned());
@@ -373,6 +382,7 @@ mod tests {
             agent: Some(AgentStatus {
                 pid: 42,
                 running,
+                stopping: false,
                 config: "/etc/lb/lb.toml".into(),
                 updated_unix_ms: 0,
             }),
@@ -412,6 +422,9 @@ mod tests {
             "the datapath is not attached"
         );
         assert!(not(status(true, true, &[false])).starts_with("no VIP is servable"));
+        let mut stopping = status(true, true, &[true]);
+        stopping.agent.as_mut().expect("agent").stopping = true;
+        assert!(not(stopping).contains("is stopping"));
         let mut orphan = status(true, true, &[true]);
         orphan.agent = None;
         assert!(not(orphan).starts_with("no agent"));
