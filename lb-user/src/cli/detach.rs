@@ -33,9 +33,9 @@ pub enum DetachError {
     Remove {
         /// The state directory.
         dir: PathBuf,
-        /// The error.
+        /// The error (boxed: it is large, and rare).
         #[source]
-        source: DatapathError,
+        source: Box<DatapathError>,
     },
     /// The program is still attached after its link was unpinned: another process holds it.
     #[error(
@@ -93,7 +93,7 @@ pub fn detach(dir: &Path) -> Result<String, DetachError> {
     }
     crate::datapath::remove_pins(dir).map_err(|source| DetachError::Remove {
         dir: dir.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     status::remove(dir);
     let Some(snapshot) = snapshot else {

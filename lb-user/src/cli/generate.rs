@@ -48,10 +48,22 @@ pub fn generate(what: Generated, dir: &Path) -> Result<Vec<PathBuf>, GenerateErr
         Generated::Man => man_pages(dir).map_err(error("man pages")),
         Generated::Completions => SHELLS
             .into_iter()
-            .map(|shell| clap_complete::generate_to(shell, &mut Cli::command(), "lb", dir))
+            .map(|shell| clap_complete::generate_to(shell, &mut visible(), "lb", dir))
             .collect::<Result<_, _>>()
             .map_err(error("completions")),
     }
+}
+
+/// `lb` without its hidden commands (clap_complete would offer them).
+fn visible() -> clap::Command {
+    let full = Cli::command();
+    let mut command = clap::Command::new("lb").version(env!("CARGO_PKG_VERSION"));
+    if let Some(about) = full.get_about() {
+        command = command.about(about.clone());
+    }
+    command
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// Section 8 (system administration): `lb` runs as root on a gateway.
