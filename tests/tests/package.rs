@@ -1,7 +1,9 @@
 //! The Debian package that `cargo xtask package` built (issue #13): its files, control data,
 //! conffile and maintainer scripts; the units, verified by `systemd-analyze` in a root made of
 //! the package; the installed `lb` run from a scratch root (`--version`, `check` of the shipped
-//! example, the guide's upgrade check); the man pages rendered; the bash completion completing.
+//! example, the guide's upgrade check); the man pages rendered; the bash completion completing;
+//! and `dpkg --root` installing it, the packaged agent started as its unit does, `dpkg -r`
+//! detaching the datapath it left, `dpkg -P` removing the conffile.
 
 use std::{
     fs,
@@ -433,4 +435,117 @@ fn substitute(text: &str, replacements: &[(&str, &Path)]) -> String {
         text = text.replace(from, &to.display().to_string());
     }
     text
+}
+
+/// An empty dpkg database in `root`, for `dpkg --root`.
+fn dpkg_database(root: &Scratch) {
+    let db = root.join("/var/lib/dpkg");
+    for dir in ["info", "updates", "triggers"] {
+        fs::create_dir_all(db.join(dir)).expect("dpkg dirs");
+    }
+    for file in ["status", "available"] {
+        fs::write(db.join(file), "").expect("dpkg files");
+    }
+}
+
+/// `dpkg --root ROOT ARGS`, with the maintainer scripts run outside a chroot ($DPKG_ROOT
+/// set: the scripts then leave the host's systemd alone). The host's dpkg database does not
+/// know the dependencies in ROOT's, hence --force-depends.
+fn dpkg(root: &Scratch, args: &[&std::ffi::OsStr]) -> String {
+    run_ok(
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.dir.display()))
+            .args(["--force-script-chrootless", "--force-depends"])
+            .args(args),
+    )
+}
+
+/// The operator's path with the packaged binary: `dpkg -i`, edit /etc/lb/lb.toml, start the
+/// agent as lb.service does, stop it as systemd does (the datapath stays), then `dpkg -r`:
+/// prerm detaches it; `dpkg -P` removes the conffile.
+#[test]
+fn dpkg_installs_into_a_scratch_root_and_removing_the_package_detaches_the_datapath() {
+    use lb_tests::{
+        agent::{AgentFiles, AgentProcess, Signal},
+        deploy::{unit_argv, unit_values},
+        topology::{Lan, NameServer},
+    };
+    let deb = deb();
+    let root = Scratch::new("dpkg-root");
+    dpkg_database(&root);
+    let installed = dpkg(&root, &["-i".as_ref(), deb.as_os_str()]);
+    println!("{installed}");
+    let status = dpkg(&root, &["--status".as_ref(), "lb".as_ref()]);
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(status.contains("Conffiles:\n /etc/lb/lb.toml "), "{status}");
+    // Installing again is an upgrade for the scripts (postinst configure OLD-VERSION).
+    dpkg(&root, &["-i".as_ref(), deb.as_os_str()]);
+
+    // The operator edits the conffile for this host (here: the lab's).
+    let lan = Lan::new("pkg", &["lb", "b1"]);
+    let backend = lan.host(1);
+    let _server = NameServer::start(&backend.ns, 8080, "b1");
+    let files = AgentFiles::new("pkg");
+    let config = root.join("/etc/lb/lb.toml");
+    let text = fs::read_to_string(&config).expect("conffile");
+    let text = text
+        .replace(
+            "# state_dir = \"/sys/fs/bpf/lb\"",
+            &format!("state_dir = \"{}\"", files.state_dir.display()),
+        )
+        .replace("port = 80\n", "port = 8080\n")
+        .replace("192.0.2.11", &backend.ip.to_string())
+        .replace(
+            "  [[vip.backend]]\n  address = \"192.0.2.12\"\n  weight = 1\n\n",
+            "",
+        )
+        .replace("  [[vip.backend]]\n  address = \"192.0.2.13\"\n", "  # ")
+        .replace("192.0.2.10", "10.78.0.100");
+    fs::write(&config, &text).expect("edit the conffile");
+    let lb = root.join("/usr/bin/lb");
+    let checked = run_ok(Command::new(&lb).arg("check").arg("--config").arg(&config));
+    assert!(
+        checked.contains("ok (1 VIPs, 1 backends)"),
+        "{checked}\n{text}"
+    );
+
+    // Started as lb.service starts it, with the installed binary and configuration.
+    let unit = fs::read_to_string(root.join("/usr/lib/systemd/system/lb.service")).expect("unit");
+    let [exec] = unit_values(&unit, "ExecStart")
+        .try_into()
+        .expect("one ExecStart");
+    let argv = unit_argv(&exec, &lb, "", &[("/etc/lb/lb.toml", config.as_path())]);
+    let agent = AgentProcess::start_argv(&lan.host(0).ns, &argv, &files.log);
+    assert!(
+        files.wait_log("datapath attached", 1, std::time::Duration::from_secs(15)),
+        "the packaged agent did not attach:\n{}",
+        files.log_text()
+    );
+    assert!(
+        agent.stop(Signal::SIGTERM).success(),
+        "{}",
+        files.log_text()
+    );
+    let xdp = |ns: &lb_tests::netns::Netns| ns.ip("-j link show dev eth0").contains("\"xdp\"");
+    assert!(
+        files.state_dir.exists() && xdp(&lan.host(0).ns),
+        "stopped like systemctl stop lb, the datapath stays:\n{}",
+        files.log_text()
+    );
+
+    let removed = dpkg(&root, &["-r".as_ref(), "lb".as_ref()]);
+    println!("{removed}");
+    assert!(
+        removed.contains("detached: the lb program is off eth0"),
+        "{removed}"
+    );
+    assert!(!files.state_dir.exists(), "pins left after dpkg -r");
+    assert!(
+        !xdp(&lan.host(0).ns),
+        "a program left on eth0 after dpkg -r"
+    );
+    assert!(!lb.exists(), "dpkg -r left /usr/bin/lb");
+    assert!(config.exists(), "dpkg -r keeps the edited conffile");
+    dpkg(&root, &["-P".as_ref(), "lb".as_ref()]);
+    assert!(!config.exists(), "dpkg -P removes the conffile");
 }
