@@ -42,6 +42,9 @@ const BACKENDS: [&str; 2] = ["b1", "b2"];
 /// MTU of the gateway and the switch: the guide sets the backends' own (1520).
 const GATEWAY_MTU: u32 = 1600;
 const CONNECTIONS: usize = 30;
+/// `[announce]`: the routing table and protocol number of lb's routes.
+const TABLE: u32 = 250;
+const PROTOCOL: u32 = 250;
 
 /// Fields drop in order: processes and servers first, then files, the namespaces last.
 struct DeployLab {
@@ -168,7 +171,8 @@ impl DeployLab {
         let lb_host = self.lan.host(1);
         let mut config = format!(
             "interface = \"eth0\"\nxdp_mode = \"native\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
-             [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n",
+             [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n\n\
+             [announce]\ntable = {TABLE}\nprotocol = {PROTOCOL}\ndrain = \"200ms\"\n",
             self.files.state_dir.display()
         );
         for (name, address, forward) in VIPS {
@@ -231,6 +235,20 @@ impl DeployLab {
             "backends not up:\n{}",
             self.files.log_text()
         );
+        assert!(
+            wait_for(|| VIPS.iter().all(|(_, a, _)| self.announced().contains(a))),
+            "VIPs not announced: {}\n{}",
+            self.announced(),
+            self.files.log_text()
+        );
+    }
+
+    /// The VIP routes lb announces (`[announce]`), in the load balancer's namespace.
+    fn announced(&self) -> String {
+        self.lan
+            .host(1)
+            .ns
+            .ip(&format!("route show table {TABLE} proto {PROTOCOL}"))
     }
 
     /// `lb ARGS --state-dir DIR` inside the load balancer's namespace.
@@ -365,13 +383,21 @@ impl DeployLab {
                         line.trim()
                     );
                     assert!(self.files.state_dir.exists());
+                    assert!(
+                        VIPS.iter().all(|(_, a, _)| self.announced().contains(a)),
+                        "with --keep-datapath the routes stay: {}",
+                        self.announced()
+                    );
                 }
                 Some(other) => panic!("unexpected in stop-for-good: {other:?}"),
                 None => {
                     let script = line.replace("/etc/lb/lb.toml", &config);
                     let output = run_in(&self.lan.host(1).ns, &script, &lb_binary());
                     assert!(
-                        output.contains("detached: the lb program is off eth0"),
+                        output.contains(
+                            "withdrew 2 announced routes from table 250; \
+                             detached: the lb program is off eth0"
+                        ),
                         "{output}"
                     );
                     detached = true;
@@ -381,6 +407,7 @@ impl DeployLab {
         }
         assert!(detached, "the block ran no lb detach:\n{block}");
         assert!(!self.files.state_dir.exists(), "pins left behind");
+        assert_eq!(self.announced().trim(), "", "routes left behind");
         let link = self.lan.host(1).ns.ip("-j link show dev eth0");
         assert!(
             !link.contains("\"xdp\""),

@@ -466,9 +466,12 @@ fn dpkg(root: &Scratch, args: &[&std::ffi::OsStr]) -> String {
 #[test]
 fn dpkg_installs_into_a_scratch_root_and_removing_the_package_detaches_the_datapath() {
     use lb_tests::{
-        agent::{AgentFiles, AgentProcess, Signal},
         deploy::{unit_argv, unit_values},
-        topology::{Lan, NameServer},
+        netns::{
+            agent::{AgentFiles, AgentProcess, Signal},
+            servers::NameServer,
+            topology::Lan,
+        },
     };
     let deb = deb();
     let root = Scratch::new("dpkg-root");

@@ -1,11 +1,19 @@
 //! `lb detach`: removes a datapath left forwarding by `lb run --keep-datapath` (or `systemctl
-//! stop lb`, or a crash): its pinned link, which detaches the program, and its pinned maps.
+//! stop lb`, or a crash): first the routes it announced (`[announce]`), so that routers stop
+//! sending the VIPs here, then its pinned link, which detaches the program, and its maps.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use lb_common::maps::names;
 
-use crate::{datapath::DatapathError, status};
+use crate::{
+    datapath::DatapathError,
+    routes::{RouteError, RouteOwner, Routes},
+    status,
+};
 
 /// Why the datapath was not (completely) detached.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,19 @@ pub enum DetachError {
         #[source]
         source: Box<DatapathError>,
     },
+    /// The announced routes could not be withdrawn; nothing was detached.
+    #[error(
+        "cannot withdraw lb's routes (protocol {}) from table {}: nothing was detached",
+        owner.protocol,
+        owner.table
+    )]
+    Routes {
+        /// Whose routes.
+        owner: RouteOwner,
+        /// The error (boxed: it is large, and rare).
+        #[source]
+        source: Box<RouteError>,
+    },
     /// The program is still attached after its link was unpinned: another process holds it.
     #[error(
         "the lb program (id {program_id}) is still attached to {interface}: a process still \
@@ -51,21 +72,50 @@ pub enum DetachError {
     },
 }
 
-/// The state directory to detach: `--state-dir`, else `state_dir` of `--config`, else the
-/// default.
-pub fn state_dir(
-    state_dir: Option<PathBuf>,
-    config: Option<&Path>,
-) -> Result<PathBuf, DetachError> {
-    Ok(match (state_dir, config) {
-        (Some(dir), _) => dir,
-        (None, Some(config)) => crate::config::load(config)?.state_dir,
-        (None, None) => PathBuf::from(crate::config::DEFAULT_STATE_DIR),
-    })
+/// What to detach: the state directory, and where its VIPs were announced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// `[announce]` of `--config`: its routes are withdrawn, then `drain` waited; without
+    /// `--config`, the agent's snapshot says where it announced (and nothing is waited).
+    pub announce: Option<(RouteOwner, Duration)>,
 }
 
-/// Detaches the datapath pinned at `dir`; returns what was done, for the operator.
-pub fn detach(dir: &Path) -> Result<String, DetachError> {
+impl Target {
+    /// `--state-dir`, else `state_dir` and `[announce]` of `--config`, else the default.
+    pub fn new(state_dir: Option<PathBuf>, config: Option<&Path>) -> Result<Self, DetachError> {
+        Ok(match (state_dir, config) {
+            (Some(dir), _) => Self {
+                dir,
+                announce: None,
+            },
+            (None, Some(config)) => {
+                let config = crate::config::load(config)?;
+                Self {
+                    dir: config.state_dir,
+                    announce: config.announce.map(|a| {
+                        (
+                            RouteOwner {
+                                table: a.table,
+                                protocol: a.protocol,
+                            },
+                            a.drain,
+                        )
+                    }),
+                }
+            }
+            (None, None) => Self {
+                dir: PathBuf::from(crate::config::DEFAULT_STATE_DIR),
+                announce: None,
+            },
+        })
+    }
+}
+
+/// Detaches `target`; returns what was done, for the operator.
+pub async fn detach(target: &Target) -> Result<String, DetachError> {
+    let dir = target.dir.as_path();
     if !nix::unistd::geteuid().is_root() {
         return Err(DetachError::NotRoot);
     }
@@ -80,6 +130,27 @@ pub fn detach(dir: &Path) -> Result<String, DetachError> {
             });
         }
     }
+    // Routers first: once the routes are gone they stop sending the VIPs here; the program
+    // forwards what still arrives for the drain time, as a graceful `lb run` stop does.
+    let announce = target
+        .announce
+        .or_else(|| Some((snapshot.as_ref()?.announce?, Duration::ZERO)));
+    let mut withdrawn = String::new();
+    if let Some((owner, drain)) = announce {
+        let count = withdraw(owner)
+            .await
+            .map_err(|source| DetachError::Routes {
+                owner,
+                source: Box::new(source),
+            })?;
+        if count > 0 {
+            withdrawn = format!(
+                "withdrew {count} announced routes from table {}; ",
+                owner.table
+            );
+            tokio::time::sleep(drain).await;
+        }
+    }
     let pinned: Vec<&str> = std::iter::once(names::LINK)
         .chain(names::BALANCER)
         .filter(|name| dir.join(name).exists())
@@ -87,7 +158,7 @@ pub fn detach(dir: &Path) -> Result<String, DetachError> {
     if pinned.is_empty() {
         status::remove(dir);
         return Ok(format!(
-            "nothing to detach: no lb datapath pinned at {}",
+            "{withdrawn}nothing to detach: no lb datapath pinned at {}",
             dir.display()
         ));
     }
@@ -98,7 +169,7 @@ pub fn detach(dir: &Path) -> Result<String, DetachError> {
     status::remove(dir);
     let Some(snapshot) = snapshot else {
         return Ok(format!(
-            "detached: removed {} pins from {}",
+            "{withdrawn}detached: removed {} pins from {}",
             pinned.len(),
             dir.display()
         ));
@@ -112,11 +183,27 @@ pub fn detach(dir: &Path) -> Result<String, DetachError> {
         }
     }
     Ok(format!(
-        "detached: the lb program is off {} and {} pins are removed from {}",
+        "{withdrawn}detached: the lb program is off {} and {} pins are removed from {}",
         snapshot.interface,
         pinned.len(),
         dir.display()
     ))
+}
+
+/// Deletes every route of `owner`'s protocol from its table (other protocols' stay); returns
+/// how many.
+async fn withdraw(owner: RouteOwner) -> Result<usize, RouteError> {
+    let routes = Routes::connect()?;
+    let ours: Vec<_> = routes
+        .list(owner.table)
+        .await?
+        .into_iter()
+        .filter(|route| route.protocol == owner.protocol)
+        .collect();
+    for route in &ours {
+        routes.remove(owner, route.address).await?;
+    }
+    Ok(ours.len())
 }
 
 /// Id of the XDP program attached to `interface`, as `ip -j link show` reports it.

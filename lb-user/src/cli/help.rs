@@ -45,7 +45,15 @@ Examples:
 pub const STATUS: &str = "\
 Examples:
   lb status
-  lb status --state-dir /sys/fs/bpf/lb --json";
+  lb status --state-dir /sys/fs/bpf/lb --json
+  lb status --check                     exit 0 only while lb can serve (for supervisors)";
+
+/// `lb backend --help`.
+pub const BACKEND: &str = "\
+Examples:
+  lb backend drain --vip web --backend 192.0.2.12     no new flows; tracked ones stay
+  lb backend disable --vip web --backend 192.0.2.12   maintenance: out of the ring
+  lb backend enable --vip web --backend 192.0.2.12    back, with slow start";
 
 /// `lb explain --help`.
 pub const EXPLAIN: &str = "\
@@ -69,7 +77,8 @@ Example:
   systemctl disable --now lb && lb detach --config /etc/lb/lb.toml
 
 `systemctl stop lb` (SIGTERM to `lb run --keep-datapath`) leaves the datapath forwarding on
-its own so that a restart is hitless; this removes it. Nothing attached is not an error.";
+its own, and its [announce] routes in place, so that a restart is hitless; this removes them.
+Nothing attached is not an error.";
 
 /// `lb xdp-pass --help` (hidden lab helper).
 pub const XDP_PASS: &str = "\
@@ -110,7 +119,11 @@ The configuration read by \fBlb.service\fR (a commented example is installed).
 The default \fBstate_dir\fR: the pinned maps and link of the datapath (bpffs).
 .TP
 /run/lb
-The agent's snapshots (VIP names, health) read by \fBlb status\fR and \fBlb stats\fR.
+The agent's snapshots (VIP names, health) read by \fBlb status\fR and \fBlb stats\fR, and its
+control sockets (\fBlb backend\fR).
+.TP
+/var/lib/lb
+Each backend's administrative state and availability history, kept across restarts.
 .TP
 /usr/lib/systemd/system/lb.service, lb-decap@.service
 The agent and, on tunnel-mode backends, \fBlb decap\fR for an interface.
@@ -120,5 +133,5 @@ The operator's guide: preparing a gateway and its backends, verifying, upgrading
 troubleshooting. /usr/share/doc/lb/README.md is the reference.
 .SH "SEE ALSO"
 \fBlb-run\fR(8), \fBlb-check\fR(8), \fBlb-status\fR(8), \fBlb-stats\fR(8), \fBlb-explain\fR(8),
-\fBlb-decap\fR(8), \fBlb-detach\fR(8), \fBsystemctl\fR(1), \fBip\fR(8)
+\fBlb-backend\fR(8), \fBlb-decap\fR(8), \fBlb-detach\fR(8), \fBsystemctl\fR(1), \fBip\fR(8)
 "#;

@@ -108,6 +108,7 @@ pub enum Command {
     /// Change a backend's administrative state at run time (kept across reloads and restarts):
     /// `drain` (no new flows), `disable` (maintenance: out of the ring, its flows re-hash),
     /// `enable` (back to its configured weight, with slow start).
+    #[command(after_help = help::BACKEND)]
     Backend {
         /// What to do.
         #[arg(value_enum)]
@@ -150,8 +151,8 @@ pub enum Command {
     },
     /// Detach the load balancer for good (after stopping the agent): remove its program and maps.
     ///
-    /// Unpins the link, so the program leaves the interface, and the maps: connection tracking
-    /// and counters are lost.
+    /// Withdraws the routes it announced (`[announce]`; then waits `drain`), unpins the link, so
+    /// the program leaves the interface, and the maps: connection tracking and counters are lost.
     #[command(after_help = help::DETACH)]
     Detach {
         /// The state_dir to detach [default: /sys/fs/bpf/lb].
@@ -257,8 +258,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             xdp_mode,
         } => decap::run(&interface, xdp_mode).await,
         Command::Detach { state_dir, config } => {
-            let dir = detach::state_dir(state_dir, config.as_deref())?;
-            println!("{}", detach(&dir)?);
+            let target = detach::Target::new(state_dir, config.as_deref())?;
+            println!("{}", detach(&target).await?);
             Ok(())
         }
         Command::Generate { what, dir } => {
