@@ -1,9 +1,15 @@
 //! `lb`: the agent and the operator CLI (see `lb_user::cli`).
+//!
+//! Exit status: 0 success, 1 failure, 2 usage error (clap's own for bad arguments, and ours for
+//! a `--vip`/`--client` that does not name a flow of the datapath).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use lb_user::cli::{self, Cli};
+use lb_user::cli::{self, Cli, ReportError};
+
+/// Exit status of a usage error, as clap uses for bad arguments.
+const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -12,7 +18,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(cli::escapes_allowed(std::io::IsTerminal::is_terminal(
+            &std::io::stderr(),
+        )))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -29,7 +37,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<ReportError>() {
+                Some(ReportError::Usage(_)) => ExitCode::from(USAGE),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

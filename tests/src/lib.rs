@@ -9,5 +9,6 @@
 //! Every test here needs root (BPF, namespaces).
 
 pub mod bench;
+pub mod deploy;
 pub mod netns;
 pub mod packet;

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod package;
 mod setup;
 
 use std::ffi::OsString;
@@ -28,13 +29,14 @@ enum Cmd {
     /// Check the machine and install what is missing (idempotent).
     ///
     /// Checks root, bpffs at /sys/fs/bpf (mounts it if needed), kernel BTF and XDP
-    /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4,
-    /// and the apt packages providing ip, ethtool, tcpdump, bpftool, ps, bird (bird2),
-    /// keepalived and vtysh (frr), without letting their services run.
+    /// support; installs if missing: rust nightly + rust-src, bpf-linker 0.10.4, cargo-deb
+    /// 3.8.0, and the apt packages providing ip, ethtool, tcpdump, bpftool, ps, bird (bird2),
+    /// keepalived and vtysh (frr), without letting their services run, and dpkg-deb,
+    /// dpkg-shlibdeps, systemd-analyze, man and script for the package test.
     Setup,
     /// Run setup, the gates (`cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
-    /// `cargo doc` with warnings denied), `cargo build`, then `cargo test` (every unit, packet
-    /// and netns test).
+    /// `cargo doc` with warnings denied), `cargo build`, `cargo xtask package`, then
+    /// `cargo test` (every unit, packet and netns test, and the package's).
     ///
     /// Arguments after `--` go to the test harness:
     /// `cargo xtask test -- --nocapture` runs `cargo test -- --nocapture`.
@@ -63,6 +65,13 @@ enum Cmd {
         #[arg(long, conflicts_with = "keep")]
         clean: bool,
     },
+    /// Build the Debian package target/debian/lb_VERSION-1_ARCH.deb (release build; cargo-deb).
+    ///
+    /// Contains /usr/bin/lb, the systemd units lb.service and lb-decap@.service, the example
+    /// /etc/lb/lb.toml (a conffile), man pages and bash/zsh/fish completions generated from the
+    /// built binary, README.md and DEPLOY.md in /usr/share/doc/lb/. Install it on a gateway
+    /// with `apt install ./target/debian/lb_*.deb`; see docs/DEPLOY.md.
+    Package,
     /// Run the benchmarks, print their tables and write docs/BENCHMARKS.md (root; ~5 min).
     ///
     /// Runs setup and a release build, then: per-packet cost of each datapath path against
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
         Cmd::Demo { clean: true, .. } => demo::clean(),
         Cmd::Demo { keep, .. } => demo::run(keep),
         Cmd::Bench { only, no_write } => bench::run(&only, no_write),
+        Cmd::Package => package::run().map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,8 +167,12 @@ fn test(skip_setup: bool, extra: &[OsString]) -> Result<()> {
         "rustdoc found problems (above): broken links or bad doc syntax",
     )?;
 
+    // The package test (tests/tests/package.rs) checks and installs this very file.
+    let deb = package::run()?;
+
     header("test: cargo test");
     let mut test = cargo(&["test"]);
+    test.env(package::DEB_ENV, &deb);
     if !extra.is_empty() && !extra.iter().any(|a| a == "--") {
         test.arg("--");
     }

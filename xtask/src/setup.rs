@@ -17,6 +17,8 @@ use anyhow::{bail, Context, Result};
 use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// cargo-deb builds the Debian package (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const BPFFS: &str = "/sys/fs/bpf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -35,6 +37,15 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("bird", "bird2"),
     ("keepalived", "keepalived"),
     ("vtysh", "frr"),
+    // The package: cargo-deb calls dpkg-shlibdeps for `Depends`; the package test unpacks
+    // with dpkg-deb, verifies the units with systemd-analyze and renders the man pages. The
+    // systemd package is harmless without systemd as PID 1 (its scripts check for a running
+    // systemd; Debian's container images install it routinely): it provides the tools only.
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("systemd-analyze", "systemd"),
+    ("man", "man-db"),
+    ("script", "bsdutils"),
 ];
 
 /// What the routing packages start when their services run: the process name and the pid
@@ -90,6 +101,7 @@ pub fn run() -> Result<()> {
         check_nightly,
         check_rust_src,
         check_bpf_linker,
+        check_cargo_deb,
     ];
     let mut failed = 0;
     for check in checks {
@@ -351,6 +363,39 @@ fn check_bpf_linker() -> Result<Done> {
         }
         other => bail!(
             "installed bpf-linker {BPF_LINKER_VERSION} but `bpf-linker --version` reports {}: \
+             make sure ~/.cargo/bin comes first in PATH",
+            other.as_deref().unwrap_or("nothing (not in PATH?)")
+        ),
+    }
+}
+
+/// Version reported by `cargo deb --version` ("cargo-deb 3.8.0"), if it runs.
+fn cargo_deb_version() -> Option<String> {
+    let out = cmd::probe("cargo", &["deb", "--version"])?;
+    out.split_whitespace().nth(1).map(str::to_string)
+}
+
+fn check_cargo_deb() -> Result<Done> {
+    let found = cargo_deb_version();
+    if found.as_deref() == Some(CARGO_DEB_VERSION) {
+        return Ok(Done::Ok(format!("cargo-deb {CARGO_DEB_VERSION}")));
+    }
+    match &found {
+        Some(v) => println!("cargo-deb {v} found, need {CARGO_DEB_VERSION}; installing it (cargo install, takes ~2 min)..."),
+        None => println!("cargo-deb not found; installing {CARGO_DEB_VERSION} (cargo install, takes ~2 min)..."),
+    }
+    cmd::run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        "--locked",
+    ]))
+    .context("cannot install cargo-deb (see the cargo output above)")?;
+    match cargo_deb_version() {
+        Some(v) if v == CARGO_DEB_VERSION => {
+            Ok(Done::Installed(format!("cargo-deb {CARGO_DEB_VERSION}")))
+        }
+        other => bail!(
+            "installed cargo-deb {CARGO_DEB_VERSION} but `cargo deb --version` reports {}: \
              make sure ~/.cargo/bin comes first in PATH",
             other.as_deref().unwrap_or("nothing (not in PATH?)")
         ),

@@ -57,6 +57,30 @@ pub fn endpoint(address: &str, port: u16) -> String {
     }
 }
 
+/// A `--watch` interval: a bare number is seconds, as in `watch -n 1` or `vmstat 1` (`1`,
+/// `0.5`); anything else is a humantime duration (`500ms`, `2s`, `1m`). Zero is refused.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),
+        Ok(_) => return Err(format!("{text} is not a number of seconds >= 0")),
+        Err(_) => humantime::parse_duration(text).map_err(|error| {
+            format!("{error}: give seconds (1, 0.5) or a duration (500ms, 2s, 1m)")
+        })?,
+    };
+    if interval.is_zero() {
+        return Err("the interval must be longer than 0".into());
+    }
+    Ok(interval)
+}
+
+/// Whether output to a stream may carry terminal escapes (colours, clearing the screen): only
+/// when it is a terminal, `NO_COLOR` is unset or empty (<https://no-color.org>) and `TERM` is
+/// not `dumb`.
+pub fn escapes_allowed(is_terminal: bool) -> bool {
+    let set = |name| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    is_terminal && !set("NO_COLOR") && std::env::var_os("TERM").is_none_or(|term| term != "dumb")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +95,17 @@ mod tests {
         assert_eq!(si_space(12.0), "12 ");
         assert_eq!(endpoint("fd00::1", 80), "[fd00::1]:80");
         assert_eq!(human_duration(Duration::from_secs(200)), "3m20s");
+    }
+
+    #[test]
+    fn a_bare_number_is_seconds() {
+        assert_eq!(parse_interval("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["0", "0s", "-1", "1x", "", "inf"] {
+            assert!(parse_interval(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -4,8 +4,11 @@
 
 mod backend;
 mod decap;
+mod detach;
 mod explain;
 mod format;
+mod generate;
+mod help;
 mod stats;
 mod status;
 mod view;
@@ -15,7 +18,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 
 pub use self::{
+    detach::{detach, DetachError},
     explain::{explain, parse_vip, Explanation, Source},
+    format::{escapes_allowed, parse_interval},
+    generate::{generate, GenerateError, Generated},
     stats::{
         rates, stats, BackendRates, BackendStatsReport, Rates, Stats, VipRates, VipStatsReport,
     },
@@ -32,7 +38,14 @@ use crate::{
 
 /// `lb`: the agent and the operator commands.
 #[derive(Parser)]
-#[command(name = "lb", version, about = "Layer-4 XDP load balancer")]
+#[command(
+    name = "lb",
+    version,
+    propagate_version = true,
+    about = "Layer-4 XDP load balancer",
+    long_about = help::ABOUT,
+    after_help = help::LB
+)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -44,6 +57,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: load and attach the datapath, program VIPs, check backends, follow
     /// configuration changes, until SIGINT/SIGTERM.
+    #[command(after_help = help::RUN)]
     Run {
         /// The configuration file.
         #[arg(long, short)]
@@ -54,18 +68,21 @@ pub enum Command {
         keep_datapath: bool,
     },
     /// Counters: global by verdict and reason, per VIP and per backend.
+    #[command(after_help = help::STATS)]
     Stats {
         /// The agent's state directory and the output format.
         #[command(flatten)]
         state: StateArgs,
-        /// Redraw every INTERVAL (default 1s) with rates instead of totals.
-        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = humantime::parse_duration)]
+        /// Redraw every INTERVAL (default 1s) with rates instead of totals; a bare number is
+        /// seconds (`--watch 1`), or a duration (`500ms`, `2s`).
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1", value_parser = parse_interval)]
         watch: Option<Duration>,
         /// With --watch: stop after N redraws.
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
     },
     /// The attached datapath, each VIP's backends with health, weight and ring share.
+    #[command(after_help = help::STATUS)]
     Status {
         /// The agent's state directory and the output format.
         #[command(flatten)]
@@ -76,6 +93,7 @@ pub enum Command {
         check: bool,
     },
     /// Which backend a client's flow goes to now, and why.
+    #[command(after_help = help::EXPLAIN)]
     Explain {
         /// The agent's state directory and the output format.
         #[command(flatten)]
@@ -90,6 +108,7 @@ pub enum Command {
     /// Change a backend's administrative state at run time (kept across reloads and restarts):
     /// `drain` (no new flows), `disable` (maintenance: out of the ring, its flows re-hash),
     /// `enable` (back to its configured weight, with slow start).
+    #[command(after_help = help::BACKEND)]
     Backend {
         /// What to do.
         #[arg(value_enum)]
@@ -105,6 +124,7 @@ pub enum Command {
         state_dir: PathBuf,
     },
     /// Validate a configuration file without touching the kernel (exit status 0 or 1).
+    #[command(after_help = help::CHECK)]
     Check {
         /// The configuration file.
         #[arg(long, short)]
@@ -113,13 +133,14 @@ pub enum Command {
     /// Lab helper: attach a pass-everything XDP program to IF until SIGINT/SIGTERM. A veth
     /// delivers frames that XDP sent with XDP_TX/XDP_REDIRECT only if its peer runs an XDP
     /// program; real NICs do not need this.
-    #[command(hide = true)]
+    #[command(hide = true, after_help = help::XDP_PASS)]
     XdpPass {
         /// Interface (a veth peer).
         #[arg(long, short)]
         interface: String,
     },
     /// Strip lb's IP-in-IP tunnels on a tunnel-mode backend until SIGINT/SIGTERM.
+    #[command(after_help = help::DECAP)]
     Decap {
         /// Interface the tunnels arrive on; tunnels to any of its addresses are stripped.
         #[arg(long, short)]
@@ -127,6 +148,28 @@ pub enum Command {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+    },
+    /// Detach the load balancer for good (after stopping the agent): remove its program and maps.
+    ///
+    /// Withdraws the routes it announced (`[announce]`; then waits `drain`), unpins the link, so
+    /// the program leaves the interface, and the maps: connection tracking and counters are lost.
+    #[command(after_help = help::DETACH)]
+    Detach {
+        /// The state_dir to detach [default: /sys/fs/bpf/lb].
+        #[arg(long, conflicts_with = "config")]
+        state_dir: Option<PathBuf>,
+        /// Detach the state_dir named in this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write man pages or shell completions generated from this binary into DIR (packaging).
+    #[command(hide = true, after_help = help::GENERATE)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: Generated,
+        /// The directory (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -214,6 +257,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             interface,
             xdp_mode,
         } => decap::run(&interface, xdp_mode).await,
+        Command::Detach { state_dir, config } => {
+            let target = detach::Target::new(state_dir, config.as_deref())?;
+            println!("{}", detach(&target).await?);
+            Ok(())
+        }
+        Command::Generate { what, dir } => {
+            for file in generate(what, &dir)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -323,7 +323,8 @@ pub fn watch(
     count: Option<u64>,
     json: bool,
 ) -> Result<(), ReportError> {
-    let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
+    let clear =
+        super::escapes_allowed(std::io::IsTerminal::is_terminal(&std::io::stdout())) && !json;
     let mut before = stats(view)?;
     let mut at = Instant::now();
     let mut printed = 0;

@@ -144,6 +144,23 @@ impl AgentProcess {
         }
     }
 
+    /// Starts `argv` (a unit's command line; `argv[0]` is the `lb` binary) in `ns`, logging
+    /// at info level to `log` (appended).
+    pub fn start_argv(ns: &Netns, argv: &[String], log: &Path) -> Self {
+        let log = open_log(log);
+        let (program, args) = argv.split_first().expect("a command line");
+        let child = ns
+            .command(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        Self { child }
+    }
+
     /// Sends `signal` and waits for the exit.
     pub fn stop(mut self, signal: Signal) -> std::process::ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
@@ -164,11 +181,7 @@ impl AgentProcess {
 /// `lb` inside `ns`'s network namespace (only: /sys/fs/bpf stays the test's), logging at info
 /// level to `log` (appended).
 fn lb_command(ns: &Netns, log: &Path) -> Command {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
+    let log = open_log(log);
     let mut command = ns.command(lb_binary());
     command
         .env("RUST_LOG", "info")
@@ -176,6 +189,15 @@ fn lb_command(ns: &Netns, log: &Path) -> Command {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     command
+}
+
+/// `log`, opened for appending (created if missing).
+fn open_log(log: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
 }
 
 impl Drop for AgentProcess {

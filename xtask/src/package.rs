@@ -1,0 +1,112 @@
+//! `cargo xtask package`: the Debian package of lb, built with cargo-deb.
+//!
+//! A release build of `lb`, then the man pages and shell completions written by the built
+//! binary itself (`lb generate man|completions DIR`, a hidden command) into
+//! `target/release/package/`, then `cargo deb --no-build`, which takes everything else from
+//! `[package.metadata.deb]` in lb-user/Cargo.toml (units, example configuration and
+//! maintainer scripts from packaging/). xtask cannot depend on lb-user (its build compiles the
+//! eBPF programs), and generating from the shipped binary keeps the pages true to it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cmd, header, workspace_root};
+
+/// Environment variable through which `cargo xtask test` tells the package test which `.deb`
+/// to check.
+pub const DEB_ENV: &str = "LB_DEB";
+
+/// The target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the package; returns the path of the `.deb`.
+pub fn run() -> Result<PathBuf> {
+    let root = workspace_root();
+    header("package: cargo build --release -p lb-user");
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "lb-user"])
+            .current_dir(&root),
+    )?;
+    let release = target_dir().join("release");
+    let lb = release.join("lb");
+    let generated = release.join("package");
+    if generated.exists() {
+        fs::remove_dir_all(&generated)
+            .with_context(|| format!("cannot remove the old {}", generated.display()))?;
+    }
+
+    header("package: man pages and completions from the built lb");
+    let man = generated.join("man");
+    cmd::run(Command::new(&lb).arg("generate").arg("man").arg(&man))?;
+    gzip_pages(&man)?;
+    cmd::run(
+        Command::new(&lb)
+            .arg("generate")
+            .arg("completions")
+            .arg(generated.join("completions")),
+    )?;
+
+    header("package: cargo deb");
+    let deb = cargo_deb(&root)?;
+    println!("package: {}", deb.display());
+    Ok(deb)
+}
+
+/// `gzip -9n` every page (Debian policy: compressed, no timestamp in the archive).
+fn gzip_pages(dir: &Path) -> Result<()> {
+    let pages: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    if pages.is_empty() {
+        bail!("lb generate man wrote no page into {}", dir.display());
+    }
+    cmd::run(Command::new("gzip").arg("-9nf").args(&pages))
+}
+
+/// Runs `cargo deb --no-build` and returns the path it printed.
+fn cargo_deb(root: &Path) -> Result<PathBuf> {
+    let mut command = Command::new("cargo");
+    command
+        .args(["deb", "-p", "lb-user", "--no-build"])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    println!("$ {}", cmd::display(&command));
+    let output = command
+        .output()
+        .context("cannot start `cargo deb` (run `cargo xtask setup`, which installs cargo-deb)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!(
+            "`cargo deb` failed ({}): see its output above",
+            output.status
+        );
+    }
+    let deb = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .context("cargo deb succeeded but printed no .deb path")?;
+    if !deb.is_file() {
+        bail!(
+            "cargo deb printed {} but there is no such file",
+            deb.display()
+        );
+    }
+    Ok(deb)
+}
