@@ -123,7 +123,11 @@ mod tests {
         ];
         assert_eq!(ipv4_checksum(words(&header)), 0xb861);
         header[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
-        assert_eq!(ipv4_checksum(words(&header)), 0, "a correct header sums to zero");
+        assert_eq!(
+            ipv4_checksum(words(&header)),
+            0,
+            "a correct header sums to zero"
+        );
     }
 
     #[test]
@@ -171,7 +175,10 @@ mod tests {
         assert_eq!(ipv6_traffic_class([0x6b, 0x81, 0x23, 0x45]), 0xb8);
         assert_eq!(ipv6_flow_label(0xdead_beef), 0xd_beef);
         // A label wider than 20 bits cannot reach the version or traffic class.
-        assert_eq!(ipv6_version_class_label(0, u32::MAX), [0x60, 0x0f, 0xff, 0xff]);
+        assert_eq!(
+            ipv6_version_class_label(0, u32::MAX),
+            [0x60, 0x0f, 0xff, 0xff]
+        );
     }
 
     proptest! {

@@ -128,18 +128,23 @@ impl Counter {
 
 /// Why the `lb` program passes a packet to the host untouched. Each reason has its own
 /// [`Counter`], of class [`CounterClass::Passed`].
+///
+/// A reason's discriminant is its counter's index: [`PassReason::counter`] is still an
+/// exhaustive match, but compiles to nothing, so the datapath counts a reason as cheaply as it
+/// counted a bare `Counter`.
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PassReason {
     /// Not IPv4 or IPv6.
-    NotIp,
+    NotIp = Counter::NotIp as u32,
     /// No VIP matches destination, port and protocol.
-    NotVip,
+    NotVip = Counter::NotVip as u32,
     /// Neither TCP nor UDP, nor an ICMP error about a VIP's flow.
-    NotTcpUdp,
+    NotTcpUdp = Counter::NotTcpUdp as u32,
     /// An IPv4 fragment.
-    Fragment,
+    Fragment = Counter::Fragment as u32,
     /// An IPv6 packet with extension headers.
-    Ipv6ExtensionHeader,
+    Ipv6ExtensionHeader = Counter::Ipv6ExtensionHeader as u32,
 }
 
 impl PassReason {
@@ -166,19 +171,20 @@ impl PassReason {
 }
 
 /// Why the `lb` program drops a packet. Each reason has its own [`Counter`], of class
-/// [`CounterClass::Dropped`].
+/// [`CounterClass::Dropped`]. Discriminants are counter indices, as for [`PassReason`].
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
     /// Truncated or malformed header.
-    ParseError,
+    ParseError = Counter::ParseError as u32,
     /// The VIP has no usable backend.
-    NoBackend,
+    NoBackend = Counter::NoBackend as u32,
     /// The encapsulated packet would exceed the egress MTU.
-    TooBig,
+    TooBig = Counter::TooBig as u32,
     /// No headroom for the tunnel header.
-    NoHeadroom,
+    NoHeadroom = Counter::NoHeadroom as u32,
     /// The egress interface is not in `TX_PORTS`.
-    RedirectFailed,
+    RedirectFailed = Counter::RedirectFailed as u32,
 }
 
 impl DropReason {
@@ -266,7 +272,21 @@ mod tests {
             assert_eq!(reason.counter().class(), CounterClass::Passed, "{reason:?}");
         }
         for reason in DropReason::ALL {
-            assert_eq!(reason.counter().class(), CounterClass::Dropped, "{reason:?}");
+            assert_eq!(
+                reason.counter().class(),
+                CounterClass::Dropped,
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reasons_discriminant_is_its_counters_index() {
+        for reason in PassReason::ALL {
+            assert_eq!(reason as u32, reason.counter() as u32, "{reason:?}");
+        }
+        for reason in DropReason::ALL {
+            assert_eq!(reason as u32, reason.counter() as u32, "{reason:?}");
         }
     }
 
