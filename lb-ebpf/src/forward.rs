@@ -65,6 +65,7 @@ fn egress(ctx: &XdpContext, backend: &Backend) -> Result<Egress, DropReason> {
     if backend.ifindex as usize == ctx.ingress_ifindex() {
         return Ok(Egress::Tx);
     }
+    // Ok means the helper returned XDP_REDIRECT (a missing port returns the flags, 0).
     match TX_PORTS.redirect(backend.ifindex, 0) {
         Ok(_) => Ok(Egress::Redirect),
         Err(_) => Err(DropReason::RedirectFailed),
@@ -152,6 +153,7 @@ fn ipv4_header(
             backend.addr[3],
         ],
     };
+    // The header's ten words, the checksum word still zero.
     header.check = ipv4_checksum([
         u16::from_be_bytes([header.vihl, header.tos]),
         u16::from_be_bytes(header.tot_len),
