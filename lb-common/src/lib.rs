@@ -3,6 +3,8 @@
 //! Everything that crosses the kernel/userspace boundary is defined here once: map keys and
 //! values (`#[repr(C)]`, explicit padding, addresses and ports as big-endian byte arrays), the
 //! counter indices, and the flow hash, so userspace can predict exactly what the kernel does.
+//! The pure header arithmetic of the datapath ([`ip`]: checksum, lengths, fragments, flow
+//! label) lives here too, so it runs under host unit tests.
 //!
 //! Without features this crate is `no_std` and has no dependencies; the `user` feature adds
 //! `aya::Pod` impls, typed
@@ -13,6 +15,7 @@
 #[cfg(feature = "user")]
 pub mod encoding;
 pub mod flow;
+pub mod ip;
 pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;

@@ -126,6 +126,84 @@ impl Counter {
     }
 }
 
+/// Why the `lb` program passes a packet to the host untouched. Each reason has its own
+/// [`Counter`], of class [`CounterClass::Passed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassReason {
+    /// Not IPv4 or IPv6.
+    NotIp,
+    /// No VIP matches destination, port and protocol.
+    NotVip,
+    /// Neither TCP nor UDP, nor an ICMP error about a VIP's flow.
+    NotTcpUdp,
+    /// An IPv4 fragment.
+    Fragment,
+    /// An IPv6 packet with extension headers.
+    Ipv6ExtensionHeader,
+}
+
+impl PassReason {
+    /// Every reason.
+    pub const ALL: [PassReason; 5] = [
+        PassReason::NotIp,
+        PassReason::NotVip,
+        PassReason::NotTcpUdp,
+        PassReason::Fragment,
+        PassReason::Ipv6ExtensionHeader,
+    ];
+
+    /// The counter this reason bumps.
+    #[inline(always)]
+    pub const fn counter(self) -> Counter {
+        match self {
+            PassReason::NotIp => Counter::NotIp,
+            PassReason::NotVip => Counter::NotVip,
+            PassReason::NotTcpUdp => Counter::NotTcpUdp,
+            PassReason::Fragment => Counter::Fragment,
+            PassReason::Ipv6ExtensionHeader => Counter::Ipv6ExtensionHeader,
+        }
+    }
+}
+
+/// Why the `lb` program drops a packet. Each reason has its own [`Counter`], of class
+/// [`CounterClass::Dropped`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Truncated or malformed header.
+    ParseError,
+    /// The VIP has no usable backend.
+    NoBackend,
+    /// The encapsulated packet would exceed the egress MTU.
+    TooBig,
+    /// No headroom for the tunnel header.
+    NoHeadroom,
+    /// The egress interface is not in `TX_PORTS`.
+    RedirectFailed,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::ParseError,
+        DropReason::NoBackend,
+        DropReason::TooBig,
+        DropReason::NoHeadroom,
+        DropReason::RedirectFailed,
+    ];
+
+    /// The counter this reason bumps.
+    #[inline(always)]
+    pub const fn counter(self) -> Counter {
+        match self {
+            DropReason::ParseError => Counter::ParseError,
+            DropReason::NoBackend => Counter::NoBackend,
+            DropReason::TooBig => Counter::TooBig,
+            DropReason::NoHeadroom => Counter::NoHeadroom,
+            DropReason::RedirectFailed => Counter::RedirectFailed,
+        }
+    }
+}
+
 /// Index into `DECAP_STATS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -169,4 +247,50 @@ pub struct BackendStats {
     pub bytes: u64,
     /// Flows newly assigned to the backend.
     pub new_flows: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_listed_in_index_order() {
+        for (index, counter) in Counter::ALL.into_iter().enumerate() {
+            assert_eq!(counter as usize, index, "{counter:?}");
+        }
+    }
+
+    #[test]
+    fn every_reason_bumps_a_counter_of_its_class() {
+        for reason in PassReason::ALL {
+            assert_eq!(reason.counter().class(), CounterClass::Passed, "{reason:?}");
+        }
+        for reason in DropReason::ALL {
+            assert_eq!(
+                reason.counter().class(),
+                CounterClass::Dropped,
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_pass_and_drop_counter_has_exactly_one_reason() {
+        for counter in Counter::ALL {
+            let passes = PassReason::ALL
+                .iter()
+                .filter(|reason| reason.counter() == counter)
+                .count();
+            let drops = DropReason::ALL
+                .iter()
+                .filter(|reason| reason.counter() == counter)
+                .count();
+            let expected = match counter.class() {
+                CounterClass::Passed => (1, 0),
+                CounterClass::Dropped => (0, 1),
+                CounterClass::Verdict | CounterClass::Event => (0, 0),
+            };
+            assert_eq!((passes, drops), expected, "{counter:?}");
+        }
+    }
 }

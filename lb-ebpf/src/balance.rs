@@ -76,7 +76,7 @@ fn tracked(flow: &FlowKey) -> Option<Choice> {
     // SAFETY: pointer from the kernel to a CONNTRACK value; we copy the u32 out at once.
     let id = unsafe { (*entry).backend };
     let backend = lookup_backend(id)?;
-    if backend.state == BackendState::Up as u8 || backend.state == BackendState::Draining as u8 {
+    if BackendState::from_raw(backend.state).is_usable() {
         Some(Choice { id, backend })
     } else {
         stats::count(Counter::Rehashed);

@@ -4,6 +4,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
+    ip::{ipv4_is_fragment, version},
     maps::{DecapKey, Family},
     stats::DecapCounter,
 };
@@ -11,53 +12,63 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     maps::DECAP_ADDRS,
-    parse::{
+    net::{
         ethernet, move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
-        IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
+        IPPROTO_IPV6, IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
     },
 };
+
+/// Why a packet is not stripped.
+#[derive(Clone, Copy)]
+enum Kept {
+    /// Not a tunnel packet for this host (or too short to be one): passed untouched.
+    NotOurs,
+    /// Addressed to us as a tunnel, but what it carries is not an IP packet: dropped.
+    Malformed,
+}
 
 /// What to do with a packet: the verdict and the counter to bump.
 pub fn decap(ctx: &XdpContext) -> (u32, DecapCounter) {
     match try_decap(ctx) {
         Ok(()) => (xdp_action::XDP_PASS, DecapCounter::Decapsulated),
-        Err(DecapCounter::Malformed) => (xdp_action::XDP_DROP, DecapCounter::Malformed),
-        Err(counter) => (xdp_action::XDP_PASS, counter),
+        Err(Kept::NotOurs) => (xdp_action::XDP_PASS, DecapCounter::Passed),
+        Err(Kept::Malformed) => (xdp_action::XDP_DROP, DecapCounter::Malformed),
     }
 }
 
 #[inline(always)]
-fn try_decap(ctx: &XdpContext) -> Result<(), DecapCounter> {
-    let (l2_len, ether_type) = ethernet(ctx).map_err(|_| DecapCounter::Passed)?;
+fn try_decap(ctx: &XdpContext) -> Result<(), Kept> {
+    let (l2_len, ether_type) = ethernet(ctx).map_err(|_| Kept::NotOurs)?;
     match (l2_len, ether_type) {
         (ETH_LEN, ETH_P_IP) => outer_ipv4::<ETH_LEN>(ctx),
         (ETH_LEN, ETH_P_IPV6) => outer_ipv6::<ETH_LEN>(ctx),
         (VLAN_ETH_LEN, ETH_P_IP) => outer_ipv4::<VLAN_ETH_LEN>(ctx),
         (VLAN_ETH_LEN, ETH_P_IPV6) => outer_ipv6::<VLAN_ETH_LEN>(ctx),
-        _ => Err(DecapCounter::Passed),
+        _ => Err(Kept::NotOurs),
     }
 }
 
 #[inline(always)]
-fn outer_ipv4<const L2: usize>(ctx: &XdpContext) -> Result<(), DecapCounter> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, L2).map_err(|_| DecapCounter::Passed)?;
+fn outer_ipv4<const L2: usize>(ctx: &XdpContext) -> Result<(), Kept> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, L2).map_err(|_| Kept::NotOurs)?;
     // SAFETY: ptr_at checked the 20-byte header is inside the packet.
     let ip = unsafe { &*ip };
     // Our tunnels never carry IP options or fragments; anything else is not ours to strip.
-    let is_fragment = ip.frags[0] & 0x3f != 0 || ip.frags[1] != 0;
-    if ip.vihl != 0x45 || is_fragment || !is_local(&ip.dst_addr, Family::V4) {
-        return Err(DecapCounter::Passed);
+    let is_fragment = ipv4_is_fragment(ip.frags);
+    if ip.vihl != IPV4_VERSION_IHL_NO_OPTIONS || is_fragment || !is_local(&ip.dst_addr, Family::V4)
+    {
+        return Err(Kept::NotOurs);
     }
     strip::<L2, IPV4_LEN>(ctx, ip.proto)
 }
 
 #[inline(always)]
-fn outer_ipv6<const L2: usize>(ctx: &XdpContext) -> Result<(), DecapCounter> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, L2).map_err(|_| DecapCounter::Passed)?;
+fn outer_ipv6<const L2: usize>(ctx: &XdpContext) -> Result<(), Kept> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, L2).map_err(|_| Kept::NotOurs)?;
     // SAFETY: ptr_at checked the 40-byte header is inside the packet.
     let ip = unsafe { &*ip };
     if !is_local(&ip.dst_addr, Family::V6) {
-        return Err(DecapCounter::Passed);
+        return Err(Kept::NotOurs);
     }
     strip::<L2, IPV6_LEN>(ctx, ip.next_hdr)
 }
@@ -79,22 +90,22 @@ fn is_local(addr: &[u8], family: Family) -> bool {
 fn strip<const L2: usize, const OUTER: usize>(
     ctx: &XdpContext,
     inner_protocol: u8,
-) -> Result<(), DecapCounter> {
-    let (ether_type, version) = match inner_protocol {
+) -> Result<(), Kept> {
+    let (ether_type, inner_version) = match inner_protocol {
         IPPROTO_IPIP => (ETH_P_IP, 4),
         IPPROTO_IPV6 => (ETH_P_IPV6, 6),
-        _ => return Err(DecapCounter::Passed),
+        _ => return Err(Kept::NotOurs),
     };
-    let inner: *const u8 = ptr_at(ctx, L2 + OUTER).map_err(|_| DecapCounter::Malformed)?;
+    let inner: *const u8 = ptr_at(ctx, L2 + OUTER).map_err(|_| Kept::Malformed)?;
     // SAFETY: ptr_at checked the inner header's first byte is inside the packet.
-    if unsafe { *inner } >> 4 != version {
-        return Err(DecapCounter::Malformed);
+    if version(unsafe { *inner }) != inner_version {
+        return Err(Kept::Malformed);
     }
-    move_ethernet_header::<L2, 0, OUTER>(ctx, ether_type).map_err(|_| DecapCounter::Malformed)?;
+    move_ethernet_header::<L2, 0, OUTER>(ctx, ether_type).map_err(|_| Kept::Malformed)?;
     // SAFETY: shrinking by OUTER bytes stays inside the packet (checked above); pointers are
     // not used afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER as i32) } != 0 {
-        return Err(DecapCounter::Malformed);
+        return Err(Kept::Malformed);
     }
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! Sending a packet to its backend: layer-2 DSR (MAC rewrite) or IP-in-IP encapsulation, then
 //! `XDP_TX` (egress = ingress interface) or `XDP_REDIRECT` through `TX_PORTS`.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     flow_hash,
+    ip::{ipv4_checksum, ipv4_unfragmented, ipv6_flow_label, ipv6_version_class_label},
     maps::{Backend, Family, ForwardMode, Settings, Vip},
-    stats::Counter,
+    stats::DropReason,
 };
 use network_types::{
     eth::EthHdr,
@@ -15,29 +16,40 @@ use network_types::{
 use crate::{
     balance::Choice,
     maps::{SETTINGS, TX_PORTS},
-    parse::{
-        move_ethernet_header, ptr_at, Packet, Unhandled, ETH_LEN, ETH_P_IP, ETH_P_IPV6,
-        IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
+    net::{
+        move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+        IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
     },
+    parse::Packet,
 };
 
 const TUNNEL_TTL: u8 = 64;
-const IPV4_DONT_FRAGMENT: u8 = 0x40;
 
-/// Forwards a load-balanced packet to `choice` and returns the XDP verdict.
+/// How a forwarded packet leaves.
+#[derive(Clone, Copy)]
+pub enum Egress {
+    /// `XDP_TX`: out of the interface it came in on.
+    Tx,
+    /// `XDP_REDIRECT`: out of another interface, through `TX_PORTS`.
+    Redirect,
+}
+
+/// Forwards a load-balanced packet to `choice`. Every failure is a drop: the packet is a VIP's.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     packet: &Packet,
     vip: &Vip,
     choice: &Choice,
-) -> Result<u32, Unhandled> {
+) -> Result<Egress, DropReason> {
     let backend = &choice.backend;
-    if vip.forward == ForwardMode::Tunnel as u8 {
-        match packet.l2_len {
+    match ForwardMode::from_raw(vip.forward) {
+        Some(ForwardMode::Tunnel) => match packet.l2_len {
             VLAN_ETH_LEN => encapsulate::<VLAN_ETH_LEN>(ctx, packet, backend)?,
             _ => encapsulate::<ETH_LEN>(ctx, packet, backend)?,
-        }
+        },
+        // Only the MAC addresses change (an unknown mode, which the agent never writes, too).
+        Some(ForwardMode::Dsr) | None => {}
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the Ethernet header is inside the (possibly grown) packet.
@@ -49,13 +61,15 @@ pub fn forward(
 }
 
 #[inline(always)]
-fn egress(ctx: &XdpContext, backend: &Backend) -> Result<u32, Unhandled> {
+fn egress(ctx: &XdpContext, backend: &Backend) -> Result<Egress, DropReason> {
     if backend.ifindex as usize == ctx.ingress_ifindex() {
-        return Ok(xdp_action::XDP_TX);
+        return Ok(Egress::Tx);
     }
-    TX_PORTS
-        .redirect(backend.ifindex, 0)
-        .map_err(|_| Counter::RedirectFailed)
+    // Ok means the helper returned XDP_REDIRECT (a missing port returns the flags, 0).
+    match TX_PORTS.redirect(backend.ifindex, 0) {
+        Ok(_) => Ok(Egress::Redirect),
+        Err(_) => Err(DropReason::RedirectFailed),
+    }
 }
 
 /// Prepends an outer IPv4 or IPv6 header (the backend's family) between the Ethernet header
@@ -65,7 +79,7 @@ fn encapsulate<const L2: usize>(
     ctx: &XdpContext,
     packet: &Packet,
     backend: &Backend,
-) -> Result<(), Unhandled> {
+) -> Result<(), DropReason> {
     let unset = Settings::default();
     let settings = SETTINGS.get(0).unwrap_or(&unset);
     let inner_protocol = if packet.flow.family == Family::V4 as u8 {
@@ -92,9 +106,9 @@ fn encapsulate<const L2: usize>(
 }
 
 #[inline(always)]
-fn check_mtu(packet: &Packet, backend: &Backend, outer_len: usize) -> Result<(), Unhandled> {
+fn check_mtu(packet: &Packet, backend: &Backend, outer_len: usize) -> Result<(), DropReason> {
     if packet.ip_len + outer_len as u32 > backend.mtu {
-        return Err(Counter::TooBig);
+        return Err(DropReason::TooBig);
     }
     Ok(())
 }
@@ -105,11 +119,11 @@ fn check_mtu(packet: &Packet, backend: &Backend, outer_len: usize) -> Result<(),
 fn make_room<const L2: usize, const OUTER: usize>(
     ctx: &XdpContext,
     ether_type: u16,
-) -> Result<(), Unhandled> {
+) -> Result<(), DropReason> {
     // SAFETY: the helper only moves ctx->data within the frame's headroom, and fails (non-zero)
     // if there is not enough; all packet pointers are re-derived and re-checked afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER as i32)) } != 0 {
-        return Err(Counter::NoHeadroom);
+        return Err(DropReason::NoHeadroom);
     }
     move_ethernet_header::<L2, OUTER, 0>(ctx, ether_type)?;
     Ok(())
@@ -123,18 +137,11 @@ fn ipv4_header(
     inner_protocol: u8,
 ) -> Ipv4Hdr {
     let mut header = Ipv4Hdr {
-        vihl: 0x45,
+        vihl: IPV4_VERSION_IHL_NO_OPTIONS,
         tos: packet.tos,
         tot_len: ((packet.ip_len as usize + IPV4_LEN) as u16).to_be_bytes(),
         id: [0, 0],
-        frags: [
-            if packet.dont_fragment {
-                IPV4_DONT_FRAGMENT
-            } else {
-                0
-            },
-            0,
-        ],
+        frags: ipv4_unfragmented(packet.dont_fragment),
         ttl: TUNNEL_TTL,
         proto: inner_protocol,
         check: [0, 0],
@@ -146,32 +153,21 @@ fn ipv4_header(
             backend.addr[3],
         ],
     };
-    header.check = ipv4_checksum(&header).to_be_bytes();
-    header
-}
-
-/// The IPv4 header checksum (RFC 791): one's complement of the one's complement sum of the
-/// header's 16-bit words, with the checksum field zero.
-#[inline(always)]
-fn ipv4_checksum(header: &Ipv4Hdr) -> u16 {
-    let words = [
+    // The header's ten words, the checksum word still zero.
+    header.check = ipv4_checksum([
         u16::from_be_bytes([header.vihl, header.tos]),
         u16::from_be_bytes(header.tot_len),
         u16::from_be_bytes(header.id),
         u16::from_be_bytes(header.frags),
         u16::from_be_bytes([header.ttl, header.proto]),
+        u16::from_be_bytes(header.check),
         u16::from_be_bytes([header.src_addr[0], header.src_addr[1]]),
         u16::from_be_bytes([header.src_addr[2], header.src_addr[3]]),
         u16::from_be_bytes([header.dst_addr[0], header.dst_addr[1]]),
         u16::from_be_bytes([header.dst_addr[2], header.dst_addr[3]]),
-    ];
-    let mut sum: u32 = 0;
-    for word in words {
-        sum += word as u32;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    ])
+    .to_be_bytes();
+    header
 }
 
 #[inline(always)]
@@ -181,12 +177,10 @@ fn ipv6_header(
     settings: &Settings,
     inner_protocol: u8,
 ) -> Ipv6Hdr {
-    // The flow label carries the flow's hash so routers between us and the backend can spread
-    // tunnels over ECMP paths per flow (RFC 6438).
-    let flow_label = flow_hash(&packet.flow) & 0x000f_ffff;
-    let version_class_label = (6u32 << 28) | ((packet.tos as u32) << 20) | flow_label;
+    // The flow label carries the flow's hash (ECMP per flow, RFC 6438).
+    let flow_label = ipv6_flow_label(flow_hash(&packet.flow));
     Ipv6Hdr {
-        vcf: version_class_label.to_be_bytes(),
+        vcf: ipv6_version_class_label(packet.tos, flow_label),
         payload_len: (packet.ip_len as u16).to_be_bytes(),
         next_hdr: inner_protocol,
         hop_limit: TUNNEL_TTL,

@@ -6,51 +6,24 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
+    ip::{ipv4_dont_fragment, ipv4_header_len, ipv4_is_fragment, ipv6_traffic_class, version},
     maps::{Family, Protocol},
-    stats::Counter,
+    stats::{DropReason, PassReason},
     FlowKey,
 };
 use network_types::{
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const VLAN_TAG_LEN: usize = 4;
-/// Ethernet header length without and with one VLAN tag.
-pub const ETH_LEN: usize = 14;
-pub const VLAN_ETH_LEN: usize = 18;
-/// Fixed IPv4 / IPv6 header lengths (tunnel headers carry no options).
-pub const IPV4_LEN: usize = 20;
-pub const IPV6_LEN: usize = 40;
-/// IP protocol numbers of IPv4-in-IP and IPv6-in-IP.
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_IPV6: u8 = 41;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-/// ICMP types that quote the packet they are about: destination unreachable (fragmentation
-/// needed included), time exceeded, parameter problem.
-const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
-/// ICMPv6 types that quote the packet they are about: destination unreachable, packet too big,
-/// time exceeded, parameter problem.
-const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
-/// ICMP/ICMPv6 header before the quoted packet: type, code, checksum, 4 bytes (MTU, pointer...).
-const ICMP_HEADER_LEN: usize = 8;
-/// IPv6 next-header values of extension headers (RFC 8200 §4, RFC 6564 list, plus ESP/AH).
-const IPV6_EXTENSION_HEADERS: [u8; 9] = [0, 43, 44, 50, 51, 60, 135, 139, 140];
-const IPV4_DONT_FRAGMENT: u8 = 0x40;
-const IPV4_MORE_FRAGMENTS: u8 = 0x20;
-const IPV4_OFFSET_HIGH_BITS: u8 = 0x1f;
-
-/// Why a packet is not load balanced. All of these are counted; `ParseError` is dropped, the
-/// rest are passed to the host untouched.
-pub type Unhandled = Counter;
+use crate::{
+    net::{
+        ethernet, ptr_at, ETH_P_IP, ETH_P_IPV6, ICMPV6_ERRORS, ICMP_ERRORS, ICMP_HEADER_LEN,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_EXTENSION_HEADERS,
+    },
+    verdict::Unhandled,
+};
 
 /// What the rest of the program needs to know about a TCP/UDP packet.
 pub struct Packet {
@@ -71,58 +44,6 @@ pub struct Packet {
     pub icmp_error: bool,
 }
 
-/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is inside it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Unhandled> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return Err(Counter::ParseError);
-    }
-    Ok((start + offset) as *mut T)
-}
-
-/// Copies the `L2`-byte Ethernet header at offset `FROM` to offset `TO` with `ether_type` as
-/// its (innermost) ethertype: how a tunnel header is inserted (FROM > TO, after growing the
-/// packet at the front) or removed (TO > FROM, before shrinking it).
-#[inline(always)]
-pub fn move_ethernet_header<const L2: usize, const FROM: usize, const TO: usize>(
-    ctx: &XdpContext,
-    ether_type: u16,
-) -> Result<(), Unhandled> {
-    let from: *const [u8; L2] = ptr_at(ctx, FROM)?;
-    let to: *mut [u8; L2] = ptr_at(ctx, TO)?;
-    // SAFETY: ptr_at checked both ranges are inside the packet; callers move by a whole tunnel
-    // header (20 or 40 bytes) >= L2 (14 or 18), so the ranges do not overlap. (Told so, LLVM
-    // inlines the copy; `*to = *from` becomes a call to a byte-by-byte memmove loop.)
-    unsafe {
-        core::ptr::copy_nonoverlapping(from, to, 1);
-        let ether_type = ether_type.to_be_bytes();
-        (*to)[L2 - 2] = ether_type[0];
-        (*to)[L2 - 1] = ether_type[1];
-    }
-    Ok(())
-}
-
-/// Ethernet header length (14, or 18 with one VLAN tag) and the ethertype that follows it.
-#[inline(always)]
-pub fn ethernet(ctx: &XdpContext) -> Result<(usize, u16), Unhandled> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked that the 14-byte Ethernet header is inside the packet.
-    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    if ether_type != ETH_P_8021Q {
-        return Ok((size_of::<EthHdr>(), ether_type));
-    }
-    // The tag is TCI (2 bytes) then the encapsulated ethertype (2 bytes).
-    let tag: *const [u8; VLAN_TAG_LEN] = ptr_at(ctx, size_of::<EthHdr>())?;
-    // SAFETY: ptr_at checked that the 4-byte tag is inside the packet.
-    let tag = unsafe { *tag };
-    Ok((
-        size_of::<EthHdr>() + VLAN_TAG_LEN,
-        u16::from_be_bytes([tag[2], tag[3]]),
-    ))
-}
-
 /// Parses a frame up to the transport ports.
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Unhandled> {
@@ -130,7 +51,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Unhandled> {
     match ether_type {
         ETH_P_IP => ipv4(ctx, l2_len),
         ETH_P_IPV6 => ipv6(ctx, l2_len),
-        _ => Err(Counter::NotIp),
+        _ => Err(PassReason::NotIp.into()),
     }
 }
 
@@ -139,17 +60,17 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l2_len)?;
     // SAFETY: ptr_at checked that the fixed 20-byte IPv4 header is inside the packet.
     let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 {
-        return Err(Counter::ParseError);
+    if version(ip.vihl) != 4 {
+        return Err(DropReason::ParseError.into());
     }
-    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+    let header_len = ipv4_header_len(ip.vihl);
     let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
     let frame_ip_len = ctx.data_end() - ctx.data() - l2_len;
     if header_len < size_of::<Ipv4Hdr>() || ip_len < header_len || ip_len > frame_ip_len {
-        return Err(Counter::ParseError);
+        return Err(DropReason::ParseError.into());
     }
-    if ip.frags[0] & (IPV4_MORE_FRAGMENTS | IPV4_OFFSET_HIGH_BITS) != 0 || ip.frags[1] != 0 {
-        return Err(Counter::Fragment);
+    if ipv4_is_fragment(ip.frags) {
+        return Err(PassReason::Fragment.into());
     }
     let offset = l2_len + header_len;
     let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
@@ -170,7 +91,7 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         l2_len,
         ip_len: ip_len as u32,
         tos: ip.tos,
-        dont_fragment: ip.frags[0] & IPV4_DONT_FRAGMENT != 0,
+        dont_fragment: ipv4_dont_fragment(ip.frags),
         syn,
         icmp_error,
     })
@@ -181,15 +102,15 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l2_len)?;
     // SAFETY: ptr_at checked that the 40-byte IPv6 header is inside the packet.
     let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
-        return Err(Counter::ParseError);
+    if version(ip.vcf[0]) != 6 {
+        return Err(DropReason::ParseError.into());
     }
     let ip_len = size_of::<Ipv6Hdr>() + u16::from_be_bytes(ip.payload_len) as usize;
     if ip_len > ctx.data_end() - ctx.data() - l2_len {
-        return Err(Counter::ParseError);
+        return Err(DropReason::ParseError.into());
     }
     if IPV6_EXTENSION_HEADERS.contains(&ip.next_hdr) {
-        return Err(Counter::Ipv6ExtensionHeader);
+        return Err(PassReason::Ipv6ExtensionHeader.into());
     }
     let offset = l2_len + size_of::<Ipv6Hdr>();
     let dst = words(&ip.dst_addr);
@@ -208,7 +129,7 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         flow,
         l2_len,
         ip_len: ip_len as u32,
-        tos: (ip.vcf[0] << 4) | (ip.vcf[1] >> 4),
+        tos: ipv6_traffic_class(ip.vcf),
         dont_fragment: true,
         syn,
         icmp_error,
@@ -219,36 +140,36 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
 struct Transport {
     /// Source then destination port, in packet (network) byte order.
     ports: u32,
-    /// IP protocol number.
-    protocol: u8,
+    /// TCP or UDP.
+    protocol: Protocol,
     /// TCP SYN without ACK.
     syn: bool,
 }
 
 #[inline(always)]
 fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport, Unhandled> {
-    match protocol {
-        IPPROTO_TCP => {
+    match Protocol::from_raw(protocol) {
+        Some(Protocol::Tcp) => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 20-byte TCP header is inside the packet.
             let tcp = unsafe { &*tcp };
             Ok(Transport {
                 ports: ports(tcp.source, tcp.dest),
-                protocol: Protocol::Tcp as u8,
+                protocol: Protocol::Tcp,
                 syn: tcp.syn() != 0 && tcp.ack() == 0,
             })
         }
-        IPPROTO_UDP => {
+        Some(Protocol::Udp) => {
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the 8-byte UDP header is inside the packet.
             let udp = unsafe { &*udp };
             Ok(Transport {
                 ports: ports(udp.src, udp.dst),
-                protocol: Protocol::Udp as u8,
+                protocol: Protocol::Udp,
                 syn: false,
             })
         }
-        _ => Err(Counter::NotTcpUdp),
+        None => Err(PassReason::NotTcpUdp.into()),
     }
 }
 
@@ -271,7 +192,7 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 /// per packet. Words keep it to ten values.
 #[inline(always)]
 fn flow_key(src: [u32; 4], dst: [u32; 4], transport: &Transport, family: Family) -> FlowKey {
-    let tail = u32::from_ne_bytes([transport.protocol, family as u8, 0, 0]);
+    let tail = u32::from_ne_bytes([transport.protocol as u8, family as u8, 0, 0]);
     let words: [u32; 10] = [
         src[0],
         src[1],
@@ -300,13 +221,13 @@ fn icmp_error_v4(ctx: &XdpContext, offset: usize, to: [u32; 4]) -> Result<FlowKe
     let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
     // SAFETY: ptr_at checked that the quoted 20-byte IPv4 header is inside the packet.
     let ip = unsafe { &*ip };
-    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
-    if ip.vihl >> 4 != 4 || header_len < size_of::<Ipv4Hdr>() {
-        return Err(Counter::ParseError);
+    let header_len = ipv4_header_len(ip.vihl);
+    if version(ip.vihl) != 4 || header_len < size_of::<Ipv4Hdr>() {
+        return Err(DropReason::ParseError.into());
     }
     let vip = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     if vip != to {
-        return Err(Counter::NotTcpUdp);
+        return Err(PassReason::NotTcpUdp.into());
     }
     let transport = quoted_transport(ctx, ip.proto, quoted + header_len)?;
     Ok(flow_key(
@@ -324,12 +245,12 @@ fn icmp_error_v6(ctx: &XdpContext, offset: usize, to: [u32; 4]) -> Result<FlowKe
     let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
     // SAFETY: ptr_at checked that the quoted 40-byte IPv6 header is inside the packet.
     let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
-        return Err(Counter::ParseError);
+    if version(ip.vcf[0]) != 6 {
+        return Err(DropReason::ParseError.into());
     }
     let vip = words(&ip.src_addr);
     if vip != to {
-        return Err(Counter::NotTcpUdp);
+        return Err(PassReason::NotTcpUdp.into());
     }
     let transport = quoted_transport(ctx, ip.next_hdr, quoted + size_of::<Ipv6Hdr>())?;
     Ok(flow_key(words(&ip.dst_addr), vip, &transport, Family::V6))
@@ -344,7 +265,7 @@ fn icmp_quote(ctx: &XdpContext, offset: usize, errors: &[u8]) -> Result<usize, U
     if errors.contains(&kind) {
         Ok(offset + ICMP_HEADER_LEN)
     } else {
-        Err(Counter::NotTcpUdp)
+        Err(PassReason::NotTcpUdp.into())
     }
 }
 
@@ -352,11 +273,7 @@ fn icmp_quote(ctx: &XdpContext, offset: usize, errors: &[u8]) -> Result<usize, U
 /// the client). An ICMP error quotes at least 8 bytes of it, so only the ports are read.
 #[inline(always)]
 fn quoted_transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport, Unhandled> {
-    let protocol = match protocol {
-        IPPROTO_TCP => Protocol::Tcp as u8,
-        IPPROTO_UDP => Protocol::Udp as u8,
-        _ => return Err(Counter::NotTcpUdp),
-    };
+    let protocol = Protocol::from_raw(protocol).ok_or(PassReason::NotTcpUdp)?;
     let quoted_ports: *const [[u8; 2]; 2] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the 4 port bytes are inside the packet.
     let [vip_port, client_port] = unsafe { *quoted_ports };

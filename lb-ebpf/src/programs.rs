@@ -1,65 +1,55 @@
 //! The entry points. Each reads as the table of contents of its path.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::stats::Counter;
+use lb_common::stats::{Counter, DropReason, PassReason};
 
-use crate::{balance, decap, forward, parse, stats};
+use crate::{
+    balance, decap,
+    forward::{self, Egress},
+    parse, stats,
+    verdict::Unhandled,
+};
 
 /// The load balancer.
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
-    let action = balance_packet(&ctx);
-    stats::count(match action {
-        xdp_action::XDP_PASS => Counter::Pass,
-        xdp_action::XDP_TX => Counter::Tx,
-        xdp_action::XDP_REDIRECT => Counter::Redirect,
-        _ => Counter::Drop,
-    });
+    let (action, verdict) = match balance_packet(&ctx) {
+        Ok(Egress::Tx) => (xdp_action::XDP_TX, Counter::Tx),
+        Ok(Egress::Redirect) => (xdp_action::XDP_REDIRECT, Counter::Redirect),
+        Err(unhandled) => {
+            stats::count(unhandled.counter());
+            match unhandled {
+                Unhandled::Pass(_) => (xdp_action::XDP_PASS, Counter::Pass),
+                Unhandled::Drop(_) => (xdp_action::XDP_DROP, Counter::Drop),
+            }
+        }
+    };
+    stats::count(verdict);
     action
 }
 
 #[inline(always)]
-fn balance_packet(ctx: &XdpContext) -> u32 {
-    let packet = match parse::packet(ctx) {
-        Ok(packet) => packet,
-        Err(reason) => return unhandled(reason),
-    };
-    let Some(vip) = balance::vip(&packet.flow) else {
-        return unhandled(Counter::NotVip);
-    };
+fn balance_packet(ctx: &XdpContext) -> Result<Egress, Unhandled> {
+    let packet = parse::packet(ctx)?;
+    let vip = balance::vip(&packet.flow).ok_or(PassReason::NotVip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     stats::vip_packet(vip.id, frame_len);
     let Some(choice) = balance::backend(&packet, &vip) else {
         stats::vip_drop(vip.id);
-        return unhandled(Counter::NoBackend);
+        return Err(DropReason::NoBackend.into());
     };
     match forward::forward(ctx, &packet, &vip, &choice) {
-        Ok(action) => {
+        Ok(egress) => {
             stats::backend_packet(choice.id, frame_len);
             if packet.icmp_error {
                 stats::count(Counter::IcmpError);
             }
-            action
+            Ok(egress)
         }
         Err(reason) => {
             stats::vip_drop(vip.id);
-            unhandled(reason)
+            Err(reason.into())
         }
-    }
-}
-
-/// Counts why a packet is not forwarded and returns its verdict: malformed packets and VIP
-/// packets that cannot be forwarded are dropped, everything else goes to the host untouched.
-#[inline(always)]
-fn unhandled(reason: Counter) -> u32 {
-    stats::count(reason);
-    match reason {
-        Counter::ParseError
-        | Counter::NoBackend
-        | Counter::TooBig
-        | Counter::NoHeadroom
-        | Counter::RedirectFailed => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
     }
 }
 

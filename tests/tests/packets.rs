@@ -3,8 +3,15 @@
 //!
 //! Expected backends come from userspace's prediction (`flow_hash` over the ring the lab wrote),
 //! so each forwarding row also proves that kernel and userspace agree.
+//!
+//! The table is one `#[test]` per group of rows (`dsr_v4`, `tunnel_mtu`, `icmp_errors`,
+//! `decap`, ...), so a group can be run alone: `cargo test -p lb-tests --test packets icmp`.
+//! Every row runs on a fresh lab; a group reports all its failing rows at once.
 
-use lb_common::{maps::BackendState, stats::Counter};
+use lb_common::{
+    maps::BackendState,
+    stats::{Counter, Counter as C},
+};
 use lb_tests::packet::{
     frames::{self, ip, Frame, Ipv6Ext},
     lab::{backend_mac, backend_of, verdict, PacketLab, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},
@@ -70,105 +77,123 @@ impl Case {
     }
 }
 
-fn table() -> Vec<Case> {
-    use Counter as C;
-    use Expect::*;
-    let client4 = "198.51.100.7";
-    let client6 = "2001:db8:c::7";
-    let mut v4_options = Frame::syn(client4, 40001, "10.0.0.100", 80);
-    v4_options.ipv4_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert + NOPs + EOL
-    let mut v4_max_options = Frame::ack(client4, 40002, "10.0.0.200", 80);
-    v4_max_options.ipv4_options = vec![1; 40]; // IHL 15
-    let mut first_fragment = Frame::udp(client4, 40003, "10.0.0.100", 53);
-    first_fragment.more_fragments = true;
-    first_fragment.dont_fragment = false;
-    let mut later_fragment = Frame::udp(client4, 40003, "10.0.0.100", 53);
-    later_fragment.fragment_offset = 100;
-    later_fragment.dont_fragment = false;
-    let with_ext = |ext| {
-        let mut frame = Frame::syn(client6, 40004, "fd00::100", 80);
-        frame.ipv6_ext = Some(ext);
-        frame
-    };
-    let mut dscp = Frame::ack(client4, 40005, "10.0.0.200", 80);
-    dscp.dscp = 46;
-    let mut no_df = Frame::ack(client4, 40006, "10.0.0.200", 80);
-    no_df.dont_fragment = false;
+const CLIENT4: &str = "198.51.100.7";
+const CLIENT6: &str = "2001:db8:c::7";
 
-    vec![
+/// IPv4 to DSR VIPs: TCP from the ring and from conntrack, UDP.
+#[test]
+fn dsr_v4() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "TCP SYN to an IPv4 DSR VIP goes to its ring's backend",
-            Frame::syn(client4, 40000, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "TCP ACK of an untracked IPv4 flow is hashed like its SYN",
-            Frame::ack(client4, 40000, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.100", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "TCP ACK after the SYN hits conntrack and stays",
-            Frame::ack(client4, 40010, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40010, "10.0.0.100", 80),
             ForwardTracked,
             Some(C::Tx),
         )
         .before(track),
         case(
+            "UDP to an IPv4 DSR VIP",
+            Frame::udp(CLIENT4, 5353, "10.0.0.100", 53),
+            Forward,
+            Some(C::Tx),
+        ),
+    ]);
+}
+
+/// IPv6 to DSR VIPs.
+#[test]
+fn dsr_v6() {
+    use Expect::*;
+    run_rows(vec![
+        case(
             "TCP SYN to an IPv6 DSR VIP",
-            Frame::syn(client6, 40000, "fd00::100", 80),
+            Frame::syn(CLIENT6, 40000, "fd00::100", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "TCP ACK with payload to an IPv6 DSR VIP",
-            Frame::ack(client6, 40001, "fd00::100", 80),
-            Forward,
-            Some(C::Tx),
-        ),
-        case(
-            "UDP to an IPv4 DSR VIP",
-            Frame::udp(client4, 5353, "10.0.0.100", 53),
+            Frame::ack(CLIENT6, 40001, "fd00::100", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "UDP to an IPv6 DSR VIP",
-            Frame::udp(client6, 5353, "fd00::100", 53),
+            Frame::udp(CLIENT6, 5353, "fd00::100", 53),
             Forward,
             Some(C::Tx),
         ),
+    ]);
+}
+
+/// Tunnel VIPs whose backends have the VIP's family.
+#[test]
+fn tunnel_ipip_and_ip6ip6() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "TCP SYN to an IPv4 tunnel VIP is IPIP-encapsulated",
-            Frame::syn(client4, 40000, "10.0.0.200", 80),
+            Frame::syn(CLIENT4, 40000, "10.0.0.200", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "TCP ACK with payload to an IPv4 tunnel VIP",
-            Frame::ack(client4, 40001, "10.0.0.200", 80),
+            Frame::ack(CLIENT4, 40001, "10.0.0.200", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "TCP SYN to an IPv6 tunnel VIP is IP6IP6-encapsulated",
-            Frame::syn(client6, 40000, "fd00::200", 80),
+            Frame::syn(CLIENT6, 40000, "fd00::200", 80),
             Forward,
             Some(C::Tx),
         ),
+    ]);
+}
+
+/// Tunnel VIPs whose backends have the other family.
+#[test]
+fn tunnel_4in6_and_6in4() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "IPv4 VIP with an IPv6 backend is 4in6-encapsulated",
-            Frame::ack(client4, 40000, "10.0.0.210", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.210", 80),
             Forward,
             Some(C::Tx),
         ),
         case(
             "IPv6 VIP with an IPv4 backend is 6in4-encapsulated",
-            Frame::ack(client6, 40000, "fd00::210", 80),
+            Frame::ack(CLIENT6, 40000, "fd00::210", 80),
             Forward,
             Some(C::Tx),
         ),
+    ]);
+}
+
+/// What the outer header copies from the inner packet, and its length.
+#[test]
+fn tunnel_header_fields() {
+    use Expect::*;
+    let mut dscp = Frame::ack(CLIENT4, 40005, "10.0.0.200", 80);
+    dscp.dscp = 46;
+    let mut no_df = Frame::ack(CLIENT4, 40006, "10.0.0.200", 80);
+    no_df.dont_fragment = false;
+    run_rows(vec![
         case(
             "tunnel copies DSCP into the outer header",
             dscp,
@@ -183,83 +208,127 @@ fn table() -> Vec<Case> {
         ),
         case(
             "short frame with Ethernet padding: tunnel length from the IP header",
-            Frame::syn(client4, 40007, "10.0.0.200", 80),
+            Frame::syn(CLIENT4, 40007, "10.0.0.200", 80),
             Forward,
             Some(C::Tx),
         )
         .raw(pad_to_60),
+    ]);
+}
+
+/// The egress MTU: the largest packet that fits, and one byte more.
+#[test]
+fn tunnel_mtu() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "a tunnelled packet that would exceed the MTU is dropped",
-            Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 19),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 19),
             Drop,
             Some(C::TooBig),
         ),
         case(
             "the largest tunnelled packet that fits the MTU is forwarded",
-            Frame::ack(client4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 20),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80).with_payload(1500 - 20 - 20 - 20),
             Forward,
             Some(C::Tx),
         ),
+    ]);
+}
+
+/// A port-0 VIP matches every port of its protocol, and only that protocol.
+#[test]
+fn all_ports_vip() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "any port reaches an all-ports VIP",
-            Frame::syn(client4, 40000, "10.0.0.150", 31337),
+            Frame::syn(CLIENT4, 40000, "10.0.0.150", 31337),
             Forward,
             Some(C::Tx),
         ),
         case(
             "a UDP packet to an all-ports TCP VIP is not the VIP's",
-            Frame::udp(client4, 40000, "10.0.0.150", 31337),
+            Frame::udp(CLIENT4, 40000, "10.0.0.150", 31337),
             Pass,
             Some(C::NotVip),
         ),
+    ]);
+}
+
+/// Addresses, ports and protocols no VIP matches are passed untouched.
+#[test]
+fn not_a_vip() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "an address that is not a VIP is passed untouched",
-            Frame::syn(client4, 40000, "10.0.0.99", 80),
+            Frame::syn(CLIENT4, 40000, "10.0.0.99", 80),
             Pass,
             Some(C::NotVip),
         ),
         case(
             "a VIP address on another port is passed untouched",
-            Frame::syn(client4, 40000, "10.0.0.100", 8080),
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 8080),
             Pass,
             Some(C::NotVip),
         ),
         case(
             "UDP to a TCP-only VIP port is passed untouched",
-            Frame::udp(client4, 40000, "10.0.0.100", 80),
+            Frame::udp(CLIENT4, 40000, "10.0.0.100", 80),
             Pass,
             Some(C::NotVip),
         ),
         case(
             "an IPv6 address that is not a VIP is passed untouched",
-            Frame::syn(client6, 40000, "fd00::99", 80),
+            Frame::syn(CLIENT6, 40000, "fd00::99", 80),
             Pass,
             Some(C::NotVip),
         ),
+    ]);
+}
+
+/// One 802.1Q tag: kept, with the tunnel header after it.
+#[test]
+fn vlan() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "802.1Q-tagged TCP to a DSR VIP keeps its tag",
-            Frame::syn(client4, 40000, "10.0.0.100", 80).with_vlan(42),
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 80).with_vlan(42),
             Forward,
             Some(C::Tx),
         ),
         case(
             "802.1Q-tagged UDP to an IPv6 VIP keeps its tag",
-            Frame::udp(client6, 40000, "fd00::100", 53).with_vlan(4094),
+            Frame::udp(CLIENT6, 40000, "fd00::100", 53).with_vlan(4094),
             Forward,
             Some(C::Tx),
         ),
         case(
             "802.1Q-tagged traffic to a tunnel VIP: tag kept, outer header after it",
-            Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(7),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80).with_vlan(7),
             Forward,
             Some(C::Tx),
         ),
         case(
             "802.1Q-tagged traffic to a non-VIP is passed",
-            Frame::syn(client4, 40000, "10.0.0.99", 80).with_vlan(7),
+            Frame::syn(CLIENT4, 40000, "10.0.0.99", 80).with_vlan(7),
             Pass,
             Some(C::NotVip),
         ),
+    ]);
+}
+
+/// IPv4 options: the transport header is read after them.
+#[test]
+fn ipv4_options() {
+    use Expect::*;
+    let mut v4_options = Frame::syn(CLIENT4, 40001, "10.0.0.100", 80);
+    v4_options.ipv4_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert + NOPs + EOL
+    let mut v4_max_options = Frame::ack(CLIENT4, 40002, "10.0.0.200", 80);
+    v4_max_options.ipv4_options = vec![1; 40]; // IHL 15
+    run_rows(vec![
         case(
             "IPv4 options (IHL 7) are honoured: ports read after them",
             v4_options,
@@ -272,6 +341,20 @@ fn table() -> Vec<Case> {
             Forward,
             Some(C::Tx),
         ),
+    ]);
+}
+
+/// IPv4 fragments, first and later, are passed.
+#[test]
+fn ipv4_fragments() {
+    use Expect::*;
+    let mut first_fragment = Frame::udp(CLIENT4, 40003, "10.0.0.100", 53);
+    first_fragment.more_fragments = true;
+    first_fragment.dont_fragment = false;
+    let mut later_fragment = Frame::udp(CLIENT4, 40003, "10.0.0.100", 53);
+    later_fragment.fragment_offset = 100;
+    later_fragment.dont_fragment = false;
+    run_rows(vec![
         case(
             "first IPv4 fragment is passed and counted",
             first_fragment,
@@ -284,6 +367,19 @@ fn table() -> Vec<Case> {
             Pass,
             Some(C::Fragment),
         ),
+    ]);
+}
+
+/// IPv6 with extension headers is passed.
+#[test]
+fn ipv6_extension_headers() {
+    use Expect::*;
+    let with_ext = |ext| {
+        let mut frame = Frame::syn(CLIENT6, 40004, "fd00::100", 80);
+        frame.ipv6_ext = Some(ext);
+        frame
+    };
+    run_rows(vec![
         case(
             "IPv6 hop-by-hop options are passed and counted",
             with_ext(Ipv6Ext::HopByHop),
@@ -308,113 +404,153 @@ fn table() -> Vec<Case> {
             Pass,
             Some(C::Ipv6ExtensionHeader),
         ),
+    ]);
+}
+
+/// Neither TCP nor UDP: ARP, ICMP echo.
+#[test]
+fn other_protocols() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "ARP is passed untouched",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Pass,
             Some(C::NotIp),
         )
         .raw(as_arp),
         case(
             "ICMP to a VIP address is passed to the host",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Pass,
             Some(C::NotTcpUdp),
         )
         .raw(as_icmp),
+    ]);
+}
+
+/// Malformed headers are dropped; frames shorter than Ethernet never reach XDP.
+#[test]
+fn malformed() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "IPv4 header with version 6 is dropped",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Drop,
             Some(C::ParseError),
         )
         .raw(bad_version),
         case(
             "IPv4 header with IHL 4 is dropped",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Drop,
             Some(C::ParseError),
         )
         .raw(ihl_4),
         case(
             "IPv4 total length beyond the frame is dropped",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Drop,
             Some(C::ParseError),
         )
         .raw(long_total_length),
         case(
             "a zero-length frame is refused by the kernel (XDP never sees < 14 bytes)",
-            Frame::syn(client4, 1, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 1, "10.0.0.100", 80),
             Rejected,
             None,
         )
         .raw(|_| Vec::new()),
+    ]);
+}
+
+/// Backends down or draining: no backend, re-hash, tracked flows kept, SYNs to the ring.
+#[test]
+fn backend_states() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "all backends down: dropped and counted",
-            Frame::syn(client4, 40000, "10.0.0.160", 80),
+            Frame::syn(CLIENT4, 40000, "10.0.0.160", 80),
             Drop,
             Some(C::NoBackend),
         ),
         case(
-            "tracked flow stays on its backend after a ring swap",
-            Frame::ack(client4, 40020, "10.0.0.100", 80),
-            ForwardTracked,
-            Some(C::Tx),
-        )
-        .before(track_then_swap),
-        case(
             "tracked flow whose backend is down is re-hashed",
-            Frame::ack(client4, 40021, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40021, "10.0.0.100", 80),
             Forward,
             Some(C::Rehashed),
         )
         .before(track_then_down),
         case(
             "tracked flow whose backend is draining stays",
-            Frame::ack(client4, 40022, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40022, "10.0.0.100", 80),
             ForwardTracked,
             Some(C::Tx),
         )
         .before(track_then_drain),
         case(
             "a SYN on a tracked tuple of a draining backend picks from the ring",
-            Frame::syn(client4, 40022, "10.0.0.100", 80),
+            Frame::syn(CLIENT4, 40022, "10.0.0.100", 80),
             Forward,
             Some(C::Tx),
         )
         .before(track_then_drain),
+    ]);
+}
+
+/// Ring swaps: tracked flows stay, SYNs take the new ring.
+#[test]
+fn ring_swaps() {
+    use Expect::*;
+    run_rows(vec![
+        case(
+            "tracked flow stays on its backend after a ring swap",
+            Frame::ack(CLIENT4, 40020, "10.0.0.100", 80),
+            ForwardTracked,
+            Some(C::Tx),
+        )
+        .before(track_then_swap),
         case(
             "tracked tunnel flow stays after a ring swap (IPv6)",
-            Frame::ack(client6, 40023, "fd00::200", 80),
+            Frame::ack(CLIENT6, 40023, "fd00::200", 80),
             ForwardTracked,
             Some(C::Tx),
         )
         .before(track_then_swap),
         case(
             "a SYN on a tracked IPv6 tuple picks from the ring (new ring after a swap)",
-            Frame::syn(client6, 40024, "fd00::100", 80),
+            Frame::syn(CLIENT6, 40024, "fd00::100", 80),
             Forward,
             Some(C::Tx),
         )
         .before(track_then_swap),
+    ]);
+}
+
+/// ICMP errors about a VIP's flows follow the flow; others are passed or dropped.
+#[test]
+fn icmp_errors() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "ICMP fragmentation-needed about a DSR flow's answer reaches the flow's backend",
-            Frame::ack(client4, 40030, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40030, "10.0.0.100", 80),
             Forward,
             Some(C::IcmpError),
         )
         .raw(icmp_error),
         case(
             "ICMPv6 packet-too-big about a UDP flow's answer reaches the flow's backend",
-            Frame::udp(client6, 5353, "fd00::100", 53),
+            Frame::udp(CLIENT6, 5353, "fd00::100", 53),
             Forward,
             Some(C::IcmpError),
         )
         .raw(icmp_error),
         case(
             "ICMP error about a tracked flow follows it to its backend after a ring swap",
-            Frame::ack(client6, 40031, "fd00::100", 80),
+            Frame::ack(CLIENT6, 40031, "fd00::100", 80),
             ForwardTracked,
             Some(C::IcmpError),
         )
@@ -422,28 +558,36 @@ fn table() -> Vec<Case> {
         .raw(icmp_error),
         case(
             "ICMP error about a tunnel VIP's flow is encapsulated to the flow's backend",
-            Frame::ack(client4, 40032, "10.0.0.200", 80),
+            Frame::ack(CLIENT4, 40032, "10.0.0.200", 80),
             Forward,
             Some(C::IcmpError),
         )
         .raw(icmp_error),
         case(
             "ICMP error to one address quoting another's packet is passed to the host",
-            Frame::ack(client4, 40033, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40033, "10.0.0.100", 80),
             Pass,
             Some(C::NotTcpUdp),
         )
         .raw(icmp_error_to_another_vip),
         case(
             "ICMP error quoting less than both ports is dropped",
-            Frame::ack(client4, 40034, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40034, "10.0.0.100", 80),
             Drop,
             Some(C::ParseError),
         )
         .raw(icmp_error_short_quote),
+    ]);
+}
+
+/// The `decap` program.
+#[test]
+fn decap() {
+    use Expect::*;
+    run_rows(vec![
         case(
             "decap strips IPIP addressed to us",
-            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80),
             Decapsulated,
             None,
         )
@@ -451,7 +595,7 @@ fn table() -> Vec<Case> {
         .decap(),
         case(
             "decap strips IP6IP6 addressed to us",
-            Frame::ack(client6, 40000, "fd00::200", 80),
+            Frame::ack(CLIENT6, 40000, "fd00::200", 80),
             Decapsulated,
             None,
         )
@@ -459,7 +603,7 @@ fn table() -> Vec<Case> {
         .decap(),
         case(
             "decap strips 6in4 addressed to us",
-            Frame::ack(client6, 40000, "fd00::210", 80),
+            Frame::ack(CLIENT6, 40000, "fd00::210", 80),
             Decapsulated,
             None,
         )
@@ -467,7 +611,7 @@ fn table() -> Vec<Case> {
         .decap(),
         case(
             "decap keeps a VLAN tag",
-            Frame::ack(client4, 40000, "10.0.0.200", 80).with_vlan(9),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80).with_vlan(9),
             Decapsulated,
             None,
         )
@@ -475,7 +619,7 @@ fn table() -> Vec<Case> {
         .decap(),
         case(
             "decap passes IPIP addressed to another host untouched",
-            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80),
             Pass,
             None,
         )
@@ -483,26 +627,26 @@ fn table() -> Vec<Case> {
         .decap(),
         case(
             "decap passes plain TCP untouched",
-            Frame::ack(client4, 40000, "10.0.0.100", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.100", 80),
             Pass,
             None,
         )
         .decap(),
         case(
             "decap drops IPIP whose inner header is not IPv4",
-            Frame::ack(client4, 40000, "10.0.0.200", 80),
+            Frame::ack(CLIENT4, 40000, "10.0.0.200", 80),
             Drop,
             None,
         )
         .raw(encapsulated_bad_inner)
         .decap(),
-    ]
+    ]);
 }
 
-#[test]
-fn fixture_table() {
+/// Runs every row, then fails listing each row that failed and why.
+fn run_rows(rows: Vec<Case>) {
     let mut failures = Vec::new();
-    for case in table() {
+    for case in rows {
         if let Err(error) = std::panic::catch_unwind(|| run_case(&case)) {
             let message = error
                 .downcast_ref::<String>()
