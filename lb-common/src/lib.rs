@@ -16,6 +16,7 @@
 pub mod encoding;
 pub mod flow;
 pub mod ip;
+pub mod layout;
 pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;

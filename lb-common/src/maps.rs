@@ -187,9 +187,11 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`].
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// `Array<Layout>` with one entry: the layout of the pinned maps ([`crate::layout`]).
+    pub const LAYOUT: &str = "LAYOUT";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
     /// outlive the agent.
-    pub const BALANCER: [&str; 9] = [
+    pub const BALANCER: [&str; 10] = [
         VIPS,
         RINGS,
         BACKENDS,
@@ -199,6 +201,7 @@ pub mod names {
         STATS,
         VIP_STATS,
         BACKEND_STATS,
+        LAYOUT,
     ];
     /// Name of the pinned XDP link in the state directory.
     pub const LINK: &str = "link";
@@ -273,7 +276,8 @@ pub struct Conntrack {
 
 /// The single value of `SETTINGS`: global datapath settings.
 ///
-/// Aligned to 4 bytes without padding (size 20), so the XDP program copies addresses by words.
+/// Aligned to 4 bytes with explicit padding (size 28), so the XDP program copies addresses by
+/// words.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -281,6 +285,11 @@ pub struct Settings {
     pub tunnel_source_v4: [u8; 4],
     /// Outer source address of IPv6 tunnels.
     pub tunnel_source_v6: [u8; 16],
+    /// MAC of the interface the balancer runs on: only frames addressed to it (or to a
+    /// broadcast or multicast address) are balanced. All zeros: every frame is (not set yet).
+    pub local_mac: [u8; 6],
+    /// Always zero.
+    pub _pad: [u8; 2],
 }
 
 /// Key of `DECAP_ADDRS`: a local address tunnels may be addressed to.
@@ -316,6 +325,8 @@ mod pod {
     unsafe impl aya::Pod for crate::stats::VipStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::stats::BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::layout::Layout {}
 }
 
 #[cfg(test)]
@@ -330,7 +341,7 @@ mod tests {
         assert_eq!(size_of::<Vip>(), 12);
         assert_eq!(size_of::<Backend>(), 44);
         assert_eq!(size_of::<Conntrack>(), 4);
-        assert_eq!(size_of::<Settings>(), 20);
+        assert_eq!(size_of::<Settings>(), 28);
         assert_eq!(size_of::<DecapKey>(), 20);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
         assert_eq!(core::mem::align_of::<crate::FlowKey>(), 8);

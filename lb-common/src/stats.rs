@@ -40,11 +40,15 @@ pub enum Counter {
     /// too big, time exceeded, parameter problem) forwarded to the flow's backend, so a DSR
     /// backend learns the path MTU towards its client.
     IcmpError,
+    /// Passed: the frame is addressed to another host's MAC (a bridge flooding frames for a dead
+    /// host's port, a NIC in promiscuous mode): only frames for this interface are balanced, so
+    /// two instances never both forward one packet.
+    OtherMac,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Pass,
         Counter::Tx,
         Counter::Redirect,
@@ -62,6 +66,7 @@ impl Counter {
         Counter::Rehashed,
         Counter::ConntrackFull,
         Counter::IcmpError,
+        Counter::OtherMac,
     ];
     /// Number of counters (size of `STATS`).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -86,6 +91,7 @@ impl Counter {
             Counter::Rehashed => "rehashed",
             Counter::ConntrackFull => "conntrack_full",
             Counter::IcmpError => "icmp_error",
+            Counter::OtherMac => "other_mac",
         }
     }
 }
@@ -115,7 +121,8 @@ impl Counter {
             | Counter::NotVip
             | Counter::NotTcpUdp
             | Counter::Fragment
-            | Counter::Ipv6ExtensionHeader => CounterClass::Passed,
+            | Counter::Ipv6ExtensionHeader
+            | Counter::OtherMac => CounterClass::Passed,
             Counter::ParseError
             | Counter::NoBackend
             | Counter::TooBig
@@ -140,16 +147,19 @@ pub enum PassReason {
     Fragment,
     /// An IPv6 packet with extension headers.
     Ipv6ExtensionHeader,
+    /// A frame addressed to another host's MAC.
+    OtherMac,
 }
 
 impl PassReason {
     /// Every reason.
-    pub const ALL: [PassReason; 5] = [
+    pub const ALL: [PassReason; 6] = [
         PassReason::NotIp,
         PassReason::NotVip,
         PassReason::NotTcpUdp,
         PassReason::Fragment,
         PassReason::Ipv6ExtensionHeader,
+        PassReason::OtherMac,
     ];
 
     /// The counter this reason bumps.
@@ -161,6 +171,7 @@ impl PassReason {
             PassReason::NotTcpUdp => Counter::NotTcpUdp,
             PassReason::Fragment => Counter::Fragment,
             PassReason::Ipv6ExtensionHeader => Counter::Ipv6ExtensionHeader,
+            PassReason::OtherMac => Counter::OtherMac,
         }
     }
 }

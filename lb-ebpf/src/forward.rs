@@ -15,7 +15,7 @@ use network_types::{
 
 use crate::{
     balance::Choice,
-    maps::{SETTINGS, TX_PORTS},
+    maps::TX_PORTS,
     net::{
         move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
         IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
@@ -41,12 +41,13 @@ pub fn forward(
     packet: &Packet,
     vip: &Vip,
     choice: &Choice,
+    settings: &Settings,
 ) -> Result<Egress, DropReason> {
     let backend = &choice.backend;
     match ForwardMode::from_raw(vip.forward) {
         Some(ForwardMode::Tunnel) => match packet.l2_len {
-            VLAN_ETH_LEN => encapsulate::<VLAN_ETH_LEN>(ctx, packet, backend)?,
-            _ => encapsulate::<ETH_LEN>(ctx, packet, backend)?,
+            VLAN_ETH_LEN => encapsulate::<VLAN_ETH_LEN>(ctx, packet, backend, settings)?,
+            _ => encapsulate::<ETH_LEN>(ctx, packet, backend, settings)?,
         },
         // Only the MAC addresses change (an unknown mode, which the agent never writes, too).
         Some(ForwardMode::Dsr) | None => {}
@@ -79,9 +80,8 @@ fn encapsulate<const L2: usize>(
     ctx: &XdpContext,
     packet: &Packet,
     backend: &Backend,
+    settings: &Settings,
 ) -> Result<(), DropReason> {
-    let unset = Settings::default();
-    let settings = SETTINGS.get(0).unwrap_or(&unset);
     let inner_protocol = if packet.flow.family == Family::V4 as u8 {
         IPPROTO_IPIP
     } else {

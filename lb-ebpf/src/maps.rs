@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
+    layout::Layout,
     maps::{
         Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
         DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
@@ -42,9 +43,27 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 pub static CONNTRACK: LruHashMap<FlowKey, Conntrack, { DEFAULT_CONNTRACK_SIZE as usize }> =
     LruHashMap::new();
 
-/// Global settings (tunnel source addresses), one entry.
+/// Global settings (tunnel source addresses, the interface's MAC), one entry.
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// Settings before the agent wrote any: no tunnel sources, every frame balanced.
+static UNSET: Settings = Settings {
+    tunnel_source_v4: [0; 4],
+    tunnel_source_v6: [0; 16],
+    local_mac: [0; 6],
+    _pad: [0; 2],
+};
+
+/// The settings, read once per packet.
+#[inline(always)]
+pub fn settings() -> &'static Settings {
+    SETTINGS.get(0).unwrap_or(&UNSET)
+}
+
+/// The pinned state's layout (`lb_common::layout`): written by the agent, never read here.
+#[btf_map]
+pub static LAYOUT: Array<Layout, 1> = Array::new();
 
 /// Egress interfaces other than the ingress one, for `XDP_REDIRECT`, keyed by ifindex.
 #[btf_map]

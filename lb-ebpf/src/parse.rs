@@ -12,6 +12,7 @@ use lb_common::{
     FlowKey,
 };
 use network_types::{
+    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
@@ -42,6 +43,23 @@ pub struct Packet {
     /// An ICMP error about a flow to a VIP; `flow` is that flow (client to VIP), read from the
     /// quoted packet. It follows the flow to its backend but creates no state.
     pub icmp_error: bool,
+}
+
+/// Whether the frame is this host's to balance: addressed to `local` (the interface's MAC), to a
+/// broadcast or multicast address, or `local` is unset (zero). A NIC in promiscuous mode, or a
+/// bridge flooding frames for a dead host's port, delivers other hosts' frames to XDP too: two
+/// instances must never both forward one packet.
+#[inline(always)]
+pub fn for_this_host(ctx: &XdpContext, local: &[u8; 6]) -> Result<(), Unhandled> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked that the 14-byte Ethernet header is inside the packet.
+    let destination = unsafe { (*eth).dst_addr };
+    let group = destination[0] & 1 != 0;
+    if group || destination == *local || *local == [0; 6] {
+        Ok(())
+    } else {
+        Err(PassReason::OtherMac.into())
+    }
 }
 
 /// Parses a frame up to the transport ports.

@@ -6,7 +6,7 @@ use lb_common::stats::{Counter, DropReason, PassReason};
 use crate::{
     balance, decap,
     forward::{self, Egress},
-    parse, stats,
+    maps, parse, stats,
     verdict::Unhandled,
 };
 
@@ -30,6 +30,8 @@ pub fn lb(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance_packet(ctx: &XdpContext) -> Result<Egress, Unhandled> {
+    let settings = maps::settings();
+    parse::for_this_host(ctx, &settings.local_mac)?;
     let packet = parse::packet(ctx)?;
     let vip = balance::vip(&packet.flow).ok_or(PassReason::NotVip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
@@ -38,7 +40,7 @@ fn balance_packet(ctx: &XdpContext) -> Result<Egress, Unhandled> {
         stats::vip_drop(vip.id);
         return Err(DropReason::NoBackend.into());
     };
-    match forward::forward(ctx, &packet, &vip, &choice) {
+    match forward::forward(ctx, &packet, &vip, &choice, settings) {
         Ok(egress) => {
             stats::backend_packet(choice.id, frame_len);
             if packet.icmp_error {

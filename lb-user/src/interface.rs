@@ -55,6 +55,17 @@ pub fn addresses(interface: &str) -> Result<Vec<IpAddr>, InterfaceError> {
         .collect())
 }
 
+/// The MAC address of `interface` (`None` for an interface without one, like `lo`).
+pub fn mac(interface: &str) -> Result<Option<[u8; 6]>, InterfaceError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| InterfaceError::Addresses {
+        interface: interface.to_owned(),
+        source,
+    })?;
+    Ok(addrs
+        .filter(|ifaddr| ifaddr.interface_name == interface)
+        .find_map(|ifaddr| ifaddr.address?.as_link_addr()?.addr()))
+}
+
 /// The mode of the XDP program attached to `interface`, as the kernel reports it
 /// (`ip -j link show`: 1 native, 2 generic, 3 offloaded); `None` if unknown.
 pub fn attached_xdp_mode(interface: &str) -> Option<XdpMode> {

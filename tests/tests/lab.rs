@@ -315,9 +315,15 @@ fn verdicts_and_runs(datapath: &mut Datapath, lb: &lb_tests::netns::Netns) -> (u
 /// second copy of the program without VIPs (where a parse error is the only reason to drop).
 fn malformed_frames(frames: &[Vec<u8>]) -> u64 {
     let mut oracle = lb_tests::packet::lab::PacketLab::empty();
+    // The oracle is another copy of the program: address each frame to its MAC, as the frames
+    // were to the load balancer's.
     let dropped = frames
         .iter()
-        .filter(|f| oracle.run(f).expect("test run").0 == lb_tests::packet::lab::verdict::DROP)
+        .filter(|f| {
+            let mut frame = f.to_vec();
+            frame[..6].copy_from_slice(&lb_tests::packet::frames::LB_MAC);
+            oracle.run(&frame).expect("test run").0 == lb_tests::packet::lab::verdict::DROP
+        })
         .count() as u64;
     let counted = oracle
         .datapath

@@ -288,6 +288,41 @@ fn not_a_vip() {
     ]);
 }
 
+/// Only frames for this host are balanced: another host's (a bridge flooding frames for a dead
+/// instance's port, a promiscuous NIC) pass untouched, so two instances never both forward one
+/// packet; broadcast and multicast frames are this host's too.
+#[test]
+fn other_hosts_frames() {
+    use Expect::*;
+    const DEAD_INSTANCE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x2b];
+    run_rows(vec![
+        case(
+            "a SYN to a DSR VIP addressed to another host's MAC is passed untouched",
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 80).to_mac(DEAD_INSTANCE),
+            Pass,
+            Some(C::OtherMac),
+        ),
+        case(
+            "an established flow to a tunnel VIP addressed to another host's MAC is passed",
+            Frame::ack(CLIENT6, 40000, "fd00::200", 80).to_mac(DEAD_INSTANCE),
+            Pass,
+            Some(C::OtherMac),
+        ),
+        case(
+            "a broadcast-addressed SYN to a DSR VIP is balanced",
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 80).to_mac([0xff; 6]),
+            Forward,
+            Some(C::Tx),
+        ),
+        case(
+            "a multicast-addressed SYN to a DSR VIP is balanced",
+            Frame::syn(CLIENT4, 40000, "10.0.0.100", 80).to_mac([0x01, 0, 0x5e, 0, 0, 1]),
+            Forward,
+            Some(C::Tx),
+        ),
+    ]);
+}
+
 /// One 802.1Q tag: kept, with the tunnel header after it.
 #[test]
 fn vlan() {

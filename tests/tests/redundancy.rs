@@ -740,11 +740,6 @@ fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added()
 /// pass them (they are not addressed to it), or two instances would forward one packet.
 #[test]
 fn frames_flooded_for_a_dead_instance_are_not_balanced_by_the_other() {
-    if !DATAPATH_FILTERS_MAC {
-        // Comes with the datapath's part of issue #15; today lb2 balances all 10.
-        println!("skipped until the datapath balances only frames addressed to its MAC");
-        return;
-    }
     let _serial = one_at_a_time();
     let mut options = Options::new(Routing::BIRD);
     options.flood = true;

@@ -212,6 +212,11 @@ impl Agent {
             control,
             _control_socket: control_socket,
         };
+        if !adopting {
+            agent
+                .datapath
+                .set_layout(&lb_common::layout::Layout::CURRENT)?;
+        }
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
         agent.remove_unclaimed()?;
@@ -251,10 +256,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes the tunnel source addresses: the configured ones, else the interface's (its
-    /// first IPv4 address and its first IPv6 address that is not link-local, if any).
+    /// Writes the settings: the interface's MAC (only frames addressed to it are balanced) and
+    /// the tunnel source addresses: the configured ones, else the interface's (its first IPv4
+    /// address and its first IPv6 address that is not link-local, if any).
     fn write_settings(&mut self) -> anyhow::Result<()> {
-        let mut settings = Settings::default();
+        let mut settings = Settings {
+            local_mac: interface::mac(&self.config.interface)?.unwrap_or_default(),
+            ..Settings::default()
+        };
         let mut sources = self.config.tunnel_source.clone();
         if sources.is_empty() {
             sources = interface::addresses(&self.config.interface)?;

@@ -5,6 +5,7 @@ use aya::maps::{
     xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use lb_common::{
+    layout::Layout,
     maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     FlowKey,
@@ -22,6 +23,20 @@ impl Datapath {
         let map = names::SETTINGS;
         let mut array: Array<_, Settings> = self.typed(map)?;
         array.set(0, settings, 0).map_err(map_error(map))
+    }
+
+    /// Records the layout of the maps (`LAYOUT`).
+    pub fn set_layout(&mut self, layout: &Layout) -> Result<()> {
+        let map = names::LAYOUT;
+        let mut array: Array<_, Layout> = self.typed(map)?;
+        array.set(0, layout, 0).map_err(map_error(map))
+    }
+
+    /// The layout the maps were created with (version 0 if never recorded).
+    pub fn layout(&mut self) -> Result<Layout> {
+        let map = names::LAYOUT;
+        let array: Array<_, Layout> = self.typed(map)?;
+        array.get(&0, 0).map_err(map_error(map))
     }
 
     /// Adds or replaces a VIP.

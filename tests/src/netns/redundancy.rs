@@ -77,10 +77,6 @@ pub const INSTANCES: [&str; 2] = ["lb1", "lb2"];
 /// Index of the router on the LAN; instance `i` is host `1 + i`, backend `j` host `3 + j`.
 const ROUTER: usize = 0;
 
-/// Whether the datapath balances only frames addressed to its interface's MAC (issue #15);
-/// until it does, the test that proves it is skipped.
-pub const DATAPATH_FILTERS_MAC: bool = false;
-
 /// A BGP daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Speaker {

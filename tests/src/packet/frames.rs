@@ -67,6 +67,8 @@ pub struct Frame {
     pub dscp: u8,
     /// Transport payload.
     pub payload: Vec<u8>,
+    /// Destination MAC (the load balancer's, unless a row says otherwise).
+    pub dst_mac: [u8; 6],
 }
 
 impl Frame {
@@ -86,6 +88,7 @@ impl Frame {
             ipv6_ext: None,
             dscp: 0,
             payload: Vec::new(),
+            dst_mac: LB_MAC,
         }
     }
 
@@ -117,6 +120,12 @@ impl Frame {
     /// Tagged with VLAN `id`.
     pub fn with_vlan(mut self, id: u16) -> Self {
         self.vlan = Some(id);
+        self
+    }
+
+    /// Addressed to `mac` instead of the load balancer.
+    pub fn to_mac(mut self, mac: [u8; 6]) -> Self {
+        self.dst_mac = mac;
         self
     }
 
@@ -174,7 +183,7 @@ impl Frame {
             }
             _ => panic!("mixed address families in {self:?}"),
         };
-        let ip = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ip(ip_headers);
+        let ip = PacketBuilder::ethernet2(CLIENT_MAC, self.dst_mac).ip(ip_headers);
         let mut bytes = Vec::new();
         match self.kind {
             Kind::TcpSyn => ip

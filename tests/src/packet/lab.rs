@@ -109,6 +109,8 @@ impl PacketLab {
             .set_settings(&Settings {
                 tunnel_source_v4: v4.octets(),
                 tunnel_source_v6: v6.octets(),
+                local_mac: LB_MAC,
+                _pad: [0; 2],
             })
             .expect("settings");
         Self {
