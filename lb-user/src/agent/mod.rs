@@ -58,7 +58,7 @@ use self::{
 };
 use crate::{
     config::{self, Config},
-    datapath::{Datapath, Options},
+    datapath::{Datapath, Options, Origin},
     error::Chain,
     health::HealthEvent,
     interface,
@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Leave the datapath attached and pinned on SIGTERM/SIGINT.
     pub keep_datapath: bool,
+    /// Recreate the pinned maps instead of adopting them (tracked flows re-hash).
+    pub fresh_state: bool,
 }
 
 /// Where and how the balancer is attached.
@@ -141,7 +143,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config)?;
-    let mut agent = Agent::start(options.config.clone(), config, options.keep_datapath).await?;
+    let mut agent = Agent::start(
+        options.config.clone(),
+        config,
+        options.keep_datapath,
+        options.fresh_state,
+    )
+    .await?;
     let result = agent.serve().await;
     agent.shutdown().await;
     result
@@ -149,13 +157,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
 impl Agent {
     /// Loads (or adopts) the datapath, checks every backend once, programs VIPs, backends and
-    /// rings, attaches, and announces the servable VIPs. `keep_datapath`: leave the datapath
-    /// and the routes in place on stop.
-    pub async fn start(path: PathBuf, config: Config, keep_datapath: bool) -> anyhow::Result<Self> {
-        let adopting = Datapath::is_pinned(&config.state_dir);
+    /// rings, attaches, and announces the servable VIPs. A previous agent's pinned state is
+    /// adopted, migrated from an older layout, or (`fresh_state`) replaced. `keep_datapath`:
+    /// leave the datapath and the routes in place on stop.
+    pub async fn start(
+        path: PathBuf,
+        config: Config,
+        keep_datapath: bool,
+        fresh_state: bool,
+    ) -> anyhow::Result<Self> {
         let mut datapath = Datapath::load(&Options {
             conntrack_size: config.conntrack_size,
             pin_dir: Some(config.state_dir.clone()),
+            fresh_state,
         })
         .with_context(|| {
             format!(
@@ -165,6 +179,18 @@ impl Agent {
         })?;
         let ifindex =
             interface::index(&config.interface).context("set `interface` in the configuration")?;
+        let adopting = *datapath.origin() != Origin::New;
+        if let Origin::Upgrading(migration) = datapath.origin() {
+            tracing::info!(
+                from = migration.from,
+                to = lb_common::layout::LAYOUT_VERSION,
+                "migrating the pinned state from layout {} to {}: {}; every other map is kept \
+                 (tracked flows and rings stay)",
+                migration.from,
+                lb_common::layout::LAYOUT_VERSION,
+                migration.summary()
+            );
+        }
         let ids = if adopting {
             let vips = datapath.vips()?;
             let backends = datapath.backends()?;
@@ -212,11 +238,6 @@ impl Agent {
             control,
             _control_socket: control_socket,
         };
-        if !adopting {
-            agent
-                .datapath
-                .set_layout(&lb_common::layout::Layout::CURRENT)?;
-        }
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
         agent.remove_unclaimed()?;
@@ -224,6 +245,13 @@ impl Agent {
             .datapath
             .attach_pinned(&config.interface, config.xdp_mode.xdp_mode())?;
         agent.attached.mode = attachment.mode;
+        if let Some(migration) = agent.datapath.finish_upgrade()? {
+            tracing::info!(
+                "pinned state migrated from layout {} to {}",
+                migration.from,
+                lb_common::layout::LAYOUT_VERSION
+            );
+        }
         agent.attached.program_id = agent.datapath.program_id().ok();
         tracing::info!(
             interface = %config.interface,

@@ -39,6 +39,31 @@ impl Datapath {
         array.get(&0, 0).map_err(map_error(map))
     }
 
+    /// Adds the counters of the old per-CPU `STATS` map pinned at `old` to `STATS`, matching
+    /// them by name (`names`: the old layout's names, by index); names this build does not know
+    /// are left behind.
+    pub fn add_counters(&mut self, old: &std::path::Path, names: &[&str]) -> Result<()> {
+        let map = names::STATS;
+        let data = MapData::from_pin(old).map_err(map_error(map))?;
+        let old_stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(map))?;
+        let mut stats: PerCpuArray<_, u64> = self.typed(map)?;
+        for (index, name) in names.iter().enumerate() {
+            let Some(counter) = Counter::ALL.into_iter().find(|c| c.name() == *name) else {
+                continue;
+            };
+            let before = old_stats.get(&(index as u32), 0).map_err(map_error(map))?;
+            let now = stats.get(&(counter as u32), 0).map_err(map_error(map))?;
+            let sum: Vec<u64> = before.iter().zip(now.iter()).map(|(a, b)| a + b).collect();
+            let values = PerCpuValues::try_from(sum)
+                .map_err(|source| DatapathError::Counters { map, source })?;
+            stats
+                .set(counter as u32, values, 0)
+                .map_err(map_error(map))?;
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a VIP.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;

@@ -3,6 +3,7 @@
 
 mod decap;
 mod error;
+pub mod layout;
 mod maps;
 mod ring;
 
@@ -19,11 +20,14 @@ use aya::{
 };
 use lb_common::maps::{names, DEFAULT_CONNTRACK_SIZE};
 
-use self::error::{map_error, Result};
 pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     ring::PreparedRing,
+};
+use self::{
+    error::{map_error, Result},
+    layout::{Fate, PinnedLayout},
 };
 
 /// The compiled XDP programs (lb-ebpf), built by `build.rs`.
@@ -113,9 +117,13 @@ pub struct Options {
     /// Entries of `CONNTRACK` (tracked flows).
     pub conntrack_size: u32,
     /// Where the balancer's maps and link are pinned (the agent's `state_dir`). Maps already
-    /// pinned there are reused as they are: conntrack, rings and counters survive restarts.
-    /// `None`: nothing is pinned (tests, `lb decap`).
+    /// pinned there are adopted: as they are if their layout is this build's, migrated if it is
+    /// an older one (see [`layout`]), refused otherwise. Conntrack, rings and counters survive
+    /// restarts and upgrades. `None`: nothing is pinned (tests, `lb decap`).
     pub pin_dir: Option<PathBuf>,
+    /// Recreate every pinned map instead of adopting them (tracked flows re-hash, counters
+    /// restart); the pinned link is kept, so forwarding does not stop.
+    pub fresh_state: bool,
 }
 
 impl Default for Options {
@@ -123,9 +131,26 @@ impl Default for Options {
         Self {
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             pin_dir: None,
+            fresh_state: false,
         }
     }
 }
+
+/// Where the maps of a loaded datapath came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Not pinned, or nothing was pinned: new maps.
+    New,
+    /// A previous agent's maps of this layout, adopted as they are.
+    Adopted,
+    /// An older layout's maps: those of unchanged layout kept, the others new until
+    /// [`Datapath::finish_upgrade`] carries over what must survive and replaces their pins.
+    Upgrading(layout::Migration),
+}
+
+/// Where new maps wait while an upgrade is under way (on bpffs, beside the pins).
+/// (bpffs refuses names with a dot.)
+const STAGING: &str = "upgrading";
 
 /// How the balancer ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +168,8 @@ pub struct Datapath {
     /// Every map, by name, taken out of the object (or opened from pins).
     maps: std::collections::HashMap<&'static str, Map>,
     pin_dir: Option<PathBuf>,
+    /// Where the maps came from.
+    origin: Origin,
 }
 
 impl Datapath {
@@ -150,14 +177,47 @@ impl Datapath {
     pub fn load(options: &Options) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, options.conntrack_size);
+        let mut origin = Origin::New;
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
                 dir: dir.clone(),
                 source,
             })?;
-            for map in names::BALANCER {
-                loader.map_pin_path(map, dir.join(map));
+            let found = match layout::inspect(dir) {
+                Ok(PinnedLayout::Empty) => PinnedLayout::Empty,
+                Ok(PinnedLayout::Current) if options.fresh_state => {
+                    PinnedLayout::Older(layout::Migration::fresh(lb_common::layout::LAYOUT_VERSION))
+                }
+                Ok(found) => found,
+                Err(_) if options.fresh_state => PinnedLayout::Older(layout::Migration::fresh(0)),
+                Err(error) => return Err(DatapathError::Layout(error)),
+            };
+            let staging = dir.join(STAGING);
+            match &found {
+                PinnedLayout::Empty | PinnedLayout::Current => {
+                    for map in names::BALANCER {
+                        loader.map_pin_path(map, dir.join(map));
+                    }
+                }
+                PinnedLayout::Older(migration) => {
+                    // New maps are pinned aside until the new program runs; a staging
+                    // directory left by an upgrade that did not finish is started over.
+                    let _ = std::fs::remove_dir_all(&staging);
+                    std::fs::create_dir(&staging).map_err(|source| DatapathError::StateDir {
+                        dir: staging.clone(),
+                        source,
+                    })?;
+                    for (map, fate) in &migration.fates {
+                        let at = if *fate == Fate::Keep { dir } else { &staging };
+                        loader.map_pin_path(map, at.join(map));
+                    }
+                }
             }
+            origin = match found {
+                PinnedLayout::Empty => Origin::New,
+                PinnedLayout::Current => Origin::Adopted,
+                PinnedLayout::Older(migration) => Origin::Upgrading(migration),
+            };
         }
         let mut ebpf = loader
             .load(OBJECT)
@@ -176,14 +236,72 @@ impl Datapath {
             ebpf: Some(ebpf),
             maps,
             pin_dir: options.pin_dir.clone(),
+            origin,
         };
         datapath.program(Program::Balancer)?;
+        if datapath.origin != Origin::Adopted {
+            datapath.set_layout(&lb_common::layout::Layout::CURRENT)?;
+        }
         Ok(datapath)
+    }
+
+    /// Where its maps came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Ends an upgrade once the new program runs in the pinned link: the old counters are
+    /// added to the new maps', the old pins of replaced maps give way to the new maps, and the
+    /// staging directory goes. Returns the migration done (`None`: there was none).
+    pub fn finish_upgrade(&mut self) -> Result<Option<layout::Migration>> {
+        let Origin::Upgrading(migration) = &self.origin else {
+            return Ok(None);
+        };
+        let migration = migration.clone();
+        let Some(dir) = self.pin_dir.clone() else {
+            return Err(DatapathError::NotPinned);
+        };
+        let staging = dir.join(STAGING);
+        for (map, fate) in &migration.fates {
+            if let Fate::Counters { names } = fate {
+                self.add_counters(&dir.join(map), names)?;
+            }
+        }
+        for (map, fate) in &migration.fates {
+            if *fate == Fate::Keep {
+                continue;
+            }
+            let (old, new) = (dir.join(map), staging.join(map));
+            match std::fs::remove_file(&old) {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DatapathError::StateDir { dir: old, source })
+                }
+                _ => {}
+            }
+            std::fs::rename(&new, &old)
+                .map_err(|source| DatapathError::StateDir { dir: new, source })?;
+        }
+        std::fs::remove_dir(&staging).map_err(|source| DatapathError::StateDir {
+            dir: staging,
+            source,
+        })?;
+        self.origin = Origin::Adopted;
+        Ok(Some(migration))
     }
 
     /// Opens the maps a running (or stopped) agent pinned in `dir`, without loading any
     /// program: for the CLI and for tests that watch a running agent.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
+        match layout::inspect(dir).map_err(DatapathError::Layout)? {
+            PinnedLayout::Current => {}
+            PinnedLayout::Empty => return Err(DatapathError::NothingPinned { dir: dir.into() }),
+            PinnedLayout::Older(migration) => {
+                return Err(DatapathError::OlderLayout {
+                    dir: dir.into(),
+                    found: migration.from,
+                })
+            }
+        }
         let mut maps = std::collections::HashMap::new();
         for name in names::BALANCER {
             let path = dir.join(name);
@@ -195,6 +313,7 @@ impl Datapath {
             ebpf: None,
             maps,
             pin_dir: Some(dir.to_path_buf()),
+            origin: Origin::Adopted,
         })
     }
 
@@ -392,6 +511,14 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
             std::fs::remove_file(&path)
                 .map_err(|source| DatapathError::StateDir { dir: path, source })?;
         }
+    }
+    // New maps of an upgrade that did not finish.
+    let staging = dir.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| DatapathError::StateDir {
+            dir: staging,
+            source,
+        })?;
     }
     match std::fs::remove_dir(dir) {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => {

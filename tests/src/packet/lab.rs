@@ -97,6 +97,7 @@ impl PacketLab {
         let mut datapath = Datapath::load(&Options {
             conntrack_size,
             pin_dir: None,
+            fresh_state: false,
         })
         .expect("load datapath");
         let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else {
