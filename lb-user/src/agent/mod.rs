@@ -30,6 +30,7 @@ mod publish;
 mod reload;
 mod runtime;
 mod state_change;
+mod stop;
 pub mod target;
 
 use std::{
@@ -435,26 +436,6 @@ impl Agent {
         }
     }
 
-    /// Starts a graceful stop: withdraws every address; returns whether to keep forwarding for
-    /// the drain time (`[announce]` set, the datapath not kept).
-    async fn begin_graceful_stop(&mut self) -> bool {
-        let Some(announce) = self.config.announce else {
-            return false;
-        };
-        if self.keep_datapath || self.announcer.is_none() {
-            return false;
-        }
-        self.stopping = true;
-        self.update_announcements().await;
-        // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
-        self.publish();
-        tracing::info!(
-            "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
-            humantime::format_duration(announce.drain)
-        );
-        !announce.drain.is_zero()
-    }
-
     /// Brings the announced addresses in line with the VIPs' servability.
     async fn update_announcements(&mut self) {
         let Some(announcer) = self.announcer.as_mut() else {
@@ -522,32 +503,6 @@ impl Agent {
             },
         }
         self.update_announcements().await;
-    }
-
-    /// Stops health checks; unless `--keep-datapath`, withdraws every address (if not done
-    /// yet) and detaches and unpins the datapath.
-    pub async fn shutdown(mut self) {
-        if !self.keep_datapath {
-            self.stopping = true;
-            self.update_announcements().await;
-        }
-        let Self {
-            config,
-            datapath,
-            vips,
-            keep_datapath,
-            ..
-        } = self;
-        drop(vips); // stops the checkers
-        if keep_datapath {
-            tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
-            return;
-        }
-        crate::status::remove(&config.state_dir);
-        match datapath.detach_and_unpin() {
-            Ok(()) => tracing::info!("datapath detached"),
-            Err(error) => tracing::error!("detaching the datapath failed: {}", Chain(&error)),
-        }
     }
 
     /// The configuration file.

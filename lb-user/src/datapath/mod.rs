@@ -6,6 +6,7 @@ mod error;
 pub mod layout;
 mod maps;
 mod ring;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -24,10 +25,12 @@ pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     ring::PreparedRing,
+    upgrade::Origin,
 };
 use self::{
     error::{map_error, Result},
     layout::{Fate, PinnedLayout},
+    upgrade::STAGING,
 };
 
 /// The compiled XDP programs (lb-ebpf), built by `build.rs`.
@@ -136,22 +139,6 @@ impl Default for Options {
     }
 }
 
-/// Where the maps of a loaded datapath came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// Not pinned, or nothing was pinned: new maps.
-    New,
-    /// A previous agent's maps of this layout, adopted as they are.
-    Adopted,
-    /// An older layout's maps: those of unchanged layout kept, the others new until
-    /// [`Datapath::finish_upgrade`] carries over what must survive and replaces their pins.
-    Upgrading(layout::Migration),
-}
-
-/// Where new maps wait while an upgrade is under way (on bpffs, beside the pins).
-/// (bpffs refuses names with a dot.)
-const STAGING: &str = "upgrading";
-
 /// How the balancer ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attachment {
@@ -248,45 +235,6 @@ impl Datapath {
     /// Where its maps came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
-    }
-
-    /// Ends an upgrade once the new program runs in the pinned link: the old counters are
-    /// added to the new maps', the old pins of replaced maps give way to the new maps, and the
-    /// staging directory goes. Returns the migration done (`None`: there was none).
-    pub fn finish_upgrade(&mut self) -> Result<Option<layout::Migration>> {
-        let Origin::Upgrading(migration) = &self.origin else {
-            return Ok(None);
-        };
-        let migration = migration.clone();
-        let Some(dir) = self.pin_dir.clone() else {
-            return Err(DatapathError::NotPinned);
-        };
-        let staging = dir.join(STAGING);
-        for (map, fate) in &migration.fates {
-            if let Fate::Counters { names } = fate {
-                self.add_counters(&dir.join(map), names)?;
-            }
-        }
-        for (map, fate) in &migration.fates {
-            if *fate == Fate::Keep {
-                continue;
-            }
-            let (old, new) = (dir.join(map), staging.join(map));
-            match std::fs::remove_file(&old) {
-                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(DatapathError::StateDir { dir: old, source })
-                }
-                _ => {}
-            }
-            std::fs::rename(&new, &old)
-                .map_err(|source| DatapathError::StateDir { dir: new, source })?;
-        }
-        std::fs::remove_dir(&staging).map_err(|source| DatapathError::StateDir {
-            dir: staging,
-            source,
-        })?;
-        self.origin = Origin::Adopted;
-        Ok(Some(migration))
     }
 
     /// Opens the maps a running (or stopped) agent pinned in `dir`, without loading any
