@@ -267,22 +267,36 @@ fn a_recovered_backend_ramps_up_over_slow_start() {
     let share = |n: usize| count(&lab.connect(n), "b1") as f64 / n as f64;
     let sample = |at: Duration| {
         std::thread::sleep(at.saturating_sub(up.elapsed()));
-        let weight = backend_status(&lab, 0)["effective_weight"]
-            .as_f64()
-            .expect("weight");
-        (share(300), weight)
+        let status = backend_status(&lab, 0);
+        let weight = status["effective_weight"].as_f64().expect("weight");
+        let ring_share = status["share"].as_f64().expect("share");
+        (share(300), weight, ring_share)
     };
-    let (early, early_weight) = sample(slow_start / 5);
-    let (late, late_weight) = sample(slow_start * 7 / 10);
-    let (full, full_weight) = sample(slow_start + Duration::from_secs(1));
+    let (early, early_weight, early_ring) = sample(slow_start / 5);
+    let (late, late_weight, late_ring) = sample(slow_start * 7 / 10);
+    let (full, full_weight, full_ring) = sample(slow_start + Duration::from_secs(1));
     println!(
-        "b1's share of new connections after recovering: {early:.3} (weight {early_weight}) at \
-         1.2 s, {late:.3} (weight {late_weight}) at 4.2 s, {full:.3} (weight {full_weight}) after"
+        "b1 after recovering: at 1.2 s weight {early_weight}, ring share {early_ring:.3}, share \
+         of new connections {early:.3}; at 4.2 s {late_weight}, {late_ring:.3}, {late:.3}; after \
+         the ramp {full_weight}, {full_ring:.3}, {full:.3}"
     );
+    assert!(early_weight < late_weight && late_weight < 1.0 && full_weight == 1.0);
+    // The ring follows the weight exactly (b2 and b3 have weight 1)...
+    for (weight, ring) in [
+        (early_weight, early_ring),
+        (late_weight, late_ring),
+        (1.0, full_ring),
+    ] {
+        let expected = weight / (weight + 2.0);
+        assert!(
+            (ring - expected).abs() < 0.03,
+            "ring share {ring}, expected {expected}"
+        );
+    }
+    // ...and the connections follow the ring (300 sequential client ports: a few % of noise).
     assert!(early < 0.2, "early {early}");
     assert!(late > early + 0.05, "late {late} vs early {early}");
-    assert!((0.25..0.42).contains(&full), "full {full}");
-    assert!(early_weight < late_weight && late_weight < 1.0 && full_weight == 1.0);
+    assert!((0.22..0.46).contains(&full), "full {full}");
     for (stream, name) in &mut held {
         echo(stream, "ramping").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
     }
