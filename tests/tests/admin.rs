@@ -4,7 +4,7 @@
 //! is down for a known time.
 
 use std::{
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,23 +15,10 @@ use lb_tests::netns::{
 };
 use serde_json::Value;
 
-/// `lb ARGS --state-dir <the lab's>`.
-fn lb(lab: &AgentLab, args: &[&str]) -> Output {
-    Command::new(lb_binary())
-        .args(args)
-        .arg("--state-dir")
-        .arg(&lab.files.state_dir)
-        .output()
-        .expect("run lb")
-}
-
 /// `lb backend ACTION --vip web --backend <backend i>`, which must succeed.
 fn admin(lab: &AgentLab, action: &str, i: usize) -> String {
     let backend = lab.backend_ip(i).to_string();
-    let output = lb(
-        lab,
-        &["backend", action, "--vip", "web", "--backend", &backend],
-    );
+    let output = lab.lb(&["backend", action, "--vip", "web", "--backend", &backend]);
     assert!(
         output.status.success(),
         "lb backend {action}: {}{}",
@@ -42,7 +29,7 @@ fn admin(lab: &AgentLab, action: &str, i: usize) -> String {
 }
 
 fn status(lab: &AgentLab) -> Value {
-    let output = lb(lab, &["status", "--json"]);
+    let output = lab.lb(&["status", "--json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -126,17 +113,14 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
         .find(|(_, n)| n == "b2")
         .map(|(s, _)| s.local_addr().expect("addr").port())
         .expect("a held b2 connection");
-    let explained = lb(
-        &lab,
-        &[
-            "explain",
-            "--json",
-            "--vip",
-            &format!("{VIP}:{PORT}/tcp"),
-            "--client",
-            &format!("{client}:{port}"),
-        ],
-    );
+    let explained = lab.lb(&[
+        "explain",
+        "--json",
+        "--vip",
+        &format!("{VIP}:{PORT}/tcp"),
+        "--client",
+        &format!("{client}:{port}"),
+    ]);
     let explained: Value = serde_json::from_slice(&explained.stdout).expect("explain json");
     assert_eq!(explained["reason"], "rehash", "{explained}");
     assert_ne!(explained["backend"], lab.backend_ip(1).to_string().as_str());
@@ -179,17 +163,14 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
 
     // Asking twice is no change; a wrong name is a clear error.
     assert!(admin(&lab, "enable", 0).contains("already ready"));
-    let wrong = lb(
-        &lab,
-        &[
-            "backend",
-            "drain",
-            "--vip",
-            "nope",
-            "--backend",
-            "10.77.0.12",
-        ],
-    );
+    let wrong = lab.lb(&[
+        "backend",
+        "drain",
+        "--vip",
+        "nope",
+        "--backend",
+        "10.77.0.12",
+    ]);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("no vip named \"nope\""));
 

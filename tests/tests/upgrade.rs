@@ -8,7 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Output},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -31,15 +31,6 @@ const CONNTRACK_SIZE: u32 = 65536;
 
 fn vip() -> SocketAddr {
     SocketAddr::new(VIP.parse().expect("vip"), PORT)
-}
-
-fn lb(lab: &AgentLab, args: &[&str]) -> Output {
-    Command::new(lb_binary())
-        .args(args)
-        .arg("--state-dir")
-        .arg(&lab.files.state_dir)
-        .output()
-        .expect("run lb")
 }
 
 /// Sets up the previous release's datapath on the lab's load balancer.
@@ -102,7 +93,7 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
         "the old datapath forwards: {answers:?}"
     );
     let tx_before = {
-        let output = lb(&lab, &["stats", "--json"]);
+        let output = lab.lb(&["stats", "--json"]);
         // Today's CLI does not read another layout's maps: it says so plainly.
         assert!(!output.status.success());
         let said = String::from_utf8_lossy(&output.stderr);
@@ -152,17 +143,14 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
     let client = lab.lan.host(0).ip;
     for (stream, name) in held.iter().take(5) {
         let port = stream.local_addr().expect("local").port();
-        let output = lb(
-            &lab,
-            &[
-                "explain",
-                "--json",
-                "--vip",
-                &format!("{VIP}:{PORT}/tcp"),
-                "--client",
-                &format!("{client}:{port}"),
-            ],
-        );
+        let output = lab.lb(&[
+            "explain",
+            "--json",
+            "--vip",
+            &format!("{VIP}:{PORT}/tcp"),
+            "--client",
+            &format!("{client}:{port}"),
+        ]);
         assert!(
             output.status.success(),
             "{}",
@@ -184,7 +172,7 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
         &["status", "--json"],
         &["status", "--check"],
     ] {
-        let output = lb(&lab, args);
+        let output = lab.lb(args);
         assert!(
             output.status.success(),
             "lb {args:?}: {}",
@@ -192,7 +180,7 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
         );
     }
     let stats: serde_json::Value =
-        serde_json::from_slice(&lb(&lab, &["stats", "--json"]).stdout).expect("stats");
+        serde_json::from_slice(&lab.lb(&["stats", "--json"]).stdout).expect("stats");
     let tx = stats["global"]["tx"].as_u64().expect("tx");
     assert!(
         tx >= tx_before,
@@ -249,7 +237,7 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
         failures(&answers).is_empty(),
         "the running datapath forwards: {answers:?}"
     );
-    let output = lb(&lab, &["status"]);
+    let output = lab.lb(&["status"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("newer than this lb's"));
 

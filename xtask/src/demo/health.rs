@@ -2,7 +2,6 @@
 //! connections but answers 503, and an operator drains a backend at run time with
 //! `lb backend drain`, which keeps its established connections and sends it no new ones.
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::config::{PORT, VIP};
 use super::lab::Lab;
-use super::traffic::Tally;
+use super::traffic::{echo, read_line, Tally};
 use crate::header;
 
 /// Runs the chapter's steps; failed checks go to `failures`.
@@ -71,7 +70,7 @@ pub(super) fn narrate(lab: &Lab, failures: &mut Vec<String>) -> Result<()> {
     let tally = Tally::collect(lab.host_ns("client")?, 200)?;
     tally.print(drained);
     tally.check("c3", drained, failures);
-    match echo(&mut held) {
+    match echo(&mut held, "still there?") {
         Ok(()) => println!("the long-lived connection to b3 still echoes"),
         Err(error) => failures.push(format!("c3. the connection to b3 broke: {error}")),
     }
@@ -119,25 +118,4 @@ fn hold_connection_to(lab: &Lab, name: &str) -> Result<TcpStream> {
             anyhow::bail!("50 connections and none reached {name}")
         })
         .context("holding a connection")?
-}
-
-fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// Sends a line on a held connection and reads it back.
-fn echo(stream: &mut TcpStream) -> std::io::Result<()> {
-    stream.write_all(b"still there?\n")?;
-    let mut back = [0u8; 13];
-    stream.read_exact(&mut back)?;
-    if &back == b"still there?\n" {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("echo mismatch"))
-    }
 }
