@@ -100,6 +100,7 @@ pub fn run() -> Result<()> {
         check_xdp,
         check_nightly,
         check_rust_src,
+        check_nightly_clippy,
         check_bpf_linker,
         check_cargo_deb,
     ];
@@ -304,7 +305,8 @@ fn check_nightly() -> Result<Done> {
     Ok(Done::Installed("rust nightly toolchain".into()))
 }
 
-fn has_rust_src() -> Result<bool> {
+/// Whether nightly has the component `name` (`rust-src`, `clippy`).
+fn has_nightly_component(name: &str) -> Result<bool> {
     let list = cmd::probe(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
@@ -314,26 +316,30 @@ fn has_rust_src() -> Result<bool> {
     )?;
     Ok(list
         .lines()
-        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-")))
+        .any(|l| l.trim() == name || l.starts_with(&format!("{name}-"))))
+}
+
+/// Adds the component `name` to nightly unless it has it; `why` says what needs it.
+fn check_nightly_component(name: &str, why: &str) -> Result<Done> {
+    require_rustup()?;
+    let what = format!("{name} component (nightly)");
+    if has_nightly_component(name)? {
+        return Ok(Done::Ok(what));
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", name, "--toolchain", "nightly"]))
+        .with_context(|| format!("cannot add {name} to nightly (needed for {why})"))?;
+    if !has_nightly_component(name)? {
+        bail!("added {name} but `rustup component list` does not show it");
+    }
+    Ok(Done::Installed(what))
 }
 
 fn check_rust_src() -> Result<Done> {
-    require_rustup()?;
-    if has_rust_src()? {
-        return Ok(Done::Ok("rust-src component (nightly)".into()));
-    }
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
-    .context("cannot add rust-src to nightly (needed for build-std of lb-ebpf)")?;
-    if !has_rust_src()? {
-        bail!("added rust-src but `rustup component list` does not show it");
-    }
-    Ok(Done::Installed("rust-src component (nightly)".into()))
+    check_nightly_component("rust-src", "build-std of lb-ebpf")
+}
+
+fn check_nightly_clippy() -> Result<Done> {
+    check_nightly_component("clippy", "the lint gate on lb-ebpf")
 }
 
 /// Version reported by `bpf-linker --version` ("bpf-linker 0.10.4"), if it runs.
