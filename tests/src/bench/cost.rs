@@ -122,6 +122,7 @@ const CLIENT_V6: &str = "2001:db8:c::10";
 /// with other MAC addresses (which the balancer does not read), and takes the same path.
 pub fn lab_and_paths() -> anyhow::Result<(PacketLab, Vec<Path>)> {
     let mut lab = PacketLab::standard_with_conntrack(DEFAULT_CONNTRACK_SIZE);
+    lab.balance_every_mac();
     let tunnel = ForwardMode::Tunnel;
     let tcp = Protocol::Tcp;
     lab.add_vip(

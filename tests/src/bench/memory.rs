@@ -26,7 +26,8 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
-/// The memory of every map the balancer program uses (in [`names::BALANCER`] order), and of
+/// The memory of every map the balancer program uses (in [`names::BALANCER`] order, which
+/// also lists `LAYOUT`, pinned beside them but read only by the agent), and of
 /// the ring of VIP `ring_vip`.
 pub fn measure(
     datapath: &mut Datapath,
@@ -47,15 +48,17 @@ pub fn measure(
         }
         maps.push(memory);
     }
-    let position = |name: &str| names::BALANCER.iter().position(|n| *n == name);
+    // `LAYOUT` is pinned with the balancer's maps but only the agent reads it.
+    let used: Vec<&str> = names::BALANCER
+        .into_iter()
+        .filter(|name| *name != names::LAYOUT)
+        .collect();
+    let position = |name: &str| used.iter().position(|n| *n == name);
     maps.retain(|m| position(&m.name).is_some());
     maps.sort_by_key(|m| position(&m.name));
-    if maps.len() != names::BALANCER.len() {
+    if maps.len() != used.len() {
         let found: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
-        return Err(anyhow!(
-            "the balancer uses {found:?}, expected {:?}",
-            names::BALANCER
-        ));
+        return Err(anyhow!("the balancer uses {found:?}, expected {used:?}"));
     }
     let rings = rings.ok_or_else(|| anyhow!("the balancer does not use {}", names::RINGS))?;
     let rings: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(Map::from_map_data(rings)?)?;
