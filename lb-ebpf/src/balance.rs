@@ -1,36 +1,57 @@
 //! Finding the VIP of a packet and the backend of its flow.
 
 use lb_common::{
-    flow_hash,
+    flow_hash, lookup,
     maps::{Backend, BackendState, Conntrack, Vip, VipKey, NO_BACKEND},
     stats::Counter,
+    vip_index::{self, vip_hash_of_words},
     FlowKey,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, RINGS, VIPS},
+    maps::{BACKENDS, CONNTRACK, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
     parse::Packet,
     stats,
 };
 
-/// The VIP a flow is addressed to: exact (address, port, protocol) first, then the address's
-/// all-ports VIP (port 0).
+/// The VIP a flow is addressed to: the keys of [`lookup::vip_keys`] in order (exact port, then
+/// the address's all-ports VIP), each looked up in the VIP index (`lb_common::vip_index`) and,
+/// when its slot says so, in `VIPS`.
 #[inline(always)]
 pub fn vip(flow: &FlowKey) -> Option<Vip> {
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dst_port,
-        protocol: flow.protocol,
-        family: flow.family,
-    };
-    if let Some(vip) = VIPS.get_ptr(&key) {
-        // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
-        // we copy it out immediately.
-        return Some(unsafe { *vip });
+    let [exact, all_ports] = lookup::vip_key_words(flow);
+    find_vip(exact).or_else(|| find_vip(all_ports))
+}
+
+/// The VIP of the key whose [`VipKey::words`] are `key`.
+#[inline(always)]
+fn find_vip(key: [u32; 5]) -> Option<Vip> {
+    let hash = vip_hash_of_words(key);
+    let word = *VIP_SLOTS.get(hash.slot)?;
+    let probe = vip_index::probe(word, hash.tag);
+    if let Some(entry) = probe.candidate.and_then(|id| VIP_ENTRIES.get(id)) {
+        if same_words(entry.key.words(), key) {
+            return Some(entry.vip);
+        }
     }
-    key.port = [0, 0];
-    // SAFETY: as above.
+    if !probe.ask_vips {
+        return None;
+    }
+    let key = VipKey::from_words(key);
+    // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
+    // we copy it out immediately.
     VIPS.get_ptr(&key).map(|vip| unsafe { *vip })
+}
+
+/// Whether two keys' words are equal, by folding their differences: `==` on arrays becomes a
+/// call to a byte-by-byte `memcmp` in BPF.
+#[inline(always)]
+fn same_words<const N: usize>(a: [u32; N], b: [u32; N]) -> bool {
+    let mut difference = 0;
+    for i in 0..N {
+        difference |= a[i] ^ b[i];
+    }
+    difference == 0
 }
 
 /// A backend chosen for a packet.

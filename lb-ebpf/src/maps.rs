@@ -9,15 +9,26 @@ use lb_common::{
     layout::Layout,
     maps::{
         Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
-        DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
+        DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS, VIP_INDEX_FLAGS,
     },
     stats::{BackendStats, Counter, DecapCounter, VipStats},
+    vip_index::{VipEntry, VIP_SLOTS as SLOTS},
     FlowKey,
 };
 
-/// VIP (address, port, protocol) → VIP id, ring size, forwarding mode.
+/// VIP (address, port, protocol) → VIP id, ring size, forwarding mode. The truth the VIP
+/// index is derived from; the program reads it only for keys whose slot says so.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, Vip, { MAX_VIPS as usize }> = HashMap::new();
+
+/// The VIP index's slots (`lb_common::vip_index`): hash of a VIP key → VIP id and tag.
+#[btf_map]
+pub static VIP_SLOTS: Array<u32, { SLOTS as usize }, { VIP_INDEX_FLAGS as usize }> = Array::new();
+
+/// The VIP index's entries, by VIP id: the key to compare and the VIP.
+#[btf_map]
+pub static VIP_ENTRIES: Array<VipEntry, { MAX_VIPS as usize }, { VIP_INDEX_FLAGS as usize }> =
+    Array::new();
 
 /// A ring, the inner map type of `RINGS`: slot → backend id.
 ///

@@ -1118,3 +1118,63 @@ fn random_frames_never_abort() {
         );
     }
 }
+
+/// The VIP index (`lb_common::vip_index`): with 1000 VIPs many keys share a slot, and some are
+/// only found through `VIPS`; every VIP is matched by the kernel, nothing else is, and removed
+/// VIPs stop matching while the others sharing their slot go on.
+#[test]
+fn the_vip_index_finds_every_vip_and_only_them() {
+    use lb_common::{
+        maps::{ForwardMode, Protocol, Vip, VipKey},
+        vip_index::vip_hash,
+    };
+    use std::collections::BTreeMap;
+
+    let mut lab = PacketLab::empty();
+    let address = |i: u32| format!("10.{}.{}.1", i / 256, i % 256);
+    let key = |i: u32| VipKey::new(ip(&address(i)), 80, Protocol::Tcp);
+    let mut by_slot: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..1000 {
+        // No ring: a matched packet is dropped as no_backend, an unmatched one passed.
+        lab.datapath
+            .set_vip(&key(i), &Vip::new(i, 65537, ForwardMode::Dsr))
+            .expect("set vip");
+        by_slot.entry(vip_hash(&key(i)).slot).or_default().push(i);
+    }
+    assert!(by_slot.values().any(|ids| ids.len() > 1), "no shared slot");
+    let matched = |lab: &mut PacketLab, i: u32| {
+        let frame = Frame::syn(CLIENT4, 40000, &address(i), 80).build();
+        let (verdict, _) = lab.run(&frame).expect("run");
+        let other_port = Frame::syn(CLIENT4, 40000, &address(i), 81).build();
+        assert_eq!(
+            lab.run(&other_port).expect("run").0,
+            verdict::PASS,
+            "VIP {i} port 81"
+        );
+        verdict == verdict::DROP
+    };
+    for i in 0..1000 {
+        assert!(matched(&mut lab, i), "VIP {i}");
+    }
+    // Remove the first VIP of every shared slot, and every other lone one.
+    let removed: Vec<u32> = by_slot
+        .values()
+        .filter_map(|ids| (ids.len() > 1 || ids[0] % 2 == 0).then_some(ids[0]))
+        .collect();
+    for &i in &removed {
+        lab.datapath.remove_vip(&key(i)).expect("remove vip");
+    }
+    for i in 0..1000 {
+        assert_eq!(matched(&mut lab, i), !removed.contains(&i), "VIP {i}");
+    }
+    // Put them back, each under the id another one had: every entry gets a new key.
+    for (n, &i) in removed.iter().enumerate() {
+        let id = removed[(n + 1) % removed.len()];
+        lab.datapath
+            .set_vip(&key(i), &Vip::new(id, 65537, ForwardMode::Dsr))
+            .expect("set vip");
+    }
+    for i in 0..1000 {
+        assert!(matched(&mut lab, i), "VIP {i} after it came back");
+    }
+}

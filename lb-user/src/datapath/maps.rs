@@ -11,9 +11,12 @@ use lb_common::{
     FlowKey,
 };
 
+use std::os::fd::AsFd as _;
+
 use super::{
     error::{map_error, DatapathError, Result},
     ring::{new_ring, read_ring, PreparedRing},
+    vip_index::VipIndexWriter,
     Datapath,
 };
 
@@ -39,11 +42,29 @@ impl Datapath {
         array.get(&0, 0).map_err(map_error(map))
     }
 
-    /// Adds or replaces a VIP.
+    /// Adds or replaces a VIP: in `VIPS`, then in the VIP index.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;
         let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
-        vips.insert(key, vip, 0).map_err(map_error(map))
+        vips.insert(key, vip, 0).map_err(map_error(map))?;
+        self.vip_index()?
+            .insert(*key, *vip)
+            .map_err(|source| DatapathError::VipIndex { source })
+    }
+
+    /// The writer of the VIP index, opened (and the index made that of `VIPS`) on first use.
+    pub(super) fn vip_index(&mut self) -> Result<&mut VipIndexWriter> {
+        if self.vip_index.is_none() {
+            let vips = self.vips()?.into_iter().collect();
+            let slots = self.array_fd(names::VIP_SLOTS)?;
+            let entries = self.array_fd(names::VIP_ENTRIES)?;
+            let writer = VipIndexWriter::open(slots.as_fd(), entries.as_fd(), vips)
+                .map_err(|source| DatapathError::VipIndex { source })?;
+            self.vip_index = Some(writer);
+        }
+        self.vip_index.as_mut().ok_or(DatapathError::MissingMap {
+            map: names::VIP_SLOTS,
+        })
     }
 
     /// Every VIP in `VIPS`.
@@ -69,8 +90,23 @@ impl Datapath {
         Ok(used)
     }
 
-    /// Removes a VIP: its packets stop matching at once.
+    /// A second descriptor of the array map `name`.
+    fn array_fd(&mut self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+        let Map::Array(data) = self.map(name)? else {
+            return Err(map_error(name)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DatapathError::VipIndex { source })
+    }
+
+    /// Removes a VIP: its packets stop matching at once (out of the VIP index first, then out
+    /// of `VIPS`, which the index sends colliding keys to).
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vip_index()?
+            .remove(key)
+            .map_err(|source| DatapathError::VipIndex { source })?;
         let map = names::VIPS;
         let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
         vips.remove(key).map_err(map_error(map))

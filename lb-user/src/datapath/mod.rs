@@ -5,6 +5,7 @@ mod decap;
 mod error;
 mod maps;
 mod ring;
+mod vip_index;
 
 use std::path::{Path, PathBuf};
 
@@ -143,6 +144,10 @@ pub struct Datapath {
     /// Every map, by name, taken out of the object (or opened from pins).
     maps: std::collections::HashMap<&'static str, Map>,
     pin_dir: Option<PathBuf>,
+    /// The writer of the VIP index, opened on first use (loading opens it, so the index of
+    /// maps from a previous agent, or new maps beside its `VIPS`, is right before any program
+    /// of ours runs).
+    vip_index: Option<vip_index::VipIndexWriter>,
 }
 
 impl Datapath {
@@ -176,7 +181,9 @@ impl Datapath {
             ebpf: Some(ebpf),
             maps,
             pin_dir: options.pin_dir.clone(),
+            vip_index: None,
         };
+        datapath.vip_index()?;
         datapath.program(Program::Balancer)?;
         Ok(datapath)
     }
@@ -195,6 +202,7 @@ impl Datapath {
             ebpf: None,
             maps,
             pin_dir: Some(dir.to_path_buf()),
+            vip_index: None,
         })
     }
 
