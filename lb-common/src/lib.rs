@@ -12,6 +12,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(missing_docs)]
 
+pub mod conntrack;
 #[cfg(feature = "user")]
 pub mod encoding;
 pub mod flow;

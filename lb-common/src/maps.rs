@@ -153,7 +153,8 @@ pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default Maglev ring size (a prime).
 pub const DEFAULT_RING_SIZE: u32 = 65537;
-/// Default number of tracked flows (`CONNTRACK`, an LRU: the oldest flow is evicted when full).
+/// Default number of tracked flows (`FLOWS`: sets of 4; a set's least recently seen flow makes
+/// room for a new one).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
 /// Size of the devmap used for `XDP_REDIRECT` to another interface.
 pub const MAX_INTERFACES: u32 = 64;
@@ -175,7 +176,12 @@ pub mod names {
     pub const RINGS: &str = "RINGS";
     /// `Array<Backend>` indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `LruHashMap<FlowKey, Conntrack>`: flow → backend.
+    /// `Array<FlowSet>`: the connection-tracking table, flow → backend
+    /// ([`crate::conntrack`]).
+    pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FlowKey, Conntrack>`, flow → backend: the connection-tracking table of
+    /// layout version 0, which `FLOWS` replaced. Not in the object any more; named for the
+    /// migration from version 0 and so that `lb detach` removes its pin.
     pub const CONNTRACK: &str = "CONNTRACK";
     /// `Array<Settings>` with one entry.
     pub const SETTINGS: &str = "SETTINGS";
@@ -205,7 +211,7 @@ pub mod names {
         VIP_ENTRIES,
         RINGS,
         BACKENDS,
-        CONNTRACK,
+        FLOWS,
         SETTINGS,
         TX_PORTS,
         STATS,
@@ -213,6 +219,9 @@ pub mod names {
         BACKEND_STATS,
         LAYOUT,
     ];
+    /// Maps earlier layout versions pinned that this one does not have: removed with the
+    /// others (`lb detach`).
+    pub const RETIRED: [&str; 1] = [CONNTRACK];
     /// Name of the pinned XDP link in the state directory.
     pub const LINK: &str = "link";
 }
@@ -313,7 +322,8 @@ pub struct Backend {
     pub src_mac: [u8; 6],
 }
 
-/// Value of `CONNTRACK`.
+/// Value of `CONNTRACK`, the connection-tracking table of layout version 0 (an LRU hash keyed
+/// by [`crate::FlowKey`]); `FLOWS` replaced it ([`crate::conntrack`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conntrack {
@@ -376,6 +386,8 @@ mod pod {
     unsafe impl aya::Pod for crate::layout::Layout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::vip_index::VipEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::conntrack::FlowSet {}
 }
 
 #[cfg(test)]
@@ -393,6 +405,7 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 28);
         assert_eq!(size_of::<DecapKey>(), 20);
         assert_eq!(size_of::<crate::vip_index::VipEntry>(), 32);
+        assert_eq!(size_of::<crate::conntrack::FlowSet>(), 208);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
         assert_eq!(core::mem::align_of::<crate::FlowKey>(), 8);
         assert_eq!(core::mem::align_of::<VipKey>(), 4);

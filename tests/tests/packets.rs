@@ -1178,3 +1178,60 @@ fn the_vip_index_finds_every_vip_and_only_them() {
         assert!(matched(&mut lab, i), "VIP {i} after it came back");
     }
 }
+
+/// Connection tracking (`lb_common::conntrack`): five flows of one set of four; the fifth takes
+/// the way of the flow seen longest ago (all are as recent here: the first way), counted as
+/// `conntrack_full` since that flow was active, and the others stay tracked.
+#[test]
+fn a_full_set_of_flows_forgets_one_to_track_a_new_one() {
+    use lb_common::conntrack::{conntrack_hash, set_index, sets_for};
+    use lb_tests::packet::lab::LAB_CONNTRACK_SIZE;
+
+    let mut lab = PacketLab::standard();
+    let sets = sets_for(LAB_CONNTRACK_SIZE);
+    let set_of = |port: u16| {
+        let flow = Frame::syn(CLIENT4, port, "10.0.0.100", 80).flow_key();
+        set_index(conntrack_hash(&flow), sets)
+    };
+    let target = set_of(40000);
+    let ports: Vec<u16> = (40000..60000)
+        .filter(|&port| set_of(port) == target)
+        .take(5)
+        .collect();
+    assert_eq!(ports.len(), 5, "five flows of one set");
+    for &port in &ports {
+        let (verdict, _) = lab
+            .run(&Frame::syn(CLIENT4, port, "10.0.0.100", 80).build())
+            .expect("syn");
+        assert_eq!(verdict, verdict::TX);
+    }
+    let tracked = |lab: &mut PacketLab, port: u16| {
+        let flow = Frame::ack(CLIENT4, port, "10.0.0.100", 80).flow_key();
+        lab.datapath.conntrack(&flow).expect("conntrack")
+    };
+    assert_eq!(
+        tracked(&mut lab, ports[0]),
+        None,
+        "the first flow was forgotten"
+    );
+    for &port in &ports[1..] {
+        assert!(tracked(&mut lab, port).is_some(), "port {port} tracked");
+    }
+    assert_eq!(
+        lab.datapath
+            .counter(Counter::ConntrackFull)
+            .expect("counter"),
+        1
+    );
+    // A tracked flow's packets are hits; the forgotten one's next packet takes the ring.
+    let vip = lab.vip("web4").id;
+    let before = lab.datapath.vip_stats(vip).expect("vip stats");
+    for &port in ports[1..].iter().chain(&ports[..1]) {
+        lab.run(&Frame::ack(CLIENT4, port, "10.0.0.100", 80).build())
+            .expect("ack");
+    }
+    let after = lab.datapath.vip_stats(vip).expect("vip stats");
+    assert_eq!(after.conntrack_hits - before.conntrack_hits, 4);
+    assert_eq!(after.new_flows - before.new_flows, 1);
+    assert!(tracked(&mut lab, ports[0]).is_some(), "tracked again");
+}

@@ -5,8 +5,9 @@ use aya::maps::{
     xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use lb_common::{
+    conntrack::{conntrack_hash, set_index, FlowSet},
     layout::Layout,
-    maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
+    maps::{names, Backend, DecapKey, Settings, Vip, VipKey},
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     FlowKey,
 };
@@ -177,15 +178,20 @@ impl Datapath {
             .map_err(|source| DatapathError::DevMap { map, source })
     }
 
-    /// The backend id a flow is tracked to, if it is tracked.
+    /// The backend id a flow is tracked to, if it is tracked: found in its set of `FLOWS` as
+    /// the datapath finds it (`lb_common::conntrack`).
     pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
-        let map = names::CONNTRACK;
-        let table: HashMap<_, FlowKey, Conntrack> = self.typed(map)?;
-        match table.get(flow, 0) {
-            Ok(entry) => Ok(Some(entry.backend)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(map_error(map)(source)),
-        }
+        let map = names::FLOWS;
+        let Map::Array(data) = self.map(map)? else {
+            return Err(map_error(map)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        let sets = data.info().map_err(map_error(map))?.max_entries();
+        let Some(index) = set_index(conntrack_hash(flow), sets) else {
+            return Ok(None);
+        };
+        let table: Array<_, FlowSet> = self.typed(map)?;
+        let set = table.get(&index, 0).map_err(map_error(map))?;
+        Ok(set.backend_of(flow))
     }
 
     /// Adds a local address the `decap` program strips tunnels for.

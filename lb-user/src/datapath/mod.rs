@@ -18,7 +18,10 @@ use aya::{
     },
     EbpfLoader,
 };
-use lb_common::maps::{names, DEFAULT_CONNTRACK_SIZE};
+use lb_common::{
+    conntrack,
+    maps::{names, DEFAULT_CONNTRACK_SIZE},
+};
 
 use self::error::{map_error, Result};
 pub use self::{
@@ -111,7 +114,8 @@ impl std::fmt::Display for AttachMode {
 /// Choices made at load time.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Entries of `CONNTRACK` (tracked flows).
+    /// Flows `FLOWS` tracks (`conntrack_size`; sets of 4, rounded up). A pinned `FLOWS` keeps
+    /// its size.
     pub conntrack_size: u32,
     /// Where the balancer's maps and link are pinned (the agent's `state_dir`). Maps already
     /// pinned there are reused as they are: conntrack, rings and counters survive restarts.
@@ -154,7 +158,15 @@ impl Datapath {
     /// Creates the maps and loads the load balancer program (running the verifier).
     pub fn load(options: &Options) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, options.conntrack_size);
+        // A pinned FLOWS is reused as it is, whatever `conntrack_size` says now: the program
+        // must be told its size.
+        let flow_sets = match &options.pin_dir {
+            Some(dir) => pinned_flow_sets(dir)?,
+            None => None,
+        }
+        .unwrap_or_else(|| conntrack::sets_for(options.conntrack_size));
+        loader.map_max_entries(names::FLOWS, flow_sets);
+        loader.override_global(FLOW_SETS, &flow_sets, true);
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
                 dir: dir.clone(),
@@ -380,6 +392,20 @@ impl Datapath {
     }
 }
 
+/// The name of the program's global holding the number of `FLOWS` sets.
+const FLOW_SETS: &str = "FLOW_SETS";
+
+/// The number of sets of the `FLOWS` pinned in `dir`, if one is.
+fn pinned_flow_sets(dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join(names::FLOWS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = MapData::from_pin(&path).map_err(map_error(names::FLOWS))?;
+    let info = map.info().map_err(map_error(names::FLOWS))?;
+    Ok(Some(info.max_entries()))
+}
+
 /// Detaches a pinned balancer (its link) and removes the pinned maps and the directory.
 pub fn remove_pins(dir: &Path) -> Result<()> {
     let link_path = dir.join(names::LINK);
@@ -394,7 +420,7 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
             source: source.into(),
         })?);
     }
-    for map in names::BALANCER {
+    for map in names::BALANCER.into_iter().chain(names::RETIRED) {
         let path = dir.join(map);
         if path.exists() {
             std::fs::remove_file(&path)
