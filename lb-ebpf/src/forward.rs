@@ -52,10 +52,12 @@ pub fn forward(
         Some(ForwardMode::Dsr) | None => {}
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked the Ethernet header is inside the (possibly grown) packet.
+    // SAFETY: ptr_at checked the Ethernet header is inside the (possibly grown) packet; the
+    // MACs come from a BACKENDS value, which cannot overlap the packet. (Told so, LLVM copies
+    // the bytes inline; `=` would call a byte-by-byte memmove.)
     unsafe {
-        (*eth).dst_addr = backend.dst_mac;
-        (*eth).src_addr = backend.src_mac;
+        core::ptr::copy_nonoverlapping(&backend.dst_mac, &raw mut (*eth).dst_addr, 1);
+        core::ptr::copy_nonoverlapping(&backend.src_mac, &raw mut (*eth).src_addr, 1);
     }
     egress(ctx, backend)
 }
