@@ -17,6 +17,7 @@ use lb_common::{
 
 use crate::{
     maps::{flow_sets, BACKENDS, FLOWS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
+    net::StackKey,
     parse::Packet,
     stats,
 };
@@ -44,10 +45,11 @@ fn find_vip(key: [u32; 5]) -> Option<Vip> {
     if !probe.ask_vips {
         return None;
     }
-    let key = VipKey::from_words(key);
+    let key = StackKey::new(key);
     // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
     // we copy it out immediately.
-    VIPS.get_ptr(&key).map(|vip| unsafe { *vip })
+    VIPS.get_ptr(key.as_key::<VipKey>())
+        .map(|vip| unsafe { *vip })
 }
 
 /// Whether two keys' words are equal, by folding their differences: `==` on arrays becomes a
