@@ -214,29 +214,34 @@ impl FlowSet {
         self.tags[placement.way] = tag(check, backend);
         placement
     }
+
+    /// Tracks `key` to `backend` in an empty way, seen at tick 0 (long ago), unless the set
+    /// already tracks it or has no empty way: how userspace converts another table's flows
+    /// without evicting any.
+    pub fn track_if_room(&mut self, key: &FlowKey, backend: u32) -> Tracking {
+        let check = conntrack_hash(key).check;
+        if find_way(&self.tags, check, |way| self.keys[way] == *key).is_some() {
+            return Tracking::Already;
+        }
+        let Some(way) = (0..WAYS).find(|&way| tag_check(self.tags[way]) == 0) else {
+            return Tracking::NoRoom;
+        };
+        self.keys[way] = *key;
+        self.seen[way] = 0;
+        self.tags[way] = tag(check, backend);
+        Tracking::Added
+    }
 }
 
-/// The sets of a table of `sets` sets tracking `flows` (flow, backend), each seen at `now`:
-/// how entries of another table (layout version 0's `CONNTRACK` LRU map) become `FLOWS` sets.
-/// Only the sets that hold a flow are returned (none if `sets` is 0); a set receiving more
-/// than [`WAYS`] flows keeps the last ones given.
-#[cfg(feature = "user")]
-pub fn sets_tracking(
-    flows: impl IntoIterator<Item = (FlowKey, u32)>,
-    sets: u32,
-    now: u32,
-) -> std::collections::BTreeMap<u32, FlowSet> {
-    let mut table = std::collections::BTreeMap::new();
-    for (key, backend) in flows {
-        let Some(index) = set_index(conntrack_hash(&key), sets) else {
-            continue;
-        };
-        table
-            .entry(index)
-            .or_insert_with(FlowSet::default)
-            .track(&key, backend, now);
-    }
-    table
+/// What [`FlowSet::track_if_room`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracking {
+    /// The flow was tracked already; its entry is unchanged.
+    Already,
+    /// The flow is now tracked.
+    Added,
+    /// Every way holds another flow; the flow is not tracked.
+    NoRoom,
 }
 
 #[cfg(test)]
@@ -312,15 +317,22 @@ mod tests {
     }
 
     #[test]
-    fn entries_of_another_table_convert() {
-        let flows: Vec<(FlowKey, u32)> = (0..1000)
-            .map(|port| (flow(port), u32::from(port)))
-            .collect();
-        let table = sets_tracking(flows.iter().copied(), 4096, 7);
-        for (key, backend) in &flows {
-            let set = &table[&set_index(conntrack_hash(key), 4096).expect("sets")];
-            assert_eq!(set.backend_of(key), Some(*backend), "{key:?}");
+    fn converted_flows_take_empty_ways_only() {
+        let mut set = FlowSet::default();
+        for port in 0..3 {
+            assert!(!set.track(&flow(port), u32::from(port), 50).evicts_active);
         }
+        assert_eq!(set.track_if_room(&flow(1), 99), Tracking::Already);
+        assert_eq!(set.backend_of(&flow(1)), Some(1), "a tracked flow keeps its entry");
+        assert_eq!(set.track_if_room(&flow(7), 7), Tracking::Added);
+        assert_eq!(set.backend_of(&flow(7)), Some(7));
+        assert_eq!(set.seen[3], 0, "a converted flow counts as seen long ago");
+        assert_eq!(set.track_if_room(&flow(8), 8), Tracking::NoRoom);
+        for port in [0, 1, 2, 7] {
+            assert!(set.backend_of(&flow(port)).is_some(), "nothing evicted");
+        }
+        // The datapath's next new flow in this set evicts the converted one first.
+        assert_eq!(way_for(&set.tags, &set.seen, None, 51).way, 3);
     }
 
     #[test]

@@ -36,16 +36,23 @@ pub fn index(interface: &str) -> Result<u32, InterfaceError> {
     })
 }
 
-/// Every IPv4 and IPv6 address of `interface`.
-pub fn addresses(interface: &str) -> Result<Vec<IpAddr>, InterfaceError> {
+/// Every address of `interface` the kernel lists (IP and link-layer).
+fn listed(interface: &str) -> Result<Vec<nix::sys::socket::SockaddrStorage>, InterfaceError> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|source| InterfaceError::Addresses {
         interface: interface.to_owned(),
         source,
     })?;
     Ok(addrs
         .filter(|ifaddr| ifaddr.interface_name == interface)
-        .filter_map(|ifaddr| {
-            let address = ifaddr.address?;
+        .filter_map(|ifaddr| ifaddr.address)
+        .collect())
+}
+
+/// Every IPv4 and IPv6 address of `interface`.
+pub fn addresses(interface: &str) -> Result<Vec<IpAddr>, InterfaceError> {
+    Ok(listed(interface)?
+        .into_iter()
+        .filter_map(|address| {
             if let Some(v4) = address.as_sockaddr_in() {
                 Some(IpAddr::V4(v4.ip()))
             } else {
@@ -57,13 +64,9 @@ pub fn addresses(interface: &str) -> Result<Vec<IpAddr>, InterfaceError> {
 
 /// The MAC address of `interface` (`None` for an interface without one, like `lo`).
 pub fn mac(interface: &str) -> Result<Option<[u8; 6]>, InterfaceError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| InterfaceError::Addresses {
-        interface: interface.to_owned(),
-        source,
-    })?;
-    Ok(addrs
-        .filter(|ifaddr| ifaddr.interface_name == interface)
-        .find_map(|ifaddr| ifaddr.address?.as_link_addr()?.addr()))
+    Ok(listed(interface)?
+        .into_iter()
+        .find_map(|address| address.as_link_addr()?.addr()))
 }
 
 /// The mode of the XDP program attached to `interface`, as the kernel reports it

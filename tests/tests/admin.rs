@@ -4,7 +4,7 @@
 //! is down for a known time.
 
 use std::{
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,23 +15,10 @@ use lb_tests::netns::{
 };
 use serde_json::Value;
 
-/// `lb ARGS --state-dir <the lab's>`.
-fn lb(lab: &AgentLab, args: &[&str]) -> Output {
-    Command::new(lb_binary())
-        .args(args)
-        .arg("--state-dir")
-        .arg(&lab.files.state_dir)
-        .output()
-        .expect("run lb")
-}
-
 /// `lb backend ACTION --vip web --backend <backend i>`, which must succeed.
 fn admin(lab: &AgentLab, action: &str, i: usize) -> String {
     let backend = lab.backend_ip(i).to_string();
-    let output = lb(
-        lab,
-        &["backend", action, "--vip", "web", "--backend", &backend],
-    );
+    let output = lab.lb(&["backend", action, "--vip", "web", "--backend", &backend]);
     assert!(
         output.status.success(),
         "lb backend {action}: {}{}",
@@ -42,7 +29,7 @@ fn admin(lab: &AgentLab, action: &str, i: usize) -> String {
 }
 
 fn status(lab: &AgentLab) -> Value {
-    let output = lb(lab, &["status", "--json"]);
+    let output = lab.lb(&["status", "--json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -126,17 +113,14 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
         .find(|(_, n)| n == "b2")
         .map(|(s, _)| s.local_addr().expect("addr").port())
         .expect("a held b2 connection");
-    let explained = lb(
-        &lab,
-        &[
-            "explain",
-            "--json",
-            "--vip",
-            &format!("{VIP}:{PORT}/tcp"),
-            "--client",
-            &format!("{client}:{port}"),
-        ],
-    );
+    let explained = lab.lb(&[
+        "explain",
+        "--json",
+        "--vip",
+        &format!("{VIP}:{PORT}/tcp"),
+        "--client",
+        &format!("{client}:{port}"),
+    ]);
     let explained: Value = serde_json::from_slice(&explained.stdout).expect("explain json");
     assert_eq!(explained["reason"], "rehash", "{explained}");
     assert_ne!(explained["backend"], lab.backend_ip(1).to_string().as_str());
@@ -179,17 +163,14 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
 
     // Asking twice is no change; a wrong name is a clear error.
     assert!(admin(&lab, "enable", 0).contains("already ready"));
-    let wrong = lb(
-        &lab,
-        &[
-            "backend",
-            "drain",
-            "--vip",
-            "nope",
-            "--backend",
-            "10.77.0.12",
-        ],
-    );
+    let wrong = lab.lb(&[
+        "backend",
+        "drain",
+        "--vip",
+        "nope",
+        "--backend",
+        "10.77.0.12",
+    ]);
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("no vip named \"nope\""));
 
@@ -267,22 +248,36 @@ fn a_recovered_backend_ramps_up_over_slow_start() {
     let share = |n: usize| count(&lab.connect(n), "b1") as f64 / n as f64;
     let sample = |at: Duration| {
         std::thread::sleep(at.saturating_sub(up.elapsed()));
-        let weight = backend_status(&lab, 0)["effective_weight"]
-            .as_f64()
-            .expect("weight");
-        (share(300), weight)
+        let status = backend_status(&lab, 0);
+        let weight = status["effective_weight"].as_f64().expect("weight");
+        let ring_share = status["share"].as_f64().expect("share");
+        (share(300), weight, ring_share)
     };
-    let (early, early_weight) = sample(slow_start / 5);
-    let (late, late_weight) = sample(slow_start * 7 / 10);
-    let (full, full_weight) = sample(slow_start + Duration::from_secs(1));
+    let (early, early_weight, early_ring) = sample(slow_start / 5);
+    let (late, late_weight, late_ring) = sample(slow_start * 7 / 10);
+    let (full, full_weight, full_ring) = sample(slow_start + Duration::from_secs(1));
     println!(
-        "b1's share of new connections after recovering: {early:.3} (weight {early_weight}) at \
-         1.2 s, {late:.3} (weight {late_weight}) at 4.2 s, {full:.3} (weight {full_weight}) after"
+        "b1 after recovering: at 1.2 s weight {early_weight}, ring share {early_ring:.3}, share \
+         of new connections {early:.3}; at 4.2 s {late_weight}, {late_ring:.3}, {late:.3}; after \
+         the ramp {full_weight}, {full_ring:.3}, {full:.3}"
     );
+    assert!(early_weight < late_weight && late_weight < 1.0 && full_weight == 1.0);
+    // The ring follows the weight exactly (b2 and b3 have weight 1)...
+    for (weight, ring) in [
+        (early_weight, early_ring),
+        (late_weight, late_ring),
+        (1.0, full_ring),
+    ] {
+        let expected = weight / (weight + 2.0);
+        assert!(
+            (ring - expected).abs() < 0.03,
+            "ring share {ring}, expected {expected}"
+        );
+    }
+    // ...and the connections follow the ring (300 sequential client ports: a few % of noise).
     assert!(early < 0.2, "early {early}");
     assert!(late > early + 0.05, "late {late} vs early {early}");
-    assert!((0.25..0.42).contains(&full), "full {full}");
-    assert!(early_weight < late_weight && late_weight < 1.0 && full_weight == 1.0);
+    assert!((0.22..0.46).contains(&full), "full {full}");
     for (stream, name) in &mut held {
         echo(stream, "ramping").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
     }

@@ -5,12 +5,9 @@
 //! `announced`, and `lb status --check` answers for supervisors. (The bird2 / ECMP lab is in
 //! `redundancy.rs`.)
 
-use std::{
-    process::{Command, Output},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use lb_tests::netns::{agent::lb_binary, agent::Signal, dsr_lab::*, servers::NameServer};
+use lb_tests::netns::{agent::Signal, dsr_lab::*, servers::NameServer};
 use serde_json::Value;
 
 const TABLE: u32 = 250;
@@ -39,20 +36,8 @@ fn announced(lab: &AgentLab) -> bool {
         .any(|r| r.starts_with(&format!("blackhole {VIP}")))
 }
 
-/// `lb ARGS` in the lb's network namespace (routes are per namespace).
-fn lb(lab: &AgentLab, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.lan.host(1).ns.name))
-        .arg(lb_binary())
-        .args(args)
-        .arg("--state-dir")
-        .arg(&lab.files.state_dir)
-        .output()
-        .expect("run lb")
-}
-
 fn status_json(lab: &AgentLab) -> Value {
-    let output = lb(lab, &["status", "--json"]);
+    let output = lab.lb(&["status", "--json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -63,7 +48,7 @@ fn status_json(lab: &AgentLab) -> Value {
 
 /// `lb status --check`: its exit code and the line it printed.
 fn check(lab: &AgentLab) -> (i32, String) {
-    let output = lb(lab, &["status", "--check"]);
+    let output = lab.lb(&["status", "--check"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text.trim().to_owned())

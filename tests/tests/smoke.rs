@@ -43,6 +43,7 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
         let mut datapath = Datapath::load(&Options {
             conntrack_size: 4096,
             pin_dir: None,
+            fresh_state: false,
         })
         .expect("load");
         for (id, backend) in backends.iter().enumerate() {

@@ -9,6 +9,7 @@ fn programs_stay_far_below_the_verifier_limits() {
     let mut datapath = Datapath::load(&Options {
         conntrack_size: 16,
         pin_dir: None,
+        fresh_state: false,
     })
     .expect("load");
     for program in [Program::Balancer, Program::Decap] {

@@ -18,6 +18,7 @@
 pub mod admin;
 mod administer;
 pub mod announce;
+mod announcements;
 mod apply;
 pub mod availability;
 mod checkers;
@@ -30,6 +31,7 @@ mod publish;
 mod reload;
 mod runtime;
 mod state_change;
+mod stop;
 pub mod target;
 
 use std::{
@@ -58,13 +60,11 @@ use self::{
 };
 use crate::{
     config::{self, Config},
-    datapath::{Datapath, Options},
-    error::Chain,
+    datapath::{Datapath, Options, Origin, Upgraded},
     health::HealthEvent,
     interface,
     metrics::{self, Metrics},
     records::{self, Records},
-    routes::RouteOwner,
     status,
 };
 
@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Leave the datapath attached and pinned on SIGTERM/SIGINT.
     pub keep_datapath: bool,
+    /// Recreate the pinned maps instead of adopting them (tracked flows re-hash).
+    pub fresh_state: bool,
 }
 
 /// Where and how the balancer is attached.
@@ -141,7 +143,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config)?;
-    let mut agent = Agent::start(options.config.clone(), config, options.keep_datapath).await?;
+    let mut agent = Agent::start(
+        options.config.clone(),
+        config,
+        options.keep_datapath,
+        options.fresh_state,
+    )
+    .await?;
     let result = agent.serve().await;
     agent.shutdown().await;
     result
@@ -149,13 +157,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
 impl Agent {
     /// Loads (or adopts) the datapath, checks every backend once, programs VIPs, backends and
-    /// rings, attaches, and announces the servable VIPs. `keep_datapath`: leave the datapath
-    /// and the routes in place on stop.
-    pub async fn start(path: PathBuf, config: Config, keep_datapath: bool) -> anyhow::Result<Self> {
-        let adopting = Datapath::is_pinned(&config.state_dir);
+    /// rings, attaches, and announces the servable VIPs. A previous agent's pinned state is
+    /// adopted, migrated from an older layout, or (`fresh_state`) replaced. `keep_datapath`:
+    /// leave the datapath and the routes in place on stop.
+    pub async fn start(
+        path: PathBuf,
+        config: Config,
+        keep_datapath: bool,
+        fresh_state: bool,
+    ) -> anyhow::Result<Self> {
         let mut datapath = Datapath::load(&Options {
             conntrack_size: config.conntrack_size,
             pin_dir: Some(config.state_dir.clone()),
+            fresh_state,
         })
         .with_context(|| {
             format!(
@@ -165,6 +179,18 @@ impl Agent {
         })?;
         let ifindex =
             interface::index(&config.interface).context("set `interface` in the configuration")?;
+        let adopting = *datapath.origin() != Origin::New;
+        if let Origin::Upgrading(migration) = datapath.origin() {
+            tracing::info!(
+                from = migration.from,
+                to = lb_common::layout::LAYOUT_VERSION,
+                "migrating the pinned state from layout {} to {}: {}; every other map is kept \
+                 (tracked flows and rings stay)",
+                migration.from,
+                lb_common::layout::LAYOUT_VERSION,
+                migration.summary()
+            );
+        }
         let ids = if adopting {
             let vips = datapath.vips()?;
             let backends = datapath.backends()?;
@@ -212,11 +238,6 @@ impl Agent {
             control,
             _control_socket: control_socket,
         };
-        if !adopting {
-            agent
-                .datapath
-                .set_layout(&lb_common::layout::Layout::CURRENT)?;
-        }
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
         agent.remove_unclaimed()?;
@@ -224,6 +245,15 @@ impl Agent {
             .datapath
             .attach_pinned(&config.interface, config.xdp_mode.xdp_mode())?;
         agent.attached.mode = attachment.mode;
+        if let Some(Upgraded { migration, flows }) = agent.datapath.finish_upgrade()? {
+            tracing::info!(
+                flows_tracked = flows.tracked,
+                flows_without_room = flows.no_room,
+                "pinned state migrated from layout {} to {}",
+                migration.from,
+                lb_common::layout::LAYOUT_VERSION
+            );
+        }
         agent.attached.program_id = agent.datapath.program_id().ok();
         tracing::info!(
             interface = %config.interface,
@@ -404,121 +434,6 @@ impl Agent {
                 let drain = self.config.announce.map(|a| a.drain).unwrap_or_default();
                 drained_at = Some(Instant::now() + drain);
             }
-        }
-    }
-
-    /// Starts a graceful stop: withdraws every address; returns whether to keep forwarding for
-    /// the drain time (`[announce]` set, the datapath not kept).
-    async fn begin_graceful_stop(&mut self) -> bool {
-        let Some(announce) = self.config.announce else {
-            return false;
-        };
-        if self.keep_datapath || self.announcer.is_none() {
-            return false;
-        }
-        self.stopping = true;
-        self.update_announcements().await;
-        // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
-        self.publish();
-        tracing::info!(
-            "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
-            humantime::format_duration(announce.drain)
-        );
-        !announce.drain.is_zero()
-    }
-
-    /// Brings the announced addresses in line with the VIPs' servability.
-    async fn update_announcements(&mut self) {
-        let Some(announcer) = self.announcer.as_mut() else {
-            return;
-        };
-        let vips: Vec<(&config::VipConfig, bool)> = self
-            .vips
-            .values()
-            .map(|vip| (&vip.config, announce::servable(&vip.written)))
-            .collect();
-        if self.stopping {
-            announcer
-                .update(&BTreeMap::new(), |_| "graceful stop".to_owned())
-                .await;
-        } else {
-            let wanted = announce::wanted(vips.iter().copied());
-            announcer
-                .update(&wanted, |address| {
-                    announce::withdraw_reason(address, vips.iter().copied())
-                })
-                .await;
-        }
-        if let Some(m) = &self.metrics {
-            for vip in self.vips.values() {
-                let announced = vip.config.announce
-                    && announce::servable(&vip.written)
-                    && announcer.is_announced(vip.config.address);
-                m.vip_announced(vip.id, announced);
-            }
-        } // metrics hook
-    }
-
-    /// Reconciles the routing table with the configuration's `[announce]`: a changed table or
-    /// protocol first withdraws everything from the old one; then the table is read and our
-    /// routes for addresses no longer served are removed, missing ones added.
-    async fn reconcile_announcements(&mut self) {
-        let wanted_owner = self.config.announce.map(|a| RouteOwner {
-            table: a.table,
-            protocol: a.protocol,
-        });
-        if self.announcer.as_ref().map(Announcer::owner) != wanted_owner {
-            if let Some(mut old) = self.announcer.take() {
-                old.withdraw_all("[announce] changed").await;
-            }
-        }
-        let Some(owner) = wanted_owner else {
-            return;
-        };
-        let vips: Vec<(&config::VipConfig, bool)> = self
-            .vips
-            .values()
-            .map(|vip| (&vip.config, announce::servable(&vip.written)))
-            .collect();
-        let wanted = announce::wanted(vips.iter().copied());
-        let why = |address| announce::withdraw_reason(address, vips.iter().copied());
-        match self.announcer.as_mut() {
-            Some(announcer) => announcer.reconcile(&wanted, why).await,
-            None => match Announcer::start(owner, &wanted, why).await {
-                Ok(announcer) => self.announcer = Some(announcer),
-                Err(error) => tracing::error!(
-                    "cannot announce vip addresses in table {}: {}",
-                    owner.table,
-                    Chain(&error)
-                ),
-            },
-        }
-        self.update_announcements().await;
-    }
-
-    /// Stops health checks; unless `--keep-datapath`, withdraws every address (if not done
-    /// yet) and detaches and unpins the datapath.
-    pub async fn shutdown(mut self) {
-        if !self.keep_datapath {
-            self.stopping = true;
-            self.update_announcements().await;
-        }
-        let Self {
-            config,
-            datapath,
-            vips,
-            keep_datapath,
-            ..
-        } = self;
-        drop(vips); // stops the checkers
-        if keep_datapath {
-            tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
-            return;
-        }
-        crate::status::remove(&config.state_dir);
-        match datapath.detach_and_unpin() {
-            Ok(()) => tracing::info!("datapath detached"),
-            Err(error) => tracing::error!("detaching the datapath failed: {}", Chain(&error)),
         }
     }
 

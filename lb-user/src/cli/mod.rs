@@ -66,6 +66,10 @@ pub enum Command {
         /// next `lb run` adopts it). Without it the datapath is detached and unpinned.
         #[arg(long)]
         keep_datapath: bool,
+        /// Recreate the pinned maps instead of adopting them, e.g. when their layout is one
+        /// this lb cannot migrate: tracked flows re-hash, counters restart; forwarding goes on.
+        #[arg(long)]
+        fresh_state: bool,
     },
     /// Counters: global by verdict and reason, per VIP and per backend.
     #[command(after_help = help::STATS)]
@@ -190,10 +194,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             config,
             keep_datapath,
+            fresh_state,
         } => {
             agent::run(RunOptions {
                 config,
                 keep_datapath,
+                fresh_state,
             })
             .await
         }
@@ -247,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut datapath = Datapath::load(&Options {
                 conntrack_size: 1,
                 pin_dir: None,
+                fresh_state: false,
             })?;
             datapath.attach(Program::Pass, &interface, aya::programs::XdpMode::Driver)?;
             tracing::info!(%interface, "pass program attached");

@@ -50,6 +50,7 @@ impl Decap {
         let mut datapath = Datapath::load(&Options {
             conntrack_size: 1,
             pin_dir: None,
+            fresh_state: false,
         })?;
         for address in &addresses {
             datapath.add_decap_address(&DecapKey::new(*address))?;

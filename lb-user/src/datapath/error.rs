@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
 
+use super::layout;
+
 /// What went wrong with the datapath, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -67,6 +69,38 @@ pub enum DatapathError {
         /// The error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The pinned state's layout can be neither adopted nor migrated.
+    #[error(transparent)]
+    Layout(layout::LayoutError),
+    /// The pinned state is of an older layout, which only an agent migrates.
+    #[error(
+        "the datapath pinned in {} has layout version {found}, from an older lb (this one reads \
+         version {}): use the lb that runs it, or restart the agent with this lb, which migrates \
+         the state without interrupting traffic",
+        dir.display(),
+        lb_common::layout::LAYOUT_VERSION
+    )]
+    OlderLayout {
+        /// The state directory.
+        dir: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// Per-CPU values of the wrong CPU count.
+    #[error("map {map}: per-CPU values")]
+    Counters {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing is pinned where maps were expected.
+    #[error("no lb datapath is pinned in {}", dir.display())]
+    NothingPinned {
+        /// The state directory.
+        dir: PathBuf,
     },
     /// Pinning was asked of a datapath loaded without a pin directory.
     #[error("the datapath was loaded without a state directory")]

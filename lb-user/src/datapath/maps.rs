@@ -5,18 +5,19 @@ use aya::maps::{
     xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use lb_common::{
-    conntrack::{conntrack_hash, set_index, FlowSet},
+    conntrack::{conntrack_hash, set_index, FlowSet, Tracking},
     layout::Layout,
-    maps::{names, Backend, DecapKey, Settings, Vip, VipKey},
+    maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     FlowKey,
 };
 
-use std::os::fd::AsFd as _;
+use std::{collections::BTreeMap, os::fd::AsFd as _};
 
 use super::{
     error::{map_error, DatapathError, Result},
     ring::{new_ring, read_ring, PreparedRing},
+    upgrade::FlowsCarried,
     vip_index::VipIndexWriter,
     Datapath,
 };
@@ -41,6 +42,83 @@ impl Datapath {
         let map = names::LAYOUT;
         let array: Array<_, Layout> = self.typed(map)?;
         array.get(&0, 0).map_err(map_error(map))
+    }
+
+    /// Adds the counters of the old per-CPU `STATS` map pinned at `old` to `STATS`, matching
+    /// them by name (`names`: the old layout's names, by index); names this build does not know
+    /// are left behind.
+    pub fn add_counters(&mut self, old: &std::path::Path, names: &[&str]) -> Result<()> {
+        let map = names::STATS;
+        let data = MapData::from_pin(old).map_err(map_error(map))?;
+        let old_stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(map))?;
+        let mut stats: PerCpuArray<_, u64> = self.typed(map)?;
+        for (index, name) in names.iter().enumerate() {
+            let Some(counter) = Counter::ALL.into_iter().find(|c| c.name() == *name) else {
+                continue;
+            };
+            let before = old_stats.get(&(index as u32), 0).map_err(map_error(map))?;
+            let now = stats.get(&(counter as u32), 0).map_err(map_error(map))?;
+            let sum: Vec<u64> = before.iter().zip(now.iter()).map(|(a, b)| a + b).collect();
+            let values = PerCpuValues::try_from(sum)
+                .map_err(|source| DatapathError::Counters { map, source })?;
+            stats
+                .set(counter as u32, values, 0)
+                .map_err(map_error(map))?;
+        }
+        Ok(())
+    }
+
+    /// Tracks in `FLOWS` the flows of the old layouts' `CONNTRACK` (an LRU hash map, pinned at
+    /// `old`) that `FLOWS` does not track yet, each in an empty way of its set: a flow already
+    /// tracked keeps its entry (the program wrote it, it is newer), and no tracked flow is
+    /// evicted for an old one. Converted flows count as seen long ago until their next packet.
+    ///
+    /// Each set is read and written whole, so a program tracking another flow of the same set
+    /// at that instant may lose that write: that flow then takes the ring again, as an evicted
+    /// one does (with unchanged rings and backends, to the same backend).
+    pub fn track_flows_of(&mut self, old: &std::path::Path) -> Result<FlowsCarried> {
+        let map = names::CONNTRACK;
+        let data = MapData::from_pin(old).map_err(map_error(map))?;
+        let conntrack: HashMap<_, FlowKey, Conntrack> =
+            HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(map))?;
+        let mut by_set: BTreeMap<u32, Vec<(FlowKey, u32)>> = BTreeMap::new();
+        let sets = self.flow_sets()?;
+        // An entry the old program evicts during the walk may make it start over: the same flow
+        // may come twice, and is then found tracked.
+        for entry in conntrack.iter() {
+            let (key, value) = entry.map_err(map_error(map))?;
+            if let Some(index) = set_index(conntrack_hash(&key), sets) {
+                by_set.entry(index).or_default().push((key, value.backend));
+            }
+        }
+        let map = names::FLOWS;
+        let mut table: Array<_, FlowSet> = self.typed(map)?;
+        let mut carried = FlowsCarried::default();
+        for (index, flows) in by_set {
+            let mut set = table.get(&index, 0).map_err(map_error(map))?;
+            let before = set;
+            for (key, backend) in flows {
+                match set.track_if_room(&key, backend) {
+                    Tracking::Already => carried.already += 1,
+                    Tracking::Added => carried.tracked += 1,
+                    Tracking::NoRoom => carried.no_room += 1,
+                }
+            }
+            if set != before {
+                table.set(index, set, 0).map_err(map_error(map))?;
+            }
+        }
+        Ok(carried)
+    }
+
+    /// Sets of `FLOWS`.
+    fn flow_sets(&mut self) -> Result<u32> {
+        let map = names::FLOWS;
+        let Map::Array(data) = self.map(map)? else {
+            return Err(map_error(map)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        Ok(data.info().map_err(map_error(map))?.max_entries())
     }
 
     /// Adds or replaces a VIP: in `VIPS`, then in the VIP index.
@@ -182,10 +260,7 @@ impl Datapath {
     /// the datapath finds it (`lb_common::conntrack`).
     pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
         let map = names::FLOWS;
-        let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(MapError::InvalidMapType { map_type: 0 }));
-        };
-        let sets = data.info().map_err(map_error(map))?.max_entries();
+        let sets = self.flow_sets()?;
         let Some(index) = set_index(conntrack_hash(flow), sets) else {
             return Ok(None);
         };

@@ -3,8 +3,10 @@
 
 mod decap;
 mod error;
+pub mod layout;
 mod maps;
 mod ring;
+mod upgrade;
 mod vip_index;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +25,16 @@ use lb_common::{
     maps::{names, DEFAULT_CONNTRACK_SIZE},
 };
 
-use self::error::{map_error, Result};
 pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     ring::PreparedRing,
+    upgrade::{FlowsCarried, Origin, Upgraded},
+};
+use self::{
+    error::{map_error, Result},
+    layout::{Fate, PinnedLayout},
+    upgrade::STAGING,
 };
 
 /// The compiled XDP programs (lb-ebpf), built by `build.rs`.
@@ -118,9 +125,13 @@ pub struct Options {
     /// its size.
     pub conntrack_size: u32,
     /// Where the balancer's maps and link are pinned (the agent's `state_dir`). Maps already
-    /// pinned there are reused as they are: conntrack, rings and counters survive restarts.
-    /// `None`: nothing is pinned (tests, `lb decap`).
+    /// pinned there are adopted: as they are if their layout is this build's, migrated if it is
+    /// an older one (see [`layout`]), refused otherwise. Conntrack, rings and counters survive
+    /// restarts and upgrades. `None`: nothing is pinned (tests, `lb decap`).
     pub pin_dir: Option<PathBuf>,
+    /// Recreate every pinned map instead of adopting them (tracked flows re-hash, counters
+    /// restart); the pinned link is kept, so forwarding does not stop.
+    pub fresh_state: bool,
 }
 
 impl Default for Options {
@@ -128,6 +139,7 @@ impl Default for Options {
         Self {
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             pin_dir: None,
+            fresh_state: false,
         }
     }
 }
@@ -152,30 +164,74 @@ pub struct Datapath {
     /// maps from a previous agent, or new maps beside its `VIPS`, is right before any program
     /// of ours runs).
     vip_index: Option<vip_index::VipIndexWriter>,
+    /// Where the maps came from.
+    origin: Origin,
+    /// Flows of an older layout's `CONNTRACK` carried into `FLOWS` so far (see
+    /// [`Self::finish_upgrade`]).
+    carried_flows: FlowsCarried,
 }
 
 impl Datapath {
     /// Creates the maps and loads the load balancer program (running the verifier).
     pub fn load(options: &Options) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        // A pinned FLOWS is reused as it is, whatever `conntrack_size` says now: the program
-        // must be told its size.
-        let flow_sets = match &options.pin_dir {
-            Some(dir) => pinned_flow_sets(dir)?,
-            None => None,
-        }
-        .unwrap_or_else(|| conntrack::sets_for(options.conntrack_size));
-        loader.map_max_entries(names::FLOWS, flow_sets);
-        loader.override_global(FLOW_SETS, &flow_sets, true);
+        let mut origin = Origin::New;
+        let mut flow_sets = conntrack::sets_for(options.conntrack_size);
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
                 dir: dir.clone(),
                 source,
             })?;
-            for map in names::BALANCER {
-                loader.map_pin_path(map, dir.join(map));
+            let found = match layout::inspect(dir) {
+                Ok(PinnedLayout::Empty) => PinnedLayout::Empty,
+                Ok(PinnedLayout::Current) if options.fresh_state => {
+                    PinnedLayout::Older(layout::Migration::fresh(lb_common::layout::LAYOUT_VERSION))
+                }
+                Ok(found) => found,
+                Err(_) if options.fresh_state => PinnedLayout::Older(layout::Migration::fresh(0)),
+                Err(error) => return Err(DatapathError::Layout(error)),
+            };
+            let staging = dir.join(STAGING);
+            match &found {
+                PinnedLayout::Empty | PinnedLayout::Current => {
+                    for map in names::BALANCER {
+                        loader.map_pin_path(map, dir.join(map));
+                    }
+                }
+                PinnedLayout::Older(migration) => {
+                    // New maps are pinned aside until the new program runs; a staging
+                    // directory left by an upgrade that did not finish is started over.
+                    let _ = std::fs::remove_dir_all(&staging);
+                    std::fs::create_dir(&staging).map_err(|source| DatapathError::StateDir {
+                        dir: staging.clone(),
+                        source,
+                    })?;
+                    for (map, fate) in &migration.fates {
+                        let at = if *fate == Fate::Keep { dir } else { &staging };
+                        loader.map_pin_path(map, at.join(map));
+                    }
+                }
             }
+            // A FLOWS that is kept keeps its size, whatever `conntrack_size` says now: the
+            // program must be told its size.
+            let keeps_flows = match &found {
+                PinnedLayout::Empty => false,
+                PinnedLayout::Current => true,
+                PinnedLayout::Older(migration) => migration.fate(names::FLOWS) == Some(Fate::Keep),
+            };
+            if keeps_flows {
+                if let Some(sets) = pinned_flow_sets(dir)? {
+                    flow_sets = sets;
+                }
+            }
+            origin = match found {
+                PinnedLayout::Empty => Origin::New,
+                PinnedLayout::Current => Origin::Adopted,
+                PinnedLayout::Older(migration) => Origin::Upgrading(migration),
+            };
         }
+        loader.map_max_entries(names::FLOWS, flow_sets);
+        loader.override_global(FLOW_SETS, &flow_sets, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { source })?;
@@ -194,15 +250,36 @@ impl Datapath {
             maps,
             pin_dir: options.pin_dir.clone(),
             vip_index: None,
+            origin,
+            carried_flows: FlowsCarried::default(),
         };
         datapath.vip_index()?;
+        datapath.carry_flows()?;
         datapath.program(Program::Balancer)?;
+        if datapath.origin != Origin::Adopted {
+            datapath.set_layout(&lb_common::layout::Layout::CURRENT)?;
+        }
         Ok(datapath)
+    }
+
+    /// Where its maps came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// Opens the maps a running (or stopped) agent pinned in `dir`, without loading any
     /// program: for the CLI and for tests that watch a running agent.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
+        match layout::inspect(dir).map_err(DatapathError::Layout)? {
+            PinnedLayout::Current => {}
+            PinnedLayout::Empty => return Err(DatapathError::NothingPinned { dir: dir.into() }),
+            PinnedLayout::Older(migration) => {
+                return Err(DatapathError::OlderLayout {
+                    dir: dir.into(),
+                    found: migration.from,
+                })
+            }
+        }
         let mut maps = std::collections::HashMap::new();
         for name in names::BALANCER {
             let path = dir.join(name);
@@ -215,6 +292,8 @@ impl Datapath {
             maps,
             pin_dir: Some(dir.to_path_buf()),
             vip_index: None,
+            origin: Origin::Adopted,
+            carried_flows: FlowsCarried::default(),
         })
     }
 
@@ -426,6 +505,14 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
             std::fs::remove_file(&path)
                 .map_err(|source| DatapathError::StateDir { dir: path, source })?;
         }
+    }
+    // New maps of an upgrade that did not finish.
+    let staging = dir.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| DatapathError::StateDir {
+            dir: staging,
+            source,
+        })?;
     }
     match std::fs::remove_dir(dir) {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => {

@@ -12,6 +12,14 @@ use lb_common::maps::RING_FLAGS;
 /// A ring map filled by [`super::Datapath::prepare_ring`], waiting for [`super::Datapath::swap_ring`].
 pub struct PreparedRing(pub(super) MapData);
 
+impl PreparedRing {
+    /// The ring map, e.g. to insert into another object's `RINGS` (upgrade tests set up an
+    /// older release's datapath this way).
+    pub fn map_data(&self) -> &MapData {
+        &self.0
+    }
+}
+
 /// Reads a ring map through mmap (one copy instead of a syscall per slot).
 pub(super) fn read_ring(map: &MapData) -> std::io::Result<Vec<u32>> {
     const STRIDE: usize = 8;

@@ -296,6 +296,7 @@ fn swap_parts() -> anyhow::Result<Parts> {
     let mut datapath = Datapath::load(&Options {
         conntrack_size: 1024,
         pin_dir: None,
+        fresh_state: false,
     })
     .context("loading a scratch datapath")?;
     let (mut build, mut prepare, mut swap) = (Vec::new(), Vec::new(), Vec::new());

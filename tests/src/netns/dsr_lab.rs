@@ -143,6 +143,19 @@ impl AgentLab {
         agent
     }
 
+    /// Runs `lb ARGS --state-dir <the lab's>` in the load balancer's namespace (routes are per
+    /// namespace; maps and sockets are seen from any).
+    pub fn lb(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.lan.host(1).ns.name))
+            .arg(crate::netns::agent::lb_binary())
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.files.state_dir)
+            .output()
+            .expect("run lb")
+    }
+
     /// See the name.
     pub fn attached_count(&self) -> usize {
         self.files.log_text().matches("datapath attached").count()

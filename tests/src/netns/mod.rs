@@ -12,5 +12,6 @@ pub mod dsr_lab;
 pub mod load;
 pub mod redundancy;
 pub mod topology;
+pub mod previous;
 
 pub use lb_lab::{servers, sh, Netns};

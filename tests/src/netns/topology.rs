@@ -32,6 +32,7 @@ impl Lan {
             let mut datapath = Datapath::load(&Options {
                 conntrack_size: 1,
                 pin_dir: None,
+                fresh_state: false,
             })
             .expect("load");
             for port in &ports {

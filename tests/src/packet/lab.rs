@@ -113,6 +113,7 @@ impl PacketLab {
         let mut datapath = Datapath::load(&Options {
             conntrack_size,
             pin_dir: None,
+            fresh_state: false,
         })
         .expect("load datapath");
         datapath

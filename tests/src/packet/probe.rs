@@ -27,6 +27,7 @@ impl RingProbe {
         let datapath = Datapath::load(&Options {
             conntrack_size,
             pin_dir: Some(state_dir.to_path_buf()),
+            fresh_state: false,
         })?;
         Ok(Self {
             datapath,

@@ -56,9 +56,12 @@ interface = "eth0"
 state_dir = "{state_dir}"
 conntrack_size = 65536
 
-# A backend is checked every 500 ms (a TCP connect to port 8080, 200 ms timeout): 3 failures
-# in a row take it out of the ring, 2 successes bring it back.
+# A backend is checked every 500 ms: an HTTP GET of /healthz on port 8081 must answer 2xx
+# within 200 ms. 3 failures in a row take it out of the ring, 2 successes bring it back.
 [health]
+type = "http"
+path = "/healthz"
+port = 8081
 interval = "500ms"
 timeout = "200ms"
 rise = 2

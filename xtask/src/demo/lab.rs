@@ -20,8 +20,8 @@ use super::processes::Processes;
 
 /// The backend server: answers every connection with its name, then echoes until EOF.
 const SERVER_PY: &str = r#"
-import socketserver, sys
-name = sys.argv[1]
+import http.server, os, socketserver, sys, threading
+name, sick = sys.argv[1], sys.argv[2]
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.sendall((name + "\n").encode())
@@ -30,8 +30,19 @@ class Handler(socketserver.BaseRequestHandler):
             if not data:
                 break
             self.request.sendall(data)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        status = 503 if os.path.exists(sick) else 200
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"sick\n" if status == 503 else b"ok\n")
+    def log_message(self, *args):
+        pass
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer.daemon_threads = True
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+health = http.server.ThreadingHTTPServer(("0.0.0.0", 8081), Health)
+threading.Thread(target=health.serve_forever, daemon=True).start()
 socketserver.ThreadingTCPServer(("0.0.0.0", 8080), Handler).serve_forever()
 "#;
 
@@ -212,10 +223,18 @@ impl Lab {
     /// Starts backend `name`'s server (in its namespace).
     pub(super) fn start_server(&self, name: &str) -> Result<()> {
         let mut command = self.host_ns(name)?.command("python3");
-        command.arg(&self.server_py).arg(name);
+        command
+            .arg(&self.server_py)
+            .arg(name)
+            .arg(self.sick_file(name));
         let role = format!("server-{name}");
         self.processes
             .spawn(&role, command, &self.dir.join(format!("{role}.log")))
+    }
+
+    /// The file whose presence makes backend `name`'s `/healthz` answer 503.
+    pub(super) fn sick_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sick"))
     }
 
     /// Waits until each backend accepts connections (from the lb namespace, as health checks do).

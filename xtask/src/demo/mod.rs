@@ -16,6 +16,7 @@
 
 mod clean;
 mod config;
+mod health;
 mod keep;
 mod lab;
 mod processes;

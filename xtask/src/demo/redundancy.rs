@@ -1,7 +1,6 @@
 //! Step e, redundancy of lb itself (issue #15): a second instance with the same configuration,
 //! a router running bird2 in front of both, one instance's host dies, connections go on.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +18,7 @@ use super::config::{
     announcing_config_text, ANNOUNCE_PROTOCOL, ANNOUNCE_TABLE, LB2_IP, LB_IP, PORT, ROUTER_IP, VIP,
 };
 use super::lab::Lab;
+use super::traffic::{echo, read_line};
 use crate::header;
 
 /// The router's AS and the instances' (one AS for all of them).
@@ -300,28 +300,6 @@ fn new_flows(lab: &Lab, state_dir: &Path) -> Result<u64> {
     stats["vips"][0]["new_flows"]
         .as_u64()
         .context("no new_flows in lb stats --json")
-}
-
-/// Reads up to a newline.
-fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// Sends a line and reads it back.
-fn echo(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
-    stream.write_all(format!("{text}\n").as_bytes())?;
-    let mut buf = vec![0u8; text.len() + 1];
-    stream.read_exact(&mut buf)?;
-    if buf[..text.len()] == *text.as_bytes() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("echo mismatch"))
-    }
 }
 
 /// A thread in `ns` opening a connection to `vip` every 20 ms (each on its own thread, failed

@@ -1,5 +1,6 @@
 //! The narrated demo: the lab is built, the servers and the agent started, then steps a to d
-//! run real connections, fail and restore a backend, and show what the agent and the CLI say.
+//! run real connections, fail and restore a backend, catch a sick one with an HTTP check and
+//! drain one at run time (`health`), and show what the agent and the CLI say.
 
 use std::fs;
 use std::path::Path;
@@ -161,6 +162,8 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
     let tally = traffic(lab, 300)?;
     tally.print(all_up);
     tally.check("c", all_up, &mut failures);
+
+    super::health::narrate(lab, &mut failures)?;
 
     header("d. what the agent logged");
     for line in lab.log_text().lines() {

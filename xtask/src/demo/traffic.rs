@@ -1,7 +1,8 @@
 //! One traffic phase: connections from the client to the VIP, counted by the backend that
 //! answered, printed as a table and checked against the weights.
 
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -200,4 +201,26 @@ fn backend_name(vip: SocketAddr) -> std::io::Result<String> {
         ));
     }
     Ok(name)
+}
+
+/// Reads up to a newline.
+pub(super) fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Sends a line and reads it back.
+pub(super) fn echo(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
+    stream.write_all(format!("{text}\n").as_bytes())?;
+    let mut buf = vec![0u8; text.len() + 1];
+    stream.read_exact(&mut buf)?;
+    if buf[..text.len()] == *text.as_bytes() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("echo mismatch"))
+    }
 }

@@ -1,0 +1,54 @@
+//! Stopping: a graceful stop withdraws every announced address and keeps forwarding for
+//! `announce.drain` before the datapath is detached; `--keep-datapath` leaves the datapath (and
+//! its routes) to the next agent.
+
+use super::Agent;
+use crate::error::Chain;
+
+impl Agent {
+    /// Starts a graceful stop: withdraws every address; returns whether to keep forwarding for
+    /// the drain time (`[announce]` set, the datapath not kept).
+    pub(super) async fn begin_graceful_stop(&mut self) -> bool {
+        let Some(announce) = self.config.announce else {
+            return false;
+        };
+        if self.keep_datapath || self.announcer.is_none() {
+            return false;
+        }
+        self.stopping = true;
+        self.update_announcements().await;
+        // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
+        self.publish();
+        tracing::info!(
+            "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
+            humantime::format_duration(announce.drain)
+        );
+        !announce.drain.is_zero()
+    }
+
+    /// Stops health checks; unless `--keep-datapath`, withdraws every address (if not done
+    /// yet) and detaches and unpins the datapath.
+    pub async fn shutdown(mut self) {
+        if !self.keep_datapath {
+            self.stopping = true;
+            self.update_announcements().await;
+        }
+        let Self {
+            config,
+            datapath,
+            vips,
+            keep_datapath,
+            ..
+        } = self;
+        drop(vips); // stops the checkers
+        if keep_datapath {
+            tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
+            return;
+        }
+        crate::status::remove(&config.state_dir);
+        match datapath.detach_and_unpin() {
+            Ok(()) => tracing::info!("datapath detached"),
+            Err(error) => tracing::error!("detaching the datapath failed: {}", Chain(&error)),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Upgrading under traffic (issue #12): a previous release's datapath (layouts 0 and 1, set up
+//! from their own objects, see `lb_tests::netns::previous`) carries long-lived connections and a
+//! stream of new ones while today's agent starts on its state, with one backend more than the
+//! old datapath knew (so the ring moves a third of the flows): the maps whose layout did not
+//! change (VIPs, rings, backends) are kept, the others are created and filled (the old
+//! `CONNTRACK`'s flows converted into `FLOWS`), the program is replaced inside the pinned link,
+//! and nothing breaks: the long-lived connections the new ring would send elsewhere stay on
+//! their backend. Pinned state of a layout this lb does
+//! not know is refused with a clear error while the old datapath keeps forwarding, and
+//! `--fresh-state` replaces it without stopping traffic.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use lb_common::{
+    layout::{Layout, LAYOUT_VERSION},
+    stats::Counter,
+};
+use lb_tests::netns::{
+    agent::{lb_binary, AgentProcess, Signal},
+    dsr_lab::*,
+    servers::ask_name,
+    previous::{self, OldBackend, Release},
+};
+use lb_user::datapath::Datapath;
+
+/// The agent lab's `conntrack_size` (the pinned CONNTRACK's size).
+const CONNTRACK_SIZE: u32 = 65536;
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("vip"), PORT)
+}
+
+/// Backends the old datapath knows: the lab's first two of three.
+const OLD_BACKENDS: usize = 2;
+
+/// Sets up `release`'s datapath on the lab's load balancer, over its first two backends.
+fn start_old(lab: &AgentLab, release: Release) {
+    let backends: Vec<OldBackend> = (0..OLD_BACKENDS)
+        .map(|i| OldBackend {
+            id: i as u32,
+            address: lab.backend_ip(i),
+            mac: lab.lan.host(2 + i).mac,
+        })
+        .collect();
+    previous::start(
+        release,
+        &lab.lan.host(1).ns,
+        &lab.files.state_dir,
+        "eth0",
+        CONNTRACK_SIZE,
+        (VIP.parse().expect("vip"), PORT),
+        &backends,
+    );
+}
+
+/// A client opening a connection every 10 ms until stopped: (ok, failed).
+struct Opener {
+    running: Arc<AtomicBool>,
+    thread: JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Opener {
+    fn start(lab: &AgentLab) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        let thread = lab.lan.host(0).ns.spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while flag.load(Ordering::Relaxed) {
+                match ask_name(vip(), Duration::from_millis(900)) {
+                    Ok(_) => ok += 1,
+                    Err(error) => failed.push(error.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        });
+        Self { running, thread }
+    }
+
+    fn stop(self) -> (usize, Vec<String>) {
+        self.running.store(false, Ordering::Relaxed);
+        self.thread.join().expect("opener")
+    }
+}
+
+#[test]
+fn an_upgrade_from_layout_0_under_traffic_breaks_nothing() {
+    upgrade_under_traffic(Release::V0);
+}
+
+#[test]
+fn an_upgrade_from_layout_1_under_traffic_breaks_nothing() {
+    upgrade_under_traffic(Release::V1);
+}
+
+fn upgrade_under_traffic(release: Release) {
+    let from = release.layout_version();
+    let lab = AgentLab::new(&format!("upgrade{from}"));
+    start_old(&lab, release);
+    let mut held = lab.hold(24);
+    let old_names = &NAMES[..OLD_BACKENDS];
+    assert!(
+        held.iter().all(|(_, name)| old_names.contains(&name.as_str())),
+        "the old datapath knows two backends"
+    );
+    let answers = lab.connect(30);
+    assert!(
+        failures(&answers).is_empty(),
+        "the old datapath forwards: {answers:?}"
+    );
+    let tx_before = {
+        let output = lab.lb(&["stats", "--json"]);
+        // Today's CLI does not read another layout's maps: it says so plainly.
+        assert!(!output.status.success());
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!("has layout version {from}, from an older lb")),
+            "{said}"
+        );
+        let stats = aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(
+            aya::maps::MapData::from_pin(lab.files.state_dir.join("STATS")).expect("old STATS"),
+        ))
+        .expect("per-CPU array");
+        let tx: u64 = stats
+            .get(&(Counter::Tx as u32), 0)
+            .expect("tx")
+            .iter()
+            .sum();
+        tx
+    };
+    assert!(tx_before > 0);
+
+    let opener = Opener::start(&lab);
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = lab.start_agent(true);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = opener.stop();
+    println!(
+        "during the upgrade: {ok} connections ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}\n{}", lab.files.log_text());
+    assert!(ok > 20);
+    let log = lab.files.log_text();
+    assert!(
+        log.contains(&format!(
+            "migrating the pinned state from layout {from} to {LAYOUT_VERSION}"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "pinned state migrated from layout {from} to {LAYOUT_VERSION}"
+        )),
+        "{log}"
+    );
+
+    for (stream, name) in &mut held {
+        echo(stream, "after the upgrade")
+            .unwrap_or_else(|e| panic!("long-lived connection to {name} broken: {e}"));
+    }
+    // Conntrack was carried over: every connection opened through the old datapath is
+    // tracked to its backend, also those the new ring sends to the third backend.
+    let client = lab.lan.host(0).ip;
+    let mut moved_by_the_ring = 0;
+    for (stream, name) in &held {
+        let port = stream.local_addr().expect("local").port();
+        let output = lab.lb(&[
+            "explain",
+            "--json",
+            "--vip",
+            &format!("{VIP}:{PORT}/tcp"),
+            "--client",
+            &format!("{client}:{port}"),
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let explained: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(explained["reason"], "tracked", "{explained}");
+        let backend = lab.backend_ip(NAMES.iter().position(|n| n == name).expect("name"));
+        assert_eq!(
+            explained["backend"],
+            backend.to_string().as_str(),
+            "{explained}"
+        );
+        if explained["ring_backend"] != explained["backend"] {
+            moved_by_the_ring += 1;
+        }
+    }
+    println!(
+        "{moved_by_the_ring} of {} long-lived connections kept their backend against the new ring",
+        held.len()
+    );
+    assert!(
+        moved_by_the_ring > 0,
+        "the new ring must move some flows, or this test proves nothing"
+    );
+    assert!(!lab.files.state_dir.join("CONNTRACK").exists(), "the old map's pin is removed");
+
+    // Every command works on the migrated state; counters were carried over.
+    for args in [
+        &["stats", "--json"][..],
+        &["status", "--json"],
+        &["status", "--check"],
+    ] {
+        let output = lab.lb(args);
+        assert!(
+            output.status.success(),
+            "lb {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stats: serde_json::Value =
+        serde_json::from_slice(&lab.lb(&["stats", "--json"]).stdout).expect("stats");
+    let tx = stats["global"]["tx"].as_u64().expect("tx");
+    assert!(
+        tx >= tx_before,
+        "tx {tx} < {tx_before} counted before the upgrade"
+    );
+    assert!(stats["global"].get("other_mac").is_some());
+    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+    assert_eq!(datapath.layout().expect("layout"), Layout::CURRENT);
+    assert!(!lab.files.state_dir.join("upgrading").exists());
+    drop(datapath);
+
+    // The next start is a plain adoption.
+    agent.stop(Signal::SIGKILL);
+    let _agent = lab.start_agent(true);
+    let log = lab.files.log_text();
+    assert_eq!(log.matches("pinned state migrated").count(), 1, "{log}");
+    assert!(log.contains("adopted the running datapath"), "{log}");
+    let answers = lab.connect(20);
+    assert!(failures(&answers).is_empty(), "{answers:?}");
+}
+
+#[test]
+fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
+    let lab = AgentLab::new("upgrade-refused");
+    let agent = lab.start_agent(true);
+    let mut held = lab.hold(10);
+    agent.stop(Signal::SIGKILL);
+    // A newer lb's state: its LAYOUT says so.
+    {
+        let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+        datapath
+            .set_layout(&Layout {
+                version: 99,
+                ..Layout::CURRENT
+            })
+            .expect("layout");
+    }
+    let attached = lab.attached_count();
+    let mut refused = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, true);
+    assert!(
+        lab.wait_until(Duration::from_secs(10), || !refused.is_running())
+            .is_some(),
+        "the agent must refuse"
+    );
+    let log = lab.files.log_text();
+    assert!(
+        log.contains(&format!(
+            "has layout version 99, newer than this lb's {LAYOUT_VERSION}"
+        ))
+            && log.contains("--fresh-state"),
+        "{log}"
+    );
+    assert_eq!(lab.attached_count(), attached, "nothing was attached");
+    let answers = lab.connect(20);
+    assert!(
+        failures(&answers).is_empty(),
+        "the running datapath forwards: {answers:?}"
+    );
+    let output = lab.lb(&["status"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("newer than this lb's"));
+
+    // `--fresh-state` replaces the maps without stopping traffic: the rings are the same, so
+    // even the connections it no longer tracks land on their backend again.
+    let opener = Opener::start(&lab);
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", lab.lan.host(1).ns.name))
+        .arg(lb_binary())
+        .args(["run", "--fresh-state", "--config"])
+        .arg(&lab.files.config)
+        .env("RUST_LOG", "info")
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&lab.files.log)
+                .expect("log"),
+        )
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&lab.files.log)
+                .expect("log"),
+        );
+    let mut fresh = command.spawn().expect("lb run --fresh-state");
+    assert!(
+        lab.files
+            .wait_log("datapath attached", attached + 1, Duration::from_secs(15)),
+        "{}",
+        lab.files.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = opener.stop();
+    println!("during --fresh-state: {ok} ok, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    for (stream, name) in &mut held {
+        echo(stream, "fresh").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
+    }
+    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+    assert_eq!(datapath.layout().expect("layout"), Layout::CURRENT);
+    assert!(datapath
+        .counter(Counter::Tx)
+        .is_ok_and(|tx| tx > 0 && tx < 1_000_000));
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+}
