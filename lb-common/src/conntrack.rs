@@ -323,7 +323,11 @@ mod tests {
             assert!(!set.track(&flow(port), u32::from(port), 50).evicts_active);
         }
         assert_eq!(set.track_if_room(&flow(1), 99), Tracking::Already);
-        assert_eq!(set.backend_of(&flow(1)), Some(1), "a tracked flow keeps its entry");
+        assert_eq!(
+            set.backend_of(&flow(1)),
+            Some(1),
+            "a tracked flow keeps its entry"
+        );
         assert_eq!(set.track_if_room(&flow(7), 7), Tracking::Added);
         assert_eq!(set.backend_of(&flow(7)), Some(7));
         assert_eq!(set.seen[3], 0, "a converted flow counts as seen long ago");

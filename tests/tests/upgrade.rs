@@ -27,8 +27,8 @@ use lb_common::{
 use lb_tests::netns::{
     agent::{lb_binary, AgentProcess, Signal},
     dsr_lab::*,
-    servers::ask_name,
     previous::{self, OldBackend, Release},
+    servers::ask_name,
 };
 use lb_user::datapath::Datapath;
 
@@ -109,7 +109,8 @@ fn upgrade_under_traffic(release: Release) {
     let mut held = lab.hold(24);
     let old_names = &NAMES[..OLD_BACKENDS];
     assert!(
-        held.iter().all(|(_, name)| old_names.contains(&name.as_str())),
+        held.iter()
+            .all(|(_, name)| old_names.contains(&name.as_str())),
         "the old datapath knows two backends"
     );
     let answers = lab.connect(30);
@@ -207,7 +208,10 @@ fn upgrade_under_traffic(release: Release) {
         moved_by_the_ring > 0,
         "the new ring must move some flows, or this test proves nothing"
     );
-    assert!(!lab.files.state_dir.join("CONNTRACK").exists(), "the old map's pin is removed");
+    assert!(
+        !lab.files.state_dir.join("CONNTRACK").exists(),
+        "the old map's pin is removed"
+    );
 
     // Every command works on the migrated state; counters were carried over.
     for args in [
@@ -272,8 +276,7 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
     assert!(
         log.contains(&format!(
             "has layout version 99, newer than this lb's {LAYOUT_VERSION}"
-        ))
-            && log.contains("--fresh-state"),
+        )) && log.contains("--fresh-state"),
         "{log}"
     );
     assert_eq!(lab.attached_count(), attached, "nothing was attached");

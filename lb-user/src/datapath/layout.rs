@@ -230,16 +230,16 @@ fn older_layout(version: u32, current: &BTreeMap<&'static str, Shape>) -> Option
     let mut fates = Vec::new();
     for (name, shape) in current {
         let (old, fate) = match *name {
-            names::FLOWS => (None, Fate::Flows {
-                from: names::CONNTRACK,
-            }),
+            names::FLOWS => (
+                None,
+                Fate::Flows {
+                    from: names::CONNTRACK,
+                },
+            ),
             names::VIP_SLOTS | names::VIP_ENTRIES => (None, Fate::Create),
             // The layout recorded changes with the version; written aside, so an upgrade that
             // stops half-way starts over.
-            names::LAYOUT => (
-                (version > 0).then_some(*shape),
-                Fate::Create,
-            ),
+            names::LAYOUT => ((version > 0).then_some(*shape), Fate::Create),
             names::STATS if version == 0 => (
                 Some(Shape {
                     max_entries: v0_counter_names().len() as u32,
@@ -320,13 +320,15 @@ pub fn inspect(dir: &Path) -> Result<PinnedLayout, LayoutError> {
         differences,
     };
     let fingerprint_differs = |expected: u64| {
-        recorded.filter(|layout| layout.fingerprint != expected).map(|layout| {
-            format!(
+        recorded
+            .filter(|layout| layout.fingerprint != expected)
+            .map(|layout| {
+                format!(
                 "LAYOUT records version {} with fingerprint {:#x}, which version {} does not have \
                  (expected {expected:#x})",
                 layout.version, layout.fingerprint, layout.version
             )
-        })
+            })
     };
     if version == LAYOUT_VERSION {
         let mut differences = differences(&pinned, current.iter().map(|(n, s)| (*n, *s)));
@@ -338,7 +340,9 @@ pub fn inspect(dir: &Path) -> Result<PinnedLayout, LayoutError> {
         };
     }
     let Some(older) = older_layout(version, &current) else {
-        return Err(unknown(vec![format!("layout version {version} is not known")]));
+        return Err(unknown(vec![format!(
+            "layout version {version} is not known"
+        )]));
     };
     let mut differences = differences(&pinned, older.pinned.iter().map(|(n, s)| (*n, *s)));
     if version == 1 {
@@ -415,7 +419,13 @@ mod tests {
         );
         let current = current_shapes().expect("object");
         let older = older_layout(1, &current).expect("layout 1");
-        let fate = |map| older.fates.iter().find(|(name, _)| *name == map).map(|(_, f)| *f);
+        let fate = |map| {
+            older
+                .fates
+                .iter()
+                .find(|(name, _)| *name == map)
+                .map(|(_, f)| *f)
+        };
         assert_eq!(
             fate(names::FLOWS),
             Some(Fate::Flows {
