@@ -63,6 +63,31 @@ impl FlowKey {
         key
     }
 
+    /// The key as ten little-endian 32-bit words: source address (4), destination address
+    /// (4), the two ports, then protocol and family. The datapath works on these, a word at a
+    /// time.
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 10] {
+        let (s, d) = (&self.src, &self.dst);
+        [
+            u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+            u32::from_le_bytes([s[4], s[5], s[6], s[7]]),
+            u32::from_le_bytes([s[8], s[9], s[10], s[11]]),
+            u32::from_le_bytes([s[12], s[13], s[14], s[15]]),
+            u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
+            u32::from_le_bytes([d[8], d[9], d[10], d[11]]),
+            u32::from_le_bytes([d[12], d[13], d[14], d[15]]),
+            u32::from_le_bytes([
+                self.src_port[0],
+                self.src_port[1],
+                self.dst_port[0],
+                self.dst_port[1],
+            ]),
+            u32::from_le_bytes([self.protocol, self.family, self._pad[0], self._pad[1]]),
+        ]
+    }
+
     const fn zeroed(family: Family, protocol: Protocol, src_port: u16, dst_port: u16) -> Self {
         Self {
             src: [0; 16],

@@ -9,18 +9,27 @@
 //! recorded for the current version (see `RECORDED` in the tests). Bumping the version means
 //! recording the new fingerprint and teaching the agent to migrate from the previous one.
 //!
-//! Version 0 is the state of agents from before this scheme: it has no `LAYOUT` map.
+//! Version 0 is the state of agents from before this scheme: it has no `LAYOUT` map. Version 1
+//! added `LAYOUT` and the interface MAC in `Settings` (17 → 20 counters, too). Version 2
+//! replaced the `CONNTRACK` LRU hash map by the `FLOWS` set table and added the VIP index
+//! (`VIP_SLOTS`, `VIP_ENTRIES`).
 
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
-    maps::{Backend, Conntrack, DecapKey, Settings, Vip, VipKey, MAX_BACKENDS, MAX_VIPS},
+    conntrack::{FlowSet, WAYS},
+    maps::{Backend, DecapKey, Settings, Vip, VipKey, MAX_BACKENDS, MAX_VIPS},
     stats::{BackendStats, Counter, VipStats},
+    vip_index::{VipEntry, VIP_SLOTS},
     FlowKey,
 };
 
 /// The layout this build writes and reads.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// The fingerprint version 1 recorded in its `LAYOUT` (the build of that version computed it
+/// from its own shapes, which this build no longer has).
+pub const V1_FINGERPRINT: u64 = 0xbd77_a4b7_7538_63f2;
 
 /// Value of the `LAYOUT` map (one entry): which layout the pinned maps have.
 #[repr(C)]
@@ -67,8 +76,12 @@ pub const SHAPE: &[usize] = &[
     offset_of!(Backend, mtu),
     offset_of!(Backend, dst_mac),
     offset_of!(Backend, src_mac),
-    size_of::<Conntrack>(),
-    offset_of!(Conntrack, backend),
+    size_of::<FlowSet>(),
+    align_of::<FlowSet>(),
+    offset_of!(FlowSet, tags),
+    offset_of!(FlowSet, seen),
+    offset_of!(FlowSet, keys),
+    WAYS,
     size_of::<FlowKey>(),
     align_of::<FlowKey>(),
     offset_of!(FlowKey, src),
@@ -86,6 +99,10 @@ pub const SHAPE: &[usize] = &[
     size_of::<VipStats>(),
     size_of::<BackendStats>(),
     size_of::<Layout>(),
+    size_of::<VipEntry>(),
+    offset_of!(VipEntry, key),
+    offset_of!(VipEntry, vip),
+    VIP_SLOTS as usize,
     Counter::COUNT as usize,
     MAX_VIPS as usize,
     MAX_BACKENDS as usize,
@@ -116,7 +133,7 @@ mod tests {
     /// type or a map size changed: bump `LAYOUT_VERSION`, add the new fingerprint below, and
     /// teach the agent's migration (lb-user `datapath/layout.rs`) the step from the previous
     /// version.
-    const RECORDED: &[(u32, u64)] = &[(1, 0xbd77_a4b7_7538_63f2)];
+    const RECORDED: &[(u32, u64)] = &[(1, V1_FINGERPRINT), (2, 0x995b_e082_dd3c_ab7e)];
 
     #[test]
     fn the_layout_version_changes_with_the_shapes() {

@@ -12,6 +12,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(missing_docs)]
 
+pub mod conntrack;
 #[cfg(feature = "user")]
 pub mod encoding;
 pub mod flow;
@@ -22,5 +23,6 @@ pub mod lookup;
 pub mod maglev;
 pub mod maps;
 pub mod stats;
+pub mod vip_index;
 
 pub use flow::{flow_hash, FlowKey};

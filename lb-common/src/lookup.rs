@@ -12,17 +12,21 @@ use crate::{
 /// all-ports VIP (port 0).
 #[inline(always)]
 pub fn vip_keys(flow: &FlowKey) -> [VipKey; 2] {
-    let exact = VipKey {
-        addr: flow.dst,
-        port: flow.dst_port,
-        protocol: flow.protocol,
-        family: flow.family,
-    };
-    let all_ports = VipKey {
-        port: [0, 0],
-        ..exact
-    };
-    [exact, all_ports]
+    vip_key_words(flow).map(VipKey::from_words)
+}
+
+/// [`vip_keys`] as [`VipKey::words`], computed from [`FlowKey::words`] (how the datapath
+/// builds them: a few shifts instead of copying bytes).
+#[inline(always)]
+pub fn vip_key_words(flow: &FlowKey) -> [[u32; 5]; 2] {
+    let w = flow.words();
+    // Word 8 holds the source then the destination port, word 9 protocol then family; a VIP
+    // key's last word holds the destination port, protocol, family.
+    let tail = w[9] << 16;
+    [
+        [w[4], w[5], w[6], w[7], (w[8] >> 16) | tail],
+        [w[4], w[5], w[6], w[7], tail],
+    ]
 }
 
 /// The ring slot of `flow` in a ring of `ring_size` slots; `None` for an empty ring.
@@ -66,11 +70,15 @@ mod tests {
 
     #[test]
     fn a_flow_tries_its_port_then_all_ports() {
-        let flow = FlowKey::v4([10, 0, 0, 1], [10, 0, 0, 100], 40000, 80, Protocol::Tcp);
-        let [exact, all] = vip_keys(&flow);
-        assert_eq!(exact.port, 80u16.to_be_bytes());
-        assert_eq!(all.port, [0, 0]);
-        assert_eq!((exact.addr, all.addr), (flow.dst, flow.dst));
+        for flow in [
+            FlowKey::v4([10, 0, 0, 1], [10, 0, 0, 100], 40000, 80, Protocol::Tcp),
+            FlowKey::v6([1; 16], [2; 16], 1, 65535, Protocol::Udp),
+        ] {
+            let [exact, all] = vip_keys(&flow);
+            assert_eq!(exact, VipKey::of_flow(&flow));
+            assert_eq!(all, VipKey::of_flow(&flow).all_ports());
+            assert_eq!(vip_key_words(&flow), [exact.words(), all.words()]);
+        }
     }
 
     #[test]

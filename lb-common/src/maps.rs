@@ -153,13 +153,18 @@ pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default Maglev ring size (a prime).
 pub const DEFAULT_RING_SIZE: u32 = 65537;
-/// Default number of tracked flows (`CONNTRACK`, an LRU: the oldest flow is evicted when full).
+/// Default number of tracked flows (`FLOWS`: sets of 4; a set's least recently seen flow makes
+/// room for a new one).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 1 << 20;
 /// Size of the devmap used for `XDP_REDIRECT` to another interface.
 pub const MAX_INTERFACES: u32 = 64;
 /// Map flags of every ring (inner map of `RINGS`): `BPF_F_INNER_MAP` (rings of any size can be
 /// inserted, kernel 5.10) | `BPF_F_MMAPABLE` (userspace fills a ring with one memcpy, kernel 5.5).
 pub const RING_FLAGS: u32 = 0x1000 | 0x400;
+/// Map flags of `VIP_SLOTS` and `VIP_ENTRIES`: `BPF_F_MMAPABLE` (kernel 5.5), so the agent
+/// writes each 32-bit word with one store (a `bpf_map_update_elem` copies with `memcpy`, which
+/// a program reading at the same time may see half done).
+pub const VIP_INDEX_FLAGS: u32 = 0x400;
 /// Ring slot value meaning "no backend" (never written by a well-formed ring).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -171,7 +176,12 @@ pub mod names {
     pub const RINGS: &str = "RINGS";
     /// `Array<Backend>` indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `LruHashMap<FlowKey, Conntrack>`: flow → backend.
+    /// `Array<FlowSet>`: the connection-tracking table, flow → backend
+    /// ([`crate::conntrack`]).
+    pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FlowKey, Conntrack>`, flow → backend: the connection-tracking table of
+    /// layout version 0, which `FLOWS` replaced. Not in the object any more; named for the
+    /// migration from version 0 and so that `lb detach` removes its pin.
     pub const CONNTRACK: &str = "CONNTRACK";
     /// `Array<Settings>` with one entry.
     pub const SETTINGS: &str = "SETTINGS";
@@ -183,6 +193,10 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     /// `PerCpuArray<BackendStats>` indexed by backend id.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `Array<u32>` of [`crate::vip_index::VIP_SLOTS`] slot words: the VIP index's slots.
+    pub const VIP_SLOTS: &str = "VIP_SLOTS";
+    /// `Array<VipEntry>` indexed by VIP id: the VIP index's entries.
+    pub const VIP_ENTRIES: &str = "VIP_ENTRIES";
     /// `HashMap<DecapKey, u8>`: outer destinations the `decap` program strips tunnels for.
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`].
@@ -191,11 +205,13 @@ pub mod names {
     pub const LAYOUT: &str = "LAYOUT";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
     /// outlive the agent.
-    pub const BALANCER: [&str; 10] = [
+    pub const BALANCER: [&str; 12] = [
         VIPS,
+        VIP_SLOTS,
+        VIP_ENTRIES,
         RINGS,
         BACKENDS,
-        CONNTRACK,
+        FLOWS,
         SETTINGS,
         TX_PORTS,
         STATS,
@@ -203,6 +219,9 @@ pub mod names {
         BACKEND_STATS,
         LAYOUT,
     ];
+    /// Maps earlier layout versions pinned that this one does not have: removed with the
+    /// others (`lb detach`).
+    pub const RETIRED: [&str; 1] = [CONNTRACK];
     /// Name of the pinned XDP link in the state directory.
     pub const LINK: &str = "link";
 }
@@ -222,6 +241,43 @@ pub struct VipKey {
     pub protocol: u8,
     /// [`Family`] as 4 or 6.
     pub family: u8,
+}
+
+impl VipKey {
+    /// The key as five little-endian 32-bit words (the address's four, then port, protocol
+    /// and family): how the VIP index hashes and compares keys, a word at a time.
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 5] {
+        let a = &self.addr;
+        [
+            u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+            u32::from_le_bytes([self.port[0], self.port[1], self.protocol, self.family]),
+        ]
+    }
+
+    /// The key whose [`Self::words`] are `words`.
+    #[inline(always)]
+    pub const fn from_words(words: [u32; 5]) -> Self {
+        let w = [
+            words[0].to_le_bytes(),
+            words[1].to_le_bytes(),
+            words[2].to_le_bytes(),
+            words[3].to_le_bytes(),
+            words[4].to_le_bytes(),
+        ];
+        Self {
+            addr: [
+                w[0][0], w[0][1], w[0][2], w[0][3], w[1][0], w[1][1], w[1][2], w[1][3], w[2][0],
+                w[2][1], w[2][2], w[2][3], w[3][0], w[3][1], w[3][2], w[3][3],
+            ],
+            port: [w[4][0], w[4][1]],
+            protocol: w[4][2],
+            family: w[4][3],
+        }
+    }
 }
 
 /// Value of `VIPS`.
@@ -266,7 +322,8 @@ pub struct Backend {
     pub src_mac: [u8; 6],
 }
 
-/// Value of `CONNTRACK`.
+/// Value of `CONNTRACK`, the connection-tracking table of layout version 0 (an LRU hash keyed
+/// by [`crate::FlowKey`]); `FLOWS` replaced it ([`crate::conntrack`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conntrack {
@@ -327,6 +384,10 @@ mod pod {
     unsafe impl aya::Pod for crate::stats::BackendStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::layout::Layout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::vip_index::VipEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::conntrack::FlowSet {}
 }
 
 #[cfg(test)]
@@ -343,6 +404,8 @@ mod tests {
         assert_eq!(size_of::<Conntrack>(), 4);
         assert_eq!(size_of::<Settings>(), 28);
         assert_eq!(size_of::<DecapKey>(), 20);
+        assert_eq!(size_of::<crate::vip_index::VipEntry>(), 32);
+        assert_eq!(size_of::<crate::conntrack::FlowSet>(), 208);
         assert_eq!(size_of::<crate::FlowKey>(), 40);
         assert_eq!(core::mem::align_of::<crate::FlowKey>(), 8);
         assert_eq!(core::mem::align_of::<VipKey>(), 4);

@@ -1,106 +1,219 @@
 //! Finding the VIP of a packet and the backend of its flow.
 
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::helpers::bpf_jiffies64;
 use lb_common::{
-    flow_hash,
-    maps::{Backend, BackendState, Conntrack, Vip, VipKey, NO_BACKEND},
+    conntrack::{
+        conntrack_hash, find_way, set_index, tag, tag_backend, ticks, way_for, ConntrackHash,
+        FlowSet, WAYS,
+    },
+    lookup::{self, Source},
+    maps::{Backend, BackendState, Vip, VipKey, NO_BACKEND},
     stats::Counter,
+    vip_index::{self, vip_hash_of_words},
     FlowKey,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, RINGS, VIPS},
+    maps::{flow_sets, BACKENDS, FLOWS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
+    net::StackKey,
     parse::Packet,
     stats,
 };
 
-/// The VIP a flow is addressed to: exact (address, port, protocol) first, then the address's
-/// all-ports VIP (port 0).
+/// The VIP a flow is addressed to: the keys of [`lookup::vip_keys`] in order (exact port, then
+/// the address's all-ports VIP), each looked up in the VIP index (`lb_common::vip_index`) and,
+/// when its slot says so, in `VIPS`.
 #[inline(always)]
 pub fn vip(flow: &FlowKey) -> Option<Vip> {
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dst_port,
-        protocol: flow.protocol,
-        family: flow.family,
-    };
-    if let Some(vip) = VIPS.get_ptr(&key) {
-        // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
-        // we copy it out immediately.
-        return Some(unsafe { *vip });
+    let [exact, all_ports] = lookup::vip_key_words(flow);
+    find_vip(exact).or_else(|| find_vip(all_ports))
+}
+
+/// The VIP of the key whose [`VipKey::words`] are `key`.
+#[inline(always)]
+fn find_vip(key: [u32; 5]) -> Option<Vip> {
+    let hash = vip_hash_of_words(key);
+    let word = *VIP_SLOTS.get(hash.slot)?;
+    let probe = vip_index::probe(word, hash.tag);
+    if let Some(entry) = probe.candidate.and_then(|id| VIP_ENTRIES.get(id)) {
+        if same_words(entry.key.words(), key) {
+            return Some(entry.vip);
+        }
     }
-    key.port = [0, 0];
-    // SAFETY: as above.
-    VIPS.get_ptr(&key).map(|vip| unsafe { *vip })
+    if !probe.ask_vips {
+        return None;
+    }
+    let key = StackKey::new(key);
+    // SAFETY: the kernel returned a pointer to a value of VIPS, valid for this program run;
+    // we copy it out immediately.
+    VIPS.get_ptr(key.as_key::<VipKey>())
+        .map(|vip| unsafe { *vip })
+}
+
+/// Whether two keys' words are equal, by folding their differences: `==` on arrays becomes a
+/// call to a byte-by-byte `memcmp` in BPF.
+#[inline(always)]
+fn same_words<const N: usize>(a: [u32; N], b: [u32; N]) -> bool {
+    let mut difference = 0;
+    for i in 0..N {
+        difference |= a[i] ^ b[i];
+    }
+    difference == 0
 }
 
 /// A backend chosen for a packet.
 pub struct Choice {
     /// Index into `BACKENDS` and `BACKEND_STATS`.
     pub id: u32,
-    /// Its entry.
-    pub backend: Backend,
+    /// Its entry (in the map: read where needed, not copied).
+    pub backend: &'static Backend,
+    /// The IPv6 flow label of the flow's tunnel packets.
+    pub flow_label: u32,
 }
 
-/// Chooses the backend of a packet's flow.
+/// Chooses the backend of a packet's flow, by the rule of [`lookup::source`].
 ///
 /// A tracked flow stays on its backend while that backend is up or draining; a SYN (a new
 /// connection, even on a reused 5-tuple) and an untracked flow go through the VIP's Maglev ring,
-/// and so does a tracked flow whose backend went down (it is re-hashed). An ICMP error follows
-/// its flow the same way but is never tracked itself. `None`: no backend.
+/// and so does a tracked flow whose backend went down (it is re-hashed). A flow given a backend
+/// by the ring is tracked (`FLOWS`, see `lb_common::conntrack`); an ICMP error follows its flow
+/// the same way but is never tracked itself. `None`: no backend.
 #[inline(always)]
 pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
-    if !packet.syn {
-        if let Some(choice) = tracked(&packet.flow) {
+    let flow = &packet.flow;
+    let hash = conntrack_hash(flow);
+    let flow_label = hash.flow_label();
+    let table = FlowTable::of(hash);
+    let found = table.as_ref().and_then(|table| table.find(flow));
+    // A SYN takes the ring whatever is tracked: its tracked backend is not even read.
+    let tracked = found
+        .filter(|_| !packet.syn)
+        .map(|(way, id)| (way, id, BACKENDS.get(id)));
+    let state = tracked.map(|(_, _, backend)| {
+        backend.map_or(BackendState::Unused, |backend| {
+            BackendState::from_raw(backend.state)
+        })
+    });
+    match (lookup::source(state, packet.syn), tracked, &table) {
+        (Source::Tracked, Some((way, id, Some(backend))), Some(table)) => {
+            table.seen(way);
             stats::vip_conntrack_hit(vip.id);
-            return Some(choice);
+            return Some(Choice {
+                id,
+                backend,
+                flow_label,
+            });
+        }
+        (Source::Rehash, _, _) => stats::count(Counter::Rehashed),
+        (Source::Tracked | Source::Ring, _, _) => {}
+    }
+    let (id, backend) = from_ring(flow, vip)?;
+    if !packet.icmp_error {
+        // (An error message about a flow is no reason to track it.)
+        if let Some(table) = &table {
+            if table.track(flow, found.map(|(way, _)| way), id) {
+                stats::count(Counter::ConntrackFull);
+            }
+        }
+        stats::new_flow(vip.id, id);
+    }
+    Some(Choice {
+        id,
+        backend,
+        flow_label,
+    })
+}
+
+/// The set of `FLOWS` a flow belongs to.
+struct FlowTable {
+    set: *mut FlowSet,
+    check: u32,
+    /// The set's tag words, read once (each in one 8-byte load).
+    tags: [u64; WAYS],
+}
+
+impl FlowTable {
+    /// The set of the flow of `hash`; `None` if `FLOWS` has no such set (never, once loaded).
+    #[inline(always)]
+    fn of(hash: ConntrackHash) -> Option<Self> {
+        let set = FLOWS.get_ptr_mut(set_index(hash, flow_sets())?)?;
+        // SAFETY: `set` points to a FLOWS value, valid for this program run; each tag word is
+        // read with one aligned 8-byte load (another CPU may be writing it).
+        let tags = core::array::from_fn(|way| unsafe { read_volatile(&(*set).tags[way]) });
+        Some(Self {
+            set,
+            check: hash.check,
+            tags,
+        })
+    }
+
+    /// The way holding `flow` and the backend it is tracked to.
+    #[inline(always)]
+    fn find(&self, flow: &FlowKey) -> Option<(usize, u32)> {
+        let words = flow.words();
+        // SAFETY: as in `of`; a key being rewritten reads as a mix, which the tag's check
+        // (written last, read first) rejects.
+        let way = find_way(&self.tags, self.check, |way| unsafe {
+            same_words((*self.set).keys[way].words(), words)
+        })?;
+        Some((way, tag_backend(*self.tags.get(way)?)))
+    }
+
+    /// The flow in `way` was seen now.
+    #[inline(always)]
+    fn seen(&self, way: usize) {
+        let now = now();
+        // SAFETY: as in `of`; `seen` is advisory (which way to evict), any value is safe.
+        unsafe {
+            if let Some(seen) = (*self.set).seen.get_mut(way) {
+                if *seen != now {
+                    *seen = now;
+                }
+            }
         }
     }
-    let choice = from_ring(&packet.flow, vip)?;
-    if packet.icmp_error {
-        // An error message about a flow is no reason to track it.
-        return Some(choice);
-    }
-    if CONNTRACK
-        .insert(&packet.flow, &Conntrack { backend: choice.id }, 0)
-        .is_err()
-    {
-        stats::count(Counter::ConntrackFull);
-    }
-    stats::new_flow(vip.id, choice.id);
-    Some(choice)
-}
 
-#[inline(always)]
-fn tracked(flow: &FlowKey) -> Option<Choice> {
-    let entry = CONNTRACK.get_ptr(flow)?;
-    // SAFETY: pointer from the kernel to a CONNTRACK value; we copy the u32 out at once.
-    let id = unsafe { (*entry).backend };
-    let backend = lookup_backend(id)?;
-    if BackendState::from_raw(backend.state).is_usable() {
-        Some(Choice { id, backend })
-    } else {
-        stats::count(Counter::Rehashed);
-        None
+    /// Tracks `flow` to `backend` in the way it has (`found`), an empty one, or the one seen
+    /// longest ago. Whether that evicted an active flow.
+    #[inline(always)]
+    fn track(&self, flow: &FlowKey, found: Option<usize>, backend: u32) -> bool {
+        let now = now();
+        // SAFETY: as in `of`. The key and `seen` are written before the tag word, which is
+        // written with one aligned 8-byte store: a reader sees the old flow, the new one, or a
+        // mix that the check rejects.
+        unsafe {
+            let seen = (*self.set).seen;
+            let placement = way_for(&self.tags, &seen, found, now);
+            let way = placement.way % WAYS;
+            let set = &mut *self.set;
+            let key = set.keys.as_mut_ptr().add(way);
+            let words = flow.words();
+            for (i, word) in words.iter().enumerate() {
+                key.cast::<u32>().add(i).write(u32::from_le(*word));
+            }
+            set.seen[way] = now;
+            write_volatile(set.tags.as_mut_ptr().add(way), tag(self.check, backend));
+            placement.evicts_active
+        }
     }
 }
 
+/// The clock of `FLOWS`' `seen` ([`ticks`]).
 #[inline(always)]
-fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<Choice> {
-    if vip.ring_size == 0 {
-        return None;
-    }
-    let slot = flow_hash(flow) % vip.ring_size;
+fn now() -> u32 {
+    // SAFETY: a helper without arguments; the verifier inlines it as a load of jiffies.
+    ticks(unsafe { bpf_jiffies64() })
+}
+
+/// The backend in the VIP's ring slot for `flow` ([`lookup::ring_slot`]).
+#[inline(always)]
+fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<(u32, &'static Backend)> {
+    let slot = lookup::ring_slot(flow, vip.ring_size)?;
     let id = *RINGS.get_value(vip.id, &slot)?;
     if id == NO_BACKEND {
         return None;
     }
-    Some(Choice {
-        id,
-        backend: lookup_backend(id)?,
-    })
-}
-
-#[inline(always)]
-fn lookup_backend(id: u32) -> Option<Backend> {
-    BACKENDS.get(id).copied()
+    Some((id, BACKENDS.get(id)?))
 }

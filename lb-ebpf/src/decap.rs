@@ -13,8 +13,8 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     maps::DECAP_ADDRS,
     net::{
-        ethernet, move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP,
-        IPPROTO_IPV6, IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
+        ethernet, move_ethernet_header, ptr_at, StackKey, ETH_LEN, ETH_P_IP, ETH_P_IPV6,
+        IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
     },
 };
 
@@ -75,13 +75,14 @@ fn outer_ipv6<const L2: usize>(ctx: &XdpContext) -> Result<(), Kept> {
 
 #[inline(always)]
 fn is_local(addr: &[u8], family: Family) -> bool {
-    let mut key = DecapKey {
-        family: family as u8,
-        ..DecapKey::default()
-    };
-    let len = if family == Family::V4 { 4 } else { 16 };
-    key.addr[..len].copy_from_slice(&addr[..len]);
-    DECAP_ADDRS.get_ptr(key).is_some()
+    let word = |at: usize| u32::from_le_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
+    let mut words = [word(0), 0, 0, 0, u32::from(family as u8)];
+    if family == Family::V6 {
+        (words[1], words[2], words[3]) = (word(4), word(8), word(12));
+    }
+    // DecapKey's bytes: the address (16), the family, zeros.
+    let key = StackKey::new(words);
+    DECAP_ADDRS.get_ptr(key.as_key::<DecapKey>()).is_some()
 }
 
 /// Removes the `OUTER`-byte header after the `L2`-byte Ethernet header if it carries IPv4 or

@@ -3,8 +3,7 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    flow_hash,
-    ip::{ipv4_checksum, ipv4_unfragmented, ipv6_flow_label, ipv6_version_class_label},
+    ip::{ipv4_checksum, ipv4_unfragmented, ipv6_version_class_label},
     maps::{Backend, Family, ForwardMode, Settings, Vip},
     stats::DropReason,
 };
@@ -43,20 +42,22 @@ pub fn forward(
     choice: &Choice,
     settings: &Settings,
 ) -> Result<Egress, DropReason> {
-    let backend = &choice.backend;
+    let backend = choice.backend;
     match ForwardMode::from_raw(vip.forward) {
         Some(ForwardMode::Tunnel) => match packet.l2_len {
-            VLAN_ETH_LEN => encapsulate::<VLAN_ETH_LEN>(ctx, packet, backend, settings)?,
-            _ => encapsulate::<ETH_LEN>(ctx, packet, backend, settings)?,
+            VLAN_ETH_LEN => encapsulate::<VLAN_ETH_LEN>(ctx, packet, choice, settings)?,
+            _ => encapsulate::<ETH_LEN>(ctx, packet, choice, settings)?,
         },
         // Only the MAC addresses change (an unknown mode, which the agent never writes, too).
         Some(ForwardMode::Dsr) | None => {}
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked the Ethernet header is inside the (possibly grown) packet.
+    // SAFETY: ptr_at checked the Ethernet header is inside the (possibly grown) packet; the
+    // MACs come from a BACKENDS value, which cannot overlap the packet. (Told so, LLVM copies
+    // the bytes inline; `=` would call a byte-by-byte memmove.)
     unsafe {
-        (*eth).dst_addr = backend.dst_mac;
-        (*eth).src_addr = backend.src_mac;
+        core::ptr::copy_nonoverlapping(&backend.dst_mac, &raw mut (*eth).dst_addr, 1);
+        core::ptr::copy_nonoverlapping(&backend.src_mac, &raw mut (*eth).src_addr, 1);
     }
     egress(ctx, backend)
 }
@@ -79,9 +80,10 @@ fn egress(ctx: &XdpContext, backend: &Backend) -> Result<Egress, DropReason> {
 fn encapsulate<const L2: usize>(
     ctx: &XdpContext,
     packet: &Packet,
-    backend: &Backend,
+    choice: &Choice,
     settings: &Settings,
 ) -> Result<(), DropReason> {
+    let backend = choice.backend;
     let inner_protocol = if packet.flow.family == Family::V4 as u8 {
         IPPROTO_IPIP
     } else {
@@ -97,7 +99,7 @@ fn encapsulate<const L2: usize>(
     } else {
         check_mtu(packet, backend, IPV6_LEN)?;
         make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
-        let header = ipv6_header(packet, backend, settings, inner_protocol);
+        let header = ipv6_header(packet, choice, settings, inner_protocol);
         let outer: *mut Ipv6Hdr = ptr_at(ctx, L2)?;
         // SAFETY: ptr_at checked the outer header's 40 bytes are inside the packet.
         unsafe { *outer = header };
@@ -173,12 +175,13 @@ fn ipv4_header(
 #[inline(always)]
 fn ipv6_header(
     packet: &Packet,
-    backend: &Backend,
+    choice: &Choice,
     settings: &Settings,
     inner_protocol: u8,
 ) -> Ipv6Hdr {
-    // The flow label carries the flow's hash (ECMP per flow, RFC 6438).
-    let flow_label = ipv6_flow_label(flow_hash(&packet.flow));
+    let backend = choice.backend;
+    // The flow label carries a hash of the flow (ECMP per flow, RFC 6438).
+    let flow_label = choice.flow_label;
     Ipv6Hdr {
         vcf: ipv6_version_class_label(packet.tos, flow_label),
         payload_len: (packet.ip_len as u16).to_be_bytes(),

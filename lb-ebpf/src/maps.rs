@@ -1,23 +1,34 @@
 //! Every BPF map of the datapath, defined once. Userspace owns their contents (lb-user's
-//! `datapath` module); the programs only read them, except the counters and `CONNTRACK`.
+//! `datapath` module); the programs only read them, except the counters and `FLOWS`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
+    conntrack::{sets_for, FlowSet},
     layout::Layout,
     maps::{
-        Backend, Conntrack, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
-        DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
+        Backend, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_RING_SIZE,
+        MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS, VIP_INDEX_FLAGS,
     },
     stats::{BackendStats, Counter, DecapCounter, VipStats},
-    FlowKey,
+    vip_index::{VipEntry, VIP_SLOTS as SLOTS},
 };
 
-/// VIP (address, port, protocol) → VIP id, ring size, forwarding mode.
+/// VIP (address, port, protocol) → VIP id, ring size, forwarding mode. The truth the VIP
+/// index is derived from; the program reads it only for keys whose slot says so.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, Vip, { MAX_VIPS as usize }> = HashMap::new();
+
+/// The VIP index's slots (`lb_common::vip_index`): hash of a VIP key → VIP id and tag.
+#[btf_map]
+pub static VIP_SLOTS: Array<u32, { SLOTS as usize }, { VIP_INDEX_FLAGS as usize }> = Array::new();
+
+/// The VIP index's entries, by VIP id: the key to compare and the VIP.
+#[btf_map]
+pub static VIP_ENTRIES: Array<VipEntry, { MAX_VIPS as usize }, { VIP_INDEX_FLAGS as usize }> =
+    Array::new();
 
 /// A ring, the inner map type of `RINGS`: slot → backend id.
 ///
@@ -37,11 +48,25 @@ pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Flow → backend id. An LRU: when full, the least recently used flow is forgotten (and will be
-/// hashed through the ring again).
+/// Flow → backend id: sets of flows (`lb_common::conntrack`), read and written by the program;
+/// its size is set at load time (`conntrack_size`), and [`FLOW_SETS`] says it.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<FlowKey, Conntrack, { DEFAULT_CONNTRACK_SIZE as usize }> =
-    LruHashMap::new();
+pub static FLOWS: Array<FlowSet, { DEFAULT_FLOW_SETS as usize }> = Array::new();
+
+/// The number of sets of `FLOWS`, written into the object by the loader.
+#[no_mangle]
+static FLOW_SETS: u32 = DEFAULT_FLOW_SETS;
+
+/// Sets in the default `FLOWS`.
+const DEFAULT_FLOW_SETS: u32 = sets_for(DEFAULT_CONNTRACK_SIZE);
+
+/// The number of sets of `FLOWS`.
+#[inline(always)]
+pub fn flow_sets() -> u32 {
+    // SAFETY: reading a plain static; volatile, so the value the loader wrote into the object
+    // is read instead of the default being folded in at compile time.
+    unsafe { core::ptr::read_volatile(&FLOW_SETS) }
+}
 
 /// Global settings (tunnel source addresses, the interface's MAC), one entry.
 #[btf_map]

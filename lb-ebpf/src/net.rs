@@ -48,6 +48,53 @@ pub const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 /// ICMP/ICMPv6 header before the quoted packet: type, code, checksum, 4 bytes (MTU, pointer...).
 pub const ICMP_HEADER_LEN: usize = 8;
 
+/// A map key of up to 24 bytes on the stack, written as three aligned 8-byte words.
+///
+/// The programs are compiled to access memory unaligned (see `build.rs`), so LLVM may merge
+/// stores to a key built field by field into 8-byte stores at any 4-byte boundary, which the
+/// verifier rejects on the stack; these three stores are aligned whatever LLVM does.
+#[repr(C, align(8))]
+pub struct StackKey([u64; 3]);
+
+impl StackKey {
+    /// The key whose bytes are those of `words`, each in little-endian order (the order of
+    /// `VipKey::words`), then zeros.
+    #[inline(always)]
+    pub fn new(words: [u32; 5]) -> Self {
+        let pair = |low: u32, high: u32| {
+            let (l, h) = (low.to_le_bytes(), high.to_le_bytes());
+            u64::from_ne_bytes([l[0], l[1], l[2], l[3], h[0], h[1], h[2], h[3]])
+        };
+        Self([
+            pair(words[0], words[1]),
+            pair(words[2], words[3]),
+            pair(words[4], 0),
+        ])
+    }
+
+    /// The key as a `T`: a `repr(C)` type of byte arrays of at most 24 bytes (any bytes are a
+    /// valid value).
+    #[inline(always)]
+    pub fn as_key<T: KeyBytes>(&self) -> &T {
+        const { assert!(size_of::<T>() <= size_of::<Self>() && align_of::<T>() <= 8) };
+        // SAFETY: `T` fits in the 24 bytes and their 8-byte alignment (checked above) and, by
+        // `KeyBytes`, any bytes are a valid `T`.
+        unsafe { &*(self as *const Self).cast::<T>() }
+    }
+}
+
+/// Map keys made only of byte arrays and integers, without padding: any bytes are a value.
+///
+/// # Safety
+///
+/// Implement only for such types.
+pub unsafe trait KeyBytes {}
+
+// SAFETY: VipKey is repr(C): [u8; 16], [u8; 2], u8, u8, no padding.
+unsafe impl KeyBytes for lb_common::maps::VipKey {}
+// SAFETY: DecapKey is repr(C): [u8; 16], u8, [u8; 3], no padding.
+unsafe impl KeyBytes for lb_common::maps::DecapKey {}
+
 /// A header that would end past `data_end`: the packet is too short for it.
 #[derive(Clone, Copy, Debug)]
 pub struct OutOfBounds;

@@ -1118,3 +1118,120 @@ fn random_frames_never_abort() {
         );
     }
 }
+
+/// The VIP index (`lb_common::vip_index`): with 1000 VIPs many keys share a slot, and some are
+/// only found through `VIPS`; every VIP is matched by the kernel, nothing else is, and removed
+/// VIPs stop matching while the others sharing their slot go on.
+#[test]
+fn the_vip_index_finds_every_vip_and_only_them() {
+    use lb_common::{
+        maps::{ForwardMode, Protocol, Vip, VipKey},
+        vip_index::vip_hash,
+    };
+    use std::collections::BTreeMap;
+
+    let mut lab = PacketLab::empty();
+    let address = |i: u32| format!("10.{}.{}.1", i / 256, i % 256);
+    let key = |i: u32| VipKey::new(ip(&address(i)), 80, Protocol::Tcp);
+    let mut by_slot: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..1000 {
+        // No ring: a matched packet is dropped as no_backend, an unmatched one passed.
+        lab.datapath
+            .set_vip(&key(i), &Vip::new(i, 65537, ForwardMode::Dsr))
+            .expect("set vip");
+        by_slot.entry(vip_hash(&key(i)).slot).or_default().push(i);
+    }
+    assert!(by_slot.values().any(|ids| ids.len() > 1), "no shared slot");
+    let matched = |lab: &mut PacketLab, i: u32| {
+        let frame = Frame::syn(CLIENT4, 40000, &address(i), 80).build();
+        let (verdict, _) = lab.run(&frame).expect("run");
+        let other_port = Frame::syn(CLIENT4, 40000, &address(i), 81).build();
+        assert_eq!(
+            lab.run(&other_port).expect("run").0,
+            verdict::PASS,
+            "VIP {i} port 81"
+        );
+        verdict == verdict::DROP
+    };
+    for i in 0..1000 {
+        assert!(matched(&mut lab, i), "VIP {i}");
+    }
+    // Remove the first VIP of every shared slot, and every other lone one.
+    let removed: Vec<u32> = by_slot
+        .values()
+        .filter_map(|ids| (ids.len() > 1 || ids[0] % 2 == 0).then_some(ids[0]))
+        .collect();
+    for &i in &removed {
+        lab.datapath.remove_vip(&key(i)).expect("remove vip");
+    }
+    for i in 0..1000 {
+        assert_eq!(matched(&mut lab, i), !removed.contains(&i), "VIP {i}");
+    }
+    // Put them back, each under the id another one had: every entry gets a new key.
+    for (n, &i) in removed.iter().enumerate() {
+        let id = removed[(n + 1) % removed.len()];
+        lab.datapath
+            .set_vip(&key(i), &Vip::new(id, 65537, ForwardMode::Dsr))
+            .expect("set vip");
+    }
+    for i in 0..1000 {
+        assert!(matched(&mut lab, i), "VIP {i} after it came back");
+    }
+}
+
+/// Connection tracking (`lb_common::conntrack`): five flows of one set of four; the fifth takes
+/// the way of the flow seen longest ago (all are as recent here: the first way), counted as
+/// `conntrack_full` since that flow was active, and the others stay tracked.
+#[test]
+fn a_full_set_of_flows_forgets_one_to_track_a_new_one() {
+    use lb_common::conntrack::{conntrack_hash, set_index, sets_for};
+    use lb_tests::packet::lab::LAB_CONNTRACK_SIZE;
+
+    let mut lab = PacketLab::standard();
+    let sets = sets_for(LAB_CONNTRACK_SIZE);
+    let set_of = |port: u16| {
+        let flow = Frame::syn(CLIENT4, port, "10.0.0.100", 80).flow_key();
+        set_index(conntrack_hash(&flow), sets)
+    };
+    let target = set_of(40000);
+    let ports: Vec<u16> = (40000..60000)
+        .filter(|&port| set_of(port) == target)
+        .take(5)
+        .collect();
+    assert_eq!(ports.len(), 5, "five flows of one set");
+    for &port in &ports {
+        let (verdict, _) = lab
+            .run(&Frame::syn(CLIENT4, port, "10.0.0.100", 80).build())
+            .expect("syn");
+        assert_eq!(verdict, verdict::TX);
+    }
+    let tracked = |lab: &mut PacketLab, port: u16| {
+        let flow = Frame::ack(CLIENT4, port, "10.0.0.100", 80).flow_key();
+        lab.datapath.conntrack(&flow).expect("conntrack")
+    };
+    assert_eq!(
+        tracked(&mut lab, ports[0]),
+        None,
+        "the first flow was forgotten"
+    );
+    for &port in &ports[1..] {
+        assert!(tracked(&mut lab, port).is_some(), "port {port} tracked");
+    }
+    assert_eq!(
+        lab.datapath
+            .counter(Counter::ConntrackFull)
+            .expect("counter"),
+        1
+    );
+    // A tracked flow's packets are hits; the forgotten one's next packet takes the ring.
+    let vip = lab.vip("web4").id;
+    let before = lab.datapath.vip_stats(vip).expect("vip stats");
+    for &port in ports[1..].iter().chain(&ports[..1]) {
+        lab.run(&Frame::ack(CLIENT4, port, "10.0.0.100", 80).build())
+            .expect("ack");
+    }
+    let after = lab.datapath.vip_stats(vip).expect("vip stats");
+    assert_eq!(after.conntrack_hits - before.conntrack_hits, 4);
+    assert_eq!(after.new_flows - before.new_flows, 1);
+    assert!(tracked(&mut lab, ports[0]).is_some(), "tracked again");
+}

@@ -1,8 +1,11 @@
-//! Upgrading under traffic (issue #12): the previous release's datapath (layout 0, set up from
-//! its own object, see `lb_tests::netns::v0`) carries long-lived connections and a stream of new
-//! ones while today's agent starts on its state: the maps whose layout did not change (VIPs,
-//! rings, backends, conntrack) are kept, the others are created and filled, the program is
-//! replaced inside the pinned link, and nothing breaks. Pinned state of a layout this lb does
+//! Upgrading under traffic (issue #12): a previous release's datapath (layouts 0 and 1, set up
+//! from their own objects, see `lb_tests::netns::previous`) carries long-lived connections and a
+//! stream of new ones while today's agent starts on its state, with one backend more than the
+//! old datapath knew (so the ring moves a third of the flows): the maps whose layout did not
+//! change (VIPs, rings, backends) are kept, the others are created and filled (the old
+//! `CONNTRACK`'s flows converted into `FLOWS`), the program is replaced inside the pinned link,
+//! and nothing breaks: the long-lived connections the new ring would send elsewhere stay on
+//! their backend. Pinned state of a layout this lb does
 //! not know is refused with a clear error while the old datapath keeps forwarding, and
 //! `--fresh-state` replaces it without stopping traffic.
 
@@ -17,12 +20,15 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{layout::Layout, stats::Counter};
+use lb_common::{
+    layout::{Layout, LAYOUT_VERSION},
+    stats::Counter,
+};
 use lb_tests::netns::{
     agent::{lb_binary, AgentProcess, Signal},
     dsr_lab::*,
+    previous::{self, OldBackend, Release},
     servers::ask_name,
-    v0::{self, V0Backend},
 };
 use lb_user::datapath::Datapath;
 
@@ -33,16 +39,20 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP.parse().expect("vip"), PORT)
 }
 
-/// Sets up the previous release's datapath on the lab's load balancer.
-fn start_v0(lab: &AgentLab) {
-    let backends: Vec<V0Backend> = (0..3)
-        .map(|i| V0Backend {
+/// Backends the old datapath knows: the lab's first two of three.
+const OLD_BACKENDS: usize = 2;
+
+/// Sets up `release`'s datapath on the lab's load balancer, over its first two backends.
+fn start_old(lab: &AgentLab, release: Release) {
+    let backends: Vec<OldBackend> = (0..OLD_BACKENDS)
+        .map(|i| OldBackend {
             id: i as u32,
             address: lab.backend_ip(i),
             mac: lab.lan.host(2 + i).mac,
         })
         .collect();
-    v0::start(
+    previous::start(
+        release,
         &lab.lan.host(1).ns,
         &lab.files.state_dir,
         "eth0",
@@ -83,10 +93,26 @@ impl Opener {
 }
 
 #[test]
-fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
-    let lab = AgentLab::new("upgrade");
-    start_v0(&lab);
-    let mut held = lab.hold(20);
+fn an_upgrade_from_layout_0_under_traffic_breaks_nothing() {
+    upgrade_under_traffic(Release::V0);
+}
+
+#[test]
+fn an_upgrade_from_layout_1_under_traffic_breaks_nothing() {
+    upgrade_under_traffic(Release::V1);
+}
+
+fn upgrade_under_traffic(release: Release) {
+    let from = release.layout_version();
+    let lab = AgentLab::new(&format!("upgrade{from}"));
+    start_old(&lab, release);
+    let mut held = lab.hold(24);
+    let old_names = &NAMES[..OLD_BACKENDS];
+    assert!(
+        held.iter()
+            .all(|(_, name)| old_names.contains(&name.as_str())),
+        "the old datapath knows two backends"
+    );
     let answers = lab.connect(30);
     assert!(
         failures(&answers).is_empty(),
@@ -98,11 +124,11 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
         assert!(!output.status.success());
         let said = String::from_utf8_lossy(&output.stderr);
         assert!(
-            said.contains("has layout version 0, from an older lb"),
+            said.contains(&format!("has layout version {from}, from an older lb")),
             "{said}"
         );
         let stats = aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(
-            aya::maps::MapData::from_pin(lab.files.state_dir.join("STATS")).expect("v0 STATS"),
+            aya::maps::MapData::from_pin(lab.files.state_dir.join("STATS")).expect("old STATS"),
         ))
         .expect("per-CPU array");
         let tx: u64 = stats
@@ -127,11 +153,15 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
     assert!(ok > 20);
     let log = lab.files.log_text();
     assert!(
-        log.contains("migrating the pinned state from layout 0 to 1"),
+        log.contains(&format!(
+            "migrating the pinned state from layout {from} to {LAYOUT_VERSION}"
+        )),
         "{log}"
     );
     assert!(
-        log.contains("pinned state migrated from layout 0 to 1"),
+        log.contains(&format!(
+            "pinned state migrated from layout {from} to {LAYOUT_VERSION}"
+        )),
         "{log}"
     );
 
@@ -139,9 +169,11 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
         echo(stream, "after the upgrade")
             .unwrap_or_else(|e| panic!("long-lived connection to {name} broken: {e}"));
     }
-    // Conntrack was kept: a connection opened through the old datapath is tracked.
+    // Conntrack was carried over: every connection opened through the old datapath is
+    // tracked to its backend, also those the new ring sends to the third backend.
     let client = lab.lan.host(0).ip;
-    for (stream, name) in held.iter().take(5) {
+    let mut moved_by_the_ring = 0;
+    for (stream, name) in &held {
         let port = stream.local_addr().expect("local").port();
         let output = lab.lb(&[
             "explain",
@@ -164,7 +196,22 @@ fn an_upgrade_from_the_previous_release_under_traffic_breaks_nothing() {
             backend.to_string().as_str(),
             "{explained}"
         );
+        if explained["ring_backend"] != explained["backend"] {
+            moved_by_the_ring += 1;
+        }
     }
+    println!(
+        "{moved_by_the_ring} of {} long-lived connections kept their backend against the new ring",
+        held.len()
+    );
+    assert!(
+        moved_by_the_ring > 0,
+        "the new ring must move some flows, or this test proves nothing"
+    );
+    assert!(
+        !lab.files.state_dir.join("CONNTRACK").exists(),
+        "the old map's pin is removed"
+    );
 
     // Every command works on the migrated state; counters were carried over.
     for args in [
@@ -227,8 +274,9 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
     );
     let log = lab.files.log_text();
     assert!(
-        log.contains("has layout version 99, newer than this lb's 1")
-            && log.contains("--fresh-state"),
+        log.contains(&format!(
+            "has layout version 99, newer than this lb's {LAYOUT_VERSION}"
+        )) && log.contains("--fresh-state"),
         "{log}"
     );
     assert_eq!(lab.attached_count(), attached, "nothing was attached");

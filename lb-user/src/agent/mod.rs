@@ -60,7 +60,7 @@ use self::{
 };
 use crate::{
     config::{self, Config},
-    datapath::{Datapath, Options, Origin},
+    datapath::{Datapath, Options, Origin, Upgraded},
     health::HealthEvent,
     interface,
     metrics::{self, Metrics},
@@ -245,8 +245,10 @@ impl Agent {
             .datapath
             .attach_pinned(&config.interface, config.xdp_mode.xdp_mode())?;
         agent.attached.mode = attachment.mode;
-        if let Some(migration) = agent.datapath.finish_upgrade()? {
+        if let Some(Upgraded { migration, flows }) = agent.datapath.finish_upgrade()? {
             tracing::info!(
+                flows_tracked = flows.tracked,
+                flows_without_room = flows.no_room,
                 "pinned state migrated from layout {} to {}",
                 migration.from,
                 lb_common::layout::LAYOUT_VERSION

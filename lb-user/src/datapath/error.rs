@@ -105,6 +105,13 @@ pub enum DatapathError {
     /// Pinning was asked of a datapath loaded without a pin directory.
     #[error("the datapath was loaded without a state directory")]
     NotPinned,
+    /// Writing the VIP index (`VIP_SLOTS`, `VIP_ENTRIES`) through mmap failed.
+    #[error("VIP index (maps VIP_SLOTS and VIP_ENTRIES)")]
+    VipIndex {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing a ring through mmap failed.
     #[error("ring of VIP id {vip}")]
     Ring {

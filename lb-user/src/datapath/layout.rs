@@ -4,13 +4,14 @@
 //! the old ones), or refuse with what differs.
 //!
 //! The layout is recorded in the `LAYOUT` map (see `lb_common::layout`); state from before the
-//! scheme (version 0) has no such map and is recognised by its maps' shapes.
+//! scheme (version 0) has no such map and is recognised by its maps' shapes. Versions 0 and 1
+//! tracked flows in `CONNTRACK`, an LRU hash map; their flows are converted into `FLOWS`.
 
 use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::MapData;
 use lb_common::{
-    layout::{Layout, LAYOUT_VERSION},
+    layout::{Layout, LAYOUT_VERSION, V1_FINGERPRINT},
     maps::names,
     stats::Counter,
 };
@@ -26,7 +27,7 @@ pub struct Shape {
     pub key_size: u32,
     /// Value size in bytes.
     pub value_size: u32,
-    /// Entries (not compared for `CONNTRACK`, whose size is a setting).
+    /// Entries (not compared for `FLOWS` and `CONNTRACK`, whose size is a setting).
     pub max_entries: u32,
 }
 
@@ -42,9 +43,17 @@ impl Shape {
         map_type == other.map_type
             && key_size == other.key_size
             && value_size == other.value_size
-            && (max_entries == other.max_entries || map == names::CONNTRACK)
+            && (max_entries == other.max_entries || sized_by_setting(map))
     }
 }
+
+/// Whether the size of map `map` is the `conntrack_size` setting of the agent that created it.
+fn sized_by_setting(map: &str) -> bool {
+    map == names::FLOWS || map == names::CONNTRACK
+}
+
+/// `BPF_MAP_TYPE_LRU_HASH`, the type of layouts 0 and 1's `CONNTRACK`.
+const LRU_HASH: u32 = 9;
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +77,13 @@ pub enum Fate {
     Counters {
         /// Counter names of the old layout, by index.
         names: &'static [&'static str],
+    },
+    /// Created anew and given the flows of the old layout's `CONNTRACK` (an LRU hash map of
+    /// `FlowKey` → `Conntrack`, pinned as `from`): before the new program runs, and again once
+    /// it does, for the flows the old program tracked in between. The old map is then removed.
+    Flows {
+        /// The old map's pin name.
+        from: &'static str,
     },
 }
 
@@ -93,6 +109,14 @@ impl Migration {
         }
     }
 
+    /// What becomes of the map `map` (`None`: not a map of this build).
+    pub fn fate(&self, map: &str) -> Option<Fate> {
+        self.fates
+            .iter()
+            .find(|(name, _)| *name == map)
+            .map(|(_, fate)| *fate)
+    }
+
     /// What the maps not kept are, for the log: `STATS (counters), SETTINGS (new)`.
     pub fn summary(&self) -> String {
         let changed: Vec<String> = self
@@ -102,6 +126,7 @@ impl Migration {
                 Fate::Keep => None,
                 Fate::Create => Some(format!("{name} (new)")),
                 Fate::Counters { .. } => Some(format!("{name} (counters carried over)")),
+                Fate::Flows { from } => Some(format!("{name} (tracked flows of {from})")),
             })
             .collect();
         changed.join(", ")
@@ -185,36 +210,69 @@ pub fn v0_counter_names() -> &'static [&'static str] {
     })
 }
 
-/// The shapes of layout 0, from this build's (`current`): `STATS` had 17 counters, `SETTINGS`
-/// was 20 bytes (no interface MAC), and there was no `LAYOUT`. Each entry also says what
-/// migrating that map to this build takes.
-fn v0_shapes(current: &BTreeMap<&'static str, Shape>) -> BTreeMap<&'static str, (Shape, Fate)> {
-    current
-        .iter()
-        .filter(|(name, _)| **name != names::LAYOUT)
-        .map(|(name, shape)| {
-            let (shape, fate) = match *name {
-                names::STATS => (
-                    Shape {
-                        max_entries: v0_counter_names().len() as u32,
-                        ..*shape
-                    },
-                    Fate::Counters {
-                        names: v0_counter_names(),
-                    },
-                ),
-                names::SETTINGS => (
-                    Shape {
-                        value_size: 20,
-                        ..*shape
-                    },
-                    Fate::Create,
-                ),
-                _ => (*shape, Fate::Keep),
-            };
-            (*name, (shape, fate))
-        })
-        .collect()
+/// What an older layout pinned and what becomes of it.
+struct OlderLayout {
+    /// The maps it pinned, by name, and their shapes.
+    pinned: BTreeMap<&'static str, Shape>,
+    /// What each map of this build takes.
+    fates: Vec<(&'static str, Fate)>,
+}
+
+/// The maps layout `version` (0 or 1) pinned, derived from this build's (`current`), and what
+/// migrating each takes. Layout 1 had `CONNTRACK` (an LRU hash map) where this build has
+/// `FLOWS`, and no VIP index (`VIP_SLOTS`, `VIP_ENTRIES`); layout 0 also had 17 counters in
+/// `STATS`, 20-byte `SETTINGS` (no interface MAC) and no `LAYOUT`.
+fn older_layout(version: u32, current: &BTreeMap<&'static str, Shape>) -> Option<OlderLayout> {
+    if version > 1 {
+        return None;
+    }
+    let mut pinned = BTreeMap::new();
+    let mut fates = Vec::new();
+    for (name, shape) in current {
+        let (old, fate) = match *name {
+            names::FLOWS => (
+                None,
+                Fate::Flows {
+                    from: names::CONNTRACK,
+                },
+            ),
+            names::VIP_SLOTS | names::VIP_ENTRIES => (None, Fate::Create),
+            // The layout recorded changes with the version; written aside, so an upgrade that
+            // stops half-way starts over.
+            names::LAYOUT => ((version > 0).then_some(*shape), Fate::Create),
+            names::STATS if version == 0 => (
+                Some(Shape {
+                    max_entries: v0_counter_names().len() as u32,
+                    ..*shape
+                }),
+                Fate::Counters {
+                    names: v0_counter_names(),
+                },
+            ),
+            names::SETTINGS if version == 0 => (
+                Some(Shape {
+                    value_size: 20,
+                    ..*shape
+                }),
+                Fate::Create,
+            ),
+            _ => (Some(*shape), Fate::Keep),
+        };
+        if let Some(old) = old {
+            pinned.insert(*name, old);
+        }
+        fates.push((*name, fate));
+    }
+    pinned.insert(
+        names::CONNTRACK,
+        Shape {
+            map_type: LRU_HASH,
+            key_size: size_of::<lb_common::FlowKey>() as u32,
+            value_size: size_of::<lb_common::maps::Conntrack>() as u32,
+            max_entries: lb_common::maps::DEFAULT_CONNTRACK_SIZE,
+        },
+    );
+    Some(OlderLayout { pinned, fates })
 }
 
 /// The shape of the map pinned at `dir/name`, if there is one.
@@ -239,57 +297,64 @@ fn pinned_layout(dir: &Path) -> Option<Layout> {
 /// What the state directory `dir` holds.
 pub fn inspect(dir: &Path) -> Result<PinnedLayout, LayoutError> {
     let current = current_shapes()?;
-    let pinned: BTreeMap<&str, Shape> = current
-        .keys()
-        .filter_map(|name| Some((*name, pinned_shape(dir, name)?)))
+    let pinned: BTreeMap<&str, Shape> = names::BALANCER
+        .into_iter()
+        .chain(names::RETIRED)
+        .filter_map(|name| Some((name, pinned_shape(dir, name)?)))
         .collect();
     if pinned.is_empty() {
         return Ok(PinnedLayout::Empty);
     }
     let display = dir.display().to_string();
-    match pinned_layout(dir) {
-        Some(layout) if layout.version > LAYOUT_VERSION => Err(LayoutError::Newer {
+    let recorded = pinned_layout(dir);
+    let version = recorded.map_or(0, |layout| layout.version);
+    if version > LAYOUT_VERSION {
+        return Err(LayoutError::Newer {
             dir: display,
-            found: layout.version,
-        }),
-        Some(layout) => {
-            let mut differences = differences(&pinned, current.iter().map(|(n, s)| (*n, *s)));
-            if layout != Layout::CURRENT && differences.is_empty() {
-                differences.push(format!(
-                    "LAYOUT records version {} with fingerprint {:#x}, this lb has version {} \
-                     with fingerprint {:#x}",
-                    layout.version,
-                    layout.fingerprint,
-                    Layout::CURRENT.version,
-                    Layout::CURRENT.fingerprint
-                ));
-            }
-            if differences.is_empty() {
-                Ok(PinnedLayout::Current)
-            } else {
-                Err(LayoutError::Unknown {
-                    dir: display,
-                    found: layout.version,
-                    differences,
-                })
-            }
-        }
-        None => {
-            let v0 = v0_shapes(&current);
-            let differences = differences(&pinned, v0.iter().map(|(n, (s, _))| (*n, *s)));
-            if !differences.is_empty() {
-                return Err(LayoutError::Unknown {
-                    dir: display,
-                    found: 0,
-                    differences,
-                });
-            }
-            let fates = current
-                .keys()
-                .map(|name| (*name, v0.get(name).map_or(Fate::Create, |(_, fate)| *fate)))
-                .collect();
-            Ok(PinnedLayout::Older(Migration { from: 0, fates }))
-        }
+            found: version,
+        });
+    }
+    let unknown = |differences| LayoutError::Unknown {
+        dir: display.clone(),
+        found: version,
+        differences,
+    };
+    let fingerprint_differs = |expected: u64| {
+        recorded
+            .filter(|layout| layout.fingerprint != expected)
+            .map(|layout| {
+                format!(
+                "LAYOUT records version {} with fingerprint {:#x}, which version {} does not have \
+                 (expected {expected:#x})",
+                layout.version, layout.fingerprint, layout.version
+            )
+            })
+    };
+    if version == LAYOUT_VERSION {
+        let mut differences = differences(&pinned, current.iter().map(|(n, s)| (*n, *s)));
+        differences.extend(fingerprint_differs(Layout::CURRENT.fingerprint));
+        return if differences.is_empty() {
+            Ok(PinnedLayout::Current)
+        } else {
+            Err(unknown(differences))
+        };
+    }
+    let Some(older) = older_layout(version, &current) else {
+        return Err(unknown(vec![format!(
+            "layout version {version} is not known"
+        )]));
+    };
+    let mut differences = differences(&pinned, older.pinned.iter().map(|(n, s)| (*n, *s)));
+    if version == 1 {
+        differences.extend(fingerprint_differs(V1_FINGERPRINT));
+    }
+    if differences.is_empty() {
+        Ok(PinnedLayout::Older(Migration {
+            from: version,
+            fates: older.fates,
+        }))
+    } else {
+        Err(unknown(differences))
     }
 }
 
@@ -325,21 +390,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn layout_0_differs_in_the_counters_and_the_settings_only() {
+    /// The maps of layout `version` whose shape differs from this build's, and those it did
+    /// not have.
+    fn changes(version: u32) -> (Vec<&'static str>, Vec<&'static str>) {
         let current = current_shapes().expect("object");
-        let v0 = v0_shapes(&current);
-        assert!(!v0.contains_key(names::LAYOUT));
-        let changed: Vec<&str> = v0
+        let older = older_layout(version, &current).expect("a known layout");
+        let changed = older
+            .pinned
             .iter()
-            .filter(|(name, (shape, _))| *shape != current[*name])
+            .filter(|(name, shape)| current.get(*name) != Some(*shape))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(changed, [names::SETTINGS, names::STATS]);
-        assert_eq!(v0[names::STATS].0.max_entries, 17);
+        let missing = current
+            .keys()
+            .filter(|name| !older.pinned.contains_key(*name))
+            .copied()
+            .collect();
+        (changed, missing)
+    }
+
+    #[test]
+    fn layout_1_had_conntrack_instead_of_flows_and_no_vip_index() {
+        let (changed, missing) = changes(1);
+        assert_eq!(changed, [names::CONNTRACK]);
+        assert_eq!(
+            missing,
+            [names::FLOWS, names::VIP_ENTRIES, names::VIP_SLOTS]
+        );
+        let current = current_shapes().expect("object");
+        let older = older_layout(1, &current).expect("layout 1");
+        let fate = |map| {
+            older
+                .fates
+                .iter()
+                .find(|(name, _)| *name == map)
+                .map(|(_, f)| *f)
+        };
+        assert_eq!(
+            fate(names::FLOWS),
+            Some(Fate::Flows {
+                from: names::CONNTRACK
+            })
+        );
+        assert_eq!(fate(names::LAYOUT), Some(Fate::Create));
+        assert_eq!(fate(names::RINGS), Some(Fate::Keep));
+        assert_eq!(fate(names::STATS), Some(Fate::Keep));
+    }
+
+    #[test]
+    fn layout_0_also_differs_in_the_counters_and_the_settings() {
+        let (changed, missing) = changes(0);
+        assert_eq!(changed, [names::CONNTRACK, names::SETTINGS, names::STATS]);
+        assert_eq!(
+            missing,
+            [
+                names::FLOWS,
+                names::LAYOUT,
+                names::VIP_ENTRIES,
+                names::VIP_SLOTS
+            ]
+        );
+        let current = current_shapes().expect("object");
+        let older = older_layout(0, &current).expect("layout 0");
+        assert_eq!(older.pinned[names::STATS].max_entries, 17);
         // Counters kept their index: v0's names are this build's first 17.
         assert_eq!(v0_counter_names()[16], "icmp_error");
         assert_eq!(v0_counter_names()[9], "parse_error");
+        assert!(older_layout(2, &current).is_none());
     }
 
     #[test]
@@ -355,6 +472,7 @@ mod tests {
             ..shape
         };
         assert!(bigger.fits(&shape, names::CONNTRACK));
+        assert!(bigger.fits(&shape, names::FLOWS));
         assert!(!bigger.fits(&shape, names::VIPS));
     }
 }

@@ -5,15 +5,20 @@ use aya::maps::{
     xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use lb_common::{
+    conntrack::{conntrack_hash, set_index, FlowSet, Tracking},
     layout::Layout,
     maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     FlowKey,
 };
 
+use std::{collections::BTreeMap, os::fd::AsFd as _};
+
 use super::{
     error::{map_error, DatapathError, Result},
     ring::{new_ring, read_ring, PreparedRing},
+    upgrade::FlowsCarried,
+    vip_index::VipIndexWriter,
     Datapath,
 };
 
@@ -64,11 +69,81 @@ impl Datapath {
         Ok(())
     }
 
-    /// Adds or replaces a VIP.
+    /// Tracks in `FLOWS` the flows of the old layouts' `CONNTRACK` (an LRU hash map, pinned at
+    /// `old`) that `FLOWS` does not track yet, each in an empty way of its set: a flow already
+    /// tracked keeps its entry (the program wrote it, it is newer), and no tracked flow is
+    /// evicted for an old one. Converted flows count as seen long ago until their next packet.
+    ///
+    /// Each set is read and written whole, so a program tracking another flow of the same set
+    /// at that instant may lose that write: that flow then takes the ring again, as an evicted
+    /// one does (with unchanged rings and backends, to the same backend).
+    pub fn track_flows_of(&mut self, old: &std::path::Path) -> Result<FlowsCarried> {
+        let map = names::CONNTRACK;
+        let data = MapData::from_pin(old).map_err(map_error(map))?;
+        let conntrack: HashMap<_, FlowKey, Conntrack> =
+            HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(map))?;
+        let mut by_set: BTreeMap<u32, Vec<(FlowKey, u32)>> = BTreeMap::new();
+        let sets = self.flow_sets()?;
+        // An entry the old program evicts during the walk may make it start over: the same flow
+        // may come twice, and is then found tracked.
+        for entry in conntrack.iter() {
+            let (key, value) = entry.map_err(map_error(map))?;
+            if let Some(index) = set_index(conntrack_hash(&key), sets) {
+                by_set.entry(index).or_default().push((key, value.backend));
+            }
+        }
+        let map = names::FLOWS;
+        let mut table: Array<_, FlowSet> = self.typed(map)?;
+        let mut carried = FlowsCarried::default();
+        for (index, flows) in by_set {
+            let mut set = table.get(&index, 0).map_err(map_error(map))?;
+            let before = set;
+            for (key, backend) in flows {
+                match set.track_if_room(&key, backend) {
+                    Tracking::Already => carried.already += 1,
+                    Tracking::Added => carried.tracked += 1,
+                    Tracking::NoRoom => carried.no_room += 1,
+                }
+            }
+            if set != before {
+                table.set(index, set, 0).map_err(map_error(map))?;
+            }
+        }
+        Ok(carried)
+    }
+
+    /// Sets of `FLOWS`.
+    fn flow_sets(&mut self) -> Result<u32> {
+        let map = names::FLOWS;
+        let Map::Array(data) = self.map(map)? else {
+            return Err(map_error(map)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        Ok(data.info().map_err(map_error(map))?.max_entries())
+    }
+
+    /// Adds or replaces a VIP: in `VIPS`, then in the VIP index.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;
         let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
-        vips.insert(key, vip, 0).map_err(map_error(map))
+        vips.insert(key, vip, 0).map_err(map_error(map))?;
+        self.vip_index()?
+            .insert(*key, *vip)
+            .map_err(|source| DatapathError::VipIndex { source })
+    }
+
+    /// The writer of the VIP index, opened (and the index made that of `VIPS`) on first use.
+    pub(super) fn vip_index(&mut self) -> Result<&mut VipIndexWriter> {
+        if self.vip_index.is_none() {
+            let vips = self.vips()?.into_iter().collect();
+            let slots = self.array_fd(names::VIP_SLOTS)?;
+            let entries = self.array_fd(names::VIP_ENTRIES)?;
+            let writer = VipIndexWriter::open(slots.as_fd(), entries.as_fd(), vips)
+                .map_err(|source| DatapathError::VipIndex { source })?;
+            self.vip_index = Some(writer);
+        }
+        self.vip_index.as_mut().ok_or(DatapathError::MissingMap {
+            map: names::VIP_SLOTS,
+        })
     }
 
     /// Every VIP in `VIPS`.
@@ -94,8 +169,23 @@ impl Datapath {
         Ok(used)
     }
 
-    /// Removes a VIP: its packets stop matching at once.
+    /// A second descriptor of the array map `name`.
+    fn array_fd(&mut self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+        let Map::Array(data) = self.map(name)? else {
+            return Err(map_error(name)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DatapathError::VipIndex { source })
+    }
+
+    /// Removes a VIP: its packets stop matching at once (out of the VIP index first, then out
+    /// of `VIPS`, which the index sends colliding keys to).
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vip_index()?
+            .remove(key)
+            .map_err(|source| DatapathError::VipIndex { source })?;
         let map = names::VIPS;
         let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
         vips.remove(key).map_err(map_error(map))
@@ -166,15 +256,17 @@ impl Datapath {
             .map_err(|source| DatapathError::DevMap { map, source })
     }
 
-    /// The backend id a flow is tracked to, if it is tracked.
+    /// The backend id a flow is tracked to, if it is tracked: found in its set of `FLOWS` as
+    /// the datapath finds it (`lb_common::conntrack`).
     pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
-        let map = names::CONNTRACK;
-        let table: HashMap<_, FlowKey, Conntrack> = self.typed(map)?;
-        match table.get(flow, 0) {
-            Ok(entry) => Ok(Some(entry.backend)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(map_error(map)(source)),
-        }
+        let map = names::FLOWS;
+        let sets = self.flow_sets()?;
+        let Some(index) = set_index(conntrack_hash(flow), sets) else {
+            return Ok(None);
+        };
+        let table: Array<_, FlowSet> = self.typed(map)?;
+        let set = table.get(&index, 0).map_err(map_error(map))?;
+        Ok(set.backend_of(flow))
     }
 
     /// Adds a local address the `decap` program strips tunnels for.

@@ -7,6 +7,7 @@ pub mod layout;
 mod maps;
 mod ring;
 mod upgrade;
+mod vip_index;
 
 use std::path::{Path, PathBuf};
 
@@ -19,13 +20,16 @@ use aya::{
     },
     EbpfLoader,
 };
-use lb_common::maps::{names, DEFAULT_CONNTRACK_SIZE};
+use lb_common::{
+    conntrack,
+    maps::{names, DEFAULT_CONNTRACK_SIZE},
+};
 
 pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     ring::PreparedRing,
-    upgrade::Origin,
+    upgrade::{FlowsCarried, Origin, Upgraded},
 };
 use self::{
     error::{map_error, Result},
@@ -117,7 +121,8 @@ impl std::fmt::Display for AttachMode {
 /// Choices made at load time.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Entries of `CONNTRACK` (tracked flows).
+    /// Flows `FLOWS` tracks (`conntrack_size`; sets of 4, rounded up). A pinned `FLOWS` keeps
+    /// its size.
     pub conntrack_size: u32,
     /// Where the balancer's maps and link are pinned (the agent's `state_dir`). Maps already
     /// pinned there are adopted: as they are if their layout is this build's, migrated if it is
@@ -155,16 +160,23 @@ pub struct Datapath {
     /// Every map, by name, taken out of the object (or opened from pins).
     maps: std::collections::HashMap<&'static str, Map>,
     pin_dir: Option<PathBuf>,
+    /// The writer of the VIP index, opened on first use (loading opens it, so the index of
+    /// maps from a previous agent, or new maps beside its `VIPS`, is right before any program
+    /// of ours runs).
+    vip_index: Option<vip_index::VipIndexWriter>,
     /// Where the maps came from.
     origin: Origin,
+    /// Flows of an older layout's `CONNTRACK` carried into `FLOWS` so far (see
+    /// [`Self::finish_upgrade`]).
+    carried_flows: FlowsCarried,
 }
 
 impl Datapath {
     /// Creates the maps and loads the load balancer program (running the verifier).
     pub fn load(options: &Options) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, options.conntrack_size);
         let mut origin = Origin::New;
+        let mut flow_sets = conntrack::sets_for(options.conntrack_size);
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
                 dir: dir.clone(),
@@ -200,12 +212,26 @@ impl Datapath {
                     }
                 }
             }
+            // A FLOWS that is kept keeps its size, whatever `conntrack_size` says now: the
+            // program must be told its size.
+            let keeps_flows = match &found {
+                PinnedLayout::Empty => false,
+                PinnedLayout::Current => true,
+                PinnedLayout::Older(migration) => migration.fate(names::FLOWS) == Some(Fate::Keep),
+            };
+            if keeps_flows {
+                if let Some(sets) = pinned_flow_sets(dir)? {
+                    flow_sets = sets;
+                }
+            }
             origin = match found {
                 PinnedLayout::Empty => Origin::New,
                 PinnedLayout::Current => Origin::Adopted,
                 PinnedLayout::Older(migration) => Origin::Upgrading(migration),
             };
         }
+        loader.map_max_entries(names::FLOWS, flow_sets);
+        loader.override_global(FLOW_SETS, &flow_sets, true);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { source })?;
@@ -223,8 +249,12 @@ impl Datapath {
             ebpf: Some(ebpf),
             maps,
             pin_dir: options.pin_dir.clone(),
+            vip_index: None,
             origin,
+            carried_flows: FlowsCarried::default(),
         };
+        datapath.vip_index()?;
+        datapath.carry_flows()?;
         datapath.program(Program::Balancer)?;
         if datapath.origin != Origin::Adopted {
             datapath.set_layout(&lb_common::layout::Layout::CURRENT)?;
@@ -261,7 +291,9 @@ impl Datapath {
             ebpf: None,
             maps,
             pin_dir: Some(dir.to_path_buf()),
+            vip_index: None,
             origin: Origin::Adopted,
+            carried_flows: FlowsCarried::default(),
         })
     }
 
@@ -439,6 +471,20 @@ impl Datapath {
     }
 }
 
+/// The name of the program's global holding the number of `FLOWS` sets.
+const FLOW_SETS: &str = "FLOW_SETS";
+
+/// The number of sets of the `FLOWS` pinned in `dir`, if one is.
+fn pinned_flow_sets(dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join(names::FLOWS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = MapData::from_pin(&path).map_err(map_error(names::FLOWS))?;
+    let info = map.info().map_err(map_error(names::FLOWS))?;
+    Ok(Some(info.max_entries()))
+}
+
 /// Detaches a pinned balancer (its link) and removes the pinned maps and the directory.
 pub fn remove_pins(dir: &Path) -> Result<()> {
     let link_path = dir.join(names::LINK);
@@ -453,7 +499,7 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
             source: source.into(),
         })?);
     }
-    for map in names::BALANCER {
+    for map in names::BALANCER.into_iter().chain(names::RETIRED) {
         let path = dir.join(map);
         if path.exists() {
             std::fs::remove_file(&path)

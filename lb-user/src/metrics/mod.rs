@@ -29,8 +29,8 @@
 //! | `lb_ring_rebuilds_total` | counter | `vip`: ring swaps (`RINGS` updates) |
 //! | `lb_reloads_total` | counter | `result` = `ok`, `failed` |
 //!
-//! There is no conntrack entry count: `CONNTRACK` is an LRU hash, which keeps no count, and
-//! walking a million entries per scrape is not cheap.
+//! There is no conntrack entry count: `FLOWS` keeps no count, and walking its quarter of a
+//! million sets per scrape is not cheap.
 
 mod collector;
 

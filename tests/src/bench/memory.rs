@@ -5,7 +5,10 @@ use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{ArrayOfMaps, Map, MapData};
-use lb_common::maps::{names, DEFAULT_RING_SIZE, MAX_VIPS};
+use lb_common::{
+    conntrack::{FlowSet, WAYS},
+    maps::{names, DEFAULT_RING_SIZE, MAX_VIPS},
+};
 use lb_user::datapath::{Datapath, Program};
 
 use crate::bench::report_table::Section;
@@ -26,7 +29,8 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
-/// The memory of every map the balancer program uses (in [`names::BALANCER`] order), and of
+/// The memory of every map the balancer program uses (in [`names::BALANCER`] order, which
+/// also lists `LAYOUT`, pinned beside them but read only by the agent), and of
 /// the ring of VIP `ring_vip`.
 pub fn measure(
     datapath: &mut Datapath,
@@ -47,15 +51,17 @@ pub fn measure(
         }
         maps.push(memory);
     }
-    let position = |name: &str| names::BALANCER.iter().position(|n| *n == name);
+    // `LAYOUT` is pinned with the balancer's maps but only the agent reads it.
+    let used: Vec<&str> = names::BALANCER
+        .into_iter()
+        .filter(|name| *name != names::LAYOUT)
+        .collect();
+    let position = |name: &str| used.iter().position(|n| *n == name);
     maps.retain(|m| position(&m.name).is_some());
     maps.sort_by_key(|m| position(&m.name));
-    if maps.len() != names::BALANCER.len() {
+    if maps.len() != used.len() {
         let found: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
-        return Err(anyhow!(
-            "the balancer uses {found:?}, expected {:?}",
-            names::BALANCER
-        ));
+        return Err(anyhow!("the balancer uses {found:?}, expected {used:?}"));
     }
     let rings = rings.ok_or_else(|| anyhow!("the balancer does not use {}", names::RINGS))?;
     let rings: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(Map::from_map_data(rings)?)?;
@@ -145,12 +151,12 @@ pub fn section(maps: &[MapMemory], ring: &MapMemory, cpus: usize) -> Section {
     Section {
         title: "Map memory".into(),
         method: format!(
-            "The real object loaded with the default sizes (CONNTRACK {} flows, rings of {} slots) \
+            "The real object loaded with the default sizes (FLOWS {} sets of {WAYS} flows, rings of {} slots) \
              and the lab's VIPs. For each map the balancer program uses (its map ids, from the \
              kernel), the bytes the kernel charges for it: the `memlock:` line of \
              /proc/self/fdinfo/<map fd>. A ring is a separate map per VIP (the inner maps of \
              RINGS), measured on one live ring; totals add the fixed maps and one ring per VIP.",
-            maps.iter().find(|m| m.name == names::CONNTRACK).map_or(0, |m| m.entries),
+            maps.iter().find(|m| m.name == names::FLOWS).map_or(0, |m| m.entries),
             DEFAULT_RING_SIZE,
         ),
         columns: ["map", "type", "entries", "memory", "bytes"]
@@ -162,8 +168,14 @@ pub fn section(maps: &[MapMemory], ring: &MapMemory, cpus: usize) -> Section {
                 "Per-CPU maps (STATS, VIP_STATS, BACKEND_STATS) hold one value per possible CPU: \
                  measured with {cpus} possible CPUs, they grow linearly with the CPU count."
             ),
-            "CONNTRACK is an LRU hash, which the kernel always preallocates: its memory is taken \
-             at load time, empty or full. It scales with `conntrack_size`."
+            format!(
+                "FLOWS (connection tracking) is an array of sets of {WAYS} flows ({} bytes a \
+                 set): its memory is taken at load time, empty or full. It scales with \
+                 `conntrack_size`.",
+                size_of::<FlowSet>()
+            ),
+            "VIP_SLOTS and VIP_ENTRIES (the VIP index) are arrays the agent writes through \
+             mmap: page-aligned, whatever their size."
                 .into(),
             "Ring slots are 4-byte backend ids, but a BPF array stores values at an 8-byte \
              stride, so a ring costs about 8 bytes per slot (plus the page-aligned mmap area)."

@@ -2,8 +2,10 @@
 //! and the kernel memory of its maps at the default sizes. Needs root.
 //!
 //! ```text
-//! bench-packet [--json] [--repeat N] [--passes N] [--only PATH-NAME-PART]
+//! bench-packet [--json] [--repeat N] [--passes N] [--only PATH-NAME-PART] [--no-floors]
 //! ```
+//!
+//! `--only` and `--no-floors` are for profiling one path (`perf record -C CPU` beside it).
 //!
 //! `--json` prints the sections as the JSON array `cargo xtask bench` renders into
 //! `docs/BENCHMARKS.md`; without it, aligned text tables.
@@ -24,6 +26,8 @@ struct Args {
     plan: Plan,
     /// Time only the floors and the paths whose name contains this (for profiling).
     only: Option<String>,
+    /// Leave the floors out (for profiling: the samples are then all the chosen path's).
+    no_floors: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -31,6 +35,7 @@ fn parse_args() -> anyhow::Result<Args> {
         json: false,
         plan: Plan::default(),
         only: None,
+        no_floors: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,8 +54,9 @@ fn parse_args() -> anyhow::Result<Args> {
                         .ok_or_else(|| anyhow!("--only needs a path name"))?,
                 )
             }
+            "--no-floors" => args.no_floors = true,
             "-h" | "--help" => {
-                println!("usage: bench-packet [--json] [--repeat FRAMES] [--passes N] [--only PATH-NAME-PART]");
+                println!("usage: bench-packet [--json] [--repeat FRAMES] [--passes N] [--only PATH-NAME-PART] [--no-floors]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
@@ -80,6 +86,9 @@ fn main() -> anyhow::Result<()> {
     let (mut lab, mut paths) = cost::lab_and_paths()?;
     if let Some(only) = &args.only {
         paths.retain(|p| p.route == cost::Route::Floor || p.name.contains(only.as_str()));
+    }
+    if args.no_floors {
+        paths.retain(|p| p.route != cost::Route::Floor);
     }
     let samples = cost::measure(&mut lab, &paths, args.plan)?;
     let web4 = lab.vip("web4").id;

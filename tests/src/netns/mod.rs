@@ -10,8 +10,8 @@
 pub mod agent;
 pub mod dsr_lab;
 pub mod load;
+pub mod previous;
 pub mod redundancy;
 pub mod topology;
-pub mod v0;
 
 pub use lb_lab::{servers, sh, Netns};

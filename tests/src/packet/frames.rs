@@ -376,7 +376,8 @@ pub fn tunnel(
             out[l2 - 2..l2].copy_from_slice(&0x86ddu16.to_be_bytes());
             let header = Ipv6Header {
                 traffic_class: tos,
-                flow_label: (lb_common::flow_hash(flow) & 0xfffff)
+                flow_label: lb_common::conntrack::conntrack_hash(flow)
+                    .flow_label()
                     .try_into()
                     .expect("label"),
                 payload_length: inner_len as u16,

@@ -59,6 +59,22 @@ pub struct LabVip {
     pub backends: Vec<(u32, IpAddr)>,
 }
 
+/// The lab's settings: its tunnel sources and `local_mac`.
+fn lab_settings(local_mac: [u8; 6]) -> Settings {
+    let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else {
+        unreachable!()
+    };
+    let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else {
+        unreachable!()
+    };
+    Settings {
+        tunnel_source_v4: v4.octets(),
+        tunnel_source_v6: v6.octets(),
+        local_mac,
+        _pad: [0; 2],
+    }
+}
+
 /// The MAC the lab gives backend `id`: distinct per backend, so an output frame names its
 /// backend.
 pub fn backend_mac(id: u32) -> [u8; 6] {
@@ -100,25 +116,24 @@ impl PacketLab {
             fresh_state: false,
         })
         .expect("load datapath");
-        let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else {
-            unreachable!()
-        };
-        let IpAddr::V6(v6) = ip(TUNNEL_SOURCE_V6) else {
-            unreachable!()
-        };
         datapath
-            .set_settings(&Settings {
-                tunnel_source_v4: v4.octets(),
-                tunnel_source_v6: v6.octets(),
-                local_mac: LB_MAC,
-                _pad: [0; 2],
-            })
+            .set_settings(&lab_settings(LB_MAC))
             .expect("settings");
         Self {
             datapath,
             rings: HashMap::new(),
             vips: HashMap::new(),
         }
+    }
+
+    /// Balances frames whatever their destination MAC (`local_mac` unset), as before the agent
+    /// writes its settings. The benchmark needs it: live frames recycle their pages, and a
+    /// forwarded frame leaves the backend's MAC (or tunnel header bytes) where the next run
+    /// reads its destination.
+    pub fn balance_every_mac(&mut self) {
+        self.datapath
+            .set_settings(&lab_settings([0; 6]))
+            .expect("settings");
     }
 
     /// The standard lab used by the fixture table.

@@ -1,9 +1,7 @@
-//! The previous release's datapath, set up in a state directory the way its agent left it
-//! after `kill -9` (or `--keep-datapath`): its object `tests/data/lb-v0.bpf.o` (the `lb` XDP
-//! object of commit 9ef4dc5, the last release before the pinned state recorded its layout:
-//! layout 0, 17 counters, 20-byte settings), its maps pinned by name and its XDP link pinned as
-//! `link`, programmed with one DSR VIP. Upgrade tests run traffic through it and start today's
-//! agent on its state.
+//! A previous release's datapath, set up in a state directory the way its agent left it after
+//! `kill -9` (or `--keep-datapath`): the release's own XDP object (`tests/data/`, see its
+//! README), its maps pinned by name and its XDP link pinned as `link`, programmed with one DSR
+//! VIP. Upgrade tests run traffic through it and start today's agent on its state.
 
 use std::{net::IpAddr, path::Path};
 
@@ -14,18 +12,34 @@ use aya::{
 };
 use lb_common::{
     encoding::addr_bytes,
+    layout::{Layout, V1_FINGERPRINT},
     maglev::{build_ring, MaglevBackend},
-    maps::{Backend, BackendState, ForwardMode, Protocol, Vip, VipKey, DEFAULT_RING_SIZE},
+    maps::{
+        Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE,
+    },
 };
 use lb_user::datapath::Datapath;
 
 use crate::netns::Netns;
 
-/// The previous release's object.
-pub static V0_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v0.bpf.o");
+/// A release whose pinned state upgrades must keep migrating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Commit 9ef4dc5, the last before the pinned state recorded its layout: layout 0 (no
+    /// `LAYOUT`, 17 counters, 20-byte settings, conntrack in the `CONNTRACK` LRU map).
+    V0,
+    /// Commit a686308: layout 1 (`LAYOUT`, the interface MAC in the settings, still
+    /// `CONNTRACK`).
+    V1,
+}
 
-/// The maps that release pinned, by name.
-pub const V0_MAPS: [&str; 9] = [
+/// Layout 0's object.
+static V0_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v0.bpf.o");
+/// Layout 1's object.
+static V1_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v1.bpf.o");
+
+/// The maps layout 0 pinned, by name.
+const V0_MAPS: [&str; 9] = [
     "VIPS",
     "RINGS",
     "BACKENDS",
@@ -37,9 +51,34 @@ pub const V0_MAPS: [&str; 9] = [
     "BACKEND_STATS",
 ];
 
+impl Release {
+    /// Its layout version.
+    pub fn layout_version(self) -> u32 {
+        match self {
+            Self::V0 => 0,
+            Self::V1 => 1,
+        }
+    }
+
+    fn object(self) -> &'static [u8] {
+        match self {
+            Self::V0 => V0_OBJECT,
+            Self::V1 => V1_OBJECT,
+        }
+    }
+
+    /// The maps it pinned, by name.
+    fn maps(self) -> Vec<&'static str> {
+        match self {
+            Self::V0 => V0_MAPS.to_vec(),
+            Self::V1 => V0_MAPS.into_iter().chain(["LAYOUT"]).collect(),
+        }
+    }
+}
+
 /// One backend as that release's agent would program it.
 #[derive(Clone, Copy, Debug)]
-pub struct V0Backend {
+pub struct OldBackend {
     /// Its id (index of `BACKENDS`).
     pub id: u32,
     /// Its address.
@@ -48,17 +87,18 @@ pub struct V0Backend {
     pub mac: [u8; 6],
 }
 
-/// Sets up the previous release's datapath in `state_dir`, attached to `interface` of `ns`,
+/// Sets up `release`'s datapath in `state_dir`, attached to `interface` of `ns`,
 /// with one DSR VIP (id 0) on `vip:port/tcp` over `backends` (weights 1, a ring of the default
 /// size whose slots are the ones today's agent computes for the same configuration). The
 /// loaded object is dropped: only the pins keep the datapath, as after its agent was killed.
 pub fn start(
+    release: Release,
     ns: &Netns,
     state_dir: &Path,
     interface: &str,
     conntrack_size: u32,
     (vip, port): (IpAddr, u16),
-    backends: &[V0Backend],
+    backends: &[OldBackend],
 ) {
     let (interface_mac, ifindex) = (ns.mac(interface), ns.ifindex(interface));
     let state_dir = state_dir.to_path_buf();
@@ -68,12 +108,29 @@ pub fn start(
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("CONNTRACK", conntrack_size);
-        for map in V0_MAPS {
+        for map in release.maps() {
             loader.map_pin_path(map, state_dir.join(map));
         }
         let mut ebpf = loader
-            .load(V0_OBJECT)
+            .load(release.object())
             .expect("load the previous release's object");
+        if release == Release::V1 {
+            let mut settings: Array<_, Settings> =
+                Array::try_from(ebpf.map_mut("SETTINGS").expect("SETTINGS")).expect("type");
+            let local = Settings {
+                local_mac: interface_mac,
+                ..Settings::default()
+            };
+            settings.set(0, local, 0).expect("settings");
+            let mut layout: Array<_, Layout> =
+                Array::try_from(ebpf.map_mut("LAYOUT").expect("LAYOUT")).expect("type");
+            let recorded = Layout {
+                version: 1,
+                _pad: 0,
+                fingerprint: V1_FINGERPRINT,
+            };
+            layout.set(0, recorded, 0).expect("layout");
+        }
 
         let mut entries: Array<_, Backend> =
             Array::try_from(ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS type");
