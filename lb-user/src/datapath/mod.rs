@@ -4,6 +4,7 @@
 mod decap;
 mod error;
 pub mod layout;
+mod mapping;
 mod maps;
 mod ring;
 mod upgrade;

@@ -17,13 +17,9 @@
 //! after (the callers in `maps.rs` keep that order), so the [`ASK_VIPS`] slots of step 1 find
 //! what the index is about to say.
 
-use std::{
-    collections::BTreeMap,
-    os::fd::{AsRawFd as _, BorrowedFd},
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::{collections::BTreeMap, os::fd::BorrowedFd, sync::atomic::Ordering};
 
+use super::mapping::Mapping;
 use lb_common::{
     maps::{Vip, VipKey, MAX_VIPS},
     vip_index::{points_at, VipEntry, VipIndex, ASK_VIPS, VIP_SLOTS},
@@ -35,61 +31,6 @@ const SLOT_STRIDE: usize = 8;
 const ENTRY_SIZE: usize = size_of::<VipEntry>();
 /// 32-bit words of a [`VipEntry`].
 const ENTRY_WORDS: usize = ENTRY_SIZE / 4;
-
-/// A shared read-write mapping of an mmapable array map's values.
-struct Mapping {
-    area: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; every access goes through atomic 32-bit loads
-// and stores, which any thread may perform.
-unsafe impl Send for Mapping {}
-// SAFETY: as above: shared references only hand out `&AtomicU32`.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
-        // SAFETY: mmap of a BPF_F_MMAPABLE array map's fd, shared, read-write, at offset 0,
-        // `len` bytes (at most the value area; the kernel page-rounds it). Checked below.
-        let area = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if area == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let area = NonNull::new(area.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Self { area, len })
-    }
-
-    /// The 32-bit word at byte `offset` (a multiple of 4, below `len`).
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        assert!(
-            offset.is_multiple_of(4) && offset + 4 <= self.len,
-            "offset {offset} out of the mapping"
-        );
-        // SAFETY: in bounds and 4-byte aligned (checked above; the mapping is page-aligned),
-        // and live for as long as `self`. The kernel and programs access the same memory,
-        // which AtomicU32 permits.
-        unsafe { &*self.area.as_ptr().add(offset).cast::<AtomicU32>() }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no reference to it survives
-        // `self`.
-        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
-    }
-}
 
 /// The writer of the VIP index, holding a copy of `VIPS` and of what the two maps hold.
 pub(super) struct VipIndexWriter {
@@ -114,18 +55,16 @@ impl VipIndexWriter {
         entries: BorrowedFd<'_>,
         vips: BTreeMap<VipKey, Vip>,
     ) -> std::io::Result<Self> {
-        let slots = Mapping::new(slots, VIP_SLOTS as usize * SLOT_STRIDE)?;
-        let entries = Mapping::new(entries, MAX_VIPS as usize * ENTRY_SIZE)?;
+        let slots = Mapping::read_write(slots, VIP_SLOTS as usize * SLOT_STRIDE)?;
+        let entries = Mapping::read_write(entries, MAX_VIPS as usize * ENTRY_SIZE)?;
         let written = Written {
             slots: (0..VIP_SLOTS as usize)
-                .map(|slot| slots.word(slot * SLOT_STRIDE).load(Ordering::Acquire))
+                .map(|slot| slots.load(slot * SLOT_STRIDE, Ordering::Acquire))
                 .collect(),
             entries: (0..MAX_VIPS as usize)
                 .map(|id| {
                     std::array::from_fn(|word| {
-                        entries
-                            .word(id * ENTRY_SIZE + word * 4)
-                            .load(Ordering::Acquire)
+                        entries.load(id * ENTRY_SIZE + word * 4, Ordering::Acquire)
                     })
                 })
                 .collect(),
@@ -200,8 +139,7 @@ impl VipIndexWriter {
 
     fn write_slot(&mut self, slot: usize, word: u32) {
         self.slots
-            .word(slot * SLOT_STRIDE)
-            .store(word, Ordering::Release);
+            .store(slot * SLOT_STRIDE, word, Ordering::Release);
         self.written.slots[slot] = word;
     }
 
@@ -210,8 +148,7 @@ impl VipIndexWriter {
         for word in (0..ENTRY_WORDS).rev() {
             if words[word] != self.written.entries[id][word] {
                 self.entries
-                    .word(id * ENTRY_SIZE + word * 4)
-                    .store(words[word], Ordering::Release);
+                    .store(id * ENTRY_SIZE + word * 4, words[word], Ordering::Release);
             }
         }
         self.written.entries[id] = words;
