@@ -797,6 +797,201 @@ mod tests {
         assert!(counts[0].abs_diff(counts[1]) <= 1, "{counts:?}");
     }
 
+    /// One input of [`pinned_rings`]: a name for the failure message, the backends' identities
+    /// and weights (backend `i` gets id `i`), and the ring size.
+    struct PinnedCase {
+        name: String,
+        identities: Vec<Vec<u8>>,
+        weights: Vec<u32>,
+        size: u32,
+    }
+
+    /// Identities of irregular lengths and bytes (not only addresses), from a fixed LCG.
+    fn odd_identities(n: usize) -> Vec<Vec<u8>> {
+        let mut state: u64 = 0x1234_5678_9abc_def0;
+        (0..n)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let len = 1 + (state >> 59) as usize;
+                let mut identity: Vec<u8> = state
+                    .to_le_bytes()
+                    .iter()
+                    .cycle()
+                    .take(len)
+                    .copied()
+                    .collect();
+                identity.extend_from_slice(&(i as u32).to_be_bytes());
+                identity
+            })
+            .collect()
+    }
+
+    /// The inputs whose rings [`pinned_rings`] pins: small and large pools, equal, mixed,
+    /// zero and extreme weights, and every ring size the other tests and the benchmark use.
+    fn pinned_cases() -> Vec<PinnedCase> {
+        let mut cases = Vec::new();
+        let mut add = |name: &str, identities: Vec<Vec<u8>>, weights: Vec<u32>, size: u32| {
+            cases.push(PinnedCase {
+                name: format!("{name} M={size}"),
+                identities,
+                weights,
+                size,
+            });
+        };
+        for size in [2, 3, 13, 97, M] {
+            add("1 backend", identities(1), vec![1], size);
+        }
+        for size in [3, 5, 13, 31, 97, 1009, M, 655_373] {
+            add("3 equal", identities(3), vec![1; 3], size);
+            add("3 weighted 1,1,2", identities(3), vec![1, 1, 2], size);
+            add("3 with a weight 0", identities(3), vec![2, 0, 5], size);
+        }
+        add(
+            "3 extreme",
+            identities(3),
+            vec![u32::MAX, u32::MAX - 1, 1],
+            97,
+        );
+        add(
+            "3 extreme",
+            identities(3),
+            vec![u32::MAX, u32::MAX - 1, 1],
+            M,
+        );
+        add("2 equal", identities(2), vec![1, 1], 2);
+        add("5 in 5", identities(5), vec![1; 5], 5);
+        add("6 with zeros", identities(6), vec![1, 1, 1, 1, 0, 0], 5);
+        for n in [10, 100, 1000] {
+            for size in [M, 655_373] {
+                add(&format!("{n} equal"), identities(n), vec![1; n], size);
+                let weighted = (0..n).map(|i| 1 + (i % 10) as u32).collect();
+                add(
+                    &format!("{n} weighted 1..=10"),
+                    identities(n),
+                    weighted,
+                    size,
+                );
+            }
+        }
+        for size in [307, 1009, 4099, 16411, M] {
+            add("300 equal", identities(300), vec![1; 300], size);
+            let zeros = (0..300).map(|i| (i % 7) as u32).collect();
+            add("300 weights i%7", identities(300), zeros, size);
+            let odd = (0..300).map(|i| [1, 3, 1000, 7, 0][i % 5]).collect();
+            add("300 odd identities", odd_identities(300), odd, size);
+        }
+        // The benchmark's identities: addresses without a port.
+        let bench_ids: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256).into_bytes())
+            .collect();
+        for size in [M, 655_373] {
+            add("bench equal", bench_ids.clone(), vec![1; 1000], size);
+            let weighted = (0..1000).map(|i| 1 + (i % 10) as u32).collect();
+            add("bench weighted", bench_ids.clone(), weighted, size);
+        }
+        add(
+            "1000 one heavy",
+            identities(1000),
+            (0..1000).map(|i| if i == 17 { 1000 } else { 1 }).collect(),
+            M,
+        );
+        cases
+    }
+
+    /// Checksums of the rings of [`pinned_cases`], in order, recorded from the implementation
+    /// before its optimisation (commit a686308): every agent version must build the same rings.
+    const PINNED_CHECKSUMS: &[u64] = &[
+        0xa8c7f832281a39c5, // 1 backend M=2
+        0x5467b0da1d106495, // 1 backend M=3
+        0x5c569877000ae3b5, // 1 backend M=13
+        0x19bfca1c989751f5, // 1 backend M=97
+        0x4ebe9b86711e13f5, // 1 backend M=65537
+        0x756241e1be8c9396, // 3 equal M=3
+        0x1ff3f111c7bd8bd6, // 3 weighted 1,1,2 M=3
+        0x00f92a08bcce41b5, // 3 with a weight 0 M=3
+        0x03dc0901c8da9f27, // 3 equal M=5
+        0xb2de293b1f38a206, // 3 weighted 1,1,2 M=5
+        0x12e37d32c902e575, // 3 with a weight 0 M=5
+        0x2417ee300c5f88f5, // 3 equal M=13
+        0x50511d90d2d91ee6, // 3 weighted 1,1,2 M=13
+        0x4fd37464cff67d97, // 3 with a weight 0 M=13
+        0xa4f2c714bb32e1c5, // 3 equal M=31
+        0x1c734cdb8fa1b087, // 3 weighted 1,1,2 M=31
+        0x922c6c77cc094475, // 3 with a weight 0 M=31
+        0x186a84489dcfe635, // 3 equal M=97
+        0x5ae74108769c9177, // 3 weighted 1,1,2 M=97
+        0x4ab44dafe32ad117, // 3 with a weight 0 M=97
+        0xf4270f53f0ded675, // 3 equal M=1009
+        0x8ec6c1baa0cd8f27, // 3 weighted 1,1,2 M=1009
+        0x9fbca6fd3be8c797, // 3 with a weight 0 M=1009
+        0xa04565a4e01eec87, // 3 equal M=65537
+        0x6d1542c7f40f5837, // 3 weighted 1,1,2 M=65537
+        0x9f9718a18d9e2f95, // 3 with a weight 0 M=65537
+        0xaadb17f6cf309a37, // 3 equal M=655373
+        0x2c288dbe40b20f56, // 3 weighted 1,1,2 M=655373
+        0xc5e89b67ba0f20d5, // 3 with a weight 0 M=655373
+        0x925f65101baf7b35, // 3 extreme M=97
+        0xb56e1df5355f2795, // 3 extreme M=65537
+        0x08cd4c29d1e47d34, // 2 equal M=2
+        0x90d1cef037778be1, // 5 in 5 M=5
+        0x65dfdd71a2b06ea5, // 6 with zeros M=5
+        0x41172f83f687d553, // 10 equal M=65537
+        0xc814225e348d7a67, // 10 weighted 1..=10 M=65537
+        0x55e658c887b56197, // 10 equal M=655373
+        0xd4326c75bf84c9a7, // 10 weighted 1..=10 M=655373
+        0x3828a46be39230af, // 100 equal M=65537
+        0x5a5127de8fdc82ce, // 100 weighted 1..=10 M=65537
+        0x6bff59d4cb0a3fd3, // 100 equal M=655373
+        0x003feab8d8d0b358, // 100 weighted 1..=10 M=655373
+        0x0a85576af8d2028f, // 1000 equal M=65537
+        0xf7504aec23a4be9f, // 1000 weighted 1..=10 M=65537
+        0x12b5d25baf5b5b5a, // 1000 equal M=655373
+        0xe90de84916f718d3, // 1000 weighted 1..=10 M=655373
+        0x2a4063adf5c3fdc4, // 300 equal M=307
+        0xf32136cf865ba5fd, // 300 weights i%7 M=307
+        0x9a32d7e6bcd7bfd4, // 300 odd identities M=307
+        0xb0d251449fef5be0, // 300 equal M=1009
+        0x85c7744d0303d510, // 300 weights i%7 M=1009
+        0x2d362928b5742e50, // 300 odd identities M=1009
+        0x6e22b7f438989eb4, // 300 equal M=4099
+        0xb738c4e3530a5fe1, // 300 weights i%7 M=4099
+        0x1fc8820e3ceeb72d, // 300 odd identities M=4099
+        0x9495f3afafbc8c00, // 300 equal M=16411
+        0xcb59d9fd2c192de8, // 300 weights i%7 M=16411
+        0x83a5279c64aaa702, // 300 odd identities M=16411
+        0xf759f8cd68063d6b, // 300 equal M=65537
+        0x3de2deb132e14e64, // 300 weights i%7 M=65537
+        0x5d4d941e7279cfc3, // 300 odd identities M=65537
+        0xd3e70ec3830298e3, // bench equal M=65537
+        0x3b408eafb5040933, // bench weighted M=65537
+        0x7d155e41d43e7a7b, // bench equal M=655373
+        0x96724bd93e62d4e6, // bench weighted M=655373
+        0x1c81abdab8ccea6a, // 1000 one heavy M=65537
+    ];
+
+    /// Pins the output for many inputs, so that an optimisation of the builder cannot change a
+    /// single slot: agents of different versions must agree on every ring during an upgrade.
+    #[test]
+    fn pinned_rings() {
+        let computed: Vec<(String, u64)> = pinned_cases()
+            .into_iter()
+            .map(|case| {
+                let backends = backends(&case.identities, &case.weights);
+                (case.name, checksum(&ring(&backends, case.size)))
+            })
+            .collect();
+        let table: String = computed
+            .iter()
+            .map(|(name, sum)| format!("        {sum:#018x}, // {name}\n"))
+            .collect();
+        assert_eq!(computed.len(), PINNED_CHECKSUMS.len(), "computed:\n{table}");
+        for ((name, sum), expected) in computed.iter().zip(PINNED_CHECKSUMS) {
+            assert_eq!(sum, expected, "{name}; computed:\n{table}");
+        }
+    }
+
     /// Pins the algorithm: any change to hashing, sorting or claiming order breaks these.
     #[test]
     fn golden_rings() {
