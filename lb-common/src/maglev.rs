@@ -89,9 +89,10 @@ impl std::error::Error for MaglevError {}
 ///
 /// Cost, for `M = size`: about `M·ln(√M)` bitmap probes (half of the plain algorithm's
 /// `M·ln M`: the last `√M` claims scan a list of the free slots instead, about `M / 2` cheap
-/// steps in all), plus, when weights differ, one credit update per backend per round; there are
-/// about `M / N` rounds with equal weights, up to `M` when one backend is far heavier than all
-/// others. About 1.3 ms for 1000 backends and M = 65537 (`cargo bench -p lb-common`).
+/// steps in all), plus, when weights differ, the credit updates of one period of rounds
+/// (see [`Turns`]), or of every round when a period would not fit in the ring. About 0.8 ms
+/// for 1000 backends and M = 65537, 9.5 ms for M = 655373, weighted or not
+/// (`cargo bench -p lb-common --bench maglev`, 2-core VM).
 pub fn build_ring(backends: &[MaglevBackend<'_>], size: u32) -> Result<Vec<u32>, MaglevError> {
     if !is_prime(size) {
         return Err(MaglevError::SizeNotPrime { size });
@@ -156,7 +157,8 @@ fn sorted_by_identity<'b, 'a>(
 /// turn it is, of the first free slot in its permutation.
 ///
 /// Two phases give the same claims as walking permutations until the end, only faster:
-/// probing while many slots are free, then scanning the list of free slots (see
+/// probing while many slots are free (in blocks of slots while a claim's number of probes is
+/// hard to predict, see [`ProbeMode`]), then scanning the list of free slots (see
 /// [`FreeList`]) once fewer than [`scan_threshold`] are left. Most claims happen in whole
 /// rounds far from the switch, so those take a lean loop without per-claim bookkeeping.
 fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
@@ -164,7 +166,7 @@ fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
         .iter()
         .map(|backend| Cursor::new(backend, size))
         .collect();
-    let mut turns = Turns::new(backends);
+    let mut turns = Turns::new(backends, size);
     let mut ring = vec![NO_BACKEND; size as usize];
     let mut taken = SlotSet::new(size);
     let scan_below = scan_threshold(size);
@@ -173,7 +175,20 @@ fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
     while free > 0 {
         let round = turns.next_round();
         if free >= round.len() + scan_below {
-            claim_round_by_probing(round, &mut cursors, &mut taken, &mut ring);
+            match ProbeMode::for_free_share(free, size) {
+                ProbeMode::Loop => {
+                    claim_round_by_probing(round, &mut cursors, &mut taken, &mut ring);
+                }
+                ProbeMode::Blocks4 => {
+                    claim_round_by_blocks::<4>(round, &mut cursors, &mut taken, &mut ring);
+                }
+                ProbeMode::Blocks8 => {
+                    claim_round_by_blocks::<8>(round, &mut cursors, &mut taken, &mut ring);
+                }
+                ProbeMode::Pairs => {
+                    claim_round_by_pairs(round, &mut cursors, &mut taken, &mut ring);
+                }
+            }
             free -= round.len();
             continue;
         }
@@ -211,6 +226,76 @@ fn claim_round_by_probing(
     }
 }
 
+/// How a round claims its slots by probing, by the share of the ring still free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeMode {
+    /// [`Cursor::claim_by_probing`]: one slot, one branch at a time.
+    Loop,
+    /// [`Cursor::claim_by_blocks`] 4 slots at a time.
+    Blocks4,
+    /// [`Cursor::claim_by_blocks`] 8 slots at a time.
+    Blocks8,
+    /// [`Cursor::claim_by_probing_pairs`]: two slots per loop iteration.
+    Pairs,
+}
+
+impl ProbeMode {
+    /// A claim probes `M / free` slots on average. Above 2/3 free, the first probe succeeds
+    /// often enough for the branch predictor to bet on it; between 2/3 and 1/5 free, the probe
+    /// loop's exit is a coin flip (about one misprediction per claim), and testing a fixed
+    /// block of 4 or 8 slots without branching is faster (measured: 1000 backends, M = 65537
+    /// and 655373; blocks from 1/2 or 1/3 free on, or of 16 slots, are slower); below 1/5
+    /// free, blocks would waste too many probes and the loop predicts well again, but walks
+    /// long enough for the latency of its steps to dominate, so it walks two chains at once
+    /// (four chains: faster for M = 65537, slower for 655373).
+    fn for_free_share(free: usize, size: u32) -> Self {
+        let (free, size) = (free as u64, u64::from(size));
+        if 3 * free > 2 * size {
+            Self::Loop
+        } else if 5 * free > 2 * size {
+            Self::Blocks4
+        } else if 5 * free > size {
+            Self::Blocks8
+        } else {
+            Self::Pairs
+        }
+    }
+}
+
+/// [`claim_round_by_probing`] with [`Cursor::claim_by_probing_pairs`].
+#[inline(never)]
+fn claim_round_by_pairs(
+    round: &[u32],
+    cursors: &mut [Cursor],
+    taken: &mut SlotSet,
+    ring: &mut [u32],
+) {
+    // One entry per slot, and the size came from a u32.
+    let size = ring.len() as u32;
+    for &backend in round {
+        let cursor = &mut cursors[backend as usize];
+        let slot = cursor.claim_by_probing_pairs(taken, size);
+        ring[slot as usize] = cursor.id;
+    }
+}
+
+/// [`claim_round_by_probing`] with [`Cursor::claim_by_blocks`], testing `K` slots at a time.
+#[inline(never)]
+fn claim_round_by_blocks<const K: usize>(
+    round: &[u32],
+    cursors: &mut [Cursor],
+    taken: &mut SlotSet,
+    ring: &mut [u32],
+) {
+    // One entry per slot, and the size came from a u32.
+    let size = ring.len() as u32;
+    for &backend in round {
+        let cursor = &mut cursors[backend as usize];
+        let slot = cursor.claim_by_blocks::<K>(taken, size);
+        ring[slot as usize] = cursor.id;
+    }
+}
+
 /// Number of free slots below which [`fill_ring`] stops probing and scans the [`FreeList`].
 ///
 /// A claim by probing walks about `M / free` slots of its permutation (each a load and a
@@ -230,55 +315,119 @@ fn scan_threshold(size: u32) -> usize {
 /// `max_weight` of it on a turn if it has that much. Credit is below `max_weight` before and
 /// below `2 · max_weight` after earning, so a backend takes at most one turn per round, the
 /// heaviest exactly one, and a backend of weight `w` one per `max_weight / w` rounds.
+///
+/// A backend's credit after `r` rounds is `r · w mod max_weight`, so the rounds repeat with
+/// period `P = max_weight / gcd(max_weight, every w)`: 1 with equal weights, 10 with weights
+/// 1..=10. When one period's turns fit in the ring (so the fill consumes at least one whole
+/// period anyway), [`Turns::new`] computes them once and [`Turns::next_round`] replays them,
+/// instead of updating every backend's credit every round.
 struct Turns {
     weights: Vec<u64>,
     /// Weight earned and not yet spent, per backend; below `max_weight` between rounds.
     credits: Vec<u64>,
     max_weight: u64,
-    /// Whether all weights are equal, so every backend takes a turn every round.
-    equal_weights: bool,
-    /// The indices of the backends taking a turn in the current round, in its front.
-    round: Vec<u32>,
+    /// The rounds computed so far, concatenated (one period of them once it is complete).
+    turns: Vec<u32>,
+    /// Where each round starts in `turns`, and where the last one ends.
+    starts: Vec<usize>,
+    /// Whether `turns` holds a whole period, so rounds are replayed rather than computed.
+    replay: bool,
+    /// The round to return next, in `0..P` when replaying.
+    next: usize,
 }
 
 impl Turns {
-    fn new(backends: &[&MaglevBackend<'_>]) -> Self {
+    /// `size` bounds the work spent on precomputing a period: at most as many turns as the
+    /// ring has slots.
+    fn new(backends: &[&MaglevBackend<'_>], size: u32) -> Self {
         let weights: Vec<u64> = backends
             .iter()
             .map(|backend| u64::from(backend.weight))
             .collect();
         let max_weight = weights.iter().copied().max().unwrap_or(1);
-        Self {
+        let mut turns = Self {
             credits: vec![0; weights.len()],
             max_weight,
-            equal_weights: weights.iter().all(|&weight| weight == max_weight),
-            // At most `size` (a u32) backends, so their indices fit.
-            round: (0..weights.len() as u32).collect(),
+            turns: Vec::new(),
+            starts: vec![0],
+            replay: false,
+            next: 0,
             weights,
+        };
+        if turns.turns_per_period() <= u64::from(size) {
+            for _ in 0..turns.period() {
+                turns.compute_round();
+            }
+            turns.replay = true;
         }
+        turns
     }
 
-    /// The indices of the backends taking a turn in the next round, in identity order. Never
-    /// empty, because the heaviest backend takes a turn every round.
-    fn next_round(&mut self) -> &[u32] {
-        if self.equal_weights {
-            return &self.round;
-        }
+    /// `P = max_weight / gcd(max_weight, every weight)`, the number of rounds after which
+    /// every credit is back to 0.
+    fn period(&self) -> u64 {
+        self.max_weight / self.weights_gcd()
+    }
+
+    /// The number of turns in one period: each backend of weight `w` takes `w / gcd` of them.
+    fn turns_per_period(&self) -> u64 {
+        let gcd = self.weights_gcd();
+        // At most 2^32 backends of weight below 2^32: the sum fits a u64.
+        self.weights.iter().map(|weight| weight / gcd).sum()
+    }
+
+    fn weights_gcd(&self) -> u64 {
+        self.weights.iter().fold(self.max_weight, |a, &b| gcd(a, b))
+    }
+
+    /// Runs one round of credits and appends the indices of the backends taking a turn.
+    fn compute_round(&mut self) {
         // Whether a backend of intermediate weight takes its turn is a coin flip for the
-        // branch predictor, so the list is compacted without branching: every index is
-        // written, and the length only grows past it when the backend takes its turn.
+        // branch predictor, so the list is built without branching: every index is written,
+        // and the length only grows past it when the backend takes its turn.
         let max_weight = self.max_weight;
+        let start = self.turns.len();
+        self.turns.resize(start + self.weights.len(), 0);
+        let round = &mut self.turns[start..];
         let mut len = 0;
         for (index, (credit, &weight)) in self.credits.iter_mut().zip(&self.weights).enumerate() {
             *credit += weight;
             let takes_turn = *credit >= max_weight;
             *credit -= if takes_turn { max_weight } else { 0 };
-            // `len <= index`, and the index fits a u32 (see `new`).
-            self.round[len] = index as u32;
+            // `len <= index`, and the index fits a u32 (at most `size` backends).
+            round[len] = index as u32;
             len += usize::from(takes_turn);
         }
-        &self.round[..len]
+        self.turns.truncate(start + len);
+        self.starts.push(start + len);
     }
+
+    /// The indices of the backends taking a turn in the next round, in identity order. Never
+    /// empty, because the heaviest backend takes a turn every round.
+    fn next_round(&mut self) -> &[u32] {
+        if self.replay {
+            let round = self.next;
+            self.next = if round + 2 == self.starts.len() {
+                0
+            } else {
+                round + 1
+            };
+            return &self.turns[self.starts[round]..self.starts[round + 1]];
+        }
+        // A period too long to store: compute every round, keeping only the current one.
+        self.turns.clear();
+        self.starts.truncate(1);
+        self.compute_round();
+        &self.turns
+    }
+}
+
+/// Greatest common divisor, by Euclid's algorithm; `gcd(a, 0) = a`.
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// One backend's walk through its preference permutation `offset, offset + skip, ...`
@@ -325,6 +474,64 @@ impl Cursor {
         self.next = step_forward(slot, skip, rewind);
         slot
     }
+}
+
+impl Cursor {
+    /// The same claim as [`Cursor::claim_by_probing`], walking the permutation's even and odd
+    /// positions as two chains of steps of `2 · skip`: a claim that walks many slots is bound
+    /// by the latency of the step (a compare and a conditional move), which two independent
+    /// chains halve.
+    fn claim_by_probing_pairs(&mut self, taken: &mut SlotSet, size: u32) -> u32 {
+        let (skip, rewind) = (self.skip, size - self.skip);
+        // `2 · skip mod M`; 0 only for M = 2, where the even positions are indeed all `next`.
+        let double_skip = step_forward(skip, skip, rewind);
+        let double_rewind = size - double_skip;
+        let mut even = self.next;
+        let mut odd = step_forward(even, skip, rewind);
+        // `&` rather than `&&`: one branch per pair.
+        while taken.contains(even) & taken.contains(odd) {
+            even = step_forward(even, double_skip, double_rewind);
+            odd = step_forward(odd, double_skip, double_rewind);
+        }
+        // The even position comes first in the permutation.
+        let slot = if taken.contains(even) { odd } else { even };
+        taken.insert(slot);
+        self.next = step_forward(slot, skip, rewind);
+        slot
+    }
+
+    /// The same claim as [`Cursor::claim_by_probing`], `K` (at most 64) permutation slots at a
+    /// time: their free bits go into a mask without branching, and the first set bit names the
+    /// claimed slot. The only branch, whether the block has a free slot at all, is well
+    /// predicted while `K` exceeds the expected number of probes `M / free` by enough.
+    fn claim_by_blocks<const K: usize>(&mut self, taken: &mut SlotSet, size: u32) -> u32 {
+        let rewind = size - self.skip;
+        let mut slot = self.next;
+        loop {
+            let mut slots = [0; K];
+            let mut free_mask: u64 = 0;
+            for (bit, candidate) in slots.iter_mut().enumerate() {
+                *candidate = slot;
+                free_mask |= u64::from(!taken.contains(slot)) << bit;
+                slot = step_forward_branchless(slot, rewind, size);
+            }
+            if free_mask != 0 {
+                let claimed = slots[free_mask.trailing_zeros() as usize];
+                taken.insert(claimed);
+                self.next = step_forward_branchless(claimed, rewind, size);
+                return claimed;
+            }
+        }
+    }
+}
+
+/// [`step_forward`] with arithmetic instead of a condition, which the compiler may otherwise
+/// turn into an unpredictable branch once the block loop is unrolled: `slot − rewind`, plus M
+/// when that is negative.
+fn step_forward_branchless(slot: u32, rewind: u32, size: u32) -> u32 {
+    let difference = i64::from(slot) - i64::from(rewind);
+    // In `0..M` after the correction, so it fits a u32.
+    (difference + (i64::from(size) & (difference >> 63))) as u32
 }
 
 /// `(slot + skip) % M`, given `rewind = M - skip`, without a division and without overflow even
@@ -795,6 +1002,201 @@ mod tests {
         // The two heavy backends alternate; the light one's share (2^-32 of the ring) is none.
         assert_eq!(counts[0] + counts[1], 97, "{counts:?}");
         assert!(counts[0].abs_diff(counts[1]) <= 1, "{counts:?}");
+    }
+
+    /// One input of [`pinned_rings`]: a name for the failure message, the backends' identities
+    /// and weights (backend `i` gets id `i`), and the ring size.
+    struct PinnedCase {
+        name: String,
+        identities: Vec<Vec<u8>>,
+        weights: Vec<u32>,
+        size: u32,
+    }
+
+    /// Identities of irregular lengths and bytes (not only addresses), from a fixed LCG.
+    fn odd_identities(n: usize) -> Vec<Vec<u8>> {
+        let mut state: u64 = 0x1234_5678_9abc_def0;
+        (0..n)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let len = 1 + (state >> 59) as usize;
+                let mut identity: Vec<u8> = state
+                    .to_le_bytes()
+                    .iter()
+                    .cycle()
+                    .take(len)
+                    .copied()
+                    .collect();
+                identity.extend_from_slice(&(i as u32).to_be_bytes());
+                identity
+            })
+            .collect()
+    }
+
+    /// The inputs whose rings [`pinned_rings`] pins: small and large pools, equal, mixed,
+    /// zero and extreme weights, and every ring size the other tests and the benchmark use.
+    fn pinned_cases() -> Vec<PinnedCase> {
+        let mut cases = Vec::new();
+        let mut add = |name: &str, identities: Vec<Vec<u8>>, weights: Vec<u32>, size: u32| {
+            cases.push(PinnedCase {
+                name: format!("{name} M={size}"),
+                identities,
+                weights,
+                size,
+            });
+        };
+        for size in [2, 3, 13, 97, M] {
+            add("1 backend", identities(1), vec![1], size);
+        }
+        for size in [3, 5, 13, 31, 97, 1009, M, 655_373] {
+            add("3 equal", identities(3), vec![1; 3], size);
+            add("3 weighted 1,1,2", identities(3), vec![1, 1, 2], size);
+            add("3 with a weight 0", identities(3), vec![2, 0, 5], size);
+        }
+        add(
+            "3 extreme",
+            identities(3),
+            vec![u32::MAX, u32::MAX - 1, 1],
+            97,
+        );
+        add(
+            "3 extreme",
+            identities(3),
+            vec![u32::MAX, u32::MAX - 1, 1],
+            M,
+        );
+        add("2 equal", identities(2), vec![1, 1], 2);
+        add("5 in 5", identities(5), vec![1; 5], 5);
+        add("6 with zeros", identities(6), vec![1, 1, 1, 1, 0, 0], 5);
+        for n in [10, 100, 1000] {
+            for size in [M, 655_373] {
+                add(&format!("{n} equal"), identities(n), vec![1; n], size);
+                let weighted = (0..n).map(|i| 1 + (i % 10) as u32).collect();
+                add(
+                    &format!("{n} weighted 1..=10"),
+                    identities(n),
+                    weighted,
+                    size,
+                );
+            }
+        }
+        for size in [307, 1009, 4099, 16411, M] {
+            add("300 equal", identities(300), vec![1; 300], size);
+            let zeros = (0..300).map(|i| (i % 7) as u32).collect();
+            add("300 weights i%7", identities(300), zeros, size);
+            let odd = (0..300).map(|i| [1, 3, 1000, 7, 0][i % 5]).collect();
+            add("300 odd identities", odd_identities(300), odd, size);
+        }
+        // The benchmark's identities: addresses without a port.
+        let bench_ids: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256).into_bytes())
+            .collect();
+        for size in [M, 655_373] {
+            add("bench equal", bench_ids.clone(), vec![1; 1000], size);
+            let weighted = (0..1000).map(|i| 1 + (i % 10) as u32).collect();
+            add("bench weighted", bench_ids.clone(), weighted, size);
+        }
+        add(
+            "1000 one heavy",
+            identities(1000),
+            (0..1000).map(|i| if i == 17 { 1000 } else { 1 }).collect(),
+            M,
+        );
+        cases
+    }
+
+    /// Checksums of the rings of [`pinned_cases`], in order, recorded from the implementation
+    /// before its optimisation (commit a686308): every agent version must build the same rings.
+    const PINNED_CHECKSUMS: &[u64] = &[
+        0xa8c7f832281a39c5, // 1 backend M=2
+        0x5467b0da1d106495, // 1 backend M=3
+        0x5c569877000ae3b5, // 1 backend M=13
+        0x19bfca1c989751f5, // 1 backend M=97
+        0x4ebe9b86711e13f5, // 1 backend M=65537
+        0x756241e1be8c9396, // 3 equal M=3
+        0x1ff3f111c7bd8bd6, // 3 weighted 1,1,2 M=3
+        0x00f92a08bcce41b5, // 3 with a weight 0 M=3
+        0x03dc0901c8da9f27, // 3 equal M=5
+        0xb2de293b1f38a206, // 3 weighted 1,1,2 M=5
+        0x12e37d32c902e575, // 3 with a weight 0 M=5
+        0x2417ee300c5f88f5, // 3 equal M=13
+        0x50511d90d2d91ee6, // 3 weighted 1,1,2 M=13
+        0x4fd37464cff67d97, // 3 with a weight 0 M=13
+        0xa4f2c714bb32e1c5, // 3 equal M=31
+        0x1c734cdb8fa1b087, // 3 weighted 1,1,2 M=31
+        0x922c6c77cc094475, // 3 with a weight 0 M=31
+        0x186a84489dcfe635, // 3 equal M=97
+        0x5ae74108769c9177, // 3 weighted 1,1,2 M=97
+        0x4ab44dafe32ad117, // 3 with a weight 0 M=97
+        0xf4270f53f0ded675, // 3 equal M=1009
+        0x8ec6c1baa0cd8f27, // 3 weighted 1,1,2 M=1009
+        0x9fbca6fd3be8c797, // 3 with a weight 0 M=1009
+        0xa04565a4e01eec87, // 3 equal M=65537
+        0x6d1542c7f40f5837, // 3 weighted 1,1,2 M=65537
+        0x9f9718a18d9e2f95, // 3 with a weight 0 M=65537
+        0xaadb17f6cf309a37, // 3 equal M=655373
+        0x2c288dbe40b20f56, // 3 weighted 1,1,2 M=655373
+        0xc5e89b67ba0f20d5, // 3 with a weight 0 M=655373
+        0x925f65101baf7b35, // 3 extreme M=97
+        0xb56e1df5355f2795, // 3 extreme M=65537
+        0x08cd4c29d1e47d34, // 2 equal M=2
+        0x90d1cef037778be1, // 5 in 5 M=5
+        0x65dfdd71a2b06ea5, // 6 with zeros M=5
+        0x41172f83f687d553, // 10 equal M=65537
+        0xc814225e348d7a67, // 10 weighted 1..=10 M=65537
+        0x55e658c887b56197, // 10 equal M=655373
+        0xd4326c75bf84c9a7, // 10 weighted 1..=10 M=655373
+        0x3828a46be39230af, // 100 equal M=65537
+        0x5a5127de8fdc82ce, // 100 weighted 1..=10 M=65537
+        0x6bff59d4cb0a3fd3, // 100 equal M=655373
+        0x003feab8d8d0b358, // 100 weighted 1..=10 M=655373
+        0x0a85576af8d2028f, // 1000 equal M=65537
+        0xf7504aec23a4be9f, // 1000 weighted 1..=10 M=65537
+        0x12b5d25baf5b5b5a, // 1000 equal M=655373
+        0xe90de84916f718d3, // 1000 weighted 1..=10 M=655373
+        0x2a4063adf5c3fdc4, // 300 equal M=307
+        0xf32136cf865ba5fd, // 300 weights i%7 M=307
+        0x9a32d7e6bcd7bfd4, // 300 odd identities M=307
+        0xb0d251449fef5be0, // 300 equal M=1009
+        0x85c7744d0303d510, // 300 weights i%7 M=1009
+        0x2d362928b5742e50, // 300 odd identities M=1009
+        0x6e22b7f438989eb4, // 300 equal M=4099
+        0xb738c4e3530a5fe1, // 300 weights i%7 M=4099
+        0x1fc8820e3ceeb72d, // 300 odd identities M=4099
+        0x9495f3afafbc8c00, // 300 equal M=16411
+        0xcb59d9fd2c192de8, // 300 weights i%7 M=16411
+        0x83a5279c64aaa702, // 300 odd identities M=16411
+        0xf759f8cd68063d6b, // 300 equal M=65537
+        0x3de2deb132e14e64, // 300 weights i%7 M=65537
+        0x5d4d941e7279cfc3, // 300 odd identities M=65537
+        0xd3e70ec3830298e3, // bench equal M=65537
+        0x3b408eafb5040933, // bench weighted M=65537
+        0x7d155e41d43e7a7b, // bench equal M=655373
+        0x96724bd93e62d4e6, // bench weighted M=655373
+        0x1c81abdab8ccea6a, // 1000 one heavy M=65537
+    ];
+
+    /// Pins the output for many inputs, so that an optimisation of the builder cannot change a
+    /// single slot: agents of different versions must agree on every ring during an upgrade.
+    #[test]
+    fn pinned_rings() {
+        let computed: Vec<(String, u64)> = pinned_cases()
+            .into_iter()
+            .map(|case| {
+                let backends = backends(&case.identities, &case.weights);
+                (case.name, checksum(&ring(&backends, case.size)))
+            })
+            .collect();
+        let table: String = computed
+            .iter()
+            .map(|(name, sum)| format!("        {sum:#018x}, // {name}\n"))
+            .collect();
+        assert_eq!(computed.len(), PINNED_CHECKSUMS.len(), "computed:\n{table}");
+        for ((name, sum), expected) in computed.iter().zip(PINNED_CHECKSUMS) {
+            assert_eq!(sum, expected, "{name}; computed:\n{table}");
+        }
     }
 
     /// Pins the algorithm: any change to hashing, sorting or claiming order breaks these.
