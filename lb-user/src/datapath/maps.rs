@@ -30,6 +30,13 @@ impl Datapath {
         array.set(0, settings, 0).map_err(map_error(map))
     }
 
+    /// The global settings.
+    pub fn settings(&mut self) -> Result<Settings> {
+        let map = names::SETTINGS;
+        let array: Array<_, Settings> = self.typed(map)?;
+        array.get(&0, 0).map_err(map_error(map))
+    }
+
     /// Records the layout of the maps (`LAYOUT`).
     pub fn set_layout(&mut self, layout: &Layout) -> Result<()> {
         let map = names::LAYOUT;

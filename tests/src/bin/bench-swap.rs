@@ -198,6 +198,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
 
     let mut probe = RingProbe::open(&files.state_dir, CONNTRACK_SIZE)
         .context("loading the probe program on the agent's maps")?;
+    let local_mac = probe.local_mac().context("reading the agent's settings")?;
     // One probe flow per VIP whose ring slot belongs to the switched backend.
     let mut probes = Vec::new();
     for v in 0..VIPS {
@@ -211,6 +212,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
                     vip_address(v),
                     PORT,
                 )
+                .to_mac(local_mac)
                 .build()
             })
             .find(|frame| probe.tunnel_destination(frame).ok().flatten() == Some(target))

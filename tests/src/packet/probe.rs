@@ -35,6 +35,12 @@ impl RingProbe {
         })
     }
 
+    /// The MAC the agent's datapath balances frames for (its interface's): probe frames must
+    /// be addressed to it, or they pass as `other_mac`.
+    pub fn local_mac(&mut self) -> Result<[u8; 6], DatapathError> {
+        Ok(self.datapath.settings()?.local_mac)
+    }
+
     /// Runs the program once on `frame` (a TCP or UDP frame, not itself IPIP); for a frame it
     /// encapsulates in an IPv4 tunnel, the outer destination (the backend), else `None`.
     pub fn tunnel_destination(&mut self, frame: &[u8]) -> std::io::Result<Option<IpAddr>> {
