@@ -547,7 +547,7 @@ pub fn section(paths: &[Path], samples: &[Vec<f64>], plan: Plan, cpu: usize) -> 
         title: "Per-packet cost".into(),
         method: format!(
             "The real XDP object (lb-ebpf, as embedded in lb) loaded with the lab's VIPs, the \
-             default CONNTRACK size ({DEFAULT_CONNTRACK_SIZE} flows) and rings of the default \
+             default conntrack_size ({DEFAULT_CONNTRACK_SIZE} flows in FLOWS) and rings of the default \
              size, run by BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, \
              batches of {BATCH_SIZE}): each frame is a page-pool page run through the program \
              and then handled by its verdict, as a driver would. The kernel times each call of \
