@@ -90,7 +90,7 @@ impl std::error::Error for MaglevError {}
 /// Cost, for `M = size`: about `M·ln(√M)` bitmap probes (half of the plain algorithm's
 /// `M·ln M`: the last `√M` claims scan a list of the free slots instead, about `M / 2` cheap
 /// steps in all), plus, when weights differ, the credit updates of one period of rounds
-/// (see [`Turns`]), or of every round when a period would not fit in the ring. About 0.8 ms
+/// (see `Turns` below), or of every round when a period would not fit in the ring. About 0.8 ms
 /// for 1000 backends and M = 65537, 9.5 ms for M = 655373, weighted or not
 /// (`cargo bench -p lb-common --bench maglev`, 2-core VM).
 pub fn build_ring(backends: &[MaglevBackend<'_>], size: u32) -> Result<Vec<u32>, MaglevError> {
