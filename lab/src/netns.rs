@@ -58,6 +58,16 @@ impl Netns {
         or_panic(self.try_ip(args))
     }
 
+    /// The routes of routing table `table` that `ip route show table TABLE FILTER` prints:
+    /// empty while the table does not exist (the kernel creates it with its first route, and
+    /// `ip` fails on it before that).
+    pub fn table_routes(&self, table: u32, filter: &str) -> String {
+        match self.try_ip(&format!("route show table {table} {filter}")) {
+            Err(error) if error.to_string().contains("FIB table does not exist") => String::new(),
+            shown => or_panic(shown),
+        }
+    }
+
     /// Runs several `ip` commands (one per entry, without `ip`) in one `ip -batch` process.
     pub fn try_ip_batch(&self, commands: &[String]) -> Result<(), LabError> {
         let mut ip = Command::new("ip");

@@ -24,7 +24,7 @@ fn routes(lab: &AgentLab, filter: &str) -> Vec<String> {
     lab.lan
         .host(1)
         .ns
-        .ip(&format!("route show table {TABLE} {filter}"))
+        .table_routes(TABLE, filter)
         .lines()
         .map(str::to_owned)
         .collect()

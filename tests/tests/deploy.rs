@@ -248,7 +248,7 @@ impl DeployLab {
         self.lan
             .host(1)
             .ns
-            .ip(&format!("route show table {TABLE} proto {PROTOCOL}"))
+            .table_routes(TABLE, &format!("proto {PROTOCOL}"))
     }
 
     /// `lb ARGS --state-dir DIR` inside the load balancer's namespace.

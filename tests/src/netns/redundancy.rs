@@ -553,9 +553,7 @@ impl RedundancyLab {
         !self
             .host(i)
             .ns
-            .ip(&format!(
-                "route show table {TABLE} exact {address}/32 proto {PROTOCOL}"
-            ))
+            .table_routes(TABLE, &format!("exact {address}/32 proto {PROTOCOL}"))
             .trim()
             .is_empty()
     }
