@@ -249,6 +249,66 @@ fn upgrade_under_traffic(release: Release) {
     assert!(failures(&answers).is_empty(), "{answers:?}");
 }
 
+/// `lb run --fresh-state` on the lab's configuration, in the load balancer's namespace, logging
+/// where the lab's agents log.
+fn start_fresh(lab: &AgentLab) -> std::process::Child {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", lab.lan.host(1).ns.name))
+        .arg(lb_binary())
+        .args(["run", "--fresh-state", "--config"])
+        .arg(&lab.files.config)
+        .env("RUST_LOG", "info")
+        .stdout(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&lab.files.log)
+                .expect("log"),
+        )
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&lab.files.log)
+                .expect("log"),
+        );
+    command.spawn().expect("lb run --fresh-state")
+}
+
+#[test]
+fn fresh_state_on_an_older_layout_recreates_every_map_without_stopping_traffic() {
+    let lab = AgentLab::new("upgrade-fresh");
+    start_old(&lab, Release::V1);
+    let answers = lab.connect(10);
+    assert!(failures(&answers).is_empty(), "{answers:?}");
+    let opener = Opener::start(&lab);
+    let mut fresh = start_fresh(&lab);
+    assert!(
+        lab.files
+            .wait_log("datapath attached", 1, Duration::from_secs(15)),
+        "{}",
+        lab.files.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = opener.stop();
+    println!(
+        "--fresh-state on layout 1: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let log = lab.files.log_text();
+    assert!(
+        log.contains("FLOWS (new)") && !log.contains("tracked flows of CONNTRACK"),
+        "every map recreated, no flow carried: {log}"
+    );
+    assert!(!lab.files.state_dir.join("CONNTRACK").exists());
+    let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+    assert_eq!(datapath.layout().expect("layout"), Layout::CURRENT);
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+}
+
 #[test]
 fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
     let lab = AgentLab::new("upgrade-refused");
@@ -292,26 +352,7 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
     // `--fresh-state` replaces the maps without stopping traffic: the rings are the same, so
     // even the connections it no longer tracks land on their backend again.
     let opener = Opener::start(&lab);
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{}", lab.lan.host(1).ns.name))
-        .arg(lb_binary())
-        .args(["run", "--fresh-state", "--config"])
-        .arg(&lab.files.config)
-        .env("RUST_LOG", "info")
-        .stdout(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&lab.files.log)
-                .expect("log"),
-        )
-        .stderr(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&lab.files.log)
-                .expect("log"),
-        );
-    let mut fresh = command.spawn().expect("lb run --fresh-state");
+    let mut fresh = start_fresh(&lab);
     assert!(
         lab.files
             .wait_log("datapath attached", attached + 1, Duration::from_secs(15)),

@@ -188,6 +188,9 @@ impl Datapath {
                 Ok(PinnedLayout::Current) if options.fresh_state => {
                     PinnedLayout::Older(layout::Migration::fresh(lb_common::layout::LAYOUT_VERSION))
                 }
+                Ok(PinnedLayout::Older(migration)) if options.fresh_state => {
+                    PinnedLayout::Older(layout::Migration::fresh(migration.from))
+                }
                 Ok(found) => found,
                 Err(_) if options.fresh_state => PinnedLayout::Older(layout::Migration::fresh(0)),
                 Err(error) => return Err(DatapathError::Layout(error)),
