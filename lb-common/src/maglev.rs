@@ -175,18 +175,19 @@ fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
     while free > 0 {
         let round = turns.next_round();
         if free >= round.len() + scan_below {
+            let (cursors, taken, ring) = (&mut cursors, &mut taken, &mut ring);
             match ProbeMode::for_free_share(free, size) {
                 ProbeMode::Loop => {
-                    claim_round_by_probing(round, &mut cursors, &mut taken, &mut ring);
+                    claim_round(round, cursors, taken, ring, Cursor::claim_by_probing)
                 }
                 ProbeMode::Blocks4 => {
-                    claim_round_by_blocks::<4>(round, &mut cursors, &mut taken, &mut ring);
+                    claim_round(round, cursors, taken, ring, Cursor::claim_by_blocks::<4>);
                 }
                 ProbeMode::Blocks8 => {
-                    claim_round_by_blocks::<8>(round, &mut cursors, &mut taken, &mut ring);
+                    claim_round(round, cursors, taken, ring, Cursor::claim_by_blocks::<8>);
                 }
                 ProbeMode::Pairs => {
-                    claim_round_by_pairs(round, &mut cursors, &mut taken, &mut ring);
+                    claim_round(round, cursors, taken, ring, Cursor::claim_by_probing_pairs);
                 }
             }
             free -= round.len();
@@ -208,20 +209,22 @@ fn fill_ring(backends: &[&MaglevBackend<'_>], size: u32) -> Vec<u32> {
     ring
 }
 
-/// One round of claims by probing, in a function of its own so that the hot loop gets the
-/// registers to itself instead of sharing them with the rest of [`fill_ring`].
+/// One round of claims, each made by `claim` (a way of probing, see [`ProbeMode`]), in a
+/// function of its own so that the hot loop gets the registers to itself instead of sharing
+/// them with the rest of [`fill_ring`]: one copy of it per `claim`, with `claim` inlined.
 #[inline(never)]
-fn claim_round_by_probing(
+fn claim_round(
     round: &[u32],
     cursors: &mut [Cursor],
     taken: &mut SlotSet,
     ring: &mut [u32],
+    claim: impl Fn(&mut Cursor, &mut SlotSet, u32) -> u32,
 ) {
     // One entry per slot, and the size came from a u32.
     let size = ring.len() as u32;
     for &backend in round {
         let cursor = &mut cursors[backend as usize];
-        let slot = cursor.claim_by_probing(taken, size);
+        let slot = claim(cursor, taken, size);
         ring[slot as usize] = cursor.id;
     }
 }
@@ -259,40 +262,6 @@ impl ProbeMode {
         } else {
             Self::Pairs
         }
-    }
-}
-
-/// [`claim_round_by_probing`] with [`Cursor::claim_by_probing_pairs`].
-#[inline(never)]
-fn claim_round_by_pairs(
-    round: &[u32],
-    cursors: &mut [Cursor],
-    taken: &mut SlotSet,
-    ring: &mut [u32],
-) {
-    // One entry per slot, and the size came from a u32.
-    let size = ring.len() as u32;
-    for &backend in round {
-        let cursor = &mut cursors[backend as usize];
-        let slot = cursor.claim_by_probing_pairs(taken, size);
-        ring[slot as usize] = cursor.id;
-    }
-}
-
-/// [`claim_round_by_probing`] with [`Cursor::claim_by_blocks`], testing `K` slots at a time.
-#[inline(never)]
-fn claim_round_by_blocks<const K: usize>(
-    round: &[u32],
-    cursors: &mut [Cursor],
-    taken: &mut SlotSet,
-    ring: &mut [u32],
-) {
-    // One entry per slot, and the size came from a u32.
-    let size = ring.len() as u32;
-    for &backend in round {
-        let cursor = &mut cursors[backend as usize];
-        let slot = cursor.claim_by_blocks::<K>(taken, size);
-        ring[slot as usize] = cursor.id;
     }
 }
 
@@ -474,9 +443,7 @@ impl Cursor {
         self.next = step_forward(slot, skip, rewind);
         slot
     }
-}
 
-impl Cursor {
     /// The same claim as [`Cursor::claim_by_probing`], walking the permutation's even and odd
     /// positions as two chains of steps of `2 · skip`: a claim that walks many slots is bound
     /// by the latency of the step (a compare and a conditional move), which two independent

@@ -107,21 +107,12 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
     );
     assert_eq!(count(&answers, "b3"), 60, "only b3 is left: {answers:?}");
     wait_admin(&lab, 1, "maint");
-    let client = lab.lan.host(0).ip;
     let port = held
         .iter()
         .find(|(_, n)| n == "b2")
         .map(|(s, _)| s.local_addr().expect("addr").port())
         .expect("a held b2 connection");
-    let explained = lab.lb(&[
-        "explain",
-        "--json",
-        "--vip",
-        &format!("{VIP}:{PORT}/tcp"),
-        "--client",
-        &format!("{client}:{port}"),
-    ]);
-    let explained: Value = serde_json::from_slice(&explained.stdout).expect("explain json");
+    let explained = lab.explain(port);
     assert_eq!(explained["reason"], "rehash", "{explained}");
     assert_ne!(explained["backend"], lab.backend_ip(1).to_string().as_str());
 

@@ -171,24 +171,9 @@ fn upgrade_under_traffic(release: Release) {
     }
     // Conntrack was carried over: every connection opened through the old datapath is
     // tracked to its backend, also those the new ring sends to the third backend.
-    let client = lab.lan.host(0).ip;
     let mut moved_by_the_ring = 0;
     for (stream, name) in &held {
-        let port = stream.local_addr().expect("local").port();
-        let output = lab.lb(&[
-            "explain",
-            "--json",
-            "--vip",
-            &format!("{VIP}:{PORT}/tcp"),
-            "--client",
-            &format!("{client}:{port}"),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let explained: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        let explained = lab.explain(stream.local_addr().expect("local").port());
         assert_eq!(explained["reason"], "tracked", "{explained}");
         let backend = lab.backend_ip(NAMES.iter().position(|n| n == name).expect("name"));
         assert_eq!(

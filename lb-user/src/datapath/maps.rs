@@ -25,30 +25,34 @@ use super::{
 impl Datapath {
     /// Sets the global settings.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
-        let map = names::SETTINGS;
-        let mut array: Array<_, Settings> = self.typed(map)?;
-        array.set(0, settings, 0).map_err(map_error(map))
+        self.set_single(names::SETTINGS, settings)
     }
 
     /// The global settings.
     pub fn settings(&mut self) -> Result<Settings> {
-        let map = names::SETTINGS;
-        let array: Array<_, Settings> = self.typed(map)?;
-        array.get(&0, 0).map_err(map_error(map))
+        self.single(names::SETTINGS)
     }
 
     /// Records the layout of the maps (`LAYOUT`).
     pub fn set_layout(&mut self, layout: &Layout) -> Result<()> {
-        let map = names::LAYOUT;
-        let mut array: Array<_, Layout> = self.typed(map)?;
-        array.set(0, layout, 0).map_err(map_error(map))
+        self.set_single(names::LAYOUT, layout)
     }
 
     /// The layout the maps were created with (version 0 if never recorded).
     pub fn layout(&mut self) -> Result<Layout> {
-        let map = names::LAYOUT;
-        let array: Array<_, Layout> = self.typed(map)?;
+        self.single(names::LAYOUT)
+    }
+
+    /// The value of the one-entry array `map`.
+    fn single<T: aya::Pod>(&mut self, map: &'static str) -> Result<T> {
+        let array: Array<_, T> = self.typed(map)?;
         array.get(&0, 0).map_err(map_error(map))
+    }
+
+    /// Sets the value of the one-entry array `map`.
+    fn set_single<T: aya::Pod>(&mut self, map: &'static str, value: &T) -> Result<()> {
+        let mut array: Array<_, T> = self.typed(map)?;
+        array.set(0, value, 0).map_err(map_error(map))
     }
 
     /// Adds the counters of the old per-CPU `STATS` map pinned at `old` to `STATS`, matching

@@ -156,6 +156,25 @@ impl AgentLab {
             .expect("run lb")
     }
 
+    /// `lb explain --json` for the lab client's flow from `client_port` to the VIP, which must
+    /// succeed.
+    pub fn explain(&self, client_port: u16) -> serde_json::Value {
+        let output = self.lb(&[
+            "explain",
+            "--json",
+            "--vip",
+            &format!("{VIP}:{PORT}/tcp"),
+            "--client",
+            &format!("{}:{client_port}", self.lan.host(0).ip),
+        ]);
+        assert!(
+            output.status.success(),
+            "lb explain: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("explain json")
+    }
+
     /// See the name.
     pub fn attached_count(&self) -> usize {
         self.files.log_text().matches("datapath attached").count()
