@@ -18,7 +18,10 @@
 //! (but for a 2^-31 chance) and treats the flow as untracked: it takes the ring, as an evicted
 //! flow does.
 
-use crate::FlowKey;
+use crate::{
+    word_hash::{finish, round},
+    FlowKey,
+};
 
 /// Flows per set.
 pub const WAYS: usize = 4;
@@ -61,15 +64,12 @@ impl ConntrackHash {
 /// Seed of [`conntrack_hash`]: fixed, so `lb explain` and every build find flows where the
 /// program put them.
 const CONNTRACK_HASH_SEED: u64 = 0x6c62_5f63_745f_3031; // "lb_ct_01"
-/// The multiplier of [`conntrack_hash`]'s rounds (the 64-bit golden ratio, odd).
-const ROUND: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The set and check of `key`: a multiplicative hash of its [`FlowKey::words`] (IPv4 keys'
+/// The set and check of `key`: a multiplicative hash (`word_hash`) of its [`FlowKey::words`] (IPv4 keys'
 /// zero words skipped), then a final mix. 64 bits, so the check is independent of the set.
 #[inline(always)]
 pub fn conntrack_hash(key: &FlowKey) -> ConntrackHash {
     let w = key.words();
-    let round = |h: u64, word: u32| (h ^ u64::from(word)).wrapping_mul(ROUND);
     let mut h = round(CONNTRACK_HASH_SEED, w[0]);
     h = round(h, w[4]);
     if key.family == crate::maps::Family::V6 as u8 {
@@ -82,8 +82,7 @@ pub fn conntrack_hash(key: &FlowKey) -> ConntrackHash {
     }
     h = round(h, w[8]);
     h = round(h, w[9]);
-    h ^= h >> 32;
-    h = h.wrapping_mul(ROUND);
+    h = finish(h);
     ConntrackHash {
         set: (h >> 32) as u32,
         check: h as u32 | 1,

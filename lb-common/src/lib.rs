@@ -24,5 +24,6 @@ pub mod maglev;
 pub mod maps;
 pub mod stats;
 pub mod vip_index;
+mod word_hash;
 
 pub use flow::{flow_hash, FlowKey};

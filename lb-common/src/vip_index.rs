@@ -17,7 +17,10 @@
 //! on which the datapath asks `VIPS`. A slot holding only the overflow bit is always correct,
 //! which is how the agent rewrites slots safely (see lb-user's `datapath::vip_index`).
 
-use crate::maps::{Vip, VipKey};
+use crate::{
+    maps::{Vip, VipKey},
+    word_hash::round,
+};
 
 /// Number of `VIP_SLOTS` (a power of two): four per VIP at `MAX_VIPS`, so few keys share a slot.
 pub const VIP_SLOTS: u32 = 4096;
@@ -68,7 +71,7 @@ pub fn vip_hash(key: &VipKey) -> VipHash {
 pub fn vip_hash_of_words(words: [u32; 5]) -> VipHash {
     let mut h = VIP_HASH_SEED;
     for word in words {
-        h = (h ^ u64::from(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = round(h, word);
     }
     VipHash {
         slot: (h >> (64 - SLOT_BITS)) as u32,
