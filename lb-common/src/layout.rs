@@ -12,20 +12,25 @@
 //! Version 0 is the state of agents from before this scheme: it has no `LAYOUT` map. Version 1
 //! added `LAYOUT` and the interface MAC in `Settings` (17 → 20 counters, too). Version 2
 //! replaced the `CONNTRACK` LRU hash map by the `FLOWS` set table and added the VIP index
-//! (`VIP_SLOTS`, `VIP_ENTRIES`).
+//! (`VIP_SLOTS`, `VIP_ENTRIES`). Version 3 gave every flow of `FLOWS` a class beside its last
+//! tick (the stamp), made `FLOWS` mmapable, added the idle timeouts to `Settings` and a counter
+//! (`conntrack_evicted_protected`).
 
 use core::mem::{align_of, offset_of, size_of};
 
 use crate::{
     conntrack::{FlowSet, WAYS},
-    maps::{Backend, DecapKey, Settings, Vip, VipKey, MAX_BACKENDS, MAX_VIPS},
+    maps::{Backend, DecapKey, Settings, Vip, VipKey, FLOWS_FLAGS, MAX_BACKENDS, MAX_VIPS},
     stats::{BackendStats, Counter, VipStats},
     vip_index::{VipEntry, VIP_SLOTS},
     FlowKey,
 };
 
 /// The layout this build writes and reads.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// The fingerprint version 2 recorded in its `LAYOUT`.
+pub const V2_FINGERPRINT: u64 = 0x995b_e082_dd3c_ab7e;
 
 /// The fingerprint version 1 recorded in its `LAYOUT` (the build of that version computed it
 /// from its own shapes, which this build no longer has).
@@ -79,7 +84,7 @@ pub const SHAPE: &[usize] = &[
     size_of::<FlowSet>(),
     align_of::<FlowSet>(),
     offset_of!(FlowSet, tags),
-    offset_of!(FlowSet, seen),
+    offset_of!(FlowSet, stamps),
     offset_of!(FlowSet, keys),
     WAYS,
     size_of::<FlowKey>(),
@@ -95,6 +100,7 @@ pub const SHAPE: &[usize] = &[
     offset_of!(Settings, tunnel_source_v4),
     offset_of!(Settings, tunnel_source_v6),
     offset_of!(Settings, local_mac),
+    offset_of!(Settings, idle_timeouts),
     size_of::<DecapKey>(),
     size_of::<VipStats>(),
     size_of::<BackendStats>(),
@@ -103,6 +109,7 @@ pub const SHAPE: &[usize] = &[
     offset_of!(VipEntry, key),
     offset_of!(VipEntry, vip),
     VIP_SLOTS as usize,
+    FLOWS_FLAGS as usize,
     Counter::COUNT as usize,
     MAX_VIPS as usize,
     MAX_BACKENDS as usize,
@@ -133,7 +140,7 @@ mod tests {
     /// type or a map size changed: bump `LAYOUT_VERSION`, add the new fingerprint below, and
     /// teach the agent's migration (lb-user `datapath/layout.rs`) the step from the previous
     /// version.
-    const RECORDED: &[(u32, u64)] = &[(1, V1_FINGERPRINT), (2, 0x995b_e082_dd3c_ab7e)];
+    const RECORDED: &[(u32, u64)] = &[(1, V1_FINGERPRINT), (2, V2_FINGERPRINT), (3, 0)];
 
     #[test]
     fn the_layout_version_changes_with_the_shapes() {

@@ -165,6 +165,9 @@ pub const RING_FLAGS: u32 = 0x1000 | 0x400;
 /// writes each 32-bit word with one store (a `bpf_map_update_elem` copies with `memcpy`, which
 /// a program reading at the same time may see half done).
 pub const VIP_INDEX_FLAGS: u32 = 0x400;
+/// Map flags of `FLOWS`: `BPF_F_MMAPABLE` (kernel 5.5), so `lb stats` and `/metrics` count its
+/// flows by class reading memory, not a syscall per set.
+pub const FLOWS_FLAGS: u32 = 0x400;
 /// Ring slot value meaning "no backend" (never written by a well-formed ring).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -333,7 +336,7 @@ pub struct Conntrack {
 
 /// The single value of `SETTINGS`: global datapath settings.
 ///
-/// Aligned to 4 bytes with explicit padding (size 28), so the XDP program copies addresses by
+/// Aligned to 4 bytes with explicit padding (size 44), so the XDP program copies addresses by
 /// words.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -347,6 +350,10 @@ pub struct Settings {
     pub local_mac: [u8; 6],
     /// Always zero.
     pub _pad: [u8; 2],
+    /// How long established and closing flows stay protected from eviction while idle, in
+    /// `FLOWS` ticks ([`crate::conntrack`]). All zeros (not set yet): no flow is protected,
+    /// the table is a plain least-recently-seen cache.
+    pub idle_timeouts: crate::conntrack::IdleTimeouts,
 }
 
 /// Key of `DECAP_ADDRS`: a local address tunnels may be addressed to.
@@ -402,7 +409,7 @@ mod tests {
         assert_eq!(size_of::<Vip>(), 12);
         assert_eq!(size_of::<Backend>(), 44);
         assert_eq!(size_of::<Conntrack>(), 4);
-        assert_eq!(size_of::<Settings>(), 28);
+        assert_eq!(size_of::<Settings>(), 44);
         assert_eq!(size_of::<DecapKey>(), 20);
         assert_eq!(size_of::<crate::vip_index::VipEntry>(), 32);
         assert_eq!(size_of::<crate::conntrack::FlowSet>(), 208);

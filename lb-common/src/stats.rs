@@ -34,7 +34,10 @@ pub enum Counter {
     RedirectFailed,
     /// Flows whose tracked backend was down, moved to another backend.
     Rehashed,
-    /// Conntrack inserts that failed.
+    /// New flows not tracked: every way of their set held a protected flow (established or
+    /// closing, and active). They still take the ring, so they work unless it changes before
+    /// their next packet. Steadily rising: `conntrack_size` is too small for the connections
+    /// being served (see the flows by class).
     ConntrackFull,
     /// ICMP errors about a VIP's flow (destination unreachable, fragmentation needed / packet
     /// too big, time exceeded, parameter problem) forwarded to the flow's backend, so a DSR
@@ -44,11 +47,15 @@ pub enum Counter {
     /// host's port, a NIC in promiscuous mode): only frames for this interface are balanced, so
     /// two instances never both forward one packet.
     OtherMac,
+    /// Protected flows (established or closing, and active) evicted for a new flow: the
+    /// eviction rule forbids it, so this stays 0 but for a flow that became protected on
+    /// another CPU while a new flow was taking its way.
+    ConntrackEvictedProtected,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Pass,
         Counter::Tx,
         Counter::Redirect,
@@ -67,6 +74,7 @@ impl Counter {
         Counter::ConntrackFull,
         Counter::IcmpError,
         Counter::OtherMac,
+        Counter::ConntrackEvictedProtected,
     ];
     /// Number of counters (size of `STATS`).
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -92,6 +100,7 @@ impl Counter {
             Counter::ConntrackFull => "conntrack_full",
             Counter::IcmpError => "icmp_error",
             Counter::OtherMac => "other_mac",
+            Counter::ConntrackEvictedProtected => "conntrack_evicted_protected",
         }
     }
 }
@@ -128,7 +137,10 @@ impl Counter {
             | Counter::TooBig
             | Counter::NoHeadroom
             | Counter::RedirectFailed => CounterClass::Dropped,
-            Counter::Rehashed | Counter::ConntrackFull | Counter::IcmpError => CounterClass::Event,
+            Counter::Rehashed
+            | Counter::ConntrackFull
+            | Counter::IcmpError
+            | Counter::ConntrackEvictedProtected => CounterClass::Event,
         }
     }
 }

@@ -5,8 +5,8 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::helpers::bpf_jiffies64;
 use lb_common::{
     conntrack::{
-        conntrack_hash, find_way, set_index, tag, tag_backend, ticks, way_for, ConntrackHash,
-        FlowSet, WAYS,
+        after_packet, conntrack_hash, find_way, set_index, stamp, tag, tag_backend, tag_check,
+        ticks, way_for, ConntrackHash, FlowClass, FlowSet, IdleTimeouts, WAYS,
     },
     lookup::{self, Source},
     maps::{Backend, BackendState, Vip, VipKey, NO_BACKEND},
@@ -78,10 +78,11 @@ pub struct Choice {
 /// A tracked flow stays on its backend while that backend is up or draining; a SYN (a new
 /// connection, even on a reused 5-tuple) and an untracked flow go through the VIP's Maglev ring,
 /// and so does a tracked flow whose backend went down (it is re-hashed). A flow given a backend
-/// by the ring is tracked (`FLOWS`, see `lb_common::conntrack`); an ICMP error follows its flow
-/// the same way but is never tracked itself. `None`: no backend.
+/// by the ring is tracked (`FLOWS`, see `lb_common::conntrack`) if its set has a way no
+/// protected flow holds (`timeouts`); an ICMP error follows its flow the same way but is never
+/// tracked itself, nor counts as the flow's packet. `None`: no backend.
 #[inline(always)]
-pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
+pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Choice> {
     let flow = &packet.flow;
     let hash = conntrack_hash(flow);
     let flow_label = hash.flow_label();
@@ -98,7 +99,9 @@ pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
     });
     match (lookup::source(state, packet.syn), tracked, &table) {
         (Source::Tracked, Some((way, id, Some(backend))), Some(table)) => {
-            table.seen(way);
+            if !packet.icmp_error {
+                table.seen(way, packet);
+            }
             stats::vip_conntrack_hit(vip.id);
             return Some(Choice {
                 id,
@@ -113,8 +116,13 @@ pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
     if !packet.icmp_error {
         // (An error message about a flow is no reason to track it.)
         if let Some(table) = &table {
-            if table.track(flow, found.map(|(way, _)| way), id) {
-                stats::count(Counter::ConntrackFull);
+            // A re-hashed flow keeps its class; a SYN, or a flow seen for the first time, is
+            // unconfirmed.
+            let rehashed = tracked.map(|(way, _, _)| way);
+            match table.track(flow, found.map(|(way, _)| way), rehashed, id, packet, timeouts) {
+                Tracked::Yes => {}
+                Tracked::No => stats::count(Counter::ConntrackFull),
+                Tracked::EvictingProtected => stats::count(Counter::ConntrackEvictedProtected),
             }
         }
         stats::new_flow(vip.id, id);
@@ -124,6 +132,17 @@ pub fn backend(packet: &Packet, vip: &Vip) -> Option<Choice> {
         backend,
         flow_label,
     })
+}
+
+/// What [`FlowTable::track`] did.
+enum Tracked {
+    /// The flow is tracked, in its own way, an empty one or an evictable flow's.
+    Yes,
+    /// Every way holds a protected flow: the flow is not tracked.
+    No,
+    /// The flow is tracked in the way of a flow that became protected after the way was
+    /// chosen (its next packet, on another CPU, in between).
+    EvictingProtected,
 }
 
 /// The set of `FLOWS` a flow belongs to.
@@ -161,46 +180,80 @@ impl FlowTable {
         Some((way, tag_backend(*self.tags.get(way)?)))
     }
 
-    /// The flow in `way` was seen now.
+    /// The flow in `way` sent `packet` (not a SYN) now: its stamp takes the tick and the class
+    /// the packet gives it ([`after_packet`]), written only when either changed.
     #[inline(always)]
-    fn seen(&self, way: usize) {
+    fn seen(&self, way: usize, packet: &Packet) {
         let now = now();
-        // SAFETY: as in `of`; `seen` is advisory (which way to evict), any value is safe.
+        // SAFETY: as in `of`; a stamp is one aligned 4-byte word, and any value is safe (it
+        // only decides which way a new flow may take).
         unsafe {
-            if let Some(seen) = (*self.set).seen.get_mut(way) {
-                if *seen != now {
-                    *seen = now;
+            if let Some(old) = (*self.set).stamps.get_mut(way) {
+                let class = after_packet(
+                    FlowClass::of_stamp(*old),
+                    packet.flow.protocol,
+                    packet.closes,
+                );
+                let new = stamp(now, class);
+                if *old != new {
+                    *old = new;
                 }
             }
         }
     }
 
-    /// Tracks `flow` to `backend` in the way it has (`found`), an empty one, or the one seen
-    /// longest ago. Whether that evicted an active flow.
+    /// Tracks `flow` to `backend` in the way it has (`found`), an empty one, or the evictable
+    /// one seen longest ago ([`way_for`]). Its class: unconfirmed, but for a flow re-hashed
+    /// from the way `rehashed`, whose class `packet` carries on ([`after_packet`]).
     #[inline(always)]
-    fn track(&self, flow: &FlowKey, found: Option<usize>, backend: u32) -> bool {
+    fn track(
+        &self,
+        flow: &FlowKey,
+        found: Option<usize>,
+        rehashed: Option<usize>,
+        backend: u32,
+        packet: &Packet,
+        timeouts: &IdleTimeouts,
+    ) -> Tracked {
         let now = now();
-        // SAFETY: as in `of`. The key and `seen` are written before the tag word, which is
+        // SAFETY: as in `of`. The key and the stamp are written before the tag word, which is
         // written with one aligned 8-byte store: a reader sees the old flow, the new one, or a
         // mix that the check rejects.
         unsafe {
-            let seen = (*self.set).seen;
-            let placement = way_for(&self.tags, &seen, found, now);
-            let way = placement.way % WAYS;
+            let stamps = (*self.set).stamps;
+            let Some(way) = way_for(&self.tags, &stamps, found, now, timeouts) else {
+                return Tracked::No;
+            };
+            let way = way % WAYS;
+            let class = match rehashed {
+                Some(old) => after_packet(
+                    FlowClass::of_stamp(stamps[old % WAYS]),
+                    flow.protocol,
+                    packet.closes,
+                ),
+                None => FlowClass::Unconfirmed,
+            };
             let set = &mut *self.set;
+            // Read again: the flow there may have become protected since `stamps` was read.
+            let victim = read_volatile(set.stamps.as_ptr().add(way));
+            let evicts = found.is_none() && tag_check(self.tags[way]) != 0;
             let key = set.keys.as_mut_ptr().add(way);
             let words = flow.words();
             for (i, word) in words.iter().enumerate() {
                 key.cast::<u32>().add(i).write(u32::from_le(*word));
             }
-            set.seen[way] = now;
+            set.stamps[way] = stamp(now, class);
             write_volatile(set.tags.as_mut_ptr().add(way), tag(self.check, backend));
-            placement.evicts_active
+            if evicts && timeouts.protects(victim, now) {
+                Tracked::EvictingProtected
+            } else {
+                Tracked::Yes
+            }
         }
     }
 }
 
-/// The clock of `FLOWS`' `seen` ([`ticks`]).
+/// The clock of `FLOWS`' stamps ([`ticks`]).
 #[inline(always)]
 fn now() -> u32 {
     // SAFETY: a helper without arguments; the verifier inlines it as a load of jiffies.

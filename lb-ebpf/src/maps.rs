@@ -6,11 +6,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    conntrack::{sets_for, FlowSet},
+    conntrack::{sets_for, FlowSet, IdleTimeouts},
     layout::Layout,
     maps::{
         Backend, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_RING_SIZE,
-        MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS, VIP_INDEX_FLAGS,
+        FLOWS_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS, VIP_INDEX_FLAGS,
     },
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     vip_index::{VipEntry, VIP_SLOTS as SLOTS},
@@ -51,7 +51,8 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 /// Flow → backend id: sets of flows (`lb_common::conntrack`), read and written by the program;
 /// its size is set at load time (`conntrack_size`), and [`FLOW_SETS`] says it.
 #[btf_map]
-pub static FLOWS: Array<FlowSet, { DEFAULT_FLOW_SETS as usize }> = Array::new();
+pub static FLOWS: Array<FlowSet, { DEFAULT_FLOW_SETS as usize }, { FLOWS_FLAGS as usize }> =
+    Array::new();
 
 /// The number of sets of `FLOWS`, written into the object by the loader.
 #[no_mangle]
@@ -78,6 +79,7 @@ static UNSET: Settings = Settings {
     tunnel_source_v6: [0; 16],
     local_mac: [0; 6],
     _pad: [0; 2],
+    idle_timeouts: IdleTimeouts::new(0, 0, 0),
 };
 
 /// The settings, read once per packet.

@@ -40,6 +40,8 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// TCP FIN or RST: the client is closing the connection.
+    pub closes: bool,
     /// An ICMP error about a flow to a VIP; `flow` is that flow (client to VIP), read from the
     /// quoted packet. It follows the flow to its backend but creates no state.
     pub icmp_error: bool,
@@ -93,13 +95,13 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     let offset = l2_len + header_len;
     let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    let (flow, syn, icmp_error) = match ip.proto {
-        IPPROTO_ICMP => (icmp_error_v4(ctx, offset, dst)?, false, true),
+    let (flow, flags, icmp_error) = match ip.proto {
+        IPPROTO_ICMP => (icmp_error_v4(ctx, offset, dst)?, TcpFlags::NONE, true),
         protocol => {
             let transport = transport(ctx, protocol, offset)?;
             (
                 flow_key(src, dst, &transport, Family::V4),
-                transport.syn,
+                transport.flags,
                 false,
             )
         }
@@ -110,7 +112,8 @@ fn ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         ip_len: ip_len as u32,
         tos: ip.tos,
         dont_fragment: ipv4_dont_fragment(ip.frags),
-        syn,
+        syn: flags.syn,
+        closes: flags.closes,
         icmp_error,
     })
 }
@@ -132,13 +135,13 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
     }
     let offset = l2_len + size_of::<Ipv6Hdr>();
     let dst = words(&ip.dst_addr);
-    let (flow, syn, icmp_error) = match ip.next_hdr {
-        IPPROTO_ICMPV6 => (icmp_error_v6(ctx, offset, dst)?, false, true),
+    let (flow, flags, icmp_error) = match ip.next_hdr {
+        IPPROTO_ICMPV6 => (icmp_error_v6(ctx, offset, dst)?, TcpFlags::NONE, true),
         protocol => {
             let transport = transport(ctx, protocol, offset)?;
             (
                 flow_key(words(&ip.src_addr), dst, &transport, Family::V6),
-                transport.syn,
+                transport.flags,
                 false,
             )
         }
@@ -149,7 +152,8 @@ fn ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, Unhandled> {
         ip_len: ip_len as u32,
         tos: ipv6_traffic_class(ip.vcf),
         dont_fragment: true,
-        syn,
+        syn: flags.syn,
+        closes: flags.closes,
         icmp_error,
     })
 }
@@ -160,8 +164,25 @@ struct Transport {
     ports: u32,
     /// TCP or UDP.
     protocol: Protocol,
-    /// TCP SYN without ACK.
+    /// The TCP flags lb acts on (none for UDP).
+    flags: TcpFlags,
+}
+
+/// The TCP flags lb acts on.
+#[derive(Clone, Copy)]
+struct TcpFlags {
+    /// SYN without ACK.
     syn: bool,
+    /// FIN or RST.
+    closes: bool,
+}
+
+impl TcpFlags {
+    /// No flags: UDP, and the quoted packets of ICMP errors.
+    const NONE: Self = Self {
+        syn: false,
+        closes: false,
+    };
 }
 
 #[inline(always)]
@@ -174,7 +195,10 @@ fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport,
             Ok(Transport {
                 ports: ports(tcp.source, tcp.dest),
                 protocol: Protocol::Tcp,
-                syn: tcp.syn() != 0 && tcp.ack() == 0,
+                flags: TcpFlags {
+                    syn: tcp.syn() != 0 && tcp.ack() == 0,
+                    closes: tcp.fin() != 0 || tcp.rst() != 0,
+                },
             })
         }
         Some(Protocol::Udp) => {
@@ -184,7 +208,7 @@ fn transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Transport,
             Ok(Transport {
                 ports: ports(udp.src, udp.dst),
                 protocol: Protocol::Udp,
-                syn: false,
+                flags: TcpFlags::NONE,
             })
         }
         None => Err(PassReason::NotTcpUdp.into()),
@@ -298,6 +322,6 @@ fn quoted_transport(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Tra
     Ok(Transport {
         ports: ports(client_port, vip_port),
         protocol,
-        syn: false,
+        flags: TcpFlags::NONE,
     })
 }

@@ -36,7 +36,7 @@ fn balance_packet(ctx: &XdpContext) -> Result<Egress, Unhandled> {
     let vip = balance::vip(&packet.flow).ok_or(PassReason::NotVip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     stats::vip_packet(vip.id, frame_len);
-    let Some(choice) = balance::backend(&packet, &vip) else {
+    let Some(choice) = balance::backend(&packet, &vip, &settings.idle_timeouts) else {
         stats::vip_drop(vip.id);
         return Err(DropReason::NoBackend.into());
     };

@@ -1,11 +1,15 @@
 //! One reading of the datapath's counters (per-CPU sums), shared by `lb stats` and `/metrics`
 //! so both report the same numbers the same way.
 
-use lb_common::stats::{BackendStats, Counter, VipStats};
+use lb_common::{
+    conntrack::Occupancy,
+    stats::{BackendStats, Counter, VipStats},
+};
 
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, FlowClock};
 
-/// Every global counter and the counters of chosen VIPs and backends, read at one moment.
+/// Every global counter, the counters of chosen VIPs and backends and the flow table's
+/// occupancy, read at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CounterReading {
     /// Every [`Counter`], in index order.
@@ -14,6 +18,8 @@ pub struct CounterReading {
     pub vips: Vec<(u32, VipStats)>,
     /// The backends asked for, by id, in the order asked.
     pub backends: Vec<(u32, BackendStats)>,
+    /// The flow table's occupancy by class.
+    pub flows: Occupancy,
 }
 
 impl CounterReading {
@@ -33,6 +39,7 @@ impl CounterReading {
         for id in backends {
             reading.backends.push((id, datapath.backend_stats(id)?));
         }
+        reading.flows = datapath.flow_occupancy(FlowClock::read_or_assume().now())?;
         Ok(reading)
     }
 

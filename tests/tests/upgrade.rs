@@ -1,4 +1,4 @@
-//! Upgrading under traffic (issue #12): a previous release's datapath (layouts 0 and 1, set up
+//! Upgrading under traffic (issue #12): a previous release's datapath (layouts 0, 1 and 2, set up
 //! from their own objects, see `lb_tests::netns::previous`) carries long-lived connections and a
 //! stream of new ones while today's agent starts on its state, with one backend more than the
 //! old datapath knew (so the ring moves a third of the flows): the maps whose layout did not
@@ -102,6 +102,11 @@ fn an_upgrade_from_layout_1_under_traffic_breaks_nothing() {
     upgrade_under_traffic(Release::V1);
 }
 
+#[test]
+fn an_upgrade_from_layout_2_under_traffic_breaks_nothing() {
+    upgrade_under_traffic(Release::V2);
+}
+
 fn upgrade_under_traffic(release: Release) {
     let from = release.layout_version();
     let lab = AgentLab::new(&format!("upgrade{from}"));
@@ -175,6 +180,12 @@ fn upgrade_under_traffic(release: Release) {
     for (stream, name) in &held {
         let explained = lab.explain(stream.local_addr().expect("local").port());
         assert_eq!(explained["reason"], "tracked", "{explained}");
+        // Carried over established: a flood after the upgrade cannot evict them.
+        assert_eq!(
+            explained["tracking"]["class"], "tcp_established",
+            "{explained}"
+        );
+        assert_eq!(explained["tracking"]["protected"], true, "{explained}");
         let backend = lab.backend_ip(NAMES.iter().position(|n| n == name).expect("name"));
         assert_eq!(
             explained["backend"],
@@ -284,7 +295,7 @@ fn fresh_state_on_an_older_layout_recreates_every_map_without_stopping_traffic()
     assert!(failed.is_empty(), "{failed:?}");
     let log = lab.files.log_text();
     assert!(
-        log.contains("FLOWS (new)") && !log.contains("tracked flows of CONNTRACK"),
+        log.contains("FLOWS (new)") && !log.contains("tracked flows of"),
         "every map recreated, no flow carried: {log}"
     );
     assert!(!lab.files.state_dir.join("CONNTRACK").exists());

@@ -60,7 +60,7 @@ use self::{
 };
 use crate::{
     config::{self, Config},
-    datapath::{Datapath, Options, Origin, Upgraded},
+    datapath::{Datapath, FlowClock, Options, Origin, Upgraded},
     health::HealthEvent,
     interface,
     metrics::{self, Metrics},
@@ -104,6 +104,8 @@ pub struct Agent {
     config: Config,
     /// The loaded (or adopted) datapath.
     datapath: Datapath,
+    /// The clock of its flow table, to write the `[conntrack]` timeouts in its ticks.
+    flow_clock: FlowClock,
     /// Every VIP, by key.
     vips: BTreeMap<VipKey, VipRuntime>,
     /// VIP and backend ids.
@@ -220,6 +222,7 @@ impl Agent {
             path,
             config: config.clone(),
             datapath,
+            flow_clock: FlowClock::read_or_assume(),
             vips: BTreeMap::new(),
             ids,
             checkers,
@@ -286,12 +289,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes the settings: the interface's MAC (only frames addressed to it are balanced) and
+    /// Writes the settings: the interface's MAC (only frames addressed to it are balanced),
     /// the tunnel source addresses: the configured ones, else the interface's (its first IPv4
-    /// address and its first IPv6 address that is not link-local, if any).
+    /// address and its first IPv6 address that is not link-local, if any), and the
+    /// `[conntrack]` timeouts in the flow table's ticks.
     fn write_settings(&mut self) -> anyhow::Result<()> {
         let mut settings = Settings {
             local_mac: interface::mac(&self.config.interface)?.unwrap_or_default(),
+            idle_timeouts: self.config.conntrack.idle_timeouts(&self.flow_clock),
             ..Settings::default()
         };
         let mut sources = self.config.tunnel_source.clone();

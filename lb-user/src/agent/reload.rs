@@ -72,12 +72,14 @@ impl Agent {
             }
         }
         let table_size_changed = new.table_size != self.config.table_size;
-        let tunnel_changed = new.tunnel_source != self.config.tunnel_source;
+        let settings_changed = new.tunnel_source != self.config.tunnel_source
+            || new.conntrack != self.config.conntrack;
         self.config.table_size = new.table_size;
         self.config.tunnel_source = new.tunnel_source.clone();
+        self.config.conntrack = new.conntrack;
         self.config.metrics = new.metrics;
         self.config.announce = new.announce;
-        if tunnel_changed {
+        if settings_changed {
             self.write_settings()?;
         }
 

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_common::{
+    conntrack::idle_ticks,
     flow_hash,
     lookup::{self, Source as LookupSource},
     maps::{Backend, BackendState, Protocol, NO_BACKEND},
@@ -12,6 +13,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::view::{ReportError, View};
+use crate::datapath::FlowClock;
 
 /// `lb explain` as JSON.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -28,10 +30,26 @@ pub struct Explanation {
     pub ring_backend: Option<String>,
     /// Backend the flow is tracked to, if any.
     pub tracked_backend: Option<String>,
+    /// How the flow is tracked, if it is.
+    pub tracking: Option<Tracking>,
     /// Where the next packet of this flow goes.
     pub backend: Option<String>,
     /// Where that backend comes from.
     pub reason: Source,
+}
+
+/// What the flow table knows of a tracked flow.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Tracking {
+    /// `unconfirmed`, `tcp_established`, `udp_established` or `tcp_closing`.
+    pub class: &'static str,
+    /// Seconds since its last packet (to the table's tick of about a second).
+    pub idle_seconds: f64,
+    /// Whether no new flow may evict it now: established or closing, and idle for less than
+    /// its class's timeout.
+    pub protected: bool,
+    /// That timeout, in seconds (0 for unconfirmed flows, which are never protected).
+    pub timeout_seconds: f64,
 }
 
 /// Where the next packet's backend comes from (`reason` in JSON).
@@ -91,7 +109,25 @@ pub fn explain(
         .and_then(|slot| ring.get(slot as usize).copied())
         .filter(|id| *id != NO_BACKEND)
         .and_then(name_of);
-    let tracked = view.datapath.conntrack(&flow)?;
+    let entry_tracked = view.datapath.tracked_flow(&flow)?;
+    let tracked = entry_tracked.map(|flow| flow.backend);
+    let tracking = match entry_tracked {
+        Some(flow) => {
+            let clock = FlowClock::read_or_assume();
+            let now = clock.now();
+            let timeouts = view.datapath.idle_timeouts()?;
+            let class = flow.class();
+            Some(Tracking {
+                class: class.name(),
+                idle_seconds: clock.duration_of(idle_ticks(flow.stamp, now)).as_secs_f64(),
+                protected: timeouts.protects(flow.stamp, now),
+                timeout_seconds: clock
+                    .duration_of(timeouts.by_class[class as usize])
+                    .as_secs_f64(),
+            })
+        }
+        None => None,
+    };
     // A tracked id without an entry in use reads as `Unused`, as the kernel's array lookup does.
     let tracked_state = tracked.map(|id| {
         backends
@@ -110,6 +146,7 @@ pub fn explain(
         slot: slot.unwrap_or(0),
         ring_backend,
         tracked_backend: tracked.and_then(name_of),
+        tracking,
         backend,
         reason,
     })
@@ -148,6 +185,21 @@ pub fn format_explanation(e: &Explanation) -> String {
         ),
     };
     out.push('\n');
+    if let Some(tracking) = &e.tracking {
+        out.push_str(&format!(
+            "flow: {}, last packet {:.0} s ago; {}\n",
+            tracking.class,
+            tracking.idle_seconds,
+            if tracking.protected {
+                format!(
+                    "protected from eviction until idle {:.0} s",
+                    tracking.timeout_seconds
+                )
+            } else {
+                "evictable by new flows".to_owned()
+            }
+        ));
+    }
     out
 }
 

@@ -11,6 +11,7 @@
 //! stops at the first error.
 
 mod announce;
+mod conntrack;
 mod error;
 mod health;
 mod raw;
@@ -25,7 +26,10 @@ use std::{
     time::Duration,
 };
 
-use lb_common::maps::{ForwardMode, Protocol, VipKey};
+use lb_common::{
+    conntrack::IdleTimeouts,
+    maps::{ForwardMode, Protocol, VipKey},
+};
 
 pub use self::error::ConfigError;
 use self::{error::io_message, resolve::Ctx};
@@ -66,6 +70,8 @@ pub struct Config {
     pub table_size: u32,
     /// Number of tracked flows (at least [`MIN_CONNTRACK_SIZE`]).
     pub conntrack_size: u32,
+    /// How long idle flows stay protected from eviction (`[conntrack]`).
+    pub conntrack: ConntrackConfig,
     /// Absolute directory where the maps and the program link are pinned.
     pub state_dir: PathBuf,
     /// Address of the Prometheus endpoint, if any.
@@ -74,6 +80,45 @@ pub struct Config {
     pub announce: Option<AnnounceConfig>,
     /// The VIPs, in file order.
     pub vips: Vec<VipConfig>,
+}
+
+/// `[conntrack]`: how long an established or closing flow that sends nothing stays protected
+/// from eviction by new flows (see `lb_common::conntrack`). Applied by a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// TCP connections lb saw a packet of after the first.
+    pub tcp_timeout: Duration,
+    /// UDP flows that sent a second datagram.
+    pub udp_timeout: Duration,
+    /// TCP connections whose client sent a FIN or RST.
+    pub tcp_closing_timeout: Duration,
+}
+
+impl ConntrackConfig {
+    /// The timeouts in the flow table's ticks, as `SETTINGS` holds them.
+    pub fn idle_timeouts(&self, clock: &crate::datapath::FlowClock) -> IdleTimeouts {
+        let Self {
+            tcp_timeout,
+            udp_timeout,
+            tcp_closing_timeout,
+        } = *self;
+        IdleTimeouts::new(
+            clock.ticks_of(tcp_timeout),
+            clock.ticks_of(udp_timeout),
+            clock.ticks_of(tcp_closing_timeout),
+        )
+    }
+}
+
+impl Default for ConntrackConfig {
+    /// 15 minutes for TCP (IPVS's established timeout), 30 s for UDP and for closing TCP.
+    fn default() -> Self {
+        Self {
+            tcp_timeout: Duration::from_secs(15 * 60),
+            udp_timeout: Duration::from_secs(30),
+            tcp_closing_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// What a VIP does when none of its backends is up.

@@ -17,12 +17,21 @@ pub(super) struct RawConfig {
     pub(super) tunnel_source: Option<Spanned<RawAddresses>>,
     pub(super) table_size: Option<Spanned<u32>>,
     pub(super) conntrack_size: Option<Spanned<u32>>,
+    pub(super) conntrack: Option<RawConntrack>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConntrack {
+    pub(super) tcp_timeout: Option<Spanned<String>>,
+    pub(super) udp_timeout: Option<Spanned<String>>,
+    pub(super) tcp_closing_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

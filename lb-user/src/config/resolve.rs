@@ -18,7 +18,8 @@ use super::{
     health::HealthLayer,
     raw::{RawAddresses, RawConfig},
     vip::{Seen, VipDefaults},
-    Config, ConfigError, VipConfig, DEFAULT_STATE_DIR, MAX_INTERFACE_NAME, MIN_CONNTRACK_SIZE,
+    Config, ConfigError, ConntrackConfig, VipConfig, DEFAULT_STATE_DIR, MAX_INTERFACE_NAME,
+    MIN_CONNTRACK_SIZE,
     RING_SLOTS_PER_BACKEND,
 };
 use crate::datapath::AttachMode;
@@ -135,6 +136,10 @@ impl Ctx<'_> {
             Some(size) => *size.get_ref(),
             None => DEFAULT_CONNTRACK_SIZE,
         };
+        let conntrack = match &raw.conntrack {
+            Some(conntrack) => self.conntrack(conntrack)?,
+            None => ConntrackConfig::default(),
+        };
         let state_dir = match &raw.state_dir {
             Some(dir) if !Path::new(dir.get_ref()).is_absolute() => {
                 return Err(self.error(
@@ -226,6 +231,7 @@ impl Ctx<'_> {
             tunnel_source,
             table_size,
             conntrack_size,
+            conntrack,
             state_dir,
             metrics,
             announce,

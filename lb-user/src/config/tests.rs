@@ -53,6 +53,11 @@ conntrack_size = 4096
 state_dir = "/run/lb"
 metrics = "127.0.0.1:9300"
 
+[conntrack]
+tcp_timeout = "10m"
+udp_timeout = "45s"
+tcp_closing_timeout = "20s"
+
 [health]
 interval = "2s"
 timeout = "1s"
@@ -119,6 +124,11 @@ fn full_config() {
         tunnel_source: vec![ip("192.0.2.1"), ip("2001:db8::1")],
         table_size: 251,
         conntrack_size: 4096,
+        conntrack: ConntrackConfig {
+            tcp_timeout: Duration::from_secs(600),
+            udp_timeout: Duration::from_secs(45),
+            tcp_closing_timeout: Duration::from_secs(20),
+        },
         state_dir: "/run/lb".into(),
         metrics: Some("127.0.0.1:9300".parse().unwrap()),
         announce: None,
@@ -192,6 +202,8 @@ fn defaults() {
     assert!(config.tunnel_source.is_empty());
     assert_eq!(config.table_size, 65537);
     assert_eq!(config.conntrack_size, DEFAULT_CONNTRACK_SIZE);
+    assert_eq!(config.conntrack, ConntrackConfig::default());
+    assert_eq!(config.conntrack.tcp_timeout, Duration::from_secs(900));
     assert_eq!(config.state_dir, Path::new("/sys/fs/bpf/lb"));
     assert_eq!(config.metrics, None);
     let vip = &config.vips[0];
@@ -429,6 +441,31 @@ fn default_table_size_too_small() {
         "vip[0]",
         "the default table_size 65537 is too small",
     );
+}
+
+#[test]
+fn conntrack_timeouts() {
+    assert_error(
+        &format!("{HEAD}[conntrack]\ntcp_timeout = \"soon\"\n"),
+        3,
+        "conntrack.tcp_timeout",
+        "invalid duration \"soon\"",
+    );
+    assert_error(
+        &format!("{HEAD}[conntrack]\nudp_timeout = \"25h\"\n"),
+        3,
+        "conntrack.udp_timeout",
+        "longer than a day",
+    );
+    assert_error(
+        &format!("{HEAD}[conntrack]\ntcp_timeout_s = \"1m\"\n"),
+        3,
+        "conntrack",
+        "unknown field `tcp_timeout_s`",
+    );
+    let config = ok(&format!("{HEAD}[conntrack]\nudp_timeout = \"0s\"\n"));
+    assert_eq!(config.conntrack.udp_timeout, Duration::ZERO, "0s: never protected");
+    assert_eq!(config.conntrack.tcp_timeout, ConntrackConfig::default().tcp_timeout);
 }
 
 #[test]

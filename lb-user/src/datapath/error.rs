@@ -121,6 +121,15 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    /// Mapping an mmapable map into this process's memory failed.
+    #[error("map {map}: mapping it into memory")]
+    Mapping {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(super) type Result<T, E = DatapathError> = std::result::Result<T, E>;

@@ -11,12 +11,12 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::MapData;
 use lb_common::{
-    layout::{Layout, LAYOUT_VERSION, V1_FINGERPRINT},
+    layout::{Layout, LAYOUT_VERSION, V1_FINGERPRINT, V2_FINGERPRINT},
     maps::names,
     stats::Counter,
 };
 
-use super::OBJECT;
+use super::{OldFlows, OBJECT};
 
 /// What must match for a program to use a map: the kernel's view of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,12 +78,12 @@ pub enum Fate {
         /// Counter names of the old layout, by index.
         names: &'static [&'static str],
     },
-    /// Created anew and given the flows of the old layout's `CONNTRACK` (an LRU hash map of
-    /// `FlowKey` → `Conntrack`, pinned as `from`): before the new program runs, and again once
-    /// it does, for the flows the old program tracked in between. The old map is then removed.
+    /// Created anew and given the flows of the old layout's table (`from`): before the new
+    /// program runs, and again once it does, for the flows the old program tracked in between.
+    /// The old map is then removed.
     Flows {
-        /// The old map's pin name.
-        from: &'static str,
+        /// The old table.
+        from: OldFlows,
     },
 }
 
@@ -126,7 +126,10 @@ impl Migration {
                 Fate::Keep => None,
                 Fate::Create => Some(format!("{name} (new)")),
                 Fate::Counters { .. } => Some(format!("{name} (counters carried over)")),
-                Fate::Flows { from } => Some(format!("{name} (tracked flows of {from})")),
+                Fate::Flows { from } => Some(format!(
+                    "{name} (tracked flows of the old {})",
+                    from.pin_name()
+                )),
             })
             .collect();
         changed.join(", ")
@@ -210,6 +213,18 @@ pub fn v0_counter_names() -> &'static [&'static str] {
     })
 }
 
+/// The counter names of layouts 1 and 2, by index: this build's first 18.
+pub fn v2_counter_names() -> &'static [&'static str] {
+    const V2_COUNTERS: usize = 18;
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        Counter::ALL[..V2_COUNTERS]
+            .iter()
+            .map(|counter| counter.name())
+            .collect()
+    })
+}
+
 /// What an older layout pinned and what becomes of it.
 struct OlderLayout {
     /// The maps it pinned, by name, and their shapes.
@@ -218,40 +233,46 @@ struct OlderLayout {
     fates: Vec<(&'static str, Fate)>,
 }
 
-/// The maps layout `version` (0 or 1) pinned, derived from this build's (`current`), and what
-/// migrating each takes. Layout 1 had `CONNTRACK` (an LRU hash map) where this build has
-/// `FLOWS`, and no VIP index (`VIP_SLOTS`, `VIP_ENTRIES`); layout 0 also had 17 counters in
-/// `STATS`, 20-byte `SETTINGS` (no interface MAC) and no `LAYOUT`.
+/// The maps layout `version` (0, 1 or 2) pinned, derived from this build's (`current`), and
+/// what migrating each takes. Layout 2 had `FLOWS` of the same shape, whose stamps were only a
+/// tick (no class), `SETTINGS` without the idle timeouts (28 bytes) and 18 counters; layout 1
+/// also had `CONNTRACK` (an LRU hash map) where this build has `FLOWS`, and no VIP index
+/// (`VIP_SLOTS`, `VIP_ENTRIES`); layout 0 also had 17 counters, 20-byte `SETTINGS` (no
+/// interface MAC) and no `LAYOUT`.
 fn older_layout(version: u32, current: &BTreeMap<&'static str, Shape>) -> Option<OlderLayout> {
-    if version > 1 {
+    if version > 2 {
         return None;
     }
+    let counters = if version == 0 {
+        v0_counter_names()
+    } else {
+        v2_counter_names()
+    };
     let mut pinned = BTreeMap::new();
     let mut fates = Vec::new();
     for (name, shape) in current {
         let (old, fate) = match *name {
+            names::FLOWS if version == 2 => (Some(*shape), Fate::Flows { from: OldFlows::Flows }),
             names::FLOWS => (
                 None,
                 Fate::Flows {
-                    from: names::CONNTRACK,
+                    from: OldFlows::Conntrack,
                 },
             ),
-            names::VIP_SLOTS | names::VIP_ENTRIES => (None, Fate::Create),
+            names::VIP_SLOTS | names::VIP_ENTRIES if version < 2 => (None, Fate::Create),
             // The layout recorded changes with the version; written aside, so an upgrade that
             // stops half-way starts over.
             names::LAYOUT => ((version > 0).then_some(*shape), Fate::Create),
-            names::STATS if version == 0 => (
+            names::STATS => (
                 Some(Shape {
-                    max_entries: v0_counter_names().len() as u32,
+                    max_entries: counters.len() as u32,
                     ..*shape
                 }),
-                Fate::Counters {
-                    names: v0_counter_names(),
-                },
+                Fate::Counters { names: counters },
             ),
-            names::SETTINGS if version == 0 => (
+            names::SETTINGS => (
                 Some(Shape {
-                    value_size: 20,
+                    value_size: if version == 0 { 20 } else { 28 },
                     ..*shape
                 }),
                 Fate::Create,
@@ -263,15 +284,17 @@ fn older_layout(version: u32, current: &BTreeMap<&'static str, Shape>) -> Option
         }
         fates.push((*name, fate));
     }
-    pinned.insert(
-        names::CONNTRACK,
-        Shape {
-            map_type: LRU_HASH,
-            key_size: size_of::<lb_common::FlowKey>() as u32,
-            value_size: size_of::<lb_common::maps::Conntrack>() as u32,
-            max_entries: lb_common::maps::DEFAULT_CONNTRACK_SIZE,
-        },
-    );
+    if version < 2 {
+        pinned.insert(
+            names::CONNTRACK,
+            Shape {
+                map_type: LRU_HASH,
+                key_size: size_of::<lb_common::FlowKey>() as u32,
+                value_size: size_of::<lb_common::maps::Conntrack>() as u32,
+                max_entries: lb_common::maps::DEFAULT_CONNTRACK_SIZE,
+            },
+        );
+    }
     Some(OlderLayout { pinned, fates })
 }
 
@@ -345,8 +368,10 @@ pub fn inspect(dir: &Path) -> Result<PinnedLayout, LayoutError> {
         )]));
     };
     let mut differences = differences(&pinned, older.pinned.iter().map(|(n, s)| (*n, *s)));
-    if version == 1 {
-        differences.extend(fingerprint_differs(V1_FINGERPRINT));
+    match version {
+        1 => differences.extend(fingerprint_differs(V1_FINGERPRINT)),
+        2 => differences.extend(fingerprint_differs(V2_FINGERPRINT)),
+        _ => {}
     }
     if differences.is_empty() {
         Ok(PinnedLayout::Older(Migration {
@@ -409,32 +434,64 @@ mod tests {
         (changed, missing)
     }
 
+    /// The fate of `map` in the migration from layout `version`.
+    fn fate(version: u32, map: &str) -> Option<Fate> {
+        let current = current_shapes().expect("object");
+        let older = older_layout(version, &current).expect("a known layout");
+        older
+            .fates
+            .iter()
+            .find(|(name, _)| *name == map)
+            .map(|(_, f)| *f)
+    }
+
+    #[test]
+    fn layout_2_had_flows_without_classes_settings_without_timeouts_and_18_counters() {
+        let (changed, missing) = changes(2);
+        assert_eq!(changed, [names::SETTINGS, names::STATS]);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            fate(2, names::FLOWS),
+            Some(Fate::Flows {
+                from: OldFlows::Flows
+            }),
+            "same shape, other meaning: its flows are carried over, not kept"
+        );
+        assert_eq!(fate(2, names::SETTINGS), Some(Fate::Create));
+        assert_eq!(
+            fate(2, names::STATS),
+            Some(Fate::Counters {
+                names: v2_counter_names()
+            })
+        );
+        assert_eq!(v2_counter_names()[17], "other_mac");
+        for kept in [names::VIP_SLOTS, names::VIP_ENTRIES, names::RINGS, names::VIPS] {
+            assert_eq!(fate(2, kept), Some(Fate::Keep), "{kept}");
+        }
+    }
+
     #[test]
     fn layout_1_had_conntrack_instead_of_flows_and_no_vip_index() {
         let (changed, missing) = changes(1);
-        assert_eq!(changed, [names::CONNTRACK]);
+        assert_eq!(changed, [names::CONNTRACK, names::SETTINGS, names::STATS]);
         assert_eq!(
             missing,
             [names::FLOWS, names::VIP_ENTRIES, names::VIP_SLOTS]
         );
-        let current = current_shapes().expect("object");
-        let older = older_layout(1, &current).expect("layout 1");
-        let fate = |map| {
-            older
-                .fates
-                .iter()
-                .find(|(name, _)| *name == map)
-                .map(|(_, f)| *f)
-        };
         assert_eq!(
-            fate(names::FLOWS),
+            fate(1, names::FLOWS),
             Some(Fate::Flows {
-                from: names::CONNTRACK
+                from: OldFlows::Conntrack
             })
         );
-        assert_eq!(fate(names::LAYOUT), Some(Fate::Create));
-        assert_eq!(fate(names::RINGS), Some(Fate::Keep));
-        assert_eq!(fate(names::STATS), Some(Fate::Keep));
+        assert_eq!(fate(1, names::LAYOUT), Some(Fate::Create));
+        assert_eq!(fate(1, names::RINGS), Some(Fate::Keep));
+        assert_eq!(
+            fate(1, names::STATS),
+            Some(Fate::Counters {
+                names: v2_counter_names()
+            })
+        );
     }
 
     #[test]
@@ -453,10 +510,11 @@ mod tests {
         let current = current_shapes().expect("object");
         let older = older_layout(0, &current).expect("layout 0");
         assert_eq!(older.pinned[names::STATS].max_entries, 17);
+        assert_eq!(older.pinned[names::SETTINGS].value_size, 20);
         // Counters kept their index: v0's names are this build's first 17.
         assert_eq!(v0_counter_names()[16], "icmp_error");
         assert_eq!(v0_counter_names()[9], "parse_error");
-        assert!(older_layout(2, &current).is_none());
+        assert!(older_layout(3, &current).is_none());
     }
 
     #[test]

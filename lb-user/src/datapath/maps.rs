@@ -80,58 +80,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Tracks in `FLOWS` the flows of the old layouts' `CONNTRACK` (an LRU hash map, pinned at
-    /// `old`) that `FLOWS` does not track yet, each in an empty way of its set: a flow already
-    /// tracked keeps its entry (the program wrote it, it is newer), and no tracked flow is
-    /// evicted for an old one. Converted flows count as seen long ago until their next packet.
-    ///
-    /// Each set is read and written whole, so a program tracking another flow of the same set
-    /// at that instant may lose that write: that flow then takes the ring again, as an evicted
-    /// one does (with unchanged rings and backends, to the same backend).
-    pub fn track_flows_of(&mut self, old: &std::path::Path) -> Result<FlowsCarried> {
-        let map = names::CONNTRACK;
-        let data = MapData::from_pin(old).map_err(map_error(map))?;
-        let conntrack: HashMap<_, FlowKey, Conntrack> =
-            HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(map))?;
-        let mut by_set: BTreeMap<u32, Vec<(FlowKey, u32)>> = BTreeMap::new();
-        let sets = self.flow_sets()?;
-        // An entry the old program evicts during the walk may make it start over: the same flow
-        // may come twice, and is then found tracked.
-        for entry in conntrack.iter() {
-            let (key, value) = entry.map_err(map_error(map))?;
-            if let Some(index) = set_index(conntrack_hash(&key), sets) {
-                by_set.entry(index).or_default().push((key, value.backend));
-            }
-        }
-        let map = names::FLOWS;
-        let mut table: Array<_, FlowSet> = self.typed(map)?;
-        let mut carried = FlowsCarried::default();
-        for (index, flows) in by_set {
-            let mut set = table.get(&index, 0).map_err(map_error(map))?;
-            let before = set;
-            for (key, backend) in flows {
-                match set.track_if_room(&key, backend) {
-                    Tracking::Already => carried.already += 1,
-                    Tracking::Added => carried.tracked += 1,
-                    Tracking::NoRoom => carried.no_room += 1,
-                }
-            }
-            if set != before {
-                table.set(index, set, 0).map_err(map_error(map))?;
-            }
-        }
-        Ok(carried)
-    }
-
-    /// Sets of `FLOWS`.
-    fn flow_sets(&mut self) -> Result<u32> {
-        let map = names::FLOWS;
-        let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(MapError::InvalidMapType { map_type: 0 }));
-        };
-        Ok(data.info().map_err(map_error(map))?.max_entries())
-    }
-
     /// Adds or replaces a VIP: in `VIPS`, then in the VIP index.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;
@@ -265,19 +213,6 @@ impl Datapath {
         ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| DatapathError::DevMap { map, source })
-    }
-
-    /// The backend id a flow is tracked to, if it is tracked: found in its set of `FLOWS` as
-    /// the datapath finds it (`lb_common::conntrack`).
-    pub fn conntrack(&mut self, flow: &FlowKey) -> Result<Option<u32>> {
-        let map = names::FLOWS;
-        let sets = self.flow_sets()?;
-        let Some(index) = set_index(conntrack_hash(flow), sets) else {
-            return Ok(None);
-        };
-        let table: Array<_, FlowSet> = self.typed(map)?;
-        let set = table.get(&index, 0).map_err(map_error(map))?;
-        Ok(set.backend_of(flow))
     }
 
     /// Adds a local address the `decap` program strips tunnels for.

@@ -1,8 +1,10 @@
 //! The loaded XDP object: its programs and the maps they read. This module is the only
 //! userspace writer of the datapath's maps (see `lb_common::maps::names`).
 
+mod clock;
 mod decap;
 mod error;
+mod flows;
 pub mod layout;
 mod mapping;
 mod maps;
@@ -27,8 +29,10 @@ use lb_common::{
 };
 
 pub use self::{
+    clock::{ClockError, FlowClock},
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
+    flows::{OldFlows, TrackedFlow},
     ring::PreparedRing,
     upgrade::{FlowsCarried, Origin, Upgraded},
 };

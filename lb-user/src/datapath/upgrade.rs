@@ -7,10 +7,10 @@ use lb_common::maps::names;
 use super::{
     error::{DatapathError, Result},
     layout::{self, Fate},
-    Datapath,
+    Datapath, FlowClock,
 };
 
-/// Flows of an old `CONNTRACK` carried into `FLOWS` ([`Datapath::track_flows_of`]).
+/// Flows of an older layout's table carried into `FLOWS` ([`Datapath::track_flows_of`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowsCarried {
     /// Flows now tracked in `FLOWS`.
@@ -69,7 +69,18 @@ impl Datapath {
         let Some(dir) = self.pin_dir.clone() else {
             return Err(DatapathError::NotPinned);
         };
-        let carried = self.track_flows_of(&dir.join(from))?;
+        let now = match FlowClock::read() {
+            Ok(clock) => Some(clock.now()),
+            Err(error) => {
+                tracing::warn!(
+                    "{}; flows carried over from {} count as seen long ago",
+                    crate::error::Chain(&error),
+                    from.pin_name()
+                );
+                None
+            }
+        };
+        let carried = self.track_flows_of(from, &dir.join(from.pin_name()), now)?;
         self.carried_flows += carried;
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Mutex};
 
 use lb_common::{
+    conntrack::Occupancy,
     maps::BackendState,
     stats::{BackendStats, CounterClass, VipStats},
 };
@@ -120,8 +121,9 @@ fn class_family(class: CounterClass) -> (&'static str, &'static str, &'static st
         CounterClass::Dropped => ("dropped_packets", "Packets dropped, by reason.", "reason"),
         CounterClass::Event => (
             "datapath_events",
-            "Datapath events: rehashed (flow moved off a down backend), conntrack_full (insert \
-             failed), icmp_error (ICMP error forwarded to a flow's backend).",
+            "Datapath events: rehashed (flow moved off a down backend), conntrack_full (a new flow \
+             not tracked: its set held only protected flows), icmp_error (ICMP error forwarded to \
+             a flow's backend), conntrack_evicted_protected (a protected flow evicted: stays 0).",
             "event",
         ),
     }
@@ -258,6 +260,32 @@ impl Collector for DatapathCollector {
                 .map(|(counter, value)| ([(label, counter.name())], *value));
             counters(&mut encoder, name, help, samples)?;
         }
+        let Occupancy {
+            capacity,
+            established,
+            closing,
+            unconfirmed,
+            idle,
+        } = reading.flows;
+        gauges(
+            &mut encoder,
+            "conntrack_flows",
+            "Flows in the connection-tracking table by class: established and closing (protected \
+             from eviction while active), unconfirmed (seen once) and idle (past their timeout).",
+            [
+                ("established", established),
+                ("closing", closing),
+                ("unconfirmed", unconfirmed),
+                ("idle", idle),
+            ]
+            .map(|(class, flows)| ([("class", class)], flows as i64)),
+        )?;
+        gauges(
+            &mut encoder,
+            "conntrack_capacity_flows",
+            "Flows the connection-tracking table can hold (conntrack_size, in sets of 4).",
+            [((), capacity as i64)],
+        )?;
 
         type VipField = fn(&VipStats) -> u64;
         let vip_families: [(&str, &str, VipField); 5] = [

@@ -19,7 +19,9 @@
 //! | `lb_packets_total` | counter | `verdict` = `pass`, `tx`, `redirect`, `drop` |
 //! | `lb_passed_packets_total` | counter | `reason` = `not_ip`, `not_vip`, `not_tcp_udp`, `fragment`, `ipv6_extension_header` |
 //! | `lb_dropped_packets_total` | counter | `reason` = `parse_error`, `no_backend`, `too_big`, `no_headroom`, `redirect_failed` |
-//! | `lb_datapath_events_total` | counter | `event` = `rehashed`, `conntrack_full` |
+//! | `lb_datapath_events_total` | counter | `event` = `rehashed`, `conntrack_full`, `icmp_error`, `conntrack_evicted_protected` |
+//! | `lb_conntrack_flows` | gauge | `class` = `established`, `closing`, `unconfirmed`, `idle` |
+//! | `lb_conntrack_capacity_flows` | gauge | none |
 //! | `lb_vip_packets_total`, `lb_vip_bytes_total`, `lb_vip_new_flows_total`, `lb_vip_conntrack_hits_total`, `lb_vip_dropped_packets_total` | counter | `vip` |
 //! | `lb_backend_packets_total`, `lb_backend_bytes_total`, `lb_backend_new_flows_total` | counter | `vip`, `backend` |
 //! | `lb_backend_up` | gauge | `vip`, `backend`: 1 when the backend is in the ring (up), else 0 |
@@ -29,8 +31,8 @@
 //! | `lb_ring_rebuilds_total` | counter | `vip`: ring swaps (`RINGS` updates) |
 //! | `lb_reloads_total` | counter | `result` = `ok`, `failed` |
 //!
-//! There is no conntrack entry count: `FLOWS` keeps no count, and walking its quarter of a
-//! million sets per scrape is not cheap.
+//! The flows by class are counted at every scrape by walking `FLOWS` through a shared mapping
+//! (its tags and stamps: about 10 ms for the default million flows).
 
 mod collector;
 

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod dsr_lab;
+pub mod flood;
 pub mod load;
 pub mod previous;
 pub mod redundancy;

@@ -5,18 +5,20 @@
 
 use std::{net::IpAddr, path::Path};
 
+use std::collections::BTreeMap;
+
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData},
     programs::{links::FdLink, Xdp, XdpMode},
     EbpfLoader,
 };
 use lb_common::{
+    conntrack::sets_for,
     encoding::addr_bytes,
-    layout::{Layout, V1_FINGERPRINT},
+    layout::{Layout, V1_FINGERPRINT, V2_FINGERPRINT},
     maglev::{build_ring, MaglevBackend},
-    maps::{
-        Backend, BackendState, ForwardMode, Protocol, Settings, Vip, VipKey, DEFAULT_RING_SIZE,
-    },
+    maps::{Backend, BackendState, ForwardMode, Protocol, Vip, VipKey, DEFAULT_RING_SIZE},
+    vip_index::{VipEntry, VipIndex},
 };
 use lb_user::datapath::Datapath;
 
@@ -31,12 +33,30 @@ pub enum Release {
     /// Commit a686308: layout 1 (`LAYOUT`, the interface MAC in the settings, still
     /// `CONNTRACK`).
     V1,
+    /// Commit a4d45e0: layout 2 (`FLOWS`, a set table whose stamps were only a tick; the VIP
+    /// index).
+    V2,
 }
 
 /// Layout 0's object.
 static V0_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v0.bpf.o");
 /// Layout 1's object.
 static V1_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v1.bpf.o");
+/// Layout 2's object.
+static V2_OBJECT: &[u8] = aya::include_bytes_aligned!("../../data/lb-v2.bpf.o");
+
+/// `SETTINGS`' value in layouts 1 and 2 (28 bytes: no idle timeouts).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default)]
+struct OldSettings {
+    tunnel_source_v4: [u8; 4],
+    tunnel_source_v6: [u8; 16],
+    local_mac: [u8; 6],
+    _pad: [u8; 2],
+}
+
+// SAFETY: repr(C), byte arrays only, every byte a field: any bit pattern is a value.
+unsafe impl aya::Pod for OldSettings {}
 
 /// The maps layout 0 pinned, by name.
 const V0_MAPS: [&str; 9] = [
@@ -57,6 +77,7 @@ impl Release {
         match self {
             Self::V0 => 0,
             Self::V1 => 1,
+            Self::V2 => 2,
         }
     }
 
@@ -64,6 +85,7 @@ impl Release {
         match self {
             Self::V0 => V0_OBJECT,
             Self::V1 => V1_OBJECT,
+            Self::V2 => V2_OBJECT,
         }
     }
 
@@ -72,6 +94,20 @@ impl Release {
         match self {
             Self::V0 => V0_MAPS.to_vec(),
             Self::V1 => V0_MAPS.into_iter().chain(["LAYOUT"]).collect(),
+            Self::V2 => V0_MAPS
+                .into_iter()
+                .filter(|map| *map != "CONNTRACK")
+                .chain(["FLOWS", "LAYOUT", "VIP_SLOTS", "VIP_ENTRIES"])
+                .collect(),
+        }
+    }
+
+    /// The fingerprint it recorded in `LAYOUT`, if it had one.
+    fn fingerprint(self) -> Option<u64> {
+        match self {
+            Self::V0 => None,
+            Self::V1 => Some(V1_FINGERPRINT),
+            Self::V2 => Some(V2_FINGERPRINT),
         }
     }
 }
@@ -107,27 +143,33 @@ pub fn start(
     ns.run(move || {
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("CONNTRACK", conntrack_size);
+        let flow_sets = sets_for(conntrack_size);
+        if release == Release::V2 {
+            loader.map_max_entries("FLOWS", flow_sets);
+            loader.override_global("FLOW_SETS", &flow_sets, true);
+        } else {
+            loader.map_max_entries("CONNTRACK", conntrack_size);
+        }
         for map in release.maps() {
             loader.map_pin_path(map, state_dir.join(map));
         }
         let mut ebpf = loader
             .load(release.object())
             .expect("load the previous release's object");
-        if release == Release::V1 {
-            let mut settings: Array<_, Settings> =
+        if let Some(fingerprint) = release.fingerprint() {
+            let mut settings: Array<_, OldSettings> =
                 Array::try_from(ebpf.map_mut("SETTINGS").expect("SETTINGS")).expect("type");
-            let local = Settings {
+            let local = OldSettings {
                 local_mac: interface_mac,
-                ..Settings::default()
+                ..OldSettings::default()
             };
             settings.set(0, local, 0).expect("settings");
             let mut layout: Array<_, Layout> =
                 Array::try_from(ebpf.map_mut("LAYOUT").expect("LAYOUT")).expect("type");
             let recorded = Layout {
-                version: 1,
+                version: release.layout_version(),
                 _pad: 0,
-                fingerprint: V1_FINGERPRINT,
+                fingerprint,
             };
             layout.set(0, recorded, 0).expect("layout");
         }
@@ -172,8 +214,22 @@ pub fn start(
         let mut vips: HashMap<_, VipKey, Vip> =
             HashMap::try_from(ebpf.map_mut("VIPS").expect("VIPS")).expect("VIPS type");
         let key = VipKey::new(vip, port, Protocol::Tcp);
-        vips.insert(key, Vip::new(0, DEFAULT_RING_SIZE, ForwardMode::Dsr), 0)
-            .expect("vip");
+        let entry = Vip::new(0, DEFAULT_RING_SIZE, ForwardMode::Dsr);
+        vips.insert(key, entry, 0).expect("vip");
+        if release == Release::V2 {
+            // Layout 2 finds VIPs through the VIP index, which its agent derived from VIPS.
+            let index = VipIndex::of(&BTreeMap::from([(key, entry)]));
+            let mut slots: Array<_, u32> =
+                Array::try_from(ebpf.map_mut("VIP_SLOTS").expect("VIP_SLOTS")).expect("type");
+            for (slot, word) in &index.slots {
+                slots.set(*slot, *word, 0).expect("VIP slot");
+            }
+            let mut entries: Array<_, VipEntry> =
+                Array::try_from(ebpf.map_mut("VIP_ENTRIES").expect("VIP_ENTRIES")).expect("type");
+            entries
+                .set(0, VipEntry { key, vip: entry }, 0)
+                .expect("VIP entry");
+        }
 
         let program: &mut Xdp = ebpf
             .program_mut("lb")

@@ -21,6 +21,10 @@ pub enum Kind {
     TcpSyn,
     /// TCP ACK (an established connection).
     TcpAck,
+    /// TCP FIN and ACK (the client closes).
+    TcpFin,
+    /// TCP RST (the client aborts).
+    TcpRst,
     /// UDP datagram.
     Udp,
 }
@@ -193,6 +197,15 @@ impl Frame {
             Kind::TcpAck => ip
                 .tcp(self.src_port, self.dst_port, 1001, 64240)
                 .ack(5000)
+                .write(&mut bytes, &self.payload),
+            Kind::TcpFin => ip
+                .tcp(self.src_port, self.dst_port, 1001, 64240)
+                .fin()
+                .ack(5000)
+                .write(&mut bytes, &self.payload),
+            Kind::TcpRst => ip
+                .tcp(self.src_port, self.dst_port, 1001, 0)
+                .rst()
                 .write(&mut bytes, &self.payload),
             Kind::Udp => ip
                 .udp(self.src_port, self.dst_port)

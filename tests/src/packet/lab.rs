@@ -13,7 +13,10 @@ use lb_common::{
     },
     FlowKey,
 };
-use lb_user::datapath::{Datapath, Options, Program};
+use lb_user::{
+    config::ConntrackConfig,
+    datapath::{Datapath, FlowClock, Options, Program},
+};
 
 use crate::packet::frames::{ip, LB_MAC};
 
@@ -59,7 +62,7 @@ pub struct LabVip {
     pub backends: Vec<(u32, IpAddr)>,
 }
 
-/// The lab's settings: its tunnel sources and `local_mac`.
+/// The lab's settings: its tunnel sources, `local_mac` and the default idle timeouts.
 fn lab_settings(local_mac: [u8; 6]) -> Settings {
     let IpAddr::V4(v4) = ip(TUNNEL_SOURCE_V4) else {
         unreachable!()
@@ -72,6 +75,7 @@ fn lab_settings(local_mac: [u8; 6]) -> Settings {
         tunnel_source_v6: v6.octets(),
         local_mac,
         _pad: [0; 2],
+        idle_timeouts: ConntrackConfig::default().idle_timeouts(&FlowClock::read_or_assume()),
     }
 }
 
