@@ -488,11 +488,26 @@ mod tests {
     #[test]
     fn a_second_packet_establishes_and_a_fin_or_rst_closes() {
         use FlowClass::*;
-        assert_eq!(after_packet(Unconfirmed, Protocol::Tcp as u8, false), TcpEstablished);
-        assert_eq!(after_packet(Unconfirmed, Protocol::Udp as u8, false), UdpEstablished);
-        assert_eq!(after_packet(TcpEstablished, Protocol::Tcp as u8, false), TcpEstablished);
-        assert_eq!(after_packet(TcpEstablished, Protocol::Tcp as u8, true), TcpClosing);
-        assert_eq!(after_packet(Unconfirmed, Protocol::Tcp as u8, true), TcpClosing);
+        assert_eq!(
+            after_packet(Unconfirmed, Protocol::Tcp as u8, false),
+            TcpEstablished
+        );
+        assert_eq!(
+            after_packet(Unconfirmed, Protocol::Udp as u8, false),
+            UdpEstablished
+        );
+        assert_eq!(
+            after_packet(TcpEstablished, Protocol::Tcp as u8, false),
+            TcpEstablished
+        );
+        assert_eq!(
+            after_packet(TcpEstablished, Protocol::Tcp as u8, true),
+            TcpClosing
+        );
+        assert_eq!(
+            after_packet(Unconfirmed, Protocol::Tcp as u8, true),
+            TcpClosing
+        );
         assert_eq!(
             after_packet(TcpClosing, Protocol::Tcp as u8, false),
             TcpClosing,
@@ -530,7 +545,11 @@ mod tests {
         assert_eq!(set.backend_of(&udp(3)), Some(3));
         // The closing flow's timeout (5 ticks) passes first: then a new flow may take its way.
         assert_eq!(new_flow(&mut set, &flow(500), 5, 17), None, "idle 4 ticks");
-        assert_eq!(new_flow(&mut set, &flow(501), 5, 18), Some(3), "idle 5 ticks");
+        assert_eq!(
+            new_flow(&mut set, &flow(501), 5, 18),
+            Some(3),
+            "idle 5 ticks"
+        );
         // An unconfirmed flow is evictable at once; the UDP flow still protected (idle 9 < 10).
         assert_eq!(new_flow(&mut set, &flow(502), 5, 21), Some(3));
         assert_eq!(set.backend_of(&flow(501)), None);
@@ -547,7 +566,10 @@ mod tests {
     fn new_flows_evict_unconfirmed_and_idle_flows_oldest_first() {
         let mut set = FlowSet::default();
         for (port, now) in [(1, 10), (2, 11), (3, 12), (4, 13)] {
-            assert_eq!(new_flow(&mut set, &flow(port), u32::from(port), now), Some(usize::from(port) - 1));
+            assert_eq!(
+                new_flow(&mut set, &flow(port), u32::from(port), now),
+                Some(usize::from(port) - 1)
+            );
         }
         // A SYN on a tracked 5-tuple keeps its way.
         assert_eq!(new_flow(&mut set, &flow(3), 33, 20), Some(2));
@@ -555,9 +577,17 @@ mod tests {
         // The full set of unconfirmed flows replaces the one seen longest ago (port 1, at 10).
         assert_eq!(new_flow(&mut set, &flow(5), 5, 20), Some(0));
         assert_eq!(set.backend_of(&flow(1)), None);
-        // An established flow idle past its timeout goes before a younger unconfirmed one.
+        // An established flow idle past its timeout goes before younger unconfirmed ones
+        // (SYNs sent again keep their ways and are stamped anew).
         next_packet(&mut set, &flow(2), 21, false);
-        assert_eq!(new_flow(&mut set, &flow(6), 6, 130), Some(1), "idle 109 ticks > 100");
+        for port in [3, 4, 5] {
+            new_flow(&mut set, &flow(port), u32::from(port), 125);
+        }
+        assert_eq!(
+            new_flow(&mut set, &flow(6), 6, 130),
+            Some(1),
+            "idle 109 ticks > 100"
+        );
         // Between an idle established flow and an older unconfirmed one, the older goes.
         let mut set = FlowSet::default();
         new_flow(&mut set, &flow(1), 1, 10);
@@ -587,12 +617,22 @@ mod tests {
             new_flow(&mut set, &flow(port), u32::from(port), 50);
         }
         let established = stamp(50, FlowClass::TcpEstablished);
-        assert_eq!(set.track_if_room(&flow(1), 99, established), Tracking::Already);
-        assert_eq!(set.backend_of(&flow(1)), Some(1), "a tracked flow keeps its entry");
+        assert_eq!(
+            set.track_if_room(&flow(1), 99, established),
+            Tracking::Already
+        );
+        assert_eq!(
+            set.backend_of(&flow(1)),
+            Some(1),
+            "a tracked flow keeps its entry"
+        );
         assert_eq!(set.track_if_room(&flow(7), 7, established), Tracking::Added);
         assert_eq!(set.backend_of(&flow(7)), Some(7));
         assert_eq!(class_of(&set, &flow(7)), FlowClass::TcpEstablished);
-        assert_eq!(set.track_if_room(&flow(8), 8, established), Tracking::NoRoom);
+        assert_eq!(
+            set.track_if_room(&flow(8), 8, established),
+            Tracking::NoRoom
+        );
         for port in [0, 1, 2, 7] {
             assert!(set.backend_of(&flow(port)).is_some(), "nothing evicted");
         }

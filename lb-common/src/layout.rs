@@ -140,7 +140,11 @@ mod tests {
     /// type or a map size changed: bump `LAYOUT_VERSION`, add the new fingerprint below, and
     /// teach the agent's migration (lb-user `datapath/layout.rs`) the step from the previous
     /// version.
-    const RECORDED: &[(u32, u64)] = &[(1, V1_FINGERPRINT), (2, V2_FINGERPRINT), (3, 0)];
+    const RECORDED: &[(u32, u64)] = &[
+        (1, V1_FINGERPRINT),
+        (2, V2_FINGERPRINT),
+        (3, 0xa62f_60e8_5d9e_c127),
+    ];
 
     #[test]
     fn the_layout_version_changes_with_the_shapes() {

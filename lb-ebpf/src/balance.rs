@@ -119,7 +119,14 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
             // A re-hashed flow keeps its class; a SYN, or a flow seen for the first time, is
             // unconfirmed.
             let rehashed = tracked.map(|(way, _, _)| way);
-            match table.track(flow, found.map(|(way, _)| way), rehashed, id, packet, timeouts) {
+            match table.track(
+                flow,
+                found.map(|(way, _)| way),
+                rehashed,
+                id,
+                packet,
+                timeouts,
+            ) {
                 Tracked::Yes => {}
                 Tracked::No => stats::count(Counter::ConntrackFull),
                 Tracked::EvictingProtected => stats::count(Counter::ConntrackEvictedProtected),

@@ -19,8 +19,7 @@ use super::{
     raw::{RawAddresses, RawConfig},
     vip::{Seen, VipDefaults},
     Config, ConfigError, ConntrackConfig, VipConfig, DEFAULT_STATE_DIR, MAX_INTERFACE_NAME,
-    MIN_CONNTRACK_SIZE,
-    RING_SLOTS_PER_BACKEND,
+    MIN_CONNTRACK_SIZE, RING_SLOTS_PER_BACKEND,
 };
 use crate::datapath::AttachMode;
 

@@ -460,12 +460,19 @@ fn conntrack_timeouts() {
     assert_error(
         &format!("{HEAD}[conntrack]\ntcp_timeout_s = \"1m\"\n"),
         3,
-        "conntrack",
+        "conntrack.tcp_timeout_s",
         "unknown field `tcp_timeout_s`",
     );
     let config = ok(&format!("{HEAD}[conntrack]\nudp_timeout = \"0s\"\n"));
-    assert_eq!(config.conntrack.udp_timeout, Duration::ZERO, "0s: never protected");
-    assert_eq!(config.conntrack.tcp_timeout, ConntrackConfig::default().tcp_timeout);
+    assert_eq!(
+        config.conntrack.udp_timeout,
+        Duration::ZERO,
+        "0s: never protected"
+    );
+    assert_eq!(
+        config.conntrack.tcp_timeout,
+        ConntrackConfig::default().tcp_timeout
+    );
 }
 
 #[test]

@@ -34,7 +34,9 @@ pub enum ClockError {
     #[error("{TIMER_LIST} has no `now at` and `jiffies:` lines")]
     Format,
     /// No known rate fits the readings.
-    #[error("{TIMER_LIST} gives a tick rate of about {measured} Hz, which no kernel is built with")]
+    #[error(
+        "{TIMER_LIST} gives a tick rate of about {measured} Hz, which no kernel is built with"
+    )]
     Rate {
         /// What the readings gave.
         measured: f64,
@@ -90,7 +92,8 @@ fn rate_of(reading: Reading) -> Option<u32> {
     let fits: Vec<u32> = RATES
         .into_iter()
         .filter(|&hz| {
-            (reading.jiffies as f64 - jiffies_at(hz, reading.monotonic_ns)).abs() < 2.0 * f64::from(hz)
+            (reading.jiffies as f64 - jiffies_at(hz, reading.monotonic_ns)).abs()
+                < 2.0 * f64::from(hz)
         })
         .collect();
     match fits.as_slice() {
@@ -106,7 +109,10 @@ fn rate_between(first: Reading, second: Reading) -> Result<u32, ClockError> {
     let nearest = RATES
         .into_iter()
         .min_by(|a, b| {
-            let (da, db) = ((f64::from(*a) - measured).abs(), (f64::from(*b) - measured).abs());
+            let (da, db) = (
+                (f64::from(*a) - measured).abs(),
+                (f64::from(*b) - measured).abs(),
+            );
             da.total_cmp(&db)
         })
         .unwrap_or(250);
@@ -187,7 +193,9 @@ impl FlowClock {
     /// `duration` in ticks, rounded up (a timeout is never shorter than asked); saturates.
     pub fn ticks_of(&self, duration: Duration) -> u32 {
         let jiffies = duration.as_secs_f64() * f64::from(self.hz);
-        (jiffies / JIFFIES_PER_TICK as f64).ceil().min(f64::from(u32::MAX)) as u32
+        (jiffies / JIFFIES_PER_TICK as f64)
+            .ceil()
+            .min(f64::from(u32::MAX)) as u32
     }
 
     /// How long `ticks` ticks are.
@@ -231,7 +239,14 @@ mod tests {
             jiffies: (1 << 32) + 60,
         };
         assert_eq!(rate_between(at_wrap, after).expect("rate"), 300);
-        assert!(rate_between(at_wrap, Reading { jiffies: (1 << 32) + 1000, ..after }).is_err());
+        assert!(rate_between(
+            at_wrap,
+            Reading {
+                jiffies: (1 << 32) + 1000,
+                ..after
+            }
+        )
+        .is_err());
     }
 
     #[test]
@@ -243,7 +258,11 @@ mod tests {
             lb_common::conntrack::ticks(reading.jiffies)
         );
         let a_minute = clock.tick_at(reading.monotonic_ns + 60_000_000_000);
-        assert_eq!(a_minute - clock.tick_at(reading.monotonic_ns), 59, "60 s = 58.6 ticks");
+        assert_eq!(
+            a_minute - clock.tick_at(reading.monotonic_ns),
+            59,
+            "60 s = 58.6 ticks"
+        );
         assert_eq!(clock.ticks_of(Duration::from_secs(900)), 879);
         assert_eq!(clock.ticks_of(Duration::from_secs(1)), 1, "rounded up");
         assert_eq!(clock.ticks_of(Duration::ZERO), 0);

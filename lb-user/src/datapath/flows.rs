@@ -109,7 +109,9 @@ impl Datapath {
     pub(super) fn flow_sets(&mut self) -> Result<u32> {
         let map = names::FLOWS;
         let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(aya::maps::MapError::InvalidMapType { map_type: 0 }));
+            return Err(map_error(map)(aya::maps::MapError::InvalidMapType {
+                map_type: 0,
+            }));
         };
         Ok(data.info().map_err(map_error(map))?.max_entries())
     }
@@ -128,7 +130,9 @@ impl Datapath {
         let sets = self.flow_sets()? as usize;
         let map = names::FLOWS;
         let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(aya::maps::MapError::InvalidMapType { map_type: 0 }));
+            return Err(map_error(map)(aya::maps::MapError::InvalidMapType {
+                map_type: 0,
+            }));
         };
         let stride = std::mem::size_of::<FlowSet>();
         let mapping = Mapping::read_only(data.fd().as_fd(), sets * stride)

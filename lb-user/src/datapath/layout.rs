@@ -252,7 +252,12 @@ fn older_layout(version: u32, current: &BTreeMap<&'static str, Shape>) -> Option
     let mut fates = Vec::new();
     for (name, shape) in current {
         let (old, fate) = match *name {
-            names::FLOWS if version == 2 => (Some(*shape), Fate::Flows { from: OldFlows::Flows }),
+            names::FLOWS if version == 2 => (
+                Some(*shape),
+                Fate::Flows {
+                    from: OldFlows::Flows,
+                },
+            ),
             names::FLOWS => (
                 None,
                 Fate::Flows {
@@ -465,7 +470,12 @@ mod tests {
             })
         );
         assert_eq!(v2_counter_names()[17], "other_mac");
-        for kept in [names::VIP_SLOTS, names::VIP_ENTRIES, names::RINGS, names::VIPS] {
+        for kept in [
+            names::VIP_SLOTS,
+            names::VIP_ENTRIES,
+            names::RINGS,
+            names::VIPS,
+        ] {
             assert_eq!(fate(2, kept), Some(Fate::Keep), "{kept}");
         }
     }

@@ -5,19 +5,16 @@ use aya::maps::{
     xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use lb_common::{
-    conntrack::{conntrack_hash, set_index, FlowSet, Tracking},
     layout::Layout,
-    maps::{names, Backend, Conntrack, DecapKey, Settings, Vip, VipKey},
+    maps::{names, Backend, DecapKey, Settings, Vip, VipKey},
     stats::{BackendStats, Counter, DecapCounter, VipStats},
-    FlowKey,
 };
 
-use std::{collections::BTreeMap, os::fd::AsFd as _};
+use std::os::fd::AsFd as _;
 
 use super::{
     error::{map_error, DatapathError, Result},
     ring::{new_ring, read_ring, PreparedRing},
-    upgrade::FlowsCarried,
     vip_index::VipIndexWriter,
     Datapath,
 };

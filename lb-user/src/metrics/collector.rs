@@ -284,7 +284,7 @@ impl Collector for DatapathCollector {
             &mut encoder,
             "conntrack_capacity_flows",
             "Flows the connection-tracking table can hold (conntrack_size, in sets of 4).",
-            [((), capacity as i64)],
+            [(Vec::<(&str, &str)>::new(), capacity as i64)],
         )?;
 
         type VipField = fn(&VipStats) -> u64;

@@ -56,7 +56,12 @@ impl FloodFrames {
     pub fn next_frame(&mut self) -> &[u8] {
         let bits = self.random();
         let first = 1 + (bits % 223) as u8;
-        let source = [first, (bits >> 8) as u8, (bits >> 16) as u8, (bits >> 24) as u8];
+        let source = [
+            first,
+            (bits >> 8) as u8,
+            (bits >> 16) as u8,
+            (bits >> 24) as u8,
+        ];
         let port = 1024 + ((bits >> 32) as u16 % 64512);
         let (ip, transport) = (self.ip, self.transport);
         self.frame[ip + 12..ip + 16].copy_from_slice(&source);

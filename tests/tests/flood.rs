@@ -1,0 +1,305 @@
+//! Floods of new flows against the flow table (`FLOWS`, `lb_common::conntrack`): however many
+//! new flows arrive, an established flow that is still active keeps its entry, so it keeps its
+//! backend when the ring changes.
+//!
+//! Packet tests run the real program with `BPF_PROG_TEST_RUN` on a 1024-flow table: 100
+//! established flows, then a million new flows from random sources; then flows aged past
+//! their timeout (their stamps rewritten: the table's clock, controlled) become evictable, and
+//! a set full of protected flows leaves a new flow untracked (counted) but forwarded. The
+//! netns test is the scenario the table must survive: a SYN flood 300 times the table while a
+//! backend rejoins, with 40 long-lived connections open through the real agent.
+
+use lb_common::{
+    conntrack::{stamp, FlowClass},
+    stats::Counter,
+    FlowKey,
+};
+use lb_tests::packet::{
+    flood::FloodFrames,
+    frames::Frame,
+    lab::{backend_of, verdict, PacketLab},
+};
+
+/// The table of the packet tests: 256 sets of 4.
+const TABLE: u32 = 1024;
+/// Established flows in it.
+const ESTABLISHED: u16 = 100;
+/// New flows of a flood: ~1000 times the table.
+const FLOOD: usize = 1_000_000;
+/// The client of the established flows.
+const CLIENT: &str = "198.51.100.7";
+
+/// Runs `count` frames like `template`, each from a random source, through the program: each
+/// is forwarded.
+fn flood(lab: &mut PacketLab, template: &Frame, count: usize) {
+    let mut frames = FloodFrames::new(template, 0x5eed);
+    for _ in 0..count {
+        let (verdict, _) = lab.run(frames.next_frame()).expect("run");
+        assert_eq!(verdict, verdict::TX, "a flood frame is forwarded");
+    }
+}
+
+/// Sends `frames` in order; returns the backend the last went to.
+fn send(lab: &mut PacketLab, frames: &[Frame]) -> u32 {
+    let mut backend = None;
+    for frame in frames {
+        let (verdict, out) = lab.run(&frame.build()).expect("run");
+        assert_eq!(verdict, verdict::TX, "{frame:?}");
+        backend = Some(backend_of(&out));
+    }
+    backend.expect("a frame")
+}
+
+/// A flow of the test: its packets' template and where it is tracked.
+struct Flow {
+    next: Frame,
+    key: FlowKey,
+    backend: u32,
+}
+
+/// Opens `ESTABLISHED` flows of `vip` with `open` (frames per client port), each of class
+/// `class` afterwards.
+fn establish(lab: &mut PacketLab, open: impl Fn(u16) -> Vec<Frame>, class: FlowClass) -> Vec<Flow> {
+    (0..ESTABLISHED)
+        .map(|i| {
+            let frames = open(40000 + i);
+            let backend = send(lab, &frames);
+            let next = frames.last().expect("frames").clone();
+            let key = next.flow_key();
+            let tracked = lab
+                .datapath
+                .tracked_flow(&key)
+                .expect("read")
+                .expect("tracked");
+            assert_eq!((tracked.backend, tracked.class()), (backend, class));
+            Flow { next, key, backend }
+        })
+        .collect()
+}
+
+/// Every flow is tracked to its backend, in `class`, and its next packet goes there.
+fn all_kept(lab: &mut PacketLab, flows: &[Flow], class: FlowClass) {
+    for flow in flows {
+        let tracked = lab.datapath.tracked_flow(&flow.key).expect("read");
+        assert_eq!(
+            tracked.map(|t| (t.backend, t.class())),
+            Some((flow.backend, class)),
+            "{:?}",
+            flow.key
+        );
+        assert_eq!(send(lab, std::slice::from_ref(&flow.next)), flow.backend);
+    }
+}
+
+fn counter(lab: &mut PacketLab, counter: Counter) -> u64 {
+    lab.datapath.counter(counter).expect("counter")
+}
+
+/// A flood of `template`s against `ESTABLISHED` flows opened by `open` on VIP `vip`; then the
+/// ring changes to one backend, and every flow still reaches its own.
+fn flood_against_established(
+    vip: &str,
+    open: impl Fn(u16) -> Vec<Frame>,
+    class: FlowClass,
+    template: Frame,
+) {
+    let mut lab = PacketLab::standard_with_conntrack(TABLE);
+    let flows = establish(&mut lab, open, class);
+    let vip = lab.vip(vip).clone();
+    let before = lab.datapath.vip_stats(vip.id).expect("stats");
+    flood(&mut lab, &template, FLOOD);
+    let after = lab.datapath.vip_stats(vip.id).expect("stats");
+    assert_eq!(
+        after.new_flows - before.new_flows,
+        FLOOD as u64,
+        "every frame a new flow"
+    );
+    assert_eq!(counter(&mut lab, Counter::ConntrackEvictedProtected), 0);
+    let now = lb_user::datapath::FlowClock::read_or_assume().now();
+    let occupancy = lab.datapath.flow_occupancy(now).expect("occupancy");
+    println!(
+        "after {FLOOD} new flows: {occupancy:?}, conntrack_full {}",
+        counter(&mut lab, Counter::ConntrackFull)
+    );
+    assert_eq!(
+        occupancy.established,
+        u64::from(ESTABLISHED),
+        "{occupancy:?}"
+    );
+    assert_eq!(
+        occupancy.unconfirmed,
+        occupancy.capacity - u64::from(ESTABLISHED),
+        "the flood fills every other way: {occupancy:?}"
+    );
+    all_kept(&mut lab, &flows, class);
+    // The ring changes: every flow still reaches the backend it is tracked to.
+    let (first, _) = vip.backends[0];
+    lab.set_ring(vip.id, &[first]);
+    let moved = flows.iter().filter(|flow| flow.backend != first).count();
+    assert!(
+        moved > 10,
+        "the new ring moves flows, or this proves nothing"
+    );
+    all_kept(&mut lab, &flows, class);
+}
+
+#[test]
+fn a_syn_flood_never_evicts_an_established_tcp_connection() {
+    flood_against_established(
+        "web4",
+        |port| {
+            vec![
+                Frame::syn(CLIENT, port, "10.0.0.100", 80),
+                Frame::ack(CLIENT, port, "10.0.0.100", 80),
+            ]
+        },
+        FlowClass::TcpEstablished,
+        Frame::syn("192.0.2.1", 1, "10.0.0.100", 80),
+    );
+}
+
+#[test]
+fn a_udp_flood_never_evicts_an_established_udp_flow() {
+    flood_against_established(
+        "dns4",
+        |port| vec![Frame::udp(CLIENT, port, "10.0.0.100", 53); 2],
+        FlowClass::UdpEstablished,
+        Frame::udp("192.0.2.1", 1, "10.0.0.100", 53),
+    );
+}
+
+/// Rewrites a tracked flow's stamp as if its last packet were `ticks` ticks older.
+fn age(lab: &mut PacketLab, key: &FlowKey, ticks: u32) {
+    let tracked = lab
+        .datapath
+        .tracked_flow(key)
+        .expect("read")
+        .expect("tracked");
+    let seen = tracked.stamp >> 2;
+    let aged = stamp(seen.wrapping_sub(ticks), tracked.class());
+    assert!(lab.datapath.set_flow_stamp(key, aged).expect("write"));
+}
+
+#[test]
+fn idle_and_closed_flows_become_evictable_after_their_timeouts() {
+    // 201 protected flows: a larger table, so that no set is full of them.
+    let mut lab = PacketLab::standard_with_conntrack(4 * TABLE);
+    let timeouts = lab.datapath.idle_timeouts().expect("timeouts");
+    let tcp = |port| {
+        vec![
+            Frame::syn(CLIENT, port, "10.0.0.100", 80),
+            Frame::ack(CLIENT, port, "10.0.0.100", 80),
+        ]
+    };
+    let closing = |port| {
+        let mut fin = Frame::ack(CLIENT, port, "10.0.0.100", 80);
+        fin.kind = lb_tests::packet::frames::Kind::TcpFin;
+        let mut frames = tcp(port);
+        frames.push(fin);
+        // The close handshake's last ACK: the flow stays tracked and closing.
+        frames.push(Frame::ack(CLIENT, port, "10.0.0.100", 80));
+        frames
+    };
+    let established = establish(&mut lab, tcp, FlowClass::TcpEstablished);
+    let (active, idle) = established.split_at(50);
+    let closed = establish(&mut lab, |port| closing(port + 1000), FlowClass::TcpClosing);
+    let (closing_active, closing_idle) = closed.split_at(50);
+    let mut reset = Frame::ack(CLIENT, 43000, "10.0.0.100", 80);
+    reset.kind = lb_tests::packet::frames::Kind::TcpRst;
+    send(
+        &mut lab,
+        &[Frame::syn(CLIENT, 43000, "10.0.0.100", 80), reset.clone()],
+    );
+    let tracked = lab
+        .datapath
+        .tracked_flow(&reset.flow_key())
+        .expect("read")
+        .expect("tracked");
+    assert_eq!(
+        tracked.class(),
+        FlowClass::TcpClosing,
+        "a client's RST closes too"
+    );
+
+    // Half of each idle exactly their timeout: no longer protected.
+    for flow in idle {
+        age(&mut lab, &flow.key, timeouts.tcp());
+    }
+    for flow in closing_idle {
+        age(&mut lab, &flow.key, timeouts.tcp_closing());
+    }
+    assert!(timeouts.tcp_closing() < timeouts.tcp(), "{timeouts:?}");
+    let now = lb_user::datapath::FlowClock::read_or_assume().now();
+    let occupancy = lab.datapath.flow_occupancy(now).expect("occupancy");
+    assert_eq!(
+        (occupancy.established, occupancy.closing, occupancy.idle),
+        (50, 51, 100)
+    );
+
+    flood(
+        &mut lab,
+        &Frame::syn("192.0.2.1", 1, "10.0.0.100", 80),
+        FLOOD / 2,
+    );
+    all_kept(&mut lab, active, FlowClass::TcpEstablished);
+    all_kept(&mut lab, closing_active, FlowClass::TcpClosing);
+    for flow in idle.iter().chain(closing_idle) {
+        assert_eq!(
+            lab.datapath.tracked_flow(&flow.key).expect("read"),
+            None,
+            "an idle flow made room: {:?}",
+            flow.key
+        );
+    }
+    assert_eq!(counter(&mut lab, Counter::ConntrackEvictedProtected), 0);
+}
+
+#[test]
+fn a_set_full_of_protected_flows_leaves_a_new_flow_untracked_but_forwarded() {
+    use lb_common::conntrack::{conntrack_hash, set_index, sets_for};
+
+    let mut lab = PacketLab::standard_with_conntrack(TABLE);
+    let set_of = |port: u16| {
+        let flow = Frame::syn(CLIENT, port, "10.0.0.100", 80).flow_key();
+        set_index(conntrack_hash(&flow), sets_for(TABLE))
+    };
+    let target = set_of(50000);
+    let ports: Vec<u16> = (50000..65000)
+        .filter(|&port| set_of(port) == target)
+        .take(5)
+        .collect();
+    for &port in &ports[..4] {
+        send(
+            &mut lab,
+            &[
+                Frame::syn(CLIENT, port, "10.0.0.100", 80),
+                Frame::ack(CLIENT, port, "10.0.0.100", 80),
+            ],
+        );
+    }
+    let new = Frame::syn(CLIENT, ports[4], "10.0.0.100", 80);
+    let expected = lab.ring_backend(lab.vip("web4").id, &new.flow_key());
+    assert_eq!(
+        send(&mut lab, std::slice::from_ref(&new)),
+        expected,
+        "the ring's backend"
+    );
+    assert_eq!(
+        lab.datapath.tracked_flow(&new.flow_key()).expect("read"),
+        None
+    );
+    assert_eq!(counter(&mut lab, Counter::ConntrackFull), 1);
+    // Its next packet takes the ring again, and is still not tracked.
+    let next = Frame::ack(CLIENT, ports[4], "10.0.0.100", 80);
+    assert_eq!(send(&mut lab, std::slice::from_ref(&next)), expected);
+    assert_eq!(counter(&mut lab, Counter::ConntrackFull), 2);
+    for &port in &ports[..4] {
+        let key = Frame::ack(CLIENT, port, "10.0.0.100", 80).flow_key();
+        let tracked = lab
+            .datapath
+            .tracked_flow(&key)
+            .expect("read")
+            .expect("tracked");
+        assert_eq!(tracked.class(), FlowClass::TcpEstablished);
+    }
+}
