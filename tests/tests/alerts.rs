@@ -54,7 +54,7 @@ fn names(file: &str, key: &str) -> Vec<String> {
 #[test]
 fn alert_rules_are_valid() {
     let alerts = names("prometheus-alerts.yml", "alert");
-    assert_eq!(alerts.len(), 7, "{alerts:?}");
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
     let out = promtool(&["check", "rules", "prometheus-alerts.yml"]);
     assert!(
         out.contains(&format!("SUCCESS: {} rules found", alerts.len())),

@@ -303,3 +303,155 @@ fn a_set_full_of_protected_flows_leaves_a_new_flow_untracked_but_forwarded() {
         assert_eq!(tracked.class(), FlowClass::TcpEstablished);
     }
 }
+
+mod agent {
+    use std::{
+        net::TcpStream,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+        thread::JoinHandle,
+        time::Duration,
+    };
+
+    use lb_common::stats::Counter;
+    use lb_tests::{
+        netns::{dsr_lab::*, flood::send_flood, servers::NameServer},
+        packet::frames::Frame,
+    };
+    use lb_user::datapath::Datapath;
+
+    /// The lab's table, and the flood: 300 times it.
+    const TABLE: usize = 1024;
+    const FLOOD: usize = 300 * TABLE;
+    /// Long-lived connections.
+    const HELD: usize = 40;
+
+    /// Echoes a line on every held connection every 100 ms until stopped; the connections
+    /// that broke, with why.
+    struct Echoer {
+        running: Arc<AtomicBool>,
+        thread: JoinHandle<(Vec<(TcpStream, String)>, Vec<String>)>,
+    }
+
+    impl Echoer {
+        fn start(mut held: Vec<(TcpStream, String)>) -> Self {
+            let running = Arc::new(AtomicBool::new(true));
+            let flag = running.clone();
+            let thread = std::thread::spawn(move || {
+                let mut broken = Vec::new();
+                let mut round = 0;
+                while flag.load(Ordering::Relaxed) {
+                    round += 1;
+                    held.retain_mut(|(stream, name)| {
+                        match echo(stream, &format!("round {round}")) {
+                            Ok(()) => true,
+                            Err(error) => {
+                                broken.push(format!("{name}: {error}"));
+                                false
+                            }
+                        }
+                    });
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (held, broken)
+            });
+            Self { running, thread }
+        }
+
+        fn stop(self) -> (Vec<(TcpStream, String)>, Vec<String>) {
+            self.running.store(false, Ordering::Relaxed);
+            self.thread.join().expect("echoer")
+        }
+    }
+
+    /// One run of the scenario: b2 down, `HELD` connections to b1 and b3, a SYN flood of
+    /// `FLOOD` spoofed sources, and b2 back a second into it (its slots come back: the ring
+    /// changes under the connections). Every connection must survive.
+    fn flood_while_a_backend_rejoins(run: usize) {
+        let mut lab = AgentLab::new(&format!("flood{run}"));
+        lab.write_config(&[1, 1, 1], &format!("conntrack_size = {TABLE}"));
+        lab.servers[1] = None;
+        let _agent = lab.start_agent(false);
+        assert!(
+            lab.wait_until(Duration::from_secs(5), || !lab.in_ring(1))
+                .is_some(),
+            "b2 is down"
+        );
+        let held = lab.hold(HELD);
+        assert!(held.iter().all(|(_, name)| name != "b2"));
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|(stream, _)| stream.local_addr().expect("local").port())
+            .collect();
+        let echoer = Echoer::start(held);
+
+        let flood = send_flood(
+            &lab.lan.host(0).ns,
+            "eth0",
+            Frame::syn("192.0.2.1", 1, VIP, PORT),
+            lab.lan.host(1).mac,
+            FLOOD,
+            85_000,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        lab.servers[1] = Some(NameServer::start(&lab.lan.host(3).ns, PORT, "b2"));
+        assert!(
+            lab.wait_until(Duration::from_secs(5), || lab.in_ring(1))
+                .is_some(),
+            "b2 rejoins:\n{}",
+            lab.files.log_text()
+        );
+        let sent = flood.join().expect("flood");
+        std::thread::sleep(Duration::from_millis(300));
+        let (mut held, broken) = echoer.stop();
+        println!(
+            "run {run}: {} SYNs in {:?}; {} of {HELD} long-lived connections broke",
+            sent.frames,
+            sent.elapsed,
+            broken.len()
+        );
+        assert!(broken.is_empty(), "broken connections: {broken:?}");
+        for (stream, name) in &mut held {
+            echo(stream, "after the flood")
+                .unwrap_or_else(|e| panic!("connection to {name} broken after the flood: {e}"));
+        }
+
+        // The ring moved some of them to b2, and they stayed where they were.
+        let moved = ports
+            .iter()
+            .filter(|port| {
+                let explained = lab.explain(**port);
+                assert_eq!(explained["reason"], "tracked", "{explained}");
+                assert_eq!(explained["tracking"]["protected"], true, "{explained}");
+                explained["ring_backend"] != explained["backend"]
+            })
+            .count();
+        println!("run {run}: the new ring would move {moved} of them");
+        assert!(
+            moved > 0,
+            "the ring must move some, or this run proves nothing"
+        );
+        let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+        assert_eq!(
+            datapath
+                .counter(Counter::ConntrackEvictedProtected)
+                .expect("counter"),
+            0
+        );
+        let vip = datapath.vips().expect("vips")[0].1.id;
+        let new_flows = datapath.vip_stats(vip).expect("stats").new_flows;
+        assert!(
+            new_flows >= FLOOD as u64,
+            "the flood reached the datapath: {new_flows} new flows"
+        );
+    }
+
+    #[test]
+    fn a_syn_flood_while_a_backend_rejoins_breaks_no_established_connection() {
+        for run in 1..=3 {
+            flood_while_a_backend_rejoins(run);
+        }
+    }
+}

@@ -1225,7 +1225,8 @@ fn a_full_set_of_unconfirmed_flows_forgets_one_to_track_a_new_one() {
             "{counter:?}"
         );
     }
-    // A tracked flow's packets are hits; the forgotten one's next packet takes the ring.
+    // A tracked flow's packets are hits, which establish them; the forgotten one's next
+    // packet takes the ring, and finds its set full of established flows: it goes untracked.
     let vip = lab.vip("web4").id;
     let before = lab.datapath.vip_stats(vip).expect("vip stats");
     for &port in ports[1..].iter().chain(&ports[..1]) {
@@ -1235,5 +1236,15 @@ fn a_full_set_of_unconfirmed_flows_forgets_one_to_track_a_new_one() {
     let after = lab.datapath.vip_stats(vip).expect("vip stats");
     assert_eq!(after.conntrack_hits - before.conntrack_hits, 4);
     assert_eq!(after.new_flows - before.new_flows, 1);
-    assert!(tracked(&mut lab, ports[0]).is_some(), "tracked again");
+    assert_eq!(
+        tracked(&mut lab, ports[0]),
+        None,
+        "no room among established flows"
+    );
+    assert_eq!(
+        lab.datapath
+            .counter(Counter::ConntrackFull)
+            .expect("counter"),
+        1
+    );
 }

@@ -105,7 +105,8 @@ impl AgentLab {
         ));
     }
 
-    /// Like [`Self::config_text`], with more `[health]` keys.
+    /// Like [`Self::config_text`], with more `[health]` keys. `conntrack_size` is 65536
+    /// unless `extra` sets it.
     pub fn config_text_with_health(
         &self,
         weights: &[u32; 3],
@@ -113,8 +114,13 @@ impl AgentLab {
         health: &str,
         state_dir: &std::path::Path,
     ) -> String {
+        let conntrack_size = if extra.contains("conntrack_size") {
+            ""
+        } else {
+            "conntrack_size = 65536\n"
+        };
         let mut text = format!(
-            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n{extra}\n\
+            "interface = \"eth0\"\nstate_dir = \"{}\"\n{conntrack_size}{extra}\n\
              [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = {RISE}\nfall = {FALL}\n{health}\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nforward = \"dsr\"\n",
             state_dir.display()
