@@ -80,6 +80,12 @@ pub enum Route {
         /// VIP id.
         vip: u32,
     },
+    /// Forwarded to the backend of the VIP's ring, not tracked (its set is full of
+    /// established flows), for VIP id `vip`.
+    Untracked {
+        /// VIP id.
+        vip: u32,
+    },
     /// Passed to the host: no VIP matches.
     NotVip,
 }
@@ -101,14 +107,15 @@ pub struct Path {
     pub target: Option<f64>,
 }
 
-/// Targets (issue #11), as the highest acceptable ratio to the floor of the path's verdict.
+/// Targets, as the highest acceptable ratio to the floor of the path's verdict.
 pub mod target {
     /// A DSR conntrack hit, TCP or UDP (a known UDP flow).
     pub const DSR_HIT: f64 = 1.7;
     /// A tunnel conntrack hit, TCP or UDP, IPv4 or IPv6.
-    pub const TUNNEL_HIT: f64 = 2.0;
-    /// A new flow (TCP SYN), DSR or tunnel.
-    pub const SYN: f64 = 3.0;
+    pub const TUNNEL_HIT: f64 = 1.8;
+    /// A new flow (TCP SYN), DSR or tunnel, whether its set has room or is full of
+    /// established flows.
+    pub const SYN: f64 = 2.0;
     /// A packet to no VIP, against the `XDP_PASS` floor: the host's own traffic.
     pub const NOT_VIP: f64 = 1.1;
 }
@@ -241,6 +248,7 @@ pub fn lab_and_paths() -> anyhow::Result<(PacketLab, Vec<Path>)> {
             target::TUNNEL_HIT,
         )?,
     ];
+    paths.push(syn_into_established(&mut lab)?);
     let not_vip = Frame::ack(CLIENT_V4, 40006, "10.0.0.99", PORT).build();
     let (action, out) = lab.run(&not_vip)?;
     ensure!(
@@ -322,6 +330,43 @@ fn new_flow(lab: &mut PacketLab, name: &str, vip: &str, frame: Frame) -> anyhow:
     })
 }
 
+/// A SYN whose set of `FLOWS` is full of established flows (what a flood meets in a table
+/// full of connections): every way is looked at, none may be evicted, the flow is forwarded
+/// untracked. Its four neighbours are established first (a SYN, then an ACK each).
+fn syn_into_established(lab: &mut PacketLab) -> anyhow::Result<Path> {
+    use lb_common::conntrack::{conntrack_hash, set_index, sets_for, WAYS};
+
+    let sets = sets_for(DEFAULT_CONNTRACK_SIZE);
+    let set_of = |frame: &Frame| set_index(conntrack_hash(&frame.flow_key()), sets);
+    let timed = Frame::syn(CLIENT_V4, 41000, "10.0.0.100", PORT);
+    // Clients of 198.18.0.0/16 (the benchmarking range) on 16 ports: a million flows, about
+    // four per set.
+    let neighbours: Vec<Frame> = (0..=u16::MAX)
+        .flat_map(|host| {
+            let [a, b] = host.to_be_bytes();
+            (41001..41017).map(move |port| {
+                Frame::syn(&format!("198.18.{a}.{b}"), port, "10.0.0.100", PORT)
+            })
+        })
+        .filter(|frame| set_of(frame) == set_of(&timed))
+        .take(WAYS)
+        .collect();
+    ensure!(neighbours.len() == WAYS, "no {WAYS} flows share a set with the timed SYN");
+    for syn in neighbours {
+        let mut ack = syn.clone();
+        ack.kind = frames::Kind::TcpAck;
+        for frame in [syn, ack] {
+            let (action, _) = lab.run(&frame.build())?;
+            ensure!(action == verdict::TX, "establishing {frame:?}: verdict {action}");
+        }
+    }
+    let mut path = new_flow(lab, "TCP v4 SYN, set full of connections (dsr)", "web4", timed)?;
+    path.route = Route::Untracked {
+        vip: lab.vip("web4").id,
+    };
+    Ok(path)
+}
+
 /// Runs the frame once (not live) and checks the verdict and the whole output frame.
 fn check_forward(
     lab: &mut PacketLab,
@@ -387,12 +432,15 @@ struct Counters {
     not_vip: u64,
     conntrack_hits: u64,
     new_flows: u64,
+    untracked: u64,
 }
 
 impl Counters {
     fn read(lab: &mut PacketLab, route: Route) -> anyhow::Result<Self> {
         let vip = match route {
-            Route::ConntrackHit { vip } | Route::NewFlow { vip } => Some(vip),
+            Route::ConntrackHit { vip } | Route::NewFlow { vip } | Route::Untracked { vip } => {
+                Some(vip)
+            }
             Route::Floor | Route::NotVip => None,
         };
         let stats = vip
@@ -405,6 +453,7 @@ impl Counters {
             not_vip: lab.datapath.counter(Counter::NotVip)?,
             conntrack_hits: stats.conntrack_hits,
             new_flows: stats.new_flows,
+            untracked: lab.datapath.counter(Counter::ConntrackFull)?,
         })
     }
 
@@ -415,6 +464,7 @@ impl Counters {
             not_vip,
             conntrack_hits,
             new_flows,
+            untracked,
         } = self;
         Self {
             tx: tx - before.tx,
@@ -422,6 +472,7 @@ impl Counters {
             not_vip: not_vip - before.not_vip,
             conntrack_hits: conntrack_hits - before.conntrack_hits,
             new_flows: new_flows - before.new_flows,
+            untracked: untracked - before.untracked,
         }
     }
 
@@ -437,6 +488,12 @@ impl Counters {
             Route::NewFlow { .. } => Self {
                 tx: frames,
                 new_flows: frames,
+                ..none
+            },
+            Route::Untracked { .. } => Self {
+                tx: frames,
+                new_flows: frames,
+                untracked: frames,
                 ..none
             },
             Route::NotVip => Self {
