@@ -433,6 +433,14 @@ mod agent {
             moved > 0,
             "the ring must move some, or this run proves nothing"
         );
+        let stats = lab.lb(&["stats", "--json"]);
+        let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats");
+        let flows = &stats["flows"];
+        assert_eq!(flows["capacity"], TABLE, "{flows}");
+        assert!(
+            flows["established"].as_u64() >= Some(HELD as u64),
+            "the held connections are established: {flows}"
+        );
         let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
         assert_eq!(
             datapath

@@ -350,6 +350,13 @@ fn metrics_endpoint_reflects_traffic_and_health() {
     );
     assert!(value(&samples, "lb_vip_packets_total", &web) >= 3.0 * CONNECTIONS as f64);
     assert!(value(&samples, "lb_vip_bytes_total", &web) > 0.0);
+    // The flow table by class: every connection made is tracked (closed ones as closing).
+    assert_eq!(value(&samples, "lb_conntrack_capacity_flows", &[]), 65536.0);
+    let tracked: f64 = ["established", "closing", "unconfirmed", "idle"]
+        .iter()
+        .map(|class| value(&samples, "lb_conntrack_flows", &[("class", class)]))
+        .sum();
+    assert!(tracked >= CONNECTIONS as f64, "{tracked} flows tracked");
     assert!(value(&samples, "lb_packets_total", &[("verdict", "tx")]) >= 3.0 * CONNECTIONS as f64);
     for reason in [
         "parse_error",

@@ -146,7 +146,7 @@ impl FlowClock {
     }
 
     /// The kernel's clocks, or, where they cannot be read, a clock that assumes
-    /// [`ASSUMED_HZ`] (with a warning naming why: timeouts are then off by the ratio of the
+    /// `ASSUMED_HZ` (with a warning naming why: timeouts are then off by the ratio of the
     /// real rate to it).
     pub fn read_or_assume() -> Self {
         Self::read().unwrap_or_else(|error| {

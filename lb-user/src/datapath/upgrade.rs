@@ -10,7 +10,7 @@ use super::{
     Datapath, FlowClock,
 };
 
-/// Flows of an older layout's table carried into `FLOWS` ([`Datapath::track_flows_of`]).
+/// Flows of an older layout's table carried into `FLOWS` (`Datapath::track_flows_of`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowsCarried {
     /// Flows now tracked in `FLOWS`.

@@ -344,23 +344,33 @@ fn syn_into_established(lab: &mut PacketLab) -> anyhow::Result<Path> {
     let neighbours: Vec<Frame> = (0..=u16::MAX)
         .flat_map(|host| {
             let [a, b] = host.to_be_bytes();
-            (41001..41017).map(move |port| {
-                Frame::syn(&format!("198.18.{a}.{b}"), port, "10.0.0.100", PORT)
-            })
+            (41001..41017)
+                .map(move |port| Frame::syn(&format!("198.18.{a}.{b}"), port, "10.0.0.100", PORT))
         })
         .filter(|frame| set_of(frame) == set_of(&timed))
         .take(WAYS)
         .collect();
-    ensure!(neighbours.len() == WAYS, "no {WAYS} flows share a set with the timed SYN");
+    ensure!(
+        neighbours.len() == WAYS,
+        "no {WAYS} flows share a set with the timed SYN"
+    );
     for syn in neighbours {
         let mut ack = syn.clone();
         ack.kind = frames::Kind::TcpAck;
         for frame in [syn, ack] {
             let (action, _) = lab.run(&frame.build())?;
-            ensure!(action == verdict::TX, "establishing {frame:?}: verdict {action}");
+            ensure!(
+                action == verdict::TX,
+                "establishing {frame:?}: verdict {action}"
+            );
         }
     }
-    let mut path = new_flow(lab, "TCP v4 SYN, set full of connections (dsr)", "web4", timed)?;
+    let mut path = new_flow(
+        lab,
+        "TCP v4 SYN, set full of connections (dsr)",
+        "web4",
+        timed,
+    )?;
     path.route = Route::Untracked {
         vip: lab.vip("web4").id,
     };
