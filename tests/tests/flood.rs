@@ -328,15 +328,18 @@ mod agent {
     /// Long-lived connections.
     const HELD: usize = 40;
 
+    /// Connections held open, with the name of their backend.
+    type Held = Vec<(TcpStream, String)>;
+
     /// Echoes a line on every held connection every 100 ms until stopped; the connections
     /// that broke, with why.
     struct Echoer {
         running: Arc<AtomicBool>,
-        thread: JoinHandle<(Vec<(TcpStream, String)>, Vec<String>)>,
+        thread: JoinHandle<(Held, Vec<String>)>,
     }
 
     impl Echoer {
-        fn start(mut held: Vec<(TcpStream, String)>) -> Self {
+        fn start(mut held: Held) -> Self {
             let running = Arc::new(AtomicBool::new(true));
             let flag = running.clone();
             let thread = std::thread::spawn(move || {
@@ -360,7 +363,7 @@ mod agent {
             Self { running, thread }
         }
 
-        fn stop(self) -> (Vec<(TcpStream, String)>, Vec<String>) {
+        fn stop(self) -> (Held, Vec<String>) {
             self.running.store(false, Ordering::Relaxed);
             self.thread.join().expect("echoer")
         }
