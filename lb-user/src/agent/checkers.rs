@@ -1,6 +1,7 @@
 //! The agent's health checkers: one task per backend (see `crate::health`), whose events all
 //! arrive on one queue, tagged so that events of a checker that was replaced are ignored.
 
+use lb_common::maps::VipKey;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -9,12 +10,15 @@ use crate::{
 };
 
 /// How many check results may wait for the agent.
-const QUEUE: usize = 1024;
+pub(super) const QUEUE: usize = 1024;
 
-/// Identity of a checker run: the backend id and a token that changes whenever the checker is
+/// Identity of a checker run: the VIP and backend it checks (so its events go straight to
+/// them, not through a search of every VIP) and a token that changes whenever the checker is
 /// restarted, so events of a stopped checker are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckerKey {
+    /// The VIP.
+    pub vip: VipKey,
     /// Backend id.
     pub backend: u32,
     /// Which run of its checker.
@@ -55,12 +59,17 @@ impl Checkers {
         )
     }
 
-    /// Starts checking backend `id` as `config` says (its first check runs at once).
-    pub fn start(&mut self, id: u32, config: &BackendConfig) -> Checker {
+    /// Starts checking backend `id` of VIP `vip` as `config` says (its first check runs at
+    /// once).
+    pub fn start(&mut self, vip: &VipKey, id: u32, config: &BackendConfig) -> Checker {
         self.next_token += 1;
         let token = self.next_token;
         let task = spawn_checker(
-            CheckerKey { backend: id, token },
+            CheckerKey {
+                vip: *vip,
+                backend: id,
+                token,
+            },
             config.address,
             &config.health,
             self.events.clone(),

@@ -1,7 +1,10 @@
 //! Health events from the checkers: stored on their backend, and turned into a state change
 //! when the backend's health changes.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime},
+};
 
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
@@ -12,7 +15,45 @@ use crate::{
     status,
 };
 
+/// The most check results handled as one burst: one queue's worth.
+const BURST: usize = super::checkers::QUEUE;
+
 impl Agent {
+    /// Handles `first` and every check result already queued behind it (a burst: at start-up
+    /// and when a host carrying many backends fails, thousands arrive at once): each is
+    /// stored, then every VIP whose backends changed health is resolved and rebuilt once, its
+    /// changes logged once its ring reflects them, and the announcements and the snapshot
+    /// updated once. Whether anything changed (else the snapshot is left for the next tick).
+    pub(super) async fn on_health_events(&mut self, first: HealthEvent<CheckerKey>) -> bool {
+        let mut changes: Vec<(VipKey, StateChange)> = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(event) = next {
+            changes.extend(self.record(event));
+            handled += 1;
+            next = if handled < BURST {
+                self.events.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if changes.is_empty() {
+            return false;
+        }
+        let vips: BTreeSet<VipKey> = changes.iter().map(|(vip, _)| *vip).collect();
+        for vip in &vips {
+            self.resolve_next_hops(vip).await;
+            let updated = self.sync_vip_logged(vip);
+            // Logged once the ring reflects it: from this line on, new flows obey it.
+            for (_, change) in changes.iter().filter(|(of, _)| of == vip) {
+                change.log(updated);
+            }
+        }
+        self.update_announcements().await;
+        self.publish();
+        true
+    }
+
     /// Stores a check result; on a health change returns the VIP and the log line to print
     /// once the datapath reflects it. Events of replaced checkers are ignored.
     pub(super) fn record(
@@ -27,48 +68,43 @@ impl Agent {
             decided,
         } = event;
         let received = SystemTime::now();
-        for (vip_key, vip) in &mut self.vips {
-            let Some(backend) = vip
-                .backends
-                .iter_mut()
-                .find(|b| b.id == key.backend && b.checker.token == key.token)
-            else {
-                continue;
-            };
-            if let Some(m) = &self.metrics {
-                m.health_checked(&vip.config.name, backend.config.address, result.latency)
-            } // metrics hook
-            let now = Instant::now();
-            backend.observe(now);
-            backend.last = Some(result);
-            let was = std::mem::replace(&mut backend.health, health);
-            let transition = transition?;
-            match health {
-                Health::Up => {
-                    backend.availability.record(true);
-                    if was != Health::Up && backend.ramp_pending {
-                        backend.start_ramp(now);
-                    }
+        let vip = self.vips.get_mut(&key.vip)?;
+        let backend = vip
+            .backends
+            .iter_mut()
+            .find(|b| b.id == key.backend && b.checker.token == key.token)?;
+        if let Some(m) = &self.metrics {
+            m.health_checked(&vip.config.name, backend.config.address, result.latency)
+        } // metrics hook
+        let now = Instant::now();
+        backend.observe(now);
+        backend.last = Some(result);
+        let was = std::mem::replace(&mut backend.health, health);
+        let transition = transition?;
+        match health {
+            Health::Up => {
+                backend.availability.record(true);
+                if was != Health::Up && backend.ramp_pending {
+                    backend.start_ramp(now);
                 }
-                Health::Down => {
-                    backend.availability.record(false);
-                    // Its next recovery ramps up again.
-                    backend.ramp_since = None;
-                    backend.ramp_pending = true;
-                }
-                Health::Unknown => {}
             }
-            backend.last_change_unix_ms = status::now_unix_ms();
-            let change = StateChange {
-                vip: vip.config.name.clone(),
-                backend: backend.config.address,
-                transition,
-                decided,
-                received,
-            };
-            return Some((*vip_key, change));
+            Health::Down => {
+                backend.availability.record(false);
+                // Its next recovery ramps up again.
+                backend.ramp_since = None;
+                backend.ramp_pending = true;
+            }
+            Health::Unknown => {}
         }
-        None
+        backend.last_change_unix_ms = status::now_unix_ms();
+        let change = StateChange {
+            vip: vip.config.name.clone(),
+            backend: backend.config.address,
+            transition,
+            decided,
+            received,
+        };
+        Some((key.vip, change))
     }
 
     /// Waits until every backend of `keys` has had its first check (bounded by the largest
@@ -85,21 +121,34 @@ impl Agent {
             .max()
             .unwrap_or_default();
         let deadline = Instant::now() + longest + Duration::from_millis(500);
-        loop {
-            let pending = keys
-                .iter()
-                .any(|k| self.vips[k].backends.iter().any(|b| b.last.is_none()));
-            if !pending {
-                break;
-            }
+        // Counted down as first results arrive (a scan of every backend per event made the
+        // first round quadratic: minutes at 16,384 backends).
+        let waited: BTreeSet<&VipKey> = keys.iter().collect();
+        let mut pending: usize = keys
+            .iter()
+            .map(|k| self.vips[k].backends.iter().filter(|b| b.last.is_none()).count())
+            .sum();
+        while pending > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) => {
+                    let first =
+                        waited.contains(&event.key.vip) && self.awaits_first_check(&event.key);
                     if let Some((_, change)) = self.record(event) {
                         change.log(None);
                     }
+                    pending -= usize::from(first);
                 }
                 _ => break,
             }
         }
+    }
+
+    /// Whether the backend a checker checks has no result yet.
+    fn awaits_first_check(&self, key: &CheckerKey) -> bool {
+        self.vips.get(&key.vip).is_some_and(|vip| {
+            vip.backends
+                .iter()
+                .any(|b| b.id == key.backend && b.checker.token == key.token && b.last.is_none())
+        })
     }
 }

@@ -401,17 +401,7 @@ impl Agent {
                     false
                 }
                 Some(event) = self.events.recv() => {
-                    let Some((key, change)) = self.record(event) else {
-                        unpublished = true;
-                        continue;
-                    };
-                    self.resolve_next_hops(&key).await;
-                    let updated = self.sync_vip_logged(&key);
-                    // Logged once the ring reflects it: from this line on, new flows obey it.
-                    change.log(updated);
-                    self.update_announcements().await;
-                    self.publish();
-                    unpublished = false;
+                    unpublished = !self.on_health_events(event).await;
                     false
                 }
                 _ = publish_tick.tick(), if unpublished => {

@@ -192,7 +192,7 @@ impl Agent {
                 continue;
             };
             if new.health != backend.config.health {
-                backend.checker = self.checkers.start(backend.id, new);
+                backend.checker = self.checkers.start(key, backend.id, new);
             }
             backend.config = new.clone();
             kept.push(backend);
@@ -240,7 +240,7 @@ fn start_backend(
     slow_start: bool,
 ) -> anyhow::Result<BackendRuntime> {
     let id = ids.backend(key, config.address)?;
-    let checker = checkers.start(id, &config);
+    let checker = checkers.start(key, id, &config);
     let BackendRecord {
         admin,
         admin_by,
