@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: runs the benchmarks of issue #6, prints their tables and writes them,
+//! `cargo xtask bench`: runs the benchmarks, prints their tables and writes them,
 //! with a description of the machine, into `docs/BENCHMARKS.md`.
 //!
 //! Each benchmark reports "sections" (a titled table with a paragraph on how it was measured):
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::{cmd, header, setup, workspace_root};
 
 /// Every benchmark, in report order.
-pub const BENCHMARKS: [&str; 4] = ["packet", "maglev", "swap", "lab"];
+pub const BENCHMARKS: [&str; 5] = ["packet", "maglev", "swap", "lab", "agent"];
 
 /// A titled table, as the `bench-*` binaries print it.
 #[derive(Debug, Deserialize)]

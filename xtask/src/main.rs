@@ -72,14 +72,15 @@ enum Cmd {
     /// built binary, README.md and DEPLOY.md in /usr/share/doc/lb/. Install it on a gateway
     /// with `apt install ./target/debian/lb_*.deb`; see docs/DEPLOY.md.
     Package,
-    /// Run the benchmarks, print their tables and write docs/BENCHMARKS.md (root; ~5 min).
+    /// Run the benchmarks, print their tables and write docs/BENCHMARKS.md (root; ~8 min).
     ///
     /// Runs setup and a release build, then: per-packet cost of each datapath path against
     /// an `XDP_TX` floor (BPF_PROG_TEST_RUN, live frames), Maglev build time (criterion),
     /// ring swap latency with the real agent, connections per second and throughput through
-    /// the VIP versus direct (namespace lab), and map memory.
+    /// the VIP versus direct (namespace lab), map memory, and the agent at 10, 100 and 1000
+    /// VIPs x 16 backends (start-up, CPU per check, reload, status, memory).
     Bench {
-        /// Run only these benchmarks (comma-separated: packet, maglev, swap, lab); the
+        /// Run only these benchmarks (comma-separated: packet, maglev, swap, lab, agent); the
         /// document is then not rewritten.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -126,7 +126,13 @@ impl Agent {
         let waited: BTreeSet<&VipKey> = keys.iter().collect();
         let mut pending: usize = keys
             .iter()
-            .map(|k| self.vips[k].backends.iter().filter(|b| b.last.is_none()).count())
+            .map(|k| {
+                self.vips[k]
+                    .backends
+                    .iter()
+                    .filter(|b| b.last.is_none())
+                    .count()
+            })
             .sum();
         while pending > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {

@@ -2,7 +2,7 @@
 //! enter a ring, and followed afterwards against the neighbour and link tables, which a task of
 //! their own reads every second so that health events never wait for the `ip` processes.
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use lb_common::maps::{ForwardMode, VipKey};
 use tokio::sync::mpsc;
@@ -12,7 +12,7 @@ use crate::{
     config::OnAllDown,
     error::Chain,
     health::Health,
-    nexthop::{self, format_mac},
+    nexthop::{self, format_mac, NextHop},
 };
 
 /// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
@@ -58,8 +58,26 @@ impl Agent {
             .filter(|b| b.next_hop.is_none() && (b.health == Health::Up || fail_open))
             .map(|b| (b.id, b.address()))
             .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // A backend address other VIPs use has its next hop already (the table reader keeps
+        // them all current): resolving each address once spares thousands of `ip` processes
+        // when many VIPs share their backends.
+        let known: HashMap<IpAddr, NextHop> = self
+            .vips
+            .values()
+            .flat_map(|vip| &vip.backends)
+            .filter_map(|b| Some((b.address(), b.next_hop?)))
+            .filter(|(_, hop)| !on_link || hop.gateway.is_none())
+            .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (id, address) in wanted {
+            if let Some(hop) = known.get(&address) {
+                let hop = *hop;
+                tasks.spawn(async move { (id, address, Ok(hop)) });
+                continue;
+            }
             tasks.spawn(async move {
                 let hop = nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await;
                 (id, address, hop)

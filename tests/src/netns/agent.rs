@@ -172,6 +172,11 @@ impl AgentProcess {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,327 @@
+//! The agent's control plane as it grows: V VIPs × 16 backends (the same 16 addresses behind
+//! every VIP, as when one pool serves many services), TCP checks every second with `rise = 1`
+//! and a 500 ms timeout, rings of 65537 slots, for V = 10, 100 and 1000 (the documented
+//! maximum is 1024). Needs root and `cargo build --release -p lb-user` first (see `--help`).
+//!
+//! The lab: the real `lb run` in an `lb` namespace and one backend host `bk` on a bridge, whose
+//! loopback holds the backend addresses (10.79.0.1-17) and one listener on port 80 that
+//! accepts and closes. For each size it measures: the time from starting the agent to every
+//! backend up in `BACKENDS`; the agent's CPU over 10 s of steady checking, and per check; the
+//! time from a changed configuration file (one VIP gains a 17th backend) to that backend in
+//! the VIP's ring; `lb status --json`'s run time; the agent's resident memory.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use lb_common::maps::BackendState;
+use lb_tests::{
+    bench::{
+        load::{Serve, Server},
+        report_table::{self, median, Section},
+    },
+    netns::{
+        agent::{find_lb_binary, lb_binary, AgentFiles, AgentProcess},
+        topology::Lan,
+    },
+};
+use lb_user::datapath::Datapath;
+
+/// Backends per VIP.
+const BACKENDS: usize = 16;
+/// The sizes measured.
+const SIZES: [usize; 3] = [10, 100, 1000];
+const PORT: u16 = 80;
+const TABLE_SIZE: u32 = 65537;
+/// How long the steady state is watched.
+const STEADY: Duration = Duration::from_secs(10);
+
+/// Targets at the largest size.
+mod target {
+    /// Every backend up after start, seconds.
+    pub const ALL_UP_S: f64 = 3.0;
+    /// Steady CPU, share of one core.
+    pub const CPU: f64 = 0.20;
+    /// A one-VIP change in the datapath after the file changed, ms.
+    pub const RELOAD_MS: f64 = 100.0;
+    /// `lb status --json`, ms.
+    pub const STATUS_MS: f64 = 150.0;
+    /// Resident memory, MB.
+    pub const RSS_MB: f64 = 120.0;
+}
+
+const ABOUT: &str = "bench-agent: the agent at 10, 100 and 1000 VIPs x 16 backends (start-up, CPU per check, reload, status, memory).\n\
+Needs root and the lb binary of the same profile: cargo build --release -p lb-user && cargo run --release -p lb-tests --bin bench-agent";
+
+fn backend(b: usize) -> IpAddr {
+    IpAddr::from([10, 79, 0, b as u8 + 1])
+}
+
+fn vip(v: usize) -> IpAddr {
+    IpAddr::from([10, 78, (v / 250) as u8, (v % 250) as u8 + 1])
+}
+
+/// The configuration: `vips` VIPs of `BACKENDS` backends, VIP 0 with `extra` more.
+fn config(files: &AgentFiles, vips: usize, extra: usize) -> String {
+    let mut text = format!(
+        "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\ntable_size = {TABLE_SIZE}\n\n\
+         [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\n",
+        files.state_dir.display()
+    );
+    for v in 0..vips {
+        text += &format!(
+            "\n[[vip]]\nname = \"v{v}\"\naddress = \"{}\"\nport = {PORT}\n",
+            vip(v)
+        );
+        let count = BACKENDS + if v == 0 { extra } else { 0 };
+        for b in 0..count {
+            text += &format!("  [[vip.backend]]\n  address = \"{}\"\n", backend(b));
+        }
+    }
+    text
+}
+
+/// CPU time (user + system) of process `pid`.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces): state is the first; utime and stime
+    // are the 12th and 13th after it.
+    let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf with a constant name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Duration::from_secs_f64(
+        fields.iter().sum::<u64>() as f64 / hz,
+    ))
+}
+
+/// Resident memory of process `pid`, in MB.
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+/// Backends up in the pinned `BACKENDS`.
+fn backends_up(files: &AgentFiles) -> usize {
+    let Ok(mut maps) = Datapath::open_pinned(&files.state_dir) else {
+        return 0;
+    };
+    maps.backends().map_or(0, |backends| {
+        backends
+            .iter()
+            .filter(|(_, b)| b.state == BackendState::Up as u8)
+            .count()
+    })
+}
+
+/// Whether backend `address` is in VIP 0's ring.
+fn in_ring_of_vip0(files: &AgentFiles, address: IpAddr) -> bool {
+    let Ok(mut maps) = Datapath::open_pinned(&files.state_dir) else {
+        return false;
+    };
+    let Some(id) = maps.backends().ok().and_then(|backends| {
+        backends
+            .into_iter()
+            .find(|(_, b)| b.address() == address && b.state == BackendState::Up as u8)
+            .map(|(id, _)| id)
+    }) else {
+        return false;
+    };
+    let vip0 = maps.vips().ok().and_then(|vips| {
+        vips.into_iter()
+            .find(|(key, _)| key.address() == vip(0))
+            .map(|(_, v)| v.id)
+    });
+    vip0.and_then(|v| maps.ring(v).ok().flatten())
+        .is_some_and(|ring| ring.contains(&id))
+}
+
+/// Polls `condition` every `every` until `timeout`; how long it took.
+fn wait(
+    timeout: Duration,
+    every: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(every);
+    }
+    None
+}
+
+/// One size's figures.
+struct Figures {
+    all_up: Duration,
+    cpu: f64,
+    per_check: Duration,
+    reload: Duration,
+    status: Duration,
+    rss_mb: f64,
+}
+
+fn measure(vips: usize) -> anyhow::Result<Figures> {
+    eprintln!("bench-agent: {vips} VIPs x {BACKENDS} backends");
+    let lan = Lan::new(&format!("agent{vips}"), &["lb", "bk"]);
+    let (lb, bk) = (lan.host(0), lan.host(1));
+    let addresses: Vec<String> = (0..=BACKENDS)
+        .map(|b| format!("addr add {}/32 dev lo", backend(b)))
+        .collect();
+    bk.ns.ip_batch(&addresses);
+    lb.ns.ip(&format!("route add 10.79.0.0/24 via {}", bk.ip));
+    let _server = Server::start(
+        &bk.ns,
+        SocketAddr::from(([0, 0, 0, 0], PORT)),
+        4,
+        Serve::Close,
+    )?;
+    let files = AgentFiles::new(&format!("agent{vips}"));
+    files.write_config(&config(&files, vips, 0));
+    let started = Instant::now();
+    let agent = AgentProcess::start(&lb.ns, &files, false);
+    let total = vips * BACKENDS;
+    let Some(_) = wait(Duration::from_secs(300), Duration::from_millis(50), || {
+        backends_up(&files) == total
+    }) else {
+        bail!(
+            "not every backend came up within 300 s; the agent's log:\n{}",
+            files.log_text()
+        );
+    };
+    let all_up = started.elapsed();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let before = process_cpu(agent.pid())?;
+    std::thread::sleep(STEADY);
+    let used = process_cpu(agent.pid())?.saturating_sub(before);
+    let cpu = used.as_secs_f64() / STEADY.as_secs_f64();
+    let per_check = used / (total as u32 * STEADY.as_secs() as u32);
+
+    let status: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let output = Command::new(lb_binary())
+                .args(["status", "--json", "--state-dir"])
+                .arg(&files.state_dir)
+                .output()?;
+            anyhow::ensure!(output.status.success(), "lb status failed");
+            Ok(start.elapsed().as_secs_f64())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let status = Duration::from_secs_f64(median(&status).unwrap_or_default());
+
+    let added = backend(BACKENDS);
+    files.write_config(&config(&files, vips, 1));
+    let changed = Instant::now();
+    let Some(_) = wait(Duration::from_secs(60), Duration::from_millis(5), || {
+        in_ring_of_vip0(&files, added)
+    }) else {
+        bail!(
+            "the added backend never entered the ring; the agent's log:\n{}",
+            files.log_text()
+        );
+    };
+    let reload = changed.elapsed();
+    let rss_mb = rss_mb(agent.pid())?;
+    drop(agent);
+    Ok(Figures {
+        all_up,
+        cpu,
+        per_check,
+        reload,
+        status,
+        rss_mb,
+    })
+}
+
+fn main() -> ExitCode {
+    report_table::run_main("bench-agent", ABOUT, run)
+}
+
+fn run() -> anyhow::Result<Vec<Section>> {
+    find_lb_binary().map_err(anyhow::Error::msg)?;
+    let mut section = Section::new(
+        "Agent at scale",
+        "The real agent (`lb run`, release build) with V VIPs x 16 backends: the same 16 \
+         addresses (on one backend host's loopback, one listener that accepts and closes) behind \
+         every VIP, TCP checks every 1 s with rise = 1 and a 500 ms timeout, rings of 65537 slots. \
+         All up: from starting the agent to every backend up in the pinned BACKENDS (polled every \
+         50 ms). CPU: the agent's user + system time over 10 s of steady checking, as a share of \
+         one core and per check (V x 16 checks a second). Reload: from renaming a configuration \
+         with one more backend for one VIP over the file to that backend in the VIP's ring \
+         (polled every 5 ms). Status: `lb status --json`, median of 5 runs. RSS: the agent's \
+         resident memory after the reload.",
+        &[
+            "VIPs × backends",
+            "all up after",
+            "agent CPU, steady",
+            "CPU per check",
+            "reload: ring in after",
+            "lb status --json",
+            "agent RSS",
+        ],
+    );
+    let mut largest = None;
+    for vips in SIZES {
+        let figures = measure(vips)?;
+        section.row(vec![
+            format!("{vips} × {BACKENDS}"),
+            format!("{:.2} s", figures.all_up.as_secs_f64()),
+            format!("{:.1}%", figures.cpu * 100.0),
+            format!("{:.1} µs", figures.per_check.as_secs_f64() * 1e6),
+            format!("{:.0} ms", figures.reload.as_secs_f64() * 1e3),
+            format!("{:.0} ms", figures.status.as_secs_f64() * 1e3),
+            format!("{:.0} MB", figures.rss_mb),
+        ]);
+        largest = Some((vips, figures));
+    }
+    if let Some((vips, figures)) = largest {
+        let verdict = |what: &str, value: f64, limit: f64, unit: &str| {
+            let met = if value <= limit { "met" } else { "MISSED" };
+            format!("target at {vips} VIPs: {what} ≤ {limit}{unit}: {met} ({value:.2}{unit})")
+        };
+        section.notes.push(verdict(
+            "all up",
+            figures.all_up.as_secs_f64(),
+            target::ALL_UP_S,
+            " s",
+        ));
+        section.notes.push(verdict(
+            "steady CPU",
+            figures.cpu * 100.0,
+            target::CPU * 100.0,
+            "% of a core",
+        ));
+        section.notes.push(verdict(
+            "reload",
+            figures.reload.as_secs_f64() * 1e3,
+            target::RELOAD_MS,
+            " ms",
+        ));
+        section.notes.push(verdict(
+            "lb status --json",
+            figures.status.as_secs_f64() * 1e3,
+            target::STATUS_MS,
+            " ms",
+        ));
+        section
+            .notes
+            .push(verdict("RSS", figures.rss_mb, target::RSS_MB, " MB"));
+    }
+    Ok(vec![section])
+}
