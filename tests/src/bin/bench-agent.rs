@@ -73,7 +73,7 @@ fn config(files: &AgentFiles, vips: usize, extra: usize) -> String {
     );
     for v in 0..vips {
         text += &format!(
-            "\n[[vip]]\nname = \"v{v}\"\naddress = \"{}\"\nport = {PORT}\n",
+            "\n[[vip]]\nname = \"v{v}\"\naddress = \"{}\"\nport = {PORT}\nforward = \"tunnel\"\n",
             vip(v)
         );
         let count = BACKENDS + if v == 0 { extra } else { 0 };
