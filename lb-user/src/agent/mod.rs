@@ -384,15 +384,18 @@ impl Agent {
         let mut ramp_tick = tokio::time::interval(RAMP_STEP);
         ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let ramping = self.ramping();
             let stop = tokio::select! {
                 Some(pending) = self.control.recv() => {
                     let reply = self.administer(&pending.request, pending.peer).await;
                     let _ = pending.reply.send(reply);
                     false
                 }
-                _ = ramp_tick.tick(), if ramping => {
-                    self.step_ramps().await;
+                // Whether a backend ramps is asked at each tick, not before every event: the
+                // question walks every backend.
+                _ = ramp_tick.tick() => {
+                    if self.ramping() {
+                        self.step_ramps().await;
+                    }
                     false
                 }
                 Some(snapshot) = neighbour_snapshots.recv() => {
