@@ -32,7 +32,8 @@ enum Cmd {
     /// support; installs if missing: rust nightly + rust-src + clippy, bpf-linker 0.10.4, cargo-deb
     /// 3.8.0, and the apt packages providing ip, ethtool, tcpdump, bpftool, ps, bird (bird2),
     /// keepalived and vtysh (frr), without letting their services run, and dpkg-deb,
-    /// dpkg-shlibdeps, systemd-analyze, man and script for the package test.
+    /// dpkg-shlibdeps, systemd-analyze, man and script for the package test, debootstrap and
+    /// systemd-nspawn (systemd-container) for the systemd test.
     Setup,
     /// Run setup, the gates (`cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
     /// the same for lb-ebpf on the BPF target with nightly, `cargo doc` with warnings denied), `cargo build`, `cargo xtask package`, then
