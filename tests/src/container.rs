@@ -1,10 +1,9 @@
 //! A Debian 12 container booted with systemd as PID 1 (`systemd-nspawn --boot`), for the
 //! tests that run the package's units under a real init (`tests/tests/systemd.rs`).
 //!
-//! The root file system is bootstrapped once with `debootstrap` from the Debian mirror the
-//! host's apt uses and cached in [`CACHE`] (outside the work tree: about 250 MB, a minute to
-//! build); each [`Container`] boots a copy-on-write overlay of it, so every run starts from a
-//! clean root and the cache is never written. Its `/sys/fs/bpf` is a bpffs mounted for it
+//! The root file system is [`lb_lab::debian_root`]'s, bootstrapped once and cached outside
+//! the work tree; each [`Container`] boots a copy-on-write overlay of it, so every run starts
+//! from a clean root and the cache is never written. Its `/sys/fs/bpf` is a bpffs mounted for it
 //! alone, so nothing it pins reaches the host's. The host has no systemd (`--register=no`,
 //! `--keep-unit`) and the container has no udev: device units never appear in it.
 //!
@@ -15,147 +14,17 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
+use lb_lab::debian_root::cached_root;
+
 use crate::deploy::describe;
 
-/// Where the bootstrapped root is kept between runs.
-pub const CACHE: &str = "/var/cache/lb-tests/bookworm-root";
-/// The packages the root gets beyond debootstrap's minimal base (`minbase`: apt, dpkg...).
-pub const PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,procps";
-/// The mirror when the host's apt sources name none.
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// The cached root, bootstrapped first if it is not there. A lock file serializes runs that
-/// would build it at once; it is built in a directory of its own and renamed into place when
-/// complete, so an interrupted build leaves no half root behind.
-pub fn cached_root() -> PathBuf {
-    let cache = PathBuf::from(CACHE);
-    if cache.join("etc/os-release").exists() {
-        return cache;
-    }
-    let parent = cache.parent().expect("the cache has a parent");
-    fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
-    let lock_path = parent.join("bookworm-root.lock");
-    let lock = fs::File::create(&lock_path)
-        .unwrap_or_else(|e| panic!("lock file {}: {e}", lock_path.display()));
-    // SAFETY: flock on a file descriptor we own, released when `lock` is closed.
-    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(locked, 0, "flock {}", lock_path.display());
-    if cache.join("etc/os-release").exists() {
-        return cache; // Another run built it while this one waited.
-    }
-    let building = parent.join(format!("bookworm-root.building-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&building);
-    let mirror = apt_mirror();
-    let started = Instant::now();
-    println!(
-        "bootstrapping Debian 12 into {} from {mirror} (once; cached for later runs)",
-        cache.display()
-    );
-    let output = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={PACKAGES}"),
-            "bookworm",
-        ])
-        .arg(&building)
-        .arg(&mirror)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "debootstrap: {e} (`cargo xtask setup` installs debootstrap and systemd-container)"
-            )
-        });
-    if !output.status.success() {
-        let _ = fs::remove_dir_all(&building);
-        panic!(
-            "debootstrap bookworm from {mirror} failed ({}):\n{}",
-            output.status,
-            describe(&output)
-        );
-    }
-    prepare_root(&building);
-    fs::rename(&building, &cache)
-        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", building.display(), cache.display()));
-    println!(
-        "bootstrapped {} in {:.0} s",
-        cache.display(),
-        started.elapsed().as_secs_f64()
-    );
-    cache
-}
-
-/// What a test container needs of a fresh root: no timer running apt behind the test's back
-/// (it would hold dpkg's lock), an empty machine id (systemd makes one at each boot).
-fn prepare_root(root: &Path) {
-    let units = root.join("etc/systemd/system");
-    fs::create_dir_all(&units).expect("units dir");
-    for unit in [
-        "apt-daily.timer",
-        "apt-daily-upgrade.timer",
-        "dpkg-db-backup.timer",
-        "e2scrub_all.timer",
-    ] {
-        let link = units.join(unit);
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink("/dev/null", &link).expect("mask a timer");
-    }
-    fs::write(root.join("etc/machine-id"), "").expect("machine-id");
-    fs::write(root.join("etc/hostname"), "lb-gateway\n").expect("hostname");
-}
-
-/// The Debian mirror of the host's apt sources (`URIs:` of a deb822 `.sources` file, or a
-/// `deb URL bookworm ...` line), else [`DEFAULT_MIRROR`].
-pub fn apt_mirror() -> String {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-        .iter()
-        .filter_map(|file| fs::read_to_string(file).ok())
-        .find_map(|text| mirror_in(&text))
-        .unwrap_or_else(|| DEFAULT_MIRROR.to_owned())
-}
-
-/// The first Debian archive (not the security one) serving bookworm in a sources file.
-fn mirror_in(text: &str) -> Option<String> {
-    let is_debian = |uri: &str| uri.trim_end_matches('/').ends_with("/debian");
-    // deb822: stanzas separated by blank lines.
-    for stanza in text.split("\n\n") {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        if let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) {
-            if suites.split_whitespace().any(|s| s == "bookworm") {
-                if let Some(uri) = uris.split_whitespace().find(|u| is_debian(u)) {
-                    return Some(uri.to_owned());
-                }
-            }
-        }
-    }
-    text.lines().find_map(|line| {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["deb", uri, "bookworm", ..] if is_debian(uri) => Some((*uri).to_owned()),
-            _ => None,
-        }
-    })
-}
 
 /// A booted container: its machine name, its PID 1, the host end of its veth.
 pub struct Container {
@@ -398,34 +267,5 @@ impl Drop for Container {
             }
         }
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_debian_mirror_in_both_source_formats() {
-        let deb822 =
-            "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
-                      Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n\
-                      Suites: bookworm-security\n";
-        assert_eq!(
-            mirror_in(deb822).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        let security_first =
-            "Types: deb\nURIs: http://m/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(mirror_in(security_first), None);
-        let one_line = "# comment\ndeb http://m.example/debian/ bookworm main\n";
-        assert_eq!(
-            mirror_in(one_line).as_deref(),
-            Some("http://m.example/debian/")
-        );
-        assert_eq!(
-            mirror_in("deb https://packages.example/apt cloud-sdk main\n"),
-            None
-        );
     }
 }
