@@ -123,7 +123,7 @@ fn prepare(root: &Path) -> Result<(), LabError> {
 }
 
 /// The Debian mirror of the host's apt sources (`URIs:` of a deb822 `.sources` file, or a
-/// `deb URL bookworm ...` line), else [`DEFAULT_MIRROR`].
+/// `deb URL bookworm ...` line), else Debian's own (`deb.debian.org`).
 pub fn apt_mirror() -> String {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {

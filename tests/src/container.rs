@@ -34,7 +34,8 @@ pub struct Container {
     pub leader: u32,
     /// The scratch directory: the overlay's layers, the merged root, the bpffs, the log.
     dir: PathBuf,
-    nspawn: Child,
+    /// `systemd-nspawn`, once started.
+    nspawn: Option<Child>,
     mounts: Vec<PathBuf>,
 }
 
@@ -58,10 +59,9 @@ impl Container {
             name,
             leader: 0,
             dir,
-            nspawn: Command::new("true").spawn().expect("placeholder"),
+            nspawn: None,
             mounts: Vec::new(),
         };
-        let _ = container.nspawn.wait();
         let root = container.dir.join("root");
         container.mount(
             Command::new("mount")
@@ -83,7 +83,7 @@ impl Container {
             &bpf,
         );
         let log = fs::File::create(container.console_log()).expect("console log");
-        container.nspawn = Command::new("systemd-nspawn")
+        let nspawn = Command::new("systemd-nspawn")
             .args([
                 "--quiet",
                 "--boot",
@@ -103,6 +103,7 @@ impl Container {
             .stderr(log)
             .spawn()
             .expect("systemd-nspawn (`cargo xtask setup` installs systemd-container)");
+        container.nspawn = Some(nspawn);
         container.leader = container.wait_for_leader();
         container.wait_booted();
         container
@@ -129,10 +130,11 @@ impl Container {
 
     /// The nspawn process's child, once it runs systemd.
     fn wait_for_leader(&mut self) -> u32 {
-        let pid = self.nspawn.id();
+        let pid = self.nspawn.as_ref().expect("started").id();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.nspawn.try_wait() {
+            let exited = self.nspawn.as_mut().expect("started").try_wait();
+            if let Ok(Some(status)) = exited {
                 panic!(
                     "systemd-nspawn exited ({status}) before booting:\n{}",
                     self.console()
@@ -252,10 +254,13 @@ impl Drop for Container {
             unsafe { libc::kill(self.leader as libc::pid_t, libc::SIGKILL) };
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.nspawn.try_wait(), Ok(None)) {
+        while let Some(nspawn) = self.nspawn.as_mut() {
+            if !matches!(nspawn.try_wait(), Ok(None)) {
+                break;
+            }
             if Instant::now() > deadline {
-                let _ = self.nspawn.kill();
-                let _ = self.nspawn.wait();
+                let _ = nspawn.kill();
+                let _ = nspawn.wait();
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
