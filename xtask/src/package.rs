@@ -55,10 +55,11 @@ impl Build {
     ) {
         match self {
             Self::Release => (&["build", "--release", "-p", "lb-user"], "release", &[]),
-            // cargo-deb warns that it is meant for release profiles: this package is not
-            // one to ship.
+            // The default members, as `cargo xtask test` builds them: `-p lb-user` alone
+            // unifies other features and built lb again (35 s). cargo-deb warns that it is
+            // meant for release profiles: this package is not one to ship.
             Self::Debug => (
-                &["build", "-p", "lb-user"],
+                &["build"],
                 "debug",
                 &["--profile", "dev", "--strip", "--fast"],
             ),
