@@ -38,7 +38,7 @@ enum Cmd {
     /// systemd-nspawn (systemd-container) for the systemd test.
     Setup,
     /// Run setup, the gates (`cargo fmt --check`, `cargo clippy --all-targets -D warnings`,
-    /// the same for lb-ebpf on the BPF target with nightly, `cargo doc` with warnings denied), `cargo build`, the package
+    /// the same for lb-ebpf on the BPF target with nightly, `cargo doc` with warnings denied), `cargo build --all-targets`, the package
     /// of that debug build (as `cargo xtask package` makes it, with the debug `lb` stripped),
     /// then `cargo test` (every unit, packet and netns test, the package's and the systemd
     /// test's); at the end, a table of the time each phase took.
@@ -267,10 +267,11 @@ fn test_phases(
         )
     })?;
 
-    // The default members: lb-ebpf is compiled for the BPF target by lb-user/build.rs.
-    phases.run("build: cargo build", || {
-        header("build: cargo build");
-        cmd::run(&mut cargo(&["build"]))
+    // The default members, tests included (see package::TEST_BUILD): lb-ebpf is compiled
+    // for the BPF target by lb-user/build.rs.
+    phases.run("build: cargo build --all-targets", || {
+        header("build: cargo build --all-targets");
+        cmd::run(&mut cargo(package::TEST_BUILD))
     })?;
 
     phases.run("lints: cargo clippy", || {

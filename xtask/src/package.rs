@@ -33,6 +33,12 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// How `cargo xtask test` builds: every target of the default members, tests included, so
+/// that the dependencies are compiled once, with the features the tests unify (a plain
+/// `cargo build` leaves out the dev-dependencies' features, and `cargo test` compiled tokio
+/// and everything above it again); `cargo test` then only runs.
+pub const TEST_BUILD: &[&str] = &["build", "--all-targets"];
+
 /// Which build of `lb` the package holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Build {
@@ -55,11 +61,11 @@ impl Build {
     ) {
         match self {
             Self::Release => (&["build", "--release", "-p", "lb-user"], "release", &[]),
-            // The default members, as `cargo xtask test` builds them: `-p lb-user` alone
-            // unifies other features and built lb again (35 s). cargo-deb warns that it is
-            // meant for release profiles: this package is not one to ship.
+            // As `cargo xtask test` builds: other arguments unify other features and build
+            // lb again (`-p lb-user` alone took 35 s). cargo-deb warns that it is meant for
+            // release profiles: this package is not one to ship.
             Self::Debug => (
-                &["build"],
+                TEST_BUILD,
                 "debug",
                 &["--profile", "dev", "--strip", "--fast"],
             ),
