@@ -26,6 +26,19 @@ pub fn sh(command: &str) -> String {
     or_panic(try_sh(command))
 }
 
+/// Runs `command` (stdin closed); its stdout, or an error with what it printed.
+pub(crate) fn run(command: &mut Command) -> Result<String, LabError> {
+    let line = display(command);
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LabError::Start {
+            command: line.clone(),
+            source,
+        })?;
+    stdout_of(&line, output)
+}
+
 /// Runs `command` with `input` on its stdin; its stdout, or an error with what it printed.
 pub(crate) fn run_with_input(command: &mut Command, input: &str) -> Result<String, LabError> {
     let line = display(command);

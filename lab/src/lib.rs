@@ -8,6 +8,9 @@
 //! client behind it, bird2, FRR and keepalived as processes ([`Daemon`], their files in a
 //! [`Scratch`] directory) and their configurations.
 //!
+//! [`debian_root`] is the Debian 12 root the systemd test boots as a container, bootstrapped
+//! once and cached.
+//!
 //! Nothing here loads BPF. What a lab needs of lb itself (its `pass` program on the switch
 //! ports, the agent) is the caller's job: the tests attach programs through
 //! `lb_user::datapath`, the demo runs the `lb` binary. So xtask builds without the eBPF
@@ -23,6 +26,7 @@
 
 mod command;
 mod daemon;
+pub mod debian_root;
 mod error;
 mod lan;
 mod netns;

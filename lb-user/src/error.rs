@@ -57,7 +57,8 @@ mod tests {
                 },
             },
             DatapathError::StateDir {
-                dir: PathBuf::from("/sys/fs/bpf/lb"),
+                action: "create the state directory",
+                path: PathBuf::from("/sys/fs/bpf/lb"),
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             },
             DatapathError::Ring {

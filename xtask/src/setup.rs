@@ -46,6 +46,10 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("man", "man-db"),
     ("script", "bsdutils"),
+    // The systemd test (tests/tests/systemd.rs) bootstraps a Debian 12 root once (cached in
+    // /var/cache/lb-tests) and boots it with systemd as PID 1 in a container.
+    ("debootstrap", "debootstrap"),
+    ("systemd-nspawn", "systemd-container"),
 ];
 
 /// What the routing packages start when their services run: the process name and the pid

@@ -128,8 +128,8 @@ impl Announcer {
         match self.routes.list(self.owner.table).await {
             Ok(routes) => self.announced = split(&routes, self.owner.protocol).0,
             Err(error) => tracing::error!(
-                "reading table {} failed, keeping what this agent wrote: {}",
-                self.owner.table,
+                // The error names the table.
+                "cannot read the announced routes, keeping what this agent wrote: {}",
                 Chain(&error)
             ),
         }
@@ -175,7 +175,8 @@ impl Announcer {
                 }
                 Err(error) => tracing::error!(
                     %address,
-                    "withdrawing vip address {address} failed: {}",
+                    // The error names the route (the address) and the table.
+                    "cannot withdraw a vip address: {}",
                     Chain(&error)
                 ),
             }
@@ -197,7 +198,8 @@ impl Announcer {
                 }
                 Err(error) => tracing::error!(
                     %address,
-                    "announcing vip address {address} failed: {}",
+                    // The error names the route (the address) and the table.
+                    "cannot announce a vip address: {}",
                     Chain(&error)
                 ),
             }

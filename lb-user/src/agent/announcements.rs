@@ -68,8 +68,9 @@ impl Agent {
             None => match Announcer::start(owner, &wanted, why).await {
                 Ok(announcer) => self.announcer = Some(announcer),
                 Err(error) => tracing::error!(
-                    "cannot announce vip addresses in table {}: {}",
-                    owner.table,
+                    table = owner.table,
+                    // A refused request names the table; a socket that cannot open has none.
+                    "cannot announce vip addresses: {}",
                     Chain(&error)
                 ),
             },

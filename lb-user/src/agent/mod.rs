@@ -168,17 +168,7 @@ impl Agent {
         keep_datapath: bool,
         fresh_state: bool,
     ) -> anyhow::Result<Self> {
-        let mut datapath = Datapath::load(&Options {
-            conntrack_size: config.conntrack_size,
-            pin_dir: Some(config.state_dir.clone()),
-            fresh_state,
-        })
-        .with_context(|| {
-            format!(
-                "loading the datapath (state directory {})",
-                config.state_dir.display()
-            )
-        })?;
+        let mut datapath = load_datapath(&config, fresh_state)?;
         let ifindex =
             interface::index(&config.interface).context("set `interface` in the configuration")?;
         let adopting = *datapath.origin() != Origin::New;
@@ -438,5 +428,56 @@ impl Agent {
     /// The configuration file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Loads (or adopts, or migrates, or with `fresh_state` replaces) the datapath pinned in
+/// `config.state_dir`. Every error of loading names the state directory or the pin it
+/// concerns, so the context does not repeat it.
+fn load_datapath(config: &Config, fresh_state: bool) -> anyhow::Result<Datapath> {
+    Datapath::load(&Options {
+        conntrack_size: config.conntrack_size,
+        pin_dir: Some(config.state_dir.clone()),
+        fresh_state,
+    })
+    .context("loading the datapath")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory that cannot be created (here: below a regular file; under a
+    /// read-only /sys/fs/bpf, "Read-only file system") fails before any BPF call, and the
+    /// agent's error names the directory once.
+    #[test]
+    fn a_state_directory_that_cannot_be_created_is_named_once() {
+        let file = std::env::temp_dir().join(format!("lb-unit-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, "").expect("write a file");
+        let state_dir = file.join("lb");
+        let text = format!(
+            "interface = \"eth0\"\nstate_dir = \"{}\"\n\n[[vip]]\nname = \"web\"\n\
+             address = \"10.0.0.100\"\nport = 80\n[[vip.backend]]\naddress = \"10.0.0.11\"\n",
+            state_dir.display()
+        );
+        let config = config::parse(Path::new("lb.toml"), &text).expect("a valid configuration");
+        let Err(error) = load_datapath(&config, false) else {
+            panic!("loaded a datapath below a regular file");
+        };
+        std::fs::remove_file(&file).expect("remove the file");
+        let rendered = format!("{error:#}");
+        assert_eq!(
+            rendered,
+            format!(
+                "loading the datapath: cannot create the state directory {}: Not a directory \
+                 (os error 20)",
+                state_dir.display()
+            )
+        );
+        assert_eq!(
+            rendered.matches(&state_dir.display().to_string()).count(),
+            1,
+            "{rendered}"
+        );
     }
 }

@@ -96,7 +96,8 @@ impl Agent {
                 Err(error) => tracing::warn!(
                     vip = %name,
                     backend = %address,
-                    "backend {address} of vip {name} treated as down: next hop unresolved: {}",
+                    // Every NextHopError names the backend.
+                    "a backend of vip {name} treated as down: next hop unresolved: {}",
                     Chain(&error)
                 ),
             }

@@ -36,11 +36,9 @@ pub enum DetachError {
     /// The configuration named by `--config` cannot be read.
     #[error("cannot find the state_dir to detach")]
     Config(#[from] crate::config::ConfigError),
-    /// Removing the pins failed.
-    #[error("cannot remove the datapath pinned at {}", dir.display())]
+    /// Removing the pins failed (the cause names the pin or directory).
+    #[error("cannot remove the pinned datapath")]
     Remove {
-        /// The state directory.
-        dir: PathBuf,
         /// The error (boxed: it is large, and rare).
         #[source]
         source: Box<DatapathError>,
@@ -163,7 +161,6 @@ pub async fn detach(target: &Target) -> Result<String, DetachError> {
         ));
     }
     crate::datapath::remove_pins(dir).map_err(|source| DetachError::Remove {
-        dir: dir.to_path_buf(),
         source: Box::new(source),
     })?;
     status::remove(dir);

@@ -52,11 +52,14 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::xdp::XdpMapError,
     },
-    /// The state directory could not be created or cleaned.
-    #[error("state directory {}", dir.display())]
+    /// A path of the state directory (the directory, a pin in it, its staging directory)
+    /// could not be created, renamed or removed.
+    #[error("cannot {action} {}", path.display())]
     StateDir {
+        /// What was tried, on what: "create the state directory", "remove the pin"...
+        action: &'static str,
         /// The path.
-        dir: PathBuf,
+        path: PathBuf,
         /// The error.
         #[source]
         source: std::io::Error,

@@ -184,7 +184,8 @@ impl Datapath {
         let mut flow_sets = conntrack::sets_for(options.conntrack_size);
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::StateDir {
-                dir: dir.clone(),
+                action: "create the state directory",
+                path: dir.clone(),
                 source,
             })?;
             let found = match layout::inspect(dir) {
@@ -211,7 +212,8 @@ impl Datapath {
                     // directory left by an upgrade that did not finish is started over.
                     let _ = std::fs::remove_dir_all(&staging);
                     std::fs::create_dir(&staging).map_err(|source| DatapathError::StateDir {
-                        dir: staging.clone(),
+                        action: "create the staging directory",
+                        path: staging.clone(),
                         source,
                     })?;
                     for (map, fate) in &migration.fates {
@@ -510,22 +512,27 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     for map in names::BALANCER.into_iter().chain(names::RETIRED) {
         let path = dir.join(map);
         if path.exists() {
-            std::fs::remove_file(&path)
-                .map_err(|source| DatapathError::StateDir { dir: path, source })?;
+            std::fs::remove_file(&path).map_err(|source| DatapathError::StateDir {
+                action: "remove the pin",
+                path,
+                source,
+            })?;
         }
     }
     // New maps of an upgrade that did not finish.
     let staging = dir.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|source| DatapathError::StateDir {
-            dir: staging,
+            action: "remove the staging directory",
+            path: staging,
             source,
         })?;
     }
     match std::fs::remove_dir(dir) {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
             Err(DatapathError::StateDir {
-                dir: dir.to_path_buf(),
+                action: "remove the state directory",
+                path: dir.to_path_buf(),
                 source,
             })
         }

@@ -111,24 +111,36 @@ impl Datapath {
             let (old, new) = (dir.join(map), staging.join(map));
             match std::fs::remove_file(&old) {
                 Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(DatapathError::StateDir { dir: old, source })
+                    return Err(DatapathError::StateDir {
+                        action: "remove the old pin",
+                        path: old,
+                        source,
+                    })
                 }
                 _ => {}
             }
-            std::fs::rename(&new, &old)
-                .map_err(|source| DatapathError::StateDir { dir: new, source })?;
+            std::fs::rename(&new, &old).map_err(|source| DatapathError::StateDir {
+                action: "move into place the migrated pin",
+                path: new,
+                source,
+            })?;
         }
         for map in names::RETIRED {
             let old = dir.join(map);
             match std::fs::remove_file(&old) {
                 Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(DatapathError::StateDir { dir: old, source })
+                    return Err(DatapathError::StateDir {
+                        action: "remove the old pin",
+                        path: old,
+                        source,
+                    })
                 }
                 _ => {}
             }
         }
         std::fs::remove_dir(&staging).map_err(|source| DatapathError::StateDir {
-            dir: staging,
+            action: "remove the staging directory",
+            path: staging,
             source,
         })?;
         self.origin = Origin::Adopted;
