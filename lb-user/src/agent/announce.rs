@@ -13,8 +13,6 @@ use std::{
     time::Instant,
 };
 
-use lb_common::maps::NO_BACKEND;
-
 use super::plan::Written;
 use crate::{
     config::VipConfig,
@@ -25,11 +23,7 @@ use crate::{
 /// Whether a VIP can serve: its `VIPS` entry is in place and its ring holds a backend (a
 /// backend up, or fail-open backends).
 pub fn servable(written: &Written) -> bool {
-    written.entry.is_some()
-        && written
-            .ring
-            .as_ref()
-            .is_some_and(|ring| ring.iter().any(|slot| *slot != NO_BACKEND))
+    written.entry.is_some() && written.ring.is_some_and(|ring| ring.has_backend())
 }
 
 /// The addresses to announce, each with the name of a servable VIP that wants it.
@@ -217,6 +211,8 @@ mod tests {
     use lb_common::maps::{ForwardMode, Vip};
 
     use super::*;
+    use crate::agent::plan::RingDigest;
+    use lb_common::maps::NO_BACKEND;
 
     fn vip(name: &str, address: &str, announce: bool) -> VipConfig {
         let text = format!(
@@ -231,10 +227,10 @@ mod tests {
     fn a_vip_serves_once_its_entry_and_a_backend_are_in_place() {
         let mut written = Written::default();
         assert!(!servable(&written));
-        written.ring = Some(vec![NO_BACKEND; 7]);
+        written.ring = Some(RingDigest::of(&[NO_BACKEND; 7]));
         written.entry = Some(Vip::new(0, 7, ForwardMode::Dsr));
         assert!(!servable(&written), "an empty ring drops");
-        written.ring = Some(vec![NO_BACKEND, 3, NO_BACKEND]);
+        written.ring = Some(RingDigest::of(&[NO_BACKEND, 3, NO_BACKEND]));
         assert!(servable(&written));
     }
 

@@ -331,11 +331,11 @@ impl Agent {
                 .iter()
                 .map(|b| (b.id, b.address.to_string()))
                 .collect();
-            let ring = vip.written.ring.as_deref().unwrap_or_default();
+            // Applied: the ring in the datapath is the target's.
             m.vip_synced(
                 vip.id,
                 &vip.config.name,
-                crate::fingerprint::ring_fingerprint(ring, &addresses),
+                crate::fingerprint::ring_fingerprint(&target.ring, &addresses),
                 facts
                     .iter()
                     .map(|b| (b.id, b.address, target.backends[&b.id].state())),

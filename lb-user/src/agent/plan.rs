@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::maps::{Backend, Vip, VipKey};
+use lb_common::maps::{Backend, Vip, VipKey, NO_BACKEND};
 
 /// One write to the datapath's maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,8 +60,8 @@ pub enum MapWrite {
 pub struct Written {
     /// Its `VIPS` entry (`None`: not in `VIPS`).
     pub entry: Option<Vip>,
-    /// Its ring (`None`: unknown or never written).
-    pub ring: Option<Vec<u32>>,
+    /// Its ring, as a digest (`None`: unknown or never written).
+    pub ring: Option<RingDigest>,
     /// Its backends' `BACKENDS` entries in use, by id.
     pub backends: BTreeMap<u32, Backend>,
 }
@@ -77,10 +77,43 @@ impl Written {
             MapWrite::Backend { id, entry } => {
                 self.backends.insert(*id, *entry);
             }
-            MapWrite::Ring { slots, .. } => self.ring = Some(slots.clone()),
+            MapWrite::Ring { slots, .. } => self.ring = Some(RingDigest::of(slots)),
             MapWrite::Vip { entry, .. } => self.entry = Some(*entry),
             MapWrite::RemoveVip { .. } => self.entry = None,
         }
+    }
+}
+
+/// What the agent keeps of a ring it wrote: enough to tell whether a new one differs and
+/// whether it holds a backend, without its slots (65,537 ids a VIP: 262 MB at 1000 VIPs).
+/// Two different rings share a digest with a chance of 2^-64: the new one is then not
+/// written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingDigest {
+    /// Slots.
+    len: usize,
+    /// A 64-bit hash of the slots.
+    hash: u64,
+    /// Whether a slot holds a backend.
+    has_backend: bool,
+}
+
+impl RingDigest {
+    /// The digest of `ring`.
+    pub fn of(ring: &[u32]) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        ring.hash(&mut hasher);
+        Self {
+            len: ring.len(),
+            hash: hasher.finish(),
+            has_backend: ring.iter().any(|slot| *slot != NO_BACKEND),
+        }
+    }
+
+    /// Whether a slot of the ring holds a backend.
+    pub fn has_backend(&self) -> bool {
+        self.has_backend
     }
 }
 
@@ -126,7 +159,7 @@ pub fn plan(written: &Written, target: &VipTarget, attach_ifindex: u32) -> Vec<M
     if shrinks {
         writes.extend(vip_write.clone());
     }
-    if written.ring.as_ref() != Some(&target.ring) {
+    if written.ring != Some(RingDigest::of(&target.ring)) {
         writes.push(MapWrite::Ring {
             vip: target.entry.id,
             slots: target.ring.clone(),
@@ -169,7 +202,7 @@ pub fn plan_removal(key: VipKey, written: &Written) -> Vec<MapWrite> {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::{BackendState, ForwardMode, Protocol, NO_BACKEND};
+    use lb_common::maps::{BackendState, ForwardMode, Protocol};
 
     use super::*;
 
@@ -385,6 +418,40 @@ mod tests {
         assert!(is_backend(0)(&writes[1]));
         let written = after(written, &writes);
         assert_eq!((written.entry, written.backends.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_ring_digest_tells_rings_apart_and_whether_they_hold_a_backend() {
+        let ring: Vec<u32> = (0..65537).map(|slot| slot % 16).collect();
+        assert_eq!(RingDigest::of(&ring), RingDigest::of(&ring.clone()));
+        let mut moved = ring.clone();
+        moved[40000] = 3;
+        assert_ne!(
+            RingDigest::of(&moved),
+            RingDigest::of(&ring),
+            "one slot moved"
+        );
+        assert_ne!(RingDigest::of(&ring[..7]), RingDigest::of(&ring[..11]));
+        assert!(RingDigest::of(&ring).has_backend());
+        assert!(!RingDigest::of(&[NO_BACKEND; 7]).has_backend());
+        // An unchanged ring is not swapped again; a changed one is.
+        let backends = [(0, backend(11, BackendState::Up, ATTACH))];
+        let written = after(
+            Written::default(),
+            &plan(
+                &Written::default(),
+                &target(7, vec![0; 7], &backends),
+                ATTACH,
+            ),
+        );
+        assert!(!plan(&written, &target(7, vec![0; 7], &backends), ATTACH)
+            .iter()
+            .any(is_ring));
+        let mut other = vec![0; 7];
+        other[3] = NO_BACKEND;
+        assert!(plan(&written, &target(7, other, &backends), ATTACH)
+            .iter()
+            .any(is_ring));
     }
 
     #[test]
