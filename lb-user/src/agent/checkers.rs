@@ -1,12 +1,19 @@
-//! The agent's health checkers: one task per backend (see `crate::health`), whose events all
-//! arrive on one queue, tagged so that events of a checker that was replaced are ignored.
+//! The agent's health checkers: backends checked the same way (address, port, kind, timeout,
+//! interval) share one probe (`crate::health::Probe`), each judging its results with its own
+//! rise and fall; their events all arrive on one queue, tagged so that events of a checker
+//! that was replaced are ignored.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
 
 use lb_common::maps::VipKey;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
 
 use crate::{
     config::BackendConfig,
-    health::{spawn_checker, HealthEvent},
+    health::{HealthEvent, Probe, ProbeSpec},
 };
 
 /// How many check results may wait for the agent.
@@ -25,17 +32,27 @@ pub struct CheckerKey {
     pub token: u64,
 }
 
-/// A running checker; stopped when dropped.
-#[derive(Debug)]
+/// A backend's subscription to its probe; it leaves the probe when dropped, and the probe
+/// stops with its last subscriber.
 pub struct Checker {
     /// Its events carry this token.
     pub token: u64,
-    task: JoinHandle<()>,
+    key: CheckerKey,
+    probe: Arc<Probe<CheckerKey>>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("token", &self.token)
+            .field("sharing", &self.probe.subscribers())
+            .finish()
+    }
 }
 
 impl Drop for Checker {
     fn drop(&mut self) {
-        self.task.abort();
+        self.probe.unsubscribe(&self.key);
     }
 }
 
@@ -44,6 +61,8 @@ impl Drop for Checker {
 pub struct Checkers {
     events: mpsc::Sender<HealthEvent<CheckerKey>>,
     next_token: u64,
+    /// The running probes, by what they check.
+    probes: HashMap<ProbeSpec, Weak<Probe<CheckerKey>>>,
 }
 
 impl Checkers {
@@ -54,26 +73,81 @@ impl Checkers {
             Self {
                 events,
                 next_token: 0,
+                probes: HashMap::new(),
             },
             receiver,
         )
     }
 
-    /// Starts checking backend `id` of VIP `vip` as `config` says (its first check runs at
-    /// once).
+    /// Starts checking backend `id` of VIP `vip` as `config` says: on the probe of that check
+    /// if one runs, else on a new one. Either way a check runs at once.
     pub fn start(&mut self, vip: &VipKey, id: u32, config: &BackendConfig) -> Checker {
         self.next_token += 1;
-        let token = self.next_token;
-        let task = spawn_checker(
-            CheckerKey {
-                vip: *vip,
-                backend: id,
-                token,
-            },
-            config.address,
-            &config.health,
-            self.events.clone(),
+        let key = CheckerKey {
+            vip: *vip,
+            backend: id,
+            token: self.next_token,
+        };
+        let spec = ProbeSpec::of(config.address, &config.health);
+        let probe = match self.probes.get(&spec).and_then(Weak::upgrade) {
+            Some(probe) => probe,
+            None => {
+                self.probes.retain(|_, probe| probe.strong_count() > 0);
+                let probe = Arc::new(Probe::start(spec.clone(), self.events.clone()));
+                self.probes.insert(spec, Arc::downgrade(&probe));
+                probe
+            }
+        };
+        probe.subscribe(key, config.health.rise, config.health.fall);
+        Checker {
+            token: key.token,
+            key,
+            probe,
+        }
+    }
+
+    /// Probes running.
+    pub fn probes(&self) -> usize {
+        self.probes
+            .values()
+            .filter(|probe| probe.strong_count() > 0)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::maps::Protocol;
+
+    fn backend(address: &str, interval_ms: u64) -> BackendConfig {
+        let text = format!(
+            "interface = \"eth0\"\n[health]\ninterval = \"{interval_ms}ms\"\ntimeout = \"50ms\"\nport = 9\n\
+             [[vip]]\nname = \"v\"\naddress = \"10.0.0.1\"\nport = 80\n[[vip.backend]]\naddress = \"{address}\"\n"
         );
-        Checker { token, task }
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");
+        config.vips[0].backends[0].clone()
+    }
+
+    #[tokio::test]
+    async fn backends_checked_alike_share_one_probe_until_the_last_leaves() {
+        let (mut checkers, _events) = Checkers::new();
+        let vips: Vec<VipKey> = (1..=3)
+            .map(|i| VipKey::new(format!("10.0.0.{i}").parse().unwrap(), 80, Protocol::Tcp))
+            .collect();
+        let same = backend("127.0.0.1", 1000);
+        let a = checkers.start(&vips[0], 1, &same);
+        let b = checkers.start(&vips[1], 2, &same);
+        assert_eq!(checkers.probes(), 1, "one probe for two VIPs' backend");
+        let other_interval = checkers.start(&vips[2], 3, &backend("127.0.0.1", 500));
+        let other_address = checkers.start(&vips[2], 4, &backend("127.0.0.2", 1000));
+        assert_eq!(checkers.probes(), 3);
+        assert_ne!(a.token, b.token);
+        drop(a);
+        assert_eq!(checkers.probes(), 3, "b still follows it");
+        drop(b);
+        assert_eq!(checkers.probes(), 2, "gone with its last subscriber");
+        drop((other_interval, other_address));
+        assert_eq!(checkers.probes(), 0);
     }
 }

@@ -233,6 +233,13 @@ impl Agent {
         };
         agent.write_settings()?;
         agent.add_vips(config.vips.clone()).await?;
+        let backends: usize = agent.vips.values().map(|vip| vip.backends.len()).sum();
+        tracing::info!(
+            backends,
+            probes = agent.checkers.probes(),
+            "health: {backends} backends, {} distinct checks (backends checked alike share one)",
+            agent.checkers.probes()
+        );
         agent.remove_unclaimed()?;
         let attachment = agent
             .datapath

@@ -90,7 +90,7 @@ pub fn spawn_checker<K: Clone + Send + 'static>(
 }
 
 /// `interval` minus a random 0–10%.
-fn jittered(interval: Duration) -> Duration {
+pub(super) fn jittered(interval: Duration) -> Duration {
     let fraction: f64 = rand::thread_rng().gen_range(0.0..0.1);
     interval.saturating_sub(interval.mul_f64(fraction))
 }

@@ -38,6 +38,7 @@
 
 mod checker;
 mod http;
+mod probe;
 mod tcp;
 mod text;
 mod tracker;
@@ -47,5 +48,6 @@ mod test_servers;
 
 pub use checker::{check, spawn_checker, HealthEvent};
 pub use http::check_http;
+pub use probe::{Probe, ProbeSpec};
 pub use tcp::check_tcp;
 pub use tracker::{CheckResult, Health, HealthTracker, Transition};
