@@ -286,9 +286,9 @@ fn availability_and_mttr_follow_a_known_outage() {
     assert!(lab
         .wait_until(Duration::from_secs(5), || lab.in_ring(1))
         .is_some());
-    std::thread::sleep(Duration::from_millis(1200)); // the snapshot is at most 1 s behind
-    // The snapshot and the records are written together, at most once a second: read both
+    // The snapshot is at most 1 s behind. It and the records are written together: read both
     // from the same writing (the records unchanged across the snapshot's read).
+    std::thread::sleep(Duration::from_millis(1200));
     let (b2, observed) = (0..10)
         .find_map(|_| {
             let before = b2_observed(&lab);
