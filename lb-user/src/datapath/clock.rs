@@ -145,19 +145,24 @@ impl FlowClock {
         Ok(Self::of_reading(hz, first))
     }
 
-    /// The kernel's clocks, or, where they cannot be read, a clock that assumes
-    /// `ASSUMED_HZ` (with a warning naming why: timeouts are then off by the ratio of the
-    /// real rate to it).
+    /// The kernel's clocks, read once per process (its tick rate and the offset of its
+    /// jiffies never change), or, where they cannot be read, a clock that assumes
+    /// `ASSUMED_HZ`, with one warning naming why: timeouts are then off by the ratio of the
+    /// real rate to it.
     pub fn read_or_assume() -> Self {
-        Self::read().unwrap_or_else(|error| {
-            tracing::warn!(
-                "{}; assuming a tick rate of {ASSUMED_HZ} Hz (the [conntrack] timeouts scale                  with the real rate over it)",
-                crate::error::Chain(&error)
-            );
-            Self {
-                hz: ASSUMED_HZ,
-                offset: 0.0,
-            }
+        static CLOCK: std::sync::OnceLock<FlowClock> = std::sync::OnceLock::new();
+        *CLOCK.get_or_init(|| {
+            Self::read().unwrap_or_else(|error| {
+                tracing::warn!(
+                    "{}; assuming a tick rate of {ASSUMED_HZ} Hz (the [conntrack] timeouts \
+                     scale with the real rate over it)",
+                    crate::error::Chain(&error)
+                );
+                Self {
+                    hz: ASSUMED_HZ,
+                    offset: 0.0,
+                }
+            })
         })
     }
 
