@@ -319,9 +319,10 @@ pub fn way_for(
     way
 }
 
-/// How full a table is, by class: what `lb stats` and `/metrics` report, and what sizing
-/// `conntrack_size` is judged by.
+/// How full a table is, by class: what `lb stats` (`flows` in its JSON) and `/metrics` report,
+/// and what sizing `conntrack_size` is judged by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Occupancy {
     /// Flows the table can hold (sets × [`WAYS`]).
     pub capacity: u64,

@@ -25,43 +25,9 @@ pub struct Stats {
     /// Global counters by verdict and reason (`lb_common::stats::Counter` names).
     pub global: BTreeMap<&'static str, u64>,
     /// The flow table's occupancy by class.
-    pub flows: FlowsReport,
+    pub flows: Occupancy,
     /// Per VIP.
     pub vips: Vec<VipStatsReport>,
-}
-
-/// How full the flow table (`FLOWS`) is, by class (`lb_common::conntrack::Occupancy`).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct FlowsReport {
-    /// Flows it can hold (`conntrack_size`, rounded up to sets of 4).
-    pub capacity: u64,
-    /// Established TCP and UDP flows within their idle timeout: no new flow evicts them.
-    pub established: u64,
-    /// TCP flows whose client sent a FIN or RST, within their timeout: protected too.
-    pub closing: u64,
-    /// Flows seen once (a bare SYN, a single datagram): the first to make room.
-    pub unconfirmed: u64,
-    /// Established or closing flows idle past their timeout: evictable.
-    pub idle: u64,
-}
-
-impl From<Occupancy> for FlowsReport {
-    fn from(occupancy: Occupancy) -> Self {
-        let Occupancy {
-            capacity,
-            established,
-            closing,
-            unconfirmed,
-            idle,
-        } = occupancy;
-        Self {
-            capacity,
-            established,
-            closing,
-            unconfirmed,
-            idle,
-        }
-    }
 }
 
 /// Counters of one VIP.
@@ -126,7 +92,7 @@ pub fn stats(view: &mut View) -> Result<Stats, ReportError> {
         .iter()
         .map(|(counter, value)| (counter.name(), *value))
         .collect();
-    let flows = reading.flows.into();
+    let flows = reading.flows;
     let vips = vips
         .into_iter()
         .map(|vip| {
@@ -216,7 +182,7 @@ pub fn format_stats(stats: &Stats) -> String {
         si(flows.closing as f64),
         si(flows.unconfirmed as f64),
         si(flows.idle as f64),
-        si((flows.established + flows.closing + flows.unconfirmed + flows.idle) as f64),
+        si(flows.tracked() as f64),
         si(flows.capacity as f64),
     );
     for vip in &stats.vips {
