@@ -37,11 +37,12 @@ use lb_tests::{
     deploy::{find_deb, guide_block, run_in},
     netns::{
         agent::lb_binary,
+        pass_on,
         servers::{ask_name, NameServer},
         Netns,
     },
 };
-use lb_user::datapath::{Datapath, Options, Program};
+use lb_user::datapath::Datapath;
 
 const PORT: u16 = 8080;
 const VIP: &str = "10.78.0.100";
@@ -102,20 +103,7 @@ impl SystemdLab {
         // runs an XDP program too: lb's pass program on every switch port.
         let mut ports = lan.ports();
         ports.push(PORT_NAME.to_owned());
-        let switch_xdp = lan.switch.run(|| {
-            let mut datapath = Datapath::load(&Options {
-                conntrack_size: 1,
-                pin_dir: None,
-                fresh_state: false,
-            })
-            .expect("load the pass program");
-            for port in &ports {
-                datapath
-                    .attach_auto(Program::Pass, port, None)
-                    .expect("attach pass");
-            }
-            datapath
-        });
+        let switch_xdp = lan.switch.run(|| pass_on(&ports));
         Self {
             bpffs_at_boot: walk(&container.bpffs()),
             container,

@@ -26,6 +26,7 @@ use lb_tests::{
     netns::{
         agent::{find_lb_binary, lb_binary, AgentFiles, AgentProcess},
         topology::Lan,
+        wait_every,
     },
 };
 use lb_user::datapath::Datapath;
@@ -149,22 +150,6 @@ fn in_ring_of_vip0(files: &AgentFiles, address: IpAddr) -> bool {
         .is_some_and(|ring| ring.contains(&id))
 }
 
-/// Polls `condition` every `every` until `timeout`; how long it took.
-fn wait(
-    timeout: Duration,
-    every: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if condition() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(every);
-    }
-    None
-}
-
 /// One size's figures.
 struct Figures {
     all_up: Duration,
@@ -195,7 +180,7 @@ fn measure(vips: usize) -> anyhow::Result<Figures> {
     let started = Instant::now();
     let agent = AgentProcess::start(&lb.ns, &files, false);
     let total = vips * BACKENDS;
-    let Some(_) = wait(Duration::from_secs(300), Duration::from_millis(50), || {
+    let Some(_) = wait_every(Duration::from_secs(300), Duration::from_millis(50), || {
         backends_up(&files) == total
     }) else {
         bail!(
@@ -228,7 +213,7 @@ fn measure(vips: usize) -> anyhow::Result<Figures> {
     let added = backend(BACKENDS);
     files.write_config(&config(&files, vips, 1));
     let changed = Instant::now();
-    let Some(_) = wait(Duration::from_secs(60), Duration::from_millis(5), || {
+    let Some(_) = wait_every(Duration::from_secs(60), Duration::from_millis(5), || {
         in_ring_of_vip0(&files, added)
     }) else {
         bail!(

@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_user::datapath::Datapath;
@@ -245,20 +245,13 @@ impl AgentLab {
         })
     }
 
-    /// See the name.
+    /// [`crate::netns::wait_until`].
     pub fn wait_until(
         &self,
         timeout: Duration,
-        mut condition: impl FnMut() -> bool,
+        condition: impl FnMut() -> bool,
     ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if condition() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        crate::netns::wait_until(timeout, condition)
     }
 }
 

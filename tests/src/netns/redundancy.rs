@@ -22,7 +22,7 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_common::maps::Protocol;
@@ -37,6 +37,7 @@ use lb_lab::{
 };
 use lb_user::cli::{Explanation, View};
 
+pub use crate::netns::wait_until;
 use crate::netns::{
     agent::{lb_binary, AgentFiles, AgentProcess, Signal},
     servers::{ask_name, NameServer},
@@ -696,17 +697,4 @@ impl RedundancyLab {
         }
         text
     }
-}
-
-/// Calls `condition` every 5 ms until it holds; how long that took (`None`: not within
-/// `timeout`).
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if condition() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
 }

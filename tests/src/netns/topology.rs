@@ -5,7 +5,7 @@
 use std::ops::Deref;
 
 use lb_lab::Naming;
-use lb_user::datapath::{Datapath, Options, Program};
+use lb_user::datapath::Datapath;
 
 /// Hosts on one bridge whose switch ports run lb's `pass` XDP program; derefs to the
 /// [`lb_lab::Lan`] (hosts, switch, MTU).
@@ -28,20 +28,7 @@ impl Lan {
         let lan = lb_lab::Lan::with_hosts(Naming::Unique(tag.to_owned()), names)
             .unwrap_or_else(|error| panic!("building the lab {tag}: {}", error.full_message()));
         let ports = lan.ports();
-        let switch_xdp = lan.switch.run(|| {
-            let mut datapath = Datapath::load(&Options {
-                conntrack_size: 1,
-                pin_dir: None,
-                fresh_state: false,
-            })
-            .expect("load");
-            for port in &ports {
-                datapath
-                    .attach_auto(Program::Pass, port, None)
-                    .expect("attach pass");
-            }
-            datapath
-        });
+        let switch_xdp = lan.switch.run(|| crate::netns::pass_on(&ports));
         Self {
             _switch_xdp: switch_xdp,
             lan,
