@@ -1,21 +1,17 @@
-//! The checker task of one backend: a check of the configured kind every interval, each
-//! result through its [`HealthTracker`], one [`HealthEvent`] per check to the agent.
+//! One check of the configured kind, and what a backend's judgement of it tells the agent
+//! ([`HealthEvent`]); `super::probe` runs the checks.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use rand::Rng;
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
-use super::{check_http, check_tcp, CheckResult, Health, HealthTracker, Transition};
-use crate::config::{CheckKind, HealthSettings};
+use super::{check_http, check_tcp, CheckResult, Health, Transition};
+use crate::config::CheckKind;
 
 /// What a checker reports to the agent after every check.
 #[derive(Clone, Debug)]
 pub struct HealthEvent<K> {
-    /// Which backend (as given to [`spawn_checker`]).
+    /// Which backend (as given to [`super::Probe::subscribe`]).
     pub key: K,
     /// The check's outcome.
     pub result: CheckResult,
@@ -36,59 +32,6 @@ pub async fn check(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Che
     }
 }
 
-/// Checks the backend at `address` as `settings` say (kind, health port, timeout, rise, fall)
-/// forever: the first check immediately, then every `interval` minus a random jitter of up to
-/// 10% (jitter only shortens, so detection stays within fall × interval + timeout), sending
-/// one event per check on `events`. Stops when the receiver is dropped or the returned handle
-/// is aborted. The VIP's protocol plays no part: checks of UDP VIPs' backends go to the
-/// same TCP health port.
-///
-/// The interval counts from the start of a check; if a check takes longer than the
-/// interval, the next one starts right after it. Must be called within a tokio runtime.
-pub fn spawn_checker<K: Clone + Send + 'static>(
-    key: K,
-    address: IpAddr,
-    settings: &HealthSettings,
-    events: mpsc::Sender<HealthEvent<K>>,
-) -> JoinHandle<()> {
-    let HealthSettings {
-        interval,
-        timeout,
-        rise,
-        fall,
-        port,
-        check: kind,
-        slow_start: _,
-    } = settings.clone();
-    let addr = SocketAddr::new(address, port);
-    tokio::spawn(async move {
-        let mut tracker = HealthTracker::new(rise, fall);
-        loop {
-            let start = Instant::now();
-            let result = tokio::select! {
-                result = check(addr, &kind, timeout) => result,
-                _ = events.closed() => return,
-            };
-            let transition = tracker.record(result.clone(), Instant::now());
-            let event = HealthEvent {
-                key: key.clone(),
-                result,
-                transition,
-                health: tracker.health(),
-                decided: std::time::SystemTime::now(),
-            };
-            if events.send(event).await.is_err() {
-                return;
-            }
-            let next = start + jittered(interval);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = events.closed() => return,
-            }
-        }
-    })
-}
-
 /// `interval` minus a random 0–10%.
 pub(super) fn jittered(interval: Duration) -> Duration {
     let fraction: f64 = rand::thread_rng().gen_range(0.0..0.1);
@@ -98,11 +41,14 @@ pub(super) fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HealthSettings;
+    use crate::health::{Probe, ProbeSpec};
     use crate::{
         config::HttpCheck,
         health::test_servers::{free_port, serve_and_close, status, HttpServer},
     };
     use tokio::net::{TcpListener, TcpSocket};
+    use tokio::{sync::mpsc, time::Instant};
 
     #[test]
     fn jitter_only_shortens() {
@@ -126,12 +72,25 @@ mod tests {
         }
     }
 
-    /// `spawn_checker` of a TCP check of `addr`.
-    fn spawn_tcp<K: Clone + Send + 'static>(
+    /// A probe of `settings` on `address` with one subscriber, `key` (what one backend's
+    /// checker is).
+    fn spawn_checker<K: Clone + PartialEq + Send + 'static>(
+        key: K,
+        address: std::net::IpAddr,
+        settings: &HealthSettings,
+        events: mpsc::Sender<HealthEvent<K>>,
+    ) -> Probe<K> {
+        let probe = Probe::start(ProbeSpec::of(address, settings), events);
+        probe.subscribe(key, settings.rise, settings.fall);
+        probe
+    }
+
+    /// A probe of a TCP check of `addr`, with one subscriber.
+    fn spawn_tcp<K: Clone + PartialEq + Send + 'static>(
         key: K,
         addr: SocketAddr,
         events: mpsc::Sender<HealthEvent<K>>,
-    ) -> JoinHandle<()> {
+    ) -> Probe<K> {
         spawn_checker(
             key,
             addr.ip(),
@@ -223,7 +182,7 @@ mod tests {
         let recovery = back.elapsed();
         assert!(recovery <= INTERVAL * RISE + TIMEOUT, "{recovery:?}");
 
-        checker.abort();
+        drop(checker);
         server.abort();
     }
 
@@ -246,10 +205,8 @@ mod tests {
 
         // Dropping the receiver stops the checker.
         drop(rx);
-        tokio::time::timeout(INTERVAL * 2, checker)
-            .await
-            .expect("checker still running")
-            .unwrap();
+        tokio::time::sleep(INTERVAL * 2).await;
+        assert!(!checker.is_running(), "checker still running");
     }
 
     /// The HTTP kind through the whole task, on real time: a sick service (503) is down from
@@ -300,6 +257,6 @@ mod tests {
         };
         assert_eq!((down.from, down.to), (Health::Up, Health::Down));
         assert_eq!(down.reason, "3 failed checks: HTTP 503 (expected 2xx)");
-        checker.abort();
+        drop(checker);
     }
 }

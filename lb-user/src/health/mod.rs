@@ -27,14 +27,15 @@
 //!   1.2ms"`, `"first check: connection refused"`, `"3 failed checks: HTTP 503 (expected
 //!   2xx)"` or `"2 successful checks"`.
 //!
-//! [`spawn_checker`] runs the checks of one backend in a task: the first immediately, then
-//! one every `interval` (counted from the start of the previous check) shortened by a random
-//! jitter of up to 10%, so that checks of many backends spread out. Jitter only shortens
-//! the interval: a backend that starts failing is reported `Down` within
-//! `fall × interval + timeout`. After every check the task sends a [`HealthEvent`] with
-//! the result, the transition if any and the resulting health; it stops when the receiver
-//! is dropped or its handle is aborted. This module does not log: the agent logs the
-//! transitions it receives.
+//! [`Probe`] runs the checks of one check spec (address, port, kind, timeout, interval) in a
+//! task, for every backend checked that way: the first immediately, then one every `interval`
+//! (counted from the start of the previous check) shortened by a random jitter of up to 10%,
+//! so that checks of many backends spread out. Jitter only shortens the interval: a backend
+//! that starts failing is reported `Down` within `fall × interval + timeout`. After every
+//! check each subscribed backend's own tracker judges the result and the task sends a
+//! [`HealthEvent`] per backend with the result, the transition if any and the resulting
+//! health; it stops when the receiver is dropped or the probe is dropped. This module does not
+//! log: the agent logs the transitions it receives.
 
 mod checker;
 mod http;
@@ -46,7 +47,7 @@ mod tracker;
 #[cfg(test)]
 mod test_servers;
 
-pub use checker::{check, spawn_checker, HealthEvent};
+pub use checker::{check, HealthEvent};
 pub use http::check_http;
 pub use probe::{Probe, ProbeSpec};
 pub use tcp::check_tcp;

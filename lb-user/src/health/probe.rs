@@ -80,8 +80,9 @@ impl<K> Drop for Probe<K> {
 
 impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     /// Starts probing `spec`: the first check at once, then every interval minus a random
-    /// jitter of up to 10% (as one backend's checker did), and at once again whenever a
-    /// subscriber joins. After every check each subscriber's tracker judges the result and one
+    /// jitter of up to 10% (jitter only shortens, so detection stays within fall × interval +
+    /// timeout; the interval counts from the start of a check), and at once whenever a
+    /// subscriber joins a sleeping probe. After every check each subscriber's tracker judges the result and one
     /// [`HealthEvent`] per subscriber goes to `events`. Must be called within a tokio runtime.
     pub fn start(spec: ProbeSpec, events: mpsc::Sender<HealthEvent<K>>) -> Self {
         let shared = Arc::new(Shared {
@@ -92,13 +93,20 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
         Self { shared, task }
     }
 
-    /// Adds a backend, judged with `rise` and `fall`; the probe checks at once.
+    /// Adds a backend, judged with `rise` and `fall`: by the check under way if there is
+    /// one, else by one at once (a sleeping probe is woken; no permit is stored, so a probe
+    /// whose first check is yet to run does not check twice).
     pub fn subscribe(&self, key: K, rise: u32, fall: u32) {
         self.shared.subscribers().push(Subscriber {
             key,
             tracker: HealthTracker::new(rise, fall),
         });
-        self.shared.now.notify_one();
+        self.shared.now.notify_waiters();
+    }
+
+    /// Whether its task still runs (it ends when the receiver of its events is dropped).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Removes the backend `key`; whether none is left.
