@@ -82,8 +82,25 @@ pub struct VipStatus {
     /// Whether its address is announced while it is servable (`announce`).
     #[serde(default)]
     pub announce: bool,
+    /// The ring the agent last swapped in (`None`: none yet, or an older agent).
+    #[serde(default)]
+    pub ring: Option<RingStatus>,
     /// Backends.
     pub backends: Vec<BackendStatus>,
+}
+
+/// What the agent knows of the ring it swapped in for a VIP, so `lb status` need not read
+/// and hash 65,537 slots per VIP: ring maps are filled before they are swapped in and never
+/// written after, so while the kernel's `RINGS` entry is still map `map_id`, this is its
+/// content. (Each backend's slots are in its [`BackendStatus::slots`].)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingStatus {
+    /// The kernel's id of the ring map.
+    pub map_id: u32,
+    /// Its slots.
+    pub size: u32,
+    /// Its fingerprint (see `crate::fingerprint`).
+    pub fingerprint: u64,
 }
 
 /// One backend of a VIP.
@@ -105,6 +122,9 @@ pub struct BackendStatus {
     pub last_check_error: Option<String>,
     /// When the state last changed (Unix milliseconds).
     pub last_change_unix_ms: u64,
+    /// Its slots in the ring of [`VipStatus::ring`].
+    #[serde(default)]
+    pub slots: u32,
     /// `ready`, `drain` or `maint` (`lb backend drain|disable|enable`).
     #[serde(default)]
     pub admin: AdminState,
@@ -180,7 +200,7 @@ pub fn write(state_dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(
         &tmp,
-        serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?,
+        serde_json::to_vec(snapshot).map_err(io::Error::other)?,
     )?;
     std::fs::rename(tmp, path)
 }

@@ -5,9 +5,9 @@
 //! start near 0 next to weight-1 neighbours; Maglev weights are relative, so scaling every
 //! backend alike builds the very same ring.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
+
+use super::slow_start::Ramp;
 
 /// Ring weight per unit of configured weight.
 pub const WEIGHT_SCALE: u32 = 100;
@@ -36,22 +36,6 @@ impl AdminState {
     }
 }
 
-/// Where a backend is in its slow start: `elapsed` of `total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ramp {
-    /// Time since it came up.
-    pub elapsed: Duration,
-    /// The slow start time.
-    pub total: Duration,
-}
-
-impl Ramp {
-    /// Whether the ramp is over.
-    pub fn done(&self) -> bool {
-        self.elapsed >= self.total
-    }
-}
-
 /// The ring weight of a backend configured with `weight`: 0 when drained or in maintenance;
 /// during slow start its share of `weight × WEIGHT_SCALE`, linear in time, at least 1.
 pub fn ring_weight(weight: u32, admin: AdminState, ramp: Option<Ramp>) -> u32 {
@@ -74,6 +58,8 @@ pub fn configured_units(ring_weight: u32) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ramp(elapsed_ms: u64, total_ms: u64) -> Option<Ramp> {

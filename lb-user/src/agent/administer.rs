@@ -58,16 +58,16 @@ impl Agent {
             "{peer} at {}",
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         ));
-        if to == AdminState::Ready {
+        backend.slow_start = if to == AdminState::Ready {
             // Back to its weight, ramping if healthy now, else on its recovery.
-            if backend.health == crate::health::Health::Up {
-                backend.start_ramp(Instant::now());
-            } else {
-                backend.ramp_pending = true;
-            }
+            backend.slow_start.returned_to_service(
+                backend.health == crate::health::Health::Up,
+                Instant::now(),
+                backend.config.health.slow_start,
+            )
         } else {
-            backend.ramp_since = None;
-        }
+            backend.slow_start.taken_out_of_service()
+        };
         let message = format!(
             "backend {address} of vip {name}: {} -> {}",
             from.name(),
@@ -77,6 +77,8 @@ impl Agent {
         let synced = self.sync_vip_logged(&key);
         self.update_announcements().await;
         self.publish();
+        // `lb status` run after the reply shows the new state.
+        self.publisher.wait();
         match synced {
             Some(_) => ControlReply { ok: true, message },
             None => refused(format!(
@@ -89,7 +91,7 @@ impl Agent {
     pub(super) fn ramping(&self) -> bool {
         self.vips
             .values()
-            .any(|vip| vip.backends.iter().any(|b| b.ramp_since.is_some()))
+            .any(|vip| vip.backends.iter().any(|b| b.slow_start.is_ramping()))
     }
 
     /// Rebuilds the rings of VIPs with backends in slow start, with their grown weights, and
@@ -99,14 +101,16 @@ impl Agent {
         let ramping: Vec<_> = self
             .vips
             .iter()
-            .filter(|(_, vip)| vip.backends.iter().any(|b| b.ramp_since.is_some()))
+            .filter(|(_, vip)| vip.backends.iter().any(|b| b.slow_start.is_ramping()))
             .map(|(key, _)| *key)
             .collect();
+        self.sync_vips_logged(&ramping);
         for key in ramping {
-            self.sync_vip_logged(&key);
             if let Some(vip) = self.vips.get_mut(&key) {
                 for backend in &mut vip.backends {
-                    backend.settle_ramp(now);
+                    backend.slow_start = backend
+                        .slow_start
+                        .settled(now, backend.config.health.slow_start);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! when the backend's health changes.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, SystemTime},
 };
 
@@ -40,14 +40,23 @@ impl Agent {
         if changes.is_empty() {
             return false;
         }
-        let vips: BTreeSet<VipKey> = changes.iter().map(|(vip, _)| *vip).collect();
+        let vips: Vec<VipKey> = changes
+            .iter()
+            .map(|(vip, _)| *vip)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         for vip in &vips {
             self.resolve_next_hops(vip).await;
-            let updated = self.sync_vip_logged(vip);
-            // Logged once the ring reflects it: from this line on, new flows obey it.
-            for (_, change) in changes.iter().filter(|(of, _)| of == vip) {
-                change.log(updated);
-            }
+        }
+        let updated: BTreeMap<VipKey, Option<SystemTime>> = vips
+            .iter()
+            .copied()
+            .zip(self.sync_vips_logged(&vips))
+            .collect();
+        // Logged once the ring reflects it: from this line on, new flows obey it.
+        for (vip, change) in &changes {
+            change.log(updated.get(vip).copied().flatten());
         }
         self.update_announcements().await;
         self.publish();
@@ -84,15 +93,15 @@ impl Agent {
         match health {
             Health::Up => {
                 backend.availability.record(true);
-                if was != Health::Up && backend.ramp_pending {
-                    backend.start_ramp(now);
+                if was != Health::Up {
+                    backend.slow_start = backend
+                        .slow_start
+                        .came_up(now, backend.config.health.slow_start);
                 }
             }
             Health::Down => {
                 backend.availability.record(false);
-                // Its next recovery ramps up again.
-                backend.ramp_since = None;
-                backend.ramp_pending = true;
+                backend.slow_start = backend.slow_start.went_down();
             }
             Health::Unknown => {}
         }

@@ -29,7 +29,9 @@ mod next_hops;
 pub mod plan;
 mod publish;
 mod reload;
+pub mod rings;
 mod runtime;
+pub mod slow_start;
 mod state_change;
 mod stop;
 pub mod target;
@@ -112,6 +114,8 @@ pub struct Agent {
     ids: Ids,
     /// Starts health checkers.
     checkers: Checkers,
+    /// Rings by shape, built once for the VIPs that share one.
+    rings: rings::RingCache,
     /// Their results.
     events: mpsc::Receiver<HealthEvent<CheckerKey>>,
     /// Where the balancer runs.
@@ -124,8 +128,11 @@ pub struct Agent {
     stopping: bool,
     /// Leave the datapath attached (and the routes in place) on stop.
     keep_datapath: bool,
-    /// Administrative states and availability history kept across restarts.
+    /// Administrative states and availability history kept across restarts, as loaded at
+    /// start (emptied by the first publication).
     records: Records,
+    /// Writes the status snapshot and the records.
+    publisher: publish::Publisher,
     /// Start-up is over: backends added from now on slow-start.
     started: bool,
     /// Requests from `lb backend ...`.
@@ -216,6 +223,7 @@ impl Agent {
             vips: BTreeMap::new(),
             ids,
             checkers,
+            rings: rings::RingCache::default(),
             events,
             attached: Attached {
                 ifindex,
@@ -227,6 +235,7 @@ impl Agent {
             stopping: false,
             keep_datapath,
             records: records::load(&config.state_dir),
+            publisher: publish::Publisher::start(config.state_dir.clone()),
             started: false,
             control,
             _control_socket: control_socket,
@@ -318,31 +327,84 @@ impl Agent {
     /// Brings the datapath's entries of one VIP in line with what the agent knows of its
     /// backends: target, plan, apply.
     fn sync_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        self.sync_vips(&[*key])
+            .pop()
+            .map_or(Ok(()), |(_, result)| result)
+    }
+
+    /// [`Self::sync_vip`] for many VIPs, their rings swapped a group at a time (see
+    /// [`apply::group_size`]): a result per VIP still in the configuration.
+    fn sync_vips(&mut self, keys: &[VipKey]) -> Vec<(VipKey, anyhow::Result<()>)> {
         let table_size = self.config.table_size;
+        let mut results = Vec::with_capacity(keys.len());
+        for group in keys.chunks(apply::group_size(table_size as usize)) {
+            let wanted: std::collections::BTreeSet<&VipKey> = group.iter().collect();
+            let now = Instant::now();
+            let mut synced = Vec::new();
+            let mut writes = Vec::new();
+            for (key, vip) in self.vips.iter_mut().filter(|(key, _)| wanted.contains(key)) {
+                let facts = vip.backend_facts(now);
+                match target::vip_target(&vip.facts(table_size), &facts, &mut self.rings) {
+                    Ok((target, shared)) => {
+                        writes.push(apply::VipWrites {
+                            writes: plan(&vip.written, &target, self.attached.ifindex),
+                            written: &mut vip.written,
+                        });
+                        synced.push((*key, facts, target, shared));
+                    }
+                    Err(error) => results.push((*key, Err(error))),
+                }
+            }
+            let applied = apply::apply_all(&mut self.datapath, writes);
+            for ((key, facts, target, shared), applied) in synced.into_iter().zip(applied) {
+                let result = self.synced(&key, &facts, &target, shared, applied);
+                results.push((key, result));
+            }
+        }
+        results
+    }
+
+    /// After VIP `key`'s writes: keeps what its new ring is, frees the ids of backends
+    /// cleared and tells the metrics.
+    fn synced(
+        &mut self,
+        key: &VipKey,
+        facts: &[target::BackendFacts],
+        target: &plan::VipTarget,
+        shared: Arc<rings::SharedRing>,
+        applied: Result<apply::Applied, crate::datapath::DatapathError>,
+    ) -> anyhow::Result<()> {
         let Some(vip) = self.vips.get_mut(key) else {
             return Ok(());
         };
-        let facts = vip.backend_facts(Instant::now());
-        let target = target::vip_target(&vip.facts(table_size), &facts)?;
-        let writes = plan(&vip.written, &target, self.attached.ifindex);
-        let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
-            .with_context(|| format!("updating the datapath for vip {}", vip.config.name))?;
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(error) => {
+                // What its ring is now is unknown.
+                vip.ring = None;
+                return Err(error)
+                    .with_context(|| format!("updating the datapath for vip {}", vip.config.name));
+            }
+        };
+        if applied.rings > 0 {
+            vip.ring = applied.ring_map_id.map(|map_id| runtime::SwappedRing {
+                map_id,
+                shared: Arc::clone(&shared),
+            });
+        }
         for id in &applied.cleared {
             self.ids.release_backend(*id);
         }
+        let vip = &self.vips[key];
         if let Some(m) = &self.metrics {
             if applied.rings > 0 {
                 m.ring_rebuilt(&vip.config.name);
             }
-            let addresses = facts
-                .iter()
-                .map(|b| (b.id, b.address.to_string()))
-                .collect();
             // Applied: the ring in the datapath is the target's.
             m.vip_synced(
                 vip.id,
                 &vip.config.name,
-                crate::fingerprint::ring_fingerprint(&target.ring, &addresses),
+                shared.fingerprint(),
                 facts
                     .iter()
                     .map(|b| (b.id, b.address, target.backends[&b.id].state())),
@@ -353,13 +415,25 @@ impl Agent {
 
     /// [`Self::sync_vip`], logging a failure (the next change retries).
     fn sync_vip_logged(&mut self, key: &VipKey) -> Option<SystemTime> {
-        match self.sync_vip(key) {
-            Ok(()) => Some(SystemTime::now()),
-            Err(error) => {
-                tracing::error!("{error:#}");
-                None
-            }
-        }
+        self.sync_vips_logged(&[*key]).pop().flatten()
+    }
+
+    /// [`Self::sync_vips`], logging failures (the next change retries): for each VIP in
+    /// order, when its datapath entries were updated.
+    fn sync_vips_logged(&mut self, keys: &[VipKey]) -> Vec<Option<SystemTime>> {
+        let results: std::collections::HashMap<VipKey, anyhow::Result<()>> =
+            self.sync_vips(keys).into_iter().collect();
+        let now = SystemTime::now();
+        keys.iter()
+            .map(|key| match results.get(key) {
+                Some(Ok(())) => Some(now),
+                Some(Err(error)) => {
+                    tracing::error!("{error:#}");
+                    None
+                }
+                None => None,
+            })
+            .collect()
     }
 
     /// Handles events until SIGINT or SIGTERM; without `--keep-datapath` and with
@@ -413,8 +487,8 @@ impl Agent {
                     self.reload("SIGHUP").await;
                     false
                 }
-                Some(()) = changes.changed() => {
-                    changes.settle().await;
+                Some(change) = changes.changed() => {
+                    changes.settle(change).await;
                     self.reload("file changed").await;
                     false
                 }

@@ -13,6 +13,7 @@ use super::{
     ids::Ids,
     plan::plan_removal,
     runtime::{BackendRuntime, VipRuntime},
+    slow_start::SlowStart,
     Agent,
 };
 use crate::{
@@ -142,6 +143,7 @@ impl Agent {
                     config,
                     backends,
                     written,
+                    ring: None,
                 },
             );
             keys.push(key);
@@ -149,9 +151,11 @@ impl Agent {
         self.first_round(&keys).await;
         for key in &keys {
             self.resolve_next_hops(key).await;
-            self.sync_vip(key)?;
         }
-        Ok(())
+        // Every VIP is programmed; the first failure is returned.
+        self.sync_vips(&keys)
+            .into_iter()
+            .try_for_each(|(_, result)| result)
     }
 
     /// Removes a VIP: out of `VIPS`, then its backend entries cleared and its ids freed.
@@ -261,8 +265,7 @@ fn start_backend(
         checker,
         admin,
         admin_by,
-        ramp_since: None,
-        ramp_pending: slow_start,
+        slow_start: SlowStart::new(slow_start),
         availability,
         observed_at: Instant::now(),
     })

@@ -1,15 +1,17 @@
 //! What the agent keeps per VIP and per backend while it runs.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
 use super::{
-    admin::{ring_weight, AdminState, Ramp},
+    admin::{ring_weight, AdminState},
     availability::Availability,
     checkers::Checker,
     plan::Written,
+    rings::SharedRing,
+    slow_start::{Ramp, SlowStart},
     target::{BackendFacts, VipFacts},
 };
 use crate::{
@@ -39,10 +41,8 @@ pub struct BackendRuntime {
     pub admin: AdminState,
     /// Who decided it (`uid 0 pid 1234 at ...`), if anyone.
     pub admin_by: Option<String>,
-    /// When its slow start began (`None`: not ramping).
-    pub ramp_since: Option<Instant>,
-    /// Its next coming up starts a slow start (it was added at run time, or went down).
-    pub ramp_pending: bool,
+    /// Its slow start.
+    pub slow_start: SlowStart,
     /// Its health history.
     pub availability: Availability,
     /// Up to when `availability` counts.
@@ -57,10 +57,7 @@ impl BackendRuntime {
 
     /// Where its slow start stands at `now`, if it is in one.
     pub fn ramp(&self, now: Instant) -> Option<Ramp> {
-        self.ramp_since.map(|since| Ramp {
-            elapsed: now.saturating_duration_since(since),
-            total: self.config.health.slow_start,
-        })
+        self.slow_start.ramp(now, self.config.health.slow_start)
     }
 
     /// What its datapath entry and ring membership depend on, at `now`.
@@ -81,20 +78,6 @@ impl BackendRuntime {
             .advance(now.saturating_duration_since(self.observed_at));
         self.observed_at = now;
     }
-
-    /// Starts a slow start at `now` if it has one configured (else it serves at full weight).
-    pub fn start_ramp(&mut self, now: Instant) {
-        self.ramp_pending = false;
-        self.ramp_since = (!self.config.health.slow_start.is_zero()).then_some(now);
-    }
-
-    /// Ends a slow start that is over at `now`; returns whether it is still ramping.
-    pub fn settle_ramp(&mut self, now: Instant) -> bool {
-        if self.ramp(now).is_some_and(|ramp| ramp.done()) {
-            self.ramp_since = None;
-        }
-        self.ramp_since.is_some()
-    }
 }
 
 /// One running VIP.
@@ -110,6 +93,17 @@ pub struct VipRuntime {
     pub backends: Vec<BackendRuntime>,
     /// What the datapath holds for it.
     pub written: Written,
+    /// The ring this agent swapped in for it, if it knows its map.
+    pub ring: Option<SwappedRing>,
+}
+
+/// A ring swapped into `RINGS` (see `crate::status::RingStatus`).
+#[derive(Clone, Debug)]
+pub struct SwappedRing {
+    /// The kernel's id of its map.
+    pub map_id: u32,
+    /// Its content, by member positions.
+    pub shared: Arc<SharedRing>,
 }
 
 impl VipRuntime {

@@ -19,6 +19,7 @@ impl Agent {
         self.update_announcements().await;
         // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
         self.publish();
+        self.publisher.wait();
         tracing::info!(
             "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
             humantime::format_duration(announce.drain)
@@ -38,8 +39,10 @@ impl Agent {
             datapath,
             vips,
             keep_datapath,
+            mut publisher,
             ..
         } = self;
+        publisher.close(); // what it writes must not follow the removal below
         drop(vips); // stops the checkers
         if keep_datapath {
             tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");

@@ -2,15 +2,15 @@
 //! (health, next hop, weight): each backend's `BACKENDS` entry and the VIP's Maglev ring. Pure:
 //! [`mod@super::plan`] turns the result into map writes.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use anyhow::Context as _;
-use lb_common::{
-    maglev::{build_ring, MaglevBackend},
-    maps::{Backend, BackendState, ForwardMode, Vip, VipKey},
-};
+use lb_common::maps::{Backend, BackendState, ForwardMode, Vip, VipKey, NO_BACKEND};
 
-use super::plan::VipTarget;
+use super::{
+    plan::VipTarget,
+    rings::{RingCache, RingShape, SharedRing},
+};
 use crate::{config::OnAllDown, health::Health, nexthop::NextHop, status::ServingState};
 
 /// What the target of one backend depends on.
@@ -94,15 +94,14 @@ pub fn backend_entry(vip: u32, backend: &BackendFacts) -> Backend {
     }
 }
 
-/// The Maglev identity of a backend: its address, so a backend keeps its slots whatever id it
-/// gets and whatever the order of the configuration (and two instances build the same ring).
-fn identity(address: IpAddr) -> Vec<u8> {
-    address.to_string().into_bytes()
-}
-
 /// The ring of a VIP: its up backends by weight; with none up and `on_all_down = "fail-open"`,
-/// every backend with a weight and a next hop; `NO_BACKEND` everywhere when empty.
-pub fn ring(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> anyhow::Result<Vec<u32>> {
+/// every backend with a weight and a next hop; `NO_BACKEND` everywhere when empty. Built once
+/// per shape in `rings`.
+pub fn ring(
+    vip: &VipFacts<'_>,
+    backends: &[BackendFacts],
+    rings: &mut RingCache,
+) -> anyhow::Result<Arc<SharedRing>> {
     let mut members: Vec<&BackendFacts> = backends
         .iter()
         .filter(|b| datapath_state(b) == BackendState::Up)
@@ -113,36 +112,38 @@ pub fn ring(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> anyhow::Result<Vec
             .filter(|b| b.weight > 0 && b.next_hop.is_some())
             .collect();
     }
-    let identities: Vec<Vec<u8>> = members.iter().map(|b| identity(b.address)).collect();
-    let maglev: Vec<MaglevBackend<'_>> = members
-        .iter()
-        .zip(&identities)
-        .map(|(b, identity)| MaglevBackend {
-            id: b.id,
-            identity,
-            weight: b.weight,
-        })
-        .collect();
-    build_ring(&maglev, vip.ring_size)
+    rings
+        .ring(RingShape::new(
+            vip.ring_size,
+            members.iter().map(|b| (b.address, b.weight)),
+        ))
         .with_context(|| format!("building the ring of vip {}", vip.name))
 }
 
-/// Everything the datapath should hold for a VIP.
-pub fn vip_target(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> anyhow::Result<VipTarget> {
-    Ok(VipTarget {
+/// Everything the datapath should hold for a VIP, and its ring as shared with the VIPs of the
+/// same shape (its fingerprint, the slots of each backend).
+pub fn vip_target(
+    vip: &VipFacts<'_>,
+    backends: &[BackendFacts],
+    rings: &mut RingCache,
+) -> anyhow::Result<(VipTarget, Arc<SharedRing>)> {
+    let shared = ring(vip, backends, rings)?;
+    let ids: BTreeMap<IpAddr, u32> = backends.iter().map(|b| (b.address, b.id)).collect();
+    let target = VipTarget {
         key: vip.key,
         entry: Vip::new(vip.id, vip.ring_size, vip.forward),
-        ring: ring(vip, backends)?,
+        ring: shared.ids(|address| ids.get(&address).copied().unwrap_or(NO_BACKEND)),
         backends: backends
             .iter()
             .map(|b| (b.id, backend_entry(vip.id, b)))
             .collect::<BTreeMap<_, _>>(),
-    })
+    };
+    Ok((target, shared))
 }
 
 #[cfg(test)]
 mod tests {
-    use lb_common::maps::{Protocol, NO_BACKEND};
+    use lb_common::maps::Protocol;
 
     use super::*;
 
@@ -176,6 +177,14 @@ mod tests {
             on_all_down,
             ring_size: 251,
         }
+    }
+
+    /// The ring (with backend ids) of `vip(on_all_down)` over `backends`.
+    fn ring_of(on_all_down: OnAllDown, backends: &[BackendFacts]) -> Vec<u32> {
+        vip_target(&vip(on_all_down), backends, &mut RingCache::default())
+            .expect("target")
+            .0
+            .ring
     }
 
     #[test]
@@ -224,9 +233,10 @@ mod tests {
             facts(1, Health::Down, 1),
             facts(2, Health::Up, 0),
         ];
-        let ring = ring(&vip(OnAllDown::Drop), &backends).expect("ring");
+        let ring = ring_of(OnAllDown::Drop, &backends);
         assert!(ring.iter().all(|slot| *slot == 0), "only backend 0 is up");
-        let target = vip_target(&vip(OnAllDown::Drop), &backends).expect("target");
+        let (target, _) = vip_target(&vip(OnAllDown::Drop), &backends, &mut RingCache::default())
+            .expect("target");
         assert_eq!(target.entry, Vip::new(3, 251, ForwardMode::Dsr));
         assert_eq!(target.backends[&2].state(), BackendState::Draining);
         assert_eq!(target.backends[&1].vip, 3);
@@ -235,9 +245,9 @@ mod tests {
     #[test]
     fn with_all_down_the_ring_is_empty_or_fails_open() {
         let backends = [facts(0, Health::Down, 1), facts(1, Health::Down, 0)];
-        let dropped = ring(&vip(OnAllDown::Drop), &backends).expect("ring");
+        let dropped = ring_of(OnAllDown::Drop, &backends);
         assert!(dropped.iter().all(|slot| *slot == NO_BACKEND));
-        let open = ring(&vip(OnAllDown::FailOpen), &backends).expect("ring");
+        let open = ring_of(OnAllDown::FailOpen, &backends);
         assert!(open.iter().all(|slot| *slot == 0), "weighted backends only");
     }
 
@@ -248,8 +258,8 @@ mod tests {
         other[0].id = 40;
         other[1].id = 41;
         other.reverse();
-        let a = ring(&vip(OnAllDown::Drop), &one).expect("ring");
-        let b = ring(&vip(OnAllDown::Drop), &other).expect("ring");
+        let a = ring_of(OnAllDown::Drop, &one);
+        let b = ring_of(OnAllDown::Drop, &other);
         let renamed: Vec<u32> = a.iter().map(|id| id + 40).collect();
         assert_eq!(renamed, b);
     }

@@ -143,34 +143,88 @@ pub async fn announced_routes(view: &View) -> Result<Option<BTreeSet<IpAddr>>, R
     ))
 }
 
+/// What `lb status` shows of a VIP's ring.
+struct RingView {
+    size: u32,
+    fingerprint: u64,
+    servable: bool,
+    /// Slots by backend id, counted from the kernel's ring; `None`: the agent's snapshot
+    /// describes the ring in use, and each backend's slots are in it.
+    slots: Option<BTreeMap<u32, u32>>,
+}
+
+impl RingView {
+    /// The ring VIP `id` uses: as the agent's snapshot describes it while the kernel still
+    /// uses the map it names (ring maps are never written once swapped in), else read from
+    /// the kernel and hashed here (`addresses`: the VIP's backends, by id).
+    fn read(
+        view: &mut View,
+        id: u32,
+        addresses: &BTreeMap<u32, String>,
+    ) -> Result<Self, ReportError> {
+        if let Some(known) = view.snapshot_vip(id).and_then(|v| v.ring) {
+            if view.datapath.ring_map_id(id)? == Some(known.map_id) {
+                let servable = view
+                    .snapshot_vip(id)
+                    .is_some_and(|v| v.backends.iter().any(|b| b.slots > 0));
+                return Ok(Self {
+                    size: known.size,
+                    fingerprint: known.fingerprint,
+                    servable,
+                    slots: None,
+                });
+            }
+        }
+        let ring = view.datapath.ring(id)?.unwrap_or_default();
+        let mut slots = BTreeMap::new();
+        for slot in ring.iter().filter(|slot| **slot != NO_BACKEND) {
+            *slots.entry(*slot).or_insert(0) += 1;
+        }
+        Ok(Self {
+            size: ring.len() as u32,
+            fingerprint: ring_fingerprint(&ring, addresses),
+            servable: !slots.is_empty(),
+            slots: Some(slots),
+        })
+    }
+
+    /// The slots of backend `id` (`snapshot`: the agent's view of it).
+    fn slots(&self, id: u32, snapshot: Option<&status::BackendStatus>) -> u32 {
+        match &self.slots {
+            Some(counted) => counted.get(&id).copied().unwrap_or(0),
+            None => snapshot.map_or(0, |b| b.slots),
+        }
+    }
+}
+
 /// Reads the status of every VIP; `routes`: what [`announced_routes`] found.
 pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Status, ReportError> {
     let now = status::now_unix_ms();
     let mut vips = Vec::new();
     for vip in view.vips()? {
         let id = vip.entry.id;
-        let ring = view.datapath.ring(id)?.unwrap_or_default();
         let addresses: BTreeMap<u32, String> = vip
             .backends
             .iter()
             .map(|(id, b)| (*id, b.address().to_string()))
             .collect();
+        let ring = RingView::read(view, id, &addresses)?;
         let backends = vip
             .backends
             .iter()
             .map(|(backend_id, backend)| {
-                let slots = ring.iter().filter(|s| **s == *backend_id).count() as u32;
                 let snap = view.snapshot_backend(*backend_id);
+                let slots = ring.slots(*backend_id, snap);
                 BackendStatusReport {
                     address: addresses[backend_id].clone(),
                     id: *backend_id,
                     state: snap.map_or_else(|| backend.state().into(), |s| s.state),
                     weight: snap.map(|s| s.weight),
                     slots,
-                    share: if ring.is_empty() {
+                    share: if ring.size == 0 {
                         0.0
                     } else {
-                        slots as f64 / ring.len() as f64
+                        f64::from(slots) / f64::from(ring.size)
                     },
                     last_check_ok: snap.and_then(|s| s.last_check_ok),
                     last_check_latency_us: snap.and_then(|s| s.last_check_latency_us),
@@ -187,7 +241,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                 }
             })
             .collect();
-        let servable = ring.iter().any(|slot| *slot != NO_BACKEND);
+        let servable = ring.servable;
         let announce = view.snapshot_vip(id).is_some_and(|v| v.announce);
         let address = vip.key.address();
         vips.push(VipStatusReport {
@@ -199,8 +253,8 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
             port: vip.key.port(),
             protocol: vip.key.protocol(),
             forward: vip.entry.forward_mode(),
-            ring_size: ring.len() as u32,
-            ring_fingerprint: fingerprint(&ring, &addresses),
+            ring_size: ring.size,
+            ring_fingerprint: format!("{:012x}", ring.fingerprint),
             backends,
         });
     }

@@ -192,7 +192,7 @@ fn key_words(words: &[u32; ENTRY_WORDS]) -> [u32; 5] {
 /// inside RCU read-side sections). `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`;
 /// where it is unavailable (kernels with `nohz_full` refuse it), a pause far longer than any
 /// program run stands in.
-fn wait_for_program_runs() {
+pub(super) fn wait_for_program_runs() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
     let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };

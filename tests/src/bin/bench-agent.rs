@@ -55,7 +55,8 @@ mod target {
 }
 
 const ABOUT: &str = "bench-agent: the agent at 10, 100 and 1000 VIPs x 16 backends (start-up, CPU per check, reload, status, memory).\n\
-Needs root and the lb binary of the same profile: cargo build --release -p lb-user && cargo run --release -p lb-tests --bin bench-agent";
+Needs root and the lb binary of the same profile: cargo build --release -p lb-user && cargo run --release -p lb-tests --bin bench-agent\n\
+LB_BENCH_AGENT_SIZES=1000 (comma-separated) measures only those sizes; LB_BENCH_AGENT_LOG=1 prints the agent's log once all is up.";
 
 fn backend(b: usize) -> IpAddr {
     IpAddr::from([10, 79, 0, b as u8 + 1])
@@ -189,6 +190,9 @@ fn measure(vips: usize) -> anyhow::Result<Figures> {
         );
     };
     let all_up = started.elapsed();
+    if std::env::var_os("LB_BENCH_AGENT_LOG").is_some() {
+        eprintln!("{}", files.log_text());
+    }
 
     std::thread::sleep(Duration::from_secs(2));
     let before = process_cpu(agent.pid())?;
@@ -234,6 +238,22 @@ fn measure(vips: usize) -> anyhow::Result<Figures> {
     })
 }
 
+/// The sizes to measure: `SIZES`, or those listed in `LB_BENCH_AGENT_SIZES` (comma-separated,
+/// to look at one size while profiling).
+fn sizes() -> anyhow::Result<Vec<usize>> {
+    match std::env::var("LB_BENCH_AGENT_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("LB_BENCH_AGENT_SIZES: {v:?} is not a number"))
+            })
+            .collect(),
+        Err(_) => Ok(SIZES.to_vec()),
+    }
+}
+
 fn main() -> ExitCode {
     report_table::run_main("bench-agent", ABOUT, run)
 }
@@ -262,7 +282,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
         ],
     );
     let mut largest = None;
-    for vips in SIZES {
+    for vips in sizes()? {
         let figures = measure(vips)?;
         section.row(vec![
             format!("{vips} × {BACKENDS}"),
