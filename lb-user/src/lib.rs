@@ -2,9 +2,12 @@
 //! loader; `main.rs` is the `lb` binary. docs/ARCHITECTURE.md draws the map.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod agent;
+pub mod availability;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod datapath;
 pub mod error;

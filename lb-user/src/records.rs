@@ -12,10 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    agent::{admin::AdminState, availability::Availability},
-    status,
-};
+use crate::{admin::AdminState, availability::Availability, status};
 
 /// Where records are kept.
 pub const LIB_DIR: &str = "/var/lib/lb";

@@ -13,7 +13,7 @@ use std::{
 use lb_common::maps::{BackendState, ForwardMode, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::{agent::admin::AdminState, datapath::AttachMode, routes::RouteOwner};
+use crate::{admin::AdminState, datapath::AttachMode, routes::RouteOwner};
 
 /// Where snapshots are written.
 pub const RUN_DIR: &str = "/run/lb";

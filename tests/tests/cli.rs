@@ -244,6 +244,34 @@ fn stats_status_and_explain_describe_real_traffic() {
         text.contains("fingerprint") && text.contains("ok in") && text.contains("native XDP"),
         "{text}"
     );
+
+    // lb status takes the ring's fingerprint and slots from the agent's snapshot while the
+    // kernel uses the ring map it names; read from the kernel and hashed, they are the same.
+    let mut view = lb_user::cli::View::open(&lab.files.state_dir).expect("view");
+    let described = lb_user::cli::status(&mut view, None).expect("status");
+    let snapshot = view.snapshot.as_mut().expect("the agent's snapshot");
+    assert!(
+        snapshot.vips[0].ring.is_some(),
+        "the agent describes the ring it swapped in"
+    );
+    snapshot.vips[0].ring = None;
+    let read = lb_user::cli::status(&mut view, None).expect("status");
+    let (described, read) = (&described.vips[0], &read.vips[0]);
+    assert_eq!(described.ring_fingerprint, read.ring_fingerprint);
+    assert_eq!(described.ring_size, read.ring_size);
+    assert_eq!(described.servable, read.servable);
+    let slots = |vip: &lb_user::cli::VipStatusReport| -> Vec<(String, u32)> {
+        vip.backends
+            .iter()
+            .map(|b| (b.address.clone(), b.slots))
+            .collect()
+    };
+    assert_eq!(slots(described), slots(read));
+    assert_eq!(
+        slots(read).iter().map(|(_, n)| n).sum::<u32>(),
+        65537,
+        "every slot counted"
+    );
 }
 
 #[test]

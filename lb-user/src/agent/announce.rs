@@ -5,7 +5,9 @@
 //! The pure half decides: a VIP is servable when its `VIPS` entry is in place and its ring
 //! holds a backend ([`servable`]); an address is wanted when a servable VIP with `announce` on
 //! has it ([`wanted`]); [`Announcer`] (the I/O half) adds and deletes routes so the table holds
-//! exactly the wanted ones, logging one line per change with its reason.
+//! exactly the wanted ones, logging one line per change with its reason. The agent's side
+//! (`update_announcements`, `reconcile_announcements`) makes the announced addresses follow
+//! every change that can make a VIP servable or not.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,7 +15,9 @@ use std::{
     time::Instant,
 };
 
-use super::plan::Written;
+use lb_common::maps::VipKey;
+
+use super::{plan::Written, runtime::VipRuntime, Agent};
 use crate::{
     config::VipConfig,
     error::Chain,
@@ -203,6 +207,77 @@ impl Announcer {
     /// Withdraws every address (graceful stop, `[announce]` changed or removed).
     pub async fn withdraw_all(&mut self, why: &str) {
         self.update(&BTreeMap::new(), |_| why.to_owned()).await;
+    }
+}
+
+/// Every VIP's configuration with whether it is servable now.
+fn servability(vips: &BTreeMap<VipKey, VipRuntime>) -> Vec<(&VipConfig, bool)> {
+    vips.values()
+        .map(|vip| (&vip.config, servable(&vip.written)))
+        .collect()
+}
+
+impl Agent {
+    /// Brings the announced addresses in line with the VIPs' servability.
+    pub(super) async fn update_announcements(&mut self) {
+        let Some(announcer) = self.announcer.as_mut() else {
+            return;
+        };
+        let vips = servability(&self.vips);
+        if self.stopping {
+            announcer
+                .update(&BTreeMap::new(), |_| "graceful stop".to_owned())
+                .await;
+        } else {
+            let wanted = wanted(vips.iter().copied());
+            announcer
+                .update(&wanted, |address| {
+                    withdraw_reason(address, vips.iter().copied())
+                })
+                .await;
+        }
+        if let Some(m) = &self.metrics {
+            for vip in self.vips.values() {
+                let announced = vip.config.announce
+                    && servable(&vip.written)
+                    && announcer.is_announced(vip.config.address);
+                m.vip_announced(vip.id, announced);
+            }
+        } // metrics hook
+    }
+
+    /// Reconciles the routing table with the configuration's `[announce]`: a changed table or
+    /// protocol first withdraws everything from the old one; then the table is read and our
+    /// routes for addresses no longer served are removed, missing ones added.
+    pub(super) async fn reconcile_announcements(&mut self) {
+        let wanted_owner = self.config.announce.map(|a| RouteOwner {
+            table: a.table,
+            protocol: a.protocol,
+        });
+        if self.announcer.as_ref().map(Announcer::owner) != wanted_owner {
+            if let Some(mut old) = self.announcer.take() {
+                old.withdraw_all("[announce] changed").await;
+            }
+        }
+        let Some(owner) = wanted_owner else {
+            return;
+        };
+        let vips = servability(&self.vips);
+        let wanted = wanted(vips.iter().copied());
+        let why = |address| withdraw_reason(address, vips.iter().copied());
+        match self.announcer.as_mut() {
+            Some(announcer) => announcer.reconcile(&wanted, why).await,
+            None => match Announcer::start(owner, &wanted, why).await {
+                Ok(announcer) => self.announcer = Some(announcer),
+                Err(error) => tracing::error!(
+                    table = owner.table,
+                    // A refused request names the table; a socket that cannot open has none.
+                    "cannot announce vip addresses: {}",
+                    Chain(&error)
+                ),
+            },
+        }
+        self.update_announcements().await;
     }
 }
 

@@ -15,17 +15,14 @@
 //! (`next_hops`), the status snapshot (`publish`), reloads (`reload`), the routes that announce
 //! servable VIPs ([`announce`]) and the event loop.
 
-pub mod admin;
-mod administer;
+mod admin_commands;
 pub mod announce;
-mod announcements;
 mod apply;
-pub mod availability;
 mod checkers;
-pub mod control;
+mod control_socket;
 mod events;
 mod ids;
-mod next_hops;
+mod neighbours;
 pub mod plan;
 mod publish;
 mod reload;
@@ -35,6 +32,7 @@ pub mod slow_start;
 mod state_change;
 mod stop;
 pub mod target;
+pub mod weights;
 
 use std::{
     collections::BTreeMap,
@@ -136,9 +134,9 @@ pub struct Agent {
     /// Start-up is over: backends added from now on slow-start.
     started: bool,
     /// Requests from `lb backend ...`.
-    control: mpsc::Receiver<control::Pending>,
+    control: mpsc::Receiver<control_socket::Pending>,
     /// The control socket (its file goes with it).
-    _control_socket: Option<control::ControlSocket>,
+    _control_socket: Option<control_socket::ControlSocket>,
 }
 
 /// Sleeps until `deadline`; forever when there is none.
@@ -205,7 +203,7 @@ impl Agent {
         let (checkers, events) = Checkers::new();
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
-            match control::listen(&status::socket_for(&config.state_dir)) {
+            match control_socket::listen(&status::socket_for(&config.state_dir)) {
                 Ok((socket, requests)) => (Some(socket), requests),
                 Err(error) => {
                     tracing::error!(
@@ -444,7 +442,7 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
         let mut changes = crate::watch::watch_file(&self.path)?;
-        let mut neighbour_snapshots = next_hops::spawn_neighbour_reader();
+        let mut neighbour_snapshots = neighbours::spawn_neighbour_reader();
         // Check results that change no state reach the snapshot at most once per interval:
         // rewriting it for every check made an agent with 1000 backends spend its one thread on
         // JSON and fall behind its health events (found by `bench-swap`).

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{admin::configured_units, target::serving_state, Agent};
+use super::{target::serving_state, weights::configured_units, Agent};
 use crate::{
     datapath::AttachMode,
     error::Chain,

@@ -222,7 +222,7 @@ impl Agent {
 /// Logs that a backend leaving the configuration takes its administrative state with it (a
 /// reload never drops one silently).
 fn forget_admin(vip: &str, backend: &BackendRuntime) {
-    if backend.admin != super::admin::AdminState::Ready {
+    if backend.admin != crate::admin::AdminState::Ready {
         tracing::info!(
             vip,
             backend = %backend.address(),

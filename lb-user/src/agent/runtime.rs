@@ -6,15 +6,16 @@ use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
 use super::{
-    admin::{ring_weight, AdminState},
-    availability::Availability,
     checkers::Checker,
     plan::Written,
     rings::SharedRing,
     slow_start::{Ramp, SlowStart},
     target::{BackendFacts, VipFacts},
+    weights::ring_weight,
 };
 use crate::{
+    admin::AdminState,
+    availability::Availability,
     config::{BackendConfig, VipConfig},
     health::{CheckResult, Health},
     nexthop::NextHop,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    agent::control::{AdminCommand, ControlReply, ControlRequest},
+    control::{AdminCommand, ControlReply, ControlRequest},
     status,
 };
 

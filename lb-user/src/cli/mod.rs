@@ -32,7 +32,8 @@ pub use self::{
     view::{ReportError, View},
 };
 use crate::{
-    agent::{self, control::AdminCommand, RunOptions},
+    agent::{self, RunOptions},
+    control::AdminCommand,
     datapath::{AttachMode, Datapath, Options, Program},
 };
 

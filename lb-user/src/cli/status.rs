@@ -15,7 +15,7 @@ use super::{
     view::{ReportError, View},
 };
 use crate::{
-    agent::admin::AdminState,
+    admin::AdminState,
     datapath::AttachMode,
     fingerprint::ring_fingerprint,
     routes::{RouteOwner, Routes},

@@ -39,11 +39,11 @@ pub(super) struct VipIndexWriter {
     /// The content of `VIPS`, as the caller last said.
     vips: BTreeMap<VipKey, Vip>,
     /// What the maps hold.
-    written: Written,
+    written: IndexWords,
 }
 
 /// The words of both maps.
-struct Written {
+struct IndexWords {
     slots: Vec<u32>,
     entries: Vec<[u32; ENTRY_WORDS]>,
 }
@@ -57,7 +57,7 @@ impl VipIndexWriter {
     ) -> std::io::Result<Self> {
         let slots = Mapping::read_write(slots, VIP_SLOTS as usize * SLOT_STRIDE)?;
         let entries = Mapping::read_write(entries, MAX_VIPS as usize * ENTRY_SIZE)?;
-        let written = Written {
+        let written = IndexWords {
             slots: (0..VIP_SLOTS as usize)
                 .map(|slot| slots.load(slot * SLOT_STRIDE, Ordering::Acquire))
                 .collect(),
@@ -92,47 +92,20 @@ impl VipIndexWriter {
     }
 
     /// Writes what differs between the maps and the index of `vips`, in the order of the
-    /// module documentation.
+    /// module documentation (see [`plan`]).
     fn sync(&mut self) -> std::io::Result<()> {
-        let target = VipIndex::of(&self.vips);
-        let target_entry = |id: usize| -> Option<[u32; ENTRY_WORDS]> {
-            target.entries.get(&(id as u32)).map(entry_words)
-        };
-        // Entries that will hold another key than now (a key change, not a value change).
-        let rekeyed: Vec<usize> = (0..MAX_VIPS as usize)
-            .filter(|&id| {
-                target_entry(id)
-                    .is_some_and(|new| key_words(&new) != key_words(&self.written.entries[id]))
-            })
-            .collect();
-        // 1. Slots pointing at them ask VIPS.
-        for slot in 0..VIP_SLOTS as usize {
-            let word = self.written.slots[slot];
-            if rekeyed.iter().any(|&id| points_at(word, id as u32)) && word != 0 {
-                self.write_slot(slot, ASK_VIPS);
-            }
+        let plan = plan(&self.written, &VipIndex::of(&self.vips));
+        for slot in plan.ask_vips {
+            self.write_slot(slot, ASK_VIPS);
         }
-        // 2. Entries; an entry that was ever published is rewritten only after every program
-        // run that may still read it has ended.
-        if rekeyed
-            .iter()
-            .any(|&id| self.written.entries[id] != [0; ENTRY_WORDS])
-        {
+        if plan.wait {
             wait_for_program_runs();
         }
-        for id in 0..MAX_VIPS as usize {
-            if let Some(new) = target_entry(id) {
-                if new != self.written.entries[id] {
-                    self.write_entry(id, new);
-                }
-            }
+        for (id, words) in plan.entries {
+            self.write_entry(id, words);
         }
-        // 3. Final slot words.
-        for slot in 0..VIP_SLOTS as usize {
-            let word = target.slot(slot as u32);
-            if word != self.written.slots[slot] {
-                self.write_slot(slot, word);
-            }
+        for (slot, word) in plan.slots {
+            self.write_slot(slot, word);
         }
         Ok(())
     }
@@ -153,6 +126,59 @@ impl VipIndexWriter {
         }
         self.written.entries[id] = words;
     }
+}
+
+/// The writes that take the maps from `written` to `target`, in three steps (see the module
+/// documentation). Pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct IndexPlan {
+    /// 1. Slots set to [`ASK_VIPS`]: they point at an entry that will hold another key.
+    ask_vips: Vec<usize>,
+    /// 2. Wait for a grace period first: one of those entries was published.
+    wait: bool,
+    /// 2. Entries written (id, words).
+    entries: Vec<(usize, [u32; ENTRY_WORDS])>,
+    /// 3. Slots given their final word (slot, word).
+    slots: Vec<(usize, u32)>,
+}
+
+/// Plans the writes from `written` to `target`.
+fn plan(written: &IndexWords, target: &VipIndex) -> IndexPlan {
+    let target_entry = |id: usize| -> Option<[u32; ENTRY_WORDS]> {
+        target.entries.get(&(id as u32)).map(entry_words)
+    };
+    // Entries that will hold another key than now (a key change, not a value change).
+    let rekeyed: Vec<usize> = (0..written.entries.len())
+        .filter(|&id| {
+            target_entry(id).is_some_and(|new| key_words(&new) != key_words(&written.entries[id]))
+        })
+        .collect();
+    let mut slots = written.slots.clone();
+    let mut plan = IndexPlan::default();
+    for (slot, word) in slots.iter_mut().enumerate() {
+        if *word != 0 && rekeyed.iter().any(|&id| points_at(*word, id as u32)) {
+            *word = ASK_VIPS;
+            plan.ask_vips.push(slot);
+        }
+    }
+    plan.wait = rekeyed
+        .iter()
+        .any(|&id| written.entries[id] != [0; ENTRY_WORDS]);
+    plan.entries = (0..written.entries.len())
+        .filter_map(|id| {
+            let new = target_entry(id)?;
+            (new != written.entries[id]).then_some((id, new))
+        })
+        .collect();
+    plan.slots = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, word)| {
+            let new = target.slot(slot as u32);
+            (new != *word).then_some((slot, new))
+        })
+        .collect();
+    plan
 }
 
 /// The words of an entry as they sit in memory (the struct's bytes, four at a time).
@@ -198,5 +224,113 @@ pub(super) fn wait_for_program_runs() {
     let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
     if result != 0 {
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use lb_common::maps::{ForwardMode, Protocol};
+
+    use super::*;
+
+    fn key(last: u8) -> VipKey {
+        VipKey::new(IpAddr::from([10, 0, 0, last]), 80, Protocol::Tcp)
+    }
+
+    fn vip(id: u32, ring_size: u32) -> Vip {
+        Vip::new(id, ring_size, ForwardMode::Dsr)
+    }
+
+    fn empty() -> IndexWords {
+        IndexWords {
+            slots: vec![0; VIP_SLOTS as usize],
+            entries: vec![[0; ENTRY_WORDS]; MAX_VIPS as usize],
+        }
+    }
+
+    /// `written` once `plan` is carried out, checking each step writes something new.
+    fn carried_out(mut written: IndexWords, plan: &IndexPlan) -> IndexWords {
+        for &slot in &plan.ask_vips {
+            written.slots[slot] = ASK_VIPS;
+        }
+        for (id, words) in &plan.entries {
+            assert_ne!(
+                written.entries[*id], *words,
+                "entry {id} rewritten unchanged"
+            );
+            written.entries[*id] = *words;
+        }
+        for (slot, word) in &plan.slots {
+            assert_ne!(
+                written.slots[*slot], *word,
+                "slot {slot} rewritten unchanged"
+            );
+            written.slots[*slot] = *word;
+        }
+        written
+    }
+
+    /// The maps after indexing `vips` from `written`, and the plan that did it.
+    fn index(written: IndexWords, vips: &[(VipKey, Vip)]) -> (IndexWords, IndexPlan) {
+        let target = VipIndex::of(&vips.iter().copied().collect());
+        let plan = plan(&written, &target);
+        let after = carried_out(written, &plan);
+        assert_eq!(
+            super::plan(&after, &target),
+            IndexPlan::default(),
+            "nothing left to write"
+        );
+        (after, plan)
+    }
+
+    /// The slots pointing at entry `id`.
+    fn pointing_at(written: &IndexWords, id: u32) -> Vec<usize> {
+        (0..written.slots.len())
+            .filter(|&slot| written.slots[slot] != 0 && points_at(written.slots[slot], id))
+            .collect()
+    }
+
+    #[test]
+    fn new_vips_are_entered_without_asking_or_waiting() {
+        let (written, plan) = index(empty(), &[(key(1), vip(0, 7)), (key(2), vip(1, 7))]);
+        assert!(plan.ask_vips.is_empty() && !plan.wait, "{plan:?}");
+        assert_eq!(plan.entries.len(), 2);
+        assert!(!pointing_at(&written, 0).is_empty() && !pointing_at(&written, 1).is_empty());
+    }
+
+    #[test]
+    fn a_changed_value_is_written_in_place() {
+        let (written, _) = index(empty(), &[(key(1), vip(0, 7))]);
+        let (_, plan) = index(written, &[(key(1), vip(0, 13))]);
+        assert!(plan.ask_vips.is_empty() && !plan.wait, "{plan:?}");
+        assert_eq!(plan.entries.len(), 1);
+        assert!(
+            plan.slots.is_empty(),
+            "the slots still point at the same entry"
+        );
+    }
+
+    #[test]
+    fn an_entry_taking_another_key_is_asked_around_and_waited_for() {
+        let (written, _) = index(empty(), &[(key(1), vip(0, 7))]);
+        let old_slots = pointing_at(&written, 0);
+        // Key 1 leaves, key 2 gets its id.
+        let (after, plan) = index(written, &[(key(2), vip(0, 7))]);
+        assert_eq!(
+            plan.ask_vips, old_slots,
+            "every slot that led to the old key"
+        );
+        assert!(plan.wait, "the old key was published");
+        assert_eq!(plan.entries.len(), 1);
+        assert!(!pointing_at(&after, 0).is_empty(), "the new key is found");
+    }
+
+    #[test]
+    fn an_entry_never_published_needs_no_wait() {
+        // Entry 5 holds nothing yet: taking a key is not a change of key any run could see.
+        let (_, plan) = index(empty(), &[(key(2), vip(5, 7))]);
+        assert!(!plan.wait && plan.ask_vips.is_empty(), "{plan:?}");
     }
 }

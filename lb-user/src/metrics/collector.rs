@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 
 use super::{lock, BackendLabels, BackendRecordView, BackendView, Topology, VipView};
-use crate::{agent::admin::AdminState, counters::CounterReading, datapath::Datapath, error::Chain};
+use crate::{admin::AdminState, counters::CounterReading, datapath::Datapath, error::Chain};
 
 /// Labels of `lb_backend_admin_state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

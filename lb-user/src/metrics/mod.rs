@@ -59,7 +59,7 @@ use prometheus_client::{
 };
 
 use self::collector::DatapathCollector;
-use crate::{agent::admin::AdminState, config::Config};
+use crate::{admin::AdminState, config::Config};
 
 /// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

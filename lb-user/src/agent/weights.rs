@@ -1,40 +1,15 @@
-//! What an operator decides at run time (`lb backend drain|disable|enable`) and what slow start
-//! does to a backend's weight: the weight the ring is built with. Pure.
+//! The weight a backend's ring share is built with: what an operator decided at run time
+//! (`lb backend drain|disable|enable`) and slow start do to its configured weight. Pure.
 //!
 //! Ring weights are the configured weights × [`WEIGHT_SCALE`], so that a backend ramping up can
 //! start near 0 next to weight-1 neighbours; Maglev weights are relative, so scaling every
 //! backend alike builds the very same ring.
 
-use serde::{Deserialize, Serialize};
-
 use super::slow_start::Ramp;
+use crate::admin::AdminState;
 
 /// Ring weight per unit of configured weight.
 pub const WEIGHT_SCALE: u32 = 100;
-
-/// A backend's administrative state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    /// Serving as configured.
-    #[default]
-    Ready,
-    /// Weight 0: no new flows; tracked flows stay (`lb backend drain`).
-    Drain,
-    /// Maintenance: out of the ring; its tracked flows re-hash (`lb backend disable`).
-    Maint,
-}
-
-impl AdminState {
-    /// Lower-case name as in the CLI, logs and JSON.
-    pub const fn name(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
 
 /// The ring weight of a backend configured with `weight`: 0 when drained or in maintenance;
 /// during slow start its share of `weight × WEIGHT_SCALE`, linear in time, at least 1.

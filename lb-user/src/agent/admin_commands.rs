@@ -4,10 +4,10 @@
 
 use tokio::time::Instant;
 
-use super::{
+use super::{control_socket::Peer, Agent};
+use crate::{
     admin::AdminState,
-    control::{AdminCommand, ControlReply, ControlRequest, Peer},
-    Agent,
+    control::{AdminCommand, ControlReply, ControlRequest},
 };
 
 impl Agent {

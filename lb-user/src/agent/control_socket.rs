@@ -1,52 +1,21 @@
 //! The agent's control socket (`/run/lb/<state>.sock`, mode 0600): `lb backend drain|disable|
 //! enable` send one JSON request line and get one JSON reply line. Only root may ask: the
 //! socket's mode keeps others out, and the peer's credentials (`SO_PEERCRED`) are checked too.
-//! Requests reach the agent's event loop with a way to answer; this module only carries them.
+//! Requests (`crate::control`) reach the agent's event loop with a way to answer; this module
+//! only carries them.
 
 use std::{
-    net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
-/// What an operator asks of one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminCommand {
-    /// Weight 0 at run time: no new flows, existing ones stay.
-    Drain,
-    /// Maintenance: out of the ring; its tracked flows re-hash.
-    Disable,
-    /// Back to the configured weight (with slow start).
-    Enable,
-}
-
-/// One request on the control socket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlRequest {
-    /// What to do.
-    pub command: AdminCommand,
-    /// The VIP's name.
-    pub vip: String,
-    /// The backend's address.
-    pub backend: IpAddr,
-}
-
-/// The answer to a request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlReply {
-    /// Whether it was done.
-    pub ok: bool,
-    /// What changed, or why nothing did.
-    pub message: String,
-}
+use crate::control::{ControlReply, ControlRequest};
 
 /// Who asked: the peer's credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
