@@ -175,6 +175,29 @@ fn drain_and_reload_keep_established_connections() {
         "SIGHUP ignored:\n{}",
         lab.files.log_text()
     );
+
+    // A setting only a restart applies is warned about once, however often the file is read;
+    // the rest of the file still reloads.
+    lab.write_config(&[1, 1, 1], "conntrack_size = 8192\n");
+    assert!(
+        lab.files.wait_log("reloaded", 3, Duration::from_secs(5)),
+        "the weights did not reload:\n{}",
+        lab.files.log_text()
+    );
+    agent.signal(Signal::SIGHUP);
+    assert!(
+        lab.files
+            .wait_log("reload (SIGHUP)", 2, Duration::from_secs(5)),
+        "SIGHUP ignored:\n{}",
+        lab.files.log_text()
+    );
+    let log = lab.files.log_text();
+    assert_eq!(
+        log.matches("conntrack_size (").count(),
+        1,
+        "warned once:\n{log}"
+    );
+    assert!(log.contains("takes effect only after a restart"), "{log}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ impl Agent {
             backend: address,
         } = request;
         let Some((key, vip)) = self.vips.iter_mut().find(|(_, v)| v.config.name == *name) else {
-            let names: Vec<&str> = self.config.vips.iter().map(|v| v.name.as_str()).collect();
+            let names: Vec<&str> = self.live.vips.iter().map(|v| v.name.as_str()).collect();
             return refused(format!(
                 "no vip named {name:?} (vips: {})",
                 names.join(", ")

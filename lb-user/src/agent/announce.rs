@@ -250,7 +250,7 @@ impl Agent {
     /// protocol first withdraws everything from the old one; then the table is read and our
     /// routes for addresses no longer served are removed, missing ones added.
     pub(super) async fn reconcile_announcements(&mut self) {
-        let wanted_owner = self.config.announce.map(|a| RouteOwner {
+        let wanted_owner = self.live.announce.map(|a| RouteOwner {
             table: a.table,
             protocol: a.protocol,
         });
@@ -295,7 +295,7 @@ mod tests {
              port = 80\nannounce = {announce}\n[[vip.backend]]\naddress = \"10.0.0.11\"\n"
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");
-        config.vips[0].clone()
+        config.live.vips[0].clone()
     }
 
     #[test]

@@ -126,7 +126,7 @@ mod tests {
              [[vip]]\nname = \"v\"\naddress = \"10.0.0.1\"\nport = 80\n[[vip.backend]]\naddress = \"{address}\"\n"
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");
-        config.vips[0].backends[0].clone()
+        config.live.vips[0].backends[0].clone()
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ use self::{
     runtime::VipRuntime,
 };
 use crate::{
-    config::{self, Config},
+    config::{self, Config, FixedConfig, LiveConfig},
     datapath::{Datapath, FlowClock, Options, Origin, Upgraded},
     health::HealthEvent,
     interface,
@@ -100,8 +100,12 @@ struct Attached {
 pub struct Agent {
     /// The configuration file.
     path: PathBuf,
-    /// The configuration in force.
-    config: Config,
+    /// The configuration that only a restart changes, as the agent started with it.
+    fixed: FixedConfig,
+    /// That part as the file last said (a change is warned about once).
+    file_fixed: FixedConfig,
+    /// The configuration a reload applies, as last applied.
+    live: LiveConfig,
     /// The loaded (or adopted) datapath.
     datapath: Datapath,
     /// The clock of its flow table, to write the `[conntrack]` timeouts in its ticks.
@@ -174,8 +178,8 @@ impl Agent {
         fresh_state: bool,
     ) -> anyhow::Result<Self> {
         let mut datapath = load_datapath(&config, fresh_state)?;
-        let ifindex =
-            interface::index(&config.interface).context("set `interface` in the configuration")?;
+        let ifindex = interface::index(&config.fixed.interface)
+            .context("set `interface` in the configuration")?;
         let adopting = *datapath.origin() != Origin::New;
         if let Origin::Upgrading(migration) = datapath.origin() {
             tracing::info!(
@@ -203,19 +207,21 @@ impl Agent {
         let (checkers, events) = Checkers::new();
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
-            match control_socket::listen(&status::socket_for(&config.state_dir)) {
+            match control_socket::listen(&status::socket_for(&config.fixed.state_dir)) {
                 Ok((socket, requests)) => (Some(socket), requests),
                 Err(error) => {
                     tracing::error!(
                     "cannot listen on the control socket {}: {error}; `lb backend` will not work",
-                    status::socket_for(&config.state_dir).display()
+                    status::socket_for(&config.fixed.state_dir).display()
                 );
                     (None, mpsc::channel(1).1)
                 }
             };
         let mut agent = Self {
             path,
-            config: config.clone(),
+            fixed: config.fixed.clone(),
+            file_fixed: config.fixed.clone(),
+            live: config.live.clone(),
             datapath,
             flow_clock: FlowClock::read_or_assume(),
             vips: BTreeMap::new(),
@@ -232,14 +238,14 @@ impl Agent {
             announcer: None,
             stopping: false,
             keep_datapath,
-            records: records::load(&config.state_dir),
-            publisher: publish::Publisher::start(config.state_dir.clone()),
+            records: records::load(&config.fixed.state_dir),
+            publisher: publish::Publisher::start(config.fixed.state_dir.clone()),
             started: false,
             control,
             _control_socket: control_socket,
         };
         agent.write_settings()?;
-        agent.add_vips(config.vips.clone()).await?;
+        agent.add_vips(config.live.vips.clone()).await?;
         let backends: usize = agent.vips.values().map(|vip| vip.backends.len()).sum();
         tracing::info!(
             backends,
@@ -250,7 +256,7 @@ impl Agent {
         agent.remove_unclaimed()?;
         let attachment = agent
             .datapath
-            .attach_pinned(&config.interface, config.xdp_mode.xdp_mode())?;
+            .attach_pinned(&config.fixed.interface, config.fixed.xdp_mode.xdp_mode())?;
         agent.attached.mode = attachment.mode;
         if let Some(Upgraded { migration, flows }) = agent.datapath.finish_upgrade()? {
             tracing::info!(
@@ -263,11 +269,11 @@ impl Agent {
         }
         agent.attached.program_id = agent.datapath.program_id().ok();
         tracing::info!(
-            interface = %config.interface,
+            interface = %config.fixed.interface,
             mode = ?attachment.mode,
             adopted = attachment.adopted,
             vips = agent.vips.len(),
-            state_dir = %config.state_dir.display(),
+            state_dir = %config.fixed.state_dir.display(),
             "datapath attached{}",
             if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
         );
@@ -299,13 +305,13 @@ impl Agent {
     /// `[conntrack]` timeouts in the flow table's ticks.
     fn write_settings(&mut self) -> anyhow::Result<()> {
         let mut settings = Settings {
-            local_mac: interface::mac(&self.config.interface)?.unwrap_or_default(),
-            idle_timeouts: self.config.conntrack.idle_timeouts(&self.flow_clock),
+            local_mac: interface::mac(&self.fixed.interface)?.unwrap_or_default(),
+            idle_timeouts: self.live.conntrack.idle_timeouts(&self.flow_clock),
             ..Settings::default()
         };
-        let mut sources = self.config.tunnel_source.clone();
+        let mut sources = self.live.tunnel_source.clone();
         if sources.is_empty() {
-            sources = interface::addresses(&self.config.interface)?;
+            sources = interface::addresses(&self.fixed.interface)?;
         }
         for source in sources.iter().rev() {
             match source {
@@ -333,7 +339,7 @@ impl Agent {
     /// [`Self::sync_vip`] for many VIPs, their rings swapped a group at a time (see
     /// [`apply::group_size`]): a result per VIP still in the configuration.
     fn sync_vips(&mut self, keys: &[VipKey]) -> Vec<(VipKey, anyhow::Result<()>)> {
-        let table_size = self.config.table_size;
+        let table_size = self.live.table_size;
         let mut results = Vec::with_capacity(keys.len());
         for group in keys.chunks(apply::group_size(table_size as usize)) {
             let wanted: std::collections::BTreeSet<&VipKey> = group.iter().collect();
@@ -498,7 +504,7 @@ impl Agent {
                 if self.stopping || !self.begin_graceful_stop().await {
                     return Ok(());
                 }
-                let drain = self.config.announce.map(|a| a.drain).unwrap_or_default();
+                let drain = self.live.announce.map(|a| a.drain).unwrap_or_default();
                 drained_at = Some(Instant::now() + drain);
             }
         }
@@ -511,12 +517,12 @@ impl Agent {
 }
 
 /// Loads (or adopts, or migrates, or with `fresh_state` replaces) the datapath pinned in
-/// `config.state_dir`. Every error of loading names the state directory or the pin it
+/// `config.fixed.state_dir`. Every error of loading names the state directory or the pin it
 /// concerns, so the context does not repeat it.
 fn load_datapath(config: &Config, fresh_state: bool) -> anyhow::Result<Datapath> {
     Datapath::load(&Options {
-        conntrack_size: config.conntrack_size,
-        pin_dir: Some(config.state_dir.clone()),
+        conntrack_size: config.fixed.conntrack_size,
+        pin_dir: Some(config.fixed.state_dir.clone()),
         fresh_state,
     })
     .context("loading the datapath")

@@ -31,7 +31,7 @@ impl Agent {
             pid: std::process::id(),
             updated_unix_ms: status::now_unix_ms(),
             config: self.path.clone(),
-            interface: self.config.interface.clone(),
+            interface: self.fixed.interface.clone(),
             xdp_mode: AttachMode::of(self.attached.mode),
             program_id: self.attached.program_id,
             announce: self.announcer.as_ref().map(|a| a.owner()),

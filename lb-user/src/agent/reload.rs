@@ -17,14 +17,16 @@ use super::{
     Agent,
 };
 use crate::{
-    config::{self, BackendConfig, Config, VipConfig},
+    config::{self, BackendConfig, Config, LiveConfig, VipConfig},
     health::Health,
     records::{self, BackendRecord, Records},
     status,
 };
 
 impl Agent {
-    /// Re-reads the configuration; an invalid file is logged and changes nothing.
+    /// Re-reads the configuration; an invalid file is logged and changes nothing. Settings
+    /// only a restart applies are compared with what the file said before, so a change of
+    /// them is warned about once; the rest is applied as a diff.
     pub async fn reload(&mut self, why: &str) {
         let config = match config::load(&self.path) {
             Ok(config) => config,
@@ -33,21 +35,35 @@ impl Agent {
                     "reload ({why}) rejected, still running the previous configuration: {error}"
                 );
                 if let Some(m) = &self.metrics {
-                    m.reloaded(false, &self.config)
+                    m.reloaded(false, &self.live)
                 } // metrics hook
                 return;
             }
         };
-        if config == self.config {
+        let Config { fixed, live } = config;
+        let pending = self.file_fixed.changes(&fixed);
+        if !pending.is_empty() {
+            tracing::warn!(
+                "reload ({why}): {} changed: takes effect only after a restart of lb run{}",
+                pending.join(", "),
+                if fixed == self.fixed {
+                    " (back to what runs)"
+                } else {
+                    ""
+                }
+            );
+            self.file_fixed = fixed;
+        }
+        if live == self.live {
             tracing::info!("reload ({why}): configuration unchanged");
             if let Some(m) = &self.metrics {
-                m.reloaded(true, &self.config)
+                m.reloaded(true, &self.live)
             } // metrics hook
             return;
         }
-        let applied = self.apply_config(config).await;
+        let applied = self.apply_config(live).await;
         if let Some(m) = &self.metrics {
-            m.reloaded(applied.is_ok(), &self.config)
+            m.reloaded(applied.is_ok(), &self.live)
         } // metrics hook
         match applied {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
@@ -58,36 +74,25 @@ impl Agent {
     }
 
     /// Applies a new, valid configuration as a diff against the running one.
-    async fn apply_config(&mut self, new: Config) -> anyhow::Result<String> {
-        for (what, changed) in [
-            ("interface", new.interface != self.config.interface),
-            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
-            ("state_dir", new.state_dir != self.config.state_dir),
-            (
-                "conntrack_size",
-                new.conntrack_size != self.config.conntrack_size,
-            ),
-        ] {
-            if changed {
-                tracing::warn!("{what} changed: takes effect only after a restart of lb run");
-            }
-        }
-        let table_size_changed = new.table_size != self.config.table_size;
-        let settings_changed = new.tunnel_source != self.config.tunnel_source
-            || new.conntrack != self.config.conntrack;
-        self.config.table_size = new.table_size;
-        self.config.tunnel_source = new.tunnel_source.clone();
-        self.config.conntrack = new.conntrack;
-        self.config.metrics = new.metrics;
-        self.config.announce = new.announce;
+    async fn apply_config(&mut self, new: LiveConfig) -> anyhow::Result<String> {
+        let table_size_changed = new.table_size != self.live.table_size;
+        let settings_changed =
+            new.tunnel_source != self.live.tunnel_source || new.conntrack != self.live.conntrack;
+        let vips = std::mem::take(&mut self.live.vips);
+        self.live = LiveConfig {
+            vips,
+            ..new.clone()
+        };
         if settings_changed {
             self.write_settings()?;
         }
 
+        let wanted: std::collections::BTreeSet<VipKey> =
+            new.vips.iter().map(VipConfig::key).collect();
         let removed: Vec<VipKey> = self
             .vips
             .keys()
-            .filter(|key| !new.vips.iter().any(|v| v.key() == **key))
+            .filter(|key| !wanted.contains(key))
             .copied()
             .collect();
         for key in &removed {
@@ -108,7 +113,7 @@ impl Agent {
         }
         let added_count = added.len();
         self.add_vips(added).await?;
-        self.config.vips = new.vips;
+        self.live.vips = new.vips;
         Ok(format!(
             "{added_count} VIPs added, {} removed, {changed} changed",
             removed.len()

@@ -9,7 +9,7 @@ impl Agent {
     /// Starts a graceful stop: withdraws every address; returns whether to keep forwarding for
     /// the drain time (`[announce]` set, the datapath not kept).
     pub(super) async fn begin_graceful_stop(&mut self) -> bool {
-        let Some(announce) = self.config.announce else {
+        let Some(announce) = self.live.announce else {
             return false;
         };
         if self.keep_datapath || self.announcer.is_none() {
@@ -35,7 +35,7 @@ impl Agent {
             self.update_announcements().await;
         }
         let Self {
-            config,
+            fixed,
             datapath,
             vips,
             keep_datapath,
@@ -45,10 +45,10 @@ impl Agent {
         publisher.close(); // what it writes must not follow the removal below
         drop(vips); // stops the checkers
         if keep_datapath {
-            tracing::info!(state_dir = %config.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
+            tracing::info!(state_dir = %fixed.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
             return;
         }
-        crate::status::remove(&config.state_dir);
+        crate::status::remove(&fixed.state_dir);
         match datapath.detach_and_unpin() {
             Ok(()) => tracing::info!("datapath detached"),
             Err(error) => tracing::error!("detaching the datapath failed: {}", Chain(&error)),

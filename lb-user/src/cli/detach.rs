@@ -91,8 +91,8 @@ impl Target {
             (None, Some(config)) => {
                 let config = crate::config::load(config)?;
                 Self {
-                    dir: config.state_dir,
-                    announce: config.announce.map(|a| {
+                    dir: config.fixed.state_dir,
+                    announce: config.live.announce.map(|a| {
                         (
                             RouteOwner {
                                 table: a.table,

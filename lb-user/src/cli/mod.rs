@@ -242,11 +242,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => backend::run(&state_dir, action, &vip, backend),
         Command::Check { config } => {
             let parsed = crate::config::load(&config)?;
-            let backends: usize = parsed.vips.iter().map(|v| v.backends.len()).sum();
+            let backends: usize = parsed.live.vips.iter().map(|v| v.backends.len()).sum();
             println!(
                 "{}: ok ({} VIPs, {backends} backends)",
                 config.display(),
-                parsed.vips.len()
+                parsed.live.vips.len()
             );
             Ok(())
         }

@@ -56,26 +56,85 @@ pub const RING_SLOTS_PER_BACKEND: u32 = 10;
 /// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
 pub const MAX_INTERFACE_NAME: usize = 15;
 
-/// The agent's whole configuration, defaults applied.
+/// The agent's whole configuration, defaults applied: what only a restart of `lb run` applies,
+/// and what a reload does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Fixed for the agent's life.
+    pub fixed: FixedConfig,
+    /// Applied by a reload.
+    pub live: LiveConfig,
+}
+
+/// What only a restart of `lb run` applies: where and how the datapath is loaded and attached,
+/// the size of its flow table, and the metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedConfig {
     /// NIC the XDP program attaches to.
     pub interface: String,
     /// How the XDP program is attached.
     pub xdp_mode: AttachMode,
+    /// Number of tracked flows (at least [`MIN_CONNTRACK_SIZE`]).
+    pub conntrack_size: u32,
+    /// Absolute directory where the maps and the program link are pinned.
+    pub state_dir: PathBuf,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl FixedConfig {
+    /// The settings of `self` that `new` changes, as `name (old -> new)`.
+    pub fn changes(&self, new: &Self) -> Vec<String> {
+        let Self {
+            interface,
+            xdp_mode,
+            conntrack_size,
+            state_dir,
+            metrics,
+        } = self;
+        let show_metrics = |m: &Option<SocketAddr>| m.map_or("none".to_owned(), |a| a.to_string());
+        [
+            (interface != &new.interface)
+                .then(|| format!("interface ({interface} -> {})", new.interface)),
+            (xdp_mode != &new.xdp_mode)
+                .then(|| format!("xdp_mode ({xdp_mode:?} -> {:?})", new.xdp_mode)),
+            (conntrack_size != &new.conntrack_size).then(|| {
+                format!(
+                    "conntrack_size ({conntrack_size} -> {})",
+                    new.conntrack_size
+                )
+            }),
+            (state_dir != &new.state_dir).then(|| {
+                format!(
+                    "state_dir ({} -> {})",
+                    state_dir.display(),
+                    new.state_dir.display()
+                )
+            }),
+            (metrics != &new.metrics).then(|| {
+                format!(
+                    "metrics ({} -> {})",
+                    show_metrics(metrics),
+                    show_metrics(&new.metrics)
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// What a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
     /// Outer source addresses for tunnel VIPs: at most one IPv4 and one IPv6 address. Empty
     /// means "the interface's addresses", resolved at run time.
     pub tunnel_source: Vec<IpAddr>,
     /// Maglev ring size (a prime, at least 10 × the backend count of any VIP).
     pub table_size: u32,
-    /// Number of tracked flows (at least [`MIN_CONNTRACK_SIZE`]).
-    pub conntrack_size: u32,
     /// How long idle flows stay protected from eviction (`[conntrack]`).
     pub conntrack: ConntrackConfig,
-    /// Absolute directory where the maps and the program link are pinned.
-    pub state_dir: PathBuf,
-    /// Address of the Prometheus endpoint, if any.
-    pub metrics: Option<SocketAddr>,
     /// Announcing servable VIPs through a routing table (`[announce]`), if set.
     pub announce: Option<AnnounceConfig>,
     /// The VIPs, in file order.

@@ -18,8 +18,8 @@ use super::{
     health::HealthLayer,
     raw::{RawAddresses, RawConfig},
     vip::{Seen, VipDefaults},
-    Config, ConfigError, ConntrackConfig, VipConfig, DEFAULT_STATE_DIR, MAX_INTERFACE_NAME,
-    MIN_CONNTRACK_SIZE, RING_SLOTS_PER_BACKEND,
+    Config, ConfigError, ConntrackConfig, FixedConfig, LiveConfig, VipConfig, DEFAULT_STATE_DIR,
+    MAX_INTERFACE_NAME, MIN_CONNTRACK_SIZE, RING_SLOTS_PER_BACKEND,
 };
 use crate::datapath::AttachMode;
 
@@ -225,16 +225,20 @@ impl Ctx<'_> {
         }
 
         Ok(Config {
-            interface,
-            xdp_mode,
-            tunnel_source,
-            table_size,
-            conntrack_size,
-            conntrack,
-            state_dir,
-            metrics,
-            announce,
-            vips,
+            fixed: FixedConfig {
+                interface,
+                xdp_mode,
+                conntrack_size,
+                state_dir,
+                metrics,
+            },
+            live: LiveConfig {
+                tunnel_source,
+                table_size,
+                conntrack,
+                announce,
+                vips,
+            },
         })
     }
     fn interface(&self, interface: &Spanned<String>) -> Result<String> {

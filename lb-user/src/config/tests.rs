@@ -119,78 +119,82 @@ fn full_config() {
         ..global.clone()
     };
     let expected = Config {
-        interface: "eth0".into(),
-        xdp_mode: AttachMode::Native,
-        tunnel_source: vec![ip("192.0.2.1"), ip("2001:db8::1")],
-        table_size: 251,
-        conntrack_size: 4096,
-        conntrack: ConntrackConfig {
-            tcp_timeout: Duration::from_secs(600),
-            udp_timeout: Duration::from_secs(45),
-            tcp_closing_timeout: Duration::from_secs(20),
+        fixed: FixedConfig {
+            interface: "eth0".into(),
+            xdp_mode: AttachMode::Native,
+            conntrack_size: 4096,
+            state_dir: "/run/lb".into(),
+            metrics: Some("127.0.0.1:9300".parse().unwrap()),
         },
-        state_dir: "/run/lb".into(),
-        metrics: Some("127.0.0.1:9300".parse().unwrap()),
-        announce: None,
-        vips: vec![
-            VipConfig {
-                name: "web".into(),
-                address: ip("10.0.0.100"),
-                port: 80,
-                protocol: Protocol::Tcp,
-                forward: ForwardMode::Dsr,
-                on_all_down: OnAllDown::Drop,
-                announce: false,
-                backends: vec![
-                    BackendConfig {
-                        address: ip("10.0.0.11"),
-                        weight: 1,
-                        health: web.clone(),
-                    },
-                    BackendConfig {
-                        address: ip("10.0.0.12"),
-                        weight: 0,
-                        health: HealthSettings {
-                            interval: Duration::from_secs(1),
-                            port: 8081,
-                            ..web
+        live: LiveConfig {
+            tunnel_source: vec![ip("192.0.2.1"), ip("2001:db8::1")],
+            table_size: 251,
+            conntrack: ConntrackConfig {
+                tcp_timeout: Duration::from_secs(600),
+                udp_timeout: Duration::from_secs(45),
+                tcp_closing_timeout: Duration::from_secs(20),
+            },
+            announce: None,
+            vips: vec![
+                VipConfig {
+                    name: "web".into(),
+                    address: ip("10.0.0.100"),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    forward: ForwardMode::Dsr,
+                    on_all_down: OnAllDown::Drop,
+                    announce: false,
+                    backends: vec![
+                        BackendConfig {
+                            address: ip("10.0.0.11"),
+                            weight: 1,
+                            health: web.clone(),
                         },
-                    },
-                ],
-            },
-            VipConfig {
-                name: "dns.v6".into(),
-                address: ip("2001:db8::53"),
-                port: 0,
-                protocol: Protocol::Udp,
-                forward: ForwardMode::Tunnel,
-                on_all_down: OnAllDown::FailOpen,
-                announce: false,
-                backends: vec![BackendConfig {
-                    address: ip("192.168.0.1"),
-                    weight: 10000,
-                    health: global.clone(),
-                }],
-            },
-            VipConfig {
-                name: "api_2".into(),
-                address: ip("10.0.0.100"),
-                port: 443,
-                protocol: Protocol::Tcp,
-                forward: ForwardMode::Dsr,
-                on_all_down: OnAllDown::Drop,
-                announce: false,
-                backends: vec![BackendConfig {
-                    address: ip("10.0.0.11"),
-                    weight: 3,
-                    health: HealthSettings {
-                        port: 9000,
-                        rise: 1,
-                        ..global
-                    },
-                }],
-            },
-        ],
+                        BackendConfig {
+                            address: ip("10.0.0.12"),
+                            weight: 0,
+                            health: HealthSettings {
+                                interval: Duration::from_secs(1),
+                                port: 8081,
+                                ..web
+                            },
+                        },
+                    ],
+                },
+                VipConfig {
+                    name: "dns.v6".into(),
+                    address: ip("2001:db8::53"),
+                    port: 0,
+                    protocol: Protocol::Udp,
+                    forward: ForwardMode::Tunnel,
+                    on_all_down: OnAllDown::FailOpen,
+                    announce: false,
+                    backends: vec![BackendConfig {
+                        address: ip("192.168.0.1"),
+                        weight: 10000,
+                        health: global.clone(),
+                    }],
+                },
+                VipConfig {
+                    name: "api_2".into(),
+                    address: ip("10.0.0.100"),
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                    forward: ForwardMode::Dsr,
+                    on_all_down: OnAllDown::Drop,
+                    announce: false,
+                    backends: vec![BackendConfig {
+                        address: ip("10.0.0.11"),
+                        weight: 3,
+                        health: HealthSettings {
+                            port: 9000,
+                            rise: 1,
+                            ..global
+                        },
+                    }],
+                },
+            ],
+        },
     };
     assert_eq!(config, expected);
 }
@@ -198,15 +202,15 @@ fn full_config() {
 #[test]
 fn defaults() {
     let config = ok(&one_vip("", "", ""));
-    assert_eq!(config.xdp_mode, AttachMode::Auto);
-    assert!(config.tunnel_source.is_empty());
-    assert_eq!(config.table_size, 65537);
-    assert_eq!(config.conntrack_size, DEFAULT_CONNTRACK_SIZE);
-    assert_eq!(config.conntrack, ConntrackConfig::default());
-    assert_eq!(config.conntrack.tcp_timeout, Duration::from_secs(900));
-    assert_eq!(config.state_dir, Path::new("/sys/fs/bpf/lb"));
-    assert_eq!(config.metrics, None);
-    let vip = &config.vips[0];
+    assert_eq!(config.fixed.xdp_mode, AttachMode::Auto);
+    assert!(config.live.tunnel_source.is_empty());
+    assert_eq!(config.live.table_size, 65537);
+    assert_eq!(config.fixed.conntrack_size, DEFAULT_CONNTRACK_SIZE);
+    assert_eq!(config.live.conntrack, ConntrackConfig::default());
+    assert_eq!(config.live.conntrack.tcp_timeout, Duration::from_secs(900));
+    assert_eq!(config.fixed.state_dir, Path::new("/sys/fs/bpf/lb"));
+    assert_eq!(config.fixed.metrics, None);
+    let vip = &config.live.vips[0];
     assert_eq!(
         (vip.protocol, vip.forward, vip.on_all_down),
         (Protocol::Tcp, ForwardMode::Dsr, OnAllDown::Drop)
@@ -229,16 +233,16 @@ fn defaults() {
 #[test]
 fn minimal_config() {
     let config = ok("interface = \"eth0\"\n");
-    assert_eq!(config.interface, "eth0");
-    assert!(config.vips.is_empty());
+    assert_eq!(config.fixed.interface, "eth0");
+    assert!(config.live.vips.is_empty());
     let config = ok("interface = \"eth0\"\ntunnel_source = \"2001:db8::1\"\n");
-    assert_eq!(config.tunnel_source, vec![ip("2001:db8::1")]);
+    assert_eq!(config.live.tunnel_source, vec![ip("2001:db8::1")]);
     // A backend of another family through a tunnel, and inline tables.
     let config = ok(&format!(
         "{HEAD}vip = [{{ name = \"a\", address = \"10.0.0.1\", port = 1, forward = \
          \"tunnel\", backend = [{{ address = \"2001:db8::2\" }}] }}]\n"
     ));
-    assert_eq!(config.vips[0].backends[0].address, ip("2001:db8::2"));
+    assert_eq!(config.live.vips[0].backends[0].address, ip("2001:db8::2"));
 }
 
 #[test]
@@ -465,12 +469,12 @@ fn conntrack_timeouts() {
     );
     let config = ok(&format!("{HEAD}[conntrack]\nudp_timeout = \"0s\"\n"));
     assert_eq!(
-        config.conntrack.udp_timeout,
+        config.live.conntrack.udp_timeout,
         Duration::ZERO,
         "0s: never protected"
     );
     assert_eq!(
-        config.conntrack.tcp_timeout,
+        config.live.conntrack.tcp_timeout,
         ConntrackConfig::default().tcp_timeout
     );
 }
@@ -649,11 +653,11 @@ fn port_zero_needs_a_health_port() {
     );
     // From any level.
     let text = one_vip("[health]\nport = 1", "", "").replace("port = 80", "port = 0");
-    assert_eq!(ok(&text).vips[0].backends[0].health.port, 1);
+    assert_eq!(ok(&text).live.vips[0].backends[0].health.port, 1);
     let text = one_vip("", "health = { port = 2 }", "").replace("port = 80", "port = 0");
-    assert_eq!(ok(&text).vips[0].backends[0].health.port, 2);
+    assert_eq!(ok(&text).live.vips[0].backends[0].health.port, 2);
     let text = one_vip("", "", "health = { port = 3 }").replace("port = 80", "port = 0");
-    assert_eq!(ok(&text).vips[0].backends[0].health.port, 3);
+    assert_eq!(ok(&text).live.vips[0].backends[0].health.port, 3);
 }
 
 #[test]
@@ -750,6 +754,7 @@ fn tunnel_source() {
         "invalid IP address \"192.0.2\"",
     );
     assert!(ok(&format!("{HEAD}tunnel_source = []\n"))
+        .live
         .tunnel_source
         .is_empty());
 }
@@ -814,7 +819,7 @@ fn first_error_wins() {
 fn announce() {
     let config = ok(&one_vip("[announce]", "", ""));
     assert_eq!(
-        config.announce,
+        config.live.announce,
         Some(AnnounceConfig {
             table: DEFAULT_ANNOUNCE_TABLE,
             protocol: DEFAULT_ANNOUNCE_PROTOCOL,
@@ -822,7 +827,7 @@ fn announce() {
         })
     );
     assert!(
-        config.vips[0].announce,
+        config.live.vips[0].announce,
         "announced by default with [announce]"
     );
     let config = ok(&one_vip(
@@ -830,14 +835,14 @@ fn announce() {
         "announce = false",
         "",
     ));
-    let announce = config.announce.expect("announce");
+    let announce = config.live.announce.expect("announce");
     assert_eq!((announce.table, announce.protocol), (100, 99));
     assert!(announce.drain.is_zero());
-    assert!(!config.vips[0].announce);
+    assert!(!config.live.vips[0].announce);
     let quiet = ok(&one_vip("", "announce = true", ""));
-    assert!(quiet.announce.is_none());
+    assert!(quiet.live.announce.is_none());
     assert!(
-        !quiet.vips[0].announce,
+        !quiet.live.vips[0].announce,
         "nothing is announced without [announce]"
     );
     assert_error(
@@ -867,7 +872,7 @@ fn http_checks_and_slow_start() {
         "health = { expect = [200, 204] }",
         "health = { host = \"www.example.com\" }",
     ));
-    let health = &config.vips[0].backends[0].health;
+    let health = &config.live.vips[0].backends[0].health;
     assert_eq!(health.slow_start, Duration::from_secs(30));
     let CheckKind::Http(http) = &health.check else {
         panic!("{health:?}");
@@ -876,7 +881,7 @@ fn http_checks_and_slow_start() {
     assert_eq!(http.host.as_deref(), Some("www.example.com"));
     assert!(http.accepts(204) && !http.accepts(201));
     let any = ok(&one_vip("[health]\ntype = \"http\"", "", ""));
-    let CheckKind::Http(http) = &any.vips[0].backends[0].health.check else {
+    let CheckKind::Http(http) = &any.live.vips[0].backends[0].health.check else {
         panic!("http");
     };
     assert_eq!(http.path, "/");
@@ -887,7 +892,7 @@ fn http_checks_and_slow_start() {
         "",
         "health = { type = \"tcp\" }",
     ));
-    assert_eq!(tcp.vips[0].backends[0].health.check, CheckKind::Tcp);
+    assert_eq!(tcp.live.vips[0].backends[0].health.check, CheckKind::Tcp);
     assert_error(
         &one_vip("[health]\npath = \"/healthz\"", "", ""),
         3,
@@ -930,4 +935,37 @@ fn http_checks_and_slow_start() {
         "health.slow_start",
         "invalid duration",
     );
+}
+
+#[test]
+fn restart_only_changes_are_named_with_old_and_new_values() {
+    let base = ok(r#"interface = "eth0"
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+[[vip.backend]]
+address = "10.0.0.11"
+"#);
+    let changed = ok(r#"interface = "eth1"
+conntrack_size = 8192
+metrics = "127.0.0.1:9300"
+table_size = 251
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+[[vip.backend]]
+address = "10.0.0.11"
+"#);
+    assert_eq!(base.fixed.changes(&base.fixed), Vec::<String>::new());
+    assert_eq!(
+        base.fixed.changes(&changed.fixed),
+        [
+            "interface (eth0 -> eth1)".to_owned(),
+            format!("conntrack_size ({DEFAULT_CONNTRACK_SIZE} -> 8192)"),
+            "metrics (none -> 127.0.0.1:9300)".to_owned(),
+        ]
+    );
+    assert_ne!(base.live, changed.live, "table_size reloads");
 }

@@ -59,7 +59,10 @@ use prometheus_client::{
 };
 
 use self::collector::DatapathCollector;
-use crate::{admin::AdminState, config::Config};
+use crate::{
+    admin::AdminState,
+    config::{Config, LiveConfig},
+};
 
 /// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -149,10 +152,10 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Serves `/metrics` on `config.metrics`, if set. A failed bind is logged and the agent runs
+/// Serves `/metrics` on `config.fixed.metrics`, if set. A failed bind is logged and the agent runs
 /// without metrics (`None`).
 pub async fn start(config: &Config) -> Option<Arc<Metrics>> {
-    let address = config.metrics?;
+    let address = config.fixed.metrics?;
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -162,7 +165,7 @@ pub async fn start(config: &Config) -> Option<Arc<Metrics>> {
             return None;
         }
     };
-    let metrics = Arc::new(Metrics::new(address, config.state_dir.clone()));
+    let metrics = Arc::new(Metrics::new(address, config.fixed.state_dir.clone()));
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics.clone());
@@ -348,12 +351,9 @@ impl Metrics {
 
     /// Hook (`reload`): a reload finished (`ok`: valid and applied, or unchanged). Drops the
     /// series of VIPs and backends `config` no longer has.
-    pub fn reloaded(&self, ok: bool, config: &Config) {
+    pub fn reloaded(&self, ok: bool, config: &LiveConfig) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
-        if config.metrics != Some(self.address) {
-            tracing::warn!("metrics: address changed: takes effect only after a restart of lb run (serving {})", self.address);
-        }
         let mut topology = lock(&self.topology);
         let mut removed = Vec::new();
         topology.retain(|_, vip| {
@@ -442,7 +442,7 @@ mod tests {
         m.health_checked("web", b1, Duration::from_micros(300));
         m.health_checked("web", b2, Duration::from_millis(2));
         m.ring_rebuilt("web");
-        m.reloaded(true, &config(&[("web", &["10.0.0.11", "10.0.0.12"])]));
+        m.reloaded(true, &config(&[("web", &["10.0.0.11", "10.0.0.12"])]).live);
         let body = m.encode().expect("encode");
         assert!(
             body.contains("lb_backend_up{vip=\"web\",backend=\"10.0.0.11\"} 1\n"),
@@ -477,11 +477,11 @@ mod tests {
         assert!(body.ends_with("# EOF\n"));
 
         // b2 leaves the configuration, then the whole VIP does.
-        m.reloaded(true, &config(&[("web", &["10.0.0.11"])]));
+        m.reloaded(true, &config(&[("web", &["10.0.0.11"])]).live);
         let body = m.encode().expect("encode");
         assert!(!body.contains("10.0.0.12"), "{body}");
         assert!(body.contains("backend=\"10.0.0.11\""), "{body}");
-        m.reloaded(true, &config(&[("api", &["10.0.0.21"])]));
+        m.reloaded(true, &config(&[("api", &["10.0.0.21"])]).live);
         let body = m.encode().expect("encode");
         assert!(!body.contains("vip=\"web\""), "{body}");
     }
