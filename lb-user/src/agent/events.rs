@@ -10,10 +10,7 @@ use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
 use super::{checkers::CheckerKey, state_change::StateChange, Agent};
-use crate::{
-    health::{Health, HealthEvent},
-    status,
-};
+use crate::health::HealthEvent;
 
 /// The most check results handled as one burst: one queue's worth.
 const BURST: usize = super::checkers::QUEUE;
@@ -63,57 +60,24 @@ impl Agent {
         true
     }
 
-    /// Stores a check result; on a health change returns the VIP and the log line to print
-    /// once the datapath reflects it. Events of replaced checkers are ignored.
+    /// Stores a check result (see [`super::state::AgentState::on_health`]) and tells the
+    /// metrics; on a health change returns the VIP and the log line to print once the datapath
+    /// reflects it.
     pub(super) fn record(
         &mut self,
         event: HealthEvent<CheckerKey>,
     ) -> Option<(VipKey, StateChange)> {
-        let HealthEvent {
-            key,
-            result,
-            transition,
-            health,
-            decided,
-        } = event;
-        let received = SystemTime::now();
-        let vip = self.vips.get_mut(&key.vip)?;
-        let backend = vip
-            .backends
-            .iter_mut()
-            .find(|b| b.id == key.backend && b.checker.token == key.token)?;
+        let checked = self
+            .vips
+            .on_health(event, Instant::now(), SystemTime::now())?;
         if let Some(m) = &self.metrics {
-            m.health_checked(&vip.config.name, backend.config.address, result.latency)
+            m.health_checked(
+                &self.vips[&checked.vip].config.name,
+                checked.backend,
+                checked.latency,
+            )
         } // metrics hook
-        let now = Instant::now();
-        backend.observe(now);
-        backend.last = Some(result);
-        let was = std::mem::replace(&mut backend.health, health);
-        let transition = transition?;
-        match health {
-            Health::Up => {
-                backend.availability.record(true);
-                if was != Health::Up {
-                    backend.slow_start = backend
-                        .slow_start
-                        .came_up(now, backend.config.health.slow_start);
-                }
-            }
-            Health::Down => {
-                backend.availability.record(false);
-                backend.slow_start = backend.slow_start.went_down();
-            }
-            Health::Unknown => {}
-        }
-        backend.last_change_unix_ms = status::now_unix_ms();
-        let change = StateChange {
-            vip: vip.config.name.clone(),
-            backend: backend.config.address,
-            transition,
-            decided,
-            received,
-        };
-        Some((key.vip, change))
+        Some((checked.vip, checked.change?))
     }
 
     /// Waits until every backend of `keys` has had its first check (bounded by the largest

@@ -29,13 +29,13 @@ mod reload;
 pub mod rings;
 mod runtime;
 pub mod slow_start;
+pub mod state;
 mod state_change;
 mod stop;
 pub mod target;
 pub mod weights;
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -56,7 +56,6 @@ use self::{
     checkers::{CheckerKey, Checkers},
     ids::Ids,
     plan::{plan, plan_removal},
-    runtime::VipRuntime,
 };
 use crate::{
     config::{self, Config, FixedConfig, LiveConfig},
@@ -110,8 +109,8 @@ pub struct Agent {
     datapath: Datapath,
     /// The clock of its flow table, to write the `[conntrack]` timeouts in its ticks.
     flow_clock: FlowClock,
-    /// Every VIP, by key.
-    vips: BTreeMap<VipKey, VipRuntime>,
+    /// Every VIP and backend, and what the agent knows of them.
+    vips: state::AgentState,
     /// VIP and backend ids.
     ids: Ids,
     /// Starts health checkers.
@@ -224,7 +223,7 @@ impl Agent {
             live: config.live.clone(),
             datapath,
             flow_clock: FlowClock::read_or_assume(),
-            vips: BTreeMap::new(),
+            vips: state::AgentState::default(),
             ids,
             checkers,
             rings: rings::RingCache::default(),
@@ -468,7 +467,7 @@ impl Agent {
                 // Whether a backend ramps is asked at each tick, not before every event: the
                 // question walks every backend.
                 _ = ramp_tick.tick() => {
-                    if self.ramping() {
+                    if self.vips.is_ramping() {
                         self.step_ramps().await;
                     }
                     false

@@ -14,6 +14,7 @@ use super::{
     plan::plan_removal,
     runtime::{BackendRuntime, VipRuntime},
     slow_start::SlowStart,
+    state::ConfigDiff,
     Agent,
 };
 use crate::{
@@ -75,7 +76,7 @@ impl Agent {
 
     /// Applies a new, valid configuration as a diff against the running one.
     async fn apply_config(&mut self, new: LiveConfig) -> anyhow::Result<String> {
-        let table_size_changed = new.table_size != self.live.table_size;
+        let diff = self.vips.on_config(&self.live, &new);
         let settings_changed =
             new.tunnel_source != self.live.tunnel_source || new.conntrack != self.live.conntrack;
         let vips = std::mem::take(&mut self.live.vips);
@@ -86,31 +87,18 @@ impl Agent {
         if settings_changed {
             self.write_settings()?;
         }
-
-        let wanted: std::collections::BTreeSet<VipKey> =
-            new.vips.iter().map(VipConfig::key).collect();
-        let removed: Vec<VipKey> = self
-            .vips
-            .keys()
-            .filter(|key| !wanted.contains(key))
-            .copied()
-            .collect();
+        let ConfigDiff {
+            removed,
+            added,
+            changed,
+        } = diff;
         for key in &removed {
             self.remove_vip(key)?;
         }
-        let mut added = Vec::new();
-        let mut changed = 0;
-        for config in &new.vips {
-            let key = config.key();
-            match self.vips.get(&key) {
-                None => added.push(config.clone()),
-                Some(vip) if vip.config == *config && !table_size_changed => {}
-                Some(_) => {
-                    changed += 1;
-                    self.change_vip(&key, config.clone())?;
-                }
-            }
+        for config in &changed {
+            self.change_vip(&config.key(), config.clone())?;
         }
+        let changed = changed.len();
         let added_count = added.len();
         self.add_vips(added).await?;
         self.live.vips = new.vips;
@@ -240,7 +228,7 @@ fn forget_admin(vip: &str, backend: &BackendRuntime) {
 
 /// A new backend of VIP `key` named `name`: its id, its checker started, what the records
 /// kept of it (administrative state, availability); `slow_start`: its first coming up ramps.
-fn start_backend(
+pub(super) fn start_backend(
     ids: &mut Ids,
     checkers: &mut Checkers,
     records: &Records,

@@ -8,6 +8,7 @@ use std::{
 use crate::health::Transition;
 
 /// A backend's health change, logged once the datapath reflects it.
+#[derive(Debug)]
 pub struct StateChange {
     /// The VIP's name.
     pub vip: String,
