@@ -43,9 +43,7 @@ impl Agent {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        for vip in &vips {
-            self.resolve_next_hops(vip).await;
-        }
+        self.resolve_next_hops(&vips).await;
         let updated: BTreeMap<VipKey, Option<SystemTime>> = vips
             .iter()
             .copied()

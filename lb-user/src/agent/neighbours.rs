@@ -17,6 +17,9 @@ use crate::{
 
 /// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
 const NEXT_HOP_WAIT: Duration = Duration::from_secs(1);
+/// How many next hops are resolved at once (each is a few `ip` processes and perhaps an
+/// ARP/ND wait).
+const RESOLVING_AT_ONCE: usize = 64;
 /// How often next hops in use are re-checked against the kernel's neighbour table.
 const NEXT_HOP_REFRESH: Duration = Duration::from_secs(1);
 
@@ -43,62 +46,91 @@ pub fn spawn_neighbour_reader() -> mpsc::Receiver<nexthop::Snapshot> {
 }
 
 impl Agent {
-    /// Resolves the next hop of every backend of a VIP that is up (or could serve fail-open)
-    /// and has none yet, in parallel. Unresolvable backends stay out of the ring, with a log
-    /// line.
-    pub(super) async fn resolve_next_hops(&mut self, key: &VipKey) {
-        let Some(vip) = self.vips.get(key) else {
-            return;
-        };
-        let on_link = vip.config.forward == ForwardMode::Dsr;
-        let fail_open = vip.config.on_all_down == OnAllDown::FailOpen;
-        let wanted: Vec<(u32, IpAddr)> = vip
-            .backends
-            .iter()
-            .filter(|b| b.next_hop.is_none() && (b.health == Health::Up || fail_open))
-            .map(|b| (b.id, b.address()))
-            .collect();
+    /// Resolves the next hop of every backend of the VIPs `keys` that is up (or could serve
+    /// fail-open) and has none yet. Each address is resolved once however many VIPs use it,
+    /// and an address another backend already has a next hop for is not resolved again (the
+    /// table reader keeps them all current); the rest are resolved in parallel, at most
+    /// [`RESOLVING_AT_ONCE`] at a time. Unresolvable backends stay out of the ring, with a log
+    /// line each.
+    pub(super) async fn resolve_next_hops(&mut self, keys: &[VipKey]) {
+        // (VIP, backend id, address, on link), for every backend waiting for a next hop.
+        let mut wanted: Vec<(VipKey, u32, IpAddr, bool)> = Vec::new();
+        for key in keys {
+            let Some(vip) = self.vips.get(key) else {
+                continue;
+            };
+            let on_link = vip.config.forward == ForwardMode::Dsr;
+            let fail_open = vip.config.on_all_down == OnAllDown::FailOpen;
+            wanted.extend(
+                vip.backends
+                    .iter()
+                    .filter(|b| b.next_hop.is_none() && (b.health == Health::Up || fail_open))
+                    .map(|b| (*key, b.id, b.address(), on_link)),
+            );
+        }
         if wanted.is_empty() {
             return;
         }
-        // A backend address other VIPs use has its next hop already (the table reader keeps
-        // them all current): resolving each address once spares thousands of `ip` processes
-        // when many VIPs share their backends.
         let known: HashMap<IpAddr, NextHop> = self
             .vips
             .values()
             .flat_map(|vip| &vip.backends)
             .filter_map(|b| Some((b.address(), b.next_hop?)))
-            .filter(|(_, hop)| !on_link || hop.gateway.is_none())
             .collect();
+        // A next hop through a gateway does not do for a DSR backend, which must be on link.
+        let usable = |hop: &NextHop, on_link: bool| !on_link || hop.gateway.is_none();
+        let mut resolved: HashMap<(IpAddr, bool), Result<NextHop, nexthop::NextHopError>> =
+            HashMap::new();
+        let to_resolve: std::collections::BTreeSet<(IpAddr, bool)> = wanted
+            .iter()
+            .filter(|(_, _, address, on_link)| {
+                !known.get(address).is_some_and(|hop| usable(hop, *on_link))
+            })
+            .map(|(_, _, address, on_link)| (*address, *on_link))
+            .collect();
+        let mut pending = to_resolve.into_iter();
         let mut tasks = tokio::task::JoinSet::new();
-        for (id, address) in wanted {
-            if let Some(hop) = known.get(&address) {
-                let hop = *hop;
-                tasks.spawn(async move { (id, address, Ok(hop)) });
-                continue;
+        loop {
+            while tasks.len() < RESOLVING_AT_ONCE {
+                let Some((address, on_link)) = pending.next() else {
+                    break;
+                };
+                tasks.spawn(async move {
+                    let hop = nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await;
+                    ((address, on_link), hop)
+                });
             }
-            tasks.spawn(async move {
-                let hop = nexthop::resolve(address, on_link, NEXT_HOP_WAIT).await;
-                (id, address, hop)
-            });
-        }
-        while let Some(Ok((id, address, result))) = tasks.join_next().await {
-            let Some(vip) = self.vips.get_mut(key) else {
-                return;
+            let Some(done) = tasks.join_next().await else {
+                break;
             };
-            let name = vip.config.name.clone();
-            let Some(backend) = vip.backend_mut(id) else {
+            if let Ok((asked, hop)) = done {
+                resolved.insert(asked, hop);
+            }
+        }
+        for (key, id, address, on_link) in wanted {
+            let Some(vip) = self.vips.get_mut(&key) else {
                 continue;
             };
-            match result {
-                Ok(hop) => backend.next_hop = Some(hop),
+            let name = &vip.config.name;
+            let hop = match known.get(&address).filter(|hop| usable(hop, on_link)) {
+                Some(hop) => Ok(*hop),
+                None => match resolved.get(&(address, on_link)) {
+                    Some(Ok(hop)) => Ok(*hop),
+                    Some(Err(error)) => Err(Chain(error).to_string()),
+                    None => continue,
+                },
+            };
+            match hop {
+                Ok(hop) => {
+                    if let Some(backend) = vip.backend_mut(id) {
+                        backend.next_hop = Some(hop);
+                    }
+                }
                 Err(error) => tracing::warn!(
                     vip = %name,
                     backend = %address,
                     // Every NextHopError names the backend.
-                    "a backend of vip {name} treated as down: next hop unresolved: {}",
-                    Chain(&error)
+                    "a backend of vip {name} treated as down: next hop unresolved: {error}"
                 ),
             }
         }

@@ -142,9 +142,7 @@ impl Agent {
             keys.push(key);
         }
         self.first_round(&keys).await;
-        for key in &keys {
-            self.resolve_next_hops(key).await;
-        }
+        self.resolve_next_hops(&keys).await;
         // Every VIP is programmed; the first failure is returned.
         self.sync_vips(&keys)
             .into_iter()

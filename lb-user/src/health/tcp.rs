@@ -1,4 +1,7 @@
-//! TCP checks: a connection to the health port, closed as soon as it is established.
+//! TCP checks: a connection to the health port, closed as soon as it is established, with a
+//! reset (`SO_LINGER` 0, as HAProxy closes its checks): no FIN exchange and no `TIME_WAIT`
+//! socket per check. At 16,384 checks a second, an orderly close left about a million sockets
+//! in `TIME_WAIT` on one side or the other.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -16,6 +19,8 @@ pub async fn check_tcp(addr: SocketAddr, timeout: Duration) -> CheckResult {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let latency = start.elapsed();
+            // A socket that cannot take the option is closed the orderly way.
+            let _ = stream.set_zero_linger();
             drop(stream);
             CheckResult::success(latency)
         }

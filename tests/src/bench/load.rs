@@ -53,7 +53,8 @@ impl Server {
             )?;
             socket.set_reuse_address(true)?;
             socket.bind(&addr.into())?;
-            socket.listen(4096)?;
+            // As deep as the namespace allows (`net.core.somaxconn` caps it).
+            socket.listen(65535)?;
             // Non-blocking: threads that lose the race for a connection poll again.
             socket.set_nonblocking(true)?;
             Ok::<_, std::io::Error>(TcpListener::from(socket))
