@@ -17,12 +17,12 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_lab::debian_root::cached_root;
 
-use crate::deploy::describe;
+use crate::{deploy::describe, netns::wait_every};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -131,8 +131,8 @@ impl Container {
     /// The nspawn process's child, once it runs systemd.
     fn wait_for_leader(&mut self) -> u32 {
         let pid = self.nspawn.as_ref().expect("started").id();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        let mut leader = None;
+        wait_every(Duration::from_secs(20), Duration::from_millis(50), || {
             let exited = self.nspawn.as_mut().expect("started").try_wait();
             if let Ok(Some(status)) = exited {
                 panic!(
@@ -142,41 +142,44 @@ impl Container {
             }
             let children =
                 fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-            let leader = children.split_whitespace().find_map(|child| {
+            leader = children.split_whitespace().find_map(|child| {
                 let comm = fs::read_to_string(format!("/proc/{child}/comm")).ok()?;
                 (comm.trim() == "systemd").then(|| child.parse().ok())?
             });
-            if let Some(leader) = leader {
-                return leader;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "no systemd in the container after 20 s:\n{}",
-            self.console()
-        );
+            leader.is_some()
+        });
+        leader.unwrap_or_else(|| {
+            panic!(
+                "no systemd in the container after 20 s:\n{}",
+                self.console()
+            )
+        })
     }
 
     /// `systemctl is-system-running --wait`, retried while systemd's bus is not up yet.
     fn wait_booted(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let output = self.run("systemctl is-system-running --wait");
-            let state = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let mut state = String::new();
+        let mut output = None;
+        let booted = wait_every(Duration::from_secs(60), Duration::from_millis(200), || {
+            let ran = self.run("systemctl is-system-running --wait");
+            state = String::from_utf8_lossy(&ran.stdout).trim().to_owned();
+            output = Some(ran);
             match state.as_str() {
-                "running" => return,
+                "running" => true,
                 "degraded" => {
                     let failed = self.sh("systemctl --failed --no-legend");
                     println!("the container booted degraded (not lb's doing): {failed}");
-                    return;
+                    true
                 }
-                _ if Instant::now() > deadline => panic!(
-                    "the container did not finish booting in 60 s ({state}):\n{}\n{}",
-                    describe(&output),
-                    self.console()
-                ),
-                _ => std::thread::sleep(Duration::from_millis(200)),
+                _ => false,
             }
+        });
+        if booted.is_none() {
+            panic!(
+                "the container did not finish booting in 60 s ({state}):\n{}\n{}",
+                output.as_ref().map(describe).unwrap_or_default(),
+                self.console()
+            );
         }
     }
 
@@ -253,17 +256,14 @@ impl Drop for Container {
             // SAFETY: a plain kill(2) of the container's init, which this struct started.
             unsafe { libc::kill(self.leader as libc::pid_t, libc::SIGKILL) };
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(nspawn) = self.nspawn.as_mut() {
-            if !matches!(nspawn.try_wait(), Ok(None)) {
-                break;
-            }
-            if Instant::now() > deadline {
+        if let Some(nspawn) = self.nspawn.as_mut() {
+            let exited = wait_every(Duration::from_secs(10), Duration::from_millis(50), || {
+                !matches!(nspawn.try_wait(), Ok(None))
+            });
+            if exited.is_none() {
                 let _ = nspawn.kill();
                 let _ = nspawn.wait();
-                break;
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         for target in self.mounts.iter().rev() {
             let status = Command::new("umount").arg(target).status();

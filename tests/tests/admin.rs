@@ -10,8 +10,10 @@ use std::{
 
 use lb_tests::netns::{
     agent::{lb_binary, Signal},
+    connections::{assert_echo, count, failures},
     dsr_lab::*,
     servers::NameServer,
+    wait_every,
 };
 use serde_json::Value;
 
@@ -67,11 +69,11 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
     let lab = AgentLab::new("admin");
     let agent = lab.start_agent(true);
     let mut held = lab.hold(30);
-    let on = |name: &str| held.iter().filter(|(_, n)| n == name).count();
+    let on = |name: &str| held.iter().filter(|held| held.backend == name).count();
     assert!(
         on("b1") > 0 && on("b2") > 0,
         "{:?}",
-        held.iter().map(|h| &h.1).collect::<Vec<_>>()
+        held.iter().map(|h| &h.backend).collect::<Vec<_>>()
     );
 
     // drain b1: its connections stay, new ones go elsewhere.
@@ -90,9 +92,7 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
         0,
         "a drained backend gets no new flows"
     );
-    for (stream, name) in &mut held {
-        echo(stream, "drained").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
-    }
+    assert_echo(&mut held, "drained");
     wait_admin(&lab, 0, "drain");
     assert_eq!(backend_status(&lab, 0)["effective_weight"], 0.0);
     assert_eq!(backend_status(&lab, 0)["state"], "draining");
@@ -109,8 +109,8 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
     wait_admin(&lab, 1, "maint");
     let port = held
         .iter()
-        .find(|(_, n)| n == "b2")
-        .map(|(s, _)| s.local_addr().expect("addr").port())
+        .find(|held| held.backend == "b2")
+        .map(|held| held.local.port())
         .expect("a held b2 connection");
     let explained = lab.explain(port);
     assert_eq!(explained["reason"], "rehash", "{explained}");
@@ -238,6 +238,7 @@ fn a_recovered_backend_ramps_up_over_slow_start() {
     let up = Instant::now();
     let share = |n: usize| count(&lab.connect(n), "b1") as f64 / n as f64;
     let sample = |at: Duration| {
+        // Time passing is what is measured: the ramp's points at fixed times after the recovery.
         std::thread::sleep(at.saturating_sub(up.elapsed()));
         let status = backend_status(&lab, 0);
         let weight = status["effective_weight"].as_f64().expect("weight");
@@ -269,15 +270,15 @@ fn a_recovered_backend_ramps_up_over_slow_start() {
     assert!(early < 0.2, "early {early}");
     assert!(late > early + 0.05, "late {late} vs early {early}");
     assert!((0.22..0.46).contains(&full), "full {full}");
-    for (stream, name) in &mut held {
-        echo(stream, "ramping").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
-    }
+    assert_echo(&mut held, "ramping");
 }
 
 #[test]
 fn availability_and_mttr_follow_a_known_outage() {
     let mut lab = AgentLab::new("mttr");
     let _agent = lab.start_agent(false);
+    // Time passing is what is measured: b2 is up for a second (its MTTF), then down for the
+    // outage (its MTTR).
     std::thread::sleep(Duration::from_secs(1));
     let outage = Duration::from_millis(2500);
     lab.servers[1] = None;
@@ -286,9 +287,17 @@ fn availability_and_mttr_follow_a_known_outage() {
     assert!(lab
         .wait_until(Duration::from_secs(5), || lab.in_ring(1))
         .is_some());
-    // The snapshot is at most 1 s behind. It and the records are written together: read both
-    // from the same writing (the records unchanged across the snapshot's read).
-    std::thread::sleep(Duration::from_millis(1200));
+    // The snapshot is at most 1 s behind: wait until it shows the recovery. It and the records
+    // are written together: read both from the same writing (the records unchanged across the
+    // snapshot's read).
+    assert!(
+        wait_every(Duration::from_secs(3), Duration::from_millis(50), || {
+            !backend_status(&lab, 1)["mttr_seconds"].is_null()
+        })
+        .is_some(),
+        "the snapshot does not show b2's recovery:\n{}",
+        lab.files.log_text()
+    );
     let (b2, observed) = (0..10)
         .find_map(|_| {
             let before = b2_observed(&lab);

@@ -3,18 +3,15 @@
 //! real TCP connections.
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use lb_tests::netns::{
     agent::Signal,
+    connections::{assert_echo, assert_none_failed, count, failed, failures, Opener},
     dsr_lab::*,
-    servers::{ask_name, NameServer},
+    servers::NameServer,
 };
 use lb_user::datapath::Datapath;
 
@@ -107,7 +104,7 @@ fn drain_and_reload_keep_established_connections() {
     let agent = lab.start_agent(false);
     let mut held = lab.hold(30);
     assert!(
-        held.iter().any(|(_, n)| n == "b1"),
+        held.iter().any(|held| held.backend == "b1"),
         "some held connection on b1"
     );
     let ring_before = lab.ring();
@@ -119,10 +116,7 @@ fn drain_and_reload_keep_established_connections() {
         "no reload:\n{}",
         lab.files.log_text()
     );
-    for (stream, name) in &mut held {
-        echo(stream, "still there")
-            .unwrap_or_else(|e| panic!("connection to {name} broke after drain: {e}"));
-    }
+    assert_echo(&mut held, "still there");
     let answers = lab.connect(30);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
     assert_eq!(
@@ -156,10 +150,7 @@ fn drain_and_reload_keep_established_connections() {
         "no second reload:\n{}",
         lab.files.log_text()
     );
-    for (stream, name) in &mut held {
-        echo(stream, "after reweight")
-            .unwrap_or_else(|e| panic!("connection to {name} broke after reload: {e}"));
-    }
+    assert_echo(&mut held, "after reweight");
     let answers = lab.connect(40);
     assert!(failures(&answers).is_empty());
     assert!(
@@ -208,41 +199,37 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
     let ring_before = lab.ring();
     let held_flows: Vec<(lb_common::FlowKey, String)> = held
         .iter()
-        .map(|(s, name)| {
-            let local = s.local_addr().expect("local");
-            let IpAddr::V4(src) = local.ip() else {
+        .map(|held| {
+            let IpAddr::V4(src) = held.local.ip() else {
                 unreachable!()
             };
             let flow = lb_common::FlowKey::v4(
                 src.octets(),
                 [10, 78, 0, 100],
-                local.port(),
+                held.local.port(),
                 PORT,
                 lb_common::maps::Protocol::Tcp,
             );
-            (flow, name.clone())
+            (flow, held.backend.clone())
         })
         .collect();
 
     // A client opens connections continuously while the agent is killed and restarted.
-    let running = Arc::new(AtomicBool::new(true));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = {
-        let (running, attempts, failed) = (running.clone(), attempts.clone(), failed.clone());
-        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
-        lab.lan.host(0).ns.spawn(move || {
-            while running.load(Ordering::Relaxed) {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = ask_name(vip, Duration::from_secs(2)) {
-                    failed.lock().expect("lock").push(e.to_string());
-                }
-            }
-        })
+    let opener = Opener::start(
+        &lab.lan.host(0).ns,
+        lab.vip(),
+        Duration::from_millis(5),
+        Duration::from_secs(2),
+    );
+    let crossed = |what: &str| {
+        assert!(
+            opener.wait_attempts(30, Duration::from_secs(10)),
+            "no new connections {what}"
+        );
     };
-    std::thread::sleep(Duration::from_millis(500));
+    crossed("before the kill");
     agent.stop(Signal::SIGKILL);
-    std::thread::sleep(Duration::from_millis(1000));
+    crossed("while no agent runs");
     let _agent = lab.start_agent(true);
     assert!(
         lab.files
@@ -251,23 +238,20 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
         "{}",
         lab.files.log_text()
     );
-    std::thread::sleep(Duration::from_millis(800));
-    running.store(false, Ordering::Relaxed);
-    client.join().expect("client");
-
-    let failed = failed.lock().expect("lock");
-    let attempts = attempts.load(Ordering::Relaxed);
+    crossed("after the restart");
+    let attempts = opener.stop();
+    let failed = failed(&attempts);
     println!(
-        "{attempts} connections during kill -9 and restart, {} failed",
+        "{} connections during kill -9 and restart, {} failed",
+        attempts.len(),
         failed.len()
     );
-    assert!(attempts > 20, "the client kept connecting ({attempts})");
     assert!(
-        failed.is_empty(),
-        "{} of {attempts} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
+        attempts.len() > 20,
+        "the client kept connecting ({})",
+        attempts.len()
     );
+    assert_none_failed(&attempts);
 
     // Adopted: same ring, conntrack intact, held connections still work.
     assert_eq!(
@@ -282,10 +266,7 @@ fn agent_killed_with_keep_datapath_loses_no_connection_and_is_adopted() {
             "tracked flow to {name} survived"
         );
     }
-    for (stream, name) in &mut held {
-        echo(stream, "after restart")
-            .unwrap_or_else(|e| panic!("held connection to {name} broke: {e}"));
-    }
+    assert_echo(&mut held, "after restart");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use lb_tests::netns::{agent::Signal, dsr_lab::*, servers::NameServer};
+use lb_tests::netns::{agent::Signal, connections::failures, dsr_lab::*, servers::NameServer};
 use serde_json::Value;
 
 const TABLE: u32 = 250;

@@ -4,13 +4,11 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     process::{Command, Output},
-    time::Duration,
 };
 
-use lb_tests::netns::{agent::lb_binary, dsr_lab::*};
+use lb_tests::netns::{agent::lb_binary, connections::greet, dsr_lab::*};
 use serde_json::Value;
 
 fn lb(args: &[&str]) -> Output {
@@ -43,17 +41,8 @@ fn lb_text(args: &[&str]) -> String {
 
 /// Opens a connection, reads the backend's name, closes; returns (client port, name).
 fn connect_once(vip: SocketAddr) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let port = stream.local_addr().expect("local").port();
-    let mut name = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
-        name.push(byte[0]);
-    }
-    (port, String::from_utf8_lossy(&name).into_owned())
+    let held = greet(vip).unwrap_or_else(|e| panic!("connection to {vip}: {e}"));
+    (held.local.port(), held.backend)
 }
 
 #[test]

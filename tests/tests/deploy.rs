@@ -8,13 +8,8 @@
 //! forwarding, then removes it.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::{Command, Output},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::Duration,
 };
 
@@ -22,10 +17,11 @@ use lb_common::stats::Counter;
 use lb_tests::{
     deploy::{describe, guide_block, run_in, unit, unit_argv, unit_values, SystemctlLine},
     netns::{
-        agent::{lb_binary, AgentFiles, AgentProcess, Signal},
-        dsr_lab::read_line,
+        agent::{lb_binary, wait_file, AgentFiles, AgentProcess, Signal},
+        connections::{bulk, Opener},
         servers::{ask_name, NameServer},
         topology::Lan,
+        wait_every,
     },
 };
 use lb_user::datapath::Datapath;
@@ -124,9 +120,12 @@ impl DeployLab {
         }
         for (i, name) in BACKENDS.iter().enumerate() {
             assert!(
-                wait_for(|| std::fs::read_to_string(decap_log(&files, i))
-                    .unwrap_or_default()
-                    .contains("decap attached")),
+                wait_file(
+                    &decap_log(&files, i),
+                    "decap attached",
+                    1,
+                    Duration::from_secs(10)
+                ),
                 "lb-decap@eth0 on {name} did not attach:\n{}",
                 std::fs::read_to_string(decap_log(&files, i)).unwrap_or_default()
             );
@@ -219,7 +218,7 @@ impl DeployLab {
         );
         // Both VIPs' backends up before traffic: two rounds of checks.
         assert!(
-            wait_for(|| {
+            wait_every(Duration::from_secs(10), Duration::from_millis(20), || {
                 let status = self.lb_in_lb(&["status", "--json"]);
                 let json: serde_json::Value =
                     serde_json::from_slice(&status.stdout).unwrap_or_default();
@@ -231,12 +230,16 @@ impl DeployLab {
                                 .is_some_and(|b| b.iter().all(|b| b["state"] == "up"))
                         })
                 })
-            }),
+            })
+            .is_some(),
             "backends not up:\n{}",
             self.files.log_text()
         );
         assert!(
-            wait_for(|| VIPS.iter().all(|(_, a, _)| self.announced().contains(a))),
+            wait_every(Duration::from_secs(10), Duration::from_millis(20), || VIPS
+                .iter()
+                .all(|(_, a, _)| self.announced().contains(a)))
+            .is_some(),
             "VIPs not announced: {}\n{}",
             self.announced(),
             self.files.log_text()
@@ -296,17 +299,14 @@ impl DeployLab {
     /// `lb stats --watch 1 --count 2` to a pipe while a client connects: two rate screens,
     /// a second apart, with traffic, and not one terminal escape.
     fn check_watch_prints_two_screens_to_a_pipe(&self) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let target = vip(VIPS[0].1);
-        let traffic = self.client().spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let _ = ask_name(target, Duration::from_secs(1));
-            }
-        });
+        let traffic = Opener::start(
+            self.client(),
+            vip(VIPS[0].1),
+            Duration::from_millis(5),
+            Duration::from_secs(1),
+        );
         let output = self.lb_in_lb(&["stats", "--watch", "1", "--count", "2"]);
-        stop.store(true, Ordering::Relaxed);
-        traffic.join().expect("traffic");
+        traffic.stop();
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(output.status.success(), "{}", describe(&output));
         let screens: Vec<&str> = text.split("every ").skip(1).collect();
@@ -450,35 +450,6 @@ fn run(command: &mut Command) -> Output {
     command
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"))
-}
-
-/// 64 KiB each way on one connection; returns the backend's name.
-fn bulk(target: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    let name = read_line(&mut stream);
-    let chunk: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-    for round in 0..8 {
-        stream.write_all(&chunk).expect("write");
-        let mut back = vec![0u8; chunk.len()];
-        stream
-            .read_exact(&mut back)
-            .unwrap_or_else(|e| panic!("{target}: bulk round {round} with {name}: {e}"));
-        assert_eq!(back, chunk, "{target}: data from {name} corrupted");
-    }
-    name
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

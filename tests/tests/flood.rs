@@ -305,19 +305,17 @@ fn a_set_full_of_protected_flows_leaves_a_new_flow_untracked_but_forwarded() {
 }
 
 mod agent {
-    use std::{
-        net::TcpStream,
-        sync::{
-            atomic::{AtomicBool, Ordering},
-            Arc,
-        },
-        thread::JoinHandle,
-        time::Duration,
-    };
+    use std::time::Duration;
 
     use lb_common::stats::Counter;
     use lb_tests::{
-        netns::{dsr_lab::*, flood::send_flood, servers::NameServer},
+        netns::{
+            connections::{assert_echo, assert_none_broken, Held, Pingers},
+            dsr_lab::*,
+            flood::send_flood,
+            servers::NameServer,
+            wait_every,
+        },
         packet::frames::Frame,
     };
     use lb_user::datapath::Datapath;
@@ -325,49 +323,10 @@ mod agent {
     /// The lab's table, and the flood: 300 times it.
     const TABLE: usize = 1024;
     const FLOOD: usize = 300 * TABLE;
+    /// The flood's rate (frames per second).
+    const RATE: u32 = 85_000;
     /// Long-lived connections.
     const HELD: usize = 40;
-
-    /// Connections held open, with the name of their backend.
-    type Held = Vec<(TcpStream, String)>;
-
-    /// Echoes a line on every held connection every 100 ms until stopped; the connections
-    /// that broke, with why.
-    struct Echoer {
-        running: Arc<AtomicBool>,
-        thread: JoinHandle<(Held, Vec<String>)>,
-    }
-
-    impl Echoer {
-        fn start(mut held: Held) -> Self {
-            let running = Arc::new(AtomicBool::new(true));
-            let flag = running.clone();
-            let thread = std::thread::spawn(move || {
-                let mut broken = Vec::new();
-                let mut round = 0;
-                while flag.load(Ordering::Relaxed) {
-                    round += 1;
-                    held.retain_mut(|(stream, name)| {
-                        match echo(stream, &format!("round {round}")) {
-                            Ok(()) => true,
-                            Err(error) => {
-                                broken.push(format!("{name}: {error}"));
-                                false
-                            }
-                        }
-                    });
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                (held, broken)
-            });
-            Self { running, thread }
-        }
-
-        fn stop(self) -> (Held, Vec<String>) {
-            self.running.store(false, Ordering::Relaxed);
-            self.thread.join().expect("echoer")
-        }
-    }
 
     /// One run of the scenario: b2 down, `HELD` connections to b1 and b3, a SYN flood of
     /// `FLOOD` spoofed sources, and b2 back a second into it (its slots come back: the ring
@@ -383,12 +342,10 @@ mod agent {
             "b2 is down"
         );
         let held = lab.hold(HELD);
-        assert!(held.iter().all(|(_, name)| name != "b2"));
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|(stream, _)| stream.local_addr().expect("local").port())
-            .collect();
-        let echoer = Echoer::start(held);
+        assert!(held.iter().all(|held| held.backend != "b2"));
+        let ports: Vec<u16> = held.iter().map(|held| held.local.port()).collect();
+        // Each connection echoes a line every 100 ms.
+        let pingers = Pingers::start(held, Duration::from_millis(100));
 
         let flood = send_flood(
             &lab.lan.host(0).ns,
@@ -396,9 +353,21 @@ mod agent {
             Frame::syn("192.0.2.1", 1, VIP, PORT),
             lab.lan.host(1).mac,
             FLOOD,
-            85_000,
+            RATE,
         );
-        std::thread::sleep(Duration::from_secs(1));
+        // b2 comes back a second into the flood: once the flood's first second of new flows
+        // (83 tables' worth) has reached the datapath.
+        let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
+        let vip = datapath.vips().expect("vips")[0].1.id;
+        let new_flows = |datapath: &mut Datapath| datapath.vip_stats(vip).expect("stats").new_flows;
+        let before = new_flows(&mut datapath);
+        assert!(
+            wait_every(Duration::from_secs(10), Duration::from_millis(20), || {
+                new_flows(&mut datapath) >= before + u64::from(RATE)
+            })
+            .is_some(),
+            "the flood does not reach the datapath"
+        );
         lab.servers[1] = Some(NameServer::start(&lab.lan.host(3).ns, PORT, "b2"));
         assert!(
             lab.wait_until(Duration::from_secs(5), || lab.in_ring(1))
@@ -407,19 +376,22 @@ mod agent {
             lab.files.log_text()
         );
         let sent = flood.join().expect("flood");
-        std::thread::sleep(Duration::from_millis(300));
-        let (mut held, broken) = echoer.stop();
+        // Every connection echoes a few more times on the ring b2 is back in.
+        assert!(
+            pingers.wait_rounds(3, Duration::from_secs(10)),
+            "the long-lived connections stopped echoing"
+        );
+        let pinged = pingers.stop();
         println!(
             "run {run}: {} SYNs in {:?}; {} of {HELD} long-lived connections broke",
             sent.frames,
             sent.elapsed,
-            broken.len()
+            pinged.iter().filter(|p| p.broken.is_some()).count()
         );
-        assert!(broken.is_empty(), "broken connections: {broken:?}");
-        for (stream, name) in &mut held {
-            echo(stream, "after the flood")
-                .unwrap_or_else(|e| panic!("connection to {name} broken after the flood: {e}"));
-        }
+        assert_none_broken(&pinged);
+        // Kept open to the end: the flow table must show them established.
+        let mut held: Vec<Held> = pinged.into_iter().map(|p| p.held).collect();
+        assert_echo(&mut held, "after the flood");
 
         // The ring moved some of them to b2, and they stayed where they were.
         let moved = ports
@@ -444,15 +416,13 @@ mod agent {
             flows["established"].as_u64() >= Some(HELD as u64),
             "the held connections are established: {flows}"
         );
-        let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
         assert_eq!(
             datapath
                 .counter(Counter::ConntrackEvictedProtected)
                 .expect("counter"),
             0
         );
-        let vip = datapath.vips().expect("vips")[0].1.id;
-        let new_flows = datapath.vip_stats(vip).expect("stats").new_flows;
+        let new_flows = new_flows(&mut datapath);
         assert!(
             new_flows >= FLOOD as u64,
             "the flood reached the datapath: {new_flows} new flows"

@@ -13,6 +13,7 @@ use std::{
 
 use lb_tests::netns::{
     agent::lb_binary,
+    connections::{count, failures},
     dsr_lab::*,
     servers::{ask_name, HttpAnswer, HttpServer},
 };

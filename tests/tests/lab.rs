@@ -4,11 +4,8 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -16,8 +13,9 @@ use lb_common::{maps::Protocol, stats::Counter};
 use lb_tests::{
     netns::{
         agent::{lb_binary, AgentFiles, AgentProcess},
+        connections::{assert_echo, count, failed, failures, Held, Opener},
         dsr_lab::*,
-        servers::ask_name,
+        wait_every, wait_until,
     },
     packet::frames::{Frame, CLIENT_MAC},
 };
@@ -31,10 +29,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LAB: Mutex<()> = Mutex::new(());
     LAB.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(VIP.parse().expect("vip"), PORT)
 }
 
 #[test]
@@ -124,10 +118,10 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     let _serial = one_at_a_time();
     let mut lab = AgentLab::new("load");
     let _agent = lab.start_agent(false);
-    let mut held: Vec<(TcpStream, String)> = lab
+    let mut held: Vec<Held> = lab
         .hold(45)
         .into_iter()
-        .filter(|(_, n)| n != "b2")
+        .filter(|held| held.backend != "b2")
         .take(20)
         .collect();
     assert_eq!(
@@ -136,55 +130,34 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
         "20 long-lived connections to the healthy backends"
     );
 
-    let running = Arc::new(AtomicBool::new(true));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let attempts = Arc::new(Mutex::new(0usize));
-    let client = {
-        let (running, failed, attempts) = (running.clone(), failed.clone(), attempts.clone());
-        lab.lan.host(0).ns.spawn(move || {
-            let mut next_port: u16 = 20_000;
-            while running.load(Ordering::Relaxed) {
-                *attempts.lock().expect("lock") += 1;
-                // Bind each attempt to a fresh source port first, so a refused attempt still has a
-                // known 5-tuple (and no attempt meets an old one's TIME_WAIT).
-                next_port += 1;
-                let port = next_port;
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .expect("socket");
-                socket
-                    .bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
-                    .expect("bind");
-                let answered = socket
-                    .connect_timeout(&vip().into(), Duration::from_secs(2))
-                    .is_ok()
-                    && {
-                        let mut stream: TcpStream = socket.into();
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut byte = [0u8; 1];
-                        std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1)
-                    };
-                if !answered {
-                    failed.lock().expect("lock").push(port);
-                }
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    // Each attempt has a client port of its own, bound before connecting: a refused attempt
+    // has a known 5-tuple.
+    let opener = Opener::start(
+        &lab.lan.host(0).ns,
+        lab.vip(),
+        Duration::from_millis(2),
+        Duration::from_secs(2),
+    );
+    assert!(
+        opener.wait_attempts(50, Duration::from_secs(10)),
+        "no new connections before b2 stops"
+    );
     let stopped = Instant::now();
     lab.servers[1] = None; // b2
     let detected = lab
         .wait_until(Duration::from_secs(5), || !lab.in_ring(1))
         .map(|_| stopped.elapsed());
-    std::thread::sleep(Duration::from_millis(500));
-    running.store(false, Ordering::Relaxed);
-    client.join().expect("client");
+    assert!(
+        opener.wait_attempts(100, Duration::from_secs(10)),
+        "no new connections after b2 left the ring"
+    );
+    let attempts = opener.stop();
+    let failed: Vec<u16> = failed(&attempts).iter().map(|a| a.port).collect();
 
     let limit = Duration::from_millis(FALL * INTERVAL_MS + 100);
-    let failed = failed.lock().expect("lock").clone();
-    let attempts = *attempts.lock().expect("lock");
     println!(
-        "detection time {detected:?} (limit {limit:?}); {attempts} attempts, {} failed",
+        "detection time {detected:?} (limit {limit:?}); {} attempts, {} failed",
+        attempts.len(),
         failed.len()
     );
     let detected = detected.expect("b2 left the ring");
@@ -197,7 +170,7 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
     for port in &failed {
         let e = lb_user::cli::explain(
             &mut view,
-            vip(),
+            lab.vip(),
             Protocol::Tcp,
             SocketAddr::new(IpAddr::V4(client_ip), *port),
         )
@@ -208,10 +181,7 @@ fn failover_under_load_fails_only_attempts_aimed_at_the_dead_backend() {
             "failed attempt from port {port} was not aimed at b2: {e:?}"
         );
     }
-    for (stream, name) in &mut held {
-        echo(stream, "still up")
-            .unwrap_or_else(|e| panic!("long-lived connection to {name} reset: {e}"));
-    }
+    assert_echo(&mut held, "still up");
 }
 
 /// 100k garbage frames (truncated etherparse frames and random bytes) sent at the load
@@ -235,31 +205,35 @@ fn garbage_frames_do_not_disturb_real_traffic() {
     let parse_errors_before = datapath.counter(Counter::ParseError).expect("counter");
     let (verdicts_before, ran_before) = verdicts_and_runs(&mut datapath, lb_ns);
 
-    let running = Arc::new(AtomicBool::new(true));
-    let real = {
-        let running = running.clone();
-        lab.lan.host(0).ns.spawn(move || {
-            let (mut ok, mut failed) = (0, 0);
-            while running.load(Ordering::Relaxed) || ok < 50 {
-                match ask_name(vip(), Duration::from_secs(2)) {
-                    Ok(_) => ok += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let real = Opener::start(
+        &lab.lan.host(0).ns,
+        lab.vip(),
+        Duration::from_millis(10),
+        Duration::from_secs(2),
+    );
     let frames = lab
         .lan
         .switch
         .run(move || send_garbage("p1", lb_mac, FRAMES));
-    running.store(false, Ordering::Relaxed);
-    let (ok, failed) = real.join().expect("real traffic");
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(Duration::from_secs(10), || real.answered() >= 50).is_some(),
+        "fewer than 50 real connections answered"
+    );
+    let attempts = real.stop();
+    let failed = failed(&attempts).len();
+    let ok = attempts.len() - failed;
     println!(
         "{} garbage frames sent; real connections: {ok} ok, {failed} failed",
         frames.len()
     );
+    // The counters are read once the program has run on every frame sent (a veth running XDP
+    // receives through a ring, after the send returned).
+    let malformed = malformed_frames(&frames);
+    wait_every(Duration::from_secs(5), Duration::from_millis(20), || {
+        let (_, ran) = verdicts_and_runs(&mut datapath, lb_ns);
+        let parse_errors = datapath.counter(Counter::ParseError).expect("counter");
+        ran - ran_before >= FRAMES as u64 && parse_errors - parse_errors_before >= malformed
+    });
     assert_eq!(failed, 0, "real connections failed during the garbage");
     assert_eq!(frames.len(), FRAMES, "every frame was sent");
 
@@ -267,7 +241,6 @@ fn garbage_frames_do_not_disturb_real_traffic() {
         datapath.counter(Counter::ParseError).expect("counter") - parse_errors_before;
     let (verdicts, ran) = verdicts_and_runs(&mut datapath, lb_ns);
     let (judged, ran) = (verdicts - verdicts_before, ran - ran_before);
-    let malformed = malformed_frames(&frames);
     println!("XDP ran {ran} times, verdicts +{judged}; parse errors +{parse_errors}, malformed frames sent {malformed}");
     assert!(
         ran >= FRAMES as u64,

@@ -6,13 +6,15 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::netns::{
     agent::{AgentFiles, AgentProcess, Signal},
+    connections,
     servers::{ask_name, NameServer},
     topology::Lan,
+    wait_every,
 };
 
 const VIP: &str = "10.78.0.100";
@@ -78,21 +80,19 @@ impl MetricsLab {
     /// `GET /metrics` from inside the load balancer's namespace: (status line, headers, body).
     fn scrape(&self) -> (String, String, String) {
         let address: SocketAddr = METRICS.parse().expect("metrics address");
-        let response = self.lan.host(1).ns.run(|| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match get(address) {
-                    Ok(response) => break response,
-                    Err(error) if Instant::now() < deadline => {
-                        eprintln!("scrape: {error}; retrying");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    Err(error) => panic!(
-                        "scrape of {address} failed: {error}\n{}",
-                        self.files.log_text()
-                    ),
-                }
-            }
+        // Retried until the server answers (it listens once the agent has started it).
+        let mut answer = Err(std::io::Error::other("not asked"));
+        self.lan.host(1).ns.run(|| {
+            wait_every(Duration::from_secs(5), Duration::from_millis(100), || {
+                answer = get(address);
+                answer.is_ok()
+            })
+        });
+        let response = answer.unwrap_or_else(|error| {
+            panic!(
+                "scrape of {address} failed: {error}\n{}",
+                self.files.log_text()
+            )
         });
         let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head and body");
         let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
@@ -312,12 +312,13 @@ fn metrics_endpoint_reflects_traffic_and_health() {
     );
 
     let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
-    let answers: Vec<Result<String, String>> = lab.lan.host(0).ns.run(|| {
-        (0..CONNECTIONS)
-            .map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string()))
-            .collect()
-    });
-    let failures: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    let answers = connections::ask(
+        &lab.lan.host(0).ns,
+        vip,
+        CONNECTIONS,
+        Duration::from_secs(2),
+    );
+    let failures = connections::failures(&answers);
     assert!(
         failures.is_empty(),
         "{failures:?}\n{}",

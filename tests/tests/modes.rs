@@ -5,18 +5,17 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use lb_common::stats::Counter;
 use lb_tests::netns::{
-    agent::{AgentFiles, AgentProcess, Signal},
-    dsr_lab::read_line,
+    agent::{wait_file, AgentFiles, AgentProcess, Signal},
+    connections::bulk,
     servers::{ask_name, ask_name_udp, NameServer, UdpNameServer},
     topology::Lan,
-    Netns,
+    wait_every, Netns,
 };
 use lb_user::datapath::Datapath;
 
@@ -154,9 +153,12 @@ impl ModesLab {
         );
         for i in 0..decaps.len() {
             assert!(
-                wait_for(|| std::fs::read_to_string(decap_log(&files, i))
-                    .unwrap_or_default()
-                    .contains("decap attached")),
+                wait_file(
+                    &decap_log(&files, i),
+                    "decap attached",
+                    1,
+                    Duration::from_secs(10)
+                ),
                 "lb decap on b{} did not attach:\n{}",
                 i + 1,
                 std::fs::read_to_string(decap_log(&files, i)).unwrap_or_default()
@@ -223,21 +225,7 @@ impl ModesLab {
                     })
                 })
                 .collect();
-            let mut stream =
-                TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            let name = read_line(&mut stream);
-            let chunk: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-            for round in 0..8 {
-                stream.write_all(&chunk).expect("write");
-                let mut back = vec![0u8; chunk.len()];
-                stream.read_exact(&mut back).unwrap_or_else(|e| {
-                    panic!("{}: bulk round {round} with {name} failed: {e}", vip.name)
-                });
-                assert_eq!(back, chunk, "{}: bulk data from {name} corrupted", vip.name);
-            }
+            bulk(address);
             names
         })
     }
@@ -315,7 +303,12 @@ impl ModesLab {
                 .map(|m| m.parse::<u16>().expect("mtu"))
         };
         assert!(
-            wait_for(|| route_mtu(serving) == Some(mtu)),
+            wait_every(
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || route_mtu(serving) == Some(mtu)
+            )
+            .is_some(),
             "{}: {name} did not learn the path MTU {mtu}: {:?}",
             vip.name,
             route_mtu(serving)
@@ -471,16 +464,6 @@ fn count_by_name(names: &[String]) -> Vec<(String, usize)> {
         .into_iter()
         .map(|n| (n.clone(), names.iter().filter(|m| *m == n).count()))
         .collect()
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

@@ -21,15 +21,7 @@
 //! checks that they are the only difference: its sandbox, command line and stop are tested;
 //! starting with the interface and stopping when it disappears are not.
 
-use std::{
-    fs,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{fs, net::SocketAddr, time::Duration};
 
 use lb_lab::{Naming, LAB_SUBNETS};
 use lb_tests::{
@@ -37,9 +29,10 @@ use lb_tests::{
     deploy::{find_deb, guide_block, run_in},
     netns::{
         agent::lb_binary,
+        connections::{self, Opener},
         pass_on,
-        servers::{ask_name, NameServer},
-        Netns,
+        servers::NameServer,
+        wait_every, Netns,
     },
 };
 use lb_user::datapath::Datapath;
@@ -124,11 +117,7 @@ impl SystemdLab {
     /// `count` connections to the VIP from the client, each answered by the backend.
     fn assert_forwards(&self, count: usize, when: &str) {
         let vip = self.vip();
-        let answers: Vec<Result<String, String>> = self.client().run(|| {
-            (0..count)
-                .map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string()))
-                .collect()
-        });
+        let answers = connections::ask(self.client(), vip, count, Duration::from_secs(2));
         assert!(
             answers.iter().all(|a| a.as_deref() == Ok("b1")),
             "{when}: connections to {vip}: {answers:?}\nlb.service's journal:\n{}",
@@ -139,21 +128,21 @@ impl SystemdLab {
     /// Waits until `lb status --check` passes in the container (the agent runs, the datapath
     /// is attached, the VIP can serve); panics with the unit's journal if it does not.
     fn wait_serving(&self, after: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
+        let mut gave_up = false;
+        let serving = wait_every(Duration::from_secs(30), Duration::from_millis(200), || {
             if self.container.run("lb status --check").status.success() {
-                return;
+                return true;
             }
             // systemd gave up ("Start request repeated too quickly"): no need to wait.
-            if self
+            gave_up = self
                 .container
                 .run("systemctl is-failed --quiet lb")
                 .status
-                .success()
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+                .success();
+            gave_up
+        });
+        if serving.is_some() && !gave_up {
+            return;
         }
         panic!(
             "after `{after}`, lb.service does not serve under systemd (`lb status --check` \
@@ -187,56 +176,14 @@ impl SystemdLab {
             .collect()
     }
 
-    /// Connections to the VIP from the client until stopped: (succeeded, failed).
-    fn traffic(&self) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (flag, good, bad, vip) = (stop.clone(), ok.clone(), failed.clone(), self.vip());
-        let thread = self.client().spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match ask_name(vip, Duration::from_secs(2)) {
-                    Ok(name) if name == "b1" => good.fetch_add(1, Ordering::Relaxed),
-                    Ok(_) | Err(_) => bad.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Traffic {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
-    }
-}
-
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("traffic thread");
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+    /// New connections to the VIP from the client every 10 ms until stopped.
+    fn traffic(&self) -> Opener {
+        Opener::start(
+            self.client(),
+            self.vip(),
+            Duration::from_millis(10),
+            Duration::from_secs(2),
         )
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -300,7 +247,10 @@ fn the_package_runs_its_life_cycle_under_systemd_as_pid_1() {
     assert!(journal.contains("datapath attached"), "{journal}");
     lab.assert_forwards(20, "after enable --now");
     assert!(
-        wait_for(|| lab.announced().contains(VIP)),
+        wait_every(Duration::from_secs(15), Duration::from_millis(100), || lab
+            .announced()
+            .contains(VIP))
+        .is_some(),
         "[announce] routes: {:?}\n{}",
         lab.announced(),
         gateway.journal("lb")
@@ -311,8 +261,13 @@ fn the_package_runs_its_life_cycle_under_systemd_as_pid_1() {
     // Section 8: reload.
     gateway.sh("systemctl reload lb");
     assert!(
-        wait_for(|| gateway.journal("lb").contains("reload (SIGHUP)")
-            || gateway.journal("lb").contains("reloaded (SIGHUP)")),
+        wait_every(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || gateway.journal("lb").contains("reload (SIGHUP)")
+                || gateway.journal("lb").contains("reloaded (SIGHUP)")
+        )
+        .is_some(),
         "systemctl reload lb: the agent did not reload:\n{}",
         gateway.journal("lb")
     );
@@ -320,11 +275,23 @@ fn the_package_runs_its_life_cycle_under_systemd_as_pid_1() {
 
     // A restart under traffic: the new agent adopts the datapath, no connection fails.
     let traffic = lab.traffic();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        traffic.wait_attempts(20, Duration::from_secs(10)),
+        "no connection before the restart"
+    );
     gateway.sh("systemctl restart lb");
     lab.wait_serving("systemctl restart lb");
-    std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed) = traffic.finish();
+    assert!(
+        traffic.wait_attempts(30, Duration::from_secs(10)),
+        "no connection after the restart"
+    );
+    let attempts = traffic.stop();
+    // Each answered by the one backend.
+    let ok = attempts
+        .iter()
+        .filter(|a| a.result.as_deref() == Ok("b1"))
+        .count();
+    let failed = attempts.len() - ok;
     println!("systemctl restart lb under traffic: {ok} connections succeeded, {failed} failed");
     assert!(ok > 0, "no connection during the restart");
     assert_eq!(failed, 0, "connections failed during systemctl restart lb");
@@ -414,7 +381,10 @@ fn check_decap_unit(lab: &SystemdLab) {
     gateway.sh("systemctl daemon-reload && systemctl start lb-decap-nodevice@host0");
     let unit = "lb-decap-nodevice@host0";
     assert!(
-        wait_for(|| gateway.journal(unit).contains("decap attached")),
+        wait_every(Duration::from_secs(15), Duration::from_millis(100), || {
+            gateway.journal(unit).contains("decap attached")
+        })
+        .is_some(),
         "lb-decap@ (without its device binding) did not attach under systemd:\n{}",
         gateway.journal(unit)
     );
@@ -425,15 +395,4 @@ fn check_decap_unit(lab: &SystemdLab) {
     assert!(!lab.xdp_attached(), "decap left its program on {INTERFACE}");
     gateway.sh("rm /etc/systemd/system/lb-decap-nodevice@.service && systemctl daemon-reload");
     println!("lb-decap@ (less BindsTo=/After= on the device) attached and detached under systemd");
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }

@@ -9,16 +9,7 @@
 //! not know is refused with a clear error while the old datapath keeps forwarding, and
 //! `--fresh-state` replaces it without stopping traffic.
 
-use std::{
-    net::SocketAddr,
-    process::Command,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use lb_common::{
     layout::{Layout, LAYOUT_VERSION},
@@ -26,18 +17,14 @@ use lb_common::{
 };
 use lb_tests::netns::{
     agent::{lb_binary, AgentProcess, Signal},
+    connections::{assert_echo, failed, failures, Attempt, Opener},
     dsr_lab::*,
     previous::{self, OldBackend, Release},
-    servers::ask_name,
 };
 use lb_user::datapath::Datapath;
 
 /// The agent lab's `conntrack_size` (the pinned CONNTRACK's size).
 const CONNTRACK_SIZE: u32 = 65536;
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(VIP.parse().expect("vip"), PORT)
-}
 
 /// Backends the old datapath knows: the lab's first two of three.
 const OLD_BACKENDS: usize = 2;
@@ -62,34 +49,33 @@ fn start_old(lab: &AgentLab, release: Release) {
     );
 }
 
-/// A client opening a connection every 10 ms until stopped: (ok, failed).
-struct Opener {
-    running: Arc<AtomicBool>,
-    thread: JoinHandle<(usize, Vec<String>)>,
+/// New connections from the lab's client every 10 ms while the datapath is replaced, each
+/// failed without a greeting within 900 ms (under the SYN retransmission time: a lost SYN is a
+/// failure, not a late success).
+fn open(lab: &AgentLab) -> Opener {
+    Opener::start(
+        &lab.lan.host(0).ns,
+        lab.vip(),
+        Duration::from_millis(10),
+        Duration::from_millis(900),
+    )
 }
 
-impl Opener {
-    fn start(lab: &AgentLab) -> Self {
-        let running = Arc::new(AtomicBool::new(true));
-        let flag = running.clone();
-        let thread = lab.lan.host(0).ns.spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while flag.load(Ordering::Relaxed) {
-                match ask_name(vip(), Duration::from_millis(900)) {
-                    Ok(_) => ok += 1,
-                    Err(error) => failed.push(error.to_string()),
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            (ok, failed)
-        });
-        Self { running, thread }
-    }
+/// Waits until `n` more new connections of `opener` have finished: the traffic that crossed
+/// what just happened.
+fn traffic_crosses(opener: &Opener, n: usize, what: &str) {
+    assert!(
+        opener.wait_attempts(n, Duration::from_secs(10)),
+        "no new connections {what}"
+    );
+}
 
-    fn stop(self) -> (usize, Vec<String>) {
-        self.running.store(false, Ordering::Relaxed);
-        self.thread.join().expect("opener")
-    }
+/// Stops `opener`: the connections answered, and the failed attempts.
+fn stop(opener: Opener) -> (usize, Vec<Attempt>) {
+    let attempts = opener.stop();
+    let ok = attempts.len() - failed(&attempts).len();
+    let failed = failed(&attempts).into_iter().cloned().collect();
+    (ok, failed)
 }
 
 #[test]
@@ -115,7 +101,7 @@ fn upgrade_under_traffic(release: Release) {
     let old_names = &NAMES[..OLD_BACKENDS];
     assert!(
         held.iter()
-            .all(|(_, name)| old_names.contains(&name.as_str())),
+            .all(|held| old_names.contains(&held.backend.as_str())),
         "the old datapath knows two backends"
     );
     let answers = lab.connect(30);
@@ -145,11 +131,11 @@ fn upgrade_under_traffic(release: Release) {
     };
     assert!(tx_before > 0);
 
-    let opener = Opener::start(&lab);
-    std::thread::sleep(Duration::from_millis(300));
+    let opener = open(&lab);
+    traffic_crosses(&opener, 20, "before the upgrade");
     let agent = lab.start_agent(true);
-    std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed) = opener.stop();
+    traffic_crosses(&opener, 30, "after the upgrade");
+    let (ok, failed) = stop(opener);
     println!(
         "during the upgrade: {ok} connections ok, {} failed",
         failed.len()
@@ -170,15 +156,12 @@ fn upgrade_under_traffic(release: Release) {
         "{log}"
     );
 
-    for (stream, name) in &mut held {
-        echo(stream, "after the upgrade")
-            .unwrap_or_else(|e| panic!("long-lived connection to {name} broken: {e}"));
-    }
+    assert_echo(&mut held, "after the upgrade");
     // Conntrack was carried over: every connection opened through the old datapath is
     // tracked to its backend, also those the new ring sends to the third backend.
     let mut moved_by_the_ring = 0;
-    for (stream, name) in &held {
-        let explained = lab.explain(stream.local_addr().expect("local").port());
+    for held in &held {
+        let explained = lab.explain(held.local.port());
         assert_eq!(explained["reason"], "tracked", "{explained}");
         // Carried over established: a flood after the upgrade cannot evict them.
         assert_eq!(
@@ -186,7 +169,7 @@ fn upgrade_under_traffic(release: Release) {
             "{explained}"
         );
         assert_eq!(explained["tracking"]["protected"], true, "{explained}");
-        let backend = lab.backend_ip(NAMES.iter().position(|n| n == name).expect("name"));
+        let backend = lab.backend_ip(NAMES.iter().position(|n| *n == held.backend).expect("name"));
         assert_eq!(
             explained["backend"],
             backend.to_string().as_str(),
@@ -248,6 +231,11 @@ fn upgrade_under_traffic(release: Release) {
 /// `lb run --fresh-state` on the lab's configuration, in the load balancer's namespace, logging
 /// where the lab's agents log.
 fn start_fresh(lab: &AgentLab) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lab.files.log)
+        .expect("log");
     let mut command = Command::new("nsenter");
     command
         .arg(format!("--net=/run/netns/{}", lab.lan.host(1).ns.name))
@@ -255,20 +243,8 @@ fn start_fresh(lab: &AgentLab) -> std::process::Child {
         .args(["run", "--fresh-state", "--config"])
         .arg(&lab.files.config)
         .env("RUST_LOG", "info")
-        .stdout(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&lab.files.log)
-                .expect("log"),
-        )
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&lab.files.log)
-                .expect("log"),
-        );
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
     command.spawn().expect("lb run --fresh-state")
 }
 
@@ -278,7 +254,7 @@ fn fresh_state_on_an_older_layout_recreates_every_map_without_stopping_traffic()
     start_old(&lab, Release::V1);
     let answers = lab.connect(10);
     assert!(failures(&answers).is_empty(), "{answers:?}");
-    let opener = Opener::start(&lab);
+    let opener = open(&lab);
     let mut fresh = start_fresh(&lab);
     assert!(
         lab.files
@@ -286,8 +262,8 @@ fn fresh_state_on_an_older_layout_recreates_every_map_without_stopping_traffic()
         "{}",
         lab.files.log_text()
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed) = opener.stop();
+    traffic_crosses(&opener, 30, "after --fresh-state");
+    let (ok, failed) = stop(opener);
     println!(
         "--fresh-state on layout 1: {ok} ok, {} failed",
         failed.len()
@@ -347,7 +323,7 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
 
     // `--fresh-state` replaces the maps without stopping traffic: the rings are the same, so
     // even the connections it no longer tracks land on their backend again.
-    let opener = Opener::start(&lab);
+    let opener = open(&lab);
     let mut fresh = start_fresh(&lab);
     assert!(
         lab.files
@@ -355,13 +331,11 @@ fn a_layout_this_lb_does_not_know_is_refused_and_keeps_forwarding() {
         "{}",
         lab.files.log_text()
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed) = opener.stop();
+    traffic_crosses(&opener, 30, "after --fresh-state");
+    let (ok, failed) = stop(opener);
     println!("during --fresh-state: {ok} ok, {} failed", failed.len());
     assert!(failed.is_empty(), "{failed:?}");
-    for (stream, name) in &mut held {
-        echo(stream, "fresh").unwrap_or_else(|e| panic!("connection to {name} broken: {e}"));
-    }
+    assert_echo(&mut held, "fresh");
     let mut datapath = Datapath::open_pinned(&lab.files.state_dir).expect("open");
     assert_eq!(datapath.layout().expect("layout"), Layout::CURRENT);
     assert!(datapath

@@ -258,6 +258,8 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
         eprintln!("{}", files.log_text());
     }
 
+    // Part of the measurement, not a wait for an event: 2 s for the start-up's last one-off
+    // work to end, then the steady-state window whose CPU time is measured.
     std::thread::sleep(Duration::from_secs(2));
     let before = process_cpu(agent.pid())?;
     std::thread::sleep(STEADY);

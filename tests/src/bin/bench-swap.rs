@@ -35,6 +35,7 @@ use lb_tests::{
     netns::{
         agent::{find_lb_binary, AgentFiles, AgentProcess},
         topology::Lan,
+        wait_every,
     },
     packet::{frames::Frame, probe::RingProbe},
 };
@@ -176,24 +177,33 @@ fn run() -> anyhow::Result<Vec<Section>> {
     }
     // The first round of checks may end before every backend answered: wait for all of them.
     let mut maps = Datapath::open_pinned(&files.state_dir).context("opening the agent's maps")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = maps
-            .backends()?
-            .iter()
-            .filter(|(_, b)| b.state == BackendState::Up as u8)
-            .count();
-        if up == VIPS * BACKENDS {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{up} of {} backends are up after 30 s; the agent's log:\n{}",
-                VIPS * BACKENDS,
-                files.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let (mut up, mut failed) = (0, None);
+    let all_up = wait_every(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || match maps.backends() {
+            Ok(backends) => {
+                up = backends
+                    .iter()
+                    .filter(|(_, b)| b.state == BackendState::Up as u8)
+                    .count();
+                up == VIPS * BACKENDS
+            }
+            Err(error) => {
+                failed = Some(error);
+                true
+            }
+        },
+    );
+    if let Some(error) = failed {
+        return Err(error.into());
+    }
+    if all_up.is_none() {
+        bail!(
+            "{up} of {} backends are up after 30 s; the agent's log:\n{}",
+            VIPS * BACKENDS,
+            files.log_text()
+        );
     }
 
     let mut probe = RingProbe::open(&files.state_dir, CONNTRACK_SIZE)

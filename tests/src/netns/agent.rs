@@ -6,13 +6,26 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 pub use nix::sys::signal::Signal;
 use nix::{sys::signal::kill, unistd::Pid};
 
-use crate::netns::Netns;
+use crate::netns::{wait_every, Netns};
+
+/// Waits until the file at `path` (a log another process writes) contains `needle` at least
+/// `count` times; false if not within `timeout`.
+pub fn wait_file(path: &Path, needle: &str, count: usize, timeout: Duration) -> bool {
+    wait_every(timeout, Duration::from_millis(20), || {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+            >= count
+    })
+    .is_some()
+}
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -93,14 +106,7 @@ impl AgentFiles {
 
     /// Waits until the log contains `needle` at least `count` times.
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log_text().matches(needle).count() >= count {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_file(&self.log, needle, count, timeout)
     }
 }
 

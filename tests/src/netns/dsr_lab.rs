@@ -3,8 +3,7 @@
 //! The test starts `lb run` itself.
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -12,7 +11,8 @@ use lb_user::datapath::Datapath;
 
 use crate::netns::{
     agent::{AgentFiles, AgentProcess},
-    servers::{ask_name, NameServer},
+    connections::{self, Held},
+    servers::NameServer,
     topology::Lan,
 };
 
@@ -215,34 +215,19 @@ impl AgentLab {
             .expect("backend entry")
     }
 
-    /// Opens `n` connections from the client; returns the answering backend names.
-    /// See the name.
-    pub fn connect(&self, n: usize) -> Vec<Result<String, String>> {
-        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
-        self.lan.host(0).ns.run(|| {
-            (0..n)
-                .map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string()))
-                .collect()
-        })
+    /// The VIP's address.
+    pub fn vip(&self) -> SocketAddr {
+        SocketAddr::new(VIP.parse().expect("vip"), PORT)
     }
 
-    /// Opens `n` connections and keeps them, with the name of the backend of each.
-    /// See the name.
-    pub fn hold(&self, n: usize) -> Vec<(TcpStream, String)> {
-        let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
-        self.lan.host(0).ns.run(|| {
-            (0..n)
-                .map(|_| {
-                    let mut stream =
-                        TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(2)))
-                        .expect("timeout");
-                    let name = read_line(&mut stream);
-                    (stream, name)
-                })
-                .collect()
-        })
+    /// [`connections::ask`] `n` times from the client (2 s each): the answering backends.
+    pub fn connect(&self, n: usize) -> Vec<Result<String, String>> {
+        connections::ask(&self.lan.host(0).ns, self.vip(), n, Duration::from_secs(2))
+    }
+
+    /// [`connections::hold`] `n` connections from the client.
+    pub fn hold(&self, n: usize) -> Vec<Held> {
+        connections::hold(&self.lan.host(0).ns, self.vip(), n)
     }
 
     /// [`crate::netns::wait_until`].
@@ -253,39 +238,4 @@ impl AgentLab {
     ) -> Option<Duration> {
         crate::netns::wait_until(timeout, condition)
     }
-}
-
-/// See the name.
-pub fn read_line(stream: &mut TcpStream) -> String {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    String::from_utf8_lossy(&line).into_owned()
-}
-
-/// Sends a line on a held connection and checks it comes back.
-/// See the name.
-pub fn echo(stream: &mut TcpStream, text: &str) -> Result<(), String> {
-    stream
-        .write_all(format!("{text}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; text.len() + 1];
-    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    if buf[..text.len()] == *text.as_bytes() {
-        Ok(())
-    } else {
-        Err(format!("echo mismatch: {buf:?}"))
-    }
-}
-
-/// See the name.
-pub fn count(answers: &[Result<String, String>], name: &str) -> usize {
-    answers.iter().filter(|a| a.as_deref() == Ok(name)).count()
-}
-
-/// See the name.
-pub fn failures(answers: &[Result<String, String>]) -> Vec<&String> {
-    answers.iter().filter_map(|a| a.as_ref().err()).collect()
 }

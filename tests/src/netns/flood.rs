@@ -51,6 +51,7 @@ pub fn send_flood(
                 }
                 sent += 1;
             }
+            // The flood's rate, not a wait for anything.
             let due = Duration::from_secs_f64(sent as f64 / f64::from(per_second));
             if let Some(early) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(early);

@@ -5,12 +5,13 @@
 //! here: [`topology::Lan`] attaches lb's `pass` program to the switch ports, [`agent`] runs the
 //! real `lb` binary in a namespace, [`dsr_lab`] is the ready client + lb + three DSR backends
 //! lab of the agent tests, [`redundancy`] the two-instance lab behind a router (issue #15),
-//! and [`load`] the client traffic its failover tests measure.
+//! and [`connections`] the client traffic every one of them sends through a VIP (connections
+//! asked, held, pinged and opened at a rate).
 
 pub mod agent;
+pub mod connections;
 pub mod dsr_lab;
 pub mod flood;
-pub mod load;
 pub mod previous;
 pub mod redundancy;
 pub mod topology;

@@ -40,7 +40,8 @@ use lb_user::cli::{Explanation, View};
 pub use crate::netns::wait_until;
 use crate::netns::{
     agent::{lb_binary, AgentFiles, AgentProcess, Signal},
-    servers::{ask_name, NameServer},
+    connections,
+    servers::NameServer,
     topology::Lan,
 };
 
@@ -597,12 +598,12 @@ impl RedundancyLab {
     /// `n` connections from the client to VIP `v`, one after the other: the backend names,
     /// or errors.
     pub fn connect(&self, v: usize, n: usize) -> Vec<Result<String, String>> {
-        let vip = Self::vip(v);
-        self.upstream.client.run(|| {
-            (0..n)
-                .map(|_| ask_name(vip, Duration::from_secs(2)).map_err(|e| e.to_string()))
-                .collect()
-        })
+        connections::ask(
+            &self.upstream.client,
+            Self::vip(v),
+            n,
+            Duration::from_secs(2),
+        )
     }
 
     /// `lb explain` on instance `i` for a client flow to VIP `v`.
