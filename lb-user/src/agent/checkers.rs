@@ -16,8 +16,11 @@ use crate::{
     health::{HealthEvent, Probe, ProbeSpec},
 };
 
-/// How many check results may wait for the agent.
-pub(super) const QUEUE: usize = 1024;
+/// How many check results may wait for the agent: a second's worth at the documented maximum
+/// (16,384 backends checked every second). The agent takes all that wait as one burst and
+/// rebuilds each VIP once for it, so the longer a burst takes to apply, the more the next one
+/// holds: a small queue split a start-up into many bursts, each rebuilding the same VIPs.
+pub(super) const QUEUE: usize = 16384;
 
 /// Identity of a checker run: the VIP and backend it checks (so its events go straight to
 /// them, not through a search of every VIP) and a token that changes whenever the checker is

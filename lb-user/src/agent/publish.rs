@@ -16,7 +16,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{target::serving_state, weights::configured_units, Agent};
+use super::{rings::SharedRing, target::serving_state, weights::configured_units, Agent};
 use crate::{
     datapath::AttachMode,
     error::Chain,
@@ -50,7 +50,8 @@ impl Agent {
                     ring: vip.ring.as_ref().map(|ring| RingStatus {
                         map_id: ring.map_id,
                         size: ring.shared.size(),
-                        fingerprint: ring.shared.fingerprint(),
+                        // Filled by the writer (see `Publication::rings`).
+                        fingerprint: 0,
                     }),
                     backends: vip
                         .backends
@@ -97,6 +98,12 @@ impl Agent {
             }
         }
         let snapshot = self.snapshot(now);
+        let rings = self
+            .vips
+            .values()
+            .enumerate()
+            .filter_map(|(index, vip)| Some((index, Arc::clone(&vip.ring.as_ref()?.shared))))
+            .collect();
         let records = Records {
             created_unix_ms: self.records.created_unix_ms,
             backends: self
@@ -118,7 +125,11 @@ impl Agent {
         // publication: only those loaded at start matter to the agent, to restore the backends
         // it starts with.
         self.records.backends.clear();
-        self.publisher.publish(Publication { snapshot, records });
+        self.publisher.publish(Publication {
+            snapshot,
+            records,
+            rings,
+        });
         if let Some(m) = &self.metrics {
             m.backends_observed(self.vips.values().flat_map(|vip| {
                 vip.backends.iter().map(|b| {
@@ -145,6 +156,9 @@ pub(super) struct Publication {
     snapshot: Snapshot,
     /// Kept across restarts.
     records: Records,
+    /// The ring of each VIP of the snapshot that has one, by index in `snapshot.vips`: the
+    /// writer fills in their fingerprints (a millisecond each for a ring not seen before).
+    rings: Vec<(usize, Arc<SharedRing>)>,
 }
 
 /// Writes publications to their files on a thread of its own, newest first.
@@ -244,15 +258,20 @@ fn write_publications(state_dir: &std::path::Path, shared: &(Mutex<Queue>, Condv
                 None => return,
             }
         };
-        write_files(state_dir, &publication);
+        write_files(state_dir, publication);
         let mut queue = lock(queue);
         queue.written = number;
         wake.notify_all();
     }
 }
 
-/// Writes the snapshot and the records, logging what fails.
-fn write_files(state_dir: &std::path::Path, publication: &Publication) {
+/// Writes the snapshot, with its rings' fingerprints, and the records, logging what fails.
+fn write_files(state_dir: &std::path::Path, mut publication: Publication) {
+    for (index, ring) in &publication.rings {
+        if let Some(status) = publication.snapshot.vips[*index].ring.as_mut() {
+            status.fingerprint = ring.fingerprint();
+        }
+    }
     if let Err(error) = status::write(state_dir, &publication.snapshot) {
         tracing::warn!(
             "cannot write the status snapshot {}: {}",
@@ -304,6 +323,7 @@ mod tests {
             publisher.publish(Publication {
                 snapshot: snapshot(pid),
                 records: records(u64::from(pid)),
+                rings: Vec::new(),
             });
         }
         publisher.wait();
@@ -313,6 +333,7 @@ mod tests {
         publisher.publish(Publication {
             snapshot: snapshot(51),
             records: records(51),
+            rings: Vec::new(),
         });
         publisher.close();
         assert_eq!(

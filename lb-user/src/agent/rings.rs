@@ -9,7 +9,11 @@
 //! holds; a VIP then only renames the positions to its backend ids ([`SharedRing::ids`]).
 //! Pure, no I/O.
 
-use std::{collections::VecDeque, net::IpAddr, sync::Arc};
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
 
 use lb_common::{
     maglev::{build_ring, MaglevBackend, MaglevError},
@@ -51,8 +55,9 @@ pub struct SharedRing {
     /// Slots held by each member, by position.
     slots: Vec<u32>,
     /// `crate::fingerprint::ring_fingerprint` of the ring: the same whatever ids a VIP gives
-    /// its backends.
-    fingerprint: u64,
+    /// its backends. Computed when first asked (about a millisecond at 65,537 slots), which
+    /// the status writer's thread does, not the event loop.
+    fingerprint: OnceLock<u64>,
 }
 
 impl SharedRing {
@@ -79,18 +84,11 @@ impl SharedRing {
         for position in positions.iter().filter(|p| **p != NO_BACKEND) {
             slots[*position as usize] += 1;
         }
-        let names: std::collections::BTreeMap<u32, String> = shape
-            .members
-            .iter()
-            .enumerate()
-            .map(|(position, (address, _))| (position as u32, address.to_string()))
-            .collect();
-        let fingerprint = crate::fingerprint::ring_fingerprint(&positions, &names);
         Ok(Self {
             shape,
             positions,
             slots,
-            fingerprint,
+            fingerprint: OnceLock::new(),
         })
     }
 
@@ -120,7 +118,16 @@ impl SharedRing {
 
     /// The ring's fingerprint.
     pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
+        *self.fingerprint.get_or_init(|| {
+            let names: std::collections::BTreeMap<u32, String> = self
+                .shape
+                .members
+                .iter()
+                .enumerate()
+                .map(|(position, (address, _))| (position as u32, address.to_string()))
+                .collect();
+            crate::fingerprint::ring_fingerprint(&self.positions, &names)
+        })
     }
 
     /// Its size.
