@@ -78,13 +78,49 @@ mod tests {
     #[test]
     fn decap_and_interface_errors_print_their_cause_once() {
         let error =
-            crate::datapath::DecapError::Interface(crate::interface::InterfaceError::Addresses {
+            crate::datapath::DecapError::Interface(crate::interface::InterfaceError::Netlink {
                 interface: "eth0".into(),
-                source: nix::Error::EPERM,
+                source: crate::netlink::NetlinkError::Request {
+                    request: crate::netlink::Request::Addresses,
+                    source: crate::netlink::ExchangeError::Refused(
+                        std::io::Error::from_raw_os_error(libc::EPERM),
+                    ),
+                },
             });
         assert_no_repeated_cause(&error);
-        assert!(Chain(&error)
-            .to_string()
-            .starts_with("cannot list the addresses of eth0: "));
+        assert!(Chain(&error).to_string().starts_with(
+            "cannot read interface eth0 from the kernel: netlink: reading the interfaces' \
+             addresses: the kernel refused: "
+        ));
+    }
+
+    #[test]
+    fn next_hop_errors_print_their_cause_once() {
+        let backend = "10.0.0.5".parse().expect("ip");
+        let refused = |request| crate::netlink::NetlinkError::Request {
+            request,
+            source: crate::netlink::ExchangeError::Refused(std::io::Error::from_raw_os_error(
+                libc::ENETUNREACH,
+            )),
+        };
+        let errors = [
+            crate::nexthop::NextHopError::NoRoute {
+                backend,
+                source: refused(crate::netlink::Request::RouteTo(backend)),
+            },
+            crate::nexthop::NextHopError::Netlink {
+                backend,
+                source: refused(crate::netlink::Request::Resolution {
+                    address: backend,
+                    ifindex: 3,
+                }),
+            },
+        ];
+        for error in &errors {
+            assert_no_repeated_cause(error);
+        }
+        assert!(Chain(&errors[0]).to_string().starts_with(
+            "no route to 10.0.0.5: netlink: looking up the route to 10.0.0.5: the kernel refused: "
+        ));
     }
 }

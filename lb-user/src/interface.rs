@@ -1,9 +1,12 @@
-//! Facts about this host's network interfaces (in the calling thread's network namespace): an
-//! interface's index, its addresses, and the XDP mode of the program attached to it.
+//! Facts about this host's network interfaces (in the calling thread's network namespace), read
+//! over rtnetlink ([`crate::netlink`]): an interface's index, its addresses, its MAC, and the
+//! XDP program attached to it.
 
 use std::net::IpAddr;
 
 use aya::programs::XdpMode;
+
+use crate::netlink::{Link, LinkId, Netlink, NetlinkError, XdpAttachment};
 
 /// An interface that cannot be looked up.
 #[derive(Debug, thiserror::Error)]
@@ -15,72 +18,74 @@ pub enum InterfaceError {
         interface: String,
         /// The lookup's error.
         #[source]
-        source: nix::Error,
+        source: NetlinkError,
     },
-    /// Listing addresses failed.
-    #[error("cannot list the addresses of {interface}")]
-    Addresses {
+    /// Reading the interface or its addresses failed.
+    #[error("cannot read interface {interface} from the kernel")]
+    Netlink {
         /// Interface name.
         interface: String,
         /// The error.
         #[source]
-        source: nix::Error,
+        source: NetlinkError,
     },
+}
+
+/// `interface` as the kernel describes it, and the socket that read it.
+fn lookup(interface: &str) -> Result<(Link, Netlink), InterfaceError> {
+    let failed = |source: NetlinkError| {
+        if source.refused_with() == Some(libc::ENODEV) {
+            InterfaceError::NotFound {
+                interface: interface.to_owned(),
+                source,
+            }
+        } else {
+            InterfaceError::Netlink {
+                interface: interface.to_owned(),
+                source,
+            }
+        }
+    };
+    let mut netlink = Netlink::open().map_err(failed)?;
+    let link = netlink
+        .link(LinkId::Name(interface.to_owned()))
+        .map_err(failed)?;
+    Ok((link, netlink))
 }
 
 /// The index of `interface`.
 pub fn index(interface: &str) -> Result<u32, InterfaceError> {
-    nix::net::if_::if_nametoindex(interface).map_err(|source| InterfaceError::NotFound {
-        interface: interface.to_owned(),
-        source,
-    })
+    Ok(lookup(interface)?.0.index)
 }
 
-/// Every address of `interface` the kernel lists (IP and link-layer).
-fn listed(interface: &str) -> Result<Vec<nix::sys::socket::SockaddrStorage>, InterfaceError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|source| InterfaceError::Addresses {
-        interface: interface.to_owned(),
-        source,
-    })?;
-    Ok(addrs
-        .filter(|ifaddr| ifaddr.interface_name == interface)
-        .filter_map(|ifaddr| ifaddr.address)
-        .collect())
-}
-
-/// Every IPv4 and IPv6 address of `interface`.
+/// Every IPv4 and IPv6 address of `interface` (IPv4 first, each family in the kernel's order).
 pub fn addresses(interface: &str) -> Result<Vec<IpAddr>, InterfaceError> {
-    Ok(listed(interface)?
-        .into_iter()
-        .filter_map(|address| {
-            if let Some(v4) = address.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
+    let (link, mut netlink) = lookup(interface)?;
+    netlink
+        .addresses(link.index)
+        .map_err(|source| InterfaceError::Netlink {
+            interface: interface.to_owned(),
+            source,
         })
-        .collect())
 }
 
-/// The MAC address of `interface` (`None` for an interface without one, like `lo`).
+/// The MAC address of `interface` (`None` for an interface without one, like a tunnel).
 pub fn mac(interface: &str) -> Result<Option<[u8; 6]>, InterfaceError> {
-    Ok(listed(interface)?
-        .into_iter()
-        .find_map(|address| address.as_link_addr()?.addr()))
+    Ok(lookup(interface)?.0.mac)
 }
 
-/// The mode of the XDP program attached to `interface`, as the kernel reports it
-/// (`ip -j link show`: 1 native, 2 generic, 3 offloaded); `None` if unknown.
+/// The mode of the XDP program attached to `interface`, as the kernel reports it; `None` if
+/// none is, or several are, or the interface cannot be read.
 pub fn attached_xdp_mode(interface: &str) -> Option<XdpMode> {
-    let output = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", interface])
-        .output()
-        .ok()?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    match links.get(0)?.get("xdp")?.get("mode")?.as_u64()? {
-        1 => Some(XdpMode::Driver),
-        2 => Some(XdpMode::Skb),
-        3 => Some(XdpMode::Hardware),
-        _ => None,
+    match lookup(interface).ok()?.0.xdp?.attachment {
+        XdpAttachment::Driver => Some(XdpMode::Driver),
+        XdpAttachment::Generic => Some(XdpMode::Skb),
+        XdpAttachment::Hardware => Some(XdpMode::Hardware),
+        XdpAttachment::Multiple => None,
     }
+}
+
+/// The kernel id of the XDP program attached to `interface`, if any.
+pub fn attached_xdp_program(interface: &str) -> Option<u32> {
+    lookup(interface).ok()?.0.xdp?.id
 }

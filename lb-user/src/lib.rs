@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod health;
 pub mod interface;
 pub mod metrics;
+pub mod netlink;
 pub mod nexthop;
 pub mod records;
 pub mod routes;

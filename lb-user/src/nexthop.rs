@@ -3,17 +3,25 @@
 //! routing and neighbour tables (ARP / ND) before the backend enters a ring. The datapath then
 //! needs no FIB lookup per packet.
 //!
-//! Next hops in use are re-checked against a [`Snapshot`] of the neighbour and link tables every
-//! second (two commands however many backends), so a backend whose MAC changes while it stays
-//! healthy (a replaced machine, a migrated VM announcing itself by gratuitous ARP / unsolicited
-//! NA) is followed instead of black-holed.
+//! Next hops in use are kept current from a [`Snapshot`] of the neighbour and link tables,
+//! which the agent's reader updates from the kernel's announcements, so a backend whose MAC
+//! changes while it stays healthy (a replaced machine, a migrated VM announcing itself by
+//! gratuitous ARP / unsolicited NA) is followed instead of black-holed.
 //!
-//! The tables are read with iproute2's JSON output (`ip -j`), present on every Linux gateway.
+//! The tables are read over rtnetlink ([`crate::netlink`]).
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-use serde::Deserialize;
-use tokio::{process::Command, time::Instant};
+use tokio::time::Instant;
+
+use crate::netlink::{Change, Link, LinkId, Neighbour, Netlink, NetlinkError};
+
+/// How long to wait before looking at a neighbour being resolved again: doubling from
+/// [`FIRST_LOOK_AGAIN`] (an answering neighbour on a LAN takes about a millisecond) up to
+/// [`LOOK_AGAIN`] (a silent one costs 50 lookups a second).
+const FIRST_LOOK_AGAIN: Duration = Duration::from_millis(1);
+/// See [`FIRST_LOOK_AGAIN`].
+const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 /// Where to send a backend's packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,13 +41,14 @@ pub struct NextHop {
 /// Why a backend has no usable next hop.
 #[derive(Debug, thiserror::Error)]
 pub enum NextHopError {
-    /// No route, or `ip` failed.
-    #[error("no route to {backend}: {message}")]
+    /// The kernel has no route to the backend (or the lookup failed).
+    #[error("no route to {backend}")]
     NoRoute {
         /// The backend.
         backend: IpAddr,
-        /// What `ip route get` said.
-        message: String,
+        /// The lookup's error.
+        #[source]
+        source: NetlinkError,
     },
     /// The backend is an address of this host.
     #[error("{backend} is an address of this host")]
@@ -65,60 +74,19 @@ pub enum NextHopError {
         /// How long we waited.
         waited: Duration,
     },
-    /// Running or parsing `ip` failed.
-    #[error("`ip {args}`: {message}")]
-    Command {
-        /// The arguments.
-        args: String,
-        /// What went wrong.
-        message: String,
+    /// Reading the egress interface or the neighbour table failed.
+    #[error("cannot read the next hop of {backend}")]
+    Netlink {
+        /// The backend.
+        backend: IpAddr,
+        /// The request's error.
+        #[source]
+        source: NetlinkError,
     },
 }
 
-#[derive(Deserialize)]
-struct Route {
-    dev: String,
-    gateway: Option<IpAddr>,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Link {
-    ifindex: u32,
-    #[serde(default)]
-    ifname: String,
-    mtu: u32,
-    address: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Neighbour {
-    #[serde(default)]
-    dst: Option<IpAddr>,
-    #[serde(default)]
-    dev: String,
-    lladdr: Option<String>,
-    #[serde(default)]
-    state: Vec<String>,
-}
-
-impl Neighbour {
-    /// The MAC, unless the entry is being resolved or failed to resolve.
-    fn usable_mac(&self) -> Option<[u8; 6]> {
-        let unusable = self
-            .state
-            .iter()
-            .any(|s| s == "FAILED" || s == "INCOMPLETE");
-        if unusable {
-            None
-        } else {
-            self.lladdr.as_deref().and_then(parse_mac)
-        }
-    }
-}
-
-/// The kernel's neighbour and link tables at one instant.
+/// What next hops use of the kernel's neighbour and link tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Usable neighbour MACs by (address, interface index).
     neighbours: HashMap<(IpAddr, u32), [u8; 6]>,
@@ -127,35 +95,49 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads both tables (`ip -j link show`, `ip -j neigh show`).
-    pub async fn take() -> Result<Self, NextHopError> {
-        let links: Vec<Link> = ip_json(&["link", "show"]).await?;
-        let neighbours: Vec<Neighbour> = ip_json(&["neigh", "show"]).await?;
+    /// Reads both tables (two dumps, however many backends).
+    pub fn take() -> Result<Self, NetlinkError> {
+        let mut netlink = Netlink::open()?;
+        let links = netlink.links()?;
+        let neighbours = netlink.neighbours()?;
         Ok(Self::from_tables(&links, &neighbours))
     }
 
-    fn from_tables(links: &[Link], neighbours: &[Neighbour]) -> Self {
-        let ifindex: HashMap<&str, u32> = links
-            .iter()
-            .map(|l| (l.ifname.as_str(), l.ifindex))
-            .collect();
-        Self {
-            neighbours: neighbours
-                .iter()
-                .filter_map(|n| Some(((n.dst?, *ifindex.get(n.dev.as_str())?), n.usable_mac()?)))
-                .collect(),
-            links: links
-                .iter()
-                .map(|l| {
-                    (
-                        l.ifindex,
-                        (
-                            l.mtu,
-                            l.address.as_deref().and_then(parse_mac).unwrap_or_default(),
-                        ),
-                    )
-                })
-                .collect(),
+    /// The snapshot of these tables.
+    pub fn from_tables(links: &[Link], neighbours: &[Neighbour]) -> Self {
+        let mut snapshot = Self::default();
+        for link in links {
+            snapshot.apply(&Change::Link(link.clone()));
+        }
+        for neighbour in neighbours {
+            snapshot.apply(&Change::Neighbour(*neighbour));
+        }
+        snapshot
+    }
+
+    /// Follows one announced change; whether anything a next hop uses changed (a neighbour
+    /// entry moving between its many states with the same MAC changes nothing).
+    pub fn apply(&mut self, change: &Change) -> bool {
+        match change {
+            Change::Link(link) => {
+                let facts = (link.mtu, link.mac.unwrap_or_default());
+                self.links.insert(link.index, facts) != Some(facts)
+            }
+            Change::LinkRemoved { index } => {
+                let before = self.neighbours.len();
+                self.neighbours.retain(|(_, ifindex), _| ifindex != index);
+                self.links.remove(index).is_some() || self.neighbours.len() != before
+            }
+            Change::Neighbour(neighbour) => {
+                let key = (neighbour.address, neighbour.ifindex);
+                match neighbour.usable_mac() {
+                    Some(mac) => self.neighbours.insert(key, mac) != Some(mac),
+                    None => self.neighbours.remove(&key).is_some(),
+                }
+            }
+            Change::NeighbourRemoved { address, ifindex } => {
+                self.neighbours.remove(&(*address, *ifindex)).is_some()
+            }
         }
     }
 
@@ -186,46 +168,33 @@ pub async fn resolve(
     on_link: bool,
     wait: Duration,
 ) -> Result<NextHop, NextHopError> {
-    let address = backend.to_string();
-    let routes: Vec<Route> =
-        ip_json(&["route", "get", &address])
-            .await
-            .map_err(|e| NextHopError::NoRoute {
-                backend,
-                message: e.to_string(),
-            })?;
-    let route = routes.into_iter().next().ok_or(NextHopError::NoRoute {
-        backend,
-        message: "empty answer".into(),
-    })?;
-    if route.kind.as_deref() == Some("local") || route.dev == "lo" {
+    let netlink_error = |source| NextHopError::Netlink { backend, source };
+    let mut netlink = Netlink::open().map_err(netlink_error)?;
+    let route = netlink
+        .route_to(backend)
+        .map_err(|source| NextHopError::NoRoute { backend, source })?;
+    let link = netlink
+        .link(LinkId::Index(route.ifindex))
+        .map_err(netlink_error)?;
+    if route.local || link.loopback {
         return Err(NextHopError::Local { backend });
     }
     if let (true, Some(gateway)) = (on_link, route.gateway) {
         return Err(NextHopError::NotOnLink { backend, gateway });
     }
-    let links: Vec<Link> = ip_json(&["link", "show", "dev", &route.dev]).await?;
-    let link = links
-        .into_iter()
-        .next()
-        .ok_or_else(|| NextHopError::Command {
-            args: format!("link show dev {}", route.dev),
-            message: "empty answer".into(),
-        })?;
-    let src_mac = link
-        .address
-        .as_deref()
-        .and_then(parse_mac)
-        .unwrap_or_default();
     let neighbor = route.gateway.unwrap_or(backend);
     let deadline = Instant::now() + wait;
-    let mut kicked = false;
+    let mut asked = false;
+    let mut pause = FIRST_LOOK_AGAIN;
     loop {
-        if let Some(dst_mac) = neighbour_mac(neighbor, &route.dev).await? {
+        let known = netlink
+            .neighbour(neighbor, link.index)
+            .map_err(netlink_error)?;
+        if let Some(dst_mac) = known.and_then(|entry| entry.usable_mac()) {
             return Ok(NextHop {
-                ifindex: link.ifindex,
+                ifindex: link.index,
                 mtu: link.mtu,
-                src_mac,
+                src_mac: link.mac.unwrap_or_default(),
                 dst_mac,
                 gateway: route.gateway,
             });
@@ -237,59 +206,15 @@ pub async fn resolve(
                 waited: wait,
             });
         }
-        if !kicked {
-            kick_resolution(neighbor).await;
-            kicked = true;
+        if !asked {
+            netlink
+                .request_resolution(neighbor, link.index)
+                .map_err(netlink_error)?;
+            asked = true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LOOK_AGAIN);
     }
-}
-
-/// The MAC the kernel knows for `neighbor` on `dev`, if it is usable.
-async fn neighbour_mac(neighbor: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, NextHopError> {
-    let entries: Vec<Neighbour> =
-        ip_json(&["neigh", "show", "to", &neighbor.to_string(), "dev", dev]).await?;
-    Ok(entries.iter().find_map(Neighbour::usable_mac))
-}
-
-/// Makes the kernel resolve `neighbor`: a datagram to the discard port needs its MAC.
-async fn kick_resolution(neighbor: IpAddr) {
-    let bind: IpAddr = if neighbor.is_ipv4() {
-        [0, 0, 0, 0].into()
-    } else {
-        [0u16; 8].into()
-    };
-    if let Ok(socket) = tokio::net::UdpSocket::bind((bind, 0)).await {
-        let _ = socket
-            .send_to(b"lb: resolving next hop", (neighbor, 9))
-            .await;
-    }
-}
-
-async fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<Vec<T>, NextHopError> {
-    let joined = args.join(" ");
-    let output = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| NextHopError::Command {
-            args: joined.clone(),
-            message: e.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(NextHopError::Command {
-            args: joined,
-            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    if output.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&output.stdout).map_err(|e| NextHopError::Command {
-        args: joined,
-        message: e.to_string(),
-    })
 }
 
 /// Formats `aa:bb:cc:dd:ee:ff`.
@@ -313,6 +238,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::NeighbourState;
 
     #[test]
     fn parses_macs() {
@@ -323,29 +249,62 @@ mod tests {
         assert_eq!(format_mac(&[2, 0, 10, 255, 0, 1]), "02:00:0a:ff:00:01");
     }
 
-    #[test]
-    fn a_snapshot_follows_a_changed_neighbour_and_link() {
-        let links: Vec<Link> = serde_json::from_str(
-            r#"[{"ifindex":1,"ifname":"lo","mtu":65536,"address":"00:00:00:00:00:00"},
-                {"ifindex":7,"ifname":"eth0","mtu":9000,"address":"02:00:00:00:00:07"}]"#,
-        )
-        .expect("links");
-        let neighbours: Vec<Neighbour> = serde_json::from_str(
-            r#"[{"dst":"10.0.0.11","dev":"eth0","lladdr":"02:00:00:00:0b:02","state":["STALE"]},
-                {"dst":"10.0.0.12","dev":"eth0","lladdr":"02:00:00:00:0c:01","state":["FAILED"]},
-                {"dst":"10.0.0.1","dev":"eth0","lladdr":"02:00:00:00:01:02","state":["REACHABLE"]},
-                {"dst":"fd00::1","dev":"eth0","state":["INCOMPLETE"]}]"#,
-        )
-        .expect("neighbours");
-        let snapshot = Snapshot::from_tables(&links, &neighbours);
-        let hop = |dst: u8, gateway: Option<&str>| NextHop {
+    fn link(index: u32, mtu: u32, mac: [u8; 6]) -> Link {
+        Link {
+            index,
+            name: format!("eth{index}"),
+            mtu,
+            mac: Some(mac),
+            loopback: false,
+            xdp: None,
+        }
+    }
+
+    fn neighbour(address: &str, mac: Option<[u8; 6]>, state: NeighbourState) -> Neighbour {
+        Neighbour {
+            address: address.parse().expect("ip"),
+            ifindex: 7,
+            mac,
+            state,
+        }
+    }
+
+    fn hop(dst: u8, gateway: Option<&str>) -> NextHop {
+        NextHop {
             ifindex: 7,
             mtu: 1500,
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, dst, 1],
             gateway: gateway.map(|g| g.parse().expect("gateway")),
-        };
-        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_snapshot_follows_a_changed_neighbour_and_link() {
+        let links = [link(1, 65536, [0; 6]), link(7, 9000, [2, 0, 0, 0, 0, 7])];
+        let neighbours = [
+            neighbour(
+                "10.0.0.11",
+                Some([2, 0, 0, 0, 0xb, 2]),
+                NeighbourState::Stale,
+            ),
+            neighbour(
+                "10.0.0.12",
+                Some([2, 0, 0, 0, 0xc, 2]),
+                NeighbourState::Failed,
+            ),
+            neighbour(
+                "10.0.0.1",
+                Some([2, 0, 0, 0, 1, 2]),
+                NeighbourState::Reachable,
+            ),
+            neighbour("fd00::1", None, NeighbourState::Incomplete),
+        ];
+        let snapshot = Snapshot::from_tables(&links, &neighbours);
         // On-link backend: its own entry; the interface's MTU and MAC.
         let fresh = snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None));
         assert_eq!(
@@ -368,6 +327,66 @@ mod tests {
             snapshot.refresh(ip("10.0.0.13"), &hop(0xd, None)).dst_mac,
             [2, 0, 0, 0, 0xd, 1]
         );
+    }
+
+    #[test]
+    fn only_changes_a_next_hop_uses_count() {
+        let mut snapshot = Snapshot::from_tables(
+            &[link(7, 1500, [2, 0, 0, 0, 0, 7])],
+            &[neighbour(
+                "10.0.0.11",
+                Some([2, 0, 0, 0, 0xb, 1]),
+                NeighbourState::Reachable,
+            )],
+        );
+        // The entry ages with the same MAC: nothing to do.
+        let stale = neighbour(
+            "10.0.0.11",
+            Some([2, 0, 0, 0, 0xb, 1]),
+            NeighbourState::Stale,
+        );
+        assert!(!snapshot.apply(&Change::Neighbour(stale)));
+        // A new MAC (gratuitous ARP): followed.
+        let moved = neighbour(
+            "10.0.0.11",
+            Some([2, 0, 0, 0, 0xb, 2]),
+            NeighbourState::Stale,
+        );
+        assert!(snapshot.apply(&Change::Neighbour(moved)));
+        assert_eq!(
+            snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None)).dst_mac,
+            [2, 0, 0, 0, 0xb, 2]
+        );
+        // Being probed again, then failed: the last MAC stays (health checks decide).
+        let probing = neighbour(
+            "10.0.0.11",
+            Some([2, 0, 0, 0, 0xb, 2]),
+            NeighbourState::Probe,
+        );
+        assert!(!snapshot.apply(&Change::Neighbour(probing)));
+        let failed = neighbour("10.0.0.11", None, NeighbourState::Failed);
+        assert!(snapshot.apply(&Change::Neighbour(failed)));
+        assert_eq!(
+            snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None)).dst_mac,
+            [2, 0, 0, 0, 0xb, 1]
+        );
+        // The interface's MTU changes; its state alone does not.
+        assert!(!snapshot.apply(&Change::Link(link(7, 1500, [2, 0, 0, 0, 0, 7]))));
+        assert!(snapshot.apply(&Change::Link(link(7, 9000, [2, 0, 0, 0, 0, 7]))));
+        assert_eq!(snapshot.refresh(ip("10.0.0.11"), &hop(0xb, None)).mtu, 9000);
+        // A removed interface takes its neighbours with it.
+        let again = neighbour(
+            "10.0.0.11",
+            Some([2, 0, 0, 0, 0xb, 3]),
+            NeighbourState::Reachable,
+        );
+        assert!(snapshot.apply(&Change::Neighbour(again)));
+        assert!(snapshot.apply(&Change::LinkRemoved { index: 7 }));
+        assert_eq!(snapshot, Snapshot::default());
+        assert!(!snapshot.apply(&Change::NeighbourRemoved {
+            address: ip("10.0.0.11"),
+            ifindex: 7
+        }));
     }
 
     #[tokio::test]

@@ -485,7 +485,8 @@ impl Agent {
                     }
                     false
                 }
-                Some(snapshot) = neighbour_snapshots.recv() => {
+                Ok(()) = neighbour_snapshots.changed() => {
+                    let snapshot = neighbour_snapshots.borrow_and_update().clone();
                     self.refresh_next_hops(&snapshot);
                     self.update_announcements().await;
                     false

@@ -1,48 +1,98 @@
 //! Next hops of the agent's backends: resolved (ARP/ND through the kernel) when a backend may
 //! enter a ring, and followed afterwards against the neighbour and link tables, which a task of
-//! their own reads every second so that health events never wait for the `ip` processes.
+//! their own keeps from the kernel's announcements (a netlink subscription), so that a new MAC
+//! is seen within milliseconds and health events never wait for a table read.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use lb_common::maps::{ForwardMode, VipKey};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 use super::Agent;
 use crate::{
     config::OnAllDown,
     error::Chain,
     health::Health,
-    nexthop::{self, format_mac, NextHop},
+    netlink::{Event, Subscription},
+    nexthop::{self, format_mac, NextHop, Snapshot},
 };
 
 /// How long to wait for a backend's MAC (ARP/ND) before treating it as down.
 const NEXT_HOP_WAIT: Duration = Duration::from_secs(1);
-/// How many next hops are resolved at once (each is a few `ip` processes and perhaps an
+/// How many next hops are resolved at once (each a few netlink requests, and perhaps an
 /// ARP/ND wait).
 const RESOLVING_AT_ONCE: usize = 64;
-/// How often next hops in use are re-checked against the kernel's neighbour table.
-const NEXT_HOP_REFRESH: Duration = Duration::from_secs(1);
+/// How often the tables are read whole although announcements keep them current: a safety net
+/// (announcements lost without the kernel saying so have never been seen), at the cost of two
+/// dumps a minute.
+const FULL_READ_INTERVAL: Duration = Duration::from_secs(60);
+/// How long to wait before subscribing again after the subscription or a read failed.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Reads the neighbour and link tables every [`NEXT_HOP_REFRESH`] and hands each snapshot over;
-/// stops when the receiver is dropped.
-pub fn spawn_neighbour_reader() -> mpsc::Receiver<nexthop::Snapshot> {
-    let (sender, receiver) = mpsc::channel(1);
+/// Keeps a snapshot of the neighbour and link tables from the kernel's announcements and
+/// hands over each new one that changes a next hop's facts; stops when the receiver is
+/// dropped. The tables are read whole at start, after lost announcements (the kernel's
+/// `ENOBUFS`), and every [`FULL_READ_INTERVAL`].
+pub fn spawn_neighbour_reader() -> watch::Receiver<Arc<Snapshot>> {
+    let (sender, receiver) = watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(NEXT_HOP_REFRESH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match nexthop::Snapshot::take().await {
-                Ok(snapshot) => {
-                    if sender.send(snapshot).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => tracing::warn!("re-checking next hops failed: {}", Chain(&error)),
+        while !sender.is_closed() {
+            if let Err(error) = follow_tables(&sender).await {
+                tracing::warn!("following the neighbour table failed: {}", Chain(&error));
+                tokio::time::sleep(RETRY_DELAY).await;
             }
         }
     });
     receiver
+}
+
+/// Subscribes, reads the tables, then applies announcements until the subscription fails or
+/// the receiver is gone.
+async fn follow_tables(
+    sender: &watch::Sender<Arc<Snapshot>>,
+) -> Result<(), crate::netlink::NetlinkError> {
+    // Subscribed first: a change during the read is announced after it.
+    let mut subscription = Subscription::open()?;
+    let mut snapshot = Snapshot::take()?;
+    publish(sender, &snapshot);
+    let mut full_read = tokio::time::interval(FULL_READ_INTERVAL);
+    full_read.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    full_read.tick().await;
+    loop {
+        let read_whole = tokio::select! {
+            event = subscription.next() => match event? {
+                Event::Changes(changes) => {
+                    let mut changed = false;
+                    for change in &changes {
+                        changed |= snapshot.apply(change);
+                    }
+                    if changed {
+                        publish(sender, &snapshot);
+                    }
+                    false
+                }
+                Event::Lost => {
+                    tracing::warn!(
+                        "neighbour and link announcements were lost (the socket's buffer \
+                         overflowed, or one could not be parsed): reading the tables again"
+                    );
+                    true
+                }
+            },
+            _ = full_read.tick() => true,
+            () = sender.closed() => return Ok(()),
+        };
+        if read_whole {
+            // Handed over even if unchanged: next hops resolved since the last change are
+            // checked against it too.
+            snapshot = Snapshot::take()?;
+            publish(sender, &snapshot);
+        }
+    }
+}
+
+fn publish(sender: &watch::Sender<Arc<Snapshot>>, snapshot: &Snapshot) {
+    sender.send_replace(Arc::new(snapshot.clone()));
 }
 
 impl Agent {
@@ -71,6 +121,9 @@ impl Agent {
         if wanted.is_empty() {
             return;
         }
+        // A backend address other VIPs use has its next hop already (the table reader keeps
+        // them all current): resolving each address once spares thousands of netlink lookups
+        // when many VIPs share their backends.
         let known: HashMap<IpAddr, NextHop> = self
             .vips
             .values()
@@ -138,7 +191,7 @@ impl Agent {
 
     /// Follows changes of the next hops in use (a backend's new MAC, the interface's MTU), as
     /// `snapshot` shows them, and rewrites the affected `BACKENDS` entries.
-    pub(super) fn refresh_next_hops(&mut self, snapshot: &nexthop::Snapshot) {
+    pub(super) fn refresh_next_hops(&mut self, snapshot: &Snapshot) {
         let mut changed = Vec::new();
         for (key, vip) in &mut self.vips {
             let mut vip_changed = false;

@@ -172,7 +172,7 @@ pub async fn detach(target: &Target) -> Result<String, DetachError> {
         ));
     };
     if let Some(program_id) = snapshot.program_id {
-        if attached_program(&snapshot.interface) == Some(program_id) {
+        if crate::interface::attached_xdp_program(&snapshot.interface) == Some(program_id) {
             return Err(DetachError::StillAttached {
                 interface: snapshot.interface,
                 program_id,
@@ -201,15 +201,4 @@ async fn withdraw(owner: RouteOwner) -> Result<usize, RouteError> {
         routes.remove(owner, route.address).await?;
     }
     Ok(ours.len())
-}
-
-/// Id of the XDP program attached to `interface`, as `ip -j link show` reports it.
-fn attached_program(interface: &str) -> Option<u32> {
-    let output = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", interface])
-        .output()
-        .ok()?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let id = links.get(0)?.get("xdp")?.get("prog")?.get("id")?.as_u64()?;
-    u32::try_from(id).ok()
 }
