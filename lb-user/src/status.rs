@@ -99,8 +99,8 @@ pub struct RingStatus {
     pub map_id: u32,
     /// Its slots.
     pub size: u32,
-    /// Its fingerprint (see `crate::fingerprint`).
-    pub fingerprint: u64,
+    /// Its fingerprint (see `crate::fingerprint`), if the agent could read the ring.
+    pub fingerprint: Option<u64>,
 }
 
 /// One backend of a VIP.

@@ -240,8 +240,11 @@ fn stats_status_and_explain_describe_real_traffic() {
     let described = lb_user::cli::status(&mut view, None).expect("status");
     let snapshot = view.snapshot.as_mut().expect("the agent's snapshot");
     assert!(
-        snapshot.vips[0].ring.is_some(),
-        "the agent describes the ring it swapped in"
+        snapshot.vips[0]
+            .ring
+            .is_some_and(|ring| ring.fingerprint.is_some()),
+        "the agent describes the ring it swapped in: {:?}",
+        snapshot.vips[0].ring
     );
     snapshot.vips[0].ring = None;
     let read = lb_user::cli::status(&mut view, None).expect("status");

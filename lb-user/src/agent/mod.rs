@@ -403,10 +403,9 @@ impl Agent {
             }
         };
         if applied.rings > 0 {
-            vip.ring = applied.ring_map_id.map(|map_id| runtime::SwappedRing {
-                map_id,
-                shared: Arc::clone(&shared),
-            });
+            vip.ring = applied
+                .ring_map_id
+                .map(|map_id| runtime::SwappedRing::of(map_id, &shared));
         }
         for id in &applied.cleared {
             self.ids.release_backend(*id);

@@ -9,6 +9,7 @@
 //! command's reply, a stop) waits for them ([`Publisher::wait`]).
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Condvar, Mutex},
     thread::JoinHandle,
@@ -16,7 +17,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{rings::SharedRing, target::serving_state, weights::configured_units, Agent};
+use super::{target::serving_state, weights::configured_units, Agent};
 use crate::{
     datapath::AttachMode,
     error::Chain,
@@ -49,9 +50,9 @@ impl Agent {
                     announce: vip.config.announce,
                     ring: vip.ring.as_ref().map(|ring| RingStatus {
                         map_id: ring.map_id,
-                        size: ring.shared.size(),
-                        // Filled by the writer (see `Publication::rings`).
-                        fingerprint: 0,
+                        size: ring.size,
+                        // Filled by the writer, from the kernel's map.
+                        fingerprint: None,
                     }),
                     backends: vip
                         .backends
@@ -80,7 +81,7 @@ impl Agent {
                             slots: vip
                                 .ring
                                 .as_ref()
-                                .map_or(0, |ring| ring.shared.slots_of(b.address())),
+                                .map_or(0, |ring| ring.slots_of(b.address())),
                         })
                         .collect(),
                 })
@@ -98,12 +99,6 @@ impl Agent {
             }
         }
         let snapshot = self.snapshot(now);
-        let rings = self
-            .vips
-            .values()
-            .enumerate()
-            .filter_map(|(index, vip)| Some((index, Arc::clone(&vip.ring.as_ref()?.shared))))
-            .collect();
         let records = Records {
             created_unix_ms: self.records.created_unix_ms,
             backends: self
@@ -125,11 +120,7 @@ impl Agent {
         // publication: only those loaded at start matter to the agent, to restore the backends
         // it starts with.
         self.records.backends.clear();
-        self.publisher.publish(Publication {
-            snapshot,
-            records,
-            rings,
-        });
+        self.publisher.publish(Publication { snapshot, records });
         if let Some(m) = &self.metrics {
             m.backends_observed(self.vips.values().flat_map(|vip| {
                 vip.backends.iter().map(|b| {
@@ -152,13 +143,10 @@ impl Agent {
 
 /// What [`Publisher`] writes.
 pub(super) struct Publication {
-    /// For `lb status` and `lb stats`.
+    /// For `lb status` and `lb stats`; the writer fills in its rings' fingerprints.
     snapshot: Snapshot,
     /// Kept across restarts.
     records: Records,
-    /// The ring of each VIP of the snapshot that has one, by index in `snapshot.vips`: the
-    /// writer fills in their fingerprints (a millisecond each for a ring not seen before).
-    rings: Vec<(usize, Arc<SharedRing>)>,
 }
 
 /// Writes publications to their files on a thread of its own, newest first.
@@ -245,8 +233,9 @@ fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 /// The writer thread: takes the newest publication, writes it, until closed and drained.
 fn write_publications(state_dir: &std::path::Path, shared: &(Mutex<Queue>, Condvar)) {
     let (queue, wake) = shared;
+    let mut fingerprints = Fingerprints::default();
     loop {
-        let (publication, number) = {
+        let (mut publication, number) = {
             let mut queue = lock(queue);
             while queue.pending.is_none() && !queue.closed {
                 queue = wake
@@ -258,20 +247,47 @@ fn write_publications(state_dir: &std::path::Path, shared: &(Mutex<Queue>, Condv
                 None => return,
             }
         };
-        write_files(state_dir, publication);
+        fingerprints.fill(&mut publication.snapshot);
+        write_files(state_dir, &publication);
         let mut queue = lock(queue);
         queue.written = number;
         wake.notify_all();
     }
 }
 
-/// Writes the snapshot, with its rings' fingerprints, and the records, logging what fails.
-fn write_files(state_dir: &std::path::Path, mut publication: Publication) {
-    for (index, ring) in &publication.rings {
-        if let Some(status) = publication.snapshot.vips[*index].ring.as_mut() {
-            status.fingerprint = ring.fingerprint();
+/// The fingerprints of the rings in use, by ring map id: each computed once, from the ring as
+/// the kernel holds it (about a millisecond at 65,537 slots), on the writer's thread.
+#[derive(Default)]
+struct Fingerprints(HashMap<u32, u64>);
+
+impl Fingerprints {
+    /// Fills in the fingerprint of every ring of `snapshot`; forgets rings no longer in it.
+    fn fill(&mut self, snapshot: &mut Snapshot) {
+        let mut in_use = HashMap::with_capacity(snapshot.vips.len());
+        for vip in &mut snapshot.vips {
+            let Some(ring) = vip.ring.as_mut() else {
+                continue;
+            };
+            let known = self.0.get(&ring.map_id).copied();
+            ring.fingerprint = known.or_else(|| {
+                let slots = crate::datapath::read_ring_by_id(ring.map_id).ok()?;
+                let addresses = vip
+                    .backends
+                    .iter()
+                    .map(|b| (b.id, b.address.clone()))
+                    .collect();
+                Some(crate::fingerprint::ring_fingerprint(&slots, &addresses))
+            });
+            if let Some(fingerprint) = ring.fingerprint {
+                in_use.insert(ring.map_id, fingerprint);
+            }
         }
+        self.0 = in_use;
     }
+}
+
+/// Writes the snapshot and the records, logging what fails.
+fn write_files(state_dir: &std::path::Path, publication: &Publication) {
     if let Err(error) = status::write(state_dir, &publication.snapshot) {
         tracing::warn!(
             "cannot write the status snapshot {}: {}",
@@ -323,7 +339,6 @@ mod tests {
             publisher.publish(Publication {
                 snapshot: snapshot(pid),
                 records: records(u64::from(pid)),
-                rings: Vec::new(),
             });
         }
         publisher.wait();
@@ -333,7 +348,6 @@ mod tests {
         publisher.publish(Publication {
             snapshot: snapshot(51),
             records: records(51),
-            rings: Vec::new(),
         });
         publisher.close();
         assert_eq!(

@@ -55,8 +55,8 @@ pub struct SharedRing {
     /// Slots held by each member, by position.
     slots: Vec<u32>,
     /// `crate::fingerprint::ring_fingerprint` of the ring: the same whatever ids a VIP gives
-    /// its backends. Computed when first asked (about a millisecond at 65,537 slots), which
-    /// the status writer's thread does, not the event loop.
+    /// its backends. Computed when first asked (about a millisecond at 65,537 slots): only the
+    /// metrics ask.
     fingerprint: OnceLock<u64>,
 }
 
@@ -107,6 +107,15 @@ impl SharedRing {
                 None => NO_BACKEND,
             })
             .collect()
+    }
+
+    /// Every member's address and slots.
+    pub fn member_slots(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
+        self.shape
+            .members
+            .iter()
+            .zip(&self.slots)
+            .map(|((address, _), slots)| (*address, *slots))
     }
 
     /// Slots held by member `address` (0 when it is not one).

@@ -1,6 +1,6 @@
 //! What the agent keeps per VIP and per backend while it runs.
 
-use std::{net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
@@ -98,13 +98,35 @@ pub struct VipRuntime {
     pub ring: Option<SwappedRing>,
 }
 
-/// A ring swapped into `RINGS` (see `crate::status::RingStatus`).
-#[derive(Clone, Debug)]
+/// What the agent keeps of a ring it swapped into `RINGS` (see `crate::status::RingStatus`):
+/// not its slots, which would be 256 KiB a VIP when every VIP's ring differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SwappedRing {
     /// The kernel's id of its map.
     pub map_id: u32,
-    /// Its content, by member positions.
-    pub shared: Arc<SharedRing>,
+    /// Its slots.
+    pub size: u32,
+    /// The slots of each member, by address.
+    pub slots: Vec<(IpAddr, u32)>,
+}
+
+impl SwappedRing {
+    /// The summary of `ring`, swapped in as map `map_id`.
+    pub fn of(map_id: u32, ring: &SharedRing) -> Self {
+        Self {
+            map_id,
+            size: ring.size(),
+            slots: ring.member_slots().collect(),
+        }
+    }
+
+    /// The slots of backend `address`.
+    pub fn slots_of(&self, address: IpAddr) -> u32 {
+        self.slots
+            .iter()
+            .find(|(member, _)| *member == address)
+            .map_or(0, |(_, slots)| *slots)
+    }
 }
 
 impl VipRuntime {

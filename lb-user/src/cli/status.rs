@@ -163,13 +163,16 @@ impl RingView {
         addresses: &BTreeMap<u32, String>,
     ) -> Result<Self, ReportError> {
         if let Some(known) = view.snapshot_vip(id).and_then(|v| v.ring) {
-            if view.datapath.ring_map_id(id)? == Some(known.map_id) {
+            if let (Some(fingerprint), true) = (
+                known.fingerprint,
+                view.datapath.ring_map_id(id)? == Some(known.map_id),
+            ) {
                 let servable = view
                     .snapshot_vip(id)
                     .is_some_and(|v| v.backends.iter().any(|b| b.slots > 0));
                 return Ok(Self {
                     size: known.size,
-                    fingerprint: known.fingerprint,
+                    fingerprint,
                     servable,
                     slots: None,
                 });

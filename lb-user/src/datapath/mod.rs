@@ -33,7 +33,7 @@ pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     flows::{OldFlows, TrackedFlow},
-    ring::PreparedRing,
+    ring::{read_ring_by_id, PreparedRing},
     upgrade::{FlowsCarried, Origin, Upgraded},
 };
 use self::{

@@ -40,6 +40,12 @@ pub(super) fn read_ring(map: &MapData) -> std::io::Result<Vec<u32>> {
         .collect())
 }
 
+/// Reads the ring map the kernel knows as `map_id` (what `RINGS` holds), if it still exists.
+pub fn read_ring_by_id(map_id: u32) -> std::io::Result<Vec<u32>> {
+    let map = MapData::from_id(map_id).map_err(std::io::Error::other)?;
+    read_ring(&map)
+}
+
 /// Creates a ring map (`RING_FLAGS`) holding `slots`, written through mmap before any program
 /// can reach it.
 pub(super) fn new_ring(slots: &[u32]) -> std::io::Result<MapData> {
