@@ -32,7 +32,12 @@ pub async fn check(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> Che
     }
 }
 
-/// `interval` minus a random 0–10%.
+/// A random point of `interval`.
+pub(super) fn spread(interval: Duration) -> Duration {
+    interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+}
+
+/// `interval` shortened by up to 10%, at random.
 pub(super) fn jittered(interval: Duration) -> Duration {
     let fraction: f64 = rand::thread_rng().gen_range(0.0..0.1);
     interval.saturating_sub(interval.mul_f64(fraction))

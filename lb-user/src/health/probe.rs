@@ -16,7 +16,11 @@ use tokio::{
     time::Instant,
 };
 
-use super::{check, checker::jittered, HealthEvent, HealthTracker};
+use super::{
+    check,
+    checker::{jittered, spread},
+    HealthEvent, HealthTracker,
+};
 use crate::config::{CheckKind, HealthSettings};
 
 /// What makes two checks the same check: everything but `rise`, `fall` and `slow_start`,
@@ -133,6 +137,7 @@ async fn run<K: Clone + Send + 'static>(
         timeout,
         interval,
     } = spec;
+    let mut first = true;
     loop {
         let start = Instant::now();
         let result = tokio::select! {
@@ -160,7 +165,15 @@ async fn run<K: Clone + Send + 'static>(
                 return;
             }
         }
-        let next = start + jittered(interval);
+        // After the first check (at once, so that a new backend is judged fast), the second
+        // comes at a random point of the interval: probes started together (every probe, when
+        // the agent starts) then spread over it instead of checking in one burst a second,
+        // which at 16,384 backends overflowed queues and made checks time out.
+        let next = if std::mem::take(&mut first) {
+            start + spread(interval)
+        } else {
+            start + jittered(interval)
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = shared.now.notified() => {}
