@@ -66,6 +66,51 @@ pub struct Checkers {
     next_token: u64,
     /// The running probes, by what they check.
     probes: HashMap<ProbeSpec, Weak<Probe<CheckerKey>>>,
+    /// Where they run.
+    thread: ProbeThread,
+}
+
+/// A thread of their own for the probes, with its own runtime: checks keep their times while
+/// the event loop builds rings or waits for a ring swap's grace period. On the event loop's
+/// thread, every probe due during such a pause checked at once when it ended, and bursts of
+/// thousands of connections lost SYNs in small rings (a veth's, a busy NIC's).
+#[derive(Debug)]
+struct ProbeThread {
+    runtime: tokio::runtime::Handle,
+    /// Dropped to stop the runtime (and its probes).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeThread {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("building the probes' runtime");
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("lb-probes".to_owned())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .expect("spawning the probes' thread");
+        Self {
+            runtime: handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProbeThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Checkers {
@@ -77,6 +122,7 @@ impl Checkers {
                 events,
                 next_token: 0,
                 probes: HashMap::new(),
+                thread: ProbeThread::start(),
             },
             receiver,
         )
@@ -96,7 +142,11 @@ impl Checkers {
             Some(probe) => probe,
             None => {
                 self.probes.retain(|_, probe| probe.strong_count() > 0);
-                let probe = Arc::new(Probe::start(spec.clone(), self.events.clone()));
+                let probe = Arc::new(Probe::start_on(
+                    &self.thread.runtime,
+                    spec.clone(),
+                    self.events.clone(),
+                ));
                 self.probes.insert(spec, Arc::downgrade(&probe));
                 probe
             }

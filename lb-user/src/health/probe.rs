@@ -89,11 +89,21 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     /// subscriber joins a sleeping probe. After every check each subscriber's tracker judges the result and one
     /// [`HealthEvent`] per subscriber goes to `events`. Must be called within a tokio runtime.
     pub fn start(spec: ProbeSpec, events: mpsc::Sender<HealthEvent<K>>) -> Self {
+        Self::start_on(&tokio::runtime::Handle::current(), spec, events)
+    }
+
+    /// [`Self::start`] on the runtime of `runtime` (the agent runs its probes on a thread of
+    /// their own).
+    pub fn start_on(
+        runtime: &tokio::runtime::Handle,
+        spec: ProbeSpec,
+        events: mpsc::Sender<HealthEvent<K>>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             subscribers: Mutex::new(Vec::new()),
             now: Notify::new(),
         });
-        let task = tokio::spawn(run(spec, shared.clone(), events));
+        let task = runtime.spawn(run(spec, shared.clone(), events));
         Self { shared, task }
     }
 
