@@ -939,25 +939,13 @@ fn http_checks_and_slow_start() {
 
 #[test]
 fn restart_only_changes_are_named_with_old_and_new_values() {
-    let base = ok(r#"interface = "eth0"
-[[vip]]
-name = "web"
-address = "10.0.0.100"
-port = 80
-[[vip.backend]]
-address = "10.0.0.11"
-"#);
-    let changed = ok(r#"interface = "eth1"
-conntrack_size = 8192
-metrics = "127.0.0.1:9300"
-table_size = 251
-[[vip]]
-name = "web"
-address = "10.0.0.100"
-port = 80
-[[vip.backend]]
-address = "10.0.0.11"
-"#);
+    let vips = "[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n\
+                [[vip.backend]]\naddress = \"10.0.0.11\"\n";
+    let base = ok(&format!("interface = \"eth0\"\n{vips}"));
+    let changed = ok(&format!(
+        "interface = \"eth1\"\nconntrack_size = 8192\nmetrics = \"127.0.0.1:9300\"\n\
+         table_size = 251\n{vips}"
+    ));
     assert_eq!(base.fixed.changes(&base.fixed), Vec::<String>::new());
     assert_eq!(
         base.fixed.changes(&changed.fixed),

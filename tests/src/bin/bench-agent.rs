@@ -143,8 +143,8 @@ fn config(files: &AgentFiles, vips: usize, pool: Pool, added: bool) -> String {
     text
 }
 
-/// CPU time (user + system) of process `pid`.
-fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+/// CPU time of process `pid`: (user, system).
+fn process_cpu(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command (which may hold spaces): state is the first; utime and stime
     // are the 12th and 13th after it.
@@ -157,9 +157,11 @@ fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
         .collect();
     // SAFETY: sysconf with a constant name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(Duration::from_secs_f64(
-        fields.iter().sum::<u64>() as f64 / hz,
-    ))
+    let [user, system] = fields[..] else {
+        anyhow::bail!("/proc/{pid}/stat: no utime and stime");
+    };
+    let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / hz);
+    Ok((time(user), time(system)))
 }
 
 /// Resident memory of process `pid`, in MB.
@@ -227,6 +229,9 @@ struct Figures {
     all_up: Duration,
     cpu: f64,
     per_check: Duration,
+    /// Of `cpu`, the share spent in the kernel (on a veth, the receiving side's TCP work runs
+    /// in the sender's context: the backends' half of every check is charged here).
+    system: f64,
     reload: Duration,
     status: Duration,
     rss_mb: f64,
@@ -277,10 +282,13 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
     // Part of the measurement, not a wait for an event: 2 s for the start-up's last one-off
     // work to end, then the steady-state window whose CPU time is measured.
     std::thread::sleep(Duration::from_secs(2));
-    let before = process_cpu(agent.pid())?;
+    let (user_before, system_before) = process_cpu(agent.pid())?;
     std::thread::sleep(STEADY);
-    let used = process_cpu(agent.pid())?.saturating_sub(before);
+    let (user_after, system_after) = process_cpu(agent.pid())?;
+    let system_used = system_after.saturating_sub(system_before);
+    let used = user_after.saturating_sub(user_before) + system_used;
     let cpu = used.as_secs_f64() / STEADY.as_secs_f64();
+    let system = system_used.as_secs_f64() / STEADY.as_secs_f64();
     let per_check = used / (total as u32 * STEADY.as_secs() as u32);
 
     let status: Vec<f64> = (0..5)
@@ -315,6 +323,7 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
         all_up,
         cpu,
         per_check,
+        system,
         reload,
         status,
         rss_mb,
@@ -359,7 +368,9 @@ fn run() -> anyhow::Result<Vec<Section>> {
          probe of its own; TCP checks every 1 s with rise = 1 and a 500 ms timeout, rings of 65537 slots. \
          All up: from starting the agent to every backend up in the pinned BACKENDS (polled every \
          50 ms). CPU: the agent's user + system time over 10 s of steady checking, as a share of \
-         one core and per check (V x 16 checks a second). Reload: from renaming a configuration \
+         one core and per check (V x 16 checks a second), and the share of it spent in the \
+         kernel: on a veth, the receiving side's TCP work runs in the sender's context, so the \
+         backend host's half of every check is charged to the agent here. Reload: from renaming a configuration \
          with one more backend for one VIP over the file to that backend in the VIP's ring \
          (polled every 5 ms). Status: `lb status --json`, median of 5 runs. RSS: the agent's \
          resident memory after the reload. Lab drops: frames the veths dropped on transmit over \
@@ -371,6 +382,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
             "VIPs × backends",
             "all up after",
             "agent CPU, steady",
+            "of which in the kernel",
             "CPU per check",
             "reload: ring in after",
             "lb status --json",
@@ -385,6 +397,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
             pool.label(vips),
             format!("{:.2} s", figures.all_up.as_secs_f64()),
             format!("{:.1}%", figures.cpu * 100.0),
+            format!("{:.1}%", figures.system * 100.0),
             format!("{:.1} µs", figures.per_check.as_secs_f64() * 1e6),
             format!("{:.0} ms", figures.reload.as_secs_f64() * 1e3),
             format!("{:.0} ms", figures.status.as_secs_f64() * 1e3),
