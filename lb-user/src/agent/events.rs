@@ -78,8 +78,8 @@ impl Agent {
         Some((checked.vip, checked.change?))
     }
 
-    /// Waits until every backend of `keys` has had its first check (bounded by the largest
-    /// timeout plus a margin), applying results as they come.
+    /// Waits until every backend of `keys` has had its first check (bounded by the last first
+    /// check paced, plus the largest timeout and a margin), applying results as they come.
     pub(super) async fn first_round(&mut self, keys: &[VipKey]) {
         let longest = keys
             .iter()
@@ -91,7 +91,9 @@ impl Agent {
             })
             .max()
             .unwrap_or_default();
-        let deadline = Instant::now() + longest + Duration::from_millis(500);
+        let deadline = Instant::now().max(self.checkers.last_first_check())
+            + longest
+            + Duration::from_millis(500);
         // Counted down as first results arrive (a scan of every backend per event made the
         // first round quadratic: minutes at 16,384 backends).
         let waited: BTreeSet<&VipKey> = keys.iter().collect();

@@ -89,21 +89,28 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     /// subscriber joins a sleeping probe. After every check each subscriber's tracker judges the result and one
     /// [`HealthEvent`] per subscriber goes to `events`. Must be called within a tokio runtime.
     pub fn start(spec: ProbeSpec, events: mpsc::Sender<HealthEvent<K>>) -> Self {
-        Self::start_on(&tokio::runtime::Handle::current(), spec, events)
+        Self::start_on(
+            &tokio::runtime::Handle::current(),
+            spec,
+            events,
+            Instant::now(),
+        )
     }
 
     /// [`Self::start`] on the runtime of `runtime` (the agent runs its probes on a thread of
-    /// their own).
+    /// their own), its first check at `first` (the agent paces the first checks of probes
+    /// started together).
     pub fn start_on(
         runtime: &tokio::runtime::Handle,
         spec: ProbeSpec,
         events: mpsc::Sender<HealthEvent<K>>,
+        first: Instant,
     ) -> Self {
         let shared = Arc::new(Shared {
             subscribers: Mutex::new(Vec::new()),
             now: Notify::new(),
         });
-        let task = runtime.spawn(run(spec, shared.clone(), events));
+        let task = runtime.spawn(run(spec, shared.clone(), events, first));
         Self { shared, task }
     }
 
@@ -140,6 +147,7 @@ async fn run<K: Clone + Send + 'static>(
     spec: ProbeSpec,
     shared: Arc<Shared<K>>,
     events: mpsc::Sender<HealthEvent<K>>,
+    first_check: Instant,
 ) {
     let ProbeSpec {
         addr,
@@ -147,6 +155,10 @@ async fn run<K: Clone + Send + 'static>(
         timeout,
         interval,
     } = spec;
+    tokio::select! {
+        _ = tokio::time::sleep_until(first_check) => {}
+        _ = events.closed() => return,
+    }
     let mut first = true;
     loop {
         let start = Instant::now();
