@@ -9,7 +9,11 @@ use std::{
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
-use super::{checkers::CheckerKey, state_change::StateChange, Agent};
+use super::{
+    checkers::{CheckerKey, Results},
+    state_change::StateChange,
+    Agent,
+};
 use crate::health::HealthEvent;
 
 /// The most check results handled as one burst: one queue's worth.
@@ -21,13 +25,15 @@ impl Agent {
     /// stored, then every VIP whose backends changed health is resolved and rebuilt once, its
     /// changes logged once its ring reflects them, and the announcements and the snapshot
     /// updated once. Whether anything changed (else the snapshot is left for the next tick).
-    pub(super) async fn on_health_events(&mut self, first: HealthEvent<CheckerKey>) -> bool {
+    pub(super) async fn on_health_events(&mut self, first: Results) -> bool {
         let mut changes: Vec<(VipKey, StateChange)> = Vec::new();
         let mut next = Some(first);
         let mut handled = 0;
-        while let Some(event) = next {
-            changes.extend(self.record(event));
-            handled += 1;
+        while let Some(batch) = next {
+            handled += batch.len();
+            for event in batch {
+                changes.extend(self.record(event));
+            }
             next = if handled < BURST {
                 self.events.try_recv().ok()
             } else {
@@ -109,13 +115,15 @@ impl Agent {
             .sum();
         while pending > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(event)) => {
-                    let first =
-                        waited.contains(&event.key.vip) && self.awaits_first_check(&event.key);
-                    if let Some((_, change)) = self.record(event) {
-                        change.log(None);
+                Ok(Some(batch)) => {
+                    for event in batch {
+                        let first =
+                            waited.contains(&event.key.vip) && self.awaits_first_check(&event.key);
+                        if let Some((_, change)) = self.record(event) {
+                            change.log(None);
+                        }
+                        pending = pending.saturating_sub(usize::from(first));
                     }
-                    pending -= usize::from(first);
                 }
                 _ => break,
             }

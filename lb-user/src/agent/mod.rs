@@ -53,14 +53,13 @@ use tokio::{
 
 use self::{
     announce::Announcer,
-    checkers::{CheckerKey, Checkers},
+    checkers::Checkers,
     ids::Ids,
     plan::{plan, plan_removal},
 };
 use crate::{
     config::{self, Config, FixedConfig, LiveConfig},
     datapath::{Datapath, FlowClock, Options, Origin, Upgraded},
-    health::HealthEvent,
     interface,
     metrics::{self, Metrics},
     records::{self, Records},
@@ -70,9 +69,6 @@ use crate::{
 /// How stale the status snapshot's last-check fields may get: it is rewritten at once on a
 /// state change, reload or start, and otherwise at most this often.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a routine check result (no health change) waits for others before the event loop
-/// takes them all.
-const ROUTINE_RESULTS_GATHERED: Duration = Duration::from_millis(10);
 /// How often the rings of backends in slow start are rebuilt with their grown weight.
 const RAMP_STEP: Duration = Duration::from_millis(500);
 
@@ -121,7 +117,7 @@ pub struct Agent {
     /// Rings by shape, built once for the VIPs that share one.
     rings: rings::RingCache,
     /// Their results.
-    events: mpsc::Receiver<HealthEvent<CheckerKey>>,
+    events: mpsc::Receiver<checkers::Results>,
     /// Where the balancer runs.
     attached: Attached,
     /// The `/metrics` endpoint's state (`metrics` in the configuration), updated by hooks.
@@ -493,15 +489,8 @@ impl Agent {
                     self.update_announcements().await;
                     false
                 }
-                Some(event) = self.events.recv() => {
-                    // A result that changes nothing waits a moment for others: the probes run
-                    // on their own thread, and waking the event loop for each of 16,384
-                    // results a second cost more than handling them. A change is handled at
-                    // once.
-                    if event.transition.is_none() {
-                        tokio::time::sleep(ROUTINE_RESULTS_GATHERED).await;
-                    }
-                    unpublished = !self.on_health_events(event).await;
+                Some(results) = self.events.recv() => {
+                    unpublished = !self.on_health_events(results).await;
                     false
                 }
                 _ = publish_tick.tick(), if unpublished => {

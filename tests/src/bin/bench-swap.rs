@@ -428,8 +428,8 @@ fn report(downs: &[Swap], ups: &[Swap], parts: &Parts, lab_time: Duration) -> Ve
              (size {TABLE_SIZE}, `lb_common::maglev::build_ring`, what the agent does on a change), then the two \
              halves of `Datapath::set_ring` on a scratch datapath: `prepare_ring` (a new ring map created and filled \
              through mmap) and `swap_ring` (the one bpf(BPF_MAP_UPDATE_ELEM) that puts it into `RINGS`). \
-             The rest of the agent's time is its event queue (one thread runs the agent and every health check) and \
-             the backend entry writes.",
+             The rest of the agent's time is its event queue (the health checks run on a thread of their own and \
+             hand their results over in batches, a health change at once) and the backend entry writes.",
             BACKENDS - 1
         ),
         &["part", "median ms"],
