@@ -279,6 +279,11 @@ impl Agent {
             );
         }
         agent.attached.program_id = agent.datapath.program_id().ok();
+        agent.started = true;
+        agent.reconcile_announcements().await;
+        agent.publish();
+        // Once this line is logged, `lb status` shows the running agent.
+        agent.publisher.wait();
         tracing::info!(
             interface = %config.fixed.interface,
             mode = ?attachment.mode,
@@ -288,9 +293,6 @@ impl Agent {
             "datapath attached{}",
             if attachment.adopted { " (adopted the running datapath: conntrack and rings kept)" } else { "" }
         );
-        agent.started = true;
-        agent.reconcile_announcements().await;
-        agent.publish();
         Ok(agent)
     }
 
