@@ -42,15 +42,9 @@ pub struct VipWrites<'a> {
 pub fn apply(
     datapath: &mut Datapath,
     written: &mut Written,
-    writes: &[MapWrite],
+    writes: Vec<MapWrite>,
 ) -> Result<Applied, DatapathError> {
-    let mut results = apply_all(
-        datapath,
-        vec![VipWrites {
-            written,
-            writes: writes.to_vec(),
-        }],
-    );
+    let mut results = apply_all(datapath, vec![VipWrites { written, writes }]);
     results.pop().unwrap_or_else(|| Ok(Applied::default()))
 }
 

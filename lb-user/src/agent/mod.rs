@@ -302,7 +302,7 @@ impl Agent {
         let (vips, orphans) = self.ids.unclaimed();
         for (key, mut written) in vips {
             let writes = plan_removal(key, &written);
-            apply::apply(&mut self.datapath, &mut written, &writes)?;
+            apply::apply(&mut self.datapath, &mut written, writes)?;
         }
         for id in orphans {
             self.datapath

@@ -155,7 +155,7 @@ impl Agent {
             return Ok(());
         };
         let writes = plan_removal(*key, &vip.written);
-        let applied = apply::apply(&mut self.datapath, &mut vip.written, &writes)
+        let applied = apply::apply(&mut self.datapath, &mut vip.written, writes)
             .with_context(|| format!("removing vip {}", vip.config.name))?;
         for id in applied.cleared {
             self.ids.release_backend(id);

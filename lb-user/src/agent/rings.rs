@@ -37,13 +37,6 @@ impl RingShape {
         members.sort_unstable();
         Self { size, members }
     }
-
-    /// Where member `address` is in the sorted members.
-    pub fn position(&self, address: IpAddr) -> Option<usize> {
-        self.members
-            .binary_search_by(|(member, _)| member.cmp(&address))
-            .ok()
-    }
 }
 
 /// A ring built once for every VIP of its shape.
@@ -116,13 +109,6 @@ impl SharedRing {
             .iter()
             .zip(&self.slots)
             .map(|((address, _), slots)| (*address, *slots))
-    }
-
-    /// Slots held by member `address` (0 when it is not one).
-    pub fn slots_of(&self, address: IpAddr) -> u32 {
-        self.shape
-            .position(address)
-            .map_or(0, |position| self.slots[position])
     }
 
     /// The ring's fingerprint.
@@ -199,6 +185,13 @@ impl RingCache {
 mod tests {
     use super::*;
 
+    /// The slots of member `address` of `ring` (0 when it is not one).
+    fn slots_of(ring: &SharedRing, address: IpAddr) -> u32 {
+        ring.member_slots()
+            .find(|(member, _)| *member == address)
+            .map_or(0, |(_, slots)| slots)
+    }
+
     fn address(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
     }
@@ -226,9 +219,9 @@ mod tests {
         assert_eq!(ring, build_ring(&direct, 251).expect("ring"));
         for (a, _) in members {
             let held = ring.iter().filter(|slot| **slot == ids(a)).count() as u32;
-            assert_eq!(shared.slots_of(a), held);
+            assert_eq!(slots_of(&shared, a), held);
         }
-        assert_eq!(shared.slots_of(address(9)), 0, "not a member");
+        assert_eq!(slots_of(&shared, address(9)), 0, "not a member");
         let names = members
             .iter()
             .map(|(a, _)| (ids(*a), a.to_string()))
@@ -269,7 +262,7 @@ mod tests {
         for members in [vec![], vec![(address(1), 0)]] {
             let ring = cache.ring(RingShape::new(251, members)).expect("ring");
             assert!(ring.ids(|_| 7).iter().all(|slot| *slot == NO_BACKEND));
-            assert_eq!(ring.slots_of(address(1)), 0);
+            assert_eq!(slots_of(&ring, address(1)), 0);
         }
     }
 
