@@ -144,6 +144,11 @@ impl Announcer {
         self.announced.contains(&address)
     }
 
+    /// Whether [`Self::update`] with `wanted` would withdraw an address.
+    pub fn would_withdraw(&self, wanted: &BTreeMap<IpAddr, &str>) -> bool {
+        self.announced.iter().any(|a| !wanted.contains_key(a))
+    }
+
     /// Adds the wanted addresses that are not announced and deletes the announced ones that
     /// are not wanted (`why` says why, per address). A failure is logged and retried on the
     /// next update.
@@ -218,8 +223,19 @@ fn servability(vips: &BTreeMap<VipKey, VipRuntime>) -> Vec<(&VipConfig, bool)> {
 }
 
 impl Agent {
-    /// Brings the announced addresses in line with the VIPs' servability.
+    /// Brings the announced addresses in line with the VIPs' servability. Before an address
+    /// is withdrawn, the status snapshot saying why is written: whoever sees the route gone
+    /// (a test, a supervisor) finds `lb status --check` failing already.
     pub(super) async fn update_announcements(&mut self) {
+        let Some(announcer) = self.announcer.as_ref() else {
+            return;
+        };
+        let withdrawing = self.stopping
+            || announcer.would_withdraw(&wanted(servability(&self.vips).into_iter()));
+        if withdrawing {
+            self.publish();
+            self.publisher.wait();
+        }
         let Some(announcer) = self.announcer.as_mut() else {
             return;
         };

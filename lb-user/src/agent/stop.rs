@@ -16,10 +16,10 @@ impl Agent {
             return false;
         }
         self.stopping = true;
+        // `lb status --check` fails from now on (written before the first address goes), so a
+        // supervisor (keepalived) moves away at once.
         self.update_announcements().await;
-        // `lb status --check` fails from now on, so a supervisor (keepalived) moves away at once.
         self.publish();
-        self.publisher.wait();
         tracing::info!(
             "graceful stop: every vip address withdrawn; forwarding for {} more, then detaching (a second SIGTERM detaches at once)",
             humantime::format_duration(announce.drain)
