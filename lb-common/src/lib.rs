@@ -12,6 +12,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![deny(missing_docs)]
 
+pub mod check_path;
 pub mod conntrack;
 #[cfg(feature = "user")]
 pub mod encoding;
@@ -23,6 +24,7 @@ pub mod lookup;
 pub mod maglev;
 pub mod maps;
 pub mod stats;
+pub mod tunnel;
 pub mod vip_index;
 mod word_hash;
 

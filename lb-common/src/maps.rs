@@ -204,6 +204,11 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`].
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// `Array<CheckPath>` indexed by path slot: how `steer_check` sends each backend's
+    /// health checks ([`crate::check_path`]). Not pinned.
+    pub const CHECK_PATHS: &str = "CHECK_PATHS";
+    /// `PerCpuArray<u64>` indexed by [`crate::check_path::CheckCounter`]. Not pinned.
+    pub const CHECK_STATS: &str = "CHECK_STATS";
     /// `Array<Layout>` with one entry: the layout of the pinned maps ([`crate::layout`]).
     pub const LAYOUT: &str = "LAYOUT";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
@@ -381,6 +386,8 @@ mod pod {
     unsafe impl aya::Pod for super::Conntrack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::check_path::CheckPath {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DecapKey {}
     // SAFETY: as above.

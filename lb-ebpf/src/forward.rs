@@ -3,26 +3,21 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    ip::{ipv4_checksum, ipv4_unfragmented, ipv6_version_class_label},
     maps::{Backend, Family, ForwardMode, Settings, Vip},
     stats::DropReason,
+    tunnel::{outer_ipv4, outer_ipv6},
 };
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
+use network_types::eth::EthHdr;
 
 use crate::{
     balance::Choice,
     maps::TX_PORTS,
     net::{
         move_ethernet_header, ptr_at, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
-        IPV4_LEN, IPV4_VERSION_IHL_NO_OPTIONS, IPV6_LEN, VLAN_ETH_LEN,
+        IPV4_LEN, IPV6_LEN, VLAN_ETH_LEN,
     },
     parse::Packet,
 };
-
-const TUNNEL_TTL: u8 = 64;
 
 /// How a forwarded packet leaves.
 #[derive(Clone, Copy)]
@@ -92,17 +87,39 @@ fn encapsulate<const L2: usize>(
     if backend.family == Family::V4 as u8 {
         check_mtu(packet, backend, IPV4_LEN)?;
         make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
-        let header = ipv4_header(packet, backend, settings, inner_protocol);
-        let outer: *mut Ipv4Hdr = ptr_at(ctx, L2)?;
-        // SAFETY: ptr_at checked the outer header's 20 bytes are inside the packet.
-        unsafe { *outer = header };
+        let header = outer_ipv4(
+            packet.tos,
+            packet.ip_len,
+            packet.dont_fragment,
+            inner_protocol,
+            settings.tunnel_source_v4,
+            [
+                backend.addr[0],
+                backend.addr[1],
+                backend.addr[2],
+                backend.addr[3],
+            ],
+        );
+        let outer: *mut [u32; IPV4_LEN / 4] = ptr_at(ctx, L2)?;
+        // SAFETY: ptr_at checked the outer header's 20 bytes are inside the packet; packet
+        // memory may be written unaligned.
+        unsafe { outer.write_unaligned(header.0) };
     } else {
         check_mtu(packet, backend, IPV6_LEN)?;
         make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
-        let header = ipv6_header(packet, choice, settings, inner_protocol);
-        let outer: *mut Ipv6Hdr = ptr_at(ctx, L2)?;
-        // SAFETY: ptr_at checked the outer header's 40 bytes are inside the packet.
-        unsafe { *outer = header };
+        // The flow label carries a hash of the flow (ECMP per flow, RFC 6438).
+        let header = outer_ipv6(
+            packet.tos,
+            choice.flow_label,
+            packet.ip_len,
+            inner_protocol,
+            &settings.tunnel_source_v6,
+            &backend.addr,
+        );
+        let outer: *mut [u32; IPV6_LEN / 4] = ptr_at(ctx, L2)?;
+        // SAFETY: ptr_at checked the outer header's 40 bytes are inside the packet; packet
+        // memory may be written unaligned.
+        unsafe { outer.write_unaligned(header.0) };
     }
     Ok(())
 }
@@ -129,65 +146,4 @@ fn make_room<const L2: usize, const OUTER: usize>(
     }
     move_ethernet_header::<L2, OUTER, 0>(ctx, ether_type)?;
     Ok(())
-}
-
-#[inline(always)]
-fn ipv4_header(
-    packet: &Packet,
-    backend: &Backend,
-    settings: &Settings,
-    inner_protocol: u8,
-) -> Ipv4Hdr {
-    let mut header = Ipv4Hdr {
-        vihl: IPV4_VERSION_IHL_NO_OPTIONS,
-        tos: packet.tos,
-        tot_len: ((packet.ip_len as usize + IPV4_LEN) as u16).to_be_bytes(),
-        id: [0, 0],
-        frags: ipv4_unfragmented(packet.dont_fragment),
-        ttl: TUNNEL_TTL,
-        proto: inner_protocol,
-        check: [0, 0],
-        src_addr: settings.tunnel_source_v4,
-        dst_addr: [
-            backend.addr[0],
-            backend.addr[1],
-            backend.addr[2],
-            backend.addr[3],
-        ],
-    };
-    // The header's ten words, the checksum word still zero.
-    header.check = ipv4_checksum([
-        u16::from_be_bytes([header.vihl, header.tos]),
-        u16::from_be_bytes(header.tot_len),
-        u16::from_be_bytes(header.id),
-        u16::from_be_bytes(header.frags),
-        u16::from_be_bytes([header.ttl, header.proto]),
-        u16::from_be_bytes(header.check),
-        u16::from_be_bytes([header.src_addr[0], header.src_addr[1]]),
-        u16::from_be_bytes([header.src_addr[2], header.src_addr[3]]),
-        u16::from_be_bytes([header.dst_addr[0], header.dst_addr[1]]),
-        u16::from_be_bytes([header.dst_addr[2], header.dst_addr[3]]),
-    ])
-    .to_be_bytes();
-    header
-}
-
-#[inline(always)]
-fn ipv6_header(
-    packet: &Packet,
-    choice: &Choice,
-    settings: &Settings,
-    inner_protocol: u8,
-) -> Ipv6Hdr {
-    let backend = choice.backend;
-    // The flow label carries a hash of the flow (ECMP per flow, RFC 6438).
-    let flow_label = choice.flow_label;
-    Ipv6Hdr {
-        vcf: ipv6_version_class_label(packet.tos, flow_label),
-        payload_len: (packet.ip_len as u16).to_be_bytes(),
-        next_hdr: inner_protocol,
-        hop_limit: TUNNEL_TTL,
-        src_addr: settings.tunnel_source_v6,
-        dst_addr: backend.addr,
-    }
 }

@@ -2,6 +2,8 @@
 //!
 //! - `lb`: the load balancer. Parse → find the VIP → find the backend → forward.
 //! - `decap`: for tunnel-mode backends; strips our IP-in-IP headers.
+//! - `steer_check`: a tc program on the agent's check interface; sends health checks to their
+//!   backends the way `lb` sends clients' packets.
 //! - `pass` and `tx`: trivial programs for labs (a veth peer must run an XDP program for frames
 //!   sent with XDP_TX to be delivered) and for the benchmark floor.
 //!
@@ -26,6 +28,8 @@ mod parse;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod steer;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 

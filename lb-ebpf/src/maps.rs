@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
+    check_path::{CheckCounter, CheckPath},
     conntrack::{sets_for, FlowSet, IdleTimeouts},
     layout::Layout,
     maps::{
@@ -115,3 +116,12 @@ pub static DECAP_ADDRS: HashMap<DecapKey, u8, 64> = HashMap::new();
 /// `decap` counters by [`DecapCounter`].
 #[btf_map]
 pub static DECAP_STATS: PerCpuArray<u64, { DecapCounter::COUNT as usize }> = PerCpuArray::new();
+
+/// Path slot (a backend id) → how `steer_check` sends that backend's checks. Owned by the
+/// agent's check paths; not pinned: checks live and die with the agent.
+#[btf_map]
+pub static CHECK_PATHS: Array<CheckPath, { MAX_BACKENDS as usize }> = Array::new();
+
+/// `steer_check` counters by [`CheckCounter`].
+#[btf_map]
+pub static CHECK_STATS: PerCpuArray<u64, { CheckCounter::COUNT as usize }> = PerCpuArray::new();

@@ -146,3 +146,13 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(usize, u16), OutOfBounds> {
     let tag = unsafe { *tag };
     Ok((VLAN_ETH_LEN, u16::from_be_bytes([tag[2], tag[3]])))
 }
+
+/// The flow key whose bytes are `words` in memory order: source address (4 words), destination
+/// address (4), the ports, then protocol, family and zero padding.
+#[inline(always)]
+pub fn flow_key_of_words(words: [u32; 10]) -> lb_common::FlowKey {
+    // SAFETY: FlowKey is repr(C), 40 bytes of byte arrays with no padding, whose fields in
+    // order are src, dst, src_port, dst_port, protocol, family, _pad: any 40 bytes are a valid
+    // key.
+    unsafe { core::mem::transmute::<[u32; 10], lb_common::FlowKey>(words) }
+}

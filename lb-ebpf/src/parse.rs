@@ -20,7 +20,7 @@ use network_types::{
 
 use crate::{
     net::{
-        ethernet, ptr_at, ETH_P_IP, ETH_P_IPV6, ICMPV6_ERRORS, ICMP_ERRORS, ICMP_HEADER_LEN,
+        ethernet, flow_key_of_words, ptr_at, ETH_P_IP, ETH_P_IPV6, ICMPV6_ERRORS, ICMP_ERRORS, ICMP_HEADER_LEN,
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_EXTENSION_HEADERS,
     },
     verdict::Unhandled,
@@ -222,7 +222,7 @@ fn ports(src: [u8; 2], dst: [u8; 2]) -> u32 {
 
 /// An IPv6 address as four 32-bit words in memory order.
 #[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
+pub fn words(addr: &[u8; 16]) -> [u32; 4] {
     let word = |at: usize| u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
     [word(0), word(4), word(8), word(12)]
 }
@@ -247,10 +247,7 @@ fn flow_key(src: [u32; 4], dst: [u32; 4], transport: &Transport, family: Family)
         transport.ports,
         tail,
     ];
-    // SAFETY: FlowKey is repr(C), 40 bytes of byte arrays with no padding, whose fields in
-    // order are src, dst, src_port, dst_port, protocol, family, _pad: any 40 bytes are a valid
-    // key, and these are the fields' bytes in that order (`_pad` zero).
-    unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
+    flow_key_of_words(words)
 }
 
 /// An ICMP error about a TCP or UDP packet sent from `to`, the address the error is addressed

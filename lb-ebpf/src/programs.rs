@@ -1,10 +1,14 @@
 //! The entry points. Each reads as the table of contents of its path.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::stats::{Counter, DropReason, PassReason};
 
 use crate::{
-    balance, decap,
+    balance, decap, steer,
     forward::{self, Egress},
     maps, parse, stats,
     verdict::Unhandled,
@@ -61,6 +65,22 @@ pub fn decap(ctx: XdpContext) -> u32 {
     let (action, counter) = decap::decap(&ctx);
     stats::count_decap(counter);
     action
+}
+
+/// Sends health checks along the serving path (see `steer.rs`): on the check interface's
+/// egress.
+#[classifier]
+pub fn steer_check(ctx: TcContext) -> i32 {
+    match steer::steer(&ctx) {
+        Ok((action, counter)) => {
+            stats::count_check(counter);
+            action
+        }
+        Err(counter) => {
+            stats::count_check(counter);
+            TC_ACT_SHOT as i32
+        }
+    }
 }
 
 /// Passes every packet: attached to veth peers in labs so XDP_TX'd frames are delivered.

@@ -1,9 +1,12 @@
 //! Counter updates. All counters live in per-CPU maps, so plain (non-atomic) increments are
 //! exact: a program run never migrates between CPUs.
 
-use lb_common::stats::{Counter, DecapCounter};
+use lb_common::{
+    check_path::CheckCounter,
+    stats::{Counter, DecapCounter},
+};
 
-use crate::maps::{BACKEND_STATS, DECAP_STATS, STATS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, CHECK_STATS, DECAP_STATS, STATS, VIP_STATS};
 
 /// Adds one to a global counter.
 #[inline(always)]
@@ -18,6 +21,15 @@ pub fn count(counter: Counter) {
 #[inline(always)]
 pub fn count_decap(counter: DecapCounter) {
     if let Some(value) = DECAP_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Adds one to a `steer_check` counter.
+#[inline(always)]
+pub fn count_check(counter: CheckCounter) {
+    if let Some(value) = CHECK_STATS.get_ptr_mut(counter as u32) {
         // SAFETY: as in `count`.
         unsafe { *value += 1 };
     }

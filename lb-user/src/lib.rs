@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod availability;
+pub mod check_paths;
 pub mod cli;
 pub mod config;
 pub mod control;

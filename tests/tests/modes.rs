@@ -436,10 +436,13 @@ fn decap_log(files: &AgentFiles, backend: usize) -> std::path::PathBuf {
     files.dir.join(format!("decap-b{}.log", backend + 1))
 }
 
+/// Checks go to the backends' own addresses: the tunnel test counts every tunnel packet the
+/// backends strip as a client's (checks through the VIP are tested in `vip_checks.rs`).
 fn config_text(lan: &Lan, files: &AgentFiles, vips: &[&LabVip], forward: &str) -> String {
     let mut text = format!(
         "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
-         [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n",
+         [health]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 3\n\
+         target = \"backend\"\n",
         files.state_dir.display()
     );
     for vip in vips {

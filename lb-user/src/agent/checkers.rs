@@ -8,11 +8,12 @@ use std::{
     sync::{Arc, Weak},
 };
 
-use lb_common::maps::VipKey;
+use lb_common::maps::{ForwardMode, VipKey};
 use tokio::sync::mpsc;
 
 use crate::{
-    config::BackendConfig,
+    check_paths::{CheckPaths, VipRoute},
+    config::{BackendConfig, CheckTarget},
     health::{HealthEvent, Probe, ProbeSpec},
 };
 
@@ -70,6 +71,9 @@ pub struct Checkers {
     thread: ProbeThread,
     /// When the next new probe may check first.
     next_first_check: tokio::time::Instant,
+    /// The paths of checks to the VIP (`None`: the check interface could not be set up; such
+    /// checks fail saying so).
+    paths: Option<Arc<CheckPaths>>,
 }
 
 /// The pace of first checks of probes started together: 20,000 a second. At start-up every
@@ -166,7 +170,7 @@ const ROUTINE_RESULTS_GATHERED: std::time::Duration = std::time::Duration::from_
 
 impl Checkers {
     /// The spawner and the queue its checkers' results reach the agent on, in batches.
-    pub fn new() -> (Self, mpsc::Receiver<Results>) {
+    pub fn new(paths: Option<Arc<CheckPaths>>) -> (Self, mpsc::Receiver<Results>) {
         let (events, results) = mpsc::channel(QUEUE);
         let (batches, receiver) = mpsc::channel(BATCHES);
         let thread = ProbeThread::start();
@@ -178,21 +182,38 @@ impl Checkers {
                 probes: HashMap::new(),
                 thread,
                 next_first_check: tokio::time::Instant::now(),
+                paths,
             },
             receiver,
         )
     }
 
-    /// Starts checking backend `id` of VIP `vip` as `config` says: on the probe of that check
-    /// if one runs, else on a new one. Either way a check runs at once.
-    pub fn start(&mut self, vip: &VipKey, id: u32, config: &BackendConfig) -> Checker {
+    /// Starts checking backend `id` of VIP `vip` (which forwards as `forward`) as `config`
+    /// says: on the probe of that check if one runs, else on a new one. Either way a check runs
+    /// at once.
+    pub fn start(
+        &mut self,
+        (vip, forward): (&VipKey, ForwardMode),
+        id: u32,
+        config: &BackendConfig,
+    ) -> Checker {
         self.next_token += 1;
         let key = CheckerKey {
             vip: *vip,
             backend: id,
             token: self.next_token,
         };
-        let spec = ProbeSpec::of(config.address, &config.health);
+        let spec = match config.health.target {
+            CheckTarget::Backend => ProbeSpec::of(config.address, &config.health),
+            CheckTarget::Vip => {
+                let route = VipRoute {
+                    slot: id,
+                    backend: config.address,
+                    forward,
+                };
+                ProbeSpec::via_vip(vip.address(), route, &config.health)
+            }
+        };
         let probe = match self.probes.get(&spec).and_then(Weak::upgrade) {
             Some(probe) => probe,
             None => {
@@ -201,7 +222,7 @@ impl Checkers {
                 self.next_first_check = first + FIRST_CHECK_PACE;
                 let probe = Arc::new(Probe::start_on(
                     &self.thread.runtime,
-                    spec.clone(),
+                    (spec.clone(), self.paths.clone()),
                     self.events.clone(),
                     first,
                 ));
@@ -247,16 +268,16 @@ mod tests {
 
     #[tokio::test]
     async fn backends_checked_alike_share_one_probe_until_the_last_leaves() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let vips: Vec<VipKey> = (1..=3)
             .map(|i| VipKey::new(format!("10.0.0.{i}").parse().unwrap(), 80, Protocol::Tcp))
             .collect();
         let same = backend("127.0.0.1", 1000);
-        let a = checkers.start(&vips[0], 1, &same);
-        let b = checkers.start(&vips[1], 2, &same);
+        let a = checkers.start((&vips[0], ForwardMode::Dsr), 1, &same);
+        let b = checkers.start((&vips[1], ForwardMode::Dsr), 2, &same);
         assert_eq!(checkers.probes(), 1, "one probe for two VIPs' backend");
-        let other_interval = checkers.start(&vips[2], 3, &backend("127.0.0.1", 500));
-        let other_address = checkers.start(&vips[2], 4, &backend("127.0.0.2", 1000));
+        let other_interval = checkers.start((&vips[2], ForwardMode::Dsr), 3, &backend("127.0.0.1", 500));
+        let other_address = checkers.start((&vips[2], ForwardMode::Dsr), 4, &backend("127.0.0.2", 1000));
         assert_eq!(checkers.probes(), 3);
         assert_ne!(a.token, b.token);
         drop(a);
@@ -316,18 +337,18 @@ mod tests {
 
     #[tokio::test]
     async fn new_probes_first_checks_are_paced_and_shared_ones_add_none() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let vip = VipKey::new("10.0.0.1".parse().unwrap(), 80, Protocol::Tcp);
         let before = checkers.last_first_check();
         let held: Vec<Checker> = (1..=10)
-            .map(|i| checkers.start(&vip, i, &backend(&format!("127.0.0.{i}"), 60_000)))
+            .map(|i| checkers.start((&vip, ForwardMode::Dsr), i, &backend(&format!("127.0.0.{i}"), 60_000)))
             .collect();
         let paced = checkers.last_first_check();
         assert!(
             paced >= before + FIRST_CHECK_PACE * 10,
             "ten new probes take ten paces"
         );
-        let shared = checkers.start(&vip, 11, &backend("127.0.0.1", 60_000));
+        let shared = checkers.start((&vip, ForwardMode::Dsr), 11, &backend("127.0.0.1", 60_000));
         assert_eq!(
             checkers.last_first_check(),
             paced,

@@ -126,6 +126,10 @@ pub struct Agent {
     announcer: Option<Announcer>,
     /// A graceful stop is under way: every address is withdrawn, forwarding goes on.
     stopping: bool,
+    /// The neighbour and link tables, as the kernel announces them.
+    neighbour_snapshots: tokio::sync::watch::Receiver<Arc<crate::nexthop::Snapshot>>,
+    /// Where checks through the VIP are routed (removed on stop).
+    check_interface: Option<crate::check_paths::interface::CheckInterface>,
     /// Leave the datapath attached (and the routes in place) on stop.
     keep_datapath: bool,
     /// Administrative states and availability history kept across restarts, as loaded at
@@ -215,7 +219,10 @@ impl Agent {
         } else {
             Ids::new(MAX_VIPS, MAX_BACKENDS)
         };
-        let (checkers, events) = Checkers::new();
+        let neighbour_snapshots = neighbours::spawn_neighbour_reader();
+        let (check_paths, check_interface) =
+            set_up_vip_checks(&mut datapath, &config, neighbour_snapshots.clone()).await?;
+        let (checkers, events) = Checkers::new(check_paths);
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
             match control_socket::listen(&status::socket_for(&config.fixed.state_dir)) {
@@ -254,6 +261,8 @@ impl Agent {
             started: false,
             control,
             _control_socket: control_socket,
+            neighbour_snapshots,
+            check_interface,
         };
         agent.write_settings()?;
         agent.add_vips(config.live.vips.clone()).await?;
@@ -460,7 +469,7 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
         let mut changes = crate::watch::watch_file(&self.path)?;
-        let mut neighbour_snapshots = neighbours::spawn_neighbour_reader();
+        let mut neighbour_snapshots = self.neighbour_snapshots.clone();
         // Check results that change no state reach the snapshot at most once per interval:
         // rewriting it for every check made an agent with 1000 backends spend its one thread on
         // JSON and fall behind its health events (found by `bench-swap`).
@@ -526,6 +535,41 @@ impl Agent {
     /// The configuration file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Sets up checks along the serving path. If that fails, a configuration none of whose
+/// backends is checked through its VIP runs on (with a warning); one that has such backends
+/// does not start.
+async fn set_up_vip_checks(
+    datapath: &mut Datapath,
+    config: &Config,
+    neighbours: tokio::sync::watch::Receiver<Arc<crate::nexthop::Snapshot>>,
+) -> anyhow::Result<(
+    Option<Arc<crate::check_paths::CheckPaths>>,
+    Option<crate::check_paths::interface::CheckInterface>,
+)> {
+    match crate::check_paths::set_up(datapath, neighbours).await {
+        Ok((paths, interface)) => Ok((Some(paths), Some(interface))),
+        Err(error) => {
+            let checked_through_vip = config.live.vips.iter().flat_map(|vip| &vip.backends).find(
+                |backend| backend.health.target == crate::config::CheckTarget::Vip,
+            );
+            match checked_through_vip {
+                Some(backend) => Err(error.context(format!(
+                    "backend {} is checked through its vip (health.target = \"vip\", the \
+                     default); set health.target = \"backend\" to check backends' own addresses",
+                    backend.address
+                ))),
+                None => {
+                    tracing::warn!(
+                        "checks through the vip are unavailable (every backend has health.target = \"backend\"): {}",
+                        crate::error::Chain(&*error)
+                    );
+                    Ok((None, None))
+                }
+            }
+        }
     }
 }
 

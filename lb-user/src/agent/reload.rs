@@ -123,7 +123,7 @@ impl Agent {
                     &mut self.ids,
                     &mut self.checkers,
                     &self.records,
-                    (&key, &config.name),
+                    (&key, &config),
                     backend.clone(),
                     slow_start,
                 )?);
@@ -186,8 +186,8 @@ impl Agent {
                 forget_admin(&vip.config.name, &backend);
                 continue;
             };
-            if new.health != backend.config.health {
-                backend.checker = self.checkers.start(key, backend.id, new);
+            if new.health != backend.config.health || config.forward != vip.config.forward {
+                backend.checker = self.checkers.start((key, config.forward), backend.id, new);
             }
             backend.config = new.clone();
             kept.push(backend);
@@ -198,7 +198,7 @@ impl Agent {
                     &mut self.ids,
                     &mut self.checkers,
                     &self.records,
-                    (key, &config.name),
+                    (key, &config),
                     new.clone(),
                     true,
                 )?);
@@ -230,12 +230,13 @@ pub(super) fn start_backend(
     ids: &mut Ids,
     checkers: &mut Checkers,
     records: &Records,
-    (key, name): (&VipKey, &str),
+    (key, vip): (&VipKey, &VipConfig),
     config: BackendConfig,
     slow_start: bool,
 ) -> anyhow::Result<BackendRuntime> {
+    let name = vip.name.as_str();
     let id = ids.backend(key, config.address)?;
-    let checker = checkers.start(key, id, &config);
+    let checker = checkers.start((key, vip.forward), id, &config);
     let BackendRecord {
         admin,
         admin_by,

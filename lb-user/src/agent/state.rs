@@ -328,7 +328,7 @@ mod tests {
                         &mut ids,
                         checkers,
                         &Records::default(),
-                        (&key, &vip.name),
+                        (&key, &vip),
                         b.clone(),
                         added,
                     )
@@ -400,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_health_change_goes_to_its_vip_alone_and_a_recovery_ramps() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let config = config("");
         let mut state = state(&config, &mut checkers, false);
         let now = Instant::now();
@@ -447,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn results_of_a_replaced_checker_are_ignored() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let config = config("");
         let mut state = state(&config, &mut checkers, false);
         let mut stale = event(&state, "web", 0, Health::Up, Health::Unknown);
@@ -460,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn operators_drain_and_enable_with_reasons_for_refusals() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let config = config("");
         let mut state = state(&config, &mut checkers, false);
         let now = Instant::now();
@@ -534,7 +534,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_tick_names_ramping_vips_and_ends_finished_ramps() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let config = config("");
         let mut state = state(&config, &mut checkers, true);
         let start = Instant::now();
@@ -556,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_configuration_is_diffed_by_vip() {
-        let (mut checkers, _events) = Checkers::new();
+        let (mut checkers, _events) = Checkers::new(None);
         let running = config("");
         let state = state(&running, &mut checkers, false);
         assert_eq!(

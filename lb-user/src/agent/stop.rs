@@ -40,10 +40,14 @@ impl Agent {
             vips,
             keep_datapath,
             mut publisher,
+            check_interface,
             ..
         } = self;
         publisher.close(); // what it writes must not follow the removal below
         drop(vips); // stops the checkers
+        if let Some(interface) = check_interface {
+            interface.remove().await;
+        }
         if keep_datapath {
             tracing::info!(state_dir = %fixed.state_dir.display(), "datapath left attached (--keep-datapath): the next lb run adopts it");
             return;

@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::{
     raw::RawHealth,
     resolve::{Ctx, Result},
-    CheckKind, ConfigError, HealthSettings, HttpCheck, DEFAULT_HEALTH_FALL,
+    CheckKind, CheckTarget, ConfigError, HealthSettings, HttpCheck, DEFAULT_HEALTH_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RISE, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HTTP_PATH,
 };
 
@@ -36,6 +36,7 @@ pub(super) struct HealthLayer {
     host: Option<String>,
     expect: Option<Vec<u16>>,
     slow_start: Option<Duration>,
+    target: Option<CheckTarget>,
     /// The first HTTP-only key set (`path`, `host`, `expect`), for the error when `type` is
     /// never set.
     http_key: Option<Located<()>>,
@@ -55,6 +56,7 @@ impl HealthLayer {
             host: over.host.clone().or_else(|| self.host.clone()),
             expect: over.expect.clone().or_else(|| self.expect.clone()),
             slow_start: over.slow_start.or(self.slow_start),
+            target: over.target.or(self.target),
             http_key: over.http_key.clone().or_else(|| self.http_key.clone()),
         }
     }
@@ -189,6 +191,20 @@ impl Ctx<'_> {
             })?),
             None => None,
         };
+        let target = match &raw.target {
+            Some(target) => match target.get_ref().as_str() {
+                "vip" => Some(CheckTarget::Vip),
+                "backend" => Some(CheckTarget::Backend),
+                other => {
+                    return Err(self.error(
+                        target.span(),
+                        &format!("{prefix}.target"),
+                        format!("invalid target {other:?}: expected one of vip, backend"),
+                    ))
+                }
+            },
+            None => None,
+        };
         let http_key = [
             ("path", raw.path.as_ref().map(Spanned::span)),
             ("host", raw.host.as_ref().map(Spanned::span)),
@@ -214,6 +230,7 @@ impl Ctx<'_> {
             host,
             expect,
             slow_start,
+            target,
             http_key,
         })
     }
@@ -289,6 +306,7 @@ impl Ctx<'_> {
             port,
             check,
             slow_start: merged.slow_start.unwrap_or_default(),
+            target: merged.target.unwrap_or_default(),
         })
     }
 }

@@ -264,6 +264,30 @@ pub struct HealthSettings {
     /// After coming up (recovering, being added, leaving maintenance) the backend's weight
     /// ramps linearly from ~0 to its configured weight over this time; zero: at once.
     pub slow_start: Duration,
+    /// Where checks go: to the VIP, steered to the backend (the serving path), or to the
+    /// backend's own address.
+    pub target: CheckTarget,
+}
+
+/// Where a backend's health checks go (`health.target`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CheckTarget {
+    /// To the VIP's address, sent to the backend the way clients' packets are (DSR or tunnel):
+    /// a backend that does not serve the VIP fails.
+    #[default]
+    Vip,
+    /// To the backend's own address.
+    Backend,
+}
+
+impl CheckTarget {
+    /// Its name in the configuration, `lb status` and `/metrics`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CheckTarget::Vip => "vip",
+            CheckTarget::Backend => "backend",
+        }
+    }
 }
 
 /// One VIP and its backends.

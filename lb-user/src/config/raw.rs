@@ -56,6 +56,7 @@ pub(super) struct RawHealth {
     pub(super) host: Option<Spanned<String>>,
     pub(super) expect: Option<Spanned<Vec<Spanned<u16>>>>,
     pub(super) slow_start: Option<Spanned<String>>,
+    pub(super) target: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

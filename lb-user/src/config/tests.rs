@@ -112,6 +112,7 @@ fn full_config() {
         port: 8080,
         check: CheckKind::Tcp,
         slow_start: Duration::ZERO,
+        target: CheckTarget::Vip,
     };
     let web = HealthSettings {
         timeout: Duration::from_millis(300),
@@ -226,6 +227,7 @@ fn defaults() {
             port: 80,
             check: CheckKind::Tcp,
             slow_start: Duration::ZERO,
+            target: CheckTarget::Vip,
         }
     );
 }

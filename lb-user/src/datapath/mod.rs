@@ -1,6 +1,7 @@
 //! The loaded XDP object: its programs and the maps they read. This module is the only
 //! userspace writer of the datapath's maps (see `lb_common::maps::names`).
 
+mod checks;
 mod clock;
 mod decap;
 mod error;
@@ -29,6 +30,7 @@ use lb_common::{
 };
 
 pub use self::{
+    checks::{check_counts, CheckMaps},
     clock::{ClockError, FlowClock},
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,

@@ -1,11 +1,11 @@
 //! One check of the configured kind, and what a backend's judgement of it tells the agent
 //! ([`HealthEvent`]); `super::probe` runs the checks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use rand::Rng;
 
-use super::{check_http, check_tcp, CheckResult, Health, Transition};
+use super::{check_http, check_tcp, CheckResult, Dial, Health, Transition};
 use crate::config::CheckKind;
 
 /// What a checker reports to the agent after every check.
@@ -24,11 +24,11 @@ pub struct HealthEvent<K> {
     pub decided: std::time::SystemTime,
 }
 
-/// One check of `addr` as `kind` says, within `timeout`.
-pub async fn check(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> CheckResult {
+/// One check as `kind` says, connecting as `dial` says, within `timeout`.
+pub async fn check(dial: impl Into<Dial>, kind: &CheckKind, timeout: Duration) -> CheckResult {
     match kind {
-        CheckKind::Tcp => check_tcp(addr, timeout).await,
-        CheckKind::Http(http) => check_http(addr, http, timeout).await,
+        CheckKind::Tcp => check_tcp(dial, timeout).await,
+        CheckKind::Http(http) => check_http(dial, http, timeout).await,
     }
 }
 
@@ -46,7 +46,8 @@ pub(super) fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HealthSettings;
+    use crate::config::{CheckTarget, HealthSettings};
+    use std::net::SocketAddr;
     use crate::health::{Probe, ProbeSpec};
     use crate::{
         config::HttpCheck,
@@ -74,6 +75,7 @@ mod tests {
             port,
             check,
             slow_start: Duration::ZERO,
+        target: CheckTarget::Backend,
         }
     }
 

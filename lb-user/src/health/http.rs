@@ -26,11 +26,11 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     time::Instant,
 };
 
 use super::{
+    dial::Dial,
     text::{describe_io_error, quote, timed_out},
     CheckResult,
 };
@@ -47,9 +47,13 @@ const MAX_HEADERS: usize = 64;
 
 /// Sends `GET path` to `addr` and judges the status line, all within `timeout`; never
 /// panics. Passes as `HTTP 200`.
-pub async fn check_http(addr: SocketAddr, check: &HttpCheck, timeout: Duration) -> CheckResult {
+pub async fn check_http(
+    dial: impl Into<Dial>,
+    check: &HttpCheck,
+    timeout: Duration,
+) -> CheckResult {
     let start = Instant::now();
-    let outcome = tokio::time::timeout(timeout, exchange(addr, check))
+    let outcome = tokio::time::timeout(timeout, exchange(dial.into(), check))
         .await
         .unwrap_or_else(|_| Err(timed_out(timeout)));
     let latency = start.elapsed();
@@ -60,12 +64,10 @@ pub async fn check_http(addr: SocketAddr, check: &HttpCheck, timeout: Duration) 
 }
 
 /// Connects, sends the request, reads the head until it can be judged.
-async fn exchange(addr: SocketAddr, check: &HttpCheck) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| describe_io_error(&e))?;
+async fn exchange(dial: Dial, check: &HttpCheck) -> Result<u16, String> {
+    let mut stream = dial.connect().await.map_err(|e| describe_io_error(&e))?;
     stream
-        .write_all(request(check, addr).as_bytes())
+        .write_all(request(check, dial.addr).as_bytes())
         .await
         .map_err(|e| format!("{} while sending the request", describe_io_error(&e)))?;
     let mut head = vec![0u8; MAX_HEAD];

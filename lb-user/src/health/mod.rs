@@ -38,6 +38,7 @@
 //! log: the agent logs the transitions it receives.
 
 mod checker;
+mod dial;
 mod http;
 mod probe;
 mod tcp;
@@ -48,6 +49,7 @@ mod tracker;
 mod test_servers;
 
 pub use checker::{check, HealthEvent};
+pub use dial::Dial;
 pub use http::check_http;
 pub use probe::{Probe, ProbeSpec};
 pub use tcp::check_tcp;

@@ -19,9 +19,12 @@ use tokio::{
 use super::{
     check,
     checker::{jittered, spread},
-    HealthEvent, HealthTracker,
+    CheckResult, Dial, HealthEvent, HealthTracker,
 };
-use crate::config::{CheckKind, HealthSettings};
+use crate::{
+    check_paths::{CheckPaths, VipRoute},
+    config::{CheckKind, HealthSettings},
+};
 
 /// What makes two checks the same check: everything but `rise`, `fall` and `slow_start`,
 /// which each backend applies to the shared results itself.
@@ -35,16 +38,28 @@ pub struct ProbeSpec {
     pub timeout: Duration,
     /// Time between checks.
     pub interval: Duration,
+    /// For a check along the serving path (`addr` is then the VIP's): which backend.
+    pub route: Option<VipRoute>,
 }
 
 impl ProbeSpec {
-    /// The check of backend `address` as `settings` say.
+    /// The check of backend `address` at its own address, as `settings` say.
     pub fn of(address: IpAddr, settings: &HealthSettings) -> Self {
         Self {
             addr: SocketAddr::new(address, settings.port),
             kind: settings.check.clone(),
             timeout: settings.timeout,
             interval: settings.interval,
+            route: None,
+        }
+    }
+
+    /// The check of `route`'s backend through VIP address `vip`, as `settings` say.
+    pub fn via_vip(vip: IpAddr, route: VipRoute, settings: &HealthSettings) -> Self {
+        Self {
+            addr: SocketAddr::new(vip, settings.port),
+            route: Some(route),
+            ..Self::of(route.backend, settings)
         }
     }
 }
@@ -91,7 +106,7 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     pub fn start(spec: ProbeSpec, events: mpsc::Sender<HealthEvent<K>>) -> Self {
         Self::start_on(
             &tokio::runtime::Handle::current(),
-            spec,
+            (spec, None),
             events,
             Instant::now(),
         )
@@ -99,10 +114,10 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
 
     /// [`Self::start`] on the runtime of `runtime` (the agent runs its probes on a thread of
     /// their own), its first check at `first` (the agent paces the first checks of probes
-    /// started together).
+    /// started together). A check along the serving path takes its path from `paths`.
     pub fn start_on(
         runtime: &tokio::runtime::Handle,
-        spec: ProbeSpec,
+        (spec, paths): (ProbeSpec, Option<Arc<CheckPaths>>),
         events: mpsc::Sender<HealthEvent<K>>,
         first: Instant,
     ) -> Self {
@@ -110,7 +125,8 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
             subscribers: Mutex::new(Vec::new()),
             now: Notify::new(),
         });
-        let task = runtime.spawn(run(spec, shared.clone(), events, first));
+        let checker = Checker { spec, paths };
+        let task = runtime.spawn(run(checker, shared.clone(), events, first));
         Self { shared, task }
     }
 
@@ -143,29 +159,79 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     }
 }
 
-async fn run<K: Clone + Send + 'static>(
+/// What a probe's task checks, and how.
+struct Checker {
     spec: ProbeSpec,
+    paths: Option<Arc<CheckPaths>>,
+}
+
+impl Checker {
+    /// One check. Along the serving path, the path is prepared first (resolved again after a
+    /// failure), and a failure after a failure is told apart: the backend's own address is
+    /// checked at the same time, and the error says whether it answers.
+    async fn check(&self, last_failed: bool) -> CheckResult {
+        let ProbeSpec {
+            addr,
+            kind,
+            timeout,
+            route,
+            ..
+        } = &self.spec;
+        let Some(route) = route else {
+            return check(Dial::direct(*addr), kind, *timeout).await;
+        };
+        let Some(paths) = &self.paths else {
+            return CheckResult::failure(Duration::ZERO, "no check interface".to_owned());
+        };
+        let steering = match paths.prepare(route, addr.ip(), last_failed).await {
+            Ok(steering) => steering,
+            Err(error) => return CheckResult::failure(Duration::ZERO, error),
+        };
+        let dial = Dial {
+            addr: *addr,
+            mark: Some(steering.mark),
+            source: steering.source,
+        };
+        let own = Dial::direct(SocketAddr::new(route.backend, addr.port()));
+        let (mut result, own) = if last_failed {
+            let (result, own) =
+                tokio::join!(check(dial, kind, *timeout), check(own, kind, *timeout));
+            (result, Some(own.ok))
+        } else {
+            (check(dial, kind, *timeout).await, None)
+        };
+        if let Some(error) = &mut result.error {
+            error.push_str(" via the vip");
+            match own {
+                Some(true) => error.push_str("; the backend's own address answers"),
+                Some(false) => error.push_str("; the backend's own address fails too"),
+                None => {}
+            }
+        }
+        result
+    }
+}
+
+async fn run<K: Clone + Send + 'static>(
+    checker: Checker,
     shared: Arc<Shared<K>>,
     events: mpsc::Sender<HealthEvent<K>>,
     first_check: Instant,
 ) {
-    let ProbeSpec {
-        addr,
-        kind,
-        timeout,
-        interval,
-    } = spec;
+    let interval = checker.spec.interval;
     tokio::select! {
         _ = tokio::time::sleep_until(first_check) => {}
         _ = events.closed() => return,
     }
     let mut first = true;
+    let mut last_failed = false;
     loop {
         let start = Instant::now();
         let result = tokio::select! {
-            result = check(addr, &kind, timeout) => result,
+            result = checker.check(last_failed) => result,
             _ = events.closed() => return,
         };
+        last_failed = !result.ok;
         let judged = Instant::now();
         let decided = std::time::SystemTime::now();
         let judgements: Vec<HealthEvent<K>> = shared
@@ -216,6 +282,7 @@ mod tests {
             kind: CheckKind::Tcp,
             timeout: Duration::from_millis(500),
             interval: Duration::from_secs(1),
+            route: None,
         }
     }
 

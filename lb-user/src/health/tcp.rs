@@ -3,20 +3,21 @@
 //! socket per check. At 16,384 checks a second, an orderly close left about a million sockets
 //! in `TIME_WAIT` on one side or the other.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
 use super::{
+    dial::Dial,
     text::{describe_io_error, timed_out},
     CheckResult,
 };
 
-/// Connects to `addr` within `timeout`; never panics. The connection is closed right away.
-/// Fails with `connection refused`, `timed out after 500ms`, `no route to host`...
-pub async fn check_tcp(addr: SocketAddr, timeout: Duration) -> CheckResult {
+/// Connects as `dial` says within `timeout`; never panics. The connection is closed right
+/// away. Fails with `connection refused`, `timed out after 500ms`, `no route to host`...
+pub async fn check_tcp(dial: impl Into<Dial>, timeout: Duration) -> CheckResult {
     let start = Instant::now();
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    match tokio::time::timeout(timeout, dial.into().connect()).await {
         Ok(Ok(stream)) => {
             let latency = start.elapsed();
             // A socket that cannot take the option is closed the orderly way.

@@ -1,0 +1,364 @@
+//! Health checks along the serving path: a backend is up only if it answers on the VIP, reached
+//! the way clients' packets reach it. Real namespaces, the real agent, real backends: a DSR
+//! backend that loses the VIP from its loopback, and a tunnel backend whose `lb decap` stops,
+//! leave every ring within `fall × interval` + 250 ms, TCP and HTTP checks, IPv4 and IPv6 (and
+//! a mixed-family tunnel); new connections then never meet them, and the log says why. With
+//! `health.target = "backend"` the same faults go unnoticed (today's checks of the backends' own
+//! addresses), and clients' connections black-hole.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lb_tests::netns::{
+    agent::{wait_file, AgentFiles, AgentProcess, Signal},
+    connections::{ask, failures},
+    servers::{HttpAnswer, HttpServer, NameServer},
+    topology::Lan,
+    wait_until,
+};
+use lb_user::datapath::Datapath;
+
+const PORT: u16 = 8080;
+const HTTP_PORT: u16 = 8090;
+const INTERVAL_MS: u64 = 200;
+const TIMEOUT_MS: u64 = 100;
+const RISE: u64 = 2;
+const FALL: u64 = 3;
+/// Slack for scheduling on a loaded 2-core CI machine.
+const BOUND_MS: u64 = 250;
+const BACKENDS: usize = 2;
+/// MTU of the LB-to-backend segment in tunnel mode (room for the outer header).
+const TUNNEL_MTU: u32 = 1600;
+
+/// A VIP of the lab: its address, whether its checks are HTTP, and its backends' family.
+struct LabVip {
+    name: &'static str,
+    address: &'static str,
+    http: bool,
+    v6_backends: bool,
+}
+
+const VIPS: [LabVip; 4] = [
+    LabVip {
+        name: "tcp4",
+        address: "10.79.0.100",
+        http: false,
+        v6_backends: false,
+    },
+    LabVip {
+        name: "http4",
+        address: "10.79.0.101",
+        http: true,
+        v6_backends: false,
+    },
+    LabVip {
+        name: "tcp6",
+        address: "fd79::100",
+        http: false,
+        v6_backends: true,
+    },
+    LabVip {
+        name: "http6",
+        address: "fd79::101",
+        http: true,
+        v6_backends: true,
+    },
+];
+
+/// Only a tunnel carries it: an IPv4 VIP on IPv6 backends.
+const MIXED: LabVip = LabVip {
+    name: "tcp4in6",
+    address: "10.79.0.102",
+    http: false,
+    v6_backends: true,
+};
+
+/// client (host 0), lb (host 1), b1 and b2 (hosts 2, 3); in tunnel mode `lb decap` on each
+/// backend. Fields drop in order: processes first, the namespaces last.
+struct CheckLab {
+    _agent: AgentProcess,
+    decaps: Vec<Option<AgentProcess>>,
+    _servers: Vec<(NameServer, HttpServer)>,
+    vips: Vec<&'static LabVip>,
+    files: AgentFiles,
+    lan: Lan,
+}
+
+impl CheckLab {
+    fn new(tag: &str, forward: &str, target: &str) -> Self {
+        let tunnel = forward == "tunnel";
+        let lan = Lan::new(tag, &["client", "lb", "b1", "b2"]);
+        let mut vips: Vec<&'static LabVip> = VIPS.iter().collect();
+        if tunnel {
+            vips.push(&MIXED);
+            lan.set_mtu(&[1, 2, 3], TUNNEL_MTU);
+        }
+        let mut servers = Vec::new();
+        for i in 0..BACKENDS {
+            let ns = &lan.host(2 + i).ns;
+            ns.ip_batch(&vip_addresses(&vips, "add"));
+            servers.push((
+                NameServer::start(ns, PORT, &format!("b{}", i + 1)),
+                HttpServer::start(ns, HTTP_PORT, HttpAnswer::Status(200)),
+            ));
+        }
+        let lb = lan.host(1);
+        lan.host(0).ns.ip_batch(&[
+            format!("route add 10.79.0.0/24 via {}", lb.ip),
+            format!("route add fd79::/64 via {}", lb.ip6),
+        ]);
+        let files = AgentFiles::new(tag);
+        let decaps = if tunnel {
+            (0..BACKENDS)
+                .map(|i| Some(start_decap(&lan, &files, i, 1)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        files.write_config(&config_text(&lan, &files, &vips, forward, target));
+        let agent = AgentProcess::start(&lb.ns, &files, false);
+        assert!(
+            files.wait_log("datapath attached", 1, Duration::from_secs(15)),
+            "agent did not attach:\n{}",
+            files.log_text()
+        );
+        let lab = Self {
+            _agent: agent,
+            decaps,
+            _servers: servers,
+            vips,
+            files,
+            lan,
+        };
+        let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
+        assert!(
+            wait_until(Duration::from_secs(10), || lab.all_rings_hold(&everyone)).is_some(),
+            "every backend serves every vip at start: {:?}\n{}",
+            lab.rings(),
+            lab.files.log_text()
+        );
+        lab
+    }
+
+    /// The backends (0-based) in each VIP's ring, by VIP address.
+    fn rings(&self) -> BTreeMap<IpAddr, BTreeSet<usize>> {
+        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let backends: BTreeMap<u32, IpAddr> = datapath
+            .backends()
+            .expect("backends")
+            .into_iter()
+            .map(|(id, backend)| (id, backend.address()))
+            .collect();
+        let index = |address: IpAddr| {
+            (0..BACKENDS).find(|i| {
+                let host = self.lan.host(2 + i);
+                address == IpAddr::V4(host.ip) || address == IpAddr::V6(host.ip6)
+            })
+        };
+        datapath
+            .vips()
+            .expect("vips")
+            .into_iter()
+            .map(|(key, vip)| {
+                let ring = datapath.ring(vip.id).expect("ring").unwrap_or_default();
+                let members = ring
+                    .iter()
+                    .filter_map(|id| backends.get(id).copied().and_then(index))
+                    .collect();
+                (key.address(), members)
+            })
+            .collect()
+    }
+
+    fn all_rings_hold(&self, members: &BTreeSet<usize>) -> bool {
+        let rings = self.rings();
+        self.vips.iter().all(|vip| {
+            rings.get(&vip.address.parse::<IpAddr>().expect("vip")) == Some(members)
+        })
+    }
+
+    /// `n` connections to every VIP from the client, each given `timeout`.
+    fn connect_all(&self, n: usize, timeout: Duration) -> Vec<(&'static str, Vec<Result<String, String>>)> {
+        self.vips
+            .iter()
+            .map(|vip| {
+                let address = SocketAddr::new(vip.address.parse().expect("vip"), PORT);
+                (vip.name, ask(&self.lan.host(0).ns, address, n, timeout))
+            })
+            .collect()
+    }
+
+    /// Waits until `members` alone serve every VIP; how long that took from `since`.
+    fn wait_rings(&self, members: &BTreeSet<usize>, since: Instant, what: &str) -> Duration {
+        wait_until(Duration::from_secs(5), || self.all_rings_hold(members)).unwrap_or_else(|| {
+            panic!("{what}: rings {:?}\n{}", self.rings(), self.files.log_text())
+        });
+        since.elapsed()
+    }
+}
+
+fn start_decap(lan: &Lan, files: &AgentFiles, i: usize, attached: usize) -> AgentProcess {
+    let log = files.dir.join(format!("decap-b{}.log", i + 1));
+    let decap = AgentProcess::start_decap(&lan.host(2 + i).ns, "eth0", &log);
+    assert!(
+        wait_file(&log, "decap attached", attached, Duration::from_secs(10)),
+        "lb decap on b{} did not attach:\n{}",
+        i + 1,
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    decap
+}
+
+/// `ip` lines that add or delete (`action`) every VIP address on a backend's loopback.
+fn vip_addresses(vips: &[&LabVip], action: &str) -> Vec<String> {
+    vips.iter()
+        .map(|vip| vip.address)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|address| {
+            let (prefix, nodad) = if address.contains(':') {
+                ("128", if action == "add" { " nodad" } else { "" })
+            } else {
+                ("32", "")
+            };
+            format!("addr {action} {address}/{prefix} dev lo{nodad}")
+        })
+        .collect()
+}
+
+fn config_text(
+    lan: &Lan,
+    files: &AgentFiles,
+    vips: &[&LabVip],
+    forward: &str,
+    target: &str,
+) -> String {
+    let mut text = format!(
+        "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
+         [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = {RISE}\nfall = {FALL}\ntarget = \"{target}\"\n",
+        files.state_dir.display()
+    );
+    for vip in vips {
+        text += &format!(
+            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {PORT}\nforward = \"{forward}\"\n",
+            vip.name, vip.address
+        );
+        if vip.http {
+            text += &format!("health = {{ type = \"http\", port = {HTTP_PORT}, path = \"/ready\" }}\n");
+        }
+        for i in 0..BACKENDS {
+            text += &format!(
+                "  [[vip.backend]]\n  address = \"{}\"\n",
+                lan.host(2 + i).addr(vip.v6_backends)
+            );
+        }
+    }
+    text
+}
+
+/// Asserts no connection failed and none reached backend `i`.
+fn assert_served_without(answers: &[(&str, Vec<Result<String, String>>)], i: usize) {
+    let name = format!("b{}", i + 1);
+    for (vip, answers) in answers {
+        assert!(
+            failures(answers).is_empty(),
+            "{vip}: connections failed: {:?}",
+            failures(answers)
+        );
+        assert!(
+            answers.iter().all(|a| a.as_deref() != Ok(name.as_str())),
+            "{vip}: a new connection reached {name}: {answers:?}"
+        );
+    }
+}
+
+fn detection_limit() -> Duration {
+    Duration::from_millis(FALL * INTERVAL_MS + BOUND_MS)
+}
+
+fn recovery_limit() -> Duration {
+    Duration::from_millis(RISE * INTERVAL_MS + BOUND_MS)
+}
+
+#[test]
+fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
+    let lab = CheckLab::new("vipdsr", "dsr", "vip");
+    let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
+    let without_b1: BTreeSet<usize> = [1].into();
+
+    // The classic DSR misconfiguration: b1 rebuilt without the VIPs on its loopback.
+    let broken = Instant::now();
+    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "del"));
+    let detected = lab.wait_rings(&without_b1, broken, "b1 never left the rings");
+    println!("b1 out of every ring after {detected:?} (limit {:?})", detection_limit());
+    assert!(detected <= detection_limit(), "detected after {detected:?}");
+    let log = lab.files.log_text();
+    assert!(
+        log.contains("via the vip; the backend's own address answers"),
+        "the log tells a vip not served from a backend down:\n{log}"
+    );
+    let answers = lab.connect_all(20, Duration::from_secs(2));
+    assert_served_without(&answers, 0);
+
+    // The VIPs back on its loopback: b1 serves again.
+    let restored = Instant::now();
+    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "add"));
+    let back = lab.wait_rings(&everyone, restored, "b1 never came back");
+    println!("b1 back after {back:?}");
+    assert!(back <= recovery_limit(), "back after {back:?}");
+    let answers = lab.connect_all(20, Duration::from_secs(2));
+    for (vip, answers) in &answers {
+        assert!(failures(answers).is_empty(), "{vip}: {answers:?}");
+    }
+}
+
+#[test]
+fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
+    let mut lab = CheckLab::new("viptun", "tunnel", "vip");
+    let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
+    let without_b2: BTreeSet<usize> = [0].into();
+
+    let broken = Instant::now();
+    let decap = lab.decaps[1].take().expect("b2's decap");
+    let status = decap.stop(Signal::SIGTERM);
+    assert!(status.success(), "lb decap exit: {status}");
+    let detected = lab.wait_rings(&without_b2, broken, "b2 never left the rings");
+    println!("b2 out of every ring after {detected:?} (limit {:?})", detection_limit());
+    assert!(detected <= detection_limit(), "detected after {detected:?}");
+    let answers = lab.connect_all(20, Duration::from_secs(2));
+    assert_served_without(&answers, 1);
+
+    let restored = Instant::now();
+    lab.decaps[1] = Some(start_decap(&lab.lan, &lab.files, 1, 2));
+    let back = lab.wait_rings(&everyone, restored, "b2 never came back");
+    println!("b2 back after {back:?}");
+    assert!(
+        back <= recovery_limit() + Duration::from_millis(500),
+        "back after {back:?} (lb decap takes a moment to attach)"
+    );
+    let answers = lab.connect_all(20, Duration::from_secs(2));
+    for (vip, answers) in &answers {
+        assert!(failures(answers).is_empty(), "{vip}: {answers:?}");
+    }
+}
+
+#[test]
+fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
+    let lab = CheckLab::new("vipown", "dsr", "backend");
+    let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
+    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "del"));
+    std::thread::sleep(detection_limit() * 2);
+    assert!(
+        lab.all_rings_hold(&everyone),
+        "target = \"backend\" checks the backend's own address, which still answers: {:?}",
+        lab.rings()
+    );
+    // And the clients pay: b1's share of new connections black-holes.
+    let answers = lab.connect_all(10, Duration::from_millis(300));
+    let failed: usize = answers.iter().map(|(_, a)| failures(a).len()).sum();
+    println!("failed connections with target = \"backend\": {failed} of 40");
+    assert!(failed > 0, "{answers:?}");
+}
