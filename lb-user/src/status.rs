@@ -60,6 +60,10 @@ pub struct Snapshot {
     /// A graceful stop is under way (addresses withdrawn, draining).
     #[serde(default)]
     pub stopping: bool,
+    /// Health-check packets sent along the serving path (`steer_check`), by what was done
+    /// (`steered`, `encapsulated`, dropped with `no_path`...): never counted as clients'.
+    #[serde(default)]
+    pub check_packets: std::collections::BTreeMap<String, u64>,
     /// VIPs.
     pub vips: Vec<VipStatus>,
 }
@@ -122,6 +126,10 @@ pub struct BackendStatus {
     pub last_check_error: Option<String>,
     /// When the state last changed (Unix milliseconds).
     pub last_change_unix_ms: u64,
+    /// Where its checks go: `vip` (along the serving path) or `backend` (its own address);
+    /// `None` in snapshots of agents that only checked backends' own addresses.
+    #[serde(default)]
+    pub check_target: Option<crate::config::CheckTarget>,
     /// Its slots in the ring of [`VipStatus::ring`].
     #[serde(default)]
     pub slots: u32,

@@ -92,6 +92,8 @@ fn http_checks_follow_the_service_not_the_port() {
             reason,
             check_ms,
         } = sickness;
+        // Checks go through the VIP; after a failure the backend's own address is checked too.
+        let reason = &format!("{reason} via the vip; the backend's own address fails too");
         // Sick: out of the ring within fall × interval (+ a check's time).
         let sick = Instant::now();
         health[0].set(answer.clone());

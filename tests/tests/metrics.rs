@@ -418,7 +418,21 @@ fn metrics_endpoint_reflects_traffic_and_health() {
             value(&samples, "lb_backend_new_flows_total", &labels) > 0.0,
             "both backends got flows"
         );
+        for (target, expected) in [("vip", 1.0), ("backend", 0.0)] {
+            let labels = [labels[0], labels[1], ("target", target)];
+            assert_eq!(
+                value(&samples, "lb_backend_check_target", &labels),
+                expected,
+                "{address} checked through the vip"
+            );
+        }
     }
+    // Checks travel the serving path, counted apart from clients' packets.
+    assert!(value(&samples, "lb_check_packets_total", &[("action", "steered")]) > 0.0);
+    assert_eq!(
+        value(&samples, "lb_check_packets_total", &[("action", "no_path")]),
+        0.0
+    );
     assert_eq!(
         find(&samples, "lb_backend_up", &[]).len(),
         NAMES.len(),

@@ -24,7 +24,7 @@ use lb_user::datapath::Datapath;
 const PORT: u16 = 8080;
 const HTTP_PORT: u16 = 8090;
 const INTERVAL_MS: u64 = 200;
-const TIMEOUT_MS: u64 = 100;
+const TIMEOUT_MS: u64 = 50;
 const RISE: u64 = 2;
 const FALL: u64 = 3;
 /// Slack for scheduling on a loaded 2-core CI machine.
@@ -180,6 +180,18 @@ impl CheckLab {
         })
     }
 
+    /// `lb status --json`.
+    fn status_json(&self) -> serde_json::Value {
+        let output = std::process::Command::new(lb_tests::netns::agent::lb_binary())
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.files.state_dir)
+            .output()
+            .expect("lb status");
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("lb status --json: {e}: {}", String::from_utf8_lossy(&output.stderr))
+        })
+    }
+
     /// `n` connections to every VIP from the client, each given `timeout`.
     fn connect_all(&self, n: usize, timeout: Duration) -> Vec<(&'static str, Vec<Result<String, String>>)> {
         self.vips
@@ -302,6 +314,20 @@ fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
     );
     let answers = lab.connect_all(20, Duration::from_secs(2));
     assert_served_without(&answers, 0);
+    // `lb status` says where checks go and why b1 is down; checks are counted apart.
+    let status = lab.status_json();
+    let b1 = lab.lan.host(2).ip.to_string();
+    let tcp4 = &status["vips"].as_array().expect("vips")[0];
+    let backend = tcp4["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["address"] == b1.as_str())
+        .expect("b1");
+    assert_eq!(backend["check_target"], "vip", "{backend}");
+    assert_eq!(backend["state"], "down", "{backend}");
+    let check_packets = &status["agent"]["check_packets"];
+    assert!(check_packets["steered"].as_u64() > Some(0), "{check_packets}");
 
     // The VIPs back on its loopback: b1 serves again.
     let restored = Instant::now();
@@ -321,15 +347,18 @@ fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
     let without_b2: BTreeSet<usize> = [0].into();
 
-    let broken = Instant::now();
     let decap = lab.decaps[1].take().expect("b2's decap");
     let status = decap.stop(Signal::SIGTERM);
     assert!(status.success(), "lb decap exit: {status}");
+    // From its exit on, b2 drops the tunnel.
+    let broken = Instant::now();
     let detected = lab.wait_rings(&without_b2, broken, "b2 never left the rings");
     println!("b2 out of every ring after {detected:?} (limit {:?})", detection_limit());
     assert!(detected <= detection_limit(), "detected after {detected:?}");
     let answers = lab.connect_all(20, Duration::from_secs(2));
     assert_served_without(&answers, 1);
+    let check_packets = &lab.status_json()["agent"]["check_packets"];
+    assert!(check_packets["encapsulated"].as_u64() > Some(0), "{check_packets}");
 
     let restored = Instant::now();
     lab.decaps[1] = Some(start_decap(&lab.lan, &lab.files, 1, 2));
@@ -356,6 +385,9 @@ fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
         "target = \"backend\" checks the backend's own address, which still answers: {:?}",
         lab.rings()
     );
+    let status = lab.status_json();
+    let backend = &status["vips"][0]["backends"][0];
+    assert_eq!(backend["check_target"], "backend", "{backend}");
     // And the clients pay: b1's share of new connections black-holes.
     let answers = lab.connect_all(10, Duration::from_millis(300));
     let failed: usize = answers.iter().map(|(_, a)| failures(a).len()).sum();

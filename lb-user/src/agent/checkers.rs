@@ -8,7 +8,10 @@ use std::{
     sync::{Arc, Weak},
 };
 
-use lb_common::maps::{ForwardMode, VipKey};
+use lb_common::{
+    check_path::CheckCounter,
+    maps::{ForwardMode, VipKey},
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -243,6 +246,14 @@ impl Checkers {
         self.next_first_check
     }
 
+    /// What `steer_check` did with the checks' packets (nothing without a check interface).
+    pub fn check_packets(&self) -> Vec<(CheckCounter, u64)> {
+        self.paths
+            .as_ref()
+            .map(|paths| paths.counts())
+            .unwrap_or_default()
+    }
+
     /// Probes running.
     pub fn probes(&self) -> usize {
         self.probes
@@ -259,7 +270,7 @@ mod tests {
 
     fn backend(address: &str, interval_ms: u64) -> BackendConfig {
         let text = format!(
-            "interface = \"eth0\"\n[health]\ninterval = \"{interval_ms}ms\"\ntimeout = \"50ms\"\nport = 9\n\
+            "interface = \"eth0\"\n[health]\ninterval = \"{interval_ms}ms\"\ntimeout = \"50ms\"\nport = 9\ntarget = \"backend\"\n\
              [[vip]]\nname = \"v\"\naddress = \"10.0.0.1\"\nport = 80\n[[vip.backend]]\naddress = \"{address}\"\n"
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).expect("config");

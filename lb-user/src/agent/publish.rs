@@ -15,6 +15,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use lb_common::check_path::CheckCounter;
 use tokio::time::Instant;
 
 use super::{target::serving_state, weights::configured_units, Agent};
@@ -27,7 +28,7 @@ use crate::{
 
 impl Agent {
     /// The snapshot of what the agent knows at `now`.
-    fn snapshot(&self, now: Instant) -> Snapshot {
+    fn snapshot(&self, now: Instant, check_packets: &[(CheckCounter, u64)]) -> Snapshot {
         Snapshot {
             pid: std::process::id(),
             updated_unix_ms: status::now_unix_ms(),
@@ -37,6 +38,10 @@ impl Agent {
             program_id: self.attached.program_id,
             announce: self.announcer.as_ref().map(|a| a.owner()),
             stopping: self.stopping,
+            check_packets: check_packets
+                .iter()
+                .map(|(counter, count)| (counter.name().to_owned(), *count))
+                .collect(),
             vips: self
                 .vips
                 .values()
@@ -78,6 +83,7 @@ impl Agent {
                                 .map(|r| r.latency.as_micros() as u64),
                             last_check_error: b.last.as_ref().and_then(|r| r.error.clone()),
                             last_change_unix_ms: b.last_change_unix_ms,
+                            check_target: Some(b.config.health.target),
                             slots: vip
                                 .ring
                                 .as_ref()
@@ -98,7 +104,8 @@ impl Agent {
                 backend.observe(now);
             }
         }
-        let snapshot = self.snapshot(now);
+        let check_packets = self.checkers.check_packets();
+        let snapshot = self.snapshot(now, &check_packets);
         let records = Records {
             created_unix_ms: self.records.created_unix_ms,
             backends: self
@@ -122,6 +129,7 @@ impl Agent {
         self.records.backends.clear();
         self.publisher.publish(Publication { snapshot, records });
         if let Some(m) = &self.metrics {
+            m.check_packets_counted(&check_packets);
             m.backends_observed(self.vips.values().flat_map(|vip| {
                 vip.backends.iter().map(|b| {
                     (
@@ -129,6 +137,7 @@ impl Agent {
                         b.id,
                         crate::metrics::BackendRecordView {
                             admin: b.admin,
+                            check_target: b.config.health.target,
                             effective_weight: configured_units(b.facts(now).weight),
                             failures: b.availability.failures,
                             up_seconds: b.availability.up_ms as f64 / 1000.0,
@@ -319,6 +328,7 @@ mod tests {
             program_id: None,
             announce: None,
             stopping: false,
+            check_packets: Default::default(),
             vips: Vec::new(),
         }
     }

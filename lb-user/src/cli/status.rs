@@ -54,6 +54,9 @@ pub struct AgentStatus {
     pub config: String,
     /// When the snapshot was written (Unix ms).
     pub updated_unix_ms: u64,
+    /// Health checks' packets sent along the serving path, by what was done (`steered`,
+    /// `encapsulated`, or why dropped): apart from every client counter.
+    pub check_packets: BTreeMap<String, u64>,
 }
 
 /// One VIP's status.
@@ -105,6 +108,8 @@ pub struct BackendStatusReport {
     pub last_check_latency_us: Option<u64>,
     /// Its error.
     pub last_check_error: Option<String>,
+    /// Where its checks go: `vip` (along the serving path) or `backend` (its own address).
+    pub check_target: Option<crate::config::CheckTarget>,
     /// Seconds since the state last changed.
     pub since_change_seconds: Option<f64>,
     /// `ready`, `drain` or `maint` (`lb backend ...`; `ready` without a snapshot).
@@ -232,6 +237,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                     last_check_ok: snap.and_then(|s| s.last_check_ok),
                     last_check_latency_us: snap.and_then(|s| s.last_check_latency_us),
                     last_check_error: snap.and_then(|s| s.last_check_error.clone()),
+                    check_target: snap.and_then(|s| s.check_target),
                     since_change_seconds: snap
                         .map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
                     admin: snap.map(|s| s.admin).unwrap_or_default(),
@@ -268,6 +274,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
         stopping: s.stopping,
         config: s.config.display().to_string(),
         updated_unix_ms: s.updated_unix_ms,
+        check_packets: s.check_packets.clone(),
     });
     Ok(Status {
         attached: view.attached,
@@ -391,9 +398,12 @@ pub fn format_status(status: &Status) -> String {
                 b.last_check_latency_us,
                 &b.last_check_error,
             ) {
-                (Some(true), Some(us), _) => {
-                    format!("ok in {}", human_duration(Duration::from_micros(us)))
-                }
+                (Some(true), Some(us), _) => format!(
+                    "ok in {}{}",
+                    human_duration(Duration::from_micros(us)),
+                    b.check_target
+                        .map_or(String::new(), |t| format!(" ({})", t.name()))
+                ),
                 (Some(false), _, Some(error)) => format!("failed: {error}"),
                 _ => "-".to_owned(),
             };
@@ -442,6 +452,7 @@ mod tests {
                 stopping: false,
                 config: "/etc/lb/lb.toml".into(),
                 updated_unix_ms: 0,
+                check_packets: BTreeMap::new(),
             }),
             vips: servable
                 .iter()

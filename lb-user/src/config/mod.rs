@@ -270,7 +270,10 @@ pub struct HealthSettings {
 }
 
 /// Where a backend's health checks go (`health.target`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum CheckTarget {
     /// To the VIP's address, sent to the backend the way clients' packets are (DSR or tunnel):
     /// a backend that does not serve the VIP fails.

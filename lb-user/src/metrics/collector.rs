@@ -15,8 +15,27 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
-use super::{lock, BackendLabels, BackendRecordView, BackendView, Topology, VipView};
-use crate::{admin::AdminState, counters::CounterReading, datapath::Datapath, error::Chain};
+use super::{
+    lock, BackendLabels, BackendRecordView, BackendView, CheckPackets, Topology, VipView,
+};
+use crate::{
+    admin::AdminState, config::CheckTarget, counters::CounterReading, datapath::Datapath,
+    error::Chain,
+};
+
+/// Labels of `lb_backend_check_target`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    vip: String,
+    backend: String,
+    target: &'static str,
+}
+
+/// Labels of `lb_check_packets`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
 
 /// Labels of `lb_backend_admin_state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +54,8 @@ pub(super) struct DatapathCollector {
     pub datapath: Mutex<Option<Datapath>>,
     /// The VIPs and backends the agent programmed.
     pub topology: Topology,
+    /// Health checks' packets, as the agent last published them.
+    pub check_packets: CheckPackets,
 }
 
 impl std::fmt::Debug for DatapathCollector {
@@ -212,6 +233,34 @@ impl Collector for DatapathCollector {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "backend_check_target",
+            "1 for where the backend's health checks go (vip: to the VIP, along the serving path; \
+             backend: to its own address), 0 for the other.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, record) in records() {
+            for target in [CheckTarget::Vip, CheckTarget::Backend] {
+                let labels = TargetLabels {
+                    vip: labels.vip.clone(),
+                    backend: labels.backend.clone(),
+                    target: target.name(),
+                };
+                ConstGauge::new(i64::from(record.check_target == target))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let check_packets = lock(&self.check_packets).clone();
+        counters(
+            &mut encoder,
+            "check_packets",
+            "Health checks' packets sent along the serving path by what was done (steered: MACs \
+             rewritten, DSR; encapsulated: tunnel; the others: dropped). Never counted as clients'.",
+            check_packets
+                .into_iter()
+                .map(|(action, count)| (ActionLabels { action }, count)),
+        )?;
         let mut family = encoder.encode_descriptor(
             "backend_effective_weight",
             "The weight the backend gets now, in configured units: lower during slow start, 0 \

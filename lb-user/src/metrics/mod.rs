@@ -61,8 +61,9 @@ use prometheus_client::{
 use self::collector::DatapathCollector;
 use crate::{
     admin::AdminState,
-    config::{Config, LiveConfig},
+    config::{CheckTarget, Config, LiveConfig},
 };
+use lb_common::check_path::CheckCounter;
 
 /// Content type of the OpenMetrics text format (what `prometheus-client` encodes).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -104,6 +105,8 @@ pub(super) struct BackendView {
 pub struct BackendRecordView {
     /// `ready`, `drain` or `maint`.
     pub admin: AdminState,
+    /// Where its checks go.
+    pub check_target: CheckTarget,
     /// The weight it gets now, in configured units.
     pub effective_weight: f64,
     /// Up → down transitions.
@@ -125,6 +128,9 @@ pub(super) struct VipView {
     pub fingerprint: u64,
 }
 
+/// What `steer_check` did with health checks' packets, as last published, by action.
+pub(super) type CheckPackets = Arc<Mutex<Vec<(&'static str, u64)>>>;
+
 /// VIPs by id: what the agent programmed, shared with the collector.
 pub(super) type Topology = Arc<Mutex<BTreeMap<u32, VipView>>>;
 
@@ -139,6 +145,7 @@ pub struct Metrics {
     registry: Registry,
     address: SocketAddr,
     topology: Topology,
+    check_packets: CheckPackets,
     check_duration: Family<BackendLabels, Histogram>,
     ring_rebuilds: Family<VipLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -223,15 +230,18 @@ impl Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        let check_packets = CheckPackets::default();
         registry.register_collector(Box::new(DatapathCollector {
             state_dir,
             datapath: Mutex::new(None),
             topology: topology.clone(),
+            check_packets: check_packets.clone(),
         }));
         Self {
             registry,
             address,
             topology,
+            check_packets,
             check_duration,
             ring_rebuilds,
             reloads,
@@ -340,6 +350,14 @@ impl Metrics {
                 backend.record = record;
             }
         }
+    }
+
+    /// Hook (`publish`): what `steer_check` did with health checks' packets so far.
+    pub fn check_packets_counted(&self, counts: &[(CheckCounter, u64)]) {
+        *lock(&self.check_packets) = counts
+            .iter()
+            .map(|(counter, count)| (counter.name(), *count))
+            .collect();
     }
 
     /// Hook (`update_announcements`): whether VIP `id` is announced now.

@@ -122,7 +122,7 @@ fn vip(v: usize) -> IpAddr {
 fn config(files: &AgentFiles, vips: usize, pool: Pool, added: bool) -> String {
     let mut text = format!(
         "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\ntable_size = {TABLE_SIZE}\n\n\
-         [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\n",
+         [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\ntarget = \"backend\"\n",
         files.state_dir.display()
     );
     for v in 0..vips {

@@ -70,7 +70,7 @@ fn switched(v: usize) -> IpAddr {
 fn config(files: &AgentFiles) -> String {
     let mut text = format!(
         "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = {CONNTRACK_SIZE}\ntable_size = {TABLE_SIZE}\n\n\
-         [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3\n",
+         [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3\ntarget = \"backend\"\n",
         files.state_dir.display()
     );
     for v in 0..VIPS {
