@@ -41,9 +41,8 @@ pub fn check_counts(stats: &PerCpuArray<MapData, u64>) -> Result<Vec<(CheckCount
 }
 
 impl Datapath {
-    /// Loads `steer_check` and attaches it to the egress of `interface` (tcx); the link lasts
-    /// as long as this datapath or the interface.
-    pub fn attach_check_steering(&mut self, interface: &str) -> Result<()> {
+    /// `steer_check`, loaded into the kernel on first use (running the verifier).
+    pub fn check_steering_program(&mut self) -> Result<&mut SchedClassifier> {
         let program_error = |action, source| DatapathError::Program {
             program: STEER_CHECK,
             action,
@@ -65,9 +64,19 @@ impl Datapath {
                 .load()
                 .map_err(|source| program_error("load", source))?;
         }
-        program
+        Ok(program)
+    }
+
+    /// Loads `steer_check` and attaches it to the egress of `interface` (tcx); the link lasts
+    /// as long as this datapath or the interface.
+    pub fn attach_check_steering(&mut self, interface: &str) -> Result<()> {
+        self.check_steering_program()?
             .attach(interface, TcAttachType::Egress)
-            .map_err(|source| program_error("attach", source))?;
+            .map_err(|source| DatapathError::Program {
+                program: STEER_CHECK,
+                action: "attach",
+                source,
+            })?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub enum DatapathError {
         source: EbpfError,
     },
     /// A program failed to load (verifier) or attach.
-    #[error("XDP program `{program}`: {action} failed")]
+    #[error("BPF program `{program}`: {action} failed")]
     Program {
         /// Program name.
         program: &'static str,
