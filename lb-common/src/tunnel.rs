@@ -112,8 +112,13 @@ mod tests {
 
     #[test]
     fn the_outer_ipv4_header_checks_out() {
-        let header = outer_ipv4(0x10, 60, true, 4, [192, 0, 2, 1], [10, 0, 0, 2]).bytes().concat();
-        assert_eq!(&header[..12], &[0x45, 0x10, 0, 80, 0, 0, 0x40, 0, 64, 4, header[10], header[11]]);
+        let header = outer_ipv4(0x10, 60, true, 4, [192, 0, 2, 1], [10, 0, 0, 2])
+            .bytes()
+            .concat();
+        assert_eq!(
+            &header[..12],
+            &[0x45, 0x10, 0, 80, 0, 0, 0x40, 0, 64, 4, header[10], header[11]]
+        );
         assert_eq!(&header[12..], &[192, 0, 2, 1, 10, 0, 0, 2]);
         // A header with its checksum sums to 0xffff.
         let sum: u32 = header

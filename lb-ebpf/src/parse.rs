@@ -20,8 +20,8 @@ use network_types::{
 
 use crate::{
     net::{
-        ethernet, flow_key_of_words, ptr_at, ETH_P_IP, ETH_P_IPV6, ICMPV6_ERRORS, ICMP_ERRORS, ICMP_HEADER_LEN,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_EXTENSION_HEADERS,
+        ethernet, flow_key_of_words, ptr_at, ETH_P_IP, ETH_P_IPV6, ICMPV6_ERRORS, ICMP_ERRORS,
+        ICMP_HEADER_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_EXTENSION_HEADERS,
     },
     verdict::Unhandled,
 };

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::stats::{Counter, DropReason, PassReason};
 
 use crate::{
-    balance, decap, steer,
+    balance, decap,
     forward::{self, Egress},
-    maps, parse, stats,
+    maps, parse, stats, steer,
     verdict::Unhandled,
 };
 

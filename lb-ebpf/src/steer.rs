@@ -135,7 +135,9 @@ fn load<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u32; N], Chec
     }
     let words = start as *const u32;
     // SAFETY: the check above put all N words inside the packet's linear data.
-    Ok(core::array::from_fn(|i| unsafe { words.add(i).read_unaligned() }))
+    Ok(core::array::from_fn(|i| unsafe {
+        words.add(i).read_unaligned()
+    }))
 }
 
 /// Checks are TCP (HTTP runs over TCP); anything else is hashed as UDP would be.

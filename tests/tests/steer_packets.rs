@@ -15,7 +15,9 @@ use lb_common::{
 };
 use lb_tests::packet::{
     frames::{self, ip, Frame, LB_MAC},
-    lab::{backend_mac, verdict, PacketLab, MTU, TEST_RUN_IFINDEX, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6},
+    lab::{
+        backend_mac, verdict, PacketLab, MTU, TEST_RUN_IFINDEX, TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6,
+    },
 };
 use lb_user::datapath::{check_counts, CheckMaps, Datapath};
 
@@ -123,10 +125,20 @@ fn a_check_leaves_exactly_as_the_datapath_sends_a_clients_packet() {
                     } else {
                         TUNNEL_SOURCE_V6
                     });
-                    frames::tunnel(&check.build(), backend_mac(id), source, backend, &check.flow_key())
+                    frames::tunnel(
+                        &check.build(),
+                        backend_mac(id),
+                        source,
+                        backend,
+                        &check.flow_key(),
+                    )
                 }
             };
-            assert_eq!(out, expected, "{}: the frame steered to {backend}", case.vip);
+            assert_eq!(
+                out, expected,
+                "{}: the frame steered to {backend}",
+                case.vip
+            );
             frames::verify_checksums(&out);
 
             // The datapath, given the same packet from a client, with only this backend in the
@@ -134,7 +146,11 @@ fn a_check_leaves_exactly_as_the_datapath_sends_a_clients_packet() {
             lab.set_ring(vip_id, &[id]);
             let (xdp, forwarded) = lab.run(&check.clone().to_mac(LB_MAC).build()).expect("run");
             assert_eq!(xdp, verdict::TX, "{}: the datapath forwards", case.vip);
-            assert_eq!(out, forwarded, "{}: check and client packets to {backend}", case.vip);
+            assert_eq!(
+                out, forwarded,
+                "{}: check and client packets to {backend}",
+                case.vip
+            );
         }
     }
     assert!(count(&maps, CheckCounter::Steered) > 0);
@@ -150,7 +166,11 @@ fn packets_that_are_not_checks_or_have_no_path_are_dropped_and_counted() {
         .build();
     // No mark (or another one): not a check's.
     for mark in [0, 0x4c43_0006, 6] {
-        assert_eq!(steer(&mut lab.datapath, &frame, mark).0, SHOT, "mark {mark:#x}");
+        assert_eq!(
+            steer(&mut lab.datapath, &frame, mark).0,
+            SHOT,
+            "mark {mark:#x}"
+        );
     }
     assert_eq!(count(&maps, CheckCounter::NotCheck), 3);
     // A check whose path is not written yet.

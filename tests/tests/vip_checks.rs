@@ -175,9 +175,9 @@ impl CheckLab {
 
     fn all_rings_hold(&self, members: &BTreeSet<usize>) -> bool {
         let rings = self.rings();
-        self.vips.iter().all(|vip| {
-            rings.get(&vip.address.parse::<IpAddr>().expect("vip")) == Some(members)
-        })
+        self.vips
+            .iter()
+            .all(|vip| rings.get(&vip.address.parse::<IpAddr>().expect("vip")) == Some(members))
     }
 
     /// `lb status --json`.
@@ -188,12 +188,19 @@ impl CheckLab {
             .output()
             .expect("lb status");
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!("lb status --json: {e}: {}", String::from_utf8_lossy(&output.stderr))
+            panic!(
+                "lb status --json: {e}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
         })
     }
 
     /// `n` connections to every VIP from the client, each given `timeout`.
-    fn connect_all(&self, n: usize, timeout: Duration) -> Vec<(&'static str, Vec<Result<String, String>>)> {
+    fn connect_all(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(&'static str, Vec<Result<String, String>>)> {
         self.vips
             .iter()
             .map(|vip| {
@@ -206,7 +213,11 @@ impl CheckLab {
     /// Waits until `members` alone serve every VIP; how long that took from `since`.
     fn wait_rings(&self, members: &BTreeSet<usize>, since: Instant, what: &str) -> Duration {
         wait_until(Duration::from_secs(5), || self.all_rings_hold(members)).unwrap_or_else(|| {
-            panic!("{what}: rings {:?}\n{}", self.rings(), self.files.log_text())
+            panic!(
+                "{what}: rings {:?}\n{}",
+                self.rings(),
+                self.files.log_text()
+            )
         });
         since.elapsed()
     }
@@ -259,7 +270,8 @@ fn config_text(
             vip.name, vip.address
         );
         if vip.http {
-            text += &format!("health = {{ type = \"http\", port = {HTTP_PORT}, path = \"/ready\" }}\n");
+            text +=
+                &format!("health = {{ type = \"http\", port = {HTTP_PORT}, path = \"/ready\" }}\n");
         }
         for i in 0..BACKENDS {
             text += &format!(
@@ -303,9 +315,15 @@ fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
 
     // The classic DSR misconfiguration: b1 rebuilt without the VIPs on its loopback.
     let broken = Instant::now();
-    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "del"));
+    lab.lan
+        .host(2)
+        .ns
+        .ip_batch(&vip_addresses(&lab.vips, "del"));
     let detected = lab.wait_rings(&without_b1, broken, "b1 never left the rings");
-    println!("b1 out of every ring after {detected:?} (limit {:?})", detection_limit());
+    println!(
+        "b1 out of every ring after {detected:?} (limit {:?})",
+        detection_limit()
+    );
     assert!(detected <= detection_limit(), "detected after {detected:?}");
     let log = lab.files.log_text();
     assert!(
@@ -327,11 +345,17 @@ fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
     assert_eq!(backend["check_target"], "vip", "{backend}");
     assert_eq!(backend["state"], "down", "{backend}");
     let check_packets = &status["agent"]["check_packets"];
-    assert!(check_packets["steered"].as_u64() > Some(0), "{check_packets}");
+    assert!(
+        check_packets["steered"].as_u64() > Some(0),
+        "{check_packets}"
+    );
 
     // The VIPs back on its loopback: b1 serves again.
     let restored = Instant::now();
-    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "add"));
+    lab.lan
+        .host(2)
+        .ns
+        .ip_batch(&vip_addresses(&lab.vips, "add"));
     let back = lab.wait_rings(&everyone, restored, "b1 never came back");
     println!("b1 back after {back:?}");
     assert!(back <= recovery_limit(), "back after {back:?}");
@@ -353,12 +377,18 @@ fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
     // From its exit on, b2 drops the tunnel.
     let broken = Instant::now();
     let detected = lab.wait_rings(&without_b2, broken, "b2 never left the rings");
-    println!("b2 out of every ring after {detected:?} (limit {:?})", detection_limit());
+    println!(
+        "b2 out of every ring after {detected:?} (limit {:?})",
+        detection_limit()
+    );
     assert!(detected <= detection_limit(), "detected after {detected:?}");
     let answers = lab.connect_all(20, Duration::from_secs(2));
     assert_served_without(&answers, 1);
     let check_packets = &lab.status_json()["agent"]["check_packets"];
-    assert!(check_packets["encapsulated"].as_u64() > Some(0), "{check_packets}");
+    assert!(
+        check_packets["encapsulated"].as_u64() > Some(0),
+        "{check_packets}"
+    );
 
     let restored = Instant::now();
     lab.decaps[1] = Some(start_decap(&lab.lan, &lab.files, 1, 2));
@@ -378,7 +408,10 @@ fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
 fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
     let lab = CheckLab::new("vipown", "dsr", "backend");
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
-    lab.lan.host(2).ns.ip_batch(&vip_addresses(&lab.vips, "del"));
+    lab.lan
+        .host(2)
+        .ns
+        .ip_batch(&vip_addresses(&lab.vips, "del"));
     std::thread::sleep(detection_limit() * 2);
     assert!(
         lab.all_rings_hold(&everyone),

@@ -230,8 +230,8 @@ impl Agent {
         let Some(announcer) = self.announcer.as_ref() else {
             return;
         };
-        let withdrawing = self.stopping
-            || announcer.would_withdraw(&wanted(servability(&self.vips).into_iter()));
+        let withdrawing =
+            self.stopping || announcer.would_withdraw(&wanted(servability(&self.vips)));
         if withdrawing {
             self.publish();
             self.publisher.wait();

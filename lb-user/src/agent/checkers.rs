@@ -287,8 +287,10 @@ mod tests {
         let a = checkers.start((&vips[0], ForwardMode::Dsr), 1, &same);
         let b = checkers.start((&vips[1], ForwardMode::Dsr), 2, &same);
         assert_eq!(checkers.probes(), 1, "one probe for two VIPs' backend");
-        let other_interval = checkers.start((&vips[2], ForwardMode::Dsr), 3, &backend("127.0.0.1", 500));
-        let other_address = checkers.start((&vips[2], ForwardMode::Dsr), 4, &backend("127.0.0.2", 1000));
+        let other_interval =
+            checkers.start((&vips[2], ForwardMode::Dsr), 3, &backend("127.0.0.1", 500));
+        let other_address =
+            checkers.start((&vips[2], ForwardMode::Dsr), 4, &backend("127.0.0.2", 1000));
         assert_eq!(checkers.probes(), 3);
         assert_ne!(a.token, b.token);
         drop(a);
@@ -352,7 +354,13 @@ mod tests {
         let vip = VipKey::new("10.0.0.1".parse().unwrap(), 80, Protocol::Tcp);
         let before = checkers.last_first_check();
         let held: Vec<Checker> = (1..=10)
-            .map(|i| checkers.start((&vip, ForwardMode::Dsr), i, &backend(&format!("127.0.0.{i}"), 60_000)))
+            .map(|i| {
+                checkers.start(
+                    (&vip, ForwardMode::Dsr),
+                    i,
+                    &backend(&format!("127.0.0.{i}"), 60_000),
+                )
+            })
             .collect();
         let paced = checkers.last_first_check();
         assert!(

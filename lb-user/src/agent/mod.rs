@@ -552,9 +552,12 @@ async fn set_up_vip_checks(
     match crate::check_paths::set_up(datapath, neighbours).await {
         Ok((paths, interface)) => Ok((Some(paths), Some(interface))),
         Err(error) => {
-            let checked_through_vip = config.live.vips.iter().flat_map(|vip| &vip.backends).find(
-                |backend| backend.health.target == crate::config::CheckTarget::Vip,
-            );
+            let checked_through_vip = config
+                .live
+                .vips
+                .iter()
+                .flat_map(|vip| &vip.backends)
+                .find(|backend| backend.health.target == crate::config::CheckTarget::Vip);
             match checked_through_vip {
                 Some(backend) => Err(error.context(format!(
                     "backend {} is checked through its vip (health.target = \"vip\", the \

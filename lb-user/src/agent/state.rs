@@ -328,7 +328,7 @@ mod tests {
                         &mut ids,
                         checkers,
                         &Records::default(),
-                        (&key, &vip),
+                        (&key, vip),
                         b.clone(),
                         added,
                     )

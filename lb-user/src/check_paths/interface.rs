@@ -66,7 +66,11 @@ impl CheckInterface {
         interface
             .handle
             .link()
-            .add(LinkVeth::new(CHECK_INTERFACE, CHECK_PEER).arp(false).build())
+            .add(
+                LinkVeth::new(CHECK_INTERFACE, CHECK_PEER)
+                    .arp(false)
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| InterfaceError::Request("creating the check interface", e))?;
@@ -167,7 +171,9 @@ impl CheckInterface {
 
 /// Whether `rule` sends checks to the check table.
 fn is_ours(rule: &RuleMessage) -> bool {
-    let mark = rule.attributes.iter().any(|a| *a == RuleAttribute::FwMark(CHECK_MARK_TAG));
-    let table = rule.attributes.iter().any(|a| *a == RuleAttribute::Table(CHECK_TABLE));
+    let mark = rule
+        .attributes
+        .contains(&RuleAttribute::FwMark(CHECK_MARK_TAG));
+    let table = rule.attributes.contains(&RuleAttribute::Table(CHECK_TABLE));
     mark && table
 }

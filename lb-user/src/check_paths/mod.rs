@@ -124,9 +124,8 @@ impl CheckPaths {
         let cached = {
             let inner = self.inner();
             inner.known.get(&route.slot).and_then(|known| {
-                let fresh = known.route == *route
-                    && !resolve
-                    && known.resolved.elapsed() < ROUTE_LIFETIME;
+                let fresh =
+                    known.route == *route && !resolve && known.resolved.elapsed() < ROUTE_LIFETIME;
                 fresh.then_some((known.hop, known.source))
             })
         };

@@ -47,12 +47,12 @@ pub(super) fn jittered(interval: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::config::{CheckTarget, HealthSettings};
-    use std::net::SocketAddr;
     use crate::health::{Probe, ProbeSpec};
     use crate::{
         config::HttpCheck,
         health::test_servers::{free_port, serve_and_close, status, HttpServer},
     };
+    use std::net::SocketAddr;
     use tokio::net::{TcpListener, TcpSocket};
     use tokio::{sync::mpsc, time::Instant};
 
@@ -75,7 +75,7 @@ mod tests {
             port,
             check,
             slow_start: Duration::ZERO,
-        target: CheckTarget::Backend,
+            target: CheckTarget::Backend,
         }
     }
 

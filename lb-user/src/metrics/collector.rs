@@ -15,9 +15,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
-use super::{
-    lock, BackendLabels, BackendRecordView, BackendView, CheckPackets, Topology, VipView,
-};
+use super::{lock, BackendLabels, BackendRecordView, BackendView, CheckPackets, Topology, VipView};
 use crate::{
     admin::AdminState, config::CheckTarget, counters::CounterReading, datapath::Datapath,
     error::Chain,
