@@ -1,7 +1,7 @@
 //! The entry points. Each reads as the table of contents of its path.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT},
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -78,7 +78,7 @@ pub fn steer_check(ctx: TcContext) -> i32 {
         }
         Err(counter) => {
             stats::count_check(counter);
-            TC_ACT_SHOT as i32
+            steer::DROPPED
         }
     }
 }

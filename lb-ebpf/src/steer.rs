@@ -27,6 +27,8 @@ use crate::{
 
 /// `TC_ACT_REDIRECT`, what `bpf_redirect` returns on success.
 const REDIRECTED: i32 = 7;
+/// `TC_ACT_SHOT`: the packet is dropped. (The bindings' type differs between targets.)
+pub const DROPPED: i32 = 2;
 
 /// The inner packet's facts the outer header copies.
 struct Inner {

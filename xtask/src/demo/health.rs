@@ -57,6 +57,8 @@ pub(super) fn narrate(lab: &Lab, failures: &mut Vec<String>) -> Result<()> {
     println!("/healthz answers 200 again: 2 good checks later b1 is back in the ring.");
     std::thread::sleep(Duration::from_millis(250));
 
+    lost_vip(lab, failures)?;
+
     header("c3. drain b3 at run time: lb backend drain --vip web --backend 10.99.0.13");
     println!("Maintenance without editing the file: a drained backend keeps the connections it");
     println!("has (connection tracking) and gets no new ones; `lb backend enable` undoes it. The");
@@ -76,6 +78,58 @@ pub(super) fn narrate(lab: &Lab, failures: &mut Vec<String>) -> Result<()> {
     }
     let said = backend_command(lab, "enable", "10.99.0.13")?;
     println!("    {said}");
+    std::thread::sleep(Duration::from_millis(250));
+    Ok(())
+}
+
+/// c2b: a backend loses the VIP from its loopback. Its own address still answers, so a check of
+/// it would pass; lb's checks go to the VIP the way clients' packets do, and fail.
+fn lost_vip(lab: &Lab, failures: &mut Vec<String>) -> Result<()> {
+    header("c2b. b2 loses the VIP from its loopback (a rebuilt backend): its own address answers");
+    println!("Clients' packets for the VIP reach b2 and are dropped. lb's checks go to the VIP,");
+    println!("steered to each backend as clients' packets are, so b2 fails them; the log says");
+    println!("its own address still answers: not a dead service, a VIP not served.");
+    let b2 = lab.host_ns("b2")?;
+    let mark = lab.log_len();
+    let t = Instant::now();
+    b2.try_ip(&format!("addr del {VIP}/32 dev lo"))?;
+    match lab.wait_log(
+        "backend 10.99.0.12 of vip web: Up -> Down",
+        mark,
+        Duration::from_secs(10),
+    ) {
+        Ok(line) => {
+            println!(
+                "b2 taken out after {:.2}s; the agent logged:",
+                t.elapsed().as_secs_f64()
+            );
+            println!("    {line}");
+            if !line.contains("the backend's own address answers") {
+                failures.push(format!("c2b. the log does not say why: {line}"));
+            }
+        }
+        Err(error) => {
+            failures.push(format!("c2b. b2 was never taken out: {error:#}"));
+            return Ok(());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let lost = [true, false, true];
+    println!("200 connections: b2 gets none, and none fails.");
+    let tally = Tally::collect(lab.host_ns("client")?, 200)?;
+    tally.print(lost);
+    tally.check("c2b", lost, failures);
+    let mark = lab.log_len();
+    b2.try_ip(&format!("addr add {VIP}/32 dev lo"))?;
+    if let Err(error) = lab.wait_log(
+        "backend 10.99.0.12 of vip web: Down -> Up",
+        mark,
+        Duration::from_secs(10),
+    ) {
+        failures.push(format!("c2b. b2 never came back: {error:#}"));
+        return Ok(());
+    }
+    println!("the VIP back on b2's loopback: 2 good checks later b2 is back in the ring.");
     std::thread::sleep(Duration::from_millis(250));
     Ok(())
 }
