@@ -370,6 +370,10 @@ impl Agent {
             let mut writes = Vec::new();
             for (key, vip) in self.vips.iter_mut().filter(|(key, _)| wanted.contains(key)) {
                 let facts = vip.backend_facts(now);
+                let held = target::held_by_own_address(&facts).len();
+                if held != std::mem::replace(&mut vip.held, held) {
+                    log_held(&vip.config.name, held);
+                }
                 match target::vip_target(&vip.facts(table_size), &facts, &mut self.rings) {
                     Ok((target, shared)) => {
                         writes.push(apply::VipWrites {
@@ -535,6 +539,25 @@ impl Agent {
     /// The configuration file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Logs that VIP `vip` keeps `held` backends although none passes its checks through the VIP.
+fn log_held(vip: &str, held: usize) {
+    if held == 0 {
+        tracing::info!(
+            vip,
+            "vip {vip}: no backend is kept on its own address's answers any more"
+        );
+    } else {
+        tracing::error!(
+            vip,
+            held,
+            "vip {vip}: no backend passes its checks through the vip, but {held} answer at their own \
+             address: they keep serving it. Suspect this host's check path (a reverse-path filter \
+             or firewall dropping answers from the vip; docs/DEPLOY.md, \"How checks reach the \
+             backends\") before the backends"
+        );
     }
 }
 

@@ -114,7 +114,10 @@ impl Agent {
             wanted.extend(
                 vip.backends
                     .iter()
-                    .filter(|b| b.next_hop.is_none() && (b.health == Health::Up || fail_open))
+                    .filter(|b| {
+                        b.next_hop.is_none()
+                            && (b.health == Health::Up || fail_open || b.answers_at_own_address())
+                    })
                     .map(|b| (*key, b.id, b.address(), on_link)),
             );
         }

@@ -137,6 +137,7 @@ impl Agent {
                     backends,
                     written,
                     ring: None,
+                    held: 0,
                 },
             );
             keys.push(key);

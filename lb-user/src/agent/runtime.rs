@@ -70,7 +70,17 @@ impl BackendRuntime {
             maintenance: self.admin == AdminState::Maint,
             health: self.health,
             next_hop: self.next_hop,
+            answers_at_own_address: self.answers_at_own_address(),
         }
+    }
+
+    /// Down because its checks through the VIP fail while its own address answers them.
+    pub fn answers_at_own_address(&self) -> bool {
+        self.health == Health::Down
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|r| r.own_address_answers == Some(true))
     }
 
     /// Counts the time since the last call into its availability.
@@ -96,6 +106,9 @@ pub struct VipRuntime {
     pub written: Written,
     /// The ring this agent swapped in for it, if it knows its map.
     pub ring: Option<SwappedRing>,
+    /// How many of its backends it keeps although down, none being up: they fail through the
+    /// VIP but answer at their own addresses (see `target::held_by_own_address`).
+    pub held: usize,
 }
 
 /// What the agent keeps of a ring it swapped into `RINGS` (see `crate::status::RingStatus`):

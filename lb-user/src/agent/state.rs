@@ -344,6 +344,7 @@ mod tests {
                     backends,
                     written,
                     ring: None,
+                    held: 0,
                 },
             );
         }
@@ -379,6 +380,7 @@ mod tests {
                 latency: Duration::from_millis(2),
                 error: None,
                 passed: None,
+                own_address_answers: None,
             },
             transition: (from != health).then(|| Transition {
                 from,

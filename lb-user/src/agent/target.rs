@@ -29,6 +29,8 @@ pub struct BackendFacts {
     pub health: Health,
     /// Where its packets go, once resolved.
     pub next_hop: Option<NextHop>,
+    /// Down because its checks through the VIP fail while its own address answers them.
+    pub answers_at_own_address: bool,
 }
 
 /// What the target of one VIP depends on, besides its backends.
@@ -94,9 +96,29 @@ pub fn backend_entry(vip: u32, backend: &BackendFacts) -> Backend {
     }
 }
 
-/// The ring of a VIP: its up backends by weight; with none up and `on_all_down = "fail-open"`,
-/// every backend with a weight and a next hop; `NO_BACKEND` everywhere when empty. Built once
-/// per shape in `rings`.
+/// The backends of a VIP none of whose backends is up that fail their checks through the VIP
+/// while their own addresses answer (with a weight and a next hop). That every backend of a VIP
+/// stopped serving it at once is less likely than a fault of this host's check path (a
+/// reverse-path filter dropping the answers, say: the backends look fine from here): they keep
+/// the VIP, which would otherwise have no backend.
+pub fn held_by_own_address<'a>(backends: &'a [BackendFacts]) -> Vec<&'a BackendFacts> {
+    if backends
+        .iter()
+        .any(|b| datapath_state(b) == BackendState::Up)
+    {
+        return Vec::new();
+    }
+    backends
+        .iter()
+        .filter(|b| {
+            b.answers_at_own_address && !b.maintenance && b.weight > 0 && b.next_hop.is_some()
+        })
+        .collect()
+}
+
+/// The ring of a VIP: its up backends by weight; with none up, those
+/// [`held_by_own_address`], else with `on_all_down = "fail-open"` every backend with a weight
+/// and a next hop; `NO_BACKEND` everywhere when empty. Built once per shape in `rings`.
 pub fn ring(
     vip: &VipFacts<'_>,
     backends: &[BackendFacts],
@@ -106,6 +128,9 @@ pub fn ring(
         .iter()
         .filter(|b| datapath_state(b) == BackendState::Up)
         .collect();
+    if members.is_empty() {
+        members = held_by_own_address(backends);
+    }
     if members.is_empty() && vip.on_all_down == OnAllDown::FailOpen {
         members = backends
             .iter()
@@ -165,6 +190,7 @@ mod tests {
             maintenance: false,
             health,
             next_hop: hop(),
+            answers_at_own_address: false,
         }
     }
 
@@ -249,6 +275,24 @@ mod tests {
         assert!(dropped.iter().all(|slot| *slot == NO_BACKEND));
         let open = ring_of(OnAllDown::FailOpen, &backends);
         assert!(open.iter().all(|slot| *slot == 0), "weighted backends only");
+    }
+
+    #[test]
+    fn with_none_up_backends_answering_at_their_own_address_keep_the_vip() {
+        let answering = BackendFacts {
+            answers_at_own_address: true,
+            ..facts(0, Health::Down, 1)
+        };
+        let dead = facts(1, Health::Down, 1);
+        let held = ring_of(OnAllDown::Drop, &[answering, dead]);
+        assert!(held.iter().all(|slot| *slot == 0), "the answering one only");
+        assert_eq!(held_by_own_address(&[answering, dead]).len(), 1);
+        // One backend up: it alone serves; the others are out, whatever their own address says.
+        let up = facts(2, Health::Up, 1);
+        assert!(ring_of(OnAllDown::Drop, &[answering, up])
+            .iter()
+            .all(|slot| *slot == 2));
+        assert!(held_by_own_address(&[answering, up]).is_empty());
     }
 
     #[test]

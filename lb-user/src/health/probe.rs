@@ -167,9 +167,10 @@ struct Checker {
 
 impl Checker {
     /// One check. Along the serving path, the path is prepared first (resolved again after a
-    /// failure), and a failure after a failure is told apart: the backend's own address is
-    /// checked at the same time, and the error says whether it answers.
-    async fn check(&self, last_failed: bool) -> CheckResult {
+    /// failure), and a failure is told apart: after a failure the backend's own address is
+    /// checked at the same time (on a first check, after it), and the error says whether it
+    /// answers.
+    async fn check(&self, first: bool, last_failed: bool) -> CheckResult {
         let ProbeSpec {
             addr,
             kind,
@@ -193,13 +194,18 @@ impl Checker {
             source: steering.source,
         };
         let own = Dial::direct(SocketAddr::new(route.backend, addr.port()));
-        let (mut result, own) = if last_failed {
+        let (mut result, mut own_answers) = if last_failed {
             let (result, own) =
                 tokio::join!(check(dial, kind, *timeout), check(own, kind, *timeout));
             (result, Some(own.ok))
         } else {
             (check(dial, kind, *timeout).await, None)
         };
+        if !result.ok && first && own_answers.is_none() {
+            own_answers = Some(check(own, kind, *timeout).await.ok);
+        }
+        result.own_address_answers = own_answers.filter(|_| !result.ok);
+        let own = own_answers;
         if let Some(error) = &mut result.error {
             error.push_str(" via the vip");
             match own {
@@ -228,7 +234,7 @@ async fn run<K: Clone + Send + 'static>(
     loop {
         let start = Instant::now();
         let result = tokio::select! {
-            result = checker.check(last_failed) => result,
+            result = checker.check(first, last_failed) => result,
             _ = events.closed() => return,
         };
         last_failed = !result.ok;

@@ -40,6 +40,9 @@ pub struct CheckResult {
     pub error: Option<String>,
     /// What passed, e.g. `"connected"` or `"HTTP 200"`; `None` if it failed.
     pub passed: Option<String>,
+    /// A failed check through the VIP: whether the backend's own address answered the same
+    /// check (`None`: not asked).
+    pub own_address_answers: Option<bool>,
 }
 
 impl CheckResult {
@@ -55,6 +58,7 @@ impl CheckResult {
             latency,
             error: None,
             passed: Some(what.into()),
+            own_address_answers: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl CheckResult {
             latency,
             error: Some(error.into()),
             passed: None,
+            own_address_answers: None,
         }
     }
 
@@ -75,6 +80,7 @@ impl CheckResult {
             latency,
             error,
             passed,
+            ..
         } = self;
         if *ok {
             let what = passed.as_deref().unwrap_or("passed");
