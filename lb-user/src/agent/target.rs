@@ -101,7 +101,7 @@ pub fn backend_entry(vip: u32, backend: &BackendFacts) -> Backend {
 /// stopped serving it at once is less likely than a fault of this host's check path (a
 /// reverse-path filter dropping the answers, say: the backends look fine from here): they keep
 /// the VIP, which would otherwise have no backend.
-pub fn held_by_own_address<'a>(backends: &'a [BackendFacts]) -> Vec<&'a BackendFacts> {
+pub fn held_by_own_address(backends: &[BackendFacts]) -> Vec<&BackendFacts> {
     if backends
         .iter()
         .any(|b| datapath_state(b) == BackendState::Up)
