@@ -102,7 +102,8 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
     tally.check("a", all_up, &mut failures);
 
     header("b. b2 fails: its server is stopped");
-    println!("Nothing tells lb; it notices because its health checks to 10.99.0.12:{PORT} fail.");
+    println!("Nothing tells lb; it notices because its health checks of b2 fail (they go to the");
+    println!("VIP, steered to b2 as clients' packets are, and b2's own address is tried too).");
     println!("After 3 failed checks in a row (checks are 500 ms apart, so 1 to 1.5 s) b2 leaves");
     println!(
         "the ring: the agent builds a new ring without it and swaps it in with one map update."
