@@ -1,5 +1,6 @@
 //! The agent's control plane as it grows: V VIPs × 16 backends (the same 16 addresses behind
-//! every VIP, as when one pool serves many services), TCP checks every second with `rise = 1`
+//! every VIP, as when one pool serves many services), TCP checks of the backends' own addresses
+//! (`target = "backend"`, the checks that can be shared) every second with `rise = 1`
 //! and a 500 ms timeout, rings of 65537 slots, for V = 10, 100 and 1000 (the documented
 //! maximum is 1024); and 1000 VIPs whose 16,000 backends are all distinct, so every check is
 //! a probe of its own. Needs root and `cargo build --release -p lb-user` first (see `--help`).
@@ -365,7 +366,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
         "The real agent (`lb run`, release build) with V VIPs x 16 backends: the same 16 \
          addresses (on one backend host's loopback, one listener that accepts and closes) behind \
          every VIP, or (all distinct) 16 of its own behind each VIP, so that every backend is a \
-         probe of its own; TCP checks every 1 s with rise = 1 and a 500 ms timeout, rings of 65537 slots. \
+         probe of its own; TCP checks of the backends' own addresses (target = \"backend\": only those can be shared) every 1 s with rise = 1 and a 500 ms timeout, rings of 65537 slots. \
          All up: from starting the agent to every backend up in the pinned BACKENDS (polled every \
          50 ms). CPU: the agent's user + system time over 10 s of steady checking, as a share of \
          one core and per check (V x 16 checks a second), and the share of it spent in the \
