@@ -1,8 +1,8 @@
 //! Health checks along the serving path: a backend is up only if it answers on the VIP, reached
 //! the way clients' packets reach it. Real namespaces, the real agent, real backends: a DSR
 //! backend that loses the VIP from its loopback, and a tunnel backend whose `lb decap` stops,
-//! leave every ring within `fall × interval` + 250 ms, TCP and HTTP checks, IPv4 and IPv6 (and
-//! a mixed-family tunnel); new connections then never meet them, and the log says why. With
+//! leave every ring within `fall × interval` + 250 ms, TCP and HTTP checks, IPv4 and IPv6, an
+//! all-ports VIP (checked on its health port) and a mixed-family tunnel; new connections then never meet them, and the log says why. With
 //! `health.target = "backend"` the same faults go unnoticed (today's checks of the backends' own
 //! addresses), and clients' connections black-hole.
 
@@ -40,6 +40,14 @@ struct LabVip {
     http: bool,
     v6_backends: bool,
 }
+
+/// An all-ports VIP (port 0): its checks go to the health port.
+const ALL_PORTS: LabVip = LabVip {
+    name: "any4",
+    address: "10.79.0.103",
+    http: false,
+    v6_backends: false,
+};
 
 const VIPS: [LabVip; 4] = [
     LabVip {
@@ -92,6 +100,7 @@ impl CheckLab {
         let tunnel = forward == "tunnel";
         let lan = Lan::new(tag, &["client", "lb", "b1", "b2"]);
         let mut vips: Vec<&'static LabVip> = VIPS.iter().collect();
+        vips.push(&ALL_PORTS);
         if tunnel {
             vips.push(&MIXED);
             lan.set_mtu(&[1, 2, 3], TUNNEL_MTU);
@@ -265,10 +274,14 @@ fn config_text(
         files.state_dir.display()
     );
     for vip in vips {
+        let port = if vip.name == ALL_PORTS.name { 0 } else { PORT };
         text += &format!(
-            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {PORT}\nforward = \"{forward}\"\n",
+            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {port}\nforward = \"{forward}\"\n",
             vip.name, vip.address
         );
+        if port == 0 {
+            text += &format!("health = {{ port = {PORT} }}\n");
+        }
         if vip.http {
             text +=
                 &format!("health = {{ type = \"http\", port = {HTTP_PORT}, path = \"/ready\" }}\n");
@@ -299,6 +312,13 @@ fn assert_served_without(answers: &[(&str, Vec<Result<String, String>>)], i: usi
     }
 }
 
+/// The tests measure detection times: one lab at a time, so they do not share the two cores.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn detection_limit() -> Duration {
     Duration::from_millis(FALL * INTERVAL_MS + BOUND_MS)
 }
@@ -309,6 +329,7 @@ fn recovery_limit() -> Duration {
 
 #[test]
 fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
+    let _serial = one_at_a_time();
     let lab = CheckLab::new("vipdsr", "dsr", "vip");
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
     let without_b1: BTreeSet<usize> = [1].into();
@@ -367,6 +388,7 @@ fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
 
 #[test]
 fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
+    let _serial = one_at_a_time();
     let mut lab = CheckLab::new("viptun", "tunnel", "vip");
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
     let without_b2: BTreeSet<usize> = [0].into();
@@ -406,6 +428,7 @@ fn a_tunnel_backend_whose_decap_stops_leaves_every_ring() {
 
 #[test]
 fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
+    let _serial = one_at_a_time();
     let lab = CheckLab::new("vipown", "dsr", "backend");
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
     lab.lan
@@ -430,6 +453,7 @@ fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
 
 #[test]
 fn when_every_backend_fails_through_the_vip_but_answers_at_its_own_address_they_keep_serving() {
+    let _serial = one_at_a_time();
     // This host's strict reverse-path filter drops every answer from an IPv4 VIP (it has no
     // route back to one): a fault of the check path, not of the backends, as an agent upgraded
     // from checks of the backends' own addresses could meet. Clients' packets, which XDP
