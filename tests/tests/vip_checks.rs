@@ -334,6 +334,25 @@ fn a_dsr_backend_without_the_vip_on_its_loopback_leaves_every_ring() {
     let everyone: BTreeSet<usize> = (0..BACKENDS).collect();
     let without_b1: BTreeSet<usize> = [1].into();
 
+    // Checks have run, through the VIPs; no client has: the VIPs' and backends' counters,
+    // which count clients' packets, are still zero.
+    std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
+    let output = std::process::Command::new(lb_tests::netns::agent::lb_binary())
+        .args(["stats", "--json", "--state-dir"])
+        .arg(&lab.files.state_dir)
+        .output()
+        .expect("lb stats");
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats json");
+    for vip in stats["vips"].as_array().expect("vips") {
+        assert_eq!(vip["packets"], 0, "{vip}");
+        assert_eq!(vip["new_flows"], 0, "{vip}");
+        for backend in vip["backends"].as_array().expect("backends") {
+            assert_eq!(backend["packets"], 0, "{backend}");
+        }
+    }
+    let steered = lab.status_json()["agent"]["check_packets"]["steered"].as_u64();
+    assert!(steered > Some(0), "checks counted apart: {steered:?}");
+
     // The classic DSR misconfiguration: b1 rebuilt without the VIPs on its loopback.
     let broken = Instant::now();
     lab.lan
@@ -507,5 +526,90 @@ fn when_every_backend_fails_through_the_vip_but_answers_at_its_own_address_they_
         wait_until(Duration::from_secs(5), all_up).is_some(),
         "every backend up again: {}",
         lab.status_json()
+    );
+}
+
+#[test]
+fn in_two_arms_checks_leave_by_the_backends_interface() {
+    let _serial = one_at_a_time();
+    // Clients reach lb's eth0 on the LAN; each backend is reached through an arm of its own
+    // (lb's eth1 and eth2, subnets 10.81.1.0/24 and 10.81.2.0/24): clients' packets leave by
+    // XDP_REDIRECT, checks by the check program's redirect, both out of the backend's arm.
+    let lan = Lan::new("viparms", &["client", "lb", "b1", "b2"]);
+    let lb = &lan.host(1).ns;
+    let vip = "10.79.0.100";
+    let mut servers = Vec::new();
+    let mut pass = Vec::new();
+    for i in 0..BACKENDS {
+        let backend = &lan.host(2 + i).ns;
+        let arm = format!("eth{}", i + 1);
+        lb.add_veth(&arm, backend, "eth1");
+        lb.ip_batch(&[
+            format!("addr add 10.81.{}.1/24 dev {arm}", i + 1),
+            format!("link set {arm} up"),
+        ]);
+        backend.ip_batch(&[
+            format!("addr add 10.81.{}.2/24 dev eth1", i + 1),
+            "link set eth1 up".to_owned(),
+            format!("addr add {vip}/32 dev lo"),
+        ]);
+        // A veth delivers what XDP redirects only to a peer running an XDP program.
+        pass.push(backend.run(|| lb_tests::netns::pass_on(&["eth1".to_owned()])));
+        servers.push(NameServer::start(backend, PORT, &format!("b{}", i + 1)));
+    }
+    lan.host(0)
+        .ns
+        .ip(&format!("route add {vip}/32 via {}", lan.host(1).ip));
+    let files = AgentFiles::new("viparms");
+    let mut config = format!(
+        "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
+         [health]\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = {RISE}\nfall = {FALL}\n\n\
+         [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = {PORT}\nforward = \"dsr\"\n",
+        files.state_dir.display()
+    );
+    for i in 0..BACKENDS {
+        config += &format!("  [[vip.backend]]\n  address = \"10.81.{}.2\"\n", i + 1);
+    }
+    files.write_config(&config);
+    let _agent = AgentProcess::start(lb, &files, false);
+    assert!(
+        files.wait_log("datapath attached", 1, Duration::from_secs(15)),
+        "{}",
+        files.log_text()
+    );
+    let address = SocketAddr::new(vip.parse().expect("vip"), PORT);
+    let served = |n| ask(&lan.host(0).ns, address, n, Duration::from_secs(2));
+    let answers = served(20);
+    assert!(
+        failures(&answers).is_empty(),
+        "{answers:?}\n{}",
+        files.log_text()
+    );
+    for name in ["b1", "b2"] {
+        assert!(
+            answers.iter().any(|a| a.as_deref() == Ok(name)),
+            "{name}: {answers:?}"
+        );
+    }
+    // b2 loses the VIP: out within fall × interval, through its arm.
+    let broken = Instant::now();
+    lan.host(3).ns.ip(&format!("addr del {vip}/32 dev lo"));
+    assert!(
+        files.wait_log(
+            "backend 10.81.2.2 of vip web: Up -> Down",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        files.log_text()
+    );
+    let detected = broken.elapsed();
+    println!("b2 down after {detected:?} (limit {:?})", detection_limit());
+    assert!(detected <= detection_limit(), "detected after {detected:?}");
+    let answers = served(20);
+    assert!(failures(&answers).is_empty(), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok("b1")),
+        "{answers:?}"
     );
 }
