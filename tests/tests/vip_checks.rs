@@ -466,8 +466,16 @@ fn checks_of_backends_own_addresses_miss_a_vip_not_served() {
     // And the clients pay: b1's share of new connections black-holes.
     let answers = lab.connect_all(10, Duration::from_millis(300));
     let failed: usize = answers.iter().map(|(_, a)| failures(a).len()).sum();
-    println!("failed connections with target = \"backend\": {failed} of 40");
+    println!("failed connections with target = \"backend\": {failed} of 50");
     assert!(failed > 0, "{answers:?}");
+
+    // A reload to checks through the VIP sets up their path and takes b1 out.
+    lab.files
+        .write_config(&config_text(&lab.lan, &lab.files, &lab.vips, "dsr", "vip"));
+    let without_b1: BTreeSet<usize> = [1].into();
+    lab.wait_rings(&without_b1, Instant::now(), "b1 stayed after the reload");
+    let answers = lab.connect_all(20, Duration::from_secs(2));
+    assert_served_without(&answers, 0);
 }
 
 #[test]

@@ -246,6 +246,12 @@ impl Checkers {
         self.next_first_check
     }
 
+    /// Gives checks through the VIP their paths (once set up, on a reload that first needs
+    /// them).
+    pub fn set_paths(&mut self, paths: Arc<CheckPaths>) {
+        self.paths = Some(paths);
+    }
+
     /// What `steer_check` did with the checks' packets (nothing without a check interface).
     pub fn check_packets(&self) -> Vec<(CheckCounter, u64)> {
         self.paths

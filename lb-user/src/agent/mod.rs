@@ -221,7 +221,7 @@ impl Agent {
         };
         let neighbour_snapshots = neighbours::spawn_neighbour_reader();
         let (check_paths, check_interface) =
-            set_up_vip_checks(&mut datapath, &config, neighbour_snapshots.clone()).await?;
+            set_up_vip_checks(&mut datapath, &config.live, neighbour_snapshots.clone()).await?;
         let (checkers, events) = Checkers::new(check_paths);
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
@@ -561,42 +561,35 @@ fn log_held(vip: &str, held: usize) {
     }
 }
 
-/// Sets up checks along the serving path. If that fails, a configuration none of whose
-/// backends is checked through its VIP runs on (with a warning); one that has such backends
-/// does not start.
-async fn set_up_vip_checks(
+/// Where checks through the VIP are routed, when the configuration has such checks: the
+/// check paths and interface (`None`, `None` without such checks, so that an agent with none
+/// leaves the namespace's check interface alone). Fails naming a backend that needs them.
+pub(super) async fn set_up_vip_checks(
     datapath: &mut Datapath,
-    config: &Config,
+    live: &crate::config::LiveConfig,
     neighbours: tokio::sync::watch::Receiver<Arc<crate::nexthop::Snapshot>>,
 ) -> anyhow::Result<(
     Option<Arc<crate::check_paths::CheckPaths>>,
     Option<crate::check_paths::interface::CheckInterface>,
 )> {
-    match crate::check_paths::set_up(datapath, neighbours).await {
-        Ok((paths, interface)) => Ok((Some(paths), Some(interface))),
-        Err(error) => {
-            let checked_through_vip = config
-                .live
-                .vips
-                .iter()
-                .flat_map(|vip| &vip.backends)
-                .find(|backend| backend.health.target == crate::config::CheckTarget::Vip);
-            match checked_through_vip {
-                Some(backend) => Err(error.context(format!(
-                    "backend {} is checked through its vip (health.target = \"vip\", the \
-                     default); set health.target = \"backend\" to check backends' own addresses",
-                    backend.address
-                ))),
-                None => {
-                    tracing::warn!(
-                        "checks through the vip are unavailable (every backend has health.target = \"backend\"): {}",
-                        crate::error::Chain(&*error)
-                    );
-                    Ok((None, None))
-                }
-            }
-        }
-    }
+    let Some(backend) = live
+        .vips
+        .iter()
+        .flat_map(|vip| &vip.backends)
+        .find(|backend| backend.health.target == crate::config::CheckTarget::Vip)
+    else {
+        return Ok((None, None));
+    };
+    let (paths, interface) = crate::check_paths::set_up(datapath, neighbours)
+        .await
+        .with_context(|| {
+            format!(
+                "backend {} is checked through its vip (health.target = \"vip\", the default; \
+                 \"backend\" checks backends' own addresses)",
+                backend.address
+            )
+        })?;
+    Ok((Some(paths), Some(interface)))
 }
 
 /// Loads (or adopts, or migrates, or with `fresh_state` replaces) the datapath pinned in

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     config::{self, BackendConfig, Config, LiveConfig, VipConfig},
+    error::Chain,
     health::Health,
     records::{self, BackendRecord, Records},
     status,
@@ -61,6 +62,32 @@ impl Agent {
                 m.reloaded(true, &self.live)
             } // metrics hook
             return;
+        }
+        if self.check_interface.is_none() {
+            let set_up = super::set_up_vip_checks(
+                &mut self.datapath,
+                &live,
+                self.neighbour_snapshots.clone(),
+            )
+            .await;
+            match set_up {
+                Ok((paths, interface)) => {
+                    if let Some(paths) = paths {
+                        self.checkers.set_paths(paths);
+                    }
+                    self.check_interface = interface;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        "reload ({why}) rejected, still running the previous configuration: {}",
+                        Chain(&*error)
+                    );
+                    if let Some(m) = &self.metrics {
+                        m.reloaded(false, &self.live)
+                    } // metrics hook
+                    return;
+                }
+            }
         }
         let applied = self.apply_config(live).await;
         if let Some(m) = &self.metrics {
