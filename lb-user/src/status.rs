@@ -130,6 +130,13 @@ pub struct BackendStatus {
     /// `None` in snapshots of agents that only checked backends' own addresses.
     #[serde(default)]
     pub check_target: Option<crate::config::CheckTarget>,
+    /// Why its effective weight is below its weight for response-time balancing, e.g.
+    /// `response time 40.0ms (fastest 2.0ms): weight x0.25`.
+    #[serde(default)]
+    pub weight_reason: Option<String>,
+    /// Its checks' average response time, microseconds (response-time VIPs).
+    #[serde(default)]
+    pub response_time_us: Option<u64>,
     /// Its slots in the ring of [`VipStatus::ring`].
     #[serde(default)]
     pub slots: u32,

@@ -50,6 +50,21 @@ impl Agent {
         self.sync_vips_logged(&ramping);
         self.publish();
     }
+
+    /// Weighs the backends of response-time VIPs by their response times (see
+    /// `response_time`); rebuilds the VIPs whose factors changed and logs each change.
+    pub(super) fn weigh_response_times(&mut self) {
+        let changes = self.vips.on_response_times();
+        if changes.is_empty() {
+            return;
+        }
+        let keys: Vec<_> = changes.iter().map(|(key, _)| *key).collect();
+        self.sync_vips_logged(&keys);
+        for (_, line) in &changes {
+            tracing::info!("{line}");
+        }
+        self.publish();
+    }
 }
 
 fn refused(message: String) -> ControlReply {

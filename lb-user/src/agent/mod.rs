@@ -26,6 +26,7 @@ mod neighbours;
 pub mod plan;
 mod publish;
 mod reload;
+mod response_time;
 pub mod rings;
 mod runtime;
 pub mod slow_start;
@@ -192,6 +193,9 @@ impl Agent {
         keep_datapath: bool,
         fresh_state: bool,
     ) -> anyhow::Result<Self> {
+        for warning in config.live.warnings() {
+            tracing::warn!("{warning}");
+        }
         let mut datapath = load_datapath(&config, fresh_state)?;
         let ifindex = interface::index(&config.fixed.interface)
             .context("set `interface` in the configuration")?;
@@ -483,6 +487,8 @@ impl Agent {
         let mut drained_at: Option<Instant> = None;
         let mut ramp_tick = tokio::time::interval(RAMP_STEP);
         ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut response_tick = tokio::time::interval(response_time::PERIOD);
+        response_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stop = tokio::select! {
                 Some(pending) = self.control.recv() => {
@@ -496,6 +502,10 @@ impl Agent {
                     if self.vips.is_ramping() {
                         self.step_ramps().await;
                     }
+                    false
+                }
+                _ = response_tick.tick() => {
+                    self.weigh_response_times();
                     false
                 }
                 Ok(()) = neighbour_snapshots.changed() => {

@@ -18,7 +18,7 @@ use std::{
 use lb_common::check_path::CheckCounter;
 use tokio::time::Instant;
 
-use super::{target::serving_state, weights::configured_units, Agent};
+use super::{response_time, target::serving_state, weights::configured_units, Agent};
 use crate::{
     datapath::AttachMode,
     error::Chain,
@@ -45,7 +45,8 @@ impl Agent {
             vips: self
                 .vips
                 .values()
-                .map(|vip| VipStatus {
+                .map(|vip| (vip, response_time::fastest(vip.response_averages())))
+                .map(|(vip, fastest)| VipStatus {
                     name: vip.config.name.clone(),
                     id: vip.id,
                     address: vip.config.address.to_string(),
@@ -84,6 +85,12 @@ impl Agent {
                             last_check_error: b.last.as_ref().and_then(|r| r.error.clone()),
                             last_change_unix_ms: b.last_change_unix_ms,
                             check_target: Some(b.config.health.target),
+                            weight_reason: b.response.reason(fastest),
+                            response_time_us: (vip.config.balance
+                                == crate::config::Balance::ResponseTime)
+                                .then_some(b.response.average)
+                                .flatten()
+                                .map(|average| average.as_micros() as u64),
                             slots: vip
                                 .ring
                                 .as_ref()

@@ -12,6 +12,7 @@ use super::{
     checkers::Checkers,
     ids::Ids,
     plan::plan_removal,
+    response_time::ResponseTime,
     runtime::{BackendRuntime, VipRuntime},
     slow_start::SlowStart,
     state::ConfigDiff,
@@ -88,6 +89,9 @@ impl Agent {
                     return;
                 }
             }
+        }
+        for warning in live.warnings() {
+            tracing::warn!("reload ({why}): {warning}");
         }
         let applied = self.apply_config(live).await;
         if let Some(m) = &self.metrics {
@@ -288,5 +292,6 @@ pub(super) fn start_backend(
         slow_start: SlowStart::new(slow_start),
         availability,
         observed_at: Instant::now(),
+        response: ResponseTime::default(),
     })
 }

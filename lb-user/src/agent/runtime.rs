@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::{
     checkers::Checker,
     plan::Written,
+    response_time::ResponseTime,
     rings::SharedRing,
     slow_start::{Ramp, SlowStart},
     target::{BackendFacts, VipFacts},
@@ -48,6 +49,8 @@ pub struct BackendRuntime {
     pub availability: Availability,
     /// Up to when `availability` counts.
     pub observed_at: Instant,
+    /// Its response time and the factor it gives its weight (`balance = "response-time"`).
+    pub response: ResponseTime,
 }
 
 impl BackendRuntime {
@@ -66,7 +69,11 @@ impl BackendRuntime {
         BackendFacts {
             id: self.id,
             address: self.config.address,
-            weight: ring_weight(self.config.weight, self.admin, self.ramp(now)),
+            weight: self.response.scale(ring_weight(
+                self.config.weight,
+                self.admin,
+                self.ramp(now),
+            )),
             maintenance: self.admin == AdminState::Maint,
             health: self.health,
             next_hop: self.next_hop,
@@ -158,6 +165,20 @@ impl VipRuntime {
     /// Its backends' facts at `now`, in configuration order.
     pub fn backend_facts(&self, now: Instant) -> Vec<BackendFacts> {
         self.backends.iter().map(|b| b.facts(now)).collect()
+    }
+
+    /// The average response time of each backend that counts for response-time balancing:
+    /// up, of a `balance = "response-time"` VIP (`None` for the others).
+    pub fn response_averages(&self) -> Vec<Option<std::time::Duration>> {
+        let weighed = self.config.balance == crate::config::Balance::ResponseTime;
+        self.backends
+            .iter()
+            .map(|b| {
+                (weighed && b.health == Health::Up)
+                    .then_some(b.response.average)
+                    .flatten()
+            })
+            .collect()
     }
 
     /// The backend with id `id`.

@@ -18,7 +18,7 @@ use std::{
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
 
-use super::{checkers::CheckerKey, runtime::VipRuntime, state_change::StateChange};
+use super::{checkers::CheckerKey, response_time, runtime::VipRuntime, state_change::StateChange};
 use crate::{
     admin::AdminState,
     config::{LiveConfig, VipConfig},
@@ -129,6 +129,9 @@ impl AgentState {
             .find(|b| b.id == key.backend && b.checker.token == key.token)?;
         backend.observe(now);
         let latency = result.latency;
+        if result.ok {
+            backend.response.observe(latency);
+        }
         backend.last = Some(result);
         let was = std::mem::replace(&mut backend.health, health);
         let mut checked = Checked {
@@ -253,6 +256,37 @@ impl AgentState {
             }
         }
         ramping
+    }
+
+    /// Sets the response-time factors of every response-time VIP's backends that are up (the
+    /// others keep their full weight, as do the backends of other VIPs): the VIPs whose factors
+    /// changed, one log line each (or more, one per backend changed).
+    pub fn on_response_times(&mut self) -> Vec<(VipKey, String)> {
+        let mut changes = Vec::new();
+        for (key, vip) in &mut self.vips {
+            let averages = vip.response_averages();
+            let fastest = response_time::fastest(averages.iter().copied());
+            let factors = response_time::factors(&averages);
+            for (backend, steps) in vip.backends.iter_mut().zip(factors) {
+                if backend.response.steps == steps {
+                    continue;
+                }
+                backend.response.steps = steps;
+                let why = backend
+                    .response
+                    .reason(fastest)
+                    .unwrap_or_else(|| "full weight".to_owned());
+                changes.push((
+                    *key,
+                    format!(
+                        "backend {} of vip {}: {why}",
+                        backend.address(),
+                        vip.config.name
+                    ),
+                ));
+            }
+        }
+        changes
     }
 
     /// How `new` differs from the running VIPs (`running`: the configuration in force): VIPs

@@ -248,6 +248,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.display(),
                 parsed.live.vips.len()
             );
+            for warning in parsed.live.warnings() {
+                println!("warning: {warning}");
+            }
             Ok(())
         }
         Command::XdpPass { interface } => {

@@ -110,6 +110,10 @@ pub struct BackendStatusReport {
     pub last_check_error: Option<String>,
     /// Where its checks go: `vip` (along the serving path) or `backend` (its own address).
     pub check_target: Option<crate::config::CheckTarget>,
+    /// Why its effective weight is lower (response-time balancing).
+    pub weight_reason: Option<String>,
+    /// Its checks' average response time in microseconds (response-time VIPs).
+    pub response_time_us: Option<u64>,
     /// Seconds since the state last changed.
     pub since_change_seconds: Option<f64>,
     /// `ready`, `drain` or `maint` (`lb backend ...`; `ready` without a snapshot).
@@ -238,6 +242,8 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                     last_check_latency_us: snap.and_then(|s| s.last_check_latency_us),
                     last_check_error: snap.and_then(|s| s.last_check_error.clone()),
                     check_target: snap.and_then(|s| s.check_target),
+                    weight_reason: snap.and_then(|s| s.weight_reason.clone()),
+                    response_time_us: snap.and_then(|s| s.response_time_us),
                     since_change_seconds: snap
                         .map(|s| now.saturating_sub(s.last_change_unix_ms) as f64 / 1000.0),
                     admin: snap.map(|s| s.admin).unwrap_or_default(),

@@ -202,6 +202,29 @@ impl OnAllDown {
     }
 }
 
+/// How a VIP spreads new flows over its backends (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// Maglev by the configured weights.
+    Maglev,
+    /// Maglev by the configured weights scaled by each backend's response time to its checks
+    /// (slower: fewer new flows, down to a quarter of its weight).
+    ResponseTime,
+}
+
+impl Balance {
+    /// Every choice, the default first.
+    pub const ALL: [Balance; 2] = [Balance::Maglev, Balance::ResponseTime];
+
+    /// Its name in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Balance::Maglev => "maglev",
+            Balance::ResponseTime => "response-time",
+        }
+    }
+}
+
 /// How a backend is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CheckKind {
@@ -308,11 +331,40 @@ pub struct VipConfig {
     pub forward: ForwardMode,
     /// What to do when no backend is up.
     pub on_all_down: OnAllDown,
+    /// How new flows are spread over the backends.
+    pub balance: Balance,
     /// Whether its address is announced while it is servable (always false without
     /// `[announce]`).
     pub announce: bool,
     /// The backends, in file order (at least one, distinct addresses).
     pub backends: Vec<BackendConfig>,
+}
+
+impl LiveConfig {
+    /// What is valid but likely a mistake, one line each: a load-aware DSR VIP announced by
+    /// routing, where several instances behind ECMP would choose different backends for one
+    /// new flow, and a flow that moves between instances (one dies) breaks.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.announce.is_none() {
+            return Vec::new();
+        }
+        self.vips
+            .iter()
+            .filter(|vip| {
+                vip.balance != Balance::Maglev && vip.forward == ForwardMode::Dsr && vip.announce
+            })
+            .map(|vip| {
+                format!(
+                    "vip {}: balance = \"{}\" with forward = \"dsr\" and [announce]: instances \
+                     behind ECMP weigh backends by what each sees, so they may send one new flow \
+                     to different backends, and a connection that moves to another instance \
+                     breaks (docs/REDUNDANCY.md)",
+                    vip.name,
+                    vip.balance.name()
+                )
+            })
+            .collect()
+    }
 }
 
 impl VipConfig {

@@ -49,7 +49,8 @@ choice!(
     AttachMode,
     lb_common::maps::Protocol,
     lb_common::maps::ForwardMode,
-    super::OnAllDown
+    super::OnAllDown,
+    super::Balance
 );
 
 /// The file being validated, for locating errors.

@@ -144,6 +144,7 @@ fn full_config() {
                     protocol: Protocol::Tcp,
                     forward: ForwardMode::Dsr,
                     on_all_down: OnAllDown::Drop,
+                    balance: Balance::Maglev,
                     announce: false,
                     backends: vec![
                         BackendConfig {
@@ -169,6 +170,7 @@ fn full_config() {
                     protocol: Protocol::Udp,
                     forward: ForwardMode::Tunnel,
                     on_all_down: OnAllDown::FailOpen,
+                    balance: Balance::Maglev,
                     announce: false,
                     backends: vec![BackendConfig {
                         address: ip("192.168.0.1"),
@@ -183,6 +185,7 @@ fn full_config() {
                     protocol: Protocol::Tcp,
                     forward: ForwardMode::Dsr,
                     on_all_down: OnAllDown::Drop,
+                    balance: Balance::Maglev,
                     announce: false,
                     backends: vec![BackendConfig {
                         address: ip("10.0.0.11"),
@@ -958,4 +961,38 @@ fn restart_only_changes_are_named_with_old_and_new_values() {
         ]
     );
     assert_ne!(base.live, changed.live, "table_size reloads");
+}
+
+#[test]
+fn a_load_aware_dsr_vip_announced_by_routing_is_warned_about() {
+    let text = |balance: &str, forward: &str, announce: &str| {
+        format!(
+            "interface = \"eth0\"\n{announce}\n[[vip]]\nname = \"web\"\naddress = \"10.0.0.1\"\n\
+             port = 80\nforward = \"{forward}\"\nbalance = \"{balance}\"\n\
+             [[vip.backend]]\naddress = \"10.0.0.11\"\n"
+        )
+    };
+    let warnings = |text: String| {
+        parse(std::path::Path::new("t.toml"), &text)
+            .expect("config")
+            .live
+            .warnings()
+    };
+    let warned = warnings(text("response-time", "dsr", "[announce]"));
+    assert_eq!(warned.len(), 1);
+    assert!(warned[0].starts_with("vip web: balance = \"response-time\" with forward = \"dsr\""));
+    assert!(warnings(text("maglev", "dsr", "[announce]")).is_empty());
+    assert!(warnings(text("response-time", "tunnel", "[announce]")).is_empty());
+    assert!(warnings(text("response-time", "dsr", "")).is_empty());
+    let error = parse(
+        std::path::Path::new("t.toml"),
+        &text("least-conn", "dsr", ""),
+    )
+    .expect_err("unknown balance");
+    assert!(
+        error
+            .to_string()
+            .contains("invalid balance \"least-conn\": expected one of maglev, response-time"),
+        "{error}"
+    );
 }

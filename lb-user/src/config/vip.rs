@@ -9,7 +9,7 @@ use super::{
     health::HealthLayer,
     raw::RawVip,
     resolve::{family, Ctx, Result},
-    BackendConfig, OnAllDown, VipConfig, DEFAULT_WEIGHT, MAX_WEIGHT,
+    BackendConfig, Balance, OnAllDown, VipConfig, DEFAULT_WEIGHT, MAX_WEIGHT,
 };
 
 /// What a VIP inherits from the top of the file.
@@ -94,6 +94,7 @@ impl Ctx<'_> {
         let forward: ForwardMode = self.choice(vip.forward.as_ref(), &format!("{path}.forward"))?;
         let on_all_down: OnAllDown =
             self.choice(vip.on_all_down.as_ref(), &format!("{path}.on_all_down"))?;
+        let balance: Balance = self.choice(vip.balance.as_ref(), &format!("{path}.balance"))?;
         let vip_health = match &vip.health {
             Some(health) => {
                 defaults
@@ -198,6 +199,7 @@ impl Ctx<'_> {
             protocol,
             forward,
             on_all_down,
+            balance,
             announce,
             backends,
         })

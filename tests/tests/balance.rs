@@ -1,0 +1,106 @@
+//! Load-aware balancing with the real agent: `balance = "response-time"` gives a backend that
+//! answers its checks slowly fewer new flows (its weight scaled down, to a quarter at most), says
+//! why in `lb status`, and gives it its share back once it is fast again.
+
+use std::{process::Command, time::Duration};
+
+use lb_tests::netns::{
+    agent::lb_binary,
+    connections::{count, failures},
+    dsr_lab::*,
+    servers::{HttpAnswer, HttpServer},
+};
+use serde_json::Value;
+
+const HEALTH_PORT: u16 = 8081;
+
+fn backend_status(lab: &AgentLab, i: usize) -> Value {
+    let output = Command::new(lb_binary())
+        .args(["status", "--json", "--state-dir"])
+        .arg(&lab.files.state_dir)
+        .output()
+        .expect("lb status");
+    let status: Value = serde_json::from_slice(&output.stdout).expect("lb status --json");
+    let address = lab.backend_ip(i).to_string();
+    status["vips"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["address"] == address.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {address} in {status}"))
+}
+
+#[test]
+fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
+    let lab = AgentLab::new("rtime");
+    let health: Vec<HttpServer> = (0..NAMES.len())
+        .map(|i| {
+            HttpServer::start(
+                &lab.lan.host(2 + i).ns,
+                HEALTH_PORT,
+                HttpAnswer::Status(200),
+            )
+        })
+        .collect();
+    let config = lab
+        .config_text_with_health(
+            &[1, 1, 1],
+            "",
+            &format!("type = \"http\"\nport = {HEALTH_PORT}\n"),
+            &lab.files.state_dir,
+        )
+        .replace(
+            "forward = \"dsr\"\n",
+            "forward = \"dsr\"\nbalance = \"response-time\"\n",
+        );
+    lab.files.write_config(&config);
+    let _agent = lab.start_agent(false);
+    assert!(
+        lab.wait_until(Duration::from_secs(5), || (0..3).all(|i| lab.in_ring(i)))
+            .is_some(),
+        "{}",
+        lab.files.log_text()
+    );
+
+    // b1's health endpoint answers after 30 ms, the others' at once: its weight falls to a
+    // quarter within a period or two (5 s each).
+    health[0].set(HttpAnswer::Slow(Duration::from_millis(30), 200));
+    let mut b1 = Value::Null;
+    let slowed = lab.wait_until(Duration::from_secs(15), || {
+        b1 = backend_status(&lab, 0);
+        b1["effective_weight"] == 0.25
+    });
+    assert!(slowed.is_some(), "b1: {b1}\n{}", lab.files.log_text());
+    let reason = b1["weight_reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.starts_with("response time 3"), "{reason}");
+    assert!(reason.ends_with("weight x0.25"), "{reason}");
+    assert!(
+        lab.files.log_text().contains(&format!(
+            "backend {} of vip web: response time",
+            lab.backend_ip(0)
+        )),
+        "{}",
+        lab.files.log_text()
+    );
+    assert_eq!(backend_status(&lab, 1)["effective_weight"], 1.0);
+    // A quarter of one weight against two full ones: 1/9 of the ring.
+    let answers = lab.connect(300);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    let share = count(&answers, "b1") as f64 / 300.0;
+    println!("b1's share of new connections while slow: {share:.3} (1/9 = 0.111)");
+    assert!(share < 0.2, "b1 got {share}");
+
+    // Fast again: its weight comes back.
+    health[0].set(HttpAnswer::Status(200));
+    let restored = lab.wait_until(Duration::from_secs(15), || {
+        b1 = backend_status(&lab, 0);
+        b1["effective_weight"] == 1.0
+    });
+    assert!(restored.is_some(), "b1: {b1}\n{}", lab.files.log_text());
+    assert_eq!(b1["weight_reason"], Value::Null);
+    let answers = lab.connect(300);
+    let share = count(&answers, "b1") as f64 / 300.0;
+    println!("b1's share of new connections once fast: {share:.3} (1/3)");
+    assert!(share > 0.2, "b1 got {share}");
+}
