@@ -435,6 +435,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn response_times_weigh_the_backends_of_response_time_vips_only() {
+        let (mut checkers, _events) = Checkers::new(None);
+        let config = config(
+            "[[vip]]\nname = \"rt\"\naddress = \"10.0.0.102\"\nport = 80\n\
+             balance = \"response-time\"\n\
+             [[vip.backend]]\naddress = \"10.0.0.21\"\n[[vip.backend]]\naddress = \"10.0.0.22\"\n",
+        );
+        let mut state = state(&config, &mut checkers, false);
+        let now = Instant::now();
+        let answered = |state: &mut AgentState, name: &str, index: usize, ms: u64| {
+            let from = backend(state, name, index).health;
+            let mut event = event(state, name, index, Health::Up, from);
+            event.result.latency = Duration::from_millis(ms);
+            state.on_health(event, now, SystemTime::now());
+        };
+        for name in ["web", "rt"] {
+            answered(&mut state, name, 0, 2);
+            answered(&mut state, name, 1, 40);
+        }
+        let changes = state.on_response_times();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].0, key(&state, "rt"));
+        assert_eq!(
+            changes[0].1,
+            "backend 10.0.0.22 of vip rt: response time 40.0ms (fastest 2.0ms): weight x0.25"
+        );
+        assert_eq!(backend(&state, "rt", 1).facts(now).weight, 25);
+        assert_eq!(backend(&state, "web", 1).facts(now).weight, 100, "maglev");
+        assert!(state.on_response_times().is_empty(), "nothing changed");
+
+        // Fast again: back to its full weight after a few checks.
+        for _ in 0..20 {
+            answered(&mut state, "rt", 1, 2);
+        }
+        let changes = state.on_response_times();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1, "backend 10.0.0.22 of vip rt: full weight");
+        assert_eq!(backend(&state, "rt", 1).facts(now).weight, 100);
+    }
+
+    #[tokio::test]
     async fn a_health_change_goes_to_its_vip_alone_and_a_recovery_ramps() {
         let (mut checkers, _events) = Checkers::new(None);
         let config = config("");
