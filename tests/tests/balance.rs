@@ -1,5 +1,5 @@
 //! Load-aware balancing with the real agent: `balance = "response-time"` gives a backend that
-//! answers its checks slowly fewer new flows (its weight scaled down, to a quarter at most), says
+//! answers its checks slowly (50 ms late) fewer new flows (its weight scaled down, to a quarter at most), says
 //! why in `lb status`, and gives it its share back once it is fast again.
 
 use std::{process::Command, time::Duration};
@@ -63,9 +63,9 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
         lab.files.log_text()
     );
 
-    // b1's health endpoint answers after 30 ms, the others' at once: its weight falls to a
+    // b1's health endpoint answers after 50 ms, the others' at once: its weight falls to a
     // quarter within a period or two (5 s each).
-    health[0].set(HttpAnswer::Slow(Duration::from_millis(30), 200));
+    health[0].set(HttpAnswer::Slow(Duration::from_millis(50), 200));
     let mut b1 = Value::Null;
     let slowed = lab.wait_until(Duration::from_secs(15), || {
         b1 = backend_status(&lab, 0);
@@ -73,7 +73,7 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
     });
     assert!(slowed.is_some(), "b1: {b1}\n{}", lab.files.log_text());
     let reason = b1["weight_reason"].as_str().unwrap_or_default().to_owned();
-    assert!(reason.starts_with("response time 3"), "{reason}");
+    assert!(reason.starts_with("response time 5"), "{reason}");
     assert!(reason.ends_with("weight x0.25"), "{reason}");
     assert!(
         lab.files.log_text().contains(&format!(

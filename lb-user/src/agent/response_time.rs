@@ -3,14 +3,19 @@
 //!
 //! - Each backend keeps a moving average of the latency of its successful checks
 //!   ([`ResponseTime::observe`]).
-//! - Every [`PERIOD`], a VIP's backends get a factor: the fastest average over theirs, bounded
-//!   to [1/4, 1] so that no backend is drained by a slow moment, in sixteenths so that noise
-//!   does not rebuild rings ([`factors`]). The ring weight is the weight times the factor.
+//! - Every [`PERIOD`], a VIP's backends get a factor: the fastest average over theirs, each
+//!   plus [`LATENCY_FLOOR`] (so that differences of a millisecond or two, noise on a LAN, count
+//!   for little), bounded to [1/4, 1] so that no backend is drained by a slow moment, in
+//!   sixteenths so that noise does not rebuild rings ([`factors`]). The ring weight is the
+//!   weight times the factor.
 
 use std::time::Duration;
 
 /// How often factors may change (and rings be rebuilt for them).
 pub const PERIOD: Duration = Duration::from_secs(5);
+/// Added to every average before comparing: 1 ms against 2 ms is not twice as slow for a
+/// client.
+pub const LATENCY_FLOOR: Duration = Duration::from_millis(10);
 /// The share of a new sample in the moving average (of about the last 5 checks).
 const SMOOTHING: f64 = 0.3;
 /// Factors are multiples of 1/`STEPS`...
@@ -76,15 +81,16 @@ pub fn fastest(averages: impl IntoIterator<Item = Option<Duration>>) -> Option<D
 }
 
 /// The factor of each backend (in sixteenths) from its average response time: the fastest
-/// average over its own, rounded to sixteenths, at least a quarter; a backend without an
-/// average (never answered) keeps its full weight.
+/// average over its own (both plus [`LATENCY_FLOOR`]), rounded to sixteenths, at least a
+/// quarter; a backend without an average (never answered) keeps its full weight.
 pub fn factors(averages: &[Option<Duration>]) -> Vec<u32> {
     let fastest = fastest(averages.iter().copied());
     averages
         .iter()
         .map(|average| match (fastest, average) {
-            (Some(fastest), Some(average)) if !average.is_zero() => {
-                let ratio = fastest.as_secs_f64() / average.as_secs_f64();
+            (Some(fastest), Some(average)) => {
+                let ratio = (fastest + LATENCY_FLOOR).as_secs_f64()
+                    / (*average + LATENCY_FLOOR).as_secs_f64();
                 ((ratio * f64::from(STEPS)).round() as u32).clamp(MIN_STEPS, STEPS)
             }
             _ => STEPS,
@@ -119,16 +125,22 @@ mod tests {
     #[test]
     fn factors_follow_the_fastest_bounded_to_a_quarter_in_sixteenths() {
         assert_eq!(factors(&[ms(2), ms(2), ms(2)]), [16, 16, 16]);
-        assert_eq!(factors(&[ms(2), ms(4), ms(2)]), [16, 8, 16]);
+        assert_eq!(
+            factors(&[ms(10), ms(30), ms(10)]),
+            [16, 8, 16],
+            "(10+10)/(30+10)"
+        );
         assert_eq!(
             factors(&[ms(2), ms(40), None]),
             [16, 4, 16],
             "bounded; unknown: full"
         );
+        assert_eq!(factors(&[ms(1), ms(2)]), [16, 15], "rounded to sixteenths");
+        let (one, a_little_more) = (Duration::from_micros(1000), Duration::from_micros(1230));
         assert_eq!(
-            factors(&[ms(10), ms(11)]),
-            [16, 15],
-            "rounded to sixteenths"
+            factors(&[Some(one), Some(a_little_more)]),
+            [16, 16],
+            "LAN noise changes nothing"
         );
         assert_eq!(factors(&[]), Vec::<u32>::new());
     }
