@@ -373,6 +373,17 @@ impl Occupancy {
     }
 }
 
+/// Whether a tracked flow of `stamp` is an active connection at `now`: established (lb saw a
+/// packet of it after its first), not closing (no FIN or RST from its client) and active within
+/// its timeout. What `active_flows` counts per backend: a flood of bare SYNs adds nothing, and
+/// a flow leaves the count when its client closes it, when it idles out or is evicted.
+pub fn is_active(stamp: u32, now: u32, timeouts: &IdleTimeouts) -> bool {
+    matches!(
+        FlowClass::of_stamp(stamp),
+        FlowClass::TcpEstablished | FlowClass::UdpEstablished
+    ) && timeouts.protects(stamp, now)
+}
+
 impl FlowSet {
     /// The way tracking `key` in this set, if it does.
     pub fn way_of(&self, key: &FlowKey) -> Option<usize> {

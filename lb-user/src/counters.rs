@@ -20,6 +20,8 @@ pub struct CounterReading {
     pub backends: Vec<(u32, BackendStats)>,
     /// The flow table's occupancy by class.
     pub flows: Occupancy,
+    /// Active connections by backend id.
+    pub active_flows: std::collections::HashMap<u32, u64>,
 }
 
 impl CounterReading {
@@ -39,7 +41,9 @@ impl CounterReading {
         for id in backends {
             reading.backends.push((id, datapath.backend_stats(id)?));
         }
-        reading.flows = datapath.flow_occupancy(FlowClock::read_or_assume().now())?;
+        let census = datapath.flow_census(FlowClock::read_or_assume().now())?;
+        reading.flows = census.occupancy;
+        reading.active_flows = census.active;
         Ok(reading)
     }
 
@@ -57,6 +61,11 @@ impl CounterReading {
             .iter()
             .find(|(v, _)| *v == id)
             .map_or_else(VipStats::default, |(_, stats)| *stats)
+    }
+
+    /// The active connections of backend `id` ([`lb_common::conntrack::is_active`]).
+    pub fn active_flows(&self, id: u32) -> u64 {
+        self.active_flows.get(&id).copied().unwrap_or(0)
     }
 
     /// The counters of backend `id` (zero if not read).

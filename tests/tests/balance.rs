@@ -104,3 +104,36 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
     println!("b1's share of new connections once fast: {share:.3} (1/3)");
     assert!(share > 0.2, "b1 got {share}");
 }
+
+#[test]
+fn active_flows_count_each_backends_open_connections() {
+    let lab = AgentLab::new("active");
+    lab.write_config(&[1, 1, 1], "");
+    let _agent = lab.start_agent(false);
+    let mut held = lab.hold(30);
+    // The greeting came from the backend, and the client's ACK of it made each flow
+    // established; one echo more makes sure lb saw a packet after the first.
+    lb_tests::netns::connections::assert_echo(&mut held, "hello");
+    let active = |i: usize| {
+        backend_status(&lab, i)["active_flows"]
+            .as_u64()
+            .expect("active")
+    };
+    for (i, name) in NAMES.iter().enumerate() {
+        let open = held.iter().filter(|h| h.backend == *name).count() as u64;
+        let counted = active(i);
+        println!("{name}: {open} open, {counted} active");
+        assert!(
+            counted.abs_diff(open) <= 2,
+            "{name}: {counted} active, {open} open"
+        );
+    }
+    // The clients close theirs: each FIN takes its flow off.
+    drop(held);
+    let closed = lab.wait_until(Duration::from_secs(5), || (0..3).all(|i| active(i) == 0));
+    assert!(
+        closed.is_some(),
+        "{:?}",
+        (0..3).map(active).collect::<Vec<_>>()
+    );
+}

@@ -116,7 +116,7 @@ fn flood_against_established(
     );
     assert_eq!(counter(&mut lab, Counter::ConntrackEvictedProtected), 0);
     let now = lb_user::datapath::FlowClock::read_or_assume().now();
-    let occupancy = lab.datapath.flow_occupancy(now).expect("occupancy");
+    let occupancy = lab.datapath.flow_census(now).expect("census").occupancy;
     println!(
         "after {FLOOD} new flows: {occupancy:?}, conntrack_full {}",
         counter(&mut lab, Counter::ConntrackFull)
@@ -230,7 +230,7 @@ fn idle_and_closed_flows_become_evictable_after_their_timeouts() {
     }
     assert!(timeouts.tcp_closing() < timeouts.tcp(), "{timeouts:?}");
     let now = lb_user::datapath::FlowClock::read_or_assume().now();
-    let occupancy = lab.datapath.flow_occupancy(now).expect("occupancy");
+    let occupancy = lab.datapath.flow_census(now).expect("census").occupancy;
     assert_eq!(
         (occupancy.established, occupancy.closing, occupancy.idle),
         (50, 51, 100)

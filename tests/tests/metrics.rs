@@ -438,6 +438,11 @@ fn metrics_endpoint_reflects_traffic_and_health() {
         NAMES.len(),
         "only configured backends are labelled"
     );
+    assert_eq!(
+        find(&samples, "lb_backend_active_flows", &[]).len(),
+        NAMES.len(),
+        "every backend's active connections"
+    );
     assert!(value(&samples, "lb_ring_rebuilds_total", &web) >= 1.0);
     assert!(value(&samples, "lb_reloads_total", &[("result", "ok")]) >= 1.0);
     assert_eq!(

@@ -72,6 +72,8 @@ pub struct BackendStatsReport {
     pub bytes: u64,
     /// Flows assigned.
     pub new_flows: u64,
+    /// Active connections now: established, not closing, active within their timeout.
+    pub active_flows: u64,
     /// `up`, `draining` or `down`, as the datapath sees it.
     pub state: BackendState,
     /// Configured weight (from the agent's snapshot).
@@ -119,6 +121,7 @@ pub fn stats(view: &mut View) -> Result<Stats, ReportError> {
                         packets,
                         bytes,
                         new_flows,
+                        active_flows: reading.active_flows(*backend_id),
                         state: backend.state(),
                         weight: view.snapshot_backend(*backend_id).map(|b| b.weight),
                     }
@@ -202,13 +205,14 @@ pub fn format_stats(stats: &Stats) -> String {
         for b in &vip.backends {
             let _ = writeln!(
                 out,
-                "  {:<24} {:<9} weight {:<5} packets {:<8} bytes {:<8} new flows {}",
+                "  {:<24} {:<9} weight {:<5} packets {:<8} bytes {:<8} new flows {:<8} active {}",
                 b.address,
                 b.state.name(),
                 b.weight.map_or("-".to_owned(), |w| w.to_string()),
                 si(b.packets as f64),
                 format!("{}B", si(b.bytes as f64)),
                 si(b.new_flows as f64),
+                si(b.active_flows as f64),
             );
         }
     }

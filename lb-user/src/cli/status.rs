@@ -100,6 +100,8 @@ pub struct BackendStatusReport {
     pub weight: Option<u32>,
     /// Ring slots it owns.
     pub slots: u32,
+    /// Active connections now: established, not closing, active within their timeout.
+    pub active_flows: u64,
     /// Share of the ring (0..1).
     pub share: f64,
     /// Whether the last health check succeeded.
@@ -212,6 +214,9 @@ impl RingView {
 /// Reads the status of every VIP; `routes`: what [`announced_routes`] found.
 pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Status, ReportError> {
     let now = status::now_unix_ms();
+    let census = view
+        .datapath
+        .flow_census(crate::datapath::FlowClock::read_or_assume().now())?;
     let mut vips = Vec::new();
     for vip in view.vips()? {
         let id = vip.entry.id;
@@ -233,6 +238,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                     state: snap.map_or_else(|| backend.state().into(), |s| s.state),
                     weight: snap.map(|s| s.weight),
                     slots,
+                    active_flows: census.active.get(backend_id).copied().unwrap_or(0),
                     share: if ring.size == 0 {
                         0.0
                     } else {
@@ -395,8 +401,17 @@ pub fn format_status(status: &Status) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>7} {:>8} {:>6}  {:<28} SINCE CHANGE",
-            "BACKEND", "STATE", "ADMIN", "WEIGHT", "SLOTS", "SHARE", "AVAIL", "FAILS", "LAST CHECK"
+            "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>6}  {:<28} SINCE CHANGE",
+            "BACKEND",
+            "STATE",
+            "ADMIN",
+            "WEIGHT",
+            "SLOTS",
+            "SHARE",
+            "ACTIVE",
+            "AVAIL",
+            "FAILS",
+            "LAST CHECK"
         );
         for b in &vip.backends {
             let check = match (
@@ -420,13 +435,14 @@ pub fn format_status(status: &Status) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>6.1}% {:>8} {:>6}  {:<28} {}",
+                "  {:<24} {:<9} {:<6} {:>6} {:>7} {:>6.1}% {:>7} {:>8} {:>6}  {:<28} {}",
                 b.address,
                 b.state.name(),
                 b.admin.name(),
                 weight,
                 b.slots,
                 b.share * 100.0,
+                b.active_flows,
                 b.availability
                     .map_or("-".to_owned(), |a| format!("{:.3}%", a * 100.0)),
                 b.failures.map_or("-".to_owned(), |f| f.to_string()),

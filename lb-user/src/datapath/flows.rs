@@ -1,6 +1,7 @@
 //! `FLOWS`, the connection-tracking table, as userspace sees it: a flow's entry (for
-//! `lb explain` and tests), the table's occupancy by class (for `lb stats` and `/metrics`,
-//! read through a shared mapping instead of a syscall per set), and the flows an upgrade
+//! `lb explain` and tests), the table's occupancy by class and each backend's active
+//! connections (for `lb stats`, `lb status` and `/metrics`, read through a shared mapping
+//! instead of a syscall per set), and the flows an upgrade
 //! carries over from an older layout's table.
 
 use std::{os::fd::AsFd as _, path::Path, sync::atomic::Ordering};
@@ -8,8 +9,8 @@ use std::{os::fd::AsFd as _, path::Path, sync::atomic::Ordering};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{
     conntrack::{
-        conntrack_hash, set_index, stamp, tag_check, FlowClass, FlowSet, IdleTimeouts, Occupancy,
-        Tracking, WAYS,
+        conntrack_hash, is_active, set_index, stamp, tag_check, FlowClass, FlowSet, IdleTimeouts,
+        Occupancy, Tracking, WAYS,
     },
     maps::{names, Conntrack, Settings},
     FlowKey,
@@ -21,6 +22,16 @@ use super::{
     upgrade::FlowsCarried,
     Datapath,
 };
+
+/// The flow table at one reading: its occupancy by class, and the active connections of each
+/// backend id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCensus {
+    /// Flows by class.
+    pub occupancy: Occupancy,
+    /// Active connections by backend id (ids without any are absent).
+    pub active: std::collections::HashMap<u32, u64>,
+}
 
 /// A flow as `FLOWS` tracks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +133,11 @@ impl Datapath {
         Ok(settings.idle_timeouts)
     }
 
-    /// How many flows of each class `FLOWS` holds at tick `now`, by the timeouts in force.
-    /// Read through a shared mapping of the table, one set after another (not one instant:
-    /// the program keeps writing).
-    pub fn flow_occupancy(&mut self, now: u32) -> Result<Occupancy> {
+    /// How many flows of each class `FLOWS` holds at tick `now`, by the timeouts in force, and
+    /// how many active connections each backend id has ([`is_active`]). Read through a shared
+    /// mapping of the table, one set after another (not one instant: the program keeps
+    /// writing).
+    pub fn flow_census(&mut self, now: u32) -> Result<FlowCensus> {
         let timeouts = self.idle_timeouts()?;
         let sets = self.flow_sets()? as usize;
         let map = names::FLOWS;
@@ -138,21 +150,25 @@ impl Datapath {
         let mapping = Mapping::read_only(data.fd().as_fd(), sets * stride)
             .map_err(|source| DatapathError::Mapping { map, source })?;
         let stamps = std::mem::offset_of!(FlowSet, stamps);
-        let mut occupancy = Occupancy::default();
+        let mut census = FlowCensus::default();
         for set in 0..sets {
             let base = set * stride;
-            occupancy.capacity += WAYS as u64;
+            census.occupancy.capacity += WAYS as u64;
             for way in 0..WAYS {
-                // The low word of the way's tag (little-endian), then its stamp.
+                // The way's tag (little-endian: its check, then its backend), then its stamp.
                 let check = mapping.load(base + way * 8, Ordering::Relaxed);
                 if tag_check(u64::from(check)) == 0 {
                     continue;
                 }
                 let stamp = mapping.load(base + stamps + way * 4, Ordering::Relaxed);
-                occupancy.count(stamp, now, &timeouts);
+                census.occupancy.count(stamp, now, &timeouts);
+                if is_active(stamp, now, &timeouts) {
+                    let backend = mapping.load(base + way * 8 + 4, Ordering::Relaxed);
+                    *census.active.entry(backend).or_default() += 1;
+                }
             }
         }
-        Ok(occupancy)
+        Ok(census)
     }
 
     /// Tracks in `FLOWS` the flows of an older layout's table (`old`, pinned at `path`) that

@@ -34,7 +34,7 @@ pub use self::{
     clock::{ClockError, FlowClock},
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
-    flows::{OldFlows, TrackedFlow},
+    flows::{FlowCensus, OldFlows, TrackedFlow},
     ring::{read_ring_by_id, PreparedRing},
     upgrade::{FlowsCarried, Origin, Upgraded},
 };

@@ -388,6 +388,18 @@ impl Collector for DatapathCollector {
                 states().map(|(vip, b)| (backend_labels(vip, b), field(&reading.backend(b.id))));
             counters(&mut encoder, name, help, samples)?;
         }
+        gauges(
+            &mut encoder,
+            "backend_active_flows",
+            "Active connections of the backend now: established, not closing, active within \
+             their timeout.",
+            states().map(|(vip, b)| {
+                (
+                    backend_labels(vip, b),
+                    i64::try_from(reading.active_flows(b.id)).unwrap_or(i64::MAX),
+                )
+            }),
+        )?;
         Ok(())
     }
 }
