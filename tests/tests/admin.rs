@@ -30,37 +30,14 @@ fn admin(lab: &AgentLab, action: &str, i: usize) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-fn status(lab: &AgentLab) -> Value {
-    let output = lab.lb(&["status", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("json")
-}
-
-/// Backend `i`'s entry in `lb status --json`.
-fn backend_status(lab: &AgentLab, i: usize) -> Value {
-    let address = lab.backend_ip(i).to_string();
-    let status = status(lab);
-    status["vips"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["address"] == address.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {address} in {status}"))
-}
-
 /// Waits until the agent's snapshot has caught up with an admin change (≤ 1 s behind).
 fn wait_admin(lab: &AgentLab, i: usize, state: &str) {
     assert!(
-        lab.wait_until(Duration::from_secs(3), || backend_status(lab, i)["admin"]
+        lab.wait_until(Duration::from_secs(3), || lab.backend_status(i)["admin"]
             == state)
             .is_some(),
         "backend {i} never showed admin {state}: {}",
-        backend_status(lab, i)
+        lab.backend_status(i)
     );
 }
 
@@ -94,8 +71,8 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
     );
     assert_echo(&mut held, "drained");
     wait_admin(&lab, 0, "drain");
-    assert_eq!(backend_status(&lab, 0)["effective_weight"], 0.0);
-    assert_eq!(backend_status(&lab, 0)["state"], "draining");
+    assert_eq!(lab.backend_status(0)["effective_weight"], 0.0);
+    assert_eq!(lab.backend_status(0)["state"], "draining");
 
     // disable b2: out of the ring, its tracked flows re-hash.
     admin(&lab, "disable", 1);
@@ -204,7 +181,7 @@ fn drain_disable_and_enable_at_run_time_survive_reload_and_restart() {
         said.contains("refused: the control socket is root only (you are uid 65534"),
         "{said}"
     );
-    assert_eq!(backend_status(&lab, 0)["admin"], "ready", "nothing changed");
+    assert_eq!(lab.backend_status(0)["admin"], "ready", "nothing changed");
     drop(agent);
 }
 
@@ -240,7 +217,7 @@ fn a_recovered_backend_ramps_up_over_slow_start() {
     let sample = |at: Duration| {
         // Time passing is what is measured: the ramp's points at fixed times after the recovery.
         std::thread::sleep(at.saturating_sub(up.elapsed()));
-        let status = backend_status(&lab, 0);
+        let status = lab.backend_status(0);
         let weight = status["effective_weight"].as_f64().expect("weight");
         let ring_share = status["share"].as_f64().expect("share");
         (share(300), weight, ring_share)
@@ -292,7 +269,7 @@ fn availability_and_mttr_follow_a_known_outage() {
     // snapshot's read).
     assert!(
         wait_every(Duration::from_secs(3), Duration::from_millis(50), || {
-            !backend_status(&lab, 1)["mttr_seconds"].is_null()
+            !lab.backend_status(1)["mttr_seconds"].is_null()
         })
         .is_some(),
         "the snapshot does not show b2's recovery:\n{}",
@@ -301,7 +278,7 @@ fn availability_and_mttr_follow_a_known_outage() {
     let (b2, observed) = (0..10)
         .find_map(|_| {
             let before = b2_observed(&lab);
-            let b2 = backend_status(&lab, 1);
+            let b2 = lab.backend_status(1);
             (b2_observed(&lab) == before).then_some((b2, before))
         })
         .expect("a snapshot and records of one writing");
@@ -320,9 +297,9 @@ fn availability_and_mttr_follow_a_known_outage() {
         (availability - expected).abs() < 0.02,
         "availability {availability} vs {expected}"
     );
-    assert_eq!(backend_status(&lab, 0)["failures"], 0);
-    assert!(backend_status(&lab, 0)["mttr_seconds"].is_null());
-    assert!(backend_status(&lab, 0)["availability"]
+    assert_eq!(lab.backend_status(0)["failures"], 0);
+    assert!(lab.backend_status(0)["mttr_seconds"].is_null());
+    assert!(lab.backend_status(0)["availability"]
         .as_f64()
         .is_some_and(|a| a > 0.999));
 }

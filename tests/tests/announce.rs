@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::netns::{agent::Signal, connections::failures, dsr_lab::*, servers::NameServer};
-use serde_json::Value;
 
 const TABLE: u32 = 250;
 const PROTOCOL: u32 = 250;
@@ -34,16 +33,6 @@ fn announced(lab: &AgentLab) -> bool {
     our_routes(lab)
         .iter()
         .any(|r| r.starts_with(&format!("blackhole {VIP}")))
-}
-
-fn status_json(lab: &AgentLab) -> Value {
-    let output = lab.lb(&["status", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("json")
 }
 
 /// `lb status --check`: its exit code and the line it printed.
@@ -86,7 +75,7 @@ fn a_servable_vip_is_announced_and_withdrawn_with_its_backends() {
     );
     assert_eq!(routes(&lab, "proto 12").len(), 1, "a foreign route stays");
     assert!(lab.files.log_text().contains("has another protocol number"));
-    let status = status_json(&lab);
+    let status = lab.status_json();
     assert_eq!(status["vips"][0]["announced"], true, "{status}");
     assert_eq!(status["announce"]["table"], TABLE, "{status}");
     let (code, line) = check(&lab);
@@ -113,7 +102,7 @@ fn a_servable_vip_is_announced_and_withdrawn_with_its_backends() {
     let (code, line) = check(&lab);
     assert_eq!(code, 1, "{line}");
     assert!(line.contains("no VIP is servable"), "{line}");
-    assert_eq!(status_json(&lab)["vips"][0]["announced"], false);
+    assert_eq!(lab.status_json()["vips"][0]["announced"], false);
 
     // Backends back: announced again.
     for (i, name) in NAMES.iter().enumerate() {

@@ -2,10 +2,9 @@
 //! answers its checks slowly (50 ms late) fewer new flows (its weight scaled down, to a quarter at most), says
 //! why in `lb status`, and gives it its share back once it is fast again.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use lb_tests::netns::{
-    agent::lb_binary,
     connections::{count, failures},
     dsr_lab::*,
     servers::{HttpAnswer, HttpServer},
@@ -13,23 +12,6 @@ use lb_tests::netns::{
 use serde_json::Value;
 
 const HEALTH_PORT: u16 = 8081;
-
-fn backend_status(lab: &AgentLab, i: usize) -> Value {
-    let output = Command::new(lb_binary())
-        .args(["status", "--json", "--state-dir"])
-        .arg(&lab.files.state_dir)
-        .output()
-        .expect("lb status");
-    let status: Value = serde_json::from_slice(&output.stdout).expect("lb status --json");
-    let address = lab.backend_ip(i).to_string();
-    status["vips"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["address"] == address.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {address} in {status}"))
-}
 
 #[test]
 fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
@@ -68,7 +50,7 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
     health[0].set(HttpAnswer::Slow(Duration::from_millis(50), 200));
     let mut b1 = Value::Null;
     let slowed = lab.wait_until(Duration::from_secs(15), || {
-        b1 = backend_status(&lab, 0);
+        b1 = lab.backend_status(0);
         b1["effective_weight"] == 0.25
     });
     assert!(slowed.is_some(), "b1: {b1}\n{}", lab.files.log_text());
@@ -83,7 +65,7 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
         "{}",
         lab.files.log_text()
     );
-    assert_eq!(backend_status(&lab, 1)["effective_weight"], 1.0);
+    assert_eq!(lab.backend_status(1)["effective_weight"], 1.0);
     // A quarter of one weight against two full ones: 1/9 of the ring.
     let answers = lab.connect(300);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
@@ -94,7 +76,7 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
     // Fast again: its weight comes back.
     health[0].set(HttpAnswer::Status(200));
     let restored = lab.wait_until(Duration::from_secs(15), || {
-        b1 = backend_status(&lab, 0);
+        b1 = lab.backend_status(0);
         b1["effective_weight"] == 1.0
     });
     assert!(restored.is_some(), "b1: {b1}\n{}", lab.files.log_text());
@@ -115,7 +97,7 @@ fn active_flows_count_each_backends_open_connections() {
     // established; one echo more makes sure lb saw a packet after the first.
     lb_tests::netns::connections::assert_echo(&mut held, "hello");
     let active = |i: usize| {
-        backend_status(&lab, i)["active_flows"]
+        lab.backend_status(i)["active_flows"]
             .as_u64()
             .expect("active")
     };

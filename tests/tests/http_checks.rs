@@ -138,7 +138,7 @@ fn http_checks_follow_the_service_not_the_port() {
         // `lb status` says why (its snapshot may be a second old).
         let mut seen = Value::Null;
         let reported = lab.wait_until(Duration::from_secs(3), || {
-            seen = backend_status(&lab, 0);
+            seen = lab.backend_status(0);
             seen["last_check_error"] == *reason
         });
         assert!(reported.is_some(), "{what}: lb status --json shows {seen}");
@@ -209,17 +209,4 @@ fn lb(lab: &AgentLab, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Backend `i` in `lb status --json`.
-fn backend_status(lab: &AgentLab, i: usize) -> Value {
-    let status: Value = serde_json::from_str(&lb(lab, &["--json"])).expect("lb status --json");
-    let address = lab.backend_ip(i).to_string();
-    status["vips"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .find(|b| b["address"] == address.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {address} in {status}"))
 }

@@ -162,6 +162,30 @@ impl AgentLab {
             .expect("run lb")
     }
 
+    /// `lb status --json`, which must succeed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = self.lb(&["status", "--json"]);
+        assert!(
+            output.status.success(),
+            "lb status --json: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("status json")
+    }
+
+    /// Backend `i`'s entry in `lb status --json` (of the first VIP).
+    pub fn backend_status(&self, i: usize) -> serde_json::Value {
+        let address = self.backend_ip(i).to_string();
+        let status = self.status_json();
+        status["vips"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["address"] == address.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {address} in {status}"))
+    }
+
     /// `lb explain --json` for the lab client's flow from `client_port` to the VIP, which must
     /// succeed.
     pub fn explain(&self, client_port: u16) -> serde_json::Value {
