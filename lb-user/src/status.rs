@@ -86,6 +86,9 @@ pub struct VipStatus {
     /// Whether its address is announced while it is servable (`announce`).
     #[serde(default)]
     pub announce: bool,
+    /// How it spreads new flows (`None`: an older agent, `maglev`).
+    #[serde(default)]
+    pub balance: Option<crate::config::Balance>,
     /// The ring the agent last swapped in (`None`: none yet, or an older agent).
     #[serde(default)]
     pub ring: Option<RingStatus>,

@@ -66,6 +66,7 @@ fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
         lab.files.log_text()
     );
     assert_eq!(lab.backend_status(1)["effective_weight"], 1.0);
+    assert_eq!(lab.explain(40000)["balance"], "response-time");
     // A quarter of one weight against two full ones: 1/9 of the ring.
     let answers = lab.connect(300);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));

@@ -54,6 +54,7 @@ impl Agent {
                     protocol: vip.config.protocol,
                     forward: vip.config.forward,
                     announce: vip.config.announce,
+                    balance: Some(vip.config.balance),
                     ring: vip.ring.as_ref().map(|ring| RingStatus {
                         map_id: ring.map_id,
                         size: ring.size,

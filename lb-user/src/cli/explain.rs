@@ -36,6 +36,9 @@ pub struct Explanation {
     pub backend: Option<String>,
     /// Where that backend comes from.
     pub reason: Source,
+    /// How the VIP spreads new flows: `maglev` (the ring by configured weights) or
+    /// `response-time` (the ring by weights scaled by response times).
+    pub balance: crate::config::Balance,
 }
 
 /// What the flow table knows of a tracked flow.
@@ -149,6 +152,10 @@ pub fn explain(
         tracking,
         backend,
         reason,
+        balance: view
+            .snapshot_vip(entry.id)
+            .and_then(|vip| vip.balance)
+            .unwrap_or(crate::config::Balance::Maglev),
     })
 }
 
@@ -176,12 +183,18 @@ pub fn format_explanation(e: &Explanation) -> String {
             to(&e.backend)
         ),
         Source::Ring => format!(
-            "{} → vip {}: not tracked: flow hash {:#010x}, ring slot {} → backend {}",
+            "{} → vip {}: not tracked: flow hash {:#010x}, ring slot {} → backend {}{}",
             e.client,
             e.vip,
             e.hash,
             e.slot,
-            to(&e.backend)
+            to(&e.backend),
+            match e.balance {
+                crate::config::Balance::Maglev => "",
+                crate::config::Balance::ResponseTime => {
+                    " (balance response-time: the ring weighs backends by their response times)"
+                }
+            }
         ),
     };
     out.push('\n');

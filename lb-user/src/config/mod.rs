@@ -203,7 +203,8 @@ impl OnAllDown {
 }
 
 /// How a VIP spreads new flows over its backends (`balance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Maglev by the configured weights.
     Maglev,
