@@ -205,10 +205,9 @@ impl Checker {
             own_answers = Some(check(own, kind, *timeout).await.ok);
         }
         result.own_address_answers = own_answers.filter(|_| !result.ok);
-        let own = own_answers;
         if let Some(error) = &mut result.error {
             error.push_str(" via the vip");
-            match own {
+            match own_answers {
                 Some(true) => error.push_str("; the backend's own address answers"),
                 Some(false) => error.push_str("; the backend's own address fails too"),
                 None => {}
