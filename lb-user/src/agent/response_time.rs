@@ -5,8 +5,9 @@
 //!   ([`ResponseTime::observe`]).
 //! - Every [`PERIOD`], a VIP's backends get a factor: the fastest average over theirs, each
 //!   plus [`LATENCY_FLOOR`] (so that differences of a millisecond or two, noise on a LAN, count
-//!   for little), bounded to [1/4, 1] so that no backend is drained by a slow moment, in
-//!   sixteenths so that noise does not rebuild rings ([`factors`]). The ring weight is the
+//!   for little); within a fifth of the fastest, the full weight; bounded to [1/4, 1] so that
+//!   no backend is drained by a slow moment; in sixteenths so that noise does not rebuild rings
+//!   ([`factors`]). The ring weight is the
 //!   weight times the factor.
 
 use std::time::Duration;
@@ -16,6 +17,10 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 /// Added to every average before comparing: 1 ms against 2 ms is not twice as slow for a
 /// client.
 pub const LATENCY_FLOOR: Duration = Duration::from_millis(10);
+/// A backend at least this fast relative to the fastest (after [`LATENCY_FLOOR`]) keeps its
+/// full weight: a loaded host's checks wander by a millisecond or two, and a ring rebuilt for
+/// that would only churn.
+const FULL_WEIGHT_RATIO: f64 = 0.8;
 /// The share of a new sample in the moving average (of about the last 5 checks).
 const SMOOTHING: f64 = 0.3;
 /// Factors are multiples of 1/`STEPS`...
@@ -91,7 +96,11 @@ pub fn factors(averages: &[Option<Duration>]) -> Vec<u32> {
             (Some(fastest), Some(average)) => {
                 let ratio = (fastest + LATENCY_FLOOR).as_secs_f64()
                     / (*average + LATENCY_FLOOR).as_secs_f64();
-                ((ratio * f64::from(STEPS)).round() as u32).clamp(MIN_STEPS, STEPS)
+                if ratio >= FULL_WEIGHT_RATIO {
+                    STEPS
+                } else {
+                    ((ratio * f64::from(STEPS)).round() as u32).clamp(MIN_STEPS, STEPS)
+                }
             }
             _ => STEPS,
         })
@@ -135,7 +144,16 @@ mod tests {
             [16, 4, 16],
             "bounded; unknown: full"
         );
-        assert_eq!(factors(&[ms(1), ms(2)]), [16, 15], "rounded to sixteenths");
+        assert_eq!(
+            factors(&[ms(2), ms(10)]),
+            [16, 10],
+            "12/20, rounded to sixteenths"
+        );
+        assert_eq!(
+            factors(&[ms(1), ms(3)]),
+            [16, 16],
+            "within a fifth of the fastest: full"
+        );
         let (one, a_little_more) = (Duration::from_micros(1000), Duration::from_micros(1230));
         assert_eq!(
             factors(&[Some(one), Some(a_little_more)]),
