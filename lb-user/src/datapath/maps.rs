@@ -19,6 +19,9 @@ use super::{
     Datapath,
 };
 
+/// How many times a reader retries a ring an agent swapped while it was being opened.
+const RING_SWAP_RETRIES: u32 = 3;
+
 impl Datapath {
     /// Sets the global settings.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
@@ -232,10 +235,16 @@ impl Datapath {
     pub fn ring(&mut self, vip: u32) -> Result<Option<Vec<u32>>> {
         let map = names::RINGS;
         let rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
-        let inner = match rings.get(&vip, 0) {
-            Ok(inner) => inner,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(source) => return Err(map_error(map)(source)),
+        // The slot gives the inner map's id, which is then opened: an agent swapping the ring
+        // in between frees the old map, and the open fails. The slot then names the new one.
+        let mut attempts = 0;
+        let inner = loop {
+            match rings.get(&vip, 0) {
+                Ok(inner) => break inner,
+                Err(MapError::KeyNotFound) => return Ok(None),
+                Err(_) if attempts < RING_SWAP_RETRIES => attempts += 1,
+                Err(source) => return Err(map_error(map)(source)),
+            }
         };
         read_ring(&inner)
             .map(Some)
