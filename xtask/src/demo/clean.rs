@@ -187,6 +187,22 @@ pub(super) fn clean_lab(id: &str) -> Vec<String> {
     for state_dir in state_dirs {
         problems.extend(remove_state_dir(&state_dir));
     }
+    // The agents' records (administrative state, availability) of those state directories:
+    // `/var/lib/lb/<state_dir with '/' as '_'>.json` (lb-user's `records::path_for`).
+    let records = format!("sys_fs_bpf_{id}");
+    if let Ok(entries) = fs::read_dir("/var/lib/lb") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name
+                .strip_prefix(&records)
+                .is_some_and(|rest| rest == ".json" || rest.starts_with('-'));
+            if ours {
+                if let Err(error) = fs::remove_file(entry.path()) {
+                    problems.push(format!("{}: {error}", entry.path().display()));
+                }
+            }
+        }
+    }
     if dir.exists() {
         if let Err(error) = fs::remove_dir_all(&dir) {
             problems.push(format!("{}: {error}", dir.display()));
