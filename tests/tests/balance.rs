@@ -7,7 +7,7 @@ use std::time::Duration;
 use lb_tests::netns::{
     connections::{count, failures},
     dsr_lab::*,
-    servers::{HttpAnswer, HttpServer},
+    servers::HttpAnswer,
 };
 use serde_json::Value;
 
@@ -16,15 +16,7 @@ const HEALTH_PORT: u16 = 8081;
 #[test]
 fn a_slow_backend_gets_fewer_new_flows_and_its_share_back_when_fast() {
     let lab = AgentLab::new("rtime");
-    let health: Vec<HttpServer> = (0..NAMES.len())
-        .map(|i| {
-            HttpServer::start(
-                &lab.lan.host(2 + i).ns,
-                HEALTH_PORT,
-                HttpAnswer::Status(200),
-            )
-        })
-        .collect();
+    let health = lab.start_health_servers(HEALTH_PORT);
     let config = lab
         .config_text_with_health(
             &[1, 1, 1],

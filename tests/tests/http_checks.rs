@@ -15,7 +15,7 @@ use lb_tests::netns::{
     agent::lb_binary,
     connections::{count, failures},
     dsr_lab::*,
-    servers::{ask_name, HttpAnswer, HttpServer},
+    servers::{ask_name, HttpAnswer},
 };
 use serde_json::Value;
 
@@ -34,15 +34,7 @@ struct Sickness {
 #[test]
 fn http_checks_follow_the_service_not_the_port() {
     let lab = AgentLab::new("http");
-    let health: Vec<HttpServer> = (0..NAMES.len())
-        .map(|i| {
-            HttpServer::start(
-                &lab.lan.host(2 + i).ns,
-                HEALTH_PORT,
-                HttpAnswer::Status(200),
-            )
-        })
-        .collect();
+    let health = lab.start_health_servers(HEALTH_PORT);
     lab.write_config_with_health(
         &[1, 1, 1],
         &format!("type = \"http\"\npath = \"/healthz\"\nport = {HEALTH_PORT}\n"),

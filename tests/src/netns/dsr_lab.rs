@@ -12,7 +12,7 @@ use lb_user::datapath::Datapath;
 use crate::netns::{
     agent::{AgentFiles, AgentProcess},
     connections::{self, Held},
-    servers::NameServer,
+    servers::{HttpAnswer, HttpServer, NameServer},
     topology::Lan,
 };
 
@@ -160,6 +160,13 @@ impl AgentLab {
             .arg(&self.files.state_dir)
             .output()
             .expect("run lb")
+    }
+
+    /// An HTTP health endpoint answering 200 on `port` beside each backend's service.
+    pub fn start_health_servers(&self, port: u16) -> Vec<HttpServer> {
+        (0..NAMES.len())
+            .map(|i| HttpServer::start(&self.lan.host(2 + i).ns, port, HttpAnswer::Status(200)))
+            .collect()
     }
 
     /// `lb status --json`, which must succeed.
