@@ -5,7 +5,9 @@
 use core::{fmt, net::IpAddr, str::FromStr};
 
 use crate::{
-    maps::{Backend, BackendState, DecapKey, Family, ForwardMode, Protocol, Vip, VipKey},
+    maps::{
+        Backend, BackendState, DecapKey, Family, ForwardMode, NewFlowRule, Protocol, Vip, VipKey,
+    },
     FlowKey,
 };
 
@@ -93,7 +95,25 @@ impl Vip {
             id,
             ring_size,
             forward: forward as u8,
-            _pad: [0; 3],
+            new_flows: NewFlowRule::Ring as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The entry with new flows picked by `rule`.
+    pub fn picking(self, rule: NewFlowRule) -> Self {
+        Self {
+            new_flows: rule as u8,
+            ..self
+        }
+    }
+
+    /// How new flows are picked, if the stored value is a known rule.
+    pub fn new_flow_rule(&self) -> Option<NewFlowRule> {
+        match self.new_flows {
+            0 => Some(NewFlowRule::Ring),
+            1 => Some(NewFlowRule::LeastConn),
+            _ => None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod encoding;
 pub mod flow;
 pub mod ip;
 pub mod layout;
+pub mod least_conn;
 pub mod lookup;
 #[cfg(feature = "user")]
 pub mod maglev;

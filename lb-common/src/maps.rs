@@ -44,6 +44,17 @@ pub enum ForwardMode {
     Tunnel = 2,
 }
 
+/// How the datapath picks a new flow's backend (a VIP's `balance`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NewFlowRule {
+    /// The backend in the flow's Maglev ring slot (`maglev`, `response-time`).
+    Ring = 0,
+    /// The less loaded of two candidates: the flow's ring slot and a second slot
+    /// ([`crate::least_conn`]).
+    LeastConn = 1,
+}
+
 /// Health of a backend as the datapath sees it.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,6 +179,9 @@ pub const VIP_INDEX_FLAGS: u32 = 0x400;
 /// Map flags of `FLOWS`: `BPF_F_MMAPABLE` (kernel 5.5), so `lb stats` and `/metrics` count its
 /// flows by class reading memory, not a syscall per set.
 pub const FLOWS_FLAGS: u32 = 0x400;
+/// Map flags of `LOADS`: `BPF_F_MMAPABLE` (kernel 5.5), so the agent writes a census of
+/// thousands of backends with stores, not a syscall each.
+pub const LOADS_FLAGS: u32 = 0x400;
 /// Ring slot value meaning "no backend" (never written by a well-formed ring).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -209,6 +223,9 @@ pub mod names {
     pub const CHECK_PATHS: &str = "CHECK_PATHS";
     /// `PerCpuArray<u64>` indexed by [`crate::check_path::CheckCounter`]. Not pinned.
     pub const CHECK_STATS: &str = "CHECK_STATS";
+    /// `Array<BackendLoad>` indexed by backend id: active flows and weights of least-conn
+    /// VIPs' backends ([`crate::least_conn`]). Not pinned: the agent counts them afresh.
+    pub const LOADS: &str = "LOADS";
     /// `Array<Layout>` with one entry: the layout of the pinned maps ([`crate::layout`]).
     pub const LAYOUT: &str = "LAYOUT";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
@@ -298,8 +315,11 @@ pub struct Vip {
     pub ring_size: u32,
     /// [`ForwardMode`] as u8.
     pub forward: u8,
+    /// [`NewFlowRule`] as u8. Layout 3 had a zero pad byte here, which reads as
+    /// [`NewFlowRule::Ring`]: the same maps serve builds with and without it.
+    pub new_flows: u8,
     /// Always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// Value of `BACKENDS`: where and how to send a packet for one backend of one VIP.
@@ -388,6 +408,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::check_path::CheckPath {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::least_conn::BackendLoad {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DecapKey {}
     // SAFETY: as above.

@@ -8,15 +8,16 @@ use lb_common::{
         after_packet, conntrack_hash, find_way, set_index, stamp, tag, tag_backend, tag_check,
         ticks, way_for, ConntrackHash, FlowClass, FlowSet, IdleTimeouts, WAYS,
     },
+    least_conn::{prefers_second, second_slot},
     lookup::{self, Source},
-    maps::{Backend, BackendState, Vip, VipKey, NO_BACKEND},
+    maps::{Backend, BackendState, NewFlowRule, Protocol, Vip, VipKey, NO_BACKEND},
     stats::Counter,
     vip_index::{self, vip_hash_of_words},
     FlowKey,
 };
 
 use crate::{
-    maps::{flow_sets, BACKENDS, FLOWS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
+    maps::{flow_sets, BACKENDS, FLOWS, LOADS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
     net::StackKey,
     parse::Packet,
     stats,
@@ -81,6 +82,11 @@ pub struct Choice {
 /// by the ring is tracked (`FLOWS`, see `lb_common::conntrack`) if its set has a way no
 /// protected flow holds (`timeouts`); an ICMP error follows its flow the same way but is never
 /// tracked itself, nor counts as the flow's packet. `None`: no backend.
+///
+/// A least-conn VIP's new flow (a SYN, or the first packet of a UDP flow) that can be tracked
+/// goes to the less loaded of two candidates instead ([`least_loaded`]), and its backend's
+/// active count takes it in; a flow that cannot be tracked, or a packet that opens nothing,
+/// keeps to the ring, where every later packet and every other instance would send it.
 #[inline(always)]
 pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Choice> {
     let flow = &packet.flow;
@@ -97,10 +103,11 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
             BackendState::from_raw(backend.state)
         })
     });
+    let least_conn = vip.new_flows == NewFlowRule::LeastConn as u8;
     match (lookup::source(state, packet.syn), tracked, &table) {
         (Source::Tracked, Some((way, id, Some(backend))), Some(table)) => {
             if !packet.icmp_error {
-                table.seen(way, packet);
+                table.seen(way, packet, least_conn.then_some(id));
             }
             stats::vip_conntrack_hit(vip.id);
             return Some(Choice {
@@ -112,14 +119,19 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
         (Source::Rehash, _, _) => stats::count(Counter::Rehashed),
         (Source::Tracked | Source::Ring, _, _) => {}
     }
-    let (id, backend) = from_ring(flow, vip)?;
+    let ring = from_ring(flow, vip)?;
+    let (mut id, mut backend) = ring;
     if !packet.icmp_error {
         // (An error message about a flow is no reason to track it.)
+        let opens = packet.syn || (flow.protocol != Protocol::Tcp as u8 && found.is_none());
+        if least_conn && opens {
+            (id, backend) = least_loaded(hash, vip, ring, found, table.as_ref(), packet.syn);
+        }
         if let Some(table) = &table {
             // A re-hashed flow keeps its class; a SYN, or a flow seen for the first time, is
             // unconfirmed.
             let rehashed = tracked.map(|(way, _, _)| way);
-            match table.track(
+            let is_tracked = match table.track(
                 flow,
                 found.map(|(way, _)| way),
                 rehashed,
@@ -127,9 +139,21 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
                 packet,
                 timeouts,
             ) {
-                Tracked::Yes => {}
-                Tracked::No => stats::count(Counter::ConntrackFull),
-                Tracked::EvictingProtected => stats::count(Counter::ConntrackEvictedProtected),
+                Tracked::Yes => true,
+                Tracked::No => {
+                    stats::count(Counter::ConntrackFull);
+                    false
+                }
+                Tracked::EvictingProtected => {
+                    stats::count(Counter::ConntrackEvictedProtected);
+                    true
+                }
+            };
+            if !is_tracked {
+                (id, backend) = ring;
+            } else if least_conn && opens && found.map(|(_, tracked)| tracked) != Some(id) {
+                // (A SYN sent again, to the backend its flow has, is not a new flow.)
+                count_active(id, 1);
             }
         }
         stats::new_flow(vip.id, id);
@@ -188,25 +212,37 @@ impl FlowTable {
     }
 
     /// The flow in `way` sent `packet` (not a SYN) now: its stamp takes the tick and the class
-    /// the packet gives it ([`after_packet`]), written only when either changed.
+    /// the packet gives it ([`after_packet`]), written only when either changed. When it
+    /// starts closing, its backend `counted` (a least-conn VIP's) has one active flow less.
     #[inline(always)]
-    fn seen(&self, way: usize, packet: &Packet) {
+    fn seen(&self, way: usize, packet: &Packet, counted: Option<u32>) {
         let now = now();
         // SAFETY: as in `of`; a stamp is one aligned 4-byte word, and any value is safe (it
         // only decides which way a new flow may take).
         unsafe {
             if let Some(old) = (*self.set).stamps.get_mut(way) {
-                let class = after_packet(
-                    FlowClass::of_stamp(*old),
-                    packet.flow.protocol,
-                    packet.closes,
-                );
+                let was = FlowClass::of_stamp(*old);
+                let class = after_packet(was, packet.flow.protocol, packet.closes);
                 let new = stamp(now, class);
                 if *old != new {
                     *old = new;
                 }
+                if let Some(id) = counted {
+                    let closing = FlowClass::TcpClosing as u32;
+                    if class as u32 == closing && was as u32 != closing {
+                        count_active(id, u64::MAX);
+                    }
+                }
             }
         }
+    }
+
+    /// The class of the flow in `way`.
+    #[inline(always)]
+    fn class(&self, way: usize) -> FlowClass {
+        // SAFETY: as in `seen`.
+        let stamp = unsafe { read_volatile((*self.set).stamps.as_ptr().add(way % WAYS)) };
+        FlowClass::of_stamp(stamp)
     }
 
     /// Tracks `flow` to `backend` in the way it has (`found`), an empty one, or the evictable
@@ -276,4 +312,75 @@ fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<(u32, &'static Backend)> {
         return None;
     }
     Some((id, BACKENDS.get(id)?))
+}
+
+/// Which of a least-conn VIP's two candidates a new flow goes to: the backend of its ring slot
+/// (`ring`) or that of its second slot ([`second_slot`]), if that one is up and has fewer
+/// active flows for its weight ([`prefers_second`]). A SYN sent again (`syn`, its flow
+/// `found` tracked but never confirmed) keeps the backend the first one got while it is up:
+/// the counts may have changed since. (Asked after weighing, so that the benchmark's repeated
+/// SYN times the whole choice.)
+#[inline(always)]
+fn least_loaded(
+    hash: ConntrackHash,
+    vip: &Vip,
+    ring: (u32, &'static Backend),
+    found: Option<(usize, u32)>,
+    table: Option<&FlowTable>,
+    syn: bool,
+) -> (u32, &'static Backend) {
+    let weighed = weigh(hash, vip, ring);
+    if let (true, Some((way, id)), Some(table)) = (syn, found, table) {
+        if id != weighed.0 && table.class(way) as u32 == FlowClass::Unconfirmed as u32 {
+            if let Some(backend) = BACKENDS.get(id).filter(|backend| is_up(backend)) {
+                return (id, backend);
+            }
+        }
+    }
+    weighed
+}
+
+/// The less loaded of a flow's two candidates (see [`least_loaded`]).
+#[inline(always)]
+fn weigh(hash: ConntrackHash, vip: &Vip, ring: (u32, &'static Backend)) -> (u32, &'static Backend) {
+    let Some(slot) = second_slot(hash, vip.ring_size) else {
+        return ring;
+    };
+    let Some(&id) = RINGS.get_value(vip.id, &slot) else {
+        return ring;
+    };
+    if id == ring.0 || id == NO_BACKEND {
+        return ring;
+    }
+    let Some(backend) = BACKENDS.get(id).filter(|backend| is_up(backend)) else {
+        return ring;
+    };
+    match (LOADS.get(ring.0), LOADS.get(id)) {
+        (Some(first), Some(second)) if prefers_second(*first, *second) => (id, backend),
+        _ => ring,
+    }
+}
+
+/// Whether new flows may go to `backend`.
+#[inline(always)]
+fn is_up(backend: &Backend) -> bool {
+    backend.state == BackendState::Up as u8
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` takes one off) to backend `id`'s active flows in `LOADS`.
+///
+/// A plain read and write, not an atomic add (Rust has none for BPF): when two CPUs count for
+/// the same backend at the same instant, one of the two may be lost. The agent's next count
+/// (a few times a second) sets it right; in between, a count off by a few moves at most a few
+/// new flows to their other candidate.
+#[inline(always)]
+fn count_active(id: u32, delta: u64) {
+    if let Some(load) = LOADS.get_ptr_mut(id) {
+        // SAFETY: `load` points to a LOADS value, valid for this program run; the count is one
+        // aligned 8-byte word, so another CPU or the agent sees it old or new, never torn.
+        unsafe {
+            let active = &raw mut (*load).active;
+            write_volatile(active, read_volatile(active).wrapping_add(delta));
+        }
+    }
 }

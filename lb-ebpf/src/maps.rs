@@ -9,9 +9,11 @@ use lb_common::{
     check_path::{CheckCounter, CheckPath},
     conntrack::{sets_for, FlowSet, IdleTimeouts},
     layout::Layout,
+    least_conn::BackendLoad,
     maps::{
         Backend, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_RING_SIZE,
-        FLOWS_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS, VIP_INDEX_FLAGS,
+        FLOWS_FLAGS, LOADS_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
+        VIP_INDEX_FLAGS,
     },
     stats::{BackendStats, Counter, DecapCounter, VipStats},
     vip_index::{VipEntry, VIP_SLOTS as SLOTS},
@@ -48,6 +50,14 @@ pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
 /// Backend id → address, health state and next hop.
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Backend id → active flows and weight, for least-conn VIPs (`lb_common::least_conn`): the
+/// agent writes its count of `FLOWS` a few times a second, and the program keeps it current in
+/// between (one more for each new flow it gives a backend, one less for each close). Not pinned:
+/// the agent that loads the program counts afresh.
+#[btf_map]
+pub static LOADS: Array<BackendLoad, { MAX_BACKENDS as usize }, { LOADS_FLAGS as usize }> =
+    Array::new();
 
 /// Flow → backend id: sets of flows (`lb_common::conntrack`), read and written by the program;
 /// its size is set at load time (`conntrack_size`), and [`FLOW_SETS`] says it.

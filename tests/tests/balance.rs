@@ -1,6 +1,8 @@
 //! Load-aware balancing with the real agent: `balance = "response-time"` gives a backend that
 //! answers its checks slowly (50 ms late) fewer new flows (its weight scaled down, to a quarter at most), says
-//! why in `lb status`, and gives it its share back once it is fast again.
+//! why in `lb status`, and gives it its share back once it is fast again; `balance =
+//! "least-conn"` sends new connections away from a backend that holds many; `active_flows`
+//! counts each backend's open connections.
 
 use std::time::Duration;
 
@@ -111,4 +113,77 @@ fn active_flows_count_each_backends_open_connections() {
         "{:?}",
         (0..3).map(active).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn least_conn_sends_new_connections_away_from_the_backend_that_holds_many() {
+    let lab = AgentLab::new("lconn");
+    let config = |weights: &[u32; 3], balance: &str| {
+        lab.config_text_with_health(weights, "", "slow_start = \"0s\"\n", &lab.files.state_dir)
+            .replace(
+                "forward = \"dsr\"\n",
+                &format!("forward = \"dsr\"\nbalance = \"{balance}\"\n"),
+            )
+    };
+    // Only b1 serves at first (the others are drained): it gets 60 long-lived connections.
+    lab.files.write_config(&config(&[1, 0, 0], "least-conn"));
+    let _agent = lab.start_agent(false);
+    assert!(
+        lab.wait_until(Duration::from_secs(5), || lab.in_ring(0))
+            .is_some(),
+        "{}",
+        lab.files.log_text()
+    );
+    let mut held = lab.hold(60);
+    lb_tests::netns::connections::assert_echo(&mut held, "hello");
+    assert!(held.iter().all(|h| h.backend == "b1"));
+
+    // b2 and b3 come in. New short connections: a new flow whose two candidates are b1 and
+    // another goes to the other; only those whose both candidates are b1 (1/9) go to b1.
+    lab.files.write_config(&config(&[1, 1, 1], "least-conn"));
+    assert!(
+        lab.wait_until(Duration::from_secs(5), || (0..3).all(|i| lab.in_ring(i)))
+            .is_some(),
+        "{}",
+        lab.files.log_text()
+    );
+    assert_eq!(lab.backend_status(0)["active_flows"], 60);
+    // The agent counts loads every 500 ms.
+    std::thread::sleep(Duration::from_millis(1200));
+    let explained = lab.explain(40000);
+    assert_eq!(explained["balance"], "least-conn");
+    let candidates = &explained["least_conn"];
+    for candidate in [&candidates["ring"], &candidates["second"]] {
+        let expected = if candidate["backend"] == lab.backend_ip(0).to_string() {
+            60
+        } else {
+            0
+        };
+        assert_eq!(candidate["active_flows"], expected, "{explained}");
+    }
+    let answers = lab.connect(300);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    let share = count(&answers, "b1") as f64 / 300.0;
+    println!("least-conn: b1, holding 60, got {share:.3} of 300 new connections (1/9 = 0.111)");
+    assert!(share <= 0.15, "b1 got {share}");
+    assert_eq!(
+        lab.backend_status(0)["active_flows"],
+        60,
+        "short ones closed"
+    );
+
+    // The same with maglev: b1 gets its ring share, a third.
+    lab.files.write_config(&config(&[1, 1, 1], "maglev"));
+    let mut status = Value::Null;
+    let reloaded = lab.wait_until(Duration::from_secs(5), || {
+        status = lab.status_json();
+        status["vips"][0]["balance"] == "maglev"
+    });
+    assert!(reloaded.is_some(), "{status}\n{}", lab.files.log_text());
+    let answers = lab.connect(300);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    let share = count(&answers, "b1") as f64 / 300.0;
+    println!("maglev: b1, holding 60, got {share:.3} of 300 new connections (1/3)");
+    assert!((0.22..0.45).contains(&share), "b1 got {share}");
+    lb_tests::netns::connections::assert_echo(&mut held, "still there");
 }

@@ -39,12 +39,7 @@ fn userspace_flow_hash_matches_the_kernels_slot_for_random_flows() {
     ];
     for (id, address, protocol) in vips {
         lab.datapath.set_ring(id, &identity).expect("ring");
-        let vip = Vip {
-            id,
-            ring_size: RING_SIZE,
-            forward: ForwardMode::Dsr as u8,
-            _pad: [0; 3],
-        };
+        let vip = Vip::new(id, RING_SIZE, ForwardMode::Dsr);
         lab.datapath
             .set_vip(&VipKey::new(address, 0, protocol), &vip)
             .expect("vip");

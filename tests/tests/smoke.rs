@@ -72,12 +72,7 @@ fn dsr_tcp_connections_reach_both_backends_and_get_answers() {
             .collect();
         let ring = build_ring(&members, DEFAULT_RING_SIZE).expect("ring");
         datapath.set_ring(0, &ring).expect("set ring");
-        let vip = Vip {
-            id: 0,
-            ring_size: DEFAULT_RING_SIZE,
-            forward: ForwardMode::Dsr as u8,
-            _pad: [0; 3],
-        };
+        let vip = Vip::new(0, DEFAULT_RING_SIZE, ForwardMode::Dsr);
         datapath
             .set_vip(&VipKey::new(vip_address, PORT, Protocol::Tcp), &vip)
             .expect("vip");

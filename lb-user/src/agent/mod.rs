@@ -72,6 +72,10 @@ use crate::{
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the rings of backends in slow start are rebuilt with their grown weight.
 const RAMP_STEP: Duration = Duration::from_millis(500);
+/// How often least-conn VIPs' backends' active flows are counted into `LOADS` (a walk of the
+/// flow table, about 10 ms per million flows). In between, the datapath counts new flows and
+/// closes itself; the count corrects what it cannot see (idle flows, evictions).
+const LOAD_COUNT_PERIOD: Duration = Duration::from_millis(500);
 
 /// Options of `lb run`.
 #[derive(Clone, Debug)]
@@ -131,6 +135,10 @@ pub struct Agent {
     neighbour_snapshots: tokio::sync::watch::Receiver<Arc<crate::nexthop::Snapshot>>,
     /// Where checks through the VIP are routed (removed on stop).
     check_interface: Option<crate::check_paths::interface::CheckInterface>,
+    /// What least-conn VIPs' backends are weighed by.
+    loads: crate::datapath::Loads,
+    /// The last count of loads failed (logged once until one succeeds).
+    loads_failed: bool,
     /// Leave the datapath attached (and the routes in place) on stop.
     keep_datapath: bool,
     /// Administrative states and availability history kept across restarts, as loaded at
@@ -227,6 +235,7 @@ impl Agent {
         let (check_paths, check_interface) =
             set_up_vip_checks(&mut datapath, &config.live, neighbour_snapshots.clone()).await?;
         let (checkers, events) = Checkers::new(check_paths);
+        let loads = datapath.take_loads()?;
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
             match control_socket::listen(&status::socket_for(&config.fixed.state_dir)) {
@@ -267,6 +276,8 @@ impl Agent {
             _control_socket: control_socket,
             neighbour_snapshots,
             check_interface,
+            loads,
+            loads_failed: false,
         };
         agent.write_settings()?;
         agent.add_vips(config.live.vips.clone()).await?;
@@ -489,6 +500,8 @@ impl Agent {
         ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut response_tick = tokio::time::interval(response_time::PERIOD);
         response_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut load_tick = tokio::time::interval(LOAD_COUNT_PERIOD);
+        load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stop = tokio::select! {
                 Some(pending) = self.control.recv() => {
@@ -506,6 +519,12 @@ impl Agent {
                 }
                 _ = response_tick.tick() => {
                     self.weigh_response_times();
+                    false
+                }
+                _ = load_tick.tick() => {
+                    if self.vips.has_least_conn() {
+                        self.count_loads();
+                    }
                     false
                 }
                 Ok(()) = neighbour_snapshots.changed() => {
@@ -543,6 +562,29 @@ impl Agent {
                 let drain = self.live.announce.map(|a| a.drain).unwrap_or_default();
                 drained_at = Some(Instant::now() + drain);
             }
+        }
+    }
+
+    /// Counts the active flows of least-conn VIPs' backends and writes them, with their
+    /// weights, into `LOADS`.
+    fn count_loads(&mut self) {
+        let census = match self.datapath.flow_census(self.flow_clock.now()) {
+            Ok(census) => census,
+            Err(error) => {
+                if !std::mem::replace(&mut self.loads_failed, true) {
+                    tracing::error!(
+                        "least-conn: cannot count active flows: {error}; new flows are weighed by \
+                         the datapath's own counts until a count succeeds"
+                    );
+                }
+                return;
+            }
+        };
+        if std::mem::replace(&mut self.loads_failed, false) {
+            tracing::info!("least-conn: active flows counted again");
+        }
+        for (id, load) in self.vips.least_conn_loads(&census.active, Instant::now()) {
+            self.loads.set(id, load);
         }
     }
 

@@ -157,6 +157,7 @@ impl VipRuntime {
             key: self.key,
             name: &self.config.name,
             forward: self.config.forward,
+            new_flows: self.config.balance.new_flow_rule(),
             on_all_down: self.config.on_all_down,
             ring_size,
         }

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::maps::VipKey;
+use lb_common::maps::{BackendState, VipKey};
 use tokio::time::Instant;
 
 use super::{checkers::CheckerKey, response_time, runtime::VipRuntime, state_change::StateChange};
@@ -232,6 +232,37 @@ impl AgentState {
                 to.name()
             ),
         })
+    }
+
+    /// Whether a VIP balances by least connections (the shell then counts loads).
+    pub fn has_least_conn(&self) -> bool {
+        self.vips
+            .values()
+            .any(|vip| vip.config.balance == crate::config::Balance::LeastConn)
+    }
+
+    /// What `LOADS` should hold for the backends of least-conn VIPs at `now`: their active
+    /// flows (`active`, by backend id, as counted in the flow table) and their ring weights, 0
+    /// for a backend that is not up (it is no candidate).
+    pub fn least_conn_loads(
+        &self,
+        active: &std::collections::HashMap<u32, u64>,
+        now: Instant,
+    ) -> Vec<(u32, lb_common::least_conn::BackendLoad)> {
+        self.vips
+            .values()
+            .filter(|vip| vip.config.balance == crate::config::Balance::LeastConn)
+            .flat_map(|vip| vip.backend_facts(now))
+            .map(|facts| {
+                let up = super::target::datapath_state(&facts) == BackendState::Up;
+                let load = lb_common::least_conn::BackendLoad {
+                    active: active.get(&facts.id).copied().unwrap_or(0),
+                    weight: if up { facts.weight } else { 0 },
+                    _pad: 0,
+                };
+                (facts.id, load)
+            })
+            .collect()
     }
 
     /// Whether a backend is in its slow start (the shell then ticks).
@@ -473,6 +504,60 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].1, "backend 10.0.0.22 of vip rt: full weight");
         assert_eq!(backend(&state, "rt", 1).facts(now).weight, 100);
+    }
+
+    #[tokio::test]
+    async fn least_conn_backends_are_weighed_by_their_active_flows_and_ring_weights() {
+        let (mut checkers, _events) = Checkers::new(None);
+        let config = config(
+            "[[vip]]\nname = \"lc\"\naddress = \"10.0.0.103\"\nport = 80\n\
+             balance = \"least-conn\"\n\
+             [[vip.backend]]\naddress = \"10.0.0.31\"\nweight = 3\n\
+             [[vip.backend]]\naddress = \"10.0.0.32\"\n",
+        );
+        let mut state = state(&config, &mut checkers, false);
+        let now = Instant::now();
+        assert!(state.has_least_conn());
+        for name in ["web", "lc"] {
+            for index in 0..state[&key(&state, name)].backends.len() {
+                let from = backend(&state, name, index).health;
+                let event = event(&state, name, index, Health::Up, from);
+                state.on_health(event, now, SystemTime::now());
+            }
+        }
+        let lc = key(&state, "lc");
+        for index in 0..2 {
+            state.get_mut(&lc).expect("lc").backends[index].next_hop =
+                Some(crate::nexthop::NextHop {
+                    ifindex: 2,
+                    mtu: 1500,
+                    src_mac: [2; 6],
+                    dst_mac: [4; 6],
+                    gateway: None,
+                });
+        }
+        let (first, second) = (backend(&state, "lc", 0).id, backend(&state, "lc", 1).id);
+        let active = [(first, 7), (second, 2), (backend(&state, "web", 0).id, 50)]
+            .into_iter()
+            .collect();
+        let load = |active, weight| lb_common::least_conn::BackendLoad {
+            active,
+            weight,
+            _pad: 0,
+        };
+        assert_eq!(
+            state.least_conn_loads(&active, now),
+            vec![(first, load(7, 300)), (second, load(2, 100))],
+            "only the least-conn VIP's backends, with their ring weights"
+        );
+
+        let down = event(&state, "lc", 1, Health::Down, Health::Up);
+        state.on_health(down, now, SystemTime::now());
+        assert_eq!(
+            state.least_conn_loads(&active, now)[1],
+            (second, load(2, 0)),
+            "a backend that is down is no candidate"
+        );
     }
 
     #[tokio::test]

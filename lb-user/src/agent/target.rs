@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use anyhow::Context as _;
-use lb_common::maps::{Backend, BackendState, ForwardMode, Vip, VipKey, NO_BACKEND};
+use lb_common::maps::{Backend, BackendState, ForwardMode, NewFlowRule, Vip, VipKey, NO_BACKEND};
 
 use super::{
     plan::VipTarget,
@@ -44,6 +44,8 @@ pub struct VipFacts<'a> {
     pub name: &'a str,
     /// How its packets reach the backends.
     pub forward: ForwardMode,
+    /// How the datapath picks a new flow's backend.
+    pub new_flows: NewFlowRule,
     /// What it does when no backend is up.
     pub on_all_down: OnAllDown,
     /// Slots of its ring (a prime).
@@ -156,7 +158,7 @@ pub fn vip_target(
     let ids: BTreeMap<IpAddr, u32> = backends.iter().map(|b| (b.address, b.id)).collect();
     let target = VipTarget {
         key: vip.key,
-        entry: Vip::new(vip.id, vip.ring_size, vip.forward),
+        entry: Vip::new(vip.id, vip.ring_size, vip.forward).picking(vip.new_flows),
         ring: shared.ids(|address| ids.get(&address).copied().unwrap_or(NO_BACKEND)),
         backends: backends
             .iter()
@@ -200,6 +202,7 @@ mod tests {
             key: VipKey::new("10.0.0.100".parse().unwrap(), 80, Protocol::Tcp),
             name: "web",
             forward: ForwardMode::Dsr,
+            new_flows: NewFlowRule::Ring,
             on_all_down,
             ring_size: 251,
         }

@@ -4,10 +4,11 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_common::{
-    conntrack::idle_ticks,
+    conntrack::{conntrack_hash, idle_ticks},
     flow_hash,
+    least_conn::{prefers_second, second_slot, BackendLoad},
     lookup::{self, Source as LookupSource},
-    maps::{Backend, BackendState, Protocol, NO_BACKEND},
+    maps::{Backend, BackendState, NewFlowRule, Protocol, NO_BACKEND},
     FlowKey,
 };
 use serde::Serialize;
@@ -36,9 +37,36 @@ pub struct Explanation {
     pub backend: Option<String>,
     /// Where that backend comes from.
     pub reason: Source,
-    /// How the VIP spreads new flows: `maglev` (the ring by configured weights) or
-    /// `response-time` (the ring by weights scaled by response times).
+    /// How the VIP spreads new flows: `maglev` (the ring by configured weights),
+    /// `response-time` (the ring by weights scaled by response times) or `least-conn`.
     pub balance: crate::config::Balance,
+    /// For a least-conn VIP: the two candidates of a new connection from this client, and
+    /// which one it takes now.
+    pub least_conn: Option<Candidates>,
+}
+
+/// A least-conn VIP's two candidates for a new flow (`lb_common::least_conn`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Candidates {
+    /// The backend of the flow's ring slot.
+    pub ring: Candidate,
+    /// The backend of its second slot.
+    pub second: Candidate,
+    /// The one a new flow takes now (`None`: no backend).
+    pub chosen: Option<String>,
+}
+
+/// One candidate for a new flow.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Candidate {
+    /// Its ring slot.
+    pub slot: u32,
+    /// The backend there (`None`: no backend).
+    pub backend: Option<String>,
+    /// Its active flows, counted in the flow table now.
+    pub active_flows: u64,
+    /// Its weight now, in configured units (what `lb status` shows as its effective weight).
+    pub weight: f64,
 }
 
 /// What the flow table knows of a tracked flow.
@@ -138,8 +166,22 @@ pub fn explain(
             .map_or(BackendState::Unused, Backend::state)
     });
     let reason = Source::from(lookup::source(tracked_state, false));
-    let backend = match (reason, tracked) {
-        (Source::Tracked, Some(id)) => name_of(id),
+    let least_conn = match entry.new_flow_rule() {
+        Some(NewFlowRule::LeastConn) => {
+            let slots = Slots {
+                ring: slot,
+                second: second_slot(conntrack_hash(&flow), entry.ring_size),
+            };
+            Some(candidates(view, &ring, slots, &backends)?)
+        }
+        _ => None,
+    };
+    let backend = match (reason, tracked, &least_conn) {
+        (Source::Tracked, Some(id), _) => name_of(id),
+        // The first datagram of a flow that is not tracked opens it: the candidates decide.
+        (Source::Ring, None, Some(candidates)) if protocol != Protocol::Tcp => {
+            candidates.chosen.clone()
+        }
         _ => ring_backend.clone(),
     };
     Ok(Explanation {
@@ -152,10 +194,70 @@ pub fn explain(
         tracking,
         backend,
         reason,
-        balance: view
-            .snapshot_vip(entry.id)
-            .and_then(|vip| vip.balance)
-            .unwrap_or(crate::config::Balance::Maglev),
+        balance: match (&least_conn, view.snapshot_vip(entry.id)) {
+            (Some(_), _) => crate::config::Balance::LeastConn,
+            (None, Some(vip)) => vip.balance.unwrap_or(crate::config::Balance::Maglev),
+            (None, None) => crate::config::Balance::Maglev,
+        },
+        least_conn,
+    })
+}
+
+/// A flow's two ring slots (`None`: the ring is empty).
+struct Slots {
+    ring: Option<u32>,
+    second: Option<u32>,
+}
+
+/// The candidates of a new flow with ring slots `slots` in its VIP's ring `ring`, weighed as
+/// the datapath weighs them: active flows counted in the flow table now, and the weights the
+/// agent's snapshot shows.
+fn candidates(
+    view: &mut View,
+    ring: &[u32],
+    slots: Slots,
+    backends: &BTreeMap<u32, Backend>,
+) -> Result<Candidates, ReportError> {
+    let census = view
+        .datapath
+        .flow_census(FlowClock::read_or_assume().now())?;
+    let backend_at = |slot: Option<u32>| {
+        slot.and_then(|slot| ring.get(slot as usize).copied())
+            .filter(|id| *id != NO_BACKEND)
+    };
+    let candidate = |slot: Option<u32>| {
+        let id = backend_at(slot);
+        let weight = id
+            .and_then(|id| view.snapshot_backend(id))
+            .map_or(0.0, |b| b.effective_weight);
+        Candidate {
+            slot: slot.unwrap_or(0),
+            backend: id.and_then(|id| backends.get(&id).map(|b| b.address().to_string())),
+            active_flows: id
+                .and_then(|id| census.active.get(&id).copied())
+                .unwrap_or(0),
+            weight,
+        }
+    };
+    let (first, second) = (candidate(slots.ring), candidate(slots.second));
+    let load = |c: &Candidate| BackendLoad {
+        active: c.active_flows,
+        weight: (c.weight * f64::from(crate::agent::weights::WEIGHT_SCALE)).round() as u32,
+        _pad: 0,
+    };
+    let second_up = backend_at(slots.second)
+        .filter(|id| Some(*id) != backend_at(slots.ring))
+        .and_then(|id| backends.get(&id))
+        .is_some_and(|b| b.state() == BackendState::Up);
+    let chosen = if second_up && prefers_second(load(&first), load(&second)) {
+        second.backend.clone()
+    } else {
+        first.backend.clone()
+    };
+    Ok(Candidates {
+        ring: first,
+        second,
+        chosen,
     })
 }
 
@@ -190,7 +292,7 @@ pub fn format_explanation(e: &Explanation) -> String {
             e.slot,
             to(&e.backend),
             match e.balance {
-                crate::config::Balance::Maglev => "",
+                crate::config::Balance::Maglev | crate::config::Balance::LeastConn => "",
                 crate::config::Balance::ResponseTime => {
                     " (balance response-time: the ring weighs backends by their response times)"
                 }
@@ -198,6 +300,24 @@ pub fn format_explanation(e: &Explanation) -> String {
         ),
     };
     out.push('\n');
+    if let Some(c) = &e.least_conn {
+        let candidate = |c: &Candidate| {
+            format!(
+                "slot {} → {} ({} active, weight {})",
+                c.slot,
+                to(&c.backend),
+                c.active_flows,
+                c.weight
+            )
+        };
+        out.push_str(&format!(
+            "balance least-conn: a new connection from this client has the candidates ring {} \
+             and second {}: it goes to {}\n",
+            candidate(&c.ring),
+            candidate(&c.second),
+            to(&c.chosen)
+        ));
+    }
     if let Some(tracking) = &e.tracking {
         out.push_str(&format!(
             "flow: {}, last packet {:.0} s ago; {}\n",

@@ -74,6 +74,9 @@ pub struct VipStatusReport {
     pub protocol: Option<Protocol>,
     /// `dsr` or `tunnel`.
     pub forward: Option<ForwardMode>,
+    /// How it spreads new flows: `maglev`, `response-time` or `least-conn` (`None`: not known,
+    /// no agent has said).
+    pub balance: Option<crate::config::Balance>,
     /// Ring size.
     pub ring_size: u32,
     /// Short hash of the ring as backend addresses per slot: equal on two instances with the
@@ -274,6 +277,14 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
             port: vip.key.port(),
             protocol: vip.key.protocol(),
             forward: vip.entry.forward_mode(),
+            balance: view.snapshot_vip(id).and_then(|v| v.balance).or(
+                match vip.entry.new_flow_rule() {
+                    Some(lb_common::maps::NewFlowRule::LeastConn) => {
+                        Some(crate::config::Balance::LeastConn)
+                    }
+                    _ => None,
+                },
+            ),
             ring_size: ring.size,
             ring_fingerprint: fingerprint(ring.fingerprint),
             backends,
@@ -386,11 +397,15 @@ pub fn format_status(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "\nvip {} {}/{} {}  ring {} slots, fingerprint {}{}{announced}",
+            "\nvip {} {}/{} {}{}  ring {} slots, fingerprint {}{}{announced}",
             vip.name,
             endpoint(&vip.address, vip.port),
             vip.protocol.map_or("?", Protocol::name),
             vip.forward.map_or("?", ForwardMode::name),
+            match vip.balance {
+                None | Some(crate::config::Balance::Maglev) => String::new(),
+                Some(balance) => format!(" {}", balance.name()),
+            },
             vip.ring_size,
             vip.ring_fingerprint,
             if vip.servable {
@@ -485,6 +500,7 @@ mod tests {
                     port: 80,
                     protocol: Some(Protocol::Tcp),
                     forward: Some(ForwardMode::Dsr),
+                    balance: None,
                     ring_size: 7,
                     ring_fingerprint: String::new(),
                     servable: *servable,

@@ -211,17 +211,29 @@ pub enum Balance {
     /// Maglev by the configured weights scaled by each backend's response time to its checks
     /// (slower: fewer new flows, down to a quarter of its weight).
     ResponseTime,
+    /// A new flow goes to the less loaded (active flows for its weight) of two candidates:
+    /// its Maglev slot's backend and a second slot's.
+    LeastConn,
 }
 
 impl Balance {
     /// Every choice, the default first.
-    pub const ALL: [Balance; 2] = [Balance::Maglev, Balance::ResponseTime];
+    pub const ALL: [Balance; 3] = [Balance::Maglev, Balance::ResponseTime, Balance::LeastConn];
 
     /// Its name in the configuration.
     pub const fn name(self) -> &'static str {
         match self {
             Balance::Maglev => "maglev",
             Balance::ResponseTime => "response-time",
+            Balance::LeastConn => "least-conn",
+        }
+    }
+
+    /// How the datapath picks a new flow's backend.
+    pub const fn new_flow_rule(self) -> lb_common::maps::NewFlowRule {
+        match self {
+            Balance::Maglev | Balance::ResponseTime => lb_common::maps::NewFlowRule::Ring,
+            Balance::LeastConn => lb_common::maps::NewFlowRule::LeastConn,
         }
     }
 }

@@ -984,15 +984,16 @@ fn a_load_aware_dsr_vip_announced_by_routing_is_warned_about() {
     assert!(warnings(text("maglev", "dsr", "[announce]")).is_empty());
     assert!(warnings(text("response-time", "tunnel", "[announce]")).is_empty());
     assert!(warnings(text("response-time", "dsr", "")).is_empty());
-    let error = parse(
-        std::path::Path::new("t.toml"),
-        &text("least-conn", "dsr", ""),
-    )
-    .expect_err("unknown balance");
+    let warned = warnings(text("least-conn", "dsr", "[announce]"));
+    assert_eq!(warned.len(), 1);
+    assert!(warned[0].starts_with("vip web: balance = \"least-conn\" with forward = \"dsr\""));
+    assert!(warnings(text("least-conn", "tunnel", "[announce]")).is_empty());
+    let error = parse(std::path::Path::new("t.toml"), &text("fewest", "dsr", ""))
+        .expect_err("unknown balance");
     assert!(
-        error
-            .to_string()
-            .contains("invalid balance \"least-conn\": expected one of maglev, response-time"),
+        error.to_string().contains(
+            "invalid balance \"fewest\": expected one of maglev, response-time, least-conn"
+        ),
         "{error}"
     );
 }

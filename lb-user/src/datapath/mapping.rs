@@ -1,11 +1,12 @@
-//! Shared mappings of `BPF_F_MMAPABLE` array maps (rings, the VIP index): their value area in
-//! this process's memory, read and written one 32-bit word at a time, so a program reading a
-//! word at the same time sees it old or new, never half written.
+//! Shared mappings of `BPF_F_MMAPABLE` array maps (rings, the VIP index, `FLOWS`, `LOADS`):
+//! their value area in this process's memory, read and written one aligned 32- or 64-bit word
+//! at a time, so a program reading a word at the same time sees it old or new, never half
+//! written.
 
 use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 /// A mapping of an mmapable array map's values, unmapped when dropped.
@@ -72,6 +73,27 @@ impl Mapping {
         // and live for as long as `self`. The kernel and programs access the same memory,
         // which AtomicU32 permits.
         unsafe { &*self.area.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The 64-bit word at byte `offset` (a multiple of 8, below `len`).
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len,
+            "offset {offset} out of the mapping"
+        );
+        // SAFETY: as in `word`, 8-byte aligned.
+        unsafe { &*self.area.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// Reads the 64-bit word at byte `offset`.
+    pub(super) fn load64(&self, offset: usize, order: Ordering) -> u64 {
+        self.word64(offset).load(order)
+    }
+
+    /// Writes the 64-bit word at byte `offset` (of a [`Self::read_write`] mapping).
+    pub(super) fn store64(&self, offset: usize, value: u64, order: Ordering) {
+        assert!(self.writable, "a store into a read-only mapping");
+        self.word64(offset).store(value, order);
     }
 
     /// Reads the word at byte `offset`.

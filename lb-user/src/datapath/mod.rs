@@ -7,6 +7,7 @@ mod decap;
 mod error;
 mod flows;
 pub mod layout;
+mod loads;
 mod mapping;
 mod maps;
 mod ring;
@@ -35,6 +36,7 @@ pub use self::{
     decap::{Decap, DecapCounts, DecapError},
     error::DatapathError,
     flows::{FlowCensus, OldFlows, TrackedFlow},
+    loads::Loads,
     ring::{read_ring_by_id, PreparedRing},
     upgrade::{FlowsCarried, Origin, Upgraded},
 };

@@ -194,6 +194,7 @@ fn entry_words(entry: &VipEntry) -> [u32; ENTRY_WORDS] {
         id,
         ring_size,
         forward,
+        new_flows,
         _pad,
     } = vip;
     let word = |at: usize| u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
@@ -205,7 +206,7 @@ fn entry_words(entry: &VipEntry) -> [u32; ENTRY_WORDS] {
         u32::from_ne_bytes([port[0], port[1], *protocol, *family]),
         *id,
         *ring_size,
-        u32::from_ne_bytes([*forward, _pad[0], _pad[1], _pad[2]]),
+        u32::from_ne_bytes([*forward, *new_flows, _pad[0], _pad[1]]),
     ]
 }
 

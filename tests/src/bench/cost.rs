@@ -14,7 +14,9 @@ use aya::{
     TestRunAttrs,
 };
 use lb_common::{
-    maps::{ForwardMode, Protocol, DEFAULT_CONNTRACK_SIZE},
+    conntrack::conntrack_hash,
+    least_conn::{second_slot, BackendLoad},
+    maps::{ForwardMode, NewFlowRule, Protocol, DEFAULT_CONNTRACK_SIZE},
     stats::Counter,
 };
 use lb_user::datapath::Program;
@@ -116,6 +118,8 @@ pub mod target {
     /// A new flow (TCP SYN), DSR or tunnel, whether its set has room or is full of
     /// established flows.
     pub const SYN: f64 = 2.0;
+    /// A least-conn VIP's new flow (TCP SYN, DSR): both candidates weighed.
+    pub const LEAST_CONN_SYN: f64 = 2.5;
     /// A packet to no VIP, against the `XDP_PASS` floor: the host's own traffic.
     pub const NOT_VIP: f64 = 1.1;
 }
@@ -249,6 +253,7 @@ pub fn lab_and_paths() -> anyhow::Result<(PacketLab, Vec<Path>)> {
         )?,
     ];
     paths.push(syn_into_established(&mut lab)?);
+    paths.push(least_conn_syn(&mut lab)?);
     let not_vip = Frame::ack(CLIENT_V4, 40006, "10.0.0.99", PORT).build();
     let (action, out) = lab.run(&not_vip)?;
     ensure!(
@@ -327,6 +332,51 @@ fn new_flow(lab: &mut PacketLab, name: &str, vip: &str, frame: Frame) -> anyhow:
         verdict: Verdict::Tx,
         route: Route::NewFlow { vip: id },
         target: Some(target::SYN),
+    })
+}
+
+/// A least-conn VIP's SYN whose second candidate is the less loaded: both ring slots read,
+/// both backends' loads compared, the second taken. Repeated, the flow is a SYN sent again,
+/// which is asked only after weighing: the whole choice is timed.
+fn least_conn_syn(lab: &mut PacketLab) -> anyhow::Result<Path> {
+    let name = "TCP v4 SYN (least-conn, dsr)";
+    lab.add_vip(
+        "bench-lc4",
+        14,
+        "10.0.0.230",
+        PORT,
+        Protocol::Tcp,
+        ForwardMode::Dsr,
+        &[(24, "10.0.0.41"), (25, "10.0.0.42")],
+    );
+    lab.set_new_flow_rule("bench-lc4", NewFlowRule::LeastConn);
+    let ring = &lab.rings[&14];
+    let (frame, ring_backend, second) = (42000..43000)
+        .map(|port| Frame::syn(CLIENT_V4, port, "10.0.0.230", PORT))
+        .find_map(|frame| {
+            let flow = frame.flow_key();
+            let first = ring[(lb_common::flow_hash(&flow) % ring.len() as u32) as usize];
+            let slot = second_slot(conntrack_hash(&flow), ring.len() as u32)?;
+            let second = ring[slot as usize];
+            (first != second).then_some((frame, first, second))
+        })
+        .ok_or_else(|| anyhow!("{name}: no flow whose two candidates differ"))?;
+    let load = |active| BackendLoad {
+        active,
+        weight: 100,
+        _pad: 0,
+    };
+    lab.loads.set(ring_backend, load(1_000_000));
+    lab.loads.set(second, load(0));
+    let bytes = frame.build();
+    check_forward(lab, name, "bench-lc4", &frame, &bytes, second)?;
+    Ok(Path {
+        name: name.into(),
+        program: Program::Balancer,
+        frame: bytes,
+        verdict: Verdict::Tx,
+        route: Route::NewFlow { vip: 14 },
+        target: Some(target::LEAST_CONN_SYN),
     })
 }
 

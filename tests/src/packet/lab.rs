@@ -8,14 +8,14 @@ use lb_common::{
     encoding::addr_bytes,
     maglev::{build_ring, MaglevBackend},
     maps::{
-        Backend, BackendState, DecapKey, ForwardMode, Protocol, Settings, Vip, VipKey,
+        Backend, BackendState, DecapKey, ForwardMode, NewFlowRule, Protocol, Settings, Vip, VipKey,
         DEFAULT_RING_SIZE,
     },
     FlowKey,
 };
 use lb_user::{
     config::ConntrackConfig,
-    datapath::{Datapath, FlowClock, Options, Program},
+    datapath::{Datapath, FlowClock, Loads, Options, Program},
 };
 
 use crate::packet::frames::{ip, LB_MAC};
@@ -104,6 +104,8 @@ pub struct PacketLab {
     pub rings: HashMap<u32, Vec<u32>>,
     /// VIPs by name.
     pub vips: HashMap<&'static str, LabVip>,
+    /// `LOADS`: what least-conn VIPs' backends are weighed by.
+    pub loads: Loads,
 }
 
 impl PacketLab {
@@ -123,10 +125,12 @@ impl PacketLab {
         datapath
             .set_settings(&lab_settings(LB_MAC))
             .expect("settings");
+        let loads = datapath.take_loads().expect("LOADS");
         Self {
             datapath,
             rings: HashMap::new(),
             vips: HashMap::new(),
+            loads,
         }
     }
 
@@ -276,6 +280,17 @@ impl PacketLab {
             )
             .expect("set vip");
         self.vips.insert(name, vip);
+    }
+
+    /// Makes VIP `name` pick its new flows' backends by `rule`.
+    pub fn set_new_flow_rule(&mut self, name: &str, rule: NewFlowRule) {
+        let vip = &self.vips[name];
+        self.datapath
+            .set_vip(
+                &VipKey::new(vip.address, vip.port, vip.protocol),
+                &Vip::new(vip.id, DEFAULT_RING_SIZE, vip.forward).picking(rule),
+            )
+            .expect("set vip");
     }
 
     /// Writes backend `id` (egress = the test-run ingress, so forwarding is `XDP_TX`).

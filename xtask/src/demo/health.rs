@@ -158,7 +158,7 @@ fn backend_command(lab: &Lab, action: &str, address: &str) -> Result<String> {
 }
 
 /// A connection from the client that landed on `name` (new connections until one does).
-fn hold_connection_to(lab: &Lab, name: &str) -> Result<TcpStream> {
+pub(super) fn hold_connection_to(lab: &Lab, name: &str) -> Result<TcpStream> {
     let vip = SocketAddr::new(VIP.parse().expect("VIP"), PORT);
     lab.host_ns("client")?
         .try_run(|| -> Result<TcpStream> {

@@ -14,6 +14,7 @@
 //! - [`lab`]: the lab's network, processes ([`processes`]) and logs; [`keep`]: `--keep`;
 //! - [`mod@clean`]: removing labs by name (`--clean`, leftovers); [`signals`]: Ctrl-C.
 
+mod balance;
 mod clean;
 mod config;
 mod health;

@@ -165,6 +165,7 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
     tally.check("c", all_up, &mut failures);
 
     super::health::narrate(lab, &mut failures)?;
+    super::balance::narrate(lab, &mut failures)?;
 
     header("d. what the agent logged");
     for line in lab.log_text().lines() {

@@ -86,6 +86,21 @@ impl Tally {
         Ok(tally)
     }
 
+    /// The share of answered connections backend `i` (in [`BACKENDS`] order) answered.
+    pub(super) fn share(&self, i: usize) -> f64 {
+        let answered: usize = self.counts.iter().sum();
+        if answered == 0 {
+            0.0
+        } else {
+            self.counts[i] as f64 / answered as f64
+        }
+    }
+
+    /// Connections that failed or were not answered by a backend.
+    pub(super) fn unanswered(&self) -> usize {
+        self.failed + self.skipped + self.unknown
+    }
+
     fn total(&self) -> usize {
         self.counts.iter().sum::<usize>() + self.failed + self.unknown + self.skipped
     }
