@@ -226,6 +226,15 @@ pub mod names {
     /// `Array<BackendLoad>` indexed by backend id: active flows and weights of least-conn
     /// VIPs' backends ([`crate::least_conn`]). Not pinned: the agent counts them afresh.
     pub const LOADS: &str = "LOADS";
+    /// `ArrayOfMaps<Array<u32>>` indexed by VIP id: the ring before the VIP's last change,
+    /// for its second-chance window. Not pinned.
+    pub const PREVIOUS_RINGS: &str = "PREVIOUS_RINGS";
+    /// `PerCpuArray<u64>` indexed by [`crate::stats::SecondChanceCounter`]. Not pinned.
+    pub const SECOND_CHANCE_STATS: &str = "SECOND_CHANCE_STATS";
+    /// `Queue<[u32; 4]>`: second-chance hops `decap` has no route to yet.
+    pub const HOP_NEIGHBOURS: &str = "HOP_NEIGHBOURS";
+    /// `HashMap<DecapKey, HopRoute>`: how `decap` reaches each second-chance hop.
+    pub const HOP_ROUTES: &str = "HOP_ROUTES";
     /// `Array<Layout>` with one entry: the layout of the pinned maps ([`crate::layout`]).
     pub const LAYOUT: &str = "LAYOUT";
     /// The balancer's maps: pinned under the state directory, so conntrack, rings and counters
@@ -393,6 +402,17 @@ pub struct DecapKey {
     pub _pad: [u8; 3],
 }
 
+/// Value of `HOP_ROUTES` (`decap`'s, by [`DecapKey`] of a second-chance hop): how this backend
+/// reaches the hop, resolved by `lb decap` through the kernel's routes and neighbours.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopRoute {
+    /// The interface to send by.
+    pub ifindex: u32,
+    /// The hop's (or its gateway's) MAC, then the interface's: the frame's Ethernet addresses.
+    pub macs: [u8; 12],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays, with every
@@ -412,6 +432,8 @@ mod pod {
     unsafe impl aya::Pod for crate::least_conn::BackendLoad {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DecapKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HopRoute {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     // SAFETY: as above.

@@ -237,11 +237,37 @@ pub enum DecapCounter {
     Passed,
     /// Malformed tunnel packet: dropped.
     Malformed,
+    /// Carried a second-chance hop, and this host has the connection (an established, request
+    /// or time-wait socket), or the packet is a SYN, or an ACK a local listener's SYN cookie
+    /// vouches for: stripped and passed up.
+    HopLocal,
+    /// Carried a second-chance hop, and this host has no such connection: sent on to the hop
+    /// (the backend that had the flow's ring slot before), the hop cleared.
+    HopForwarded,
+    /// Carried a second-chance hop that is this host: stripped and passed up.
+    HopNotTaken,
+    /// Carried a second-chance hop this host has no route to yet: dropped (TCP sends it
+    /// again), and the hop queued for `lb decap` to resolve.
+    HopUnresolved,
 }
 
 impl DecapCounter {
     /// Number of counters (size of `DECAP_STATS`).
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 7;
+}
+
+/// The `lb` program's second-chance counters (`SECOND_CHANCE_STATS`, not pinned).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondChanceCounter {
+    /// Packets of untracked connections sent to their ring slot's backend with the previous
+    /// owner of the slot as a hop.
+    HopsCarried = 0,
+}
+
+impl SecondChanceCounter {
+    /// Number of counters (size of `SECOND_CHANCE_STATS`).
+    pub const COUNT: u32 = 1;
 }
 
 /// Value of `VIP_STATS` (per CPU).

@@ -66,6 +66,130 @@ pub fn outer_ipv4(
     ])
 }
 
+/// Length of the second-chance hop option in an outer IPv4 header ([`outer_ipv4_with_hop`]).
+pub const HOP_OPTION_V4_LEN: usize = 8;
+/// Length of the destination options header carrying the hop after an outer IPv6 header
+/// ([`outer_ipv6_with_hop`]).
+pub const HOP_OPTIONS_V6_LEN: usize = 24;
+/// The hop option's type, in IPv4 and in IPv6 destination options: 0x1e, the value RFC 4727
+/// sets aside for experiments in both. In IPv4: not copied into fragments, class 0, number 30.
+/// In IPv6 its two high bits are 00: a node that does not know it skips it.
+pub const HOP_OPTION_TYPE: u8 = 0x1e;
+/// IPv6 next header: destination options.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// [`outer_ipv4`] with the second-chance hop option (`docs/SECOND_CHANCE.md`): IHL 7, then
+/// the 8 option bytes `0x1e, 8, 0, 0` and `hop`, the address of the backend that had the
+/// flow's ring slot before (0.0.0.0: no hop, or one already taken).
+#[inline(always)]
+pub fn outer_ipv4_with_hop(
+    tos: u8,
+    inner_len: u32,
+    dont_fragment: bool,
+    protocol: u8,
+    source: [u8; 4],
+    destination: [u8; 4],
+    hop: [u8; 4],
+) -> Header<{ (OUTER_IPV4_LEN + HOP_OPTION_V4_LEN) / 4 }> {
+    const LEN: usize = OUTER_IPV4_LEN + HOP_OPTION_V4_LEN;
+    let total = ((inner_len as usize + LEN) as u16).to_be_bytes();
+    let frags = ipv4_unfragmented(dont_fragment);
+    let option = [HOP_OPTION_TYPE, HOP_OPTION_V4_LEN as u8, 0, 0];
+    let check = ipv4_options_checksum(
+        [
+            u16::from_be_bytes([0x47, tos]),
+            u16::from_be_bytes(total),
+            0,
+            u16::from_be_bytes(frags),
+            u16::from_be_bytes([TUNNEL_TTL, protocol]),
+            0,
+            u16::from_be_bytes([source[0], source[1]]),
+            u16::from_be_bytes([source[2], source[3]]),
+            u16::from_be_bytes([destination[0], destination[1]]),
+            u16::from_be_bytes([destination[2], destination[3]]),
+        ],
+        [
+            u16::from_be_bytes([option[0], option[1]]),
+            0,
+            u16::from_be_bytes([hop[0], hop[1]]),
+            u16::from_be_bytes([hop[2], hop[3]]),
+        ],
+    )
+    .to_be_bytes();
+    Header([
+        word([0x47, tos, total[0], total[1]]),
+        word([0, 0, frags[0], frags[1]]),
+        word([TUNNEL_TTL, protocol, check[0], check[1]]),
+        word(source),
+        word(destination),
+        word(option),
+        word(hop),
+    ])
+}
+
+/// The checksum of an IPv4 header of 20 bytes (`fixed`, checksum field 0) and 8 option bytes.
+#[inline(always)]
+fn ipv4_options_checksum(fixed: [u16; 10], options: [u16; 4]) -> u16 {
+    // The fixed part's one's complement sum, then the options' (by value: a loop over
+    // references becomes 16-bit stack reads the verifier refuses).
+    let mut sum = u32::from(!ipv4_checksum(fixed));
+    for half in options {
+        sum += u32::from(half);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// [`outer_ipv6`] followed by a destination options header carrying the second-chance hop
+/// (`docs/SECOND_CHANCE.md`): next header 60, then `protocol, 2` (24 bytes), the option
+/// `0x1e, 20`, 4 zero bytes and `hop`, the 16-byte address of the backend that had the flow's
+/// ring slot before (`::`: no hop, or one already taken).
+#[inline(always)]
+pub fn outer_ipv6_with_hop(
+    traffic_class: u8,
+    flow_label: u32,
+    inner_len: u32,
+    protocol: u8,
+    source: &[u8; 16],
+    destination: &[u8; 16],
+    hop: &[u8; 16],
+) -> Header<{ (OUTER_IPV6_LEN + HOP_OPTIONS_V6_LEN) / 4 }> {
+    let outer = outer_ipv6(
+        traffic_class,
+        flow_label,
+        inner_len + HOP_OPTIONS_V6_LEN as u32,
+        IPPROTO_DSTOPTS,
+        source,
+        destination,
+    )
+    .0;
+    let h = address_words(hop);
+    Header([
+        outer[0],
+        outer[1],
+        outer[2],
+        outer[3],
+        outer[4],
+        outer[5],
+        outer[6],
+        outer[7],
+        outer[8],
+        outer[9],
+        word([
+            protocol,
+            (HOP_OPTIONS_V6_LEN / 8 - 1) as u8,
+            HOP_OPTION_TYPE,
+            (HOP_OPTIONS_V6_LEN - 4) as u8,
+        ]),
+        0,
+        h[0],
+        h[1],
+        h[2],
+        h[3],
+    ])
+}
+
 /// The four words of a 16-byte address.
 #[inline(always)]
 fn address_words(address: &[u8; 16]) -> [u32; 4] {
@@ -127,6 +251,49 @@ mod tests {
             .sum();
         let folded = (sum & 0xffff) + (sum >> 16);
         assert_eq!(folded as u16, 0xffff);
+    }
+
+    /// A header's 16-bit one's complement sum, folded: 0xffff when its checksum is right.
+    fn folded_sum(header: &[u8]) -> u16 {
+        let sum: u32 = header
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        ((sum & 0xffff) + (sum >> 16)) as u16
+    }
+
+    #[test]
+    fn the_hop_option_follows_the_outer_ipv4_header_and_checks_out() {
+        let header =
+            outer_ipv4_with_hop(0, 60, true, 4, [192, 0, 2, 1], [10, 0, 0, 2], [10, 0, 0, 3])
+                .bytes()
+                .concat();
+        assert_eq!(header.len(), 28);
+        assert_eq!(&header[..4], &[0x47, 0, 0, 88]);
+        assert_eq!(&header[20..], &[0x1e, 8, 0, 0, 10, 0, 0, 3]);
+        assert_eq!(folded_sum(&header), 0xffff);
+        let plain = outer_ipv4(0, 60, true, 4, [192, 0, 2, 1], [10, 0, 0, 2])
+            .bytes()
+            .concat();
+        assert_eq!(&header[12..20], &plain[12..20], "same addresses");
+    }
+
+    #[test]
+    fn the_hop_rides_in_ipv6_destination_options() {
+        let source = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let destination = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let hop = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+        let header = outer_ipv6_with_hop(0, 7, 60, 41, &source, &destination, &hop)
+            .bytes()
+            .concat();
+        assert_eq!(header.len(), 64);
+        assert_eq!(
+            &header[4..8],
+            &[0, 84, 60, 64],
+            "payload: options and inner; next: 60"
+        );
+        assert_eq!(&header[40..48], &[41, 2, 0x1e, 20, 0, 0, 0, 0]);
+        assert_eq!(&header[48..], &hop);
     }
 
     #[test]

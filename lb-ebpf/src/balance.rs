@@ -10,14 +10,16 @@ use lb_common::{
     },
     least_conn::{prefers_second, second_slot},
     lookup::{self, Source},
-    maps::{Backend, BackendState, NewFlowRule, Protocol, Vip, VipKey, NO_BACKEND},
-    stats::Counter,
+    maps::{Backend, BackendState, ForwardMode, NewFlowRule, Protocol, Vip, VipKey, NO_BACKEND},
+    stats::{Counter, SecondChanceCounter},
     vip_index::{self, vip_hash_of_words},
     FlowKey,
 };
 
 use crate::{
-    maps::{flow_sets, BACKENDS, FLOWS, LOADS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS},
+    maps::{
+        flow_sets, BACKENDS, FLOWS, LOADS, PREVIOUS_RINGS, RINGS, VIPS, VIP_ENTRIES, VIP_SLOTS,
+    },
     net::StackKey,
     parse::Packet,
     stats,
@@ -72,6 +74,9 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// The IPv6 flow label of the flow's tunnel packets.
     pub flow_label: u32,
+    /// The second-chance hop the tunnel packet carries: the backend that had the flow's ring
+    /// slot before the VIP's last ring change.
+    pub hop: Option<&'static Backend>,
 }
 
 /// Chooses the backend of a packet's flow, by the rule of [`lookup::source`].
@@ -114,14 +119,25 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
                 id,
                 backend,
                 flow_label,
+                hop: None,
             });
         }
         (Source::Rehash, _, _) => stats::count(Counter::Rehashed),
         (Source::Tracked | Source::Ring, _, _) => {}
     }
-    let ring = from_ring(flow, vip)?;
+    let (slot, ring) = from_ring(flow, vip)?;
     let (mut id, mut backend) = ring;
-    if !packet.icmp_error {
+    // A packet of a TCP connection lb does not track (a restart, another instance's flow)
+    // whose slot had another backend before the last ring change carries that one as a hop,
+    // and stays untracked so that every packet carries it while the window lasts.
+    let hop = match (packet.syn || packet.icmp_error, found) {
+        (false, None) if flow.protocol == Protocol::Tcp as u8 => previous_owner(vip, slot, ring),
+        _ => None,
+    };
+    if hop.is_some() {
+        stats::count_second_chance(SecondChanceCounter::HopsCarried);
+        stats::new_flow(vip.id, id);
+    } else if !packet.icmp_error {
         // (An error message about a flow is no reason to track it.)
         let opens = packet.syn || (flow.protocol != Protocol::Tcp as u8 && found.is_none());
         if least_conn && opens {
@@ -162,7 +178,26 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
         id,
         backend,
         flow_label,
+        hop,
     })
+}
+
+/// The backend in ring slot `slot` of the VIP's previous ring, if it is not `ring`'s backend,
+/// is usable and of the same family (the hop rides in the outer header); tunnel VIPs only.
+#[inline(always)]
+fn previous_owner(vip: &Vip, slot: u32, ring: (u32, &'static Backend)) -> Option<&'static Backend> {
+    if vip.forward != ForwardMode::Tunnel as u8 {
+        return None;
+    }
+    let id = *PREVIOUS_RINGS.get_value(vip.id, &slot)?;
+    if id == ring.0 || id == NO_BACKEND {
+        return None;
+    }
+    let previous = BACKENDS.get(id)?;
+    let usable = BackendState::from_raw(previous.state).is_usable();
+    // (An id freed and taken by another VIP's backend since is no hop.)
+    let same = previous.vip == vip.id && previous.family == ring.1.family;
+    (usable && same).then_some(previous)
 }
 
 /// What [`FlowTable::track`] did.
@@ -303,15 +338,15 @@ fn now() -> u32 {
     ticks(unsafe { bpf_jiffies64() })
 }
 
-/// The backend in the VIP's ring slot for `flow` ([`lookup::ring_slot`]).
+/// The VIP's ring slot for `flow` ([`lookup::ring_slot`]) and the backend there.
 #[inline(always)]
-fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<(u32, &'static Backend)> {
+fn from_ring(flow: &FlowKey, vip: &Vip) -> Option<(u32, (u32, &'static Backend))> {
     let slot = lookup::ring_slot(flow, vip.ring_size)?;
     let id = *RINGS.get_value(vip.id, &slot)?;
     if id == NO_BACKEND {
         return None;
     }
-    Some((id, BACKENDS.get(id)?))
+    Some((slot, (id, BACKENDS.get(id)?)))
 }
 
 /// Which of a least-conn VIP's two candidates a new flow goes to: the backend of its ring slot

@@ -5,7 +5,10 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     maps::{Backend, Family, ForwardMode, Settings, Vip},
     stats::DropReason,
-    tunnel::{outer_ipv4, outer_ipv6},
+    tunnel::{
+        outer_ipv4, outer_ipv4_with_hop, outer_ipv6, outer_ipv6_with_hop, Header,
+        HOP_OPTIONS_V6_LEN, HOP_OPTION_V4_LEN,
+    },
 };
 use network_types::eth::EthHdr;
 
@@ -69,8 +72,14 @@ fn egress(ctx: &XdpContext, backend: &Backend) -> Result<Egress, DropReason> {
     }
 }
 
-/// Prepends an outer IPv4 or IPv6 header (the backend's family) between the Ethernet header
-/// (`L2` bytes) and the untouched inner IP packet.
+/// An outer IPv4 header with the second-chance hop option.
+const IPV4_HOP_LEN: usize = IPV4_LEN + HOP_OPTION_V4_LEN;
+/// An outer IPv6 header with the destination options header carrying the hop.
+const IPV6_HOP_LEN: usize = IPV6_LEN + HOP_OPTIONS_V6_LEN;
+
+/// Prepends an outer IPv4 or IPv6 header (the backend's family), with the second-chance hop
+/// if the choice has one, between the Ethernet header (`L2` bytes) and the untouched inner IP
+/// packet.
 #[inline(always)]
 fn encapsulate<const L2: usize>(
     ctx: &XdpContext,
@@ -85,42 +94,80 @@ fn encapsulate<const L2: usize>(
         IPPROTO_IPV6
     };
     if backend.family == Family::V4 as u8 {
-        check_mtu(packet, backend, IPV4_LEN)?;
-        make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
-        let header = outer_ipv4(
-            packet.tos,
-            packet.ip_len,
-            packet.dont_fragment,
-            inner_protocol,
-            settings.tunnel_source_v4,
-            [
-                backend.addr[0],
-                backend.addr[1],
-                backend.addr[2],
-                backend.addr[3],
-            ],
-        );
-        let outer: *mut [u32; IPV4_LEN / 4] = ptr_at(ctx, L2)?;
-        // SAFETY: ptr_at checked the outer header's 20 bytes are inside the packet; packet
-        // memory may be written unaligned.
-        unsafe { outer.write_unaligned(header.0) };
+        let v4 = |addr: &[u8; 16]| [addr[0], addr[1], addr[2], addr[3]];
+        match choice.hop {
+            None => {
+                check_mtu(packet, backend, IPV4_LEN)?;
+                make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
+                let header = outer_ipv4(
+                    packet.tos,
+                    packet.ip_len,
+                    packet.dont_fragment,
+                    inner_protocol,
+                    settings.tunnel_source_v4,
+                    v4(&backend.addr),
+                );
+                write_outer::<L2, { IPV4_LEN / 4 }>(ctx, header)
+            }
+            Some(hop) => {
+                check_mtu(packet, backend, IPV4_HOP_LEN)?;
+                make_room::<L2, IPV4_HOP_LEN>(ctx, ETH_P_IP)?;
+                let header = outer_ipv4_with_hop(
+                    packet.tos,
+                    packet.ip_len,
+                    packet.dont_fragment,
+                    inner_protocol,
+                    settings.tunnel_source_v4,
+                    v4(&backend.addr),
+                    v4(&hop.addr),
+                );
+                write_outer::<L2, { IPV4_HOP_LEN / 4 }>(ctx, header)
+            }
+        }
     } else {
-        check_mtu(packet, backend, IPV6_LEN)?;
-        make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
         // The flow label carries a hash of the flow (ECMP per flow, RFC 6438).
-        let header = outer_ipv6(
-            packet.tos,
-            choice.flow_label,
-            packet.ip_len,
-            inner_protocol,
-            &settings.tunnel_source_v6,
-            &backend.addr,
-        );
-        let outer: *mut [u32; IPV6_LEN / 4] = ptr_at(ctx, L2)?;
-        // SAFETY: ptr_at checked the outer header's 40 bytes are inside the packet; packet
-        // memory may be written unaligned.
-        unsafe { outer.write_unaligned(header.0) };
+        match choice.hop {
+            None => {
+                check_mtu(packet, backend, IPV6_LEN)?;
+                make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
+                let header = outer_ipv6(
+                    packet.tos,
+                    choice.flow_label,
+                    packet.ip_len,
+                    inner_protocol,
+                    &settings.tunnel_source_v6,
+                    &backend.addr,
+                );
+                write_outer::<L2, { IPV6_LEN / 4 }>(ctx, header)
+            }
+            Some(hop) => {
+                check_mtu(packet, backend, IPV6_HOP_LEN)?;
+                make_room::<L2, IPV6_HOP_LEN>(ctx, ETH_P_IPV6)?;
+                let header = outer_ipv6_with_hop(
+                    packet.tos,
+                    choice.flow_label,
+                    packet.ip_len,
+                    inner_protocol,
+                    &settings.tunnel_source_v6,
+                    &backend.addr,
+                    &hop.addr,
+                );
+                write_outer::<L2, { IPV6_HOP_LEN / 4 }>(ctx, header)
+            }
+        }
     }
+}
+
+/// Writes `header` (`WORDS` words) after the `L2`-byte Ethernet header.
+#[inline(always)]
+fn write_outer<const L2: usize, const WORDS: usize>(
+    ctx: &XdpContext,
+    header: Header<WORDS>,
+) -> Result<(), DropReason> {
+    let outer: *mut [u32; WORDS] = ptr_at(ctx, L2)?;
+    // SAFETY: ptr_at checked the outer header's bytes are inside the packet; packet memory may
+    // be written unaligned.
+    unsafe { outer.write_unaligned(header.0) };
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! `datapath` module); the programs only read them, except the counters and `FLOWS`.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, PerCpuArray, Queue},
     macros::btf_map,
 };
 use lb_common::{
@@ -11,11 +11,11 @@ use lb_common::{
     layout::Layout,
     least_conn::BackendLoad,
     maps::{
-        Backend, DecapKey, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE, DEFAULT_RING_SIZE,
-        FLOWS_FLAGS, LOADS_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS, RING_FLAGS,
-        VIP_INDEX_FLAGS,
+        Backend, DecapKey, HopRoute, Settings, Vip, VipKey, DEFAULT_CONNTRACK_SIZE,
+        DEFAULT_RING_SIZE, FLOWS_FLAGS, LOADS_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_VIPS,
+        RING_FLAGS, VIP_INDEX_FLAGS,
     },
-    stats::{BackendStats, Counter, DecapCounter, VipStats},
+    stats::{BackendStats, Counter, DecapCounter, SecondChanceCounter, VipStats},
     vip_index::{VipEntry, VIP_SLOTS as SLOTS},
 };
 
@@ -46,6 +46,18 @@ pub type Ring = Array<u32, { DEFAULT_RING_SIZE as usize }, { RING_FLAGS as usize
 /// never a half-written one (Katran rewrites its ring in place, so a packet can see a mix).
 #[btf_map]
 pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
+
+/// VIP id → the ring it had before its last change, kept for its second-chance window: a
+/// tunnel packet of a connection lb does not track, whose slot had another backend there,
+/// carries that backend as a hop (`lb_common::tunnel`, `docs/SECOND_CHANCE.md`). Not pinned:
+/// the agent keeps what it needs to rebuild them in its records.
+#[btf_map]
+pub static PREVIOUS_RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
+
+/// Second-chance counters by [`SecondChanceCounter`]. Not pinned.
+#[btf_map]
+pub static SECOND_CHANCE_STATS: PerCpuArray<u64, { SecondChanceCounter::COUNT as usize }> =
+    PerCpuArray::new();
 
 /// Backend id → address, health state and next hop.
 #[btf_map]
@@ -122,6 +134,17 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
 /// Local addresses the `decap` program strips tunnels for.
 #[btf_map]
 pub static DECAP_ADDRS: HashMap<DecapKey, u8, 64> = HashMap::new();
+
+/// How `decap` reaches each second-chance hop (interface, MACs), by address: written by
+/// `lb decap`, which resolves the hops the program queues in [`HOP_NEIGHBOURS`].
+#[btf_map]
+pub static HOP_ROUTES: HashMap<DecapKey, HopRoute, 1024> = HashMap::new();
+
+/// Second-chance hops whose link-layer address `decap` did not know (the address's 16 bytes,
+/// IPv4 in the first 4, as two little-endian double words): `lb decap` takes them and has the
+/// kernel resolve them.
+#[btf_map]
+pub static HOP_NEIGHBOURS: Queue<[u64; 2], 64> = Queue::new();
 
 /// `decap` counters by [`DecapCounter`].
 #[btf_map]

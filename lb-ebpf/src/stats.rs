@@ -3,10 +3,10 @@
 
 use lb_common::{
     check_path::CheckCounter,
-    stats::{Counter, DecapCounter},
+    stats::{Counter, DecapCounter, SecondChanceCounter},
 };
 
-use crate::maps::{BACKEND_STATS, CHECK_STATS, DECAP_STATS, STATS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, CHECK_STATS, DECAP_STATS, SECOND_CHANCE_STATS, STATS, VIP_STATS};
 
 /// Adds one to a global counter.
 #[inline(always)]
@@ -21,6 +21,15 @@ pub fn count(counter: Counter) {
 #[inline(always)]
 pub fn count_decap(counter: DecapCounter) {
     if let Some(value) = DECAP_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Adds one to a second-chance counter.
+#[inline(always)]
+pub fn count_second_chance(counter: SecondChanceCounter) {
+    if let Some(value) = SECOND_CHANCE_STATS.get_ptr_mut(counter as u32) {
         // SAFETY: as in `count`.
         unsafe { *value += 1 };
     }

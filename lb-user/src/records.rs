@@ -29,6 +29,22 @@ pub struct Records {
     pub created_unix_ms: u64,
     /// By `vip/address` (see [`key`]).
     pub backends: BTreeMap<String, BackendRecord>,
+    /// Tunnel VIPs' previous rings within their second-chance window, by VIP name: what a
+    /// restarted agent (even with `--fresh-state`, which forgets every tracked flow) needs to
+    /// rebuild them.
+    #[serde(default)]
+    pub previous_rings: BTreeMap<String, PreviousRingRecord>,
+}
+
+/// A previous ring, as what it is built from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreviousRingRecord {
+    /// Its slots.
+    pub size: u32,
+    /// Its members: address and ring weight.
+    pub members: Vec<(IpAddr, u32)>,
+    /// When its window closes (Unix ms).
+    pub until_unix_ms: u64,
 }
 
 /// What is kept of one backend.
@@ -56,7 +72,7 @@ pub fn load(state_dir: &Path) -> Records {
     let path = path_for(state_dir);
     let fresh = || Records {
         created_unix_ms: status::now_unix_ms(),
-        backends: BTreeMap::new(),
+        ..Records::default()
     };
     let text = match std::fs::read(&path) {
         Ok(text) => text,

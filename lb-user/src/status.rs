@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// (`steered`, `encapsulated`, dropped with `no_path`...): never counted as clients'.
     #[serde(default)]
     pub check_packets: std::collections::BTreeMap<String, u64>,
+    /// Packets of untracked connections sent with a second-chance hop.
+    #[serde(default)]
+    pub second_chance_hops: u64,
     /// VIPs.
     pub vips: Vec<VipStatus>,
 }
@@ -89,6 +92,12 @@ pub struct VipStatus {
     /// How it spreads new flows (`None`: an older agent, `maglev`).
     #[serde(default)]
     pub balance: Option<crate::config::Balance>,
+    /// Its second-chance window in seconds (tunnel VIPs; `None`: DSR, off, or an older agent).
+    #[serde(default)]
+    pub second_chance_seconds: Option<f64>,
+    /// When the window of its previous ring closes (Unix ms; `None`: no previous ring).
+    #[serde(default)]
+    pub previous_ring_until_unix_ms: Option<u64>,
     /// The ring the agent last swapped in (`None`: none yet, or an older agent).
     #[serde(default)]
     pub ring: Option<RingStatus>,

@@ -29,6 +29,7 @@ mod reload;
 mod response_time;
 pub mod rings;
 mod runtime;
+mod second_chance;
 pub mod slow_start;
 pub mod state;
 mod state_change;
@@ -137,6 +138,10 @@ pub struct Agent {
     check_interface: Option<crate::check_paths::interface::CheckInterface>,
     /// What least-conn VIPs' backends are weighed by.
     loads: crate::datapath::Loads,
+    /// Each tunnel VIP's previous ring, and the hops counted.
+    second_chance: crate::datapath::SecondChanceMaps,
+    /// The hops counted when the snapshot was last written.
+    hops_published: u64,
     /// The last count of loads failed (logged once until one succeeds).
     loads_failed: bool,
     /// Leave the datapath attached (and the routes in place) on stop.
@@ -236,6 +241,7 @@ impl Agent {
             set_up_vip_checks(&mut datapath, &config.live, neighbour_snapshots.clone()).await?;
         let (checkers, events) = Checkers::new(check_paths);
         let loads = datapath.take_loads()?;
+        let second_chance = datapath.take_second_chance_maps()?;
         let metrics = metrics::start(&config).await; // metrics hook: serves /metrics if configured
         let (control_socket, control) =
             match control_socket::listen(&status::socket_for(&config.fixed.state_dir)) {
@@ -278,6 +284,8 @@ impl Agent {
             check_interface,
             loads,
             loads_failed: false,
+            second_chance,
+            hops_published: 0,
         };
         agent.write_settings()?;
         agent.add_vips(config.live.vips.clone()).await?;
@@ -435,6 +443,18 @@ impl Agent {
             vip.ring = applied
                 .ring_map_id
                 .map(|map_id| runtime::SwappedRing::of(map_id, &shared));
+            let old = vip.current.replace(Arc::clone(&shared));
+            let previous = match vip.config.forward {
+                lb_common::maps::ForwardMode::Tunnel => second_chance::after_change(
+                    vip.previous.as_ref(),
+                    old.as_ref(),
+                    shared.size(),
+                    vip.config.second_chance,
+                    SystemTime::now(),
+                ),
+                lb_common::maps::ForwardMode::Dsr => None,
+            };
+            write_previous_ring(&mut self.second_chance, vip, previous);
         }
         for id in &applied.cleared {
             self.ids.release_backend(*id);
@@ -500,6 +520,8 @@ impl Agent {
         ramp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut response_tick = tokio::time::interval(response_time::PERIOD);
         response_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut window_tick = tokio::time::interval(Duration::from_secs(1));
+        window_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut load_tick = tokio::time::interval(LOAD_COUNT_PERIOD);
         load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -519,6 +541,13 @@ impl Agent {
                 }
                 _ = response_tick.tick() => {
                     self.weigh_response_times();
+                    false
+                }
+                _ = window_tick.tick() => {
+                    let closed = self.close_second_chance_windows();
+                    if closed || self.second_chance.hops_carried() != self.hops_published {
+                        self.publish();
+                    }
                     false
                 }
                 _ = load_tick.tick() => {
@@ -565,6 +594,27 @@ impl Agent {
         }
     }
 
+    /// Forgets the previous rings whose second-chance window closed; whether one did.
+    fn close_second_chance_windows(&mut self) -> bool {
+        let now = SystemTime::now();
+        let mut closed = false;
+        for vip in self.vips.values_mut() {
+            // (A reload may have turned it off, or the VIP to DSR.)
+            let off = vip.config.second_chance.is_zero()
+                || vip.config.forward != lb_common::maps::ForwardMode::Tunnel;
+            if vip.previous.as_ref().is_some_and(|p| p.until <= now || off) {
+                write_previous_ring(&mut self.second_chance, vip, None);
+                tracing::info!(
+                    vip = %vip.config.name,
+                    "vip {}: second-chance window closed: untracked packets carry no hop",
+                    vip.config.name
+                );
+                closed = true;
+            }
+        }
+        closed
+    }
+
     /// Counts the active flows of least-conn VIPs' backends and writes them, with their
     /// weights, into `LOADS`.
     fn count_loads(&mut self) {
@@ -592,6 +642,38 @@ impl Agent {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Makes `previous` VIP `vip`'s previous ring, in the datapath too (`None`: it has none).
+/// Members that are no backend of the VIP any more carry no hop. A failure is logged: packets
+/// then carry no hop, as without second chance.
+pub(super) fn write_previous_ring(
+    maps: &mut crate::datapath::SecondChanceMaps,
+    vip: &mut runtime::VipRuntime,
+    previous: Option<second_chance::PreviousRing>,
+) {
+    let written = match &previous {
+        Some(previous) => {
+            let ids: std::collections::HashMap<IpAddr, u32> =
+                vip.backends.iter().map(|b| (b.address(), b.id)).collect();
+            let slots = previous.shared.ids(|address| {
+                ids.get(&address)
+                    .copied()
+                    .unwrap_or(lb_common::maps::NO_BACKEND)
+            });
+            maps.set(vip.id, &slots)
+        }
+        None if vip.previous.is_some() => maps.clear(vip.id),
+        None => Ok(()),
+    };
+    if let Err(error) = written {
+        tracing::error!(
+            vip = %vip.config.name,
+            "vip {}: second chance: {error}; packets carry no hop",
+            vip.config.name
+        );
+    }
+    vip.previous = previous;
 }
 
 /// Logs that VIP `vip` keeps `held` backends although none passes its checks through the VIP.

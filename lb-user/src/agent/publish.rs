@@ -22,7 +22,7 @@ use super::{response_time, target::serving_state, weights::configured_units, Age
 use crate::{
     datapath::AttachMode,
     error::Chain,
-    records::{self, BackendRecord, Records},
+    records::{self, BackendRecord, PreviousRingRecord, Records},
     status::{self, BackendStatus, RingStatus, Snapshot, VipStatus},
 };
 
@@ -42,6 +42,7 @@ impl Agent {
                 .iter()
                 .map(|(counter, count)| (counter.name().to_owned(), *count))
                 .collect(),
+            second_chance_hops: self.second_chance.hops_carried(),
             vips: self
                 .vips
                 .values()
@@ -55,6 +56,11 @@ impl Agent {
                     forward: vip.config.forward,
                     announce: vip.config.announce,
                     balance: Some(vip.config.balance),
+                    second_chance_seconds: (vip.config.forward
+                        == lb_common::maps::ForwardMode::Tunnel
+                        && !vip.config.second_chance.is_zero())
+                    .then_some(vip.config.second_chance.as_secs_f64()),
+                    previous_ring_until_unix_ms: vip.previous.as_ref().map(|p| unix_ms(p.until)),
                     ring: vip.ring.as_ref().map(|ring| RingStatus {
                         map_id: ring.map_id,
                         size: ring.size,
@@ -114,6 +120,7 @@ impl Agent {
         }
         let check_packets = self.checkers.check_packets();
         let snapshot = self.snapshot(now, &check_packets);
+        self.hops_published = snapshot.second_chance_hops;
         let records = Records {
             created_unix_ms: self.records.created_unix_ms,
             backends: self
@@ -130,11 +137,26 @@ impl Agent {
                     })
                 })
                 .collect(),
+            previous_rings: self
+                .vips
+                .values()
+                .filter_map(|vip| {
+                    let previous = vip.previous.as_ref()?;
+                    let shape = previous.shared.shape();
+                    let record = PreviousRingRecord {
+                        size: shape.size(),
+                        members: shape.members().to_vec(),
+                        until_unix_ms: unix_ms(previous.until),
+                    };
+                    Some((vip.config.name.clone(), record))
+                })
+                .collect(),
         };
         // The records of backends the configuration no longer has are dropped with this
         // publication: only those loaded at start matter to the agent, to restore the backends
         // it starts with.
         self.records.backends.clear();
+        self.records.previous_rings.clear();
         self.publisher.publish(Publication { snapshot, records });
         if let Some(m) = &self.metrics {
             m.check_packets_counted(&check_packets);
@@ -303,6 +325,12 @@ impl Fingerprints {
     }
 }
 
+/// `time` as Unix milliseconds (0 before the epoch).
+pub(super) fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// Writes the snapshot and the records, logging what fails.
 fn write_files(state_dir: &std::path::Path, publication: &Publication) {
     if let Err(error) = status::write(state_dir, &publication.snapshot) {
@@ -337,6 +365,7 @@ mod tests {
             announce: None,
             stopping: false,
             check_packets: Default::default(),
+            second_chance_hops: 0,
             vips: Vec::new(),
         }
     }
@@ -344,7 +373,7 @@ mod tests {
     fn records(created_unix_ms: u64) -> Records {
         Records {
             created_unix_ms,
-            backends: Default::default(),
+            ..Records::default()
         }
     }
 

@@ -169,6 +169,8 @@ impl Agent {
                     written,
                     ring: None,
                     held: 0,
+                    current: None,
+                    previous: None,
                 },
             );
             keys.push(key);
@@ -178,7 +180,51 @@ impl Agent {
         // Every VIP is programmed; the first failure is returned.
         self.sync_vips(&keys)
             .into_iter()
-            .try_for_each(|(_, result)| result)
+            .try_for_each(|(_, result)| result)?;
+        if !self.started {
+            self.restore_previous_rings(&keys);
+        }
+        Ok(())
+    }
+
+    /// Gives the VIPs `keys` the previous rings the records of the last agent kept, whose
+    /// windows are still open: connections from before a ring change and a restart (even with
+    /// `--fresh-state`) keep their second chance.
+    fn restore_previous_rings(&mut self, keys: &[VipKey]) {
+        let now = std::time::SystemTime::now();
+        for key in keys {
+            let Some(vip) = self.vips.get_mut(key) else {
+                continue;
+            };
+            let Some(record) = self.records.previous_rings.get(&vip.config.name) else {
+                continue;
+            };
+            let until =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.until_unix_ms);
+            let tunnel = vip.config.forward == lb_common::maps::ForwardMode::Tunnel;
+            if until <= now || !tunnel || vip.config.second_chance.is_zero() {
+                continue;
+            }
+            let shape = super::rings::RingShape::new(record.size, record.members.iter().copied());
+            let shared = match self.rings.ring(shape) {
+                Ok(shared) => shared,
+                Err(error) => {
+                    tracing::error!(
+                        "vip {}: cannot rebuild its previous ring: {error}",
+                        vip.config.name
+                    );
+                    continue;
+                }
+            };
+            tracing::info!(
+                vip = %vip.config.name,
+                "vip {}: previous ring restored: second chance for {:.0} s more",
+                vip.config.name,
+                until.duration_since(now).unwrap_or_default().as_secs_f64()
+            );
+            let previous = super::second_chance::PreviousRing { shared, until };
+            super::write_previous_ring(&mut self.second_chance, vip, Some(previous));
+        }
     }
 
     /// Removes a VIP: out of `VIPS`, then its backend entries cleared and its ids freed.
@@ -191,6 +237,12 @@ impl Agent {
             .with_context(|| format!("removing vip {}", vip.config.name))?;
         for id in applied.cleared {
             self.ids.release_backend(id);
+        }
+        if vip.previous.is_some() {
+            // Its id may go to another VIP.
+            if let Err(error) = self.second_chance.clear(vip.id) {
+                tracing::error!("removing vip {}'s previous ring: {error}", vip.config.name);
+            }
         }
         for backend in &vip.backends {
             forget_admin(&vip.config.name, backend);

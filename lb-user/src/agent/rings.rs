@@ -37,6 +37,16 @@ impl RingShape {
         members.sort_unstable();
         Self { size, members }
     }
+
+    /// Its slots.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Its members (address, weight), sorted by address.
+    pub fn members(&self) -> &[(IpAddr, u32)] {
+        &self.members
+    }
 }
 
 /// A ring built once for every VIP of its shape.
@@ -128,6 +138,11 @@ impl SharedRing {
     /// Its size.
     pub fn size(&self) -> u32 {
         self.shape.size
+    }
+
+    /// What it was built from.
+    pub fn shape(&self) -> &RingShape {
+        &self.shape
     }
 
     /// Slot bytes it takes.

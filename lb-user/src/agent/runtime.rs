@@ -1,6 +1,6 @@
 //! What the agent keeps per VIP and per backend while it runs.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
@@ -116,6 +116,10 @@ pub struct VipRuntime {
     /// How many of its backends it keeps although down, none being up: they fail through the
     /// VIP but answer at their own addresses (see `target::held_by_own_address`).
     pub held: usize,
+    /// The ring in the datapath now, as built.
+    pub current: Option<Arc<SharedRing>>,
+    /// The ring before its last change, kept for its second-chance window (tunnel VIPs).
+    pub previous: Option<super::second_chance::PreviousRing>,
 }
 
 /// What the agent keeps of a ring it swapped into `RINGS` (see `crate::status::RingStatus`):

@@ -410,6 +410,8 @@ mod tests {
                     written,
                     ring: None,
                     held: 0,
+                    current: None,
+                    previous: None,
                 },
             );
         }

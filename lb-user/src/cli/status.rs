@@ -57,6 +57,8 @@ pub struct AgentStatus {
     /// Health checks' packets sent along the serving path, by what was done (`steered`,
     /// `encapsulated`, or why dropped): apart from every client counter.
     pub check_packets: BTreeMap<String, u64>,
+    /// Packets of untracked connections sent with a second-chance hop.
+    pub second_chance_hops: u64,
 }
 
 /// One VIP's status.
@@ -77,6 +79,10 @@ pub struct VipStatusReport {
     /// How it spreads new flows: `maglev`, `response-time` or `least-conn` (`None`: not known,
     /// no agent has said).
     pub balance: Option<crate::config::Balance>,
+    /// Its second-chance window, seconds (tunnel VIPs; `None`: DSR or off).
+    pub second_chance_seconds: Option<f64>,
+    /// Seconds its previous ring is kept for still (`None`: it has none).
+    pub previous_ring_seconds_left: Option<f64>,
     /// Ring size.
     pub ring_size: u32,
     /// Short hash of the ring as backend addresses per slot: equal on two instances with the
@@ -285,6 +291,11 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
                     _ => None,
                 },
             ),
+            second_chance_seconds: view.snapshot_vip(id).and_then(|v| v.second_chance_seconds),
+            previous_ring_seconds_left: view
+                .snapshot_vip(id)
+                .and_then(|v| v.previous_ring_until_unix_ms)
+                .map(|until| until.saturating_sub(now) as f64 / 1000.0),
             ring_size: ring.size,
             ring_fingerprint: fingerprint(ring.fingerprint),
             backends,
@@ -298,6 +309,7 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
         config: s.config.display().to_string(),
         updated_unix_ms: s.updated_unix_ms,
         check_packets: s.check_packets.clone(),
+        second_chance_hops: s.second_chance_hops,
     });
     Ok(Status {
         attached: view.attached,
@@ -397,7 +409,7 @@ pub fn format_status(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "\nvip {} {}/{} {}{}  ring {} slots, fingerprint {}{}{announced}",
+            "\nvip {} {}/{} {}{}  ring {} slots, fingerprint {}{}{}{announced}",
             vip.name,
             endpoint(&vip.address, vip.port),
             vip.protocol.map_or("?", Protocol::name),
@@ -408,6 +420,12 @@ pub fn format_status(status: &Status) -> String {
             },
             vip.ring_size,
             vip.ring_fingerprint,
+            match (vip.second_chance_seconds, vip.previous_ring_seconds_left) {
+                (Some(window), Some(left)) =>
+                    format!(", second chance {window:.0}s (previous ring kept {left:.0}s more)"),
+                (Some(window), None) => format!(", second chance {window:.0}s"),
+                (None, _) => String::new(),
+            },
             if vip.servable {
                 ""
             } else {
@@ -490,6 +508,7 @@ mod tests {
                 config: "/etc/lb/lb.toml".into(),
                 updated_unix_ms: 0,
                 check_packets: BTreeMap::new(),
+                second_chance_hops: 0,
             }),
             vips: servable
                 .iter()
@@ -501,6 +520,8 @@ mod tests {
                     protocol: Some(Protocol::Tcp),
                     forward: Some(ForwardMode::Dsr),
                     balance: None,
+                    second_chance_seconds: None,
+                    previous_ring_seconds_left: None,
                     ring_size: 7,
                     ring_fingerprint: String::new(),
                     servable: *servable,

@@ -43,6 +43,8 @@ pub const MIN_CONNTRACK_SIZE: u32 = 1024;
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Default backend weight.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// Default `second_chance` window: Beamer's.
+pub const DEFAULT_SECOND_CHANCE: std::time::Duration = std::time::Duration::from_secs(240);
 /// Default health-check interval.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default health-check timeout.
@@ -346,6 +348,9 @@ pub struct VipConfig {
     pub on_all_down: OnAllDown,
     /// How new flows are spread over the backends.
     pub balance: Balance,
+    /// How long after each ring change the ring before it is kept, so that a tunnel packet of a
+    /// connection lb does not track carries the slot's previous backend as a hop (0: off).
+    pub second_chance: std::time::Duration,
     /// Whether its address is announced while it is servable (always false without
     /// `[announce]`).
     pub announce: bool,

@@ -69,6 +69,7 @@ pub(super) struct RawVip {
     pub(super) forward: Option<Spanned<String>>,
     pub(super) on_all_down: Option<Spanned<String>>,
     pub(super) balance: Option<Spanned<String>>,
+    pub(super) second_chance: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<bool>>,
     pub(super) health: Option<RawHealth>,
     #[serde(default)]

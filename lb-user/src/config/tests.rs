@@ -145,6 +145,7 @@ fn full_config() {
                     forward: ForwardMode::Dsr,
                     on_all_down: OnAllDown::Drop,
                     balance: Balance::Maglev,
+                    second_chance: crate::config::DEFAULT_SECOND_CHANCE,
                     announce: false,
                     backends: vec![
                         BackendConfig {
@@ -171,6 +172,7 @@ fn full_config() {
                     forward: ForwardMode::Tunnel,
                     on_all_down: OnAllDown::FailOpen,
                     balance: Balance::Maglev,
+                    second_chance: crate::config::DEFAULT_SECOND_CHANCE,
                     announce: false,
                     backends: vec![BackendConfig {
                         address: ip("192.168.0.1"),
@@ -186,6 +188,7 @@ fn full_config() {
                     forward: ForwardMode::Dsr,
                     on_all_down: OnAllDown::Drop,
                     balance: Balance::Maglev,
+                    second_chance: crate::config::DEFAULT_SECOND_CHANCE,
                     announce: false,
                     backends: vec![BackendConfig {
                         address: ip("10.0.0.11"),

@@ -9,7 +9,8 @@ use super::{
     health::HealthLayer,
     raw::RawVip,
     resolve::{family, Ctx, Result},
-    BackendConfig, Balance, OnAllDown, VipConfig, DEFAULT_WEIGHT, MAX_WEIGHT,
+    BackendConfig, Balance, OnAllDown, VipConfig, DEFAULT_SECOND_CHANCE, DEFAULT_WEIGHT,
+    MAX_WEIGHT,
 };
 
 /// What a VIP inherits from the top of the file.
@@ -95,6 +96,16 @@ impl Ctx<'_> {
         let on_all_down: OnAllDown =
             self.choice(vip.on_all_down.as_ref(), &format!("{path}.on_all_down"))?;
         let balance: Balance = self.choice(vip.balance.as_ref(), &format!("{path}.balance"))?;
+        let second_chance = match &vip.second_chance {
+            Some(window) => humantime::parse_duration(window.get_ref()).map_err(|error| {
+                self.error(
+                    window.span(),
+                    &format!("{path}.second_chance"),
+                    format!("invalid duration {:?}: {error}", window.get_ref()),
+                )
+            })?,
+            None => DEFAULT_SECOND_CHANCE,
+        };
         let vip_health = match &vip.health {
             Some(health) => {
                 defaults
@@ -200,6 +211,7 @@ impl Ctx<'_> {
             forward,
             on_all_down,
             balance,
+            second_chance,
             announce,
             backends,
         })

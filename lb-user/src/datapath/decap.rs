@@ -3,10 +3,16 @@
 use std::net::IpAddr;
 
 use aya::programs::XdpMode;
-use lb_common::{maps::DecapKey, stats::DecapCounter};
+use lb_common::{
+    maps::{names, DecapKey},
+    stats::DecapCounter,
+};
 
-use super::{Datapath, DatapathError, Options, Program};
-use crate::interface::{self, InterfaceError};
+use super::{error::map_error, Datapath, DatapathError, Options, Program};
+use crate::{
+    interface::{self, InterfaceError},
+    nexthop::NextHop,
+};
 
 /// Errors of `lb decap`.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +36,45 @@ pub enum DecapError {
 /// The `decap` program attached to an interface; detached on drop.
 pub struct Decap {
     datapath: Datapath,
+    /// `HOP_NEIGHBOURS`: second-chance hops the program has no route to.
+    hop_neighbours: aya::maps::Queue<aya::maps::MapData, [u32; 4]>,
+    /// `HOP_ROUTES`: how the program reaches each hop.
+    hop_routes: aya::maps::HashMap<aya::maps::MapData, DecapKey, lb_common::maps::HopRoute>,
     /// Addresses tunnels are accepted for.
     pub addresses: Vec<IpAddr>,
     /// The XDP mode the program runs in.
     pub mode: XdpMode,
+}
+
+impl Datapath {
+    /// Takes `HOP_NEIGHBOURS` out of the object (once).
+    pub fn take_hop_neighbours(
+        &mut self,
+    ) -> Result<aya::maps::Queue<aya::maps::MapData, [u32; 4]>, DatapathError> {
+        let map = names::HOP_NEIGHBOURS;
+        let taken = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(map))
+            .ok_or(DatapathError::MissingMap { map })?;
+        aya::maps::Queue::try_from(taken).map_err(map_error(map))
+    }
+
+    /// Takes `HOP_ROUTES` out of the object (once).
+    pub fn take_hop_routes(
+        &mut self,
+    ) -> Result<
+        aya::maps::HashMap<aya::maps::MapData, DecapKey, lb_common::maps::HopRoute>,
+        DatapathError,
+    > {
+        let map = names::HOP_ROUTES;
+        let taken = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(map))
+            .ok_or(DatapathError::MissingMap { map })?;
+        aya::maps::HashMap::try_from(taken).map_err(map_error(map))
+    }
 }
 
 impl Decap {
@@ -55,9 +96,13 @@ impl Decap {
         for address in &addresses {
             datapath.add_decap_address(&DecapKey::new(*address))?;
         }
+        let hop_neighbours = datapath.take_hop_neighbours()?;
+        let hop_routes = datapath.take_hop_routes()?;
         let (_, mode) = datapath.attach_auto(Program::Decap, interface, mode)?;
         Ok(Self {
             datapath,
+            hop_neighbours,
+            hop_routes,
             addresses,
             mode,
         })
@@ -70,11 +115,54 @@ impl Decap {
 
     /// The program's counters so far, summed over CPUs.
     pub fn counts(&mut self) -> Result<DecapCounts, DecapError> {
+        let mut count = |counter| self.datapath.decap_counter(counter);
         Ok(DecapCounts {
-            decapsulated: self.datapath.decap_counter(DecapCounter::Decapsulated)?,
-            passed: self.datapath.decap_counter(DecapCounter::Passed)?,
-            malformed: self.datapath.decap_counter(DecapCounter::Malformed)?,
+            decapsulated: count(DecapCounter::Decapsulated)?,
+            passed: count(DecapCounter::Passed)?,
+            malformed: count(DecapCounter::Malformed)?,
+            hop_local: count(DecapCounter::HopLocal)?,
+            hop_forwarded: count(DecapCounter::HopForwarded)?,
+            hop_not_taken: count(DecapCounter::HopNotTaken)?,
+            hop_unresolved: count(DecapCounter::HopUnresolved)?,
         })
+    }
+
+    /// Tells the program how to reach second-chance hop `hop`.
+    pub fn set_hop_route(&mut self, hop: IpAddr, next_hop: &NextHop) -> Result<(), DecapError> {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&next_hop.dst_mac);
+        macs[6..].copy_from_slice(&next_hop.src_mac);
+        let route = lb_common::maps::HopRoute {
+            ifindex: next_hop.ifindex,
+            macs,
+        };
+        self.hop_routes
+            .insert(DecapKey::new(hop), route, 0)
+            .map_err(map_error(names::HOP_ROUTES))?;
+        Ok(())
+    }
+
+    /// Forgets how to reach `hop` (it could not be resolved again).
+    pub fn remove_hop_route(&mut self, hop: IpAddr) {
+        let _ = self.hop_routes.remove(&DecapKey::new(hop));
+    }
+
+    /// The second-chance hops the program could not reach for want of a route since the last
+    /// call (each once).
+    pub fn hops_without_route(&mut self) -> Vec<IpAddr> {
+        let mut hops = std::collections::BTreeSet::new();
+        while let Ok(words) = self.hop_neighbours.pop(0) {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let hop = if words[1..] == [0; 3] {
+                IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+            } else {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&bytes);
+                IpAddr::from(octets)
+            };
+            hops.insert(hop);
+        }
+        hops.into_iter().collect()
     }
 }
 
@@ -87,4 +175,12 @@ pub struct DecapCounts {
     pub passed: u64,
     /// Malformed tunnel packets, dropped.
     pub malformed: u64,
+    /// Packets with a second-chance hop whose connection this host has: kept.
+    pub hop_local: u64,
+    /// Packets with a second-chance hop sent on to it.
+    pub hop_forwarded: u64,
+    /// Packets with a hop that is this host: kept.
+    pub hop_not_taken: u64,
+    /// Packets with a hop not resolved yet: dropped, the hop resolved.
+    pub hop_unresolved: u64,
 }

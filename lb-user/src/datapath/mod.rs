@@ -11,6 +11,7 @@ mod loads;
 mod mapping;
 mod maps;
 mod ring;
+mod second_chance;
 mod upgrade;
 mod vip_index;
 
@@ -38,6 +39,7 @@ pub use self::{
     flows::{FlowCensus, OldFlows, TrackedFlow},
     loads::Loads,
     ring::{read_ring_by_id, PreparedRing},
+    second_chance::SecondChanceMaps,
     upgrade::{FlowsCarried, Origin, Upgraded},
 };
 use self::{

@@ -141,6 +141,18 @@ impl AgentProcess {
         }
     }
 
+    /// Starts `lb run --fresh-state --config <files.config>` in `ns`: the pinned maps are
+    /// recreated (every tracked flow forgotten), the link kept.
+    pub fn start_fresh(ns: &Netns, files: &AgentFiles) -> Self {
+        let mut command = lb_command(ns, &files.log);
+        command
+            .args(["run", "--fresh-state", "--config"])
+            .arg(&files.config);
+        Self {
+            child: command.spawn().expect("spawn lb run --fresh-state"),
+        }
+    }
+
     /// Starts `lb decap --interface <interface>` in `ns`, appending its output to `log`.
     pub fn start_decap(ns: &Netns, interface: &str, log: &Path) -> Self {
         let mut command = lb_command(ns, log);

@@ -15,7 +15,7 @@ use lb_common::{
 };
 use lb_user::{
     config::ConntrackConfig,
-    datapath::{Datapath, FlowClock, Loads, Options, Program},
+    datapath::{Datapath, FlowClock, Loads, Options, Program, SecondChanceMaps},
 };
 
 use crate::packet::frames::{ip, LB_MAC};
@@ -106,6 +106,8 @@ pub struct PacketLab {
     pub vips: HashMap<&'static str, LabVip>,
     /// `LOADS`: what least-conn VIPs' backends are weighed by.
     pub loads: Loads,
+    /// `PREVIOUS_RINGS` and `SECOND_CHANCE_STATS`.
+    pub second_chance: SecondChanceMaps,
 }
 
 impl PacketLab {
@@ -126,11 +128,15 @@ impl PacketLab {
             .set_settings(&lab_settings(LB_MAC))
             .expect("settings");
         let loads = datapath.take_loads().expect("LOADS");
+        let second_chance = datapath
+            .take_second_chance_maps()
+            .expect("second-chance maps");
         Self {
             datapath,
             rings: HashMap::new(),
             vips: HashMap::new(),
             loads,
+            second_chance,
         }
     }
 
@@ -262,6 +268,11 @@ impl PacketLab {
         let backends: Vec<(u32, IpAddr)> = backends.iter().map(|(id, a)| (*id, ip(a))).collect();
         for (backend_id, backend) in &backends {
             self.set_backend(*backend_id, *backend, BackendState::Up);
+            let mut entry = self.datapath.backend(*backend_id).expect("read backend");
+            entry.vip = id;
+            self.datapath
+                .set_backend(*backend_id, &entry)
+                .expect("set backend");
         }
         let vip = LabVip {
             id,

@@ -1,0 +1,101 @@
+//! The maps of second chance on the load balancer's side, not pinned: `PREVIOUS_RINGS` (each
+//! VIP's ring before its last change, for its window) and `SECOND_CHANCE_STATS`. The agent
+//! takes them out of the object and is their only writer; it keeps in its records what it
+//! needs to rebuild them after a restart.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use aya::maps::{ArrayOfMaps, Map, MapData, PerCpuArray};
+use lb_common::{maps::names, stats::SecondChanceCounter};
+
+use super::{
+    error::{map_error, Result},
+    ring::new_ring,
+    Datapath, DatapathError,
+};
+
+/// `PREVIOUS_RINGS` and `SECOND_CHANCE_STATS`.
+pub struct SecondChanceMaps {
+    rings: Map,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl SecondChanceMaps {
+    /// Makes `slots` (backend ids, `NO_BACKEND` where no hop may be carried) VIP `vip`'s
+    /// previous ring: a new map, filled before it is put in.
+    pub fn set(&mut self, vip: u32, slots: &[u32]) -> Result<()> {
+        let ring = new_ring(slots).map_err(|source| DatapathError::Ring { vip, source })?;
+        let map = names::PREVIOUS_RINGS;
+        let mut rings: ArrayOfMaps<&mut MapData, MapData> =
+            ArrayOfMaps::try_from(&mut self.rings).map_err(map_error(map))?;
+        rings.set(vip, &ring, 0).map_err(map_error(map))
+    }
+
+    /// VIP `vip` has no previous ring any more (none: nothing to do).
+    pub fn clear(&mut self, vip: u32) -> Result<()> {
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        /// The `bpf_attr` of element commands: map fd, then the key's address.
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let key = vip;
+        let Map::ArrayOfMaps(data) = &self.rings else {
+            return Ok(());
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let mut attr = ElemAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` for BPF_MAP_DELETE_ELEM of the size passed; the
+        // key it points to outlives the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                &mut attr as *mut ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        let error = std::io::Error::last_os_error();
+        if result == 0 || error.raw_os_error() == Some(libc::ENOENT) {
+            Ok(())
+        } else {
+            Err(DatapathError::Ring { vip, source: error })
+        }
+    }
+
+    /// Packets sent with a hop so far, summed over CPUs.
+    pub fn hops_carried(&self) -> u64 {
+        self.stats
+            .get(&(SecondChanceCounter::HopsCarried as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Datapath {
+    /// Takes `PREVIOUS_RINGS` and `SECOND_CHANCE_STATS` out of the object (once).
+    pub fn take_second_chance_maps(&mut self) -> Result<SecondChanceMaps> {
+        let mut take = |name: &'static str| -> Result<Map> {
+            self.ebpf
+                .as_mut()
+                .and_then(|ebpf| ebpf.take_map(name))
+                .ok_or(DatapathError::MissingMap { map: name })
+        };
+        let rings = take(names::PREVIOUS_RINGS)?;
+        let stats = take(names::SECOND_CHANCE_STATS)?;
+        Ok(SecondChanceMaps {
+            rings,
+            stats: PerCpuArray::try_from(stats).map_err(map_error(names::SECOND_CHANCE_STATS))?,
+        })
+    }
+}
