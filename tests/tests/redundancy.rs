@@ -633,13 +633,26 @@ fn bird_and_frr_instances_share_a_vip_behind_an_frr_router() {
     );
 }
 
-#[test]
-fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added() {
-    let _serial = one_at_a_time();
+/// What [`leave_after_a_backend_was_added`] saw, per held connection.
+struct Left {
+    lab: RedundancyLab,
+    /// Tracked by lb1 before it left.
+    on_lb1: Vec<bool>,
+    /// Carried by lb1, its slot on lb2's new ring naming another backend: what breaks
+    /// without second chance.
+    predicted: Vec<bool>,
+    /// Broke after lb1 left.
+    broken: Vec<bool>,
+}
+
+/// Holds 200 connections through both instances, adds b4 on both (their rings give it part
+/// of the slots; tracked flows stay), then kills lb1's host.
+fn leave_after_a_backend_was_added(tag: &str, tunnel: bool) -> Left {
     const HELD: usize = 200;
     let mut options = Options::new(Routing::BIRD);
     options.backends = 4;
-    let mut lab = RedundancyLab::new("red-added", options);
+    options.tunnel = tunnel;
+    let mut lab = RedundancyLab::new(tag, options);
     lab.start();
     let mut held = hold(&lab.upstream.client, RedundancyLab::vip(0), HELD);
     let on_lb1: Vec<bool> = held
@@ -684,7 +697,6 @@ fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added()
         })
         .collect();
     println!("ring shares after adding b4: {}", shares.join(", "));
-    // Those lb1 carries whose slot on lb2's new ring names another backend will break.
     let predicted: Vec<bool> = held
         .iter()
         .zip(&on_lb1)
@@ -699,20 +711,63 @@ fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added()
         .wait_next_hops(VIPS[0].1, &[1], Duration::from_secs(5))
         .is_some());
     let broken: Vec<bool> = held.iter_mut().map(|h| h.echo("after").is_err()).collect();
-    let count = |v: &[bool]| v.iter().filter(|&&b| b).count();
-    let lb1_count = count(&on_lb1);
+    Left {
+        lab,
+        on_lb1,
+        predicted,
+        broken,
+    }
+}
+
+fn count(flags: &[bool]) -> usize {
+    flags.iter().filter(|&&b| b).count()
+}
+
+#[test]
+fn report_connections_broken_when_an_instance_leaves_after_a_backend_was_added() {
+    let _serial = one_at_a_time();
+    let left = leave_after_a_backend_was_added("red-added", false);
+    let held = left.broken.len();
+    let lb1_count = count(&left.on_lb1);
     println!(
-        "after a backend was added, lb1 left: {} of {HELD} long-lived connections broke ({:.1}%; {:.1}% of lb1's {lb1_count}); \
+        "dsr: after a backend was added, lb1 left: {} of {held} long-lived connections broke ({:.1}%; {:.1}% of lb1's {lb1_count}); \
          predicted from lb2's ring: {}",
-        count(&broken),
-        100.0 * count(&broken) as f64 / HELD as f64,
-        100.0 * count(&broken) as f64 / lb1_count as f64,
-        count(&predicted)
+        count(&left.broken),
+        100.0 * count(&left.broken) as f64 / held as f64,
+        100.0 * count(&left.broken) as f64 / lb1_count as f64,
+        count(&left.predicted)
     );
     assert_eq!(
-        broken, predicted,
+        left.broken, left.predicted,
         "the connections that broke are not those whose ring slot changed"
     );
+}
+
+/// The same in tunnel mode with second chance: lb2 never tracked lb1's connections, and its
+/// ring sends those whose slot moved to b4, with their previous owner as a hop; b4's decap
+/// sends them on. None breaks.
+#[test]
+fn with_second_chance_no_connection_breaks_when_an_instance_leaves_after_a_backend_was_added() {
+    let _serial = one_at_a_time();
+    let mut left = leave_after_a_backend_was_added("red-chance", true);
+    let held = left.broken.len();
+    let hops = left.lab.status_json(1)["agent"]["second_chance_hops"]
+        .as_u64()
+        .unwrap_or(0);
+    let forwarded = left.lab.stop_decaps();
+    println!(
+        "tunnel with second chance: after a backend was added, lb1 left: {} of {held} \
+         long-lived connections broke; {} would have without second chance; lb2 sent {hops} \
+         packets with a hop, the backends sent {forwarded:?} on to theirs",
+        count(&left.broken),
+        count(&left.predicted),
+    );
+    assert!(
+        count(&left.predicted) > 0,
+        "no connection of lb1's had its slot moved: nothing tested"
+    );
+    assert_eq!(count(&left.broken), 0, "{}", left.lab.logs());
+    assert!(forwarded.iter().sum::<u64>() > 0, "{forwarded:?}");
 }
 
 /// A bridge floods frames for a MAC it no longer knows to every port: when an instance's host

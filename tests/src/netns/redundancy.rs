@@ -76,6 +76,14 @@ pub const ADVERT: Duration = Duration::from_millis(300);
 const UPSTREAM: [u8; 3] = [10, 79, 0];
 /// The instances' names (hosts 1 and 2 of the LAN).
 pub const INSTANCES: [&str; 2] = ["lb1", "lb2"];
+/// Where backend `name`'s `lb decap` logs.
+pub fn decap_log(scratch: &Scratch, name: &str) -> PathBuf {
+    scratch.dir.join(format!("decap-{name}.log"))
+}
+
+/// MTU of the instances' and backends' links in tunnel mode: room for the outer header and
+/// the second-chance hop.
+const TUNNEL_MTU: u32 = 1600;
 /// Index of the router on the LAN; instance `i` is host `1 + i`, backend `j` host `3 + j`.
 const ROUTER: usize = 0;
 
@@ -123,6 +131,9 @@ pub struct Options {
     pub flood: bool,
     /// Start the agents with `--keep-datapath`.
     pub keep_datapath: bool,
+    /// Tunnel mode (`forward = "tunnel"`), `lb decap` on every backend, room for the outer
+    /// header and the second-chance hop; DSR if false.
+    pub tunnel: bool,
 }
 
 impl Options {
@@ -133,6 +144,7 @@ impl Options {
             backends: 3,
             flood: false,
             keep_datapath: false,
+            tunnel: false,
         }
     }
 }
@@ -165,6 +177,8 @@ pub struct RedundancyLab {
     pub router_frr: Option<Frr>,
     /// Per backend, its server on each VIP port (`None`: stopped).
     pub servers: Vec<Vec<Option<NameServer>>>,
+    /// `lb decap` on each backend (tunnel mode; stopped before the network goes).
+    pub decaps: Vec<AgentProcess>,
     /// The client behind the router.
     pub upstream: Upstream,
     /// The namespaces.
@@ -218,6 +232,25 @@ impl RedundancyLab {
             router.ns.ip_batch(&batch);
         }
         let scratch = Scratch::try_new(tag).expect("scratch directory");
+        let mut decaps = Vec::new();
+        if options.tunnel {
+            let hosts: Vec<usize> = (1..3 + options.backends).collect();
+            lan.set_mtu(&hosts, TUNNEL_MTU);
+            for (j, name) in backend_names[..options.backends].iter().enumerate() {
+                let log = decap_log(&scratch, name);
+                decaps.push(AgentProcess::start_decap(&lan.host(3 + j).ns, "eth0", &log));
+                assert!(
+                    crate::netns::agent::wait_file(
+                        &log,
+                        "decap attached",
+                        1,
+                        Duration::from_secs(10)
+                    ),
+                    "lb decap on {name}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
         let instances = INSTANCES
             .iter()
             .map(|name| Instance {
@@ -239,6 +272,7 @@ impl RedundancyLab {
             lan,
             scratch,
             options,
+            decaps,
         };
         lab.write_configs(3);
         lab
@@ -296,6 +330,26 @@ impl RedundancyLab {
         self.lan.host(3 + j)
     }
 
+    /// Stops every backend's `lb decap`: the packets each sent on to a second-chance hop (from
+    /// its exit log), by backend.
+    pub fn stop_decaps(&mut self) -> Vec<u64> {
+        let names = ["b1", "b2", "b3", "b4"];
+        std::mem::take(&mut self.decaps)
+            .into_iter()
+            .zip(names)
+            .map(|(decap, name)| {
+                decap.stop(Signal::SIGTERM);
+                let log =
+                    std::fs::read_to_string(decap_log(&self.scratch, name)).unwrap_or_default();
+                log.split("hop_forwarded=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no counts in {name}'s decap log:\n{log}"))
+            })
+            .collect()
+    }
+
     /// The instance whose host has address `address`.
     pub fn instance_at(&self, address: Ipv4Addr) -> Option<usize> {
         (0..INSTANCES.len()).find(|&i| self.host(i).ip == address)
@@ -337,7 +391,8 @@ impl RedundancyLab {
         for (name, address, port) in VIPS {
             text += &format!(
                 "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\n\
-                 protocol = \"tcp\"\nforward = \"dsr\"\n"
+                 protocol = \"tcp\"\nforward = \"{}\"\n",
+                if self.options.tunnel { "tunnel" } else { "dsr" }
             );
             for j in 0..backends {
                 text += &format!(
