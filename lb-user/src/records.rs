@@ -36,15 +36,22 @@ pub struct Records {
     pub previous_rings: BTreeMap<String, PreviousRingRecord>,
 }
 
-/// A previous ring, as what it is built from.
+/// A previous ring, as the rings its window saw (it is computed from them).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PreviousRingRecord {
+    /// The rings since the window opened, oldest first, ending with the one in force.
+    pub chain: Vec<RingRecord>,
+    /// When its window closes (Unix ms).
+    pub until_unix_ms: u64,
+}
+
+/// A ring, as what it is built from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RingRecord {
     /// Its slots.
     pub size: u32,
     /// Its members: address and ring weight.
     pub members: Vec<(IpAddr, u32)>,
-    /// When its window closes (Unix ms).
-    pub until_unix_ms: u64,
 }
 
 /// What is kept of one backend.

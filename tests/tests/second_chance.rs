@@ -141,6 +141,29 @@ impl Lab {
             .unwrap_or_else(|_| panic!("lb status: {}", String::from_utf8_lossy(&output.stderr)))
     }
 
+    /// `lb explain --json` for the held connection from `client`.
+    fn explain(&self, client: SocketAddr) -> serde_json::Value {
+        let output = self
+            .lan
+            .host(1)
+            .ns
+            .command(lb_tests::netns::agent::lb_binary())
+            .args([
+                "explain",
+                "--json",
+                "--vip",
+                &format!("{VIP}:{PORT}/tcp"),
+                "--client",
+            ])
+            .arg(client.to_string())
+            .arg("--state-dir")
+            .arg(&self.files.state_dir)
+            .output()
+            .expect("lb explain");
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("lb explain: {}", String::from_utf8_lossy(&output.stderr)))
+    }
+
     /// Stops every `lb decap`; the packets each sent on to a hop (from its exit log).
     fn stop_decaps(&mut self) -> Vec<u64> {
         let decaps = std::mem::take(&mut self.decaps);
@@ -239,10 +262,23 @@ fn connections_survive_a_ring_change_and_a_fresh_state_restart() {
     let hops = status["agent"]["second_chance_hops"].as_u64().unwrap_or(0);
     assert_eq!(status["vips"][0]["second_chance_seconds"], 240.0);
     assert!(broken(&mut held, "once more").is_empty());
+    // `lb explain` names, for each connection whose slot moved, the backend it lives on as the
+    // hop its packets carry.
+    let mut hopping = 0;
+    for h in &held {
+        let explained = lab.explain(h.local);
+        if explained["hop"] == true {
+            hopping += 1;
+            let previous = explained["previous_backend"].as_str().unwrap_or_default();
+            let on = lab.backend_ip((h.backend[1..].parse::<usize>().expect("bN")) - 1);
+            assert_eq!(previous, on.to_string(), "{explained}");
+        }
+    }
+    assert!(hopping > 0, "lb explain shows no connection carrying a hop");
     let forwarded = lab.stop_decaps();
     println!(
-        "0 of {HELD} broken; the load balancer sent {hops} packets with a hop, the backends \
-         sent {forwarded:?} on to theirs"
+        "0 of {HELD} broken; {hopping} carry a hop (lb explain); the load balancer sent {hops} \
+         packets with a hop, the backends sent {forwarded:?} on to theirs"
     );
     assert!(forwarded.iter().sum::<u64>() > 0, "{forwarded:?}");
 }

@@ -444,17 +444,32 @@ impl Agent {
                 .ring_map_id
                 .map(|map_id| runtime::SwappedRing::of(map_id, &shared));
             let old = vip.current.replace(Arc::clone(&shared));
-            let previous = match vip.config.forward {
-                lb_common::maps::ForwardMode::Tunnel => second_chance::after_change(
-                    vip.previous.as_ref(),
-                    old.as_ref(),
-                    shared.size(),
-                    vip.config.second_chance,
-                    SystemTime::now(),
-                ),
-                lb_common::maps::ForwardMode::Dsr => None,
+            let previous = match (vip.config.forward, &old) {
+                (lb_common::maps::ForwardMode::Tunnel, Some(old)) => {
+                    second_chance::PreviousRing::after_change(
+                        vip.previous.as_ref(),
+                        old.shape(),
+                        shared.shape(),
+                        vip.config.second_chance,
+                        SystemTime::now(),
+                    )
+                }
+                _ => None,
             };
-            write_previous_ring(&mut self.second_chance, vip, previous);
+            let continued = previous.as_ref().is_some_and(|p| {
+                p.chain.len() > 2
+                    && vip.previous.as_ref().and_then(|kept| kept.chain.first()) == p.chain.first()
+            });
+            let merged = previous.as_ref().zip(old.as_ref()).map(|(_, old)| {
+                let prior = if continued {
+                    self.second_chance.slots(vip.id).ok().flatten()
+                } else {
+                    None
+                };
+                let ids = backend_ids(vip);
+                second_chance::merge(prior.as_deref(), &old.ids(&ids), &shared.ids(&ids))
+            });
+            update_previous_ring(&mut self.second_chance, vip, previous, merged);
         }
         for id in &applied.cleared {
             self.ids.release_backend(*id);
@@ -603,7 +618,7 @@ impl Agent {
             let off = vip.config.second_chance.is_zero()
                 || vip.config.forward != lb_common::maps::ForwardMode::Tunnel;
             if vip.previous.as_ref().is_some_and(|p| p.until <= now || off) {
-                write_previous_ring(&mut self.second_chance, vip, None);
+                update_previous_ring(&mut self.second_chance, vip, None, None);
                 tracing::info!(
                     vip = %vip.config.name,
                     "vip {}: second-chance window closed: untracked packets carry no hop",
@@ -644,25 +659,28 @@ impl Agent {
     }
 }
 
-/// Makes `previous` VIP `vip`'s previous ring, in the datapath too (`None`: it has none).
-/// Members that are no backend of the VIP any more carry no hop. A failure is logged: packets
-/// then carry no hop, as without second chance.
-pub(super) fn write_previous_ring(
+/// A function naming VIP `vip`'s backends' ids by address (`NO_BACKEND`: not one of them).
+pub(super) fn backend_ids(vip: &runtime::VipRuntime) -> impl Fn(IpAddr) -> u32 {
+    let ids: std::collections::HashMap<IpAddr, u32> =
+        vip.backends.iter().map(|b| (b.address(), b.id)).collect();
+    move |address| {
+        ids.get(&address)
+            .copied()
+            .unwrap_or(lb_common::maps::NO_BACKEND)
+    }
+}
+
+/// Makes `previous` VIP `vip`'s previous ring, with `slots` (backend ids by slot) in the
+/// datapath (`None`: it has none). A failure is logged: packets then carry no hop, as without
+/// second chance.
+pub(super) fn update_previous_ring(
     maps: &mut crate::datapath::SecondChanceMaps,
     vip: &mut runtime::VipRuntime,
     previous: Option<second_chance::PreviousRing>,
+    slots: Option<Vec<u32>>,
 ) {
-    let written = match &previous {
-        Some(previous) => {
-            let ids: std::collections::HashMap<IpAddr, u32> =
-                vip.backends.iter().map(|b| (b.address(), b.id)).collect();
-            let slots = previous.shared.ids(|address| {
-                ids.get(&address)
-                    .copied()
-                    .unwrap_or(lb_common::maps::NO_BACKEND)
-            });
-            maps.set(vip.id, &slots)
-        }
+    let written = match &slots {
+        Some(slots) => maps.set(vip.id, slots),
         None if vip.previous.is_some() => maps.clear(vip.id),
         None => Ok(()),
     };
@@ -673,7 +691,7 @@ pub(super) fn write_previous_ring(
             vip.config.name
         );
     }
-    vip.previous = previous;
+    vip.previous = previous.filter(|_| slots.is_some());
 }
 
 /// Logs that VIP `vip` keeps `held` backends although none passes its checks through the VIP.

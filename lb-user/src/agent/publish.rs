@@ -22,7 +22,7 @@ use super::{response_time, target::serving_state, weights::configured_units, Age
 use crate::{
     datapath::AttachMode,
     error::Chain,
-    records::{self, BackendRecord, PreviousRingRecord, Records},
+    records::{self, BackendRecord, PreviousRingRecord, Records, RingRecord},
     status::{self, BackendStatus, RingStatus, Snapshot, VipStatus},
 };
 
@@ -142,10 +142,15 @@ impl Agent {
                 .values()
                 .filter_map(|vip| {
                     let previous = vip.previous.as_ref()?;
-                    let shape = previous.shared.shape();
                     let record = PreviousRingRecord {
-                        size: shape.size(),
-                        members: shape.members().to_vec(),
+                        chain: previous
+                            .chain
+                            .iter()
+                            .map(|shape| RingRecord {
+                                size: shape.size(),
+                                members: shape.members().to_vec(),
+                            })
+                            .collect(),
                         until_unix_ms: unix_ms(previous.until),
                     };
                     Some((vip.config.name.clone(), record))
@@ -160,6 +165,7 @@ impl Agent {
         self.publisher.publish(Publication { snapshot, records });
         if let Some(m) = &self.metrics {
             m.check_packets_counted(&check_packets);
+            m.second_chance_counted(self.hops_published);
             m.backends_observed(self.vips.values().flat_map(|vip| {
                 vip.backends.iter().map(|b| {
                     (

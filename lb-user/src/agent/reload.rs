@@ -189,7 +189,8 @@ impl Agent {
 
     /// Gives the VIPs `keys` the previous rings the records of the last agent kept, whose
     /// windows are still open: connections from before a ring change and a restart (even with
-    /// `--fresh-state`) keep their second chance.
+    /// `--fresh-state`) keep their second chance. Each is computed again from the chain of
+    /// rings its window saw.
     fn restore_previous_rings(&mut self, keys: &[VipKey]) {
         let now = std::time::SystemTime::now();
         for key in keys {
@@ -205,9 +206,19 @@ impl Agent {
             if until <= now || !tunnel || vip.config.second_chance.is_zero() {
                 continue;
             }
-            let shape = super::rings::RingShape::new(record.size, record.members.iter().copied());
-            let shared = match self.rings.ring(shape) {
-                Ok(shared) => shared,
+            let chain: Vec<super::rings::RingShape> = record
+                .chain
+                .iter()
+                .map(|ring| super::rings::RingShape::new(ring.size, ring.members.iter().copied()))
+                .collect();
+            let ids = super::backend_ids(vip);
+            let rings: Result<Vec<Vec<u32>>, _> = chain
+                .iter()
+                .map(|shape| self.rings.ring(shape.clone()).map(|ring| ring.ids(&ids)))
+                .collect();
+            let rings = match rings {
+                Ok(rings) if rings.len() >= 2 => rings,
+                Ok(_) => continue,
                 Err(error) => {
                     tracing::error!(
                         "vip {}: cannot rebuild its previous ring: {error}",
@@ -222,8 +233,9 @@ impl Agent {
                 vip.config.name,
                 until.duration_since(now).unwrap_or_default().as_secs_f64()
             );
-            let previous = super::second_chance::PreviousRing { shared, until };
-            super::write_previous_ring(&mut self.second_chance, vip, Some(previous));
+            let slots = super::second_chance::replay(&rings);
+            let previous = super::second_chance::PreviousRing { chain, until };
+            super::update_previous_ring(&mut self.second_chance, vip, Some(previous), Some(slots));
         }
     }
 

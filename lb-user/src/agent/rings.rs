@@ -96,7 +96,7 @@ impl SharedRing {
     }
 
     /// The ring with backend ids: `id_of(address)` names each member.
-    pub fn ids(&self, id_of: impl Fn(IpAddr) -> u32) -> Vec<u32> {
+    pub fn ids(&self, id_of: &impl Fn(IpAddr) -> u32) -> Vec<u32> {
         let ids: Vec<u32> = self
             .shape
             .members
@@ -230,7 +230,7 @@ mod tests {
                 weight: *weight,
             })
             .collect();
-        let ring = shared.ids(ids);
+        let ring = shared.ids(&ids);
         assert_eq!(ring, build_ring(&direct, 251).expect("ring"));
         for (a, _) in members {
             let held = ring.iter().filter(|slot| **slot == ids(a)).count() as u32;
@@ -276,7 +276,7 @@ mod tests {
         let mut cache = RingCache::default();
         for members in [vec![], vec![(address(1), 0)]] {
             let ring = cache.ring(RingShape::new(251, members)).expect("ring");
-            assert!(ring.ids(|_| 7).iter().all(|slot| *slot == NO_BACKEND));
+            assert!(ring.ids(&|_| 7).iter().all(|slot| *slot == NO_BACKEND));
             assert_eq!(slots_of(&ring, address(1)), 0);
         }
     }

@@ -159,7 +159,7 @@ pub fn vip_target(
     let target = VipTarget {
         key: vip.key,
         entry: Vip::new(vip.id, vip.ring_size, vip.forward).picking(vip.new_flows),
-        ring: shared.ids(|address| ids.get(&address).copied().unwrap_or(NO_BACKEND)),
+        ring: shared.ids(&|address| ids.get(&address).copied().unwrap_or(NO_BACKEND)),
         backends: backends
             .iter()
             .map(|b| (b.id, backend_entry(vip.id, b)))

@@ -43,6 +43,12 @@ pub struct Explanation {
     /// For a least-conn VIP: the two candidates of a new connection from this client, and
     /// which one it takes now.
     pub least_conn: Option<Candidates>,
+    /// For a tunnel VIP within its second-chance window: the backend its slot had in the ring
+    /// before the last change.
+    pub previous_backend: Option<String>,
+    /// Whether the flow's next packet carries that backend as a hop (not tracked, not a SYN,
+    /// its slot moved to another backend).
+    pub hop: bool,
 }
 
 /// A least-conn VIP's two candidates for a new flow (`lb_common::least_conn`).
@@ -176,6 +182,17 @@ pub fn explain(
         }
         _ => None,
     };
+    let previous = match (view.program_id(), slot) {
+        (Some(program), Some(slot)) => {
+            crate::datapath::previous_owner(program, entry.id, slot).map_err(ReportError::from)?
+        }
+        _ => None,
+    }
+    .filter(|id| *id != NO_BACKEND);
+    let previous_backend = previous.and_then(name_of);
+    let moved = previous.is_some()
+        && previous_backend != ring_backend
+        && entry.forward_mode() == Some(lb_common::maps::ForwardMode::Tunnel);
     let backend = match (reason, tracked, &least_conn) {
         (Source::Tracked, Some(id), _) => name_of(id),
         // The first datagram of a flow that is not tracked opens it: the candidates decide.
@@ -200,6 +217,8 @@ pub fn explain(
             (None, None) => crate::config::Balance::Maglev,
         },
         least_conn,
+        hop: moved && reason == Source::Ring && protocol == Protocol::Tcp,
+        previous_backend,
     })
 }
 
@@ -300,6 +319,16 @@ pub fn format_explanation(e: &Explanation) -> String {
         ),
     };
     out.push('\n');
+    if let Some(previous) = &e.previous_backend {
+        out.push_str(&format!(
+            "second chance: before the ring's last change its slot gave {previous}; {}\n",
+            if e.hop {
+                format!("its next packet carries {previous} as a hop (it is not tracked here)")
+            } else {
+                "no hop is carried (tracked, the same backend, or not a tunnel TCP flow)".to_owned()
+            }
+        ));
+    }
     if let Some(c) = &e.least_conn {
         let candidate = |c: &Candidate| {
             format!(

@@ -101,6 +101,11 @@ impl View {
         })
     }
 
+    /// The id of the balancer program the agent last attached (from its snapshot).
+    pub fn program_id(&self) -> Option<u32> {
+        self.snapshot.as_ref()?.program_id
+    }
+
     /// The agent's view of VIP `id`.
     pub fn snapshot_vip(&self, id: u32) -> Option<&VipStatus> {
         self.snapshot.as_ref()?.vips.get(*self.index.vips.get(&id)?)

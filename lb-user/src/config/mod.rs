@@ -362,26 +362,39 @@ impl LiveConfig {
     /// What is valid but likely a mistake, one line each: a load-aware DSR VIP announced by
     /// routing, where several instances behind ECMP would choose different backends for one
     /// new flow, and a flow that moves between instances (one dies) breaks.
+    ///
+    /// And a DSR VIP announced by routing, which several instances serve: second chance needs
+    /// a tunnel, so when an instance leaves after a ring change, the connections it carried
+    /// whose slot moved break.
     pub fn warnings(&self) -> Vec<String> {
         if self.announce.is_none() {
             return Vec::new();
         }
-        self.vips
+        let announced_dsr = self
+            .vips
             .iter()
-            .filter(|vip| {
-                vip.balance != Balance::Maglev && vip.forward == ForwardMode::Dsr && vip.announce
-            })
-            .map(|vip| {
-                format!(
+            .filter(|vip| vip.forward == ForwardMode::Dsr && vip.announce);
+        let mut warnings = Vec::new();
+        for vip in announced_dsr {
+            if vip.balance != Balance::Maglev {
+                warnings.push(format!(
                     "vip {}: balance = \"{}\" with forward = \"dsr\" and [announce]: instances \
                      behind ECMP weigh backends by what each sees, so they may send one new flow \
                      to different backends, and a connection that moves to another instance \
                      breaks (docs/REDUNDANCY.md)",
                     vip.name,
                     vip.balance.name()
-                )
-            })
-            .collect()
+                ));
+            }
+            warnings.push(format!(
+                "vip {}: forward = \"dsr\" with [announce]: second chance needs a tunnel, so \
+                 when an instance leaves after a ring change, the connections it carried whose \
+                 ring slot moved break; forward = \"tunnel\" with lb decap on the backends \
+                 keeps them (docs/SECOND_CHANCE.md)",
+                vip.name
+            ));
+        }
+        warnings
     }
 }
 

@@ -982,13 +982,15 @@ fn a_load_aware_dsr_vip_announced_by_routing_is_warned_about() {
             .warnings()
     };
     let warned = warnings(text("response-time", "dsr", "[announce]"));
-    assert_eq!(warned.len(), 1);
+    assert_eq!(warned.len(), 2);
     assert!(warned[0].starts_with("vip web: balance = \"response-time\" with forward = \"dsr\""));
-    assert!(warnings(text("maglev", "dsr", "[announce]")).is_empty());
+    assert!(warned[1].starts_with("vip web: forward = \"dsr\" with [announce]: second chance"));
+    let dsr = warnings(text("maglev", "dsr", "[announce]"));
+    assert_eq!(dsr.len(), 1, "second chance needs a tunnel");
     assert!(warnings(text("response-time", "tunnel", "[announce]")).is_empty());
     assert!(warnings(text("response-time", "dsr", "")).is_empty());
     let warned = warnings(text("least-conn", "dsr", "[announce]"));
-    assert_eq!(warned.len(), 1);
+    assert_eq!(warned.len(), 2);
     assert!(warned[0].starts_with("vip web: balance = \"least-conn\" with forward = \"dsr\""));
     assert!(warnings(text("least-conn", "tunnel", "[announce]")).is_empty());
     let error = parse(std::path::Path::new("t.toml"), &text("fewest", "dsr", ""))

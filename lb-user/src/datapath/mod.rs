@@ -39,7 +39,7 @@ pub use self::{
     flows::{FlowCensus, OldFlows, TrackedFlow},
     loads::Loads,
     ring::{read_ring_by_id, PreparedRing},
-    second_chance::SecondChanceMaps,
+    second_chance::{previous_owner, SecondChanceMaps},
     upgrade::{FlowsCarried, Origin, Upgraded},
 };
 use self::{

@@ -18,6 +18,8 @@ use super::{
 pub struct SecondChanceMaps {
     rings: Map,
     stats: PerCpuArray<MapData, u64>,
+    /// The previous rings put in, by VIP id (read back to merge the next change into).
+    previous: std::collections::HashMap<u32, MapData>,
 }
 
 impl SecondChanceMaps {
@@ -28,11 +30,24 @@ impl SecondChanceMaps {
         let map = names::PREVIOUS_RINGS;
         let mut rings: ArrayOfMaps<&mut MapData, MapData> =
             ArrayOfMaps::try_from(&mut self.rings).map_err(map_error(map))?;
-        rings.set(vip, &ring, 0).map_err(map_error(map))
+        rings.set(vip, &ring, 0).map_err(map_error(map))?;
+        self.previous.insert(vip, ring);
+        Ok(())
+    }
+
+    /// VIP `vip`'s previous ring as last set (`None`: none).
+    pub fn slots(&self, vip: u32) -> Result<Option<Vec<u32>>> {
+        self.previous
+            .get(&vip)
+            .map(|ring| {
+                super::ring::read_ring(ring).map_err(|source| DatapathError::Ring { vip, source })
+            })
+            .transpose()
     }
 
     /// VIP `vip` has no previous ring any more (none: nothing to do).
     pub fn clear(&mut self, vip: u32) -> Result<()> {
+        self.previous.remove(&vip);
         const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
         /// The `bpf_attr` of element commands: map fd, then the key's address.
         #[repr(C)]
@@ -94,8 +109,55 @@ impl Datapath {
         let rings = take(names::PREVIOUS_RINGS)?;
         let stats = take(names::SECOND_CHANCE_STATS)?;
         Ok(SecondChanceMaps {
+            previous: std::collections::HashMap::new(),
             rings,
             stats: PerCpuArray::try_from(stats).map_err(map_error(names::SECOND_CHANCE_STATS))?,
         })
     }
+}
+
+/// The backend id in slot `slot` of VIP `vip`'s previous ring, as the program `program_id`
+/// (the running balancer) holds it: `None` if the VIP has no previous ring (or the program no
+/// `PREVIOUS_RINGS`). For `lb explain`, which has no handle on the agent's unpinned maps: it
+/// finds the map among the program's.
+pub fn previous_owner(program_id: u32, vip: u32, slot: u32) -> Result<Option<u32>> {
+    let map = names::PREVIOUS_RINGS;
+    let program = aya::programs::loaded_programs()
+        .filter_map(|info| info.ok())
+        .find(|info| info.id() == program_id);
+    let Some(program) = program else {
+        return Ok(None);
+    };
+    let ids = program
+        .map_ids()
+        .map_err(|source| DatapathError::Program {
+            program: "lb",
+            action: "list maps of",
+            source,
+        })?
+        .unwrap_or_default();
+    for id in ids {
+        let Ok(data) = MapData::from_id(id) else {
+            continue;
+        };
+        let named = data
+            .info()
+            .ok()
+            .is_some_and(|info| info.name_as_str() == Some(map));
+        if !named {
+            continue;
+        }
+        let rings: ArrayOfMaps<MapData, MapData> =
+            ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).map_err(map_error(map))?;
+        return match rings.get(&vip, 0) {
+            Ok(inner) => {
+                let ring = super::ring::read_ring(&inner)
+                    .map_err(|source| DatapathError::Ring { vip, source })?;
+                Ok(ring.get(slot as usize).copied())
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(map_error(map)(source)),
+        };
+    }
+    Ok(None)
 }

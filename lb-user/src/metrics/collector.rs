@@ -54,6 +54,8 @@ pub(super) struct DatapathCollector {
     pub topology: Topology,
     /// Health checks' packets, as the agent last published them.
     pub check_packets: CheckPackets,
+    /// Packets sent with a second-chance hop (from the agent's unpinned map, at publish).
+    pub second_chance_hops: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for DatapathCollector {
@@ -259,6 +261,18 @@ impl Collector for DatapathCollector {
                 .into_iter()
                 .map(|(action, count)| (ActionLabels { action }, count)),
         )?;
+        let family = encoder.encode_descriptor(
+            "second_chance_hops",
+            "Packets of connections this instance does not track, sent to their ring slot's \
+             backend with the slot's previous backend as a second-chance hop (tunnel VIPs).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(
+            self.second_chance_hops
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .encode(family)?;
         let mut family = encoder.encode_descriptor(
             "backend_effective_weight",
             "The weight the backend gets now, in configured units: lower during slow start, 0 \

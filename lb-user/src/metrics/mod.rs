@@ -146,6 +146,7 @@ pub struct Metrics {
     address: SocketAddr,
     topology: Topology,
     check_packets: CheckPackets,
+    second_chance_hops: Arc<std::sync::atomic::AtomicU64>,
     check_duration: Family<BackendLabels, Histogram>,
     ring_rebuilds: Family<VipLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -231,17 +232,20 @@ impl Metrics {
             reloads.clone(),
         );
         let check_packets = CheckPackets::default();
+        let second_chance_hops = Arc::default();
         registry.register_collector(Box::new(DatapathCollector {
             state_dir,
             datapath: Mutex::new(None),
             topology: topology.clone(),
             check_packets: check_packets.clone(),
+            second_chance_hops: Arc::clone(&second_chance_hops),
         }));
         Self {
             registry,
             address,
             topology,
             check_packets,
+            second_chance_hops,
             check_duration,
             ring_rebuilds,
             reloads,
@@ -358,6 +362,12 @@ impl Metrics {
             .iter()
             .map(|(counter, count)| (counter.name(), *count))
             .collect();
+    }
+
+    /// Hook (`publish`): packets sent with a second-chance hop so far.
+    pub fn second_chance_counted(&self, hops: u64) {
+        self.second_chance_hops
+            .store(hops, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hook (`update_announcements`): whether VIP `id` is announced now.

@@ -22,6 +22,7 @@ mod keep;
 mod lab;
 mod processes;
 mod redundancy;
+mod second_chance;
 mod signals;
 mod steps;
 mod traffic;
