@@ -37,40 +37,6 @@ fn lab_with_previous(vip: &str, previous: u32) -> PacketLab {
     lab
 }
 
-/// `plain` (a tunnel frame as `frames::tunnel` builds it, Ethernet header `l2` bytes) with the
-/// hop `hop`: the IPv4 option or the IPv6 destination options header, lengths and checksum
-/// set again.
-fn with_hop(plain: &[u8], l2: usize, hop: IpAddr) -> Vec<u8> {
-    let (outer, rest) = plain[l2..].split_at(if hop.is_ipv4() { 20 } else { 40 });
-    let mut outer = outer.to_vec();
-    let option: Vec<u8> = match hop {
-        IpAddr::V4(hop) => {
-            outer[0] = 0x47;
-            let total = u16::from_be_bytes([outer[2], outer[3]]) + 8;
-            outer[2..4].copy_from_slice(&total.to_be_bytes());
-            [0x1e, 8, 0, 0].into_iter().chain(hop.octets()).collect()
-        }
-        IpAddr::V6(hop) => {
-            let next = outer[6];
-            outer[6] = 60;
-            let payload = u16::from_be_bytes([outer[4], outer[5]]) + 24;
-            outer[4..6].copy_from_slice(&payload.to_be_bytes());
-            [next, 2, 0x1e, 20, 0, 0, 0, 0]
-                .into_iter()
-                .chain(hop.octets())
-                .collect()
-        }
-    };
-    let mut header = [outer, option].concat();
-    if hop.is_ipv4() {
-        header[10..12].copy_from_slice(&[0, 0]);
-        let parsed = etherparse::Ipv4HeaderSlice::from_slice(&header).expect("outer v4");
-        let check = parsed.to_header().calc_header_checksum();
-        header[10..12].copy_from_slice(&check.to_be_bytes());
-    }
-    [&plain[..l2], &header[..], rest].concat()
-}
-
 /// Runs the balancer on `frame`: verdict and output.
 fn balance(lab: &mut PacketLab, frame: &Frame) -> (u32, Vec<u8>) {
     lab.run(&frame.build()).expect("test run")
@@ -116,7 +82,7 @@ fn an_untracked_packet_whose_slot_moved_carries_the_previous_owner() {
             if owner == moved {
                 assert_eq!(
                     out,
-                    with_hop(&expected, 14, hop),
+                    frames::with_hop(&expected, 14, hop),
                     "{vip} port {port}: with a hop"
                 );
                 assert_eq!(tracked, None, "a packet with a hop is not tracked");
@@ -205,7 +171,7 @@ fn tunnel_to_here(inner: &Frame, hop: &str) -> Vec<u8> {
         ip(HERE),
         &inner.flow_key(),
     );
-    with_hop(&plain, 14, ip(hop))
+    frames::with_hop(&plain, 14, ip(hop))
 }
 
 /// What `decap` passes up of `tunnel`, which carries `inner`: the tunnel's Ethernet header
@@ -320,7 +286,7 @@ fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
         assert_eq!(counter(&mut lab, DecapCounter::HopForwarded), 2);
 
         // At the hop, a cleared hop is an ordinary tunnel: stripped.
-        let arrived = with_hop(
+        let arrived = frames::with_hop(
             &frames::tunnel(
                 &ours.build(),
                 LB_MAC,

@@ -254,6 +254,7 @@ pub fn lab_and_paths() -> anyhow::Result<(PacketLab, Vec<Path>)> {
     ];
     paths.push(syn_into_established(&mut lab)?);
     paths.push(least_conn_syn(&mut lab)?);
+    paths.push(second_chance_hop(&mut lab)?);
     let not_vip = Frame::ack(CLIENT_V4, 40006, "10.0.0.99", PORT).build();
     let (action, out) = lab.run(&not_vip)?;
     ensure!(
@@ -377,6 +378,45 @@ fn least_conn_syn(lab: &mut PacketLab) -> anyhow::Result<Path> {
         verdict: Verdict::Tx,
         route: Route::NewFlow { vip: 14 },
         target: Some(target::LEAST_CONN_SYN),
+    })
+}
+
+/// A packet of a connection lb does not track whose ring slot moved: the previous ring is
+/// read, the hop's backend checked, the outer header carries the hop option, nothing is
+/// tracked (so every repetition takes the same path). The hop, `10.2.8.0`, ends in the bytes
+/// a recycled page reads as the ethertype (see [`lab_and_paths`]).
+fn second_chance_hop(lab: &mut PacketLab) -> anyhow::Result<Path> {
+    let name = "TCP v4 untracked, slot moved (tunnel, hop)";
+    let vip = lab.vip("bench-tun4").id;
+    lab.second_chance
+        .set(vip, &vec![17; lb_common::maps::DEFAULT_RING_SIZE as usize])
+        .context("previous ring")?;
+    let frame = (43000..44000)
+        .map(|port| Frame::ack(CLIENT_V4, port, "10.0.0.220", PORT))
+        .find(|frame| lab.ring_backend(vip, &frame.flow_key()) == 16)
+        .ok_or_else(|| anyhow!("{name}: no flow on backend 16"))?;
+    let bytes = frame.build();
+    let plain = frames::tunnel(
+        &bytes,
+        backend_mac(16),
+        ip(TUNNEL_SOURCE_V4),
+        lab.backend_address("bench-tun4", 16),
+        &frame.flow_key(),
+    );
+    let expected = frames::with_hop(&plain, 14, lab.backend_address("bench-tun4", 17));
+    let (action, out) = lab.run(&bytes)?;
+    ensure!(
+        action == verdict::TX && out == expected,
+        "{name}: not the expected forward with a hop (verdict {action})"
+    );
+    ensure_reparses_as_itself(name, &bytes, &out, lab.backend_address("bench-tun4", 16))?;
+    Ok(Path {
+        name: name.into(),
+        program: Program::Balancer,
+        frame: bytes,
+        verdict: Verdict::Tx,
+        route: Route::NewFlow { vip },
+        target: None,
     })
 }
 

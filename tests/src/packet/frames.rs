@@ -408,6 +408,40 @@ pub fn tunnel(
     out
 }
 
+/// `plain` (a tunnel frame as `frames::tunnel` builds it, Ethernet header `l2` bytes) with the
+/// hop `hop`: the IPv4 option or the IPv6 destination options header, lengths and checksum
+/// set again.
+pub fn with_hop(plain: &[u8], l2: usize, hop: IpAddr) -> Vec<u8> {
+    let (outer, rest) = plain[l2..].split_at(if hop.is_ipv4() { 20 } else { 40 });
+    let mut outer = outer.to_vec();
+    let option: Vec<u8> = match hop {
+        IpAddr::V4(hop) => {
+            outer[0] = 0x47;
+            let total = u16::from_be_bytes([outer[2], outer[3]]) + 8;
+            outer[2..4].copy_from_slice(&total.to_be_bytes());
+            [0x1e, 8, 0, 0].into_iter().chain(hop.octets()).collect()
+        }
+        IpAddr::V6(hop) => {
+            let next = outer[6];
+            outer[6] = 60;
+            let payload = u16::from_be_bytes([outer[4], outer[5]]) + 24;
+            outer[4..6].copy_from_slice(&payload.to_be_bytes());
+            [next, 2, 0x1e, 20, 0, 0, 0, 0]
+                .into_iter()
+                .chain(hop.octets())
+                .collect()
+        }
+    };
+    let mut header = [outer, option].concat();
+    if hop.is_ipv4() {
+        header[10..12].copy_from_slice(&[0, 0]);
+        let parsed = etherparse::Ipv4HeaderSlice::from_slice(&header).expect("outer v4");
+        let check = parsed.to_header().calc_header_checksum();
+        header[10..12].copy_from_slice(&check.to_be_bytes());
+    }
+    [&plain[..l2], &header[..], rest].concat()
+}
+
 /// Checks every IPv4 header checksum and the innermost TCP/UDP checksum of a frame, walking
 /// through one level of IP-in-IP. Panics with a description on a mismatch.
 pub fn verify_checksums(frame: &[u8]) {
