@@ -443,12 +443,12 @@ impl Agent {
             vip.ring = applied
                 .ring_map_id
                 .map(|map_id| runtime::SwappedRing::of(map_id, &shared));
-            let old = vip.current.replace(Arc::clone(&shared));
+            let old = vip.current.replace(shared.shape().clone());
             let previous = match (vip.config.forward, &old) {
                 (lb_common::maps::ForwardMode::Tunnel, Some(old)) => {
                     second_chance::PreviousRing::after_change(
                         vip.previous.as_ref(),
-                        old.shape(),
+                        old,
                         shared.shape(),
                         vip.config.second_chance,
                         SystemTime::now(),
@@ -460,7 +460,18 @@ impl Agent {
                 p.chain.len() > 2
                     && vip.previous.as_ref().and_then(|kept| kept.chain.first()) == p.chain.first()
             });
-            let merged = previous.as_ref().zip(old.as_ref()).map(|(_, old)| {
+            // The ring before the change, from the cache (built again if it left it).
+            let old_ring = match (&previous, old) {
+                (Some(_), Some(old)) => match self.rings.ring(old) {
+                    Ok(ring) => Some(ring),
+                    Err(error) => {
+                        tracing::error!("vip {}: second chance: {error}", vip.config.name);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let merged = old_ring.map(|old| {
                 let prior = if continued {
                     self.second_chance.slots(vip.id).ok().flatten()
                 } else {

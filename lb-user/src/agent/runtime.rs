@@ -1,6 +1,6 @@
 //! What the agent keeps per VIP and per backend while it runs.
 
-use std::{net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
 use lb_common::maps::VipKey;
 use tokio::time::Instant;
@@ -116,8 +116,9 @@ pub struct VipRuntime {
     /// How many of its backends it keeps although down, none being up: they fail through the
     /// VIP but answer at their own addresses (see `target::held_by_own_address`).
     pub held: usize,
-    /// The ring in the datapath now, as built.
-    pub current: Option<Arc<SharedRing>>,
+    /// What the ring in the datapath now was built from (not its slots: 256 KiB a VIP when
+    /// every VIP's ring differs; the ring cache builds it again when a change needs it).
+    pub current: Option<super::rings::RingShape>,
     /// The ring before its last change, kept for its second-chance window (tunnel VIPs).
     pub previous: Option<super::second_chance::PreviousRing>,
 }
