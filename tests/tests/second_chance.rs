@@ -4,7 +4,8 @@
 //! forgetting every tracked flow. Every connection goes on: a packet whose slot moved to b3
 //! carries its previous owner as a hop, and b3's `decap`, which has no such connection, sends
 //! it there. Without second chance (`second_chance = "0s"`) the same run breaks the
-//! connections whose slot moved.
+//! connections whose slot moved. The same holds for connections a flood kept out of the
+//! flow table (full of flows it protects), then a ring change.
 
 use std::{
     collections::BTreeSet,
@@ -28,10 +29,14 @@ const PORT: u16 = 8080;
 const HELD: usize = 40;
 /// MTU between the load balancer and the backends: room for the outer header and the hop.
 const TUNNEL_MTU: u32 = 1600;
+/// Where each backend's `lb decap` serves its metrics (in its own namespace).
+const DECAP_METRICS: &str = "127.0.0.1:9301";
 
 /// client (host 0), lb (1), b1 to b3 (2 to 4), each backend running `lb decap`.
 struct Lab {
     files: AgentFiles,
+    /// `conntrack_size`.
+    conntrack_size: u32,
     decaps: Vec<AgentProcess>,
     _servers: Vec<NameServer>,
     lan: Lan,
@@ -49,7 +54,16 @@ impl Lab {
             ns.ip(&format!("addr add {VIP}/32 dev lo"));
             servers.push(NameServer::start(ns, PORT, &format!("b{}", i + 1)));
             let log = decap_log(&files, i);
-            decaps.push(AgentProcess::start_decap(ns, "eth0", &log));
+            let argv: Vec<String> = [
+                lb_tests::netns::agent::lb_binary().display().to_string(),
+                "decap".into(),
+                "--interface".into(),
+                "eth0".into(),
+                "--metrics".into(),
+                DECAP_METRICS.into(),
+            ]
+            .into();
+            decaps.push(AgentProcess::start_argv(ns, &argv, &log));
             assert!(
                 wait_file(&log, "decap attached", 1, Duration::from_secs(10)),
                 "lb decap on b{}:\n{}",
@@ -62,6 +76,7 @@ impl Lab {
             .ip(&format!("route add {VIP}/32 via {}", lan.host(1).ip));
         Self {
             files,
+            conntrack_size: 65536,
             decaps,
             _servers: servers,
             lan,
@@ -75,12 +90,13 @@ impl Lab {
     /// The configuration with backends `backends` (0-based) and `second_chance`.
     fn write_config(&self, backends: &[usize], second_chance: &str) {
         let mut text = format!(
-            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = 65536\n\n\
+            "interface = \"eth0\"\nstate_dir = \"{}\"\nconntrack_size = {}\n\n\
              [health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n\
              slow_start = \"0s\"\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\n\
              forward = \"tunnel\"\nsecond_chance = \"{second_chance}\"\n",
-            self.files.state_dir.display()
+            self.files.state_dir.display(),
+            self.conntrack_size
         );
         for i in backends {
             text += &format!(
@@ -162,6 +178,26 @@ impl Lab {
             .expect("lb explain");
         serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|_| panic!("lb explain: {}", String::from_utf8_lossy(&output.stderr)))
+    }
+
+    /// Backend `i`'s `lb_decap_packets_total{outcome="hop_forwarded"}`, scraped from its
+    /// `lb decap --metrics` (0 if it does not answer).
+    fn decap_forwarded_metric(&self, i: usize) -> u64 {
+        use std::io::{Read as _, Write as _};
+        self.lan.host(2 + i).ns.run(|| {
+            let address: SocketAddr = DECAP_METRICS.parse().expect("address");
+            let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+                return 0;
+            };
+            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut body = String::new();
+            let _ = stream.read_to_string(&mut body);
+            body.lines()
+                .find(|line| line.starts_with("lb_decap_packets_total{outcome=\"hop_forwarded\"}"))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        })
     }
 
     /// Stops every `lb decap`; the packets each sent on to a hop (from its exit log).
@@ -275,6 +311,12 @@ fn connections_survive_a_ring_change_and_a_fresh_state_restart() {
         }
     }
     assert!(hopping > 0, "lb explain shows no connection carrying a hop");
+    // b3's decap, which the moved connections reach first, counts what it sent on.
+    let metric = wait_until(Duration::from_secs(3), || lab.decap_forwarded_metric(2) > 0);
+    assert!(
+        metric.is_some(),
+        "b3's lb decap --metrics shows no packet sent on"
+    );
     let forwarded = lab.stop_decaps();
     println!(
         "0 of {HELD} broken; {hopping} carry a hop (lb explain); the load balancer sent {hops} \
@@ -288,4 +330,65 @@ fn without_second_chance_the_connections_whose_slot_moved_break() {
     let (failed, _lab, _held, _agent) = hold_add_and_restart("schance-off", "0s");
     println!("second_chance = \"0s\": {} of {HELD} broken", failed.len());
     assert!(!failed.is_empty(), "no connection's slot moved to b3?");
+}
+
+#[test]
+fn connections_a_flood_kept_out_of_the_flow_table_survive_a_ring_change() {
+    use lb_tests::{netns::flood::send_flood_copies, packet::frames::Frame};
+    // The smallest table (1024 flows); a flood of 20,000 flows of two packets each fills it
+    // with established flows, which are protected for 15 minutes: connections opened after
+    // it are not tracked, and take the ring at every packet.
+    let mut lab = Lab::new("schance-flood");
+    lab.conntrack_size = 1024;
+    lab.write_config(&[0, 1], "240s");
+    let _agent = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, false);
+    assert!(
+        lab.files
+            .wait_log("datapath attached", 1, Duration::from_secs(15)),
+        "{}",
+        lab.files.log_text()
+    );
+    lab.wait_ring(&[0, 1]);
+    let flood = send_flood_copies(
+        &lab.lan.host(0).ns,
+        "eth0",
+        Frame::ack("192.0.2.1", 1, VIP, PORT),
+        lab.lan.host(1).mac,
+        20_000,
+        40_000,
+        2,
+    );
+    flood.join().expect("the flood");
+    let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
+    let mut held = hold(&lab.lan.host(0).ns, vip, HELD);
+    let untracked = held
+        .iter()
+        .filter(|h| lab.explain(h.local)["tracked_backend"].is_null())
+        .count();
+    assert!(
+        untracked > HELD / 2,
+        "only {untracked} of {HELD} untracked: the flood did not fill the table"
+    );
+
+    lab.write_config(&[0, 1, 2], "240s");
+    lab.wait_ring(&[0, 1, 2]);
+    let moved = held
+        .iter()
+        .filter(|h| lab.explain(h.local)["hop"] == true)
+        .count();
+    let failed = broken(&mut held, "after b3 came");
+    println!(
+        "after a flood filled the table: {untracked} of {HELD} connections untracked, {moved} \
+         of them moved to b3 and carry a hop, {} broken",
+        failed.len()
+    );
+    assert!(
+        moved > 0,
+        "no untracked connection's slot moved: nothing tested"
+    );
+    assert!(
+        failed.is_empty(),
+        "broken: {failed:?}\n{}",
+        lab.files.log_text()
+    );
 }

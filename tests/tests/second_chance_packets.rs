@@ -10,7 +10,7 @@
 //! whose connection this host has (an established socket), or a SYN, is kept; one it has no
 //! connection for is sent on to the hop (outer addresses rewritten, hop cleared, the MACs of the
 //! route `lb decap` resolved), or dropped with the hop queued when no route is known yet; a hop
-//! that is this host, or none, is kept.
+//! that is this host, or none, is kept; an ACK a listener's SYN cookie vouches for is kept.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
@@ -323,4 +323,110 @@ fn ip_octets(address: &str) -> [u8; 4] {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(_) => panic!("an IPv4 address"),
     }
+}
+
+/// The SYN cookie branch: with `tcp_syncookies = 2` the listener answers every SYN with a
+/// cookie and keeps no state. The client's ACK of that cookie has no socket yet, but
+/// `bpf_tcp_check_syncookie` vouches for it: kept. An ACK with a wrong cookie is sent on.
+#[test]
+fn an_ack_of_a_syn_cookie_stays_on_the_backend() {
+    use std::io::Read as _;
+
+    let ns = lb_lab::Netns::new("schance-cookie");
+    ns.ip_batch(&[
+        "link add v0 type veth peer name v1".to_owned(),
+        format!("addr add {HERE}/24 dev v0"),
+        "link set v0 up".to_owned(),
+        "link set v1 up".to_owned(),
+        format!("addr add {VIP}/32 dev lo"),
+        format!("addr add {CLIENT4}/32 dev lo"),
+    ]);
+    ns.sysctl("net.ipv4.tcp_syncookies", "2");
+    let v0_mac = ns.mac("v0");
+    ns.run(|| {
+        let _pass = lb_tests::netns::pass_on(&["v0".to_owned()]);
+        let name = std::ffi::CString::new("v0").expect("name");
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let v0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let mut lab = PacketLab::standard();
+        let mut routes = lab.datapath.take_hop_routes().expect("hop routes");
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&HOP_MAC);
+        macs[6..].copy_from_slice(&v0_mac);
+        routes
+            .insert(
+                lb_common::maps::DecapKey::new(ip(HOP)),
+                lb_common::maps::HopRoute { ifindex: v0, macs },
+                0,
+            )
+            .expect("hop route");
+        let _listener = TcpListener::bind((ip(VIP), 80)).expect("listen on the vip");
+
+        // A SYN from the client's address, sent raw; the SYN-ACK's sequence is the cookie.
+        // (The raw socket is read through a `TcpStream`, which only calls read(2) on it.)
+        let tcp = socket2::Protocol::from(libc::IPPROTO_TCP);
+        let receiver = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(tcp))
+            .expect("raw socket");
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        let raw = socket2::Protocol::from(libc::IPPROTO_RAW);
+        let sender = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(raw))
+            .expect("raw socket");
+        let port = 43_010;
+        let syn = Frame::syn(CLIENT4, port, VIP, 80).build();
+        sender
+            .send_to(&syn[14..], &SocketAddr::new(ip(VIP), 0).into())
+            .expect("send the syn");
+        let mut receiver: std::net::TcpStream = receiver.into();
+        let cookie = loop {
+            let mut packet = [0u8; 1500];
+            let length = receiver.read(&mut packet).expect("a syn-ack");
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            let segment = &packet[header..length];
+            let from_vip = packet[12..16] == ip_octets(VIP);
+            let ports = [
+                u16::from_be_bytes([segment[0], segment[1]]),
+                u16::from_be_bytes([segment[2], segment[3]]),
+            ];
+            if from_vip && ports == [80, port] && segment[13] & 0x12 == 0x12 {
+                break u32::from_be_bytes([segment[4], segment[5], segment[6], segment[7]]);
+            }
+        };
+        let ack = |acknowledged: u32| {
+            let mut bytes = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], LB_MAC)
+                .ipv4(ip_octets(CLIENT4), ip_octets(VIP), 64)
+                .tcp(port, 80, 1001, 64240)
+                .ack(acknowledged)
+                .write(&mut bytes, &[])
+                .expect("ack");
+            let plain = frames::tunnel(
+                &bytes,
+                [0x02, 0, 0, 0, 0, 0x11],
+                ip(TUNNEL_SOURCE_V4),
+                ip(HERE),
+                &Frame::ack(CLIENT4, port, VIP, 80).flow_key(),
+            );
+            frames::with_hop(&plain, 14, ip(HOP))
+        };
+        let (action, _) = decap_on(&mut lab, v0, &ack(cookie.wrapping_add(1)));
+        assert_eq!(action, verdict::PASS, "the cookie's ACK is this host's");
+        assert_eq!(
+            lab.datapath
+                .decap_counter(DecapCounter::HopLocal)
+                .expect("counter"),
+            1
+        );
+        // (The low bits encode the MSS, and a neighbouring value may be another valid one:
+        // change the cookie's age bits instead.)
+        let (action, _) = decap_on(&mut lab, v0, &ack(cookie.wrapping_add(0x4000_0001)));
+        assert_eq!(action, verdict::TX, "a wrong cookie is sent on to the hop");
+        assert_eq!(
+            lab.datapath
+                .decap_counter(DecapCounter::HopForwarded)
+                .expect("counter"),
+            1
+        );
+    });
 }

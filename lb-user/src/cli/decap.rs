@@ -18,9 +18,24 @@ const RESOLVE_WAIT: Duration = Duration::from_millis(500);
 /// How old a hop's route gets before it is resolved again (a backend's MAC may change).
 const ROUTE_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Attaches, serves until a stop signal, logs the counts and detaches.
-pub async fn run(interface: &str, mode: AttachMode) -> anyhow::Result<()> {
+/// How often the metrics endpoint's counts are read off the program.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Attaches, serves until a stop signal (and `/metrics` on `metrics`), logs the counts and
+/// detaches.
+pub async fn run(
+    interface: &str,
+    mode: AttachMode,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let mut decap = Decap::attach(interface, mode.xdp_mode())?;
+    let counts: crate::metrics::decap::SharedDecapCounts = Default::default();
+    if let Some(address) = metrics {
+        crate::metrics::decap::serve(address, counts.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("metrics: cannot listen on {address}: {error}"))?;
+    }
+    let mut refresh = tokio::time::interval(METRICS_REFRESH);
     tracing::info!(%interface, mode = ?decap.mode, addresses = ?decap.addresses, "decap attached");
     let shutdown = super::wait_for_shutdown();
     tokio::pin!(shutdown);
@@ -31,6 +46,11 @@ pub async fn run(interface: &str, mode: AttachMode) -> anyhow::Result<()> {
             result = &mut shutdown => {
                 result?;
                 break;
+            }
+            _ = refresh.tick(), if metrics.is_some() => {
+                if let Ok(now) = decap.counts() {
+                    *counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
+                }
             }
             _ = poll.tick() => {
                 let mut hops = decap.hops_without_route();

@@ -69,6 +69,7 @@ Example:
 pub const DECAP: &str = "\
 Examples:
   lb decap --interface eth0
+  lb decap --interface eth0 --metrics 127.0.0.1:9301   counts at /metrics
   systemctl enable --now lb-decap@eth0  the packaged unit runs the same";
 
 /// `lb detach --help`.

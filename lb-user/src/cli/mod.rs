@@ -153,6 +153,9 @@ pub enum Command {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+        /// Serve the program's counts as Prometheus metrics on ADDR:PORT (`/metrics`).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Detach the load balancer for good (after stopping the agent): remove its program and maps.
     ///
@@ -267,7 +270,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decap {
             interface,
             xdp_mode,
-        } => decap::run(&interface, xdp_mode).await,
+            metrics,
+        } => decap::run(&interface, xdp_mode, metrics).await,
         Command::Detach { state_dir, config } => {
             let target = detach::Target::new(state_dir, config.as_deref())?;
             println!("{}", detach(&target).await?);

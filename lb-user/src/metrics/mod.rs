@@ -35,6 +35,7 @@
 //! (its tags and stamps: about 10 ms for the default million flows).
 
 mod collector;
+pub mod decap;
 
 use std::{
     collections::BTreeMap,

@@ -28,6 +28,20 @@ pub fn send_flood(
     count: usize,
     per_second: u32,
 ) -> std::thread::JoinHandle<FloodSent> {
+    send_flood_copies(ns, interface, template, to_mac, count, per_second, 1)
+}
+
+/// [`send_flood`] with each frame sent `copies` times in a row (the frames counted once): two
+/// packets of a flow make it established to the load balancer, protected from eviction.
+pub fn send_flood_copies(
+    ns: &Netns,
+    interface: &str,
+    template: Frame,
+    to_mac: [u8; 6],
+    count: usize,
+    per_second: u32,
+    copies: usize,
+) -> std::thread::JoinHandle<FloodSent> {
     let from_mac = ns.mac(interface);
     let ifindex = ns.ifindex(interface);
     ns.spawn(move || {
@@ -41,13 +55,15 @@ pub fn send_flood(
         while sent < count {
             for _ in 0..burst.min(count - sent) {
                 let frame = frames.next_frame();
-                while let Err(error) = socket.send(frame) {
-                    assert_eq!(
-                        error.raw_os_error(),
-                        Some(libc::ENOBUFS),
-                        "sending a flood frame: {error}"
-                    );
-                    std::thread::yield_now();
+                for _ in 0..copies {
+                    while let Err(error) = socket.send(frame) {
+                        assert_eq!(
+                            error.raw_os_error(),
+                            Some(libc::ENOBUFS),
+                            "sending a flood frame: {error}"
+                        );
+                        std::thread::yield_now();
+                    }
                 }
                 sent += 1;
             }
