@@ -430,3 +430,62 @@ fn an_ack_of_a_syn_cookie_stays_on_the_backend() {
         );
     });
 }
+
+/// A backend whose `lb decap` predates second chance (release a4d45e0, `tests/data/`) does
+/// not know the hop option: it passes such a packet up untouched (the kernel, without a tunnel
+/// device, drops it), as it did for any tunnel with options. Only packets of connections whose
+/// slot moved carry a hop, and those broke before second chance too; plain tunnels still work.
+#[test]
+fn an_older_decap_passes_a_packet_with_a_hop_up_untouched() {
+    use aya::{
+        maps::HashMap,
+        programs::{TestRun as _, TestRunOptions, Xdp},
+        EbpfLoader,
+    };
+    use lb_tests::netns::previous::Release;
+
+    let mut ebpf = EbpfLoader::new()
+        .load(Release::V2.object())
+        .expect("load release a4d45e0's object");
+    let mut addresses: HashMap<_, lb_common::maps::DecapKey, u8> =
+        HashMap::try_from(ebpf.map_mut("DECAP_ADDRS").expect("DECAP_ADDRS")).expect("DECAP_ADDRS");
+    addresses
+        .insert(lb_common::maps::DecapKey::new(ip(HERE)), 1, 0)
+        .expect("decap address");
+    let program: &mut Xdp = ebpf
+        .program_mut("decap")
+        .expect("decap")
+        .try_into()
+        .expect("an XDP program");
+    program.load().expect("verifier");
+    let run = |frame: &[u8]| {
+        let mut out = vec![0u8; frame.len() + 64];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        let result = program.test_run(options).expect("test run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    };
+    let ack = Frame::ack(CLIENT4, 44_000, VIP, 80);
+    let with_hop = tunnel_to_here(&ack, HOP);
+    assert_eq!(
+        run(&with_hop),
+        (verdict::PASS, with_hop.clone()),
+        "untouched"
+    );
+    let plain = frames::tunnel(
+        &ack.build(),
+        [0x02, 0, 0, 0, 0, 0x11],
+        ip(TUNNEL_SOURCE_V4),
+        ip(HERE),
+        &ack.flow_key(),
+    );
+    let (action, out) = run(&plain);
+    assert_eq!(action, verdict::PASS);
+    assert_eq!(
+        out,
+        stripped(&plain, &ack),
+        "a plain tunnel is stripped as before"
+    );
+}

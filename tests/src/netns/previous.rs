@@ -81,7 +81,8 @@ impl Release {
         }
     }
 
-    fn object(self) -> &'static [u8] {
+    /// Its XDP object (`tests/data/`).
+    pub fn object(self) -> &'static [u8] {
         match self {
             Self::V0 => V0_OBJECT,
             Self::V1 => V1_OBJECT,
