@@ -157,6 +157,9 @@ const HOP: &str = "10.1.0.12";
 const HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 /// A hop without a route yet.
 const UNKNOWN_HOP: &str = "10.1.0.13";
+/// This host's IPv6 tunnel address (the standard lab's decap address) and an IPv6 hop.
+const HERE6: &str = "fd01::11";
+const HOP6: &str = "fd01::12";
 /// The VIP the backend serves on `lo`.
 const VIP: &str = "10.0.0.200";
 
@@ -314,6 +317,39 @@ fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
         assert_eq!(counter(&mut lab, DecapCounter::HopUnresolved), 1);
         let queued = neighbours.pop(0).expect("a queued hop");
         assert_eq!(queued[0].to_ne_bytes(), ip_octets(UNKNOWN_HOP));
+
+        // IPv6 outside (a 4in6 tunnel): sent on to the hop, the destination options' hop
+        // cleared.
+        routes
+            .insert(
+                lb_common::maps::DecapKey::new(ip(HOP6)),
+                lb_common::maps::HopRoute { ifindex: v0, macs },
+                0,
+            )
+            .expect("hop route");
+        let theirs = Frame::ack(CLIENT4, 43_004, VIP, 80);
+        let plain = frames::tunnel(
+            &theirs.build(),
+            [0x02, 0, 0, 0, 0, 0x11],
+            ip(TUNNEL_SOURCE_V6),
+            ip(HERE6),
+            &theirs.flow_key(),
+        );
+        let sent = frames::with_hop(&plain, 14, ip(HOP6));
+        let (action, out) = decap_on(&mut lab, v0, &sent);
+        assert_eq!(action, verdict::TX);
+        let mut expected = sent.clone();
+        expected[..6].copy_from_slice(&HOP_MAC);
+        expected[6..12].copy_from_slice(&v0_mac);
+        let octets = |address: &str| match ip(address) {
+            IpAddr::V6(v6) => v6.octets(),
+            IpAddr::V4(_) => panic!("an IPv6 address"),
+        };
+        expected[14 + 8..14 + 24].copy_from_slice(&octets(HERE6));
+        expected[14 + 24..14 + 40].copy_from_slice(&octets(HOP6));
+        expected[14 + 48..14 + 64].copy_from_slice(&[0; 16]);
+        assert_eq!(out, expected, "to the IPv6 hop, the hop cleared");
+        assert_eq!(counter(&mut lab, DecapCounter::HopForwarded), 3);
         drop(client);
     });
 }
