@@ -364,13 +364,11 @@ impl ModesLab {
                     "lb decap on b{} failed",
                     i + 1
                 );
-                let log = std::fs::read_to_string(decap_log(&self.files, i)).expect("decap log");
-                let stripped = log
-                    .lines()
-                    .find_map(|line| line.split("decapsulated=").nth(1))
-                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-                    .unwrap_or_else(|| panic!("no decap counts in the log of b{}:\n{log}", i + 1));
-                stripped
+                lb_tests::netns::agent::decap_count(
+                    &decap_log(&self.files, i),
+                    "decapsulated",
+                    &format!("b{}", i + 1),
+                )
             })
             .collect()
     }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_tests::netns::{
-    agent::{wait_file, AgentFiles, AgentProcess},
+    agent::{decap_count, wait_file, AgentFiles, AgentProcess},
     connections::{hold, Held},
     servers::NameServer,
     topology::Lan,
@@ -105,6 +105,20 @@ impl Lab {
             );
         }
         self.files.write_config(&text);
+    }
+
+    /// Starts the agent (`keep_datapath`: leave it attached on stop) and waits until it
+    /// attached and the ring holds b1 and b2.
+    fn start_agent(&self, keep_datapath: bool) -> AgentProcess {
+        let agent = AgentProcess::start(&self.lan.host(1).ns, &self.files, keep_datapath);
+        assert!(
+            self.files
+                .wait_log("datapath attached", 1, Duration::from_secs(15)),
+            "{}",
+            self.files.log_text()
+        );
+        self.wait_ring(&[0, 1]);
+        agent
     }
 
     /// The backends (0-based) in the VIP's ring now.
@@ -208,12 +222,11 @@ impl Lab {
             .enumerate()
             .map(|(i, decap)| {
                 decap.stop(Signal::SIGTERM);
-                let log = std::fs::read_to_string(decap_log(&self.files, i)).expect("log");
-                log.split("hop_forwarded=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no counts in b{}'s decap log:\n{log}", i + 1))
+                decap_count(
+                    &decap_log(&self.files, i),
+                    "hop_forwarded",
+                    &format!("b{}", i + 1),
+                )
             })
             .collect()
     }
@@ -243,14 +256,7 @@ type Run = (Vec<String>, Lab, Vec<Held>, AgentProcess);
 fn hold_add_and_restart(tag: &str, second_chance: &str) -> Run {
     let lab = Lab::new(tag);
     lab.write_config(&[0, 1], second_chance);
-    let agent = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, true);
-    assert!(
-        lab.files
-            .wait_log("datapath attached", 1, Duration::from_secs(15)),
-        "{}",
-        lab.files.log_text()
-    );
-    lab.wait_ring(&[0, 1]);
+    let agent = lab.start_agent(true);
     let vip = SocketAddr::new(VIP.parse().expect("vip"), PORT);
     let mut held = hold(&lab.lan.host(0).ns, vip, HELD);
     assert!(broken(&mut held, "before").is_empty());
@@ -341,14 +347,7 @@ fn connections_a_flood_kept_out_of_the_flow_table_survive_a_ring_change() {
     let mut lab = Lab::new("schance-flood");
     lab.conntrack_size = 1024;
     lab.write_config(&[0, 1], "240s");
-    let _agent = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, false);
-    assert!(
-        lab.files
-            .wait_log("datapath attached", 1, Duration::from_secs(15)),
-        "{}",
-        lab.files.log_text()
-    );
-    lab.wait_ring(&[0, 1]);
+    let _agent = lab.start_agent(false);
     let flood = send_flood_copies(
         &lab.lan.host(0).ns,
         "eth0",

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
 use lb_common::{
-    maps::{BackendState, DEFAULT_RING_SIZE},
+    maps::{BackendState, HopRoute, DEFAULT_RING_SIZE},
     stats::DecapCounter,
 };
 use lb_tests::packet::{
@@ -204,9 +204,10 @@ fn decap_on(lab: &mut PacketLab, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
     (result.return_value, out)
 }
 
-#[test]
-fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
-    let ns = lb_lab::Netns::new("schance");
+/// A namespace of the test's own for `decap`'s decisions: `v0` (this host, `HERE`/24, with a
+/// veth peer), the VIP and the client's address on `lo`. It and `v0`'s MAC.
+fn decap_namespace(tag: &str) -> (lb_lab::Netns, [u8; 6]) {
+    let ns = lb_lab::Netns::new(tag);
     ns.ip_batch(&[
         "link add v0 type veth peer name v1".to_owned(),
         format!("addr add {HERE}/24 dev v0"),
@@ -216,26 +217,69 @@ fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
         format!("addr add {CLIENT4}/32 dev lo"),
     ]);
     let v0_mac = ns.mac("v0");
-    ns.run(|| {
-        // A test run may name v0 as the receiving interface once it runs an XDP program.
+    (ns, v0_mac)
+}
+
+/// Inside a [`decap_namespace`]: the packet lab, `v0`'s index, and `HOP_ROUTES` with a route
+/// to `HOP` out of `v0`.
+struct DecapLab {
+    lab: PacketLab,
+    v0: u32,
+    routes: aya::maps::HashMap<aya::maps::MapData, lb_common::maps::DecapKey, HopRoute>,
+    /// `pass` on `v0`: a test run may name an interface as the receiving one only when it runs
+    /// an XDP program.
+    _pass: lb_user::datapath::Datapath,
+}
+
+impl DecapLab {
+    fn new(v0_mac: [u8; 6]) -> Self {
         let _pass = lb_tests::netns::pass_on(&["v0".to_owned()]);
         let name = std::ffi::CString::new("v0").expect("name");
         // SAFETY: a NUL-terminated name that outlives the call.
         let v0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
         assert_ne!(v0, 0, "v0's index");
         let mut lab = PacketLab::standard();
-        let mut neighbours = lab.datapath.take_hop_neighbours().expect("hop queue");
         let mut routes = lab.datapath.take_hop_routes().expect("hop routes");
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&HOP_MAC);
-        macs[6..].copy_from_slice(&v0_mac);
-        routes
-            .insert(
-                lb_common::maps::DecapKey::new(ip(HOP)),
-                lb_common::maps::HopRoute { ifindex: v0, macs },
-                0,
-            )
-            .expect("hop route");
+        add_route(&mut routes, HOP, v0, v0_mac);
+        Self {
+            lab,
+            v0,
+            routes,
+            _pass,
+        }
+    }
+}
+
+/// Routes `hop` out of `v0` (`v0_mac`) to `HOP_MAC`, as `lb decap` would.
+fn add_route(
+    routes: &mut aya::maps::HashMap<aya::maps::MapData, lb_common::maps::DecapKey, HopRoute>,
+    hop: &str,
+    v0: u32,
+    v0_mac: [u8; 6],
+) {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&HOP_MAC);
+    macs[6..].copy_from_slice(&v0_mac);
+    routes
+        .insert(
+            lb_common::maps::DecapKey::new(ip(hop)),
+            HopRoute { ifindex: v0, macs },
+            0,
+        )
+        .expect("hop route");
+}
+
+#[test]
+fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
+    let (ns, v0_mac) = decap_namespace("schance");
+    ns.run(|| {
+        let DecapLab {
+            mut lab,
+            v0,
+            mut routes,
+            _pass,
+        } = DecapLab::new(v0_mac);
+        let mut neighbours = lab.datapath.take_hop_neighbours().expect("hop queue");
         let counter =
             |lab: &mut PacketLab, counter| lab.datapath.decap_counter(counter).expect("counter");
 
@@ -320,13 +364,7 @@ fn the_backend_keeps_what_it_has_and_sends_the_rest_on_to_the_hop() {
 
         // IPv6 outside (a 4in6 tunnel): sent on to the hop, the destination options' hop
         // cleared.
-        routes
-            .insert(
-                lb_common::maps::DecapKey::new(ip(HOP6)),
-                lb_common::maps::HopRoute { ifindex: v0, macs },
-                0,
-            )
-            .expect("hop route");
+        add_route(&mut routes, HOP6, v0, v0_mac);
         let theirs = Frame::ack(CLIENT4, 43_004, VIP, 80);
         let plain = frames::tunnel(
             &theirs.build(),
@@ -368,34 +406,16 @@ fn ip_octets(address: &str) -> [u8; 4] {
 fn an_ack_of_a_syn_cookie_stays_on_the_backend() {
     use std::io::Read as _;
 
-    let ns = lb_lab::Netns::new("schance-cookie");
-    ns.ip_batch(&[
-        "link add v0 type veth peer name v1".to_owned(),
-        format!("addr add {HERE}/24 dev v0"),
-        "link set v0 up".to_owned(),
-        "link set v1 up".to_owned(),
-        format!("addr add {VIP}/32 dev lo"),
-        format!("addr add {CLIENT4}/32 dev lo"),
-    ]);
+    let (ns, v0_mac) = decap_namespace("schance-cookie");
     ns.sysctl("net.ipv4.tcp_syncookies", "2");
-    let v0_mac = ns.mac("v0");
     ns.run(|| {
-        let _pass = lb_tests::netns::pass_on(&["v0".to_owned()]);
-        let name = std::ffi::CString::new("v0").expect("name");
-        // SAFETY: a NUL-terminated name that outlives the call.
-        let v0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        let mut lab = PacketLab::standard();
-        let mut routes = lab.datapath.take_hop_routes().expect("hop routes");
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&HOP_MAC);
-        macs[6..].copy_from_slice(&v0_mac);
-        routes
-            .insert(
-                lb_common::maps::DecapKey::new(ip(HOP)),
-                lb_common::maps::HopRoute { ifindex: v0, macs },
-                0,
-            )
-            .expect("hop route");
+        // (Every map the program uses must outlive it: keep the routes.)
+        let DecapLab {
+            mut lab,
+            v0,
+            routes: _routes,
+            _pass,
+        } = DecapLab::new(v0_mac);
         let _listener = TcpListener::bind((ip(VIP), 80)).expect("listen on the vip");
 
         // A SYN from the client's address, sent raw; the SYN-ACK's sequence is the cookie.

@@ -229,3 +229,13 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The count `field` (`decapsulated`, `hop_forwarded`, ...) that `lb decap` logged when it
+/// stopped, in its log at `log`; panics naming `who` if the log has none.
+pub fn decap_count(log: &Path, field: &str, who: &str) -> u64 {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.split(&format!("{field}=")).nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} count in the decap log of {who}:\n{text}"))
+}

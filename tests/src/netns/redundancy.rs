@@ -339,13 +339,11 @@ impl RedundancyLab {
             .zip(names)
             .map(|(decap, name)| {
                 decap.stop(Signal::SIGTERM);
-                let log =
-                    std::fs::read_to_string(decap_log(&self.scratch, name)).unwrap_or_default();
-                log.split("hop_forwarded=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no counts in {name}'s decap log:\n{log}"))
+                crate::netns::agent::decap_count(
+                    &decap_log(&self.scratch, name),
+                    "hop_forwarded",
+                    name,
+                )
             })
             .collect()
     }
