@@ -42,28 +42,81 @@ pub fn outer_ipv4(
     source: [u8; 4],
     destination: [u8; 4],
 ) -> Header<{ OUTER_IPV4_LEN / 4 }> {
-    let total = ((inner_len as usize + OUTER_IPV4_LEN) as u16).to_be_bytes();
-    let frags = ipv4_unfragmented(dont_fragment);
-    let check = ipv4_checksum([
-        u16::from_be_bytes([0x45, tos]),
-        u16::from_be_bytes(total),
-        0,
-        u16::from_be_bytes(frags),
-        u16::from_be_bytes([TUNNEL_TTL, protocol]),
-        0,
-        u16::from_be_bytes([source[0], source[1]]),
-        u16::from_be_bytes([source[2], source[3]]),
-        u16::from_be_bytes([destination[0], destination[1]]),
-        u16::from_be_bytes([destination[2], destination[3]]),
-    ])
-    .to_be_bytes();
-    Header([
-        word([0x45, tos, total[0], total[1]]),
-        word([0, 0, frags[0], frags[1]]),
-        word([TUNNEL_TTL, protocol, check[0], check[1]]),
-        word(source),
-        word(destination),
-    ])
+    let fixed = Ipv4Fixed::new(
+        0x45,
+        tos,
+        inner_len as usize + OUTER_IPV4_LEN,
+        dont_fragment,
+        protocol,
+        source,
+        destination,
+    );
+    Header(fixed.words(ipv4_checksum(fixed.halves())))
+}
+
+/// The fixed 20 bytes of an outer IPv4 header but its checksum.
+struct Ipv4Fixed {
+    version_ihl: u8,
+    tos: u8,
+    total: [u8; 2],
+    frags: [u8; 2],
+    protocol: u8,
+    source: [u8; 4],
+    destination: [u8; 4],
+}
+
+impl Ipv4Fixed {
+    #[inline(always)]
+    fn new(
+        version_ihl: u8,
+        tos: u8,
+        total: usize,
+        dont_fragment: bool,
+        protocol: u8,
+        source: [u8; 4],
+        destination: [u8; 4],
+    ) -> Self {
+        Self {
+            version_ihl,
+            tos,
+            total: (total as u16).to_be_bytes(),
+            frags: ipv4_unfragmented(dont_fragment),
+            protocol,
+            source,
+            destination,
+        }
+    }
+
+    /// Its ten 16-bit halves, the checksum's zero.
+    #[inline(always)]
+    fn halves(&self) -> [u16; 10] {
+        let (s, d) = (self.source, self.destination);
+        [
+            u16::from_be_bytes([self.version_ihl, self.tos]),
+            u16::from_be_bytes(self.total),
+            0,
+            u16::from_be_bytes(self.frags),
+            u16::from_be_bytes([TUNNEL_TTL, self.protocol]),
+            0,
+            u16::from_be_bytes([s[0], s[1]]),
+            u16::from_be_bytes([s[2], s[3]]),
+            u16::from_be_bytes([d[0], d[1]]),
+            u16::from_be_bytes([d[2], d[3]]),
+        ]
+    }
+
+    /// Its five words with the checksum `check`.
+    #[inline(always)]
+    fn words(&self, check: u16) -> [u32; 5] {
+        let check = check.to_be_bytes();
+        [
+            word([self.version_ihl, self.tos, self.total[0], self.total[1]]),
+            word([0, 0, self.frags[0], self.frags[1]]),
+            word([TUNNEL_TTL, self.protocol, check[0], check[1]]),
+            word(self.source),
+            word(self.destination),
+        ]
+    }
 }
 
 /// Length of the second-chance hop option in an outer IPv4 header ([`outer_ipv4_with_hop`]).
@@ -91,40 +144,27 @@ pub fn outer_ipv4_with_hop(
     destination: [u8; 4],
     hop: [u8; 4],
 ) -> Header<{ (OUTER_IPV4_LEN + HOP_OPTION_V4_LEN) / 4 }> {
-    const LEN: usize = OUTER_IPV4_LEN + HOP_OPTION_V4_LEN;
-    let total = ((inner_len as usize + LEN) as u16).to_be_bytes();
-    let frags = ipv4_unfragmented(dont_fragment);
+    let fixed = Ipv4Fixed::new(
+        0x47,
+        tos,
+        inner_len as usize + OUTER_IPV4_LEN + HOP_OPTION_V4_LEN,
+        dont_fragment,
+        protocol,
+        source,
+        destination,
+    );
     let option = [HOP_OPTION_TYPE, HOP_OPTION_V4_LEN as u8, 0, 0];
     let check = ipv4_options_checksum(
-        [
-            u16::from_be_bytes([0x47, tos]),
-            u16::from_be_bytes(total),
-            0,
-            u16::from_be_bytes(frags),
-            u16::from_be_bytes([TUNNEL_TTL, protocol]),
-            0,
-            u16::from_be_bytes([source[0], source[1]]),
-            u16::from_be_bytes([source[2], source[3]]),
-            u16::from_be_bytes([destination[0], destination[1]]),
-            u16::from_be_bytes([destination[2], destination[3]]),
-        ],
+        fixed.halves(),
         [
             u16::from_be_bytes([option[0], option[1]]),
             0,
             u16::from_be_bytes([hop[0], hop[1]]),
             u16::from_be_bytes([hop[2], hop[3]]),
         ],
-    )
-    .to_be_bytes();
-    Header([
-        word([0x47, tos, total[0], total[1]]),
-        word([0, 0, frags[0], frags[1]]),
-        word([TUNNEL_TTL, protocol, check[0], check[1]]),
-        word(source),
-        word(destination),
-        word(option),
-        word(hop),
-    ])
+    );
+    let [a, b, c, d, e] = fixed.words(check);
+    Header([a, b, c, d, e, word(option), word(hop)])
 }
 
 /// The checksum of an IPv4 header of 20 bytes (`fixed`, checksum field 0) and 8 option bytes.

@@ -95,67 +95,76 @@ fn encapsulate<const L2: usize>(
     };
     if backend.family == Family::V4 as u8 {
         let v4 = |addr: &[u8; 16]| [addr[0], addr[1], addr[2], addr[3]];
+        let (tos, len, df) = (packet.tos, packet.ip_len, packet.dont_fragment);
+        let source = settings.tunnel_source_v4;
         match choice.hop {
-            None => {
-                check_mtu(packet, backend, IPV4_LEN)?;
-                make_room::<L2, IPV4_LEN>(ctx, ETH_P_IP)?;
-                let header = outer_ipv4(
-                    packet.tos,
-                    packet.ip_len,
-                    packet.dont_fragment,
+            None => push_outer::<L2, IPV4_LEN, { IPV4_LEN / 4 }>(
+                ctx,
+                packet,
+                backend,
+                ETH_P_IP,
+                outer_ipv4(tos, len, df, inner_protocol, source, v4(&backend.addr)),
+            ),
+            Some(hop) => push_outer::<L2, IPV4_HOP_LEN, { IPV4_HOP_LEN / 4 }>(
+                ctx,
+                packet,
+                backend,
+                ETH_P_IP,
+                outer_ipv4_with_hop(
+                    tos,
+                    len,
+                    df,
                     inner_protocol,
-                    settings.tunnel_source_v4,
-                    v4(&backend.addr),
-                );
-                write_outer::<L2, { IPV4_LEN / 4 }>(ctx, header)
-            }
-            Some(hop) => {
-                check_mtu(packet, backend, IPV4_HOP_LEN)?;
-                make_room::<L2, IPV4_HOP_LEN>(ctx, ETH_P_IP)?;
-                let header = outer_ipv4_with_hop(
-                    packet.tos,
-                    packet.ip_len,
-                    packet.dont_fragment,
-                    inner_protocol,
-                    settings.tunnel_source_v4,
+                    source,
                     v4(&backend.addr),
                     v4(&hop.addr),
-                );
-                write_outer::<L2, { IPV4_HOP_LEN / 4 }>(ctx, header)
-            }
+                ),
+            ),
         }
     } else {
         // The flow label carries a hash of the flow (ECMP per flow, RFC 6438).
+        let (class, label, len) = (packet.tos, choice.flow_label, packet.ip_len);
+        let source = &settings.tunnel_source_v6;
         match choice.hop {
-            None => {
-                check_mtu(packet, backend, IPV6_LEN)?;
-                make_room::<L2, IPV6_LEN>(ctx, ETH_P_IPV6)?;
-                let header = outer_ipv6(
-                    packet.tos,
-                    choice.flow_label,
-                    packet.ip_len,
+            None => push_outer::<L2, IPV6_LEN, { IPV6_LEN / 4 }>(
+                ctx,
+                packet,
+                backend,
+                ETH_P_IPV6,
+                outer_ipv6(class, label, len, inner_protocol, source, &backend.addr),
+            ),
+            Some(hop) => push_outer::<L2, IPV6_HOP_LEN, { IPV6_HOP_LEN / 4 }>(
+                ctx,
+                packet,
+                backend,
+                ETH_P_IPV6,
+                outer_ipv6_with_hop(
+                    class,
+                    label,
+                    len,
                     inner_protocol,
-                    &settings.tunnel_source_v6,
-                    &backend.addr,
-                );
-                write_outer::<L2, { IPV6_LEN / 4 }>(ctx, header)
-            }
-            Some(hop) => {
-                check_mtu(packet, backend, IPV6_HOP_LEN)?;
-                make_room::<L2, IPV6_HOP_LEN>(ctx, ETH_P_IPV6)?;
-                let header = outer_ipv6_with_hop(
-                    packet.tos,
-                    choice.flow_label,
-                    packet.ip_len,
-                    inner_protocol,
-                    &settings.tunnel_source_v6,
+                    source,
                     &backend.addr,
                     &hop.addr,
-                );
-                write_outer::<L2, { IPV6_HOP_LEN / 4 }>(ctx, header)
-            }
+                ),
+            ),
         }
     }
+}
+
+/// Puts `header` (`LEN` bytes, `WORDS` words) between the Ethernet header and the inner
+/// packet, after checking the result fits the backend's MTU.
+#[inline(always)]
+fn push_outer<const L2: usize, const LEN: usize, const WORDS: usize>(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend: &Backend,
+    ether_type: u16,
+    header: Header<WORDS>,
+) -> Result<(), DropReason> {
+    check_mtu(packet, backend, LEN)?;
+    make_room::<L2, LEN>(ctx, ether_type)?;
+    write_outer::<L2, WORDS>(ctx, header)
 }
 
 /// Writes `header` (`WORDS` words) after the `L2`-byte Ethernet header.
