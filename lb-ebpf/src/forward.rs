@@ -98,27 +98,27 @@ fn encapsulate<const L2: usize>(
         let (tos, len, df) = (packet.tos, packet.ip_len, packet.dont_fragment);
         let source = settings.tunnel_source_v4;
         match choice.hop {
-            None => push_outer::<L2, IPV4_LEN, { IPV4_LEN / 4 }>(
-                ctx,
-                packet,
-                backend,
-                ETH_P_IP,
-                outer_ipv4(tos, len, df, inner_protocol, source, v4(&backend.addr)),
-            ),
+            None => {
+                push_outer::<L2, IPV4_LEN, { IPV4_LEN / 4 }>(ctx, packet, backend, ETH_P_IP, || {
+                    outer_ipv4(tos, len, df, inner_protocol, source, v4(&backend.addr))
+                })
+            }
             Some(hop) => push_outer::<L2, IPV4_HOP_LEN, { IPV4_HOP_LEN / 4 }>(
                 ctx,
                 packet,
                 backend,
                 ETH_P_IP,
-                outer_ipv4_with_hop(
-                    tos,
-                    len,
-                    df,
-                    inner_protocol,
-                    source,
-                    v4(&backend.addr),
-                    v4(&hop.addr),
-                ),
+                || {
+                    outer_ipv4_with_hop(
+                        tos,
+                        len,
+                        df,
+                        inner_protocol,
+                        source,
+                        v4(&backend.addr),
+                        v4(&hop.addr),
+                    )
+                },
             ),
         }
     } else {
@@ -131,40 +131,43 @@ fn encapsulate<const L2: usize>(
                 packet,
                 backend,
                 ETH_P_IPV6,
-                outer_ipv6(class, label, len, inner_protocol, source, &backend.addr),
+                || outer_ipv6(class, label, len, inner_protocol, source, &backend.addr),
             ),
             Some(hop) => push_outer::<L2, IPV6_HOP_LEN, { IPV6_HOP_LEN / 4 }>(
                 ctx,
                 packet,
                 backend,
                 ETH_P_IPV6,
-                outer_ipv6_with_hop(
-                    class,
-                    label,
-                    len,
-                    inner_protocol,
-                    source,
-                    &backend.addr,
-                    &hop.addr,
-                ),
+                || {
+                    outer_ipv6_with_hop(
+                        class,
+                        label,
+                        len,
+                        inner_protocol,
+                        source,
+                        &backend.addr,
+                        &hop.addr,
+                    )
+                },
             ),
         }
     }
 }
 
-/// Puts `header` (`LEN` bytes, `WORDS` words) between the Ethernet header and the inner
-/// packet, after checking the result fits the backend's MTU.
+/// Puts the header `header` builds (`LEN` bytes, `WORDS` words) between the Ethernet header
+/// and the inner packet, after checking the result fits the backend's MTU. (Built once the
+/// room is made: built before, it lives on the stack across the helper call.)
 #[inline(always)]
 fn push_outer<const L2: usize, const LEN: usize, const WORDS: usize>(
     ctx: &XdpContext,
     packet: &Packet,
     backend: &Backend,
     ether_type: u16,
-    header: Header<WORDS>,
+    header: impl FnOnce() -> Header<WORDS>,
 ) -> Result<(), DropReason> {
     check_mtu(packet, backend, LEN)?;
     make_room::<L2, LEN>(ctx, ether_type)?;
-    write_outer::<L2, WORDS>(ctx, header)
+    write_outer::<L2, WORDS>(ctx, header())
 }
 
 /// Writes `header` (`WORDS` words) after the `L2`-byte Ethernet header.
