@@ -3,7 +3,7 @@
 //! pinned: checks live and die with the agent.
 
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{tc::TcAttachType, SchedClassifier},
 };
 use lb_common::{
@@ -82,14 +82,8 @@ impl Datapath {
 
     /// Takes the checks' maps out of the object (once).
     pub fn take_check_maps(&mut self) -> Result<CheckMaps> {
-        let mut take = |name: &'static str| -> Result<Map> {
-            self.ebpf
-                .as_mut()
-                .and_then(|ebpf| ebpf.take_map(name))
-                .ok_or(DatapathError::MissingMap { map: name })
-        };
-        let paths = take(names::CHECK_PATHS)?;
-        let stats = take(names::CHECK_STATS)?;
+        let paths = self.take_object_map(names::CHECK_PATHS)?;
+        let stats = self.take_object_map(names::CHECK_STATS)?;
         Ok(CheckMaps {
             paths: Array::try_from(paths).map_err(map_error(names::CHECK_PATHS))?,
             stats: PerCpuArray::try_from(stats).map_err(map_error(names::CHECK_STATS))?,

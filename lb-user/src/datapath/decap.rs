@@ -52,12 +52,7 @@ impl Datapath {
         &mut self,
     ) -> Result<aya::maps::Queue<aya::maps::MapData, [u32; 4]>, DatapathError> {
         let map = names::HOP_NEIGHBOURS;
-        let taken = self
-            .ebpf
-            .as_mut()
-            .and_then(|ebpf| ebpf.take_map(map))
-            .ok_or(DatapathError::MissingMap { map })?;
-        aya::maps::Queue::try_from(taken).map_err(map_error(map))
+        aya::maps::Queue::try_from(self.take_object_map(map)?).map_err(map_error(map))
     }
 
     /// Takes `HOP_ROUTES` out of the object (once).
@@ -68,12 +63,7 @@ impl Datapath {
         DatapathError,
     > {
         let map = names::HOP_ROUTES;
-        let taken = self
-            .ebpf
-            .as_mut()
-            .and_then(|ebpf| ebpf.take_map(map))
-            .ok_or(DatapathError::MissingMap { map })?;
-        aya::maps::HashMap::try_from(taken).map_err(map_error(map))
+        aya::maps::HashMap::try_from(self.take_object_map(map)?).map_err(map_error(map))
     }
 }
 

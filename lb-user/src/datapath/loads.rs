@@ -59,12 +59,7 @@ impl Datapath {
     /// Takes `LOADS` out of the object (once) and maps it.
     pub fn take_loads(&mut self) -> Result<Loads> {
         let map = names::LOADS;
-        let taken = self
-            .ebpf
-            .as_mut()
-            .and_then(|ebpf| ebpf.take_map(map))
-            .ok_or(DatapathError::MissingMap { map })?;
-        let Map::Array(data) = taken else {
+        let Map::Array(data) = self.take_object_map(map)? else {
             return Err(map_error(map)(aya::maps::MapError::InvalidMapType {
                 map_type: 0,
             }));

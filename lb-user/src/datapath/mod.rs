@@ -278,6 +278,15 @@ impl Datapath {
         Ok(datapath)
     }
 
+    /// Takes map `name` out of the loaded object (once): for the maps that are not pinned,
+    /// whose owner holds them apart from the datapath (checks, loads, second chance, decap).
+    pub(super) fn take_object_map(&mut self, name: &'static str) -> Result<Map> {
+        self.ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(name))
+            .ok_or(DatapathError::MissingMap { map: name })
+    }
+
     /// Where its maps came from.
     pub fn origin(&self) -> &Origin {
         &self.origin

@@ -100,14 +100,8 @@ impl SecondChanceMaps {
 impl Datapath {
     /// Takes `PREVIOUS_RINGS` and `SECOND_CHANCE_STATS` out of the object (once).
     pub fn take_second_chance_maps(&mut self) -> Result<SecondChanceMaps> {
-        let mut take = |name: &'static str| -> Result<Map> {
-            self.ebpf
-                .as_mut()
-                .and_then(|ebpf| ebpf.take_map(name))
-                .ok_or(DatapathError::MissingMap { map: name })
-        };
-        let rings = take(names::PREVIOUS_RINGS)?;
-        let stats = take(names::SECOND_CHANCE_STATS)?;
+        let rings = self.take_object_map(names::PREVIOUS_RINGS)?;
+        let stats = self.take_object_map(names::SECOND_CHANCE_STATS)?;
         Ok(SecondChanceMaps {
             previous: std::collections::HashMap::new(),
             rings,
