@@ -3,7 +3,6 @@
 //! share; `lb status` counts each backend's active flows and `lb explain` names a new flow's
 //! two candidates.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -119,16 +118,9 @@ pub(super) fn narrate(lab: &Lab, failures: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// `lb ARGS --state-dir ...` in the lb namespace: its output.
+/// `lb ARGS --state-dir ...` in the lb namespace: its output, which must be a success.
 fn lb(lab: &Lab, args: &[&str]) -> Result<String> {
-    let output = lab
-        .host_ns("lb")?
-        .command(&lab.lb)
-        .args(args)
-        .arg("--state-dir")
-        .arg(&lab.state_dir)
-        .stdin(Stdio::null())
-        .output()?;
+    let output = lab.lb_output(args)?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     anyhow::ensure!(output.status.success(), "lb {}: {text}", args.join(" "));

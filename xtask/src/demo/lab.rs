@@ -117,6 +117,18 @@ impl Lab {
         format!("{}-{host}", self.id)
     }
 
+    /// Runs `lb ARGS --state-dir <lb's state dir>` in the lb namespace; its output.
+    pub(super) fn lb_output(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(self
+            .host_ns("lb")?
+            .command(&self.lb)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    }
+
     /// The namespace of `host`, once the network is built.
     pub(super) fn host_ns(&self, host: &str) -> Result<&Netns> {
         let lan = self

@@ -125,12 +125,7 @@ fn tunnel_config(state_dir: &Path, backends: usize) -> String {
 
 /// Packets lb sent with a second-chance hop (`lb status --json`).
 fn hops_carried(lab: &Lab) -> Result<u64> {
-    let out = lab
-        .host_ns("lb")?
-        .command(&lab.lb)
-        .args(["status", "--json", "--state-dir"])
-        .arg(&lab.state_dir)
-        .output()?;
+    let out = lab.lb_output(&["status", "--json"])?;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(status["agent"]["second_chance_hops"].as_u64().unwrap_or(0))
 }

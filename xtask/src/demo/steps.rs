@@ -190,14 +190,7 @@ pub(super) fn narrate(lab: &Lab) -> Result<Vec<String>> {
                 "d. lb {what} --state-dir {} (in namespace lb)",
                 lab.state_dir.display()
             ));
-            let out = lab
-                .host_ns("lb")?
-                .command(&lab.lb)
-                .arg(what)
-                .arg("--state-dir")
-                .arg(&lab.state_dir)
-                .stdin(Stdio::null())
-                .output()?;
+            let out = lab.lb_output(&[what])?;
             print_indented(&out.stdout);
             print_indented(&out.stderr);
             if !out.status.success() {
