@@ -100,6 +100,13 @@ impl FlowClass {
         }
     }
 
+    /// Whether a flow of this class is one of its backend's active flows: established, and
+    /// not closing. A bare SYN or a single datagram is not (a flood of them adds nothing).
+    #[inline(always)]
+    pub const fn is_established(self) -> bool {
+        matches!(self, FlowClass::TcpEstablished | FlowClass::UdpEstablished)
+    }
+
     /// Lower-case name as in the CLI, JSON and metrics.
     pub const fn name(self) -> &'static str {
         match self {
@@ -378,10 +385,7 @@ impl Occupancy {
 /// its timeout. What `active_flows` counts per backend: a flood of bare SYNs adds nothing, and
 /// a flow leaves the count when its client closes it, when it idles out or is evicted.
 pub fn is_active(stamp: u32, now: u32, timeouts: &IdleTimeouts) -> bool {
-    matches!(
-        FlowClass::of_stamp(stamp),
-        FlowClass::TcpEstablished | FlowClass::UdpEstablished
-    ) && timeouts.protects(stamp, now)
+    FlowClass::of_stamp(stamp).is_established() && timeouts.protects(stamp, now)
 }
 
 impl FlowSet {

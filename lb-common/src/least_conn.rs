@@ -3,22 +3,37 @@
 //! independent hash, and goes to the one with fewer active flows for its weight. The XDP program
 //! and `lb explain` both call these rules.
 
-use crate::conntrack::ConntrackHash;
+use crate::conntrack::{ConntrackHash, FlowClass};
 
 /// Value of `LOADS`, by backend id: what a least-conn VIP's backend is weighed by.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendLoad {
     /// Its active flows: the agent's last count of `FLOWS` ([`crate::conntrack::is_active`]),
-    /// plus one for each new flow the datapath gave it since, minus one for each of its flows a
-    /// client closed since. Read as an `i64`: a close the count never included (a flow that
-    /// closed before it was established) takes it below zero, which weighs as zero. 64 bits, so
-    /// the program and the agent read and write it as one aligned word.
+    /// plus what the datapath saw since ([`active_change`]): one for each of its flows that
+    /// became established, minus one for each a client closed or a new flow evicted. Read as
+    /// an `i64`: an update lost to a race may take it below zero, which weighs as zero. 64
+    /// bits, so the program and the agent read and write it as one aligned word.
     pub active: u64,
     /// Its ring weight. 0: not known yet, so the ring's choice stands.
     pub weight: u32,
     /// Always zero.
     pub _pad: u32,
+}
+
+/// How a tracked flow's packet changes its backend's active flows, the flow's class going from
+/// `was` to `now`: +1 (as `1`) when it becomes established, −1 (as `u64::MAX`, to add
+/// wrapping) when its client closes it after that, 0 otherwise. Only established flows count,
+/// as in the agent's count, so a flood of SYNs that never complete (spoofed sources, which
+/// could otherwise steer new flows away from a backend of the attacker's choosing) counts
+/// nothing, and evicting an unconfirmed or idle flow has nothing to take off.
+#[inline(always)]
+pub const fn active_change(was: FlowClass, now: FlowClass) -> Option<u64> {
+    match (was.is_established(), now.is_established()) {
+        (false, true) => Some(1),
+        (true, false) => Some(u64::MAX),
+        _ => None,
+    }
 }
 
 /// The second candidate's ring slot for the flow of `hash` (its conntrack hash, independent of
@@ -81,6 +96,20 @@ mod tests {
         assert!(prefers_second(load(1, 100), load(minus_one, 100)));
         assert!(!prefers_second(load(0, 100), load(minus_one, 100)), "0 = 0");
         assert!(!prefers_second(load(minus_one, 100), load(0, 100)));
+    }
+
+    #[test]
+    fn a_flow_counts_from_its_establishment_to_its_close() {
+        use FlowClass::*;
+        let add = |was, now| active_change(was, now).map(|d| d as i64);
+        assert_eq!(add(Unconfirmed, TcpEstablished), Some(1));
+        assert_eq!(add(Unconfirmed, UdpEstablished), Some(1));
+        assert_eq!(add(TcpEstablished, TcpClosing), Some(-1));
+        // A SYN answered by a reset was never counted.
+        assert_eq!(add(Unconfirmed, TcpClosing), None);
+        for class in FlowClass::ALL {
+            assert_eq!(add(class, class), None, "{class:?} stays");
+        }
     }
 
     #[test]

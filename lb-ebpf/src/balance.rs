@@ -8,7 +8,7 @@ use lb_common::{
         after_packet, conntrack_hash, find_way, set_index, stamp, tag, tag_backend, tag_check,
         ticks, way_for, ConntrackHash, FlowClass, FlowSet, IdleTimeouts, WAYS,
     },
-    least_conn::{prefers_second, second_slot},
+    least_conn::{active_change, prefers_second, second_slot},
     lookup::{self, Source},
     maps::{Backend, BackendState, ForwardMode, NewFlowRule, Protocol, Vip, VipKey, NO_BACKEND},
     stats::{Counter, SecondChanceCounter},
@@ -89,9 +89,10 @@ pub struct Choice {
 /// tracked itself, nor counts as the flow's packet. `None`: no backend.
 ///
 /// A least-conn VIP's new flow (a SYN, or the first packet of a UDP flow) that can be tracked
-/// goes to the less loaded of two candidates instead ([`least_loaded`]), and its backend's
-/// active count takes it in; a flow that cannot be tracked, or a packet that opens nothing,
-/// keeps to the ring, where every later packet and every other instance would send it.
+/// goes to the less loaded of two candidates instead ([`least_loaded`]); its backend's active
+/// count takes it in once it is established ([`FlowTable::seen`]). A flow that cannot be
+/// tracked, or a packet that opens nothing, keeps to the ring, where every later packet and
+/// every other instance would send it.
 #[inline(always)]
 pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Choice> {
     let flow = &packet.flow;
@@ -160,16 +161,17 @@ pub fn backend(packet: &Packet, vip: &Vip, timeouts: &IdleTimeouts) -> Option<Ch
                     stats::count(Counter::ConntrackFull);
                     false
                 }
-                Tracked::EvictingProtected => {
+                Tracked::EvictingProtected(victim) => {
                     stats::count(Counter::ConntrackEvictedProtected);
+                    // (If its VIP is not least-conn, nothing reads that count.)
+                    if victim.counted {
+                        count_active(victim.backend, u64::MAX);
+                    }
                     true
                 }
             };
             if !is_tracked {
                 (id, backend) = ring;
-            } else if least_conn && opens && found.map(|(_, tracked)| tracked) != Some(id) {
-                // (A SYN sent again, to the backend its flow has, is not a new flow.)
-                count_active(id, 1);
             }
         }
         stats::new_flow(vip.id, id);
@@ -208,7 +210,15 @@ enum Tracked {
     No,
     /// The flow is tracked in the way of a flow that became protected after the way was
     /// chosen (its next packet, on another CPU, in between).
-    EvictingProtected,
+    EvictingProtected(Victim),
+}
+
+/// A protected flow evicted.
+struct Victim {
+    /// The backend it was tracked to.
+    backend: u32,
+    /// Whether it was one of its backend's active flows (established, not closing).
+    counted: bool,
 }
 
 /// The set of `FLOWS` a flow belongs to.
@@ -247,8 +257,9 @@ impl FlowTable {
     }
 
     /// The flow in `way` sent `packet` (not a SYN) now: its stamp takes the tick and the class
-    /// the packet gives it ([`after_packet`]), written only when either changed. When it
-    /// starts closing, its backend `counted` (a least-conn VIP's) has one active flow less.
+    /// the packet gives it ([`after_packet`]), written only when either changed. When that
+    /// makes it established, or closes it after, its backend `counted` (a least-conn VIP's)
+    /// has one active flow more, or less ([`active_change`]).
     #[inline(always)]
     fn seen(&self, way: usize, packet: &Packet, counted: Option<u32>) {
         let now = now();
@@ -262,11 +273,8 @@ impl FlowTable {
                 if *old != new {
                     *old = new;
                 }
-                if let Some(id) = counted {
-                    let closing = FlowClass::TcpClosing as u32;
-                    if class as u32 == closing && was as u32 != closing {
-                        count_active(id, u64::MAX);
-                    }
+                if let (Some(id), Some(delta)) = (counted, active_change(was, class)) {
+                    count_active(id, delta);
                 }
             }
         }
@@ -323,7 +331,10 @@ impl FlowTable {
             set.stamps[way] = stamp(now, class);
             write_volatile(set.tags.as_mut_ptr().add(way), tag(self.check, backend));
             if evicts && timeouts.protects(victim, now) {
-                Tracked::EvictingProtected
+                Tracked::EvictingProtected(Victim {
+                    backend: tag_backend(self.tags[way]),
+                    counted: FlowClass::of_stamp(victim).is_established(),
+                })
             } else {
                 Tracked::Yes
             }

@@ -1,8 +1,8 @@
 //! Least connections in the datapath, on frames through `BPF_PROG_TEST_RUN`: a least-conn
 //! VIP's new flow goes to the less loaded (for its weight) of its two candidates, as
-//! `lb_common::least_conn` predicts; the backend's count in `LOADS` takes it in and gives it
-//! back when the client closes; a flow that cannot be tracked, a packet that opens nothing and
-//! a maglev VIP keep to the ring.
+//! `lb_common::least_conn` predicts; the backend's count in `LOADS` takes it in once it is
+//! established and gives it back when the client closes; a flood of SYNs counts nothing; a
+//! flow that cannot be tracked, a packet that opens nothing and a maglev VIP keep to the ring.
 
 use std::collections::HashMap;
 
@@ -68,12 +68,13 @@ fn active(lab: &PacketLab, id: u32) -> i64 {
 
 #[test]
 fn a_new_flow_goes_to_the_less_loaded_of_its_two_candidates_for_its_weight() {
-    let mut lab = lab();
     // Backend 0 holds 40 flows, 1 holds 10, of equal weight; then 0 weighs three times 1.
     for (loads, favoured) in [
         ([(0, load(40, 100)), (1, load(10, 100))], 1),
         ([(0, load(40, 300)), (1, load(20, 100))], 0),
     ] {
+        // (A lab of its own: 800 established flows would fill some of its sets.)
+        let mut lab = lab();
         let mut model: HashMap<u32, BackendLoad> = loads.into_iter().collect();
         let mut ring_only = model.clone();
         for (id, load) in &model {
@@ -83,10 +84,16 @@ fn a_new_flow_goes_to_the_less_loaded_of_its_two_candidates_for_its_weight() {
         // backend's second slot, the other's, or their ring slot's.
         let (mut to_favoured, mut to_other, mut kept) = (0, 0, 0);
         for port in 10_000..10_400 {
-            let frame = Frame::syn(CLIENT4, port + favoured as u16 * 1000, WEB4, 80);
+            let port = port + favoured as u16 * 1000;
+            let frame = Frame::syn(CLIENT4, port, WEB4, 80);
             let flow = frame.flow_key();
             let expected = predicted(&lab, "web4", &flow, &model);
             assert_eq!(send(&mut lab, &frame), expected, "{frame:?}");
+            // Established: it counts from now on.
+            assert_eq!(
+                send(&mut lab, &Frame::ack(CLIENT4, port, WEB4, 80)),
+                expected
+            );
             let (ring, second) = candidates(&lab, "web4", &flow);
             match (expected != ring, expected == favoured) {
                 (true, true) => to_favoured += 1,
@@ -166,10 +173,11 @@ fn counts_follow_opens_and_closes() {
         frame
     };
 
-    // Open: +1. The SYN again: the same backend, not counted again, even though the counts now
-    // favour the other candidate. Established: unchanged. FIN: -1, and the FIN again: no more.
+    // A SYN: not counted yet. The SYN again: the same backend, even though the counts now
+    // favour the other candidate. Established (the handshake's ACK): +1; its next packets:
+    // unchanged. FIN: -1, and the FIN again: no more.
     let first = send(&mut lab, &tcp(Kind::TcpSyn, 30_000));
-    assert_eq!(active(&lab, first), 1);
+    assert_eq!(active(&lab, first), 0, "a bare SYN does not count");
     lab.loads.set(first, load(500, 100));
     assert_eq!(
         send(&mut lab, &tcp(Kind::TcpSyn, 30_000)),
@@ -177,7 +185,9 @@ fn counts_follow_opens_and_closes() {
         "a SYN sent again"
     );
     assert_eq!(active(&lab, first), 500);
-    lab.loads.set(first, load(1, 100));
+    lab.loads.set(first, load(0, 100));
+    assert_eq!(send(&mut lab, &tcp(Kind::TcpAck, 30_000)), first);
+    assert_eq!(active(&lab, first), 1);
     assert_eq!(send(&mut lab, &tcp(Kind::TcpAck, 30_000)), first);
     assert_eq!(active(&lab, first), 1);
     assert_eq!(send(&mut lab, &tcp(Kind::TcpFin, 30_000)), first);
@@ -188,6 +198,7 @@ fn counts_follow_opens_and_closes() {
     // A reset takes it off too; one the count never included (the agent's count came in
     // between) takes it below zero, which weighs as zero.
     let second = send(&mut lab, &tcp(Kind::TcpSyn, 30_001));
+    assert_eq!(send(&mut lab, &tcp(Kind::TcpAck, 30_001)), second);
     assert_eq!(active(&lab, second), 1);
     lab.loads.set(second, load(0, 100));
     assert_eq!(send(&mut lab, &tcp(Kind::TcpRst, 30_001)), second);
@@ -195,12 +206,19 @@ fn counts_follow_opens_and_closes() {
     lab.loads.set(0, load(0, 100));
     lab.loads.set(1, load(0, 100));
 
-    // UDP: the first datagram opens the flow, the next ones do not.
+    // A SYN answered by a reset was never counted: nothing to take off.
+    let refused = send(&mut lab, &tcp(Kind::TcpSyn, 30_003));
+    assert_eq!(send(&mut lab, &tcp(Kind::TcpRst, 30_003)), refused);
+    assert_eq!((active(&lab, 0), active(&lab, 1)), (0, 0));
+
+    // UDP: the second datagram establishes the flow, the next ones do not count again.
     let dns = send(&mut lab, &Frame::udp(CLIENT4, 30_002, WEB4, 53));
     assert!(dns == 2 || dns == 3, "a dns4 backend");
-    assert_eq!(active(&lab, dns), 1);
-    assert_eq!(send(&mut lab, &Frame::udp(CLIENT4, 30_002, WEB4, 53)), dns);
-    assert_eq!(active(&lab, dns), 1);
+    assert_eq!(active(&lab, dns), 0);
+    for _ in 0..3 {
+        assert_eq!(send(&mut lab, &Frame::udp(CLIENT4, 30_002, WEB4, 53)), dns);
+        assert_eq!(active(&lab, dns), 1);
+    }
 
     // An untracked TCP flow's packet (a restart forgot it) opens nothing: the ring decides,
     // as on every other instance, and nothing is counted.
@@ -212,6 +230,44 @@ fn counts_follow_opens_and_closes() {
         assert_eq!(send(&mut lab, &frame), ring);
     }
     assert_eq!((active(&lab, 0), active(&lab, 1)), (1000, 1000));
+}
+
+/// A flood of SYNs from spoofed sources, four times the table, evicting each other and the
+/// idle: it counts nothing, so it cannot steer new flows away from a backend; the established
+/// flows keep their counts and their backends.
+#[test]
+fn a_syn_flood_counts_nothing() {
+    let mut lab = lab();
+    lab.loads.set(0, load(0, 100));
+    lab.loads.set(1, load(0, 100));
+    let established: Vec<(u16, u32)> = (20_000..20_010)
+        .map(|port| {
+            let backend = send(&mut lab, &Frame::syn(CLIENT4, port, WEB4, 80));
+            assert_eq!(
+                send(&mut lab, &Frame::ack(CLIENT4, port, WEB4, 80)),
+                backend
+            );
+            (port, backend)
+        })
+        .collect();
+    let counts = (active(&lab, 0), active(&lab, 1));
+    assert_eq!(counts.0 + counts.1, 10);
+    for n in 0..4 * LAB_CONNTRACK_SIZE {
+        let source = format!("203.0.{}.{}", (n >> 8) & 0xff, n & 0xff);
+        send(&mut lab, &Frame::syn(&source, 1024, WEB4, 80));
+    }
+    assert_eq!(
+        (active(&lab, 0), active(&lab, 1)),
+        counts,
+        "the flood counted"
+    );
+    for (port, backend) in established {
+        assert_eq!(
+            send(&mut lab, &Frame::ack(CLIENT4, port, WEB4, 80)),
+            backend
+        );
+    }
+    assert_eq!((active(&lab, 0), active(&lab, 1)), counts);
 }
 
 #[test]
