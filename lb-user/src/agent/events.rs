@@ -16,6 +16,10 @@ use super::{
 };
 use crate::health::HealthEvent;
 
+/// How many VIPs ready during the first round are programmed together: each programming
+/// resolves next hops and swaps rings once for all of them.
+const PROGRAMMED_AT_ONCE: usize = 16;
+
 /// The most check results handled as one burst: one queue's worth.
 const BURST: usize = super::checkers::QUEUE;
 
@@ -85,8 +89,15 @@ impl Agent {
     }
 
     /// Waits until every backend of `keys` has had its first check (bounded by the last first
-    /// check paced, plus the largest timeout and a margin), applying results as they come.
-    pub(super) async fn first_round(&mut self, keys: &[VipKey]) {
+    /// check paced, plus the largest timeout and a margin), applying results as they come, and
+    /// programs each VIP ([`Agent::program`]) as soon as its own backends have all been checked
+    /// once: building thousands of rings overlaps the paced first checks instead of following
+    /// them. The results of the VIPs programmed; those left (their checks did not all answer
+    /// in time) and those that changed after are for the caller to program.
+    pub(super) async fn first_round(
+        &mut self,
+        keys: &[VipKey],
+    ) -> (Vec<(VipKey, anyhow::Result<()>)>, BTreeSet<VipKey>) {
         let longest = keys
             .iter()
             .flat_map(|k| {
@@ -100,34 +111,57 @@ impl Agent {
         let deadline = Instant::now().max(self.checkers.last_first_check())
             + longest
             + Duration::from_millis(500);
-        // Counted down as first results arrive (a scan of every backend per event made the
-        // first round quadratic: minutes at 16,384 backends).
-        let waited: BTreeSet<&VipKey> = keys.iter().collect();
-        let mut pending: usize = keys
+        // Counted down per VIP as first results arrive (a scan of every backend per event made
+        // the first round quadratic: minutes at 16,384 backends).
+        let mut pending: BTreeMap<VipKey, usize> = keys
             .iter()
             .map(|k| {
-                self.vips[k]
+                let unchecked = self.vips[k]
                     .backends
                     .iter()
                     .filter(|b| b.last.is_none())
-                    .count()
+                    .count();
+                (*k, unchecked)
             })
-            .sum();
-        while pending > 0 {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(batch)) => {
-                    for event in batch {
-                        let first =
-                            waited.contains(&event.key.vip) && self.awaits_first_check(&event.key);
-                        if let Some((_, change)) = self.record(event) {
-                            change.log(None);
-                        }
-                        pending = pending.saturating_sub(usize::from(first));
+            .collect();
+        let ours: BTreeSet<&VipKey> = keys.iter().collect();
+        let mut ready: Vec<VipKey> = Vec::new();
+        let mut programmed = Vec::new();
+        let mut changed_since = BTreeSet::new();
+        ready.extend(pending.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k));
+        pending.retain(|_, n| *n > 0);
+        loop {
+            if ready.len() >= PROGRAMMED_AT_ONCE {
+                programmed.extend(self.program(&std::mem::take(&mut ready)).await);
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let Ok(Some(batch)) = tokio::time::timeout_at(deadline, self.events.recv()).await
+            else {
+                break;
+            };
+            for event in batch {
+                let vip = event.key.vip;
+                let first = pending.contains_key(&vip) && self.awaits_first_check(&event.key);
+                if let Some((_, change)) = self.record(event) {
+                    change.log(None);
+                    if !pending.contains_key(&vip) && ours.contains(&vip) {
+                        changed_since.insert(vip);
                     }
                 }
-                _ => break,
+                if let (true, Some(n)) = (first, pending.get_mut(&vip)) {
+                    *n -= 1;
+                    if *n == 0 {
+                        pending.remove(&vip);
+                        ready.push(vip);
+                    }
+                }
             }
         }
+        programmed.extend(self.program(&ready).await);
+        changed_since.extend(pending.into_keys());
+        (programmed, changed_since)
     }
 
     /// Whether the backend a checker checks has no result yet.

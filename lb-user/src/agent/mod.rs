@@ -381,6 +381,13 @@ impl Agent {
             .map_or(Ok(()), |(_, result)| result)
     }
 
+    /// Programs the VIPs `keys` as they are now: their backends' next hops resolved, then
+    /// [`Agent::sync_vips`].
+    async fn program(&mut self, keys: &[VipKey]) -> Vec<(VipKey, anyhow::Result<()>)> {
+        self.resolve_next_hops(keys).await;
+        self.sync_vips(keys)
+    }
+
     /// [`Self::sync_vip`] for many VIPs, their rings swapped a group at a time (see
     /// [`apply::group_size`]): a result per VIP still in the configuration.
     fn sync_vips(&mut self, keys: &[VipKey]) -> Vec<(VipKey, anyhow::Result<()>)> {
@@ -389,6 +396,14 @@ impl Agent {
         for group in keys.chunks(apply::group_size(table_size as usize)) {
             let wanted: std::collections::BTreeSet<&VipKey> = group.iter().collect();
             let now = Instant::now();
+            // Their rings are built side by side first (thousands, at start-up).
+            let shapes: Vec<rings::RingShape> = self
+                .vips
+                .iter()
+                .filter(|(key, _)| wanted.contains(key))
+                .map(|(_, vip)| target::ring_shape(&vip.facts(table_size), &vip.backend_facts(now)))
+                .collect();
+            self.rings.prepare(shapes);
             let mut synced = Vec::new();
             let mut writes = Vec::new();
             for (key, vip) in self.vips.iter_mut().filter(|(key, _)| wanted.contains(key)) {

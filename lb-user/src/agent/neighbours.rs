@@ -127,10 +127,13 @@ impl Agent {
         // A backend address other VIPs use has its next hop already (the table reader keeps
         // them all current): resolving each address once spares thousands of netlink lookups
         // when many VIPs share their backends.
+        let addresses: std::collections::HashSet<IpAddr> =
+            wanted.iter().map(|(_, _, address, _)| *address).collect();
         let known: HashMap<IpAddr, NextHop> = self
             .vips
             .values()
             .flat_map(|vip| &vip.backends)
+            .filter(|b| addresses.contains(&b.address()))
             .filter_map(|b| Some((b.address(), b.next_hop?)))
             .collect();
         // A next hop through a gateway does not do for a DSR backend, which must be on link.

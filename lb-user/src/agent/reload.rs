@@ -175,12 +175,11 @@ impl Agent {
             );
             keys.push(key);
         }
-        self.first_round(&keys).await;
-        self.resolve_next_hops(&keys).await;
+        let (mut results, left) = self.first_round(&keys).await;
+        let left: Vec<VipKey> = left.into_iter().collect();
+        results.extend(self.program(&left).await);
         // Every VIP is programmed; the first failure is returned.
-        self.sync_vips(&keys)
-            .into_iter()
-            .try_for_each(|(_, result)| result)?;
+        results.into_iter().try_for_each(|(_, result)| result)?;
         if !self.started {
             self.restore_previous_rings(&keys);
         }

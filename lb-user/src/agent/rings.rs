@@ -175,7 +175,14 @@ impl RingCache {
         }
         let ring = Arc::new(SharedRing::build(shape)?);
         self.built += 1;
-        self.rings.push_front(Arc::clone(&ring));
+        self.insert(Arc::clone(&ring));
+        Ok(ring)
+    }
+
+    /// Caches `ring` as the most recently used, dropping the least recently used beyond
+    /// [`CACHE_BYTES`].
+    fn insert(&mut self, ring: Arc<SharedRing>) {
+        self.rings.push_front(ring);
         let mut bytes = 0;
         let keep = self
             .rings
@@ -187,7 +194,54 @@ impl RingCache {
             .count()
             .max(1);
         self.rings.truncate(keep);
-        Ok(ring)
+    }
+
+    /// Builds the rings of `shapes` the cache lacks, side by side on the machine's cores, and
+    /// caches them (as many as it keeps), so that [`RingCache::ring`] then finds them. A
+    /// shape that cannot be built is left for `ring` to report.
+    pub fn prepare(&mut self, shapes: impl IntoIterator<Item = RingShape>) {
+        let mut missing: Vec<RingShape> = Vec::new();
+        for shape in shapes {
+            if !missing.contains(&shape) && !self.rings.iter().any(|ring| ring.shape == shape) {
+                missing.push(shape);
+            }
+        }
+        // No more than the cache keeps: the first ones would be dropped before they are asked.
+        let mut bytes = 0;
+        let fits = missing
+            .iter()
+            .take_while(|shape| {
+                bytes += shape.size as usize * size_of::<u32>();
+                bytes <= CACHE_BYTES
+            })
+            .count();
+        missing.truncate(fits);
+        if missing.is_empty() {
+            return;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = missing.len().div_ceil(threads);
+        let built: Vec<SharedRing> = std::thread::scope(|scope| {
+            let workers: Vec<_> = missing
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .filter_map(|shape| SharedRing::build(shape.clone()).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap_or_default())
+                .collect()
+        });
+        for ring in built {
+            self.built += 1;
+            self.insert(Arc::new(ring));
+        }
     }
 
     /// Rings built so far (cache misses).
@@ -316,5 +370,28 @@ mod tests {
             .ring(RingShape::new(size, [(address(1), 1)]))
             .expect("ring");
         assert_eq!(cache.rings.len(), 1);
+    }
+
+    #[test]
+    fn prepared_rings_are_built_side_by_side_once_and_then_found() {
+        let shape = |first: u8| {
+            RingShape::new(
+                65_537,
+                (first..first + 4).map(|last| (address(last), u32::from(last % 3) + 1)),
+            )
+        };
+        let mut cache = RingCache::default();
+        cache.ring(shape(1)).expect("ring");
+        // One cached, one asked twice, one that cannot be built (no slots): three built.
+        let shapes = [1, 10, 20, 30, 10].map(shape);
+        cache.prepare(shapes.iter().cloned().chain([RingShape::new(0, [])]));
+        assert_eq!(cache.built(), 4);
+        let mut alone = RingCache::default();
+        for shape in &shapes {
+            let prepared = cache.ring(shape.clone()).expect("ring");
+            assert_eq!(prepared, alone.ring(shape.clone()).expect("ring"));
+        }
+        assert_eq!(cache.built(), 4, "every prepared ring found");
+        assert!(cache.ring(RingShape::new(0, [])).is_err(), "still reported");
     }
 }

@@ -126,6 +126,13 @@ pub fn ring(
     backends: &[BackendFacts],
     rings: &mut RingCache,
 ) -> anyhow::Result<Arc<SharedRing>> {
+    rings
+        .ring(ring_shape(vip, backends))
+        .with_context(|| format!("building the ring of vip {}", vip.name))
+}
+
+/// What the ring of a VIP with `backends` is built from (see [`ring`]).
+pub fn ring_shape(vip: &VipFacts<'_>, backends: &[BackendFacts]) -> RingShape {
     let mut members: Vec<&BackendFacts> = backends
         .iter()
         .filter(|b| datapath_state(b) == BackendState::Up)
@@ -139,12 +146,7 @@ pub fn ring(
             .filter(|b| b.weight > 0 && b.next_hop.is_some())
             .collect();
     }
-    rings
-        .ring(RingShape::new(
-            vip.ring_size,
-            members.iter().map(|b| (b.address, b.weight)),
-        ))
-        .with_context(|| format!("building the ring of vip {}", vip.name))
+    RingShape::new(vip.ring_size, members.iter().map(|b| (b.address, b.weight)))
 }
 
 /// Everything the datapath should hold for a VIP, and its ring as shared with the VIPs of the
