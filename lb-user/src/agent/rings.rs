@@ -196,9 +196,10 @@ impl RingCache {
         self.rings.truncate(keep);
     }
 
-    /// Builds the rings of `shapes` the cache lacks, side by side on the machine's cores, and
-    /// caches them (as many as it keeps), so that [`RingCache::ring`] then finds them. A
-    /// shape that cannot be built is left for `ring` to report.
+    /// Builds the rings of `shapes` the cache lacks, side by side on every core of the machine
+    /// but one (left to the health checks and the kernel's packet work: on two cores, one
+    /// thread), and caches them (as many as it keeps), so that [`RingCache::ring`] then finds
+    /// them. A shape that cannot be built is left for `ring` to report.
     pub fn prepare(&mut self, shapes: impl IntoIterator<Item = RingShape>) {
         let mut missing: Vec<RingShape> = Vec::new();
         for shape in shapes {
@@ -219,7 +220,10 @@ impl RingCache {
         if missing.is_empty() {
             return;
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_sub(1)
+            .max(1);
         let per_thread = missing.len().div_ceil(threads);
         let built: Vec<SharedRing> = std::thread::scope(|scope| {
             let workers: Vec<_> = missing
