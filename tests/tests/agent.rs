@@ -8,10 +8,11 @@ use std::{
 };
 
 use lb_tests::netns::{
-    agent::Signal,
+    agent::{AgentProcess, Signal},
     connections::{assert_echo, assert_none_failed, count, failed, failures, Opener},
     dsr_lab::*,
     servers::NameServer,
+    wait_every,
 };
 use lb_user::datapath::Datapath;
 
@@ -342,4 +343,61 @@ fn an_adopting_agent_reports_the_mode_the_program_runs_in() {
     assert_eq!(status["xdp_mode"], "generic", "{status}");
     let answers = lab.connect(10);
     assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+}
+
+/// Start-up programs each VIP as soon as its own backends have had their first check: a VIP
+/// whose only backend does not answer (its first check waits out a 4 s timeout) does not hold
+/// back another VIP, whose backends are up in the datapath while that check still runs.
+#[test]
+fn a_vip_is_programmed_while_another_vips_first_check_runs() {
+    let lab = AgentLab::new("firstround");
+    let mut text =
+        lab.config_text_with_health(&[1, 1, 1], "", "target = \"backend\"", &lab.files.state_dir);
+    // 10.77.0.250 is on the lab's link but nobody's: its check's SYN waits for ARP in vain.
+    text += "\n[[vip]]\nname = \"slow\"\naddress = \"10.78.0.101\"\nport = 8080\n\
+             health = { interval = \"10s\", timeout = \"4s\" }\n\
+             \n  [[vip.backend]]\n  address = \"10.77.0.250\"\n";
+    lab.files.write_config(&text);
+    // (ARP gives up after 6 s, not 3: the check's timeout ends it.)
+    lab.lan
+        .host(1)
+        .ns
+        .sysctl("net.ipv4.neigh.eth0.retrans_time_ms", "2000");
+    let started = Instant::now();
+    let _agent = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, false);
+    let web_up = || {
+        Datapath::open_pinned(&lab.files.state_dir)
+            .and_then(|mut datapath| datapath.backends())
+            .map(|backends| {
+                backends
+                    .iter()
+                    .filter(|(_, b)| b.state == lb_common::maps::BackendState::Up as u8)
+                    .count()
+            })
+            .unwrap_or(0)
+            == 3
+    };
+    let waited = wait_every(Duration::from_secs(3), Duration::from_millis(20), web_up);
+    let programmed = started.elapsed();
+    assert!(
+        waited.is_some(),
+        "web's backends not up within 3 s:\n{}",
+        lab.files.log_text()
+    );
+    assert!(
+        !lab.files.log_text().contains("datapath attached"),
+        "the slow VIP's first check ended before web was programmed ({programmed:?}): the test \
+         proves nothing"
+    );
+    assert!(
+        lab.files
+            .wait_log("datapath attached", 1, Duration::from_secs(10)),
+        "the agent never attached:\n{}",
+        lab.files.log_text()
+    );
+    let log = lab.files.log_text();
+    assert!(
+        log.contains("backend 10.77.0.250 of vip slow: Unknown -> Down"),
+        "{log}"
+    );
 }

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::health::HealthEvent;
 
-/// How many VIPs ready during the first round are programmed together: each programming
-/// resolves next hops and swaps rings once for all of them.
+/// How many VIPs ready during the first round are programmed together at most while results
+/// keep coming: each programming resolves next hops and swaps rings once for all of them.
 const PROGRAMMED_AT_ONCE: usize = 16;
 
 /// The most check results handled as one burst: one queue's worth.
@@ -130,16 +130,23 @@ impl Agent {
         let mut changed_since = BTreeSet::new();
         ready.extend(pending.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k));
         pending.retain(|_, n| *n > 0);
-        loop {
-            if ready.len() >= PROGRAMMED_AT_ONCE {
-                programmed.extend(self.program(&std::mem::take(&mut ready)).await);
-            }
-            if pending.is_empty() {
-                break;
-            }
-            let Ok(Some(batch)) = tokio::time::timeout_at(deadline, self.events.recv()).await
-            else {
-                break;
+        while !pending.is_empty() {
+            // What is ready is programmed once nothing more is queued, or as soon as it makes
+            // a full group while results keep coming.
+            let batch = match self.events.try_recv() {
+                Ok(batch) if ready.len() < PROGRAMMED_AT_ONCE => batch,
+                queued => {
+                    programmed.extend(self.program(&std::mem::take(&mut ready)).await);
+                    match queued {
+                        Ok(batch) => batch,
+                        Err(_) => {
+                            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                                Ok(Some(batch)) => batch,
+                                _ => break,
+                            }
+                        }
+                    }
+                }
             };
             for event in batch {
                 let vip = event.key.vip;
