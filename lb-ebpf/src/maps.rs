@@ -65,7 +65,8 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Backend id → active flows and weight, for least-conn VIPs (`lb_common::least_conn`): the
 /// agent writes its count of `FLOWS` a few times a second, and the program keeps it current in
-/// between (one more for each new flow it gives a backend, one less for each close). Not pinned:
+/// between (one more for each of a backend's flows that becomes established, one less for each
+/// close; `lb_common::least_conn::active_change`). Not pinned:
 /// the agent that loads the program counts afresh.
 #[btf_map]
 pub static LOADS: Array<BackendLoad, { MAX_BACKENDS as usize }, { LOADS_FLAGS as usize }> =
