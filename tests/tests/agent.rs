@@ -365,19 +365,9 @@ fn a_vip_is_programmed_while_another_vips_first_check_runs() {
         .sysctl("net.ipv4.neigh.eth0.retrans_time_ms", "2000");
     let started = Instant::now();
     let _agent = AgentProcess::start(&lab.lan.host(1).ns, &lab.files, false);
-    let web_up = || {
-        Datapath::open_pinned(&lab.files.state_dir)
-            .and_then(|mut datapath| datapath.backends())
-            .map(|backends| {
-                backends
-                    .iter()
-                    .filter(|(_, b)| b.state == lb_common::maps::BackendState::Up as u8)
-                    .count()
-            })
-            .unwrap_or(0)
-            == 3
-    };
-    let waited = wait_every(Duration::from_secs(3), Duration::from_millis(20), web_up);
+    let waited = wait_every(Duration::from_secs(3), Duration::from_millis(20), || {
+        lab.files.backends_up() == 3
+    });
     let programmed = started.elapsed();
     assert!(
         waited.is_some(),

@@ -176,19 +176,6 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// Backends up in the pinned `BACKENDS`.
-fn backends_up(files: &AgentFiles) -> usize {
-    let Ok(mut maps) = Datapath::open_pinned(&files.state_dir) else {
-        return 0;
-    };
-    maps.backends().map_or(0, |backends| {
-        backends
-            .iter()
-            .filter(|(_, b)| b.state == BackendState::Up as u8)
-            .count()
-    })
-}
-
 /// Whether backend `address` is in VIP 0's ring (VIP 0's address: `vip(0)`).
 fn in_ring_of_vip0(files: &AgentFiles, address: IpAddr) -> bool {
     let Ok(mut maps) = Datapath::open_pinned(&files.state_dir) else {
@@ -268,7 +255,7 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
     let agent = AgentProcess::start(&lb.ns, &files, false);
     let total = vips * BACKENDS;
     let Some(_) = wait_every(Duration::from_secs(300), Duration::from_millis(50), || {
-        backends_up(&files) == total
+        files.backends_up() == total
     }) else {
         bail!(
             "not every backend came up within 300 s; the agent's log:\n{}",

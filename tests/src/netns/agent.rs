@@ -108,6 +108,18 @@ impl AgentFiles {
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
         wait_file(&self.log, needle, count, timeout)
     }
+
+    /// How many backends are up in the pinned `BACKENDS` (0 while nothing is pinned).
+    pub fn backends_up(&self) -> usize {
+        lb_user::datapath::Datapath::open_pinned(&self.state_dir)
+            .and_then(|mut datapath| datapath.backends())
+            .map_or(0, |backends| {
+                backends
+                    .iter()
+                    .filter(|(_, b)| b.state == lb_common::maps::BackendState::Up as u8)
+                    .count()
+            })
+    }
 }
 
 impl Drop for AgentFiles {
