@@ -396,18 +396,19 @@ impl Agent {
         for group in keys.chunks(apply::group_size(table_size as usize)) {
             let wanted: std::collections::BTreeSet<&VipKey> = group.iter().collect();
             let now = Instant::now();
+            let mut facts_of = std::collections::BTreeMap::new();
+            let mut shapes = Vec::new();
+            for (key, vip) in self.vips.iter().filter(|(key, _)| wanted.contains(key)) {
+                let facts = vip.backend_facts(now);
+                shapes.push(target::ring_shape(&vip.facts(table_size), &facts));
+                facts_of.insert(*key, facts);
+            }
             // Their rings are built side by side first (thousands, at start-up).
-            let shapes: Vec<rings::RingShape> = self
-                .vips
-                .iter()
-                .filter(|(key, _)| wanted.contains(key))
-                .map(|(_, vip)| target::ring_shape(&vip.facts(table_size), &vip.backend_facts(now)))
-                .collect();
             self.rings.prepare(shapes);
             let mut synced = Vec::new();
             let mut writes = Vec::new();
             for (key, vip) in self.vips.iter_mut().filter(|(key, _)| wanted.contains(key)) {
-                let facts = vip.backend_facts(now);
+                let facts = facts_of.remove(key).unwrap_or_default();
                 let held = target::held_by_own_address(&facts).len();
                 if held != std::mem::replace(&mut vip.held, held) {
                     log_held(&vip.config.name, held);
