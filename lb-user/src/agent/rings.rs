@@ -151,6 +151,17 @@ impl SharedRing {
     }
 }
 
+/// How many of the rings of `bytes` (in order) fit in the cache's [`CACHE_BYTES`] together.
+fn within_budget(bytes: impl Iterator<Item = usize>) -> usize {
+    let mut total = 0;
+    bytes
+        .take_while(|bytes| {
+            total += bytes;
+            total <= CACHE_BYTES
+        })
+        .count()
+}
+
 /// The Maglev identity of a backend: its address, so a backend keeps its slots whatever id it
 /// gets and whatever the order of the configuration (and two instances build the same ring).
 fn identity(address: IpAddr) -> Vec<u8> {
@@ -183,16 +194,7 @@ impl RingCache {
     /// [`CACHE_BYTES`].
     fn insert(&mut self, ring: Arc<SharedRing>) {
         self.rings.push_front(ring);
-        let mut bytes = 0;
-        let keep = self
-            .rings
-            .iter()
-            .take_while(|ring| {
-                bytes += ring.bytes();
-                bytes <= CACHE_BYTES
-            })
-            .count()
-            .max(1);
+        let keep = within_budget(self.rings.iter().map(|ring| ring.bytes())).max(1);
         self.rings.truncate(keep);
     }
 
@@ -208,15 +210,11 @@ impl RingCache {
             }
         }
         // No more than the cache keeps: the first ones would be dropped before they are asked.
-        let mut bytes = 0;
-        let fits = missing
-            .iter()
-            .take_while(|shape| {
-                bytes += shape.size as usize * size_of::<u32>();
-                bytes <= CACHE_BYTES
-            })
-            .count();
-        missing.truncate(fits);
+        missing.truncate(within_budget(
+            missing
+                .iter()
+                .map(|shape| shape.size as usize * size_of::<u32>()),
+        ));
         if missing.is_empty() {
             return;
         }
