@@ -407,11 +407,13 @@ impl Agent {
             self.rings.prepare(shapes);
             let mut synced = Vec::new();
             let mut writes = Vec::new();
+            // Logged once the rings hold what they say.
+            let mut held_changes = Vec::new();
             for (key, vip) in self.vips.iter_mut().filter(|(key, _)| wanted.contains(key)) {
                 let facts = facts_of.remove(key).unwrap_or_default();
                 let held = target::held_by_own_address(&facts).len();
                 if held != std::mem::replace(&mut vip.held, held) {
-                    log_held(&vip.config.name, held);
+                    held_changes.push((vip.config.name.clone(), held));
                 }
                 match target::vip_target(&vip.facts(table_size), &facts, &mut self.rings) {
                     Ok((target, shared)) => {
@@ -425,6 +427,9 @@ impl Agent {
                 }
             }
             let applied = apply::apply_all(&mut self.datapath, writes);
+            for (name, held) in held_changes {
+                log_held(&name, held);
+            }
             for ((key, facts, target, shared), applied) in synced.into_iter().zip(applied) {
                 let result = self.synced(&key, &facts, &target, shared, applied);
                 results.push((key, result));
