@@ -344,6 +344,7 @@ mod agent {
         let held = lab.hold(HELD);
         assert!(held.iter().all(|held| held.backend != "b2"));
         let ports: Vec<u16> = held.iter().map(|held| held.local.port()).collect();
+        let drops_before = lab.lan.transmit_drops();
         // Each connection echoes a line every 100 ms.
         let pingers = Pingers::start(held, Duration::from_millis(100));
 
@@ -422,10 +423,15 @@ mod agent {
                 .expect("counter"),
             0
         );
+        // Every flood frame reached the datapath as a new flow, but those the lab's veths lost
+        // on the way (a veth whose peer runs XDP holds 256 frames: on a busy machine a few
+        // hundred of 300k are lost before any program sees them).
         let new_flows = new_flows(&mut datapath);
+        let lost = lab.lan.transmit_drops() - drops_before;
+        println!("run {run}: {new_flows} new flows, {lost} frames lost by the lab's veths");
         assert!(
-            new_flows >= FLOOD as u64,
-            "the flood reached the datapath: {new_flows} new flows"
+            new_flows + lost >= FLOOD as u64,
+            "the flood reached the datapath: {new_flows} new flows, {lost} frames lost"
         );
     }
 

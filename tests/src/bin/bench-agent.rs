@@ -198,20 +198,6 @@ fn in_ring_of_vip0(files: &AgentFiles, address: IpAddr) -> bool {
         .is_some_and(|ring| ring.contains(&id))
 }
 
-/// Frames the lab's veths dropped on transmit, in every namespace of `lan`: a veth whose peer
-/// runs an XDP program (the switch ports, the agent's interface) has a ring of 256 frames, and
-/// a burst of checks larger than that loses SYNs and SYN-ACKs, which a check then waits a
-/// second for (it times out at 500 ms). Not a cost of the agent, but it shapes its figures.
-fn lab_drops(lan: &Lan) -> u64 {
-    let namespaces = std::iter::once(&lan.switch).chain(lan.hosts.iter().map(|host| &host.ns));
-    namespaces
-        .filter_map(|ns| ns.try_ip("-s -j link show").ok())
-        .filter_map(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-        .flat_map(|links| links.as_array().cloned().unwrap_or_default())
-        .filter_map(|link| link["stats64"]["tx"]["dropped"].as_u64())
-        .sum()
-}
-
 /// One size's figures.
 struct Figures {
     all_up: Duration,
@@ -223,7 +209,7 @@ struct Figures {
     reload: Duration,
     status: Duration,
     rss_mb: f64,
-    /// [`lab_drops`] over the whole measurement.
+    /// [`Lan::transmit_drops`] over the whole measurement.
     lab_drops: u64,
 }
 
@@ -305,7 +291,7 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
     };
     let reload = changed.elapsed();
     let rss_mb = rss_mb(agent.pid())?;
-    let lab_drops = lab_drops(&lan);
+    let lab_drops = lan.transmit_drops();
     drop(agent);
     Ok(Figures {
         all_up,

@@ -34,6 +34,21 @@ impl Lan {
             lan,
         }
     }
+
+    /// Frames the lab's veths have dropped on transmit, in every namespace: a veth whose peer
+    /// runs an XDP program (the switch ports, a load balancer's interface) has a ring of 256
+    /// frames, and a burst larger than that, or a receiver starved of CPU, loses frames before
+    /// any program sees them. Checks lose SYNs and SYN-ACKs to it, floods lose frames.
+    pub fn transmit_drops(&self) -> u64 {
+        let namespaces =
+            std::iter::once(&self.switch).chain(self.hosts.iter().map(|host| &host.ns));
+        namespaces
+            .filter_map(|ns| ns.try_ip("-s -j link show").ok())
+            .filter_map(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .flat_map(|links| links.as_array().cloned().unwrap_or_default())
+            .filter_map(|link| link["stats64"]["tx"]["dropped"].as_u64())
+            .sum()
+    }
 }
 
 impl Deref for Lan {
