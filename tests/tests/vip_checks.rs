@@ -7,7 +7,8 @@
 //! addresses), and clients' connections black-hole.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -19,7 +20,7 @@ use lb_tests::netns::{
     topology::Lan,
     wait_until,
 };
-use lb_user::datapath::Datapath;
+use lb_user::datapath::{read_ring_by_id, Datapath};
 
 const PORT: u16 = 8080;
 const HTTP_PORT: u16 = 8090;
@@ -91,6 +92,12 @@ struct CheckLab {
     decaps: Vec<Option<AgentProcess>>,
     _servers: Vec<(NameServer, HttpServer)>,
     vips: Vec<&'static LabVip>,
+    /// The agent's pinned maps, opened at the first look at the rings.
+    datapath: RefCell<Option<Datapath>>,
+    /// The backends in each ring map seen, by the map's id: a ring map never changes once
+    /// swapped in (the agent swaps in a new one), so only a new id is read (a read of every
+    /// ring at each poll cost 170-240 ms on a loaded machine, and the measured time with it).
+    members_by_ring: RefCell<HashMap<u32, BTreeSet<usize>>>,
     files: AgentFiles,
     lan: Lan,
 }
@@ -139,6 +146,8 @@ impl CheckLab {
             decaps,
             _servers: servers,
             vips,
+            datapath: RefCell::default(),
+            members_by_ring: RefCell::default(),
             files,
             lan,
         };
@@ -154,7 +163,38 @@ impl CheckLab {
 
     /// The backends (0-based) in each VIP's ring, by VIP address.
     fn rings(&self) -> BTreeMap<IpAddr, BTreeSet<usize>> {
-        let mut datapath = Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps");
+        let mut datapath = self.datapath.borrow_mut();
+        let datapath = datapath.get_or_insert_with(|| {
+            Datapath::open_pinned(&self.files.state_dir).expect("open pinned maps")
+        });
+        let mut members_by_ring = self.members_by_ring.borrow_mut();
+        datapath
+            .vips()
+            .expect("vips")
+            .into_iter()
+            .map(|(key, vip)| {
+                let members = loop {
+                    let Some(map_id) = datapath.ring_map_id(vip.id).expect("ring map id") else {
+                        break BTreeSet::new();
+                    };
+                    if let Some(members) = members_by_ring.get(&map_id) {
+                        break members.clone();
+                    }
+                    // Swapped out and freed since its id was read: read the new one.
+                    let Ok(ring) = read_ring_by_id(map_id) else {
+                        continue;
+                    };
+                    let members = self.members(datapath, &ring);
+                    members_by_ring.insert(map_id, members.clone());
+                    break members;
+                };
+                (key.address(), members)
+            })
+            .collect()
+    }
+
+    /// The backends (0-based) holding a slot of `ring`.
+    fn members(&self, datapath: &mut Datapath, ring: &[u32]) -> BTreeSet<usize> {
         let backends: BTreeMap<u32, IpAddr> = datapath
             .backends()
             .expect("backends")
@@ -167,18 +207,10 @@ impl CheckLab {
                 address == IpAddr::V4(host.ip) || address == IpAddr::V6(host.ip6)
             })
         };
-        datapath
-            .vips()
-            .expect("vips")
+        ring.iter()
+            .collect::<BTreeSet<_>>()
             .into_iter()
-            .map(|(key, vip)| {
-                let ring = datapath.ring(vip.id).expect("ring").unwrap_or_default();
-                let members = ring
-                    .iter()
-                    .filter_map(|id| backends.get(id).copied().and_then(index))
-                    .collect();
-                (key.address(), members)
-            })
+            .filter_map(|id| backends.get(id).copied().and_then(index))
             .collect()
     }
 
