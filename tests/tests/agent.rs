@@ -391,3 +391,70 @@ fn a_vip_is_programmed_while_another_vips_first_check_runs() {
         "{log}"
     );
 }
+
+/// Connections the kernel of backend `i`'s host has completed as a server (`PassiveOpens` of
+/// its namespace's /proc/net/snmp).
+fn passive_opens(lab: &AgentLab, i: usize) -> u64 {
+    let snmp = lab.lan.host(2 + i).ns.exec("cat /proc/net/snmp");
+    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().expect("Tcp names"),
+        tcp.next().expect("Tcp values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "PassiveOpens")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("PassiveOpens")
+}
+
+/// TCP checks of the backends' own addresses are half-open over a real link: the SYNs reach
+/// the backends (they come up), a closed port refuses and takes its backend down, and the
+/// backends' hosts complete no connection for them, while a client's through the VIP counts.
+#[test]
+fn checks_of_backends_own_addresses_are_half_open() {
+    let mut lab = AgentLab::new("halfopen");
+    let text =
+        lab.config_text_with_health(&[1, 1, 1], "", "target = \"backend\"", &lab.files.state_dir);
+    lab.files.write_config(&text);
+    let _agent = lab.start_agent(false);
+    assert!(
+        wait_every(Duration::from_secs(10), Duration::from_millis(20), || {
+            lab.files.backends_up() == 3
+        })
+        .is_some(),
+        "the backends never came up:\n{}",
+        lab.files.log_text()
+    );
+    let before: Vec<u64> = (0..3).map(|i| passive_opens(&lab, i)).collect();
+    // b2's listener goes: its next checks are refused, `fall` of them take it down, and the
+    // others are checked as often meanwhile.
+    lab.servers[1] = None;
+    assert!(
+        lab.wait_until(Duration::from_secs(5), || !lab.in_ring(1))
+            .is_some(),
+        "b2 never left the ring:\n{}",
+        lab.files.log_text()
+    );
+    // Logged just after the ring swap.
+    assert!(
+        lab.files.wait_log(
+            "failed checks: connection refused",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        lab.files.log_text()
+    );
+    let after: Vec<u64> = (0..3).map(|i| passive_opens(&lab, i)).collect();
+    assert_eq!(before, after, "the checks opened connections");
+    // The counter counts: connections through the VIP to b1 and b3.
+    let answers = lab.connect(10);
+    assert!(failures(&answers).is_empty(), "{:?}", failures(&answers));
+    let served: u64 = [0, 2]
+        .iter()
+        .map(|&i| passive_opens(&lab, i) - after[i])
+        .sum();
+    assert!(served >= 10, "{served} connections counted for 10 clients");
+}

@@ -303,7 +303,7 @@ fn check_units(root: &Scratch) {
         "PrivateTmp=yes",
         "ReadWritePaths=/sys/fs/bpf",
         "RuntimeDirectory=lb",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN CAP_NET_RAW",
         "NoNewPrivileges=yes",
         "WantedBy=multi-user.target",
     ] {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::{
     check_paths::{CheckPaths, VipRoute},
     config::{BackendConfig, CheckTarget},
-    health::{HealthEvent, Probe, ProbeSpec},
+    health::{HalfOpen, HealthEvent, Probe, ProbeSpec},
 };
 
 /// How many check results may wait for the agent: a second's worth at the documented maximum
@@ -79,6 +79,9 @@ pub struct Checkers {
     /// The paths of checks to the VIP (`None`: the check interface could not be set up; such
     /// checks fail saying so).
     paths: Option<Arc<CheckPaths>>,
+    /// TCP checks of backends' own addresses as SYNs from raw sockets (`None`: without
+    /// `CAP_NET_RAW` they connect).
+    half_open: Option<HalfOpen>,
 }
 
 /// The pace of first checks of probes started together: 20,000 a second. At start-up every
@@ -183,6 +186,14 @@ impl Checkers {
         let (batches, receiver) = mpsc::channel(BATCHES);
         let thread = ProbeThread::start();
         thread.runtime.spawn(gather(results, batches));
+        let half_open = HalfOpen::open(&thread.runtime)
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    "TCP checks connect, a socket each: raw sockets for half-open checks are unavailable"
+                )
+            })
+            .ok();
         (
             Self {
                 events,
@@ -192,6 +203,7 @@ impl Checkers {
                 thread,
                 next_first_check: tokio::time::Instant::now(),
                 paths,
+                half_open,
             },
             receiver,
         )
@@ -231,7 +243,7 @@ impl Checkers {
                 self.next_first_check = first + FIRST_CHECK_PACE;
                 let probe = Arc::new(Probe::start_on(
                     &self.thread.runtime,
-                    (spec.clone(), self.paths.clone()),
+                    (spec.clone(), self.paths.clone(), self.half_open.clone()),
                     self.events.clone(),
                     first,
                 ));

@@ -39,6 +39,7 @@
 
 mod checker;
 mod dial;
+mod half_open;
 mod http;
 mod probe;
 mod tcp;
@@ -50,6 +51,7 @@ mod test_servers;
 
 pub use checker::{check, HealthEvent};
 pub use dial::Dial;
+pub use half_open::HalfOpen;
 pub use http::check_http;
 pub use probe::{Probe, ProbeSpec};
 pub use tcp::check_tcp;

@@ -19,7 +19,7 @@ use tokio::{
 use super::{
     check,
     checker::{jittered, spread},
-    CheckResult, Dial, HealthEvent, HealthTracker,
+    CheckResult, Dial, HalfOpen, HealthEvent, HealthTracker,
 };
 use crate::{
     check_paths::{CheckPaths, VipRoute},
@@ -106,7 +106,7 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
     pub fn start(spec: ProbeSpec, events: mpsc::Sender<HealthEvent<K>>) -> Self {
         Self::start_on(
             &tokio::runtime::Handle::current(),
-            (spec, None),
+            (spec, None, None),
             events,
             Instant::now(),
         )
@@ -114,10 +114,11 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
 
     /// [`Self::start`] on the runtime of `runtime` (the agent runs its probes on a thread of
     /// their own), its first check at `first` (the agent paces the first checks of probes
-    /// started together). A check along the serving path takes its path from `paths`.
+    /// started together). A check along the serving path takes its path from `paths`; a TCP
+    /// check of a backend's own address is half-open when `half_open` is given.
     pub fn start_on(
         runtime: &tokio::runtime::Handle,
-        (spec, paths): (ProbeSpec, Option<Arc<CheckPaths>>),
+        (spec, paths, half_open): (ProbeSpec, Option<Arc<CheckPaths>>, Option<HalfOpen>),
         events: mpsc::Sender<HealthEvent<K>>,
         first: Instant,
     ) -> Self {
@@ -125,7 +126,11 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
             subscribers: Mutex::new(Vec::new()),
             now: Notify::new(),
         });
-        let checker = Checker { spec, paths };
+        let checker = Checker {
+            spec,
+            paths,
+            half_open,
+        };
         let task = runtime.spawn(run(checker, shared.clone(), events, first));
         Self { shared, task }
     }
@@ -163,6 +168,8 @@ impl<K: Clone + PartialEq + Send + 'static> Probe<K> {
 struct Checker {
     spec: ProbeSpec,
     paths: Option<Arc<CheckPaths>>,
+    /// Sends TCP checks of the backend's own address as SYNs (`None`: they connect).
+    half_open: Option<HalfOpen>,
 }
 
 impl Checker {
@@ -179,7 +186,10 @@ impl Checker {
             ..
         } = &self.spec;
         let Some(route) = route else {
-            return check(Dial::direct(*addr), kind, *timeout).await;
+            return match (kind, &self.half_open) {
+                (CheckKind::Tcp, Some(half_open)) => half_open.check(*addr, *timeout).await,
+                _ => check(Dial::direct(*addr), kind, *timeout).await,
+            };
         };
         let Some(paths) = &self.paths else {
             return CheckResult::failure(Duration::ZERO, "no check interface".to_owned());

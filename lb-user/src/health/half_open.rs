@@ -1,0 +1,806 @@
+//! TCP checks without a socket per check (*half-open*, as F5's TCP half-open monitor and
+//! nmap's SYN scan): the check sends a SYN from a raw socket; a SYN-ACK means the backend's
+//! kernel accepts connections on the port (what a connecting check learns too), a RST that it
+//! refuses them. Our kernel answers the SYN-ACK with a RST, as it does for any segment to a
+//! port without a connection, so the backend drops the half-open connection at once: its
+//! application never sees it, and neither side keeps a socket.
+//!
+//! A connecting check costs a socket, a connect, an epoll registration and a close with its
+//! RST: about 10 µs of the agent's kernel time each, most of the CPU of 16,384 checks a
+//! second. A half-open check is one `sendto` and a share of a read.
+//!
+//! The replies come to [`SOURCE_PORTS`] ports that bound (never listening) sockets hold, so
+//! that no connection of this host gets one of them; a socket filter passes the raw sockets
+//! only SYN-ACKs and RSTs to those ports. A reply is matched to its check by the backend's
+//! address and port, our port, and its acknowledgement number (the check's random sequence
+//! number plus one). A SYN is sent again after 1 s and then at doubling intervals, as a
+//! connect would, while the timeout allows.
+
+use std::{
+    collections::HashMap,
+    io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use tokio::{io::unix::AsyncFd, sync::oneshot, time::Instant};
+
+use super::{
+    text::{describe_io_error, timed_out},
+    CheckResult,
+};
+
+/// Ports replies come to; checks take them in turn, so that checks of one backend one after
+/// the other use different ports (a backend that still holds a half-open connection on one
+/// 4-tuple would answer a new SYN on it with its old sequence numbers).
+pub const SOURCE_PORTS: usize = 8;
+
+/// The first wait for a reply before the SYN is sent again (a connect's initial RTO).
+const FIRST_RESEND: Duration = Duration::from_secs(1);
+
+/// TCP flags.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// The TCP header of a SYN: 20 bytes, no options.
+const SYN_LEN: usize = 20;
+
+/// The window a SYN offers.
+const WINDOW: u16 = 64240;
+
+/// What a backend answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// SYN-ACK: it accepts connections on the port.
+    Accepts,
+    /// RST: it refuses them.
+    Refuses,
+}
+
+/// What identifies the reply to one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Awaited {
+    backend: SocketAddr,
+    port: u16,
+    ack: u32,
+}
+
+/// A reply read off a raw socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Who sent it.
+    pub from: SocketAddr,
+    /// The port it was sent to.
+    pub to_port: u16,
+    /// Its acknowledgement number.
+    pub ack: u32,
+    /// What it says.
+    pub answer: Answer,
+}
+
+/// The TCP header of a SYN from `from_port` to `to` with sequence number `seq`; its checksum
+/// is computed over `source` and `to`'s address when `source` is given (IPv4), else left to
+/// the kernel (IPv6: `IPV6_CHECKSUM`).
+pub fn syn_segment(
+    source: Option<Ipv4Addr>,
+    from_port: u16,
+    to: SocketAddr,
+    seq: u32,
+) -> [u8; SYN_LEN] {
+    let mut segment = [0u8; SYN_LEN];
+    segment[0..2].copy_from_slice(&from_port.to_be_bytes());
+    segment[2..4].copy_from_slice(&to.port().to_be_bytes());
+    segment[4..8].copy_from_slice(&seq.to_be_bytes());
+    // Acknowledgement number 0; data offset 5 words.
+    segment[12] = 5 << 4;
+    segment[13] = SYN;
+    segment[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+    if let (Some(source), IpAddr::V4(destination)) = (source, to.ip()) {
+        let checksum = tcp_checksum_v4(source, destination, &segment);
+        segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    }
+    segment
+}
+
+/// The TCP checksum of `segment` (its checksum field zero) between two IPv4 addresses.
+fn tcp_checksum_v4(source: Ipv4Addr, destination: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let high = u32::from(pair[0]) << 8;
+            let low = pair.get(1).copied().map_or(0, u32::from);
+            sum += high | low;
+        }
+    };
+    add(&source.octets());
+    add(&destination.octets());
+    add(&[0, 6]);
+    add(&(segment.len() as u16).to_be_bytes());
+    add(segment);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The reply in `segment` (a TCP header) from `from`, if it is a SYN-ACK or a RST with an
+/// acknowledgement.
+pub fn parse_reply(from: IpAddr, segment: &[u8]) -> Option<Reply> {
+    let header = segment.get(..SYN_LEN)?;
+    let flags = header[13];
+    let answer = match flags & (SYN | RST | ACK | FIN) {
+        f if f == SYN | ACK => Answer::Accepts,
+        f if f & (RST | ACK) == RST | ACK => Answer::Refuses,
+        _ => return None,
+    };
+    Some(Reply {
+        from: SocketAddr::new(from, u16::from_be_bytes([header[0], header[1]])),
+        to_port: u16::from_be_bytes([header[2], header[3]]),
+        ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
+        answer,
+    })
+}
+
+/// The reply in `packet` as an IPv4 raw socket reads it (from the IP header on).
+pub fn parse_reply_v4(packet: &[u8]) -> Option<Reply> {
+    let header_len = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || *packet.get(9)? != 6 || header_len < 20 {
+        return None;
+    }
+    let source: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    parse_reply(IpAddr::from(source), packet.get(header_len..)?)
+}
+
+/// Checks that go out as SYNs from raw sockets; see the module's documentation.
+#[derive(Clone)]
+pub struct HalfOpen {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HalfOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HalfOpen")
+            .field("ports", &self.inner.ports)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    v4: AsyncFd<OwnedFd>,
+    v6: Option<AsyncFd<OwnedFd>>,
+    /// Hold [`Self::ports`] (bound, never listening).
+    _holders: Vec<OwnedFd>,
+    ports: Vec<u16>,
+    /// The next port to take, counted up.
+    turn: AtomicUsize,
+    /// Checks waiting for their reply.
+    awaited: Mutex<HashMap<Awaited, oneshot::Sender<Answer>>>,
+    /// The source address the kernel gives packets to each IPv4 destination (for the
+    /// checksum), found once and again after a check times out.
+    sources: Mutex<HashMap<Ipv4Addr, Ipv4Addr>>,
+}
+
+impl HalfOpen {
+    /// Opens the raw sockets (IPv6 only where the host has IPv6) and holds the ports, on
+    /// `runtime`, which then reads the replies. Fails without `CAP_NET_RAW`.
+    pub fn open(runtime: &tokio::runtime::Handle) -> io::Result<Self> {
+        let _entered = runtime.enter();
+        let mut holders = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..SOURCE_PORTS {
+            let (holder, port) = hold_port()?;
+            holders.push(holder);
+            ports.push(port);
+        }
+        let v4 = registered(raw_socket(libc::AF_INET)?)?;
+        attach_filter(&v4, &ports, true)?;
+        let v6 = match raw_socket(libc::AF_INET6) {
+            Ok(socket) => {
+                set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
+                let socket = registered(socket)?;
+                attach_filter(&socket, &ports, false)?;
+                Some(socket)
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
+            Err(error) => return Err(error),
+        };
+        let inner = Arc::new(Inner {
+            v4,
+            v6,
+            _holders: holders,
+            ports,
+            turn: AtomicUsize::new(0),
+            awaited: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
+        });
+        runtime.spawn(read_replies(Arc::downgrade(&inner), false));
+        if inner.v6.is_some() {
+            runtime.spawn(read_replies(Arc::downgrade(&inner), true));
+        }
+        Ok(Self { inner })
+    }
+
+    /// One check of `backend` within `timeout`: passes on a SYN-ACK (`connected`), fails on
+    /// a RST (`connection refused`), on an error sending (`network unreachable`...) or when
+    /// nothing came in time.
+    pub async fn check(&self, backend: SocketAddr, timeout: Duration) -> CheckResult {
+        let start = Instant::now();
+        let inner = &self.inner;
+        let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
+        let port = inner.ports[turn % inner.ports.len()];
+        let seq: u32 = rand::random();
+        let awaited = Awaited {
+            backend,
+            port,
+            ack: seq.wrapping_add(1),
+        };
+        let (answered, answer) = oneshot::channel();
+        inner.awaited().insert(awaited, answered);
+        let mut answer = std::pin::pin!(answer);
+        let deadline = start + timeout;
+        let mut wait = FIRST_RESEND;
+        let result = loop {
+            if let Err(error) = inner.send_syn(backend, port, seq) {
+                break CheckResult::failure(start.elapsed(), describe_io_error(&error));
+            }
+            let resend = (Instant::now() + wait).min(deadline);
+            match tokio::time::timeout_at(resend, &mut answer).await {
+                Ok(Ok(Answer::Accepts)) => break CheckResult::success(start.elapsed()),
+                Ok(Ok(Answer::Refuses)) => {
+                    break CheckResult::failure(start.elapsed(), "connection refused".to_owned())
+                }
+                Ok(Err(_)) | Err(_) if resend >= deadline => {
+                    if let IpAddr::V4(address) = backend.ip() {
+                        inner.sources().remove(&address);
+                    }
+                    break CheckResult::failure(start.elapsed(), timed_out(timeout));
+                }
+                Ok(Err(_)) | Err(_) => wait *= 2,
+            }
+        };
+        inner.awaited().remove(&awaited);
+        result
+    }
+}
+
+impl Inner {
+    fn awaited(&self) -> MutexGuard<'_, HashMap<Awaited, oneshot::Sender<Answer>>> {
+        self.awaited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sources(&self) -> MutexGuard<'_, HashMap<Ipv4Addr, Ipv4Addr>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The source address of packets to `destination`, as the kernel routes them.
+    fn source_v4(&self, destination: Ipv4Addr) -> io::Result<Ipv4Addr> {
+        if let Some(source) = self.sources().get(&destination) {
+            return Ok(*source);
+        }
+        let probe = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        probe.connect(SocketAddrV4::new(destination, 9))?;
+        let IpAddr::V4(source) = probe.local_addr()?.ip() else {
+            return Err(io::Error::other("an IPv4 route gave an IPv6 source"));
+        };
+        self.sources().insert(destination, source);
+        Ok(source)
+    }
+
+    fn send_syn(&self, backend: SocketAddr, port: u16, seq: u32) -> io::Result<()> {
+        match backend {
+            SocketAddr::V4(to) => {
+                let source = self.source_v4(*to.ip())?;
+                let segment = syn_segment(Some(source), port, backend, seq);
+                let to = SocketAddrV4::new(*to.ip(), 0);
+                send_to(
+                    &self.v4,
+                    &segment,
+                    &sockaddr_v4(&to),
+                    size_of::<libc::sockaddr_in>(),
+                )
+            }
+            SocketAddr::V6(to) => {
+                let Some(v6) = &self.v6 else {
+                    return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+                };
+                let segment = syn_segment(None, port, backend, seq);
+                let to = SocketAddrV6::new(*to.ip(), 0, 0, to.scope_id());
+                send_to(
+                    v6,
+                    &segment,
+                    &sockaddr_v6(&to),
+                    size_of::<libc::sockaddr_in6>(),
+                )
+            }
+        }
+    }
+
+    /// Hands `reply` to the check awaiting it, if any.
+    fn deliver(&self, reply: Reply) {
+        let awaited = Awaited {
+            backend: reply.from,
+            port: reply.to_port,
+            ack: reply.ack,
+        };
+        if let Some(answered) = self.awaited().remove(&awaited) {
+            let _ = answered.send(reply.answer);
+        }
+    }
+}
+
+/// Reads replies off the IPv4 (or IPv6) raw socket until the checker is gone.
+async fn read_replies(inner: std::sync::Weak<Inner>, v6: bool) {
+    let mut buffer = [0u8; 128];
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let socket = if v6 {
+            strong.v6.as_ref()
+        } else {
+            Some(&strong.v4)
+        };
+        let Some(socket) = socket else {
+            return;
+        };
+        let Ok(mut ready) = socket.readable().await else {
+            return;
+        };
+        loop {
+            match ready.try_io(|fd| recv_from(fd, &mut buffer)) {
+                Ok(Ok((len, from))) => {
+                    let packet = &buffer[..len];
+                    let reply = match from {
+                        Some(from) if v6 => parse_reply(from, packet),
+                        _ => parse_reply_v4(packet),
+                    };
+                    if let Some(reply) = reply {
+                        strong.deliver(reply);
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_would_block) => break,
+            }
+        }
+    }
+}
+
+/// `socket` registered with the current runtime, for reading.
+fn registered(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor that the `AsyncFd` owns, and so keeps
+    // open and unchanged, until it is dropped.
+    unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
+/// A raw TCP socket of `family`, non-blocking.
+fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; a non-negative result is a new descriptor
+    // that nothing else owns.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A TCP socket bound to a port the kernel picks (on both families where IPv6 exists), never
+/// listening: the port is then never given to a connection. The socket and its port.
+fn hold_port() -> io::Result<(OwnedFd, u16)> {
+    for family in [libc::AF_INET6, libc::AF_INET] {
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let error = io::Error::last_os_error();
+            if family == libc::AF_INET6 && error.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+                continue;
+            }
+            return Err(error);
+        }
+        // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let bound = if family == libc::AF_INET6 {
+            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+            let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0);
+            bind(&socket, &sockaddr_v6(&any), size_of::<libc::sockaddr_in6>())
+        } else {
+            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+            bind(&socket, &sockaddr_v4(&any), size_of::<libc::sockaddr_in>())
+        };
+        bound?;
+        let port = local_port(&socket)?;
+        return Ok((socket, port));
+    }
+    Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+fn sockaddr_v4(address: &SocketAddrV4) -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+    let sin =
+        unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    // Raw sockets read a protocol, not a port, there (0: the socket's); the destination
+    // port is in the TCP header.
+    sin.sin_port = address.port().to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(address.ip().octets());
+    storage
+}
+
+fn sockaddr_v6(address: &SocketAddrV6) -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+    let sin6 =
+        unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sin6.sin6_port = address.port().to_be();
+    sin6.sin6_addr.s6_addr = address.ip().octets();
+    sin6.sin6_scope_id = address.scope_id();
+    storage
+}
+
+fn bind(socket: &OwnedFd, address: &libc::sockaddr_storage, len: usize) -> io::Result<()> {
+    // SAFETY: `address` holds a socket address of `len` bytes and outlives the call.
+    let result = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (address as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn local_port(socket: &OwnedFd) -> io::Result<u16> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` has room for `len` bytes; the kernel writes at most that.
+    let result = unsafe {
+        libc::getsockname(
+            socket.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket_address(&storage).map_or(0, |address| address.port()))
+}
+
+/// The address in `storage`, if it holds an IPv4 or IPv6 one.
+fn socket_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says `storage` holds a sockaddr_in.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says `storage` holds a sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
+fn set_int(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a c_int that outlives the call; its size is passed.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn send_to(
+    socket: &AsyncFd<OwnedFd>,
+    segment: &[u8],
+    address: &libc::sockaddr_storage,
+    len: usize,
+) -> io::Result<()> {
+    // SAFETY: `segment` and `address` (of `len` bytes) outlive the call.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            segment.as_ptr().cast(),
+            segment.len(),
+            0,
+            (address as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One datagram off `socket` into `buffer`: its length and who sent it.
+fn recv_from(socket: &AsyncFd<OwnedFd>, buffer: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buffer` has room for its length and `storage` for `len` bytes; the kernel
+    // writes at most those.
+    let read = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            0,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if read < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        read as usize,
+        socket_address(&storage).map(|address| address.ip()),
+    ))
+}
+
+/// The classic BPF program passing only SYN-ACKs and RSTs to `ports`: from the IP header on
+/// for IPv4 raw sockets, from the TCP header on for IPv6 ones.
+fn filter_program(ports: &[u16], from_ip_header: bool) -> Vec<libc::sock_filter> {
+    const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+    const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
+    const LDX_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let mut program = Vec::new();
+    let (load_h, load_b) = if from_ip_header {
+        // X = the IPv4 header's length.
+        program.push(op(LDX_MSH, 0, 0, 0));
+        (LD_H_IND, LD_B_IND)
+    } else {
+        (LD_H_ABS, LD_B_ABS)
+    };
+    // The destination port: one of ours, else drop.
+    program.push(op(load_h, 0, 0, 2));
+    let count = ports.len() as u8;
+    for (i, port) in ports.iter().enumerate() {
+        // On a match, jump past the other comparisons and the drop after them.
+        let past = count - i as u8;
+        program.push(op(JEQ, past, 0, u32::from(*port)));
+    }
+    program.push(op(RET, 0, 0, 0));
+    // The flags: an ACK, with SYN or RST.
+    program.push(op(load_b, 0, 0, 13));
+    program.push(op(JSET, 0, 2, u32::from(ACK)));
+    program.push(op(JSET, 0, 1, u32::from(SYN | RST)));
+    program.push(op(RET, 0, 0, u32::from(u16::MAX)));
+    program.push(op(RET, 0, 0, 0));
+    program
+}
+
+fn attach_filter(socket: &AsyncFd<OwnedFd>, ports: &[u16], from_ip_header: bool) -> io::Result<()> {
+    let program = filter_program(ports, from_ip_header);
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const TIMEOUT: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_syn_carries_its_ports_sequence_and_a_checksum_that_sums_to_zero() {
+        let source = Ipv4Addr::new(10, 0, 0, 1);
+        let to = SocketAddr::from(([10, 0, 0, 2], 8080));
+        let segment = syn_segment(Some(source), 40000, to, 0xdead_beef);
+        assert_eq!(&segment[0..2], &40000u16.to_be_bytes());
+        assert_eq!(&segment[2..4], &8080u16.to_be_bytes());
+        assert_eq!(&segment[4..8], &0xdead_beefu32.to_be_bytes());
+        assert_eq!(segment[12] >> 4, 5, "20-byte header");
+        assert_eq!(segment[13], SYN);
+        assert_ne!(&segment[16..18], &[0, 0]);
+        // Summed with its checksum in, the segment checks out: the complement is 0.
+        assert_eq!(tcp_checksum_v4(source, *to_v4(&to).ip(), &segment), 0);
+        // Another source gives another checksum.
+        let other = syn_segment(Some(Ipv4Addr::new(10, 0, 0, 3)), 40000, to, 0xdead_beef);
+        assert_ne!(segment[16..18], other[16..18]);
+        // IPv6: the kernel fills it in.
+        let v6 = syn_segment(None, 40000, SocketAddr::from((Ipv6Addr::LOCALHOST, 80)), 1);
+        assert_eq!(&v6[16..18], &[0, 0]);
+    }
+
+    fn to_v4(address: &SocketAddr) -> SocketAddrV4 {
+        match address {
+            SocketAddr::V4(v4) => *v4,
+            SocketAddr::V6(_) => unreachable!("an IPv4 address"),
+        }
+    }
+
+    /// A reply's TCP header: from port 8080 to 40000, acknowledging 1000.
+    fn reply(flags: u8) -> [u8; 20] {
+        let mut segment = [0u8; 20];
+        segment[0..2].copy_from_slice(&8080u16.to_be_bytes());
+        segment[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        segment[8..12].copy_from_slice(&1000u32.to_be_bytes());
+        segment[12] = 5 << 4;
+        segment[13] = flags;
+        segment
+    }
+
+    #[test]
+    fn syn_acks_accept_rsts_with_an_ack_refuse_and_nothing_else_answers() {
+        let from = IpAddr::from([10, 0, 0, 2]);
+        let expect = |answer| Reply {
+            from: SocketAddr::new(from, 8080),
+            to_port: 40000,
+            ack: 1000,
+            answer,
+        };
+        assert_eq!(
+            parse_reply(from, &reply(SYN | ACK)),
+            Some(expect(Answer::Accepts))
+        );
+        assert_eq!(
+            parse_reply(from, &reply(RST | ACK)),
+            Some(expect(Answer::Refuses))
+        );
+        // A bare SYN (our own, seen on loopback), a bare RST, data, a short segment.
+        assert_eq!(parse_reply(from, &reply(SYN)), None);
+        assert_eq!(parse_reply(from, &reply(RST)), None);
+        assert_eq!(parse_reply(from, &reply(ACK)), None);
+        assert_eq!(parse_reply(from, &reply(SYN | ACK)[..19]), None);
+        // From the IPv4 header on, with options (24 bytes).
+        let mut packet = vec![
+            0x46, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        packet.extend([0u8; 4]);
+        packet.extend(reply(SYN | ACK));
+        assert_eq!(parse_reply_v4(&packet), Some(expect(Answer::Accepts)));
+        packet[9] = 17;
+        assert_eq!(parse_reply_v4(&packet), None, "not TCP");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Real raw sockets on loopback (the tests run as root): a listener passes, and its
+    /// application never sees a connection; a closed port refuses; both families.
+    #[test]
+    fn checks_on_loopback_pass_on_a_listener_without_a_connection_and_fail_on_a_closed_port() {
+        let runtime = runtime();
+        let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
+        for any in [
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ] {
+            let listener = TcpListener::bind(SocketAddr::new(any, 0)).expect("listen");
+            listener.set_nonblocking(true).expect("non-blocking");
+            let open = listener.local_addr().expect("address");
+            for _ in 0..3 {
+                let result = runtime.block_on(checks.check(open, TIMEOUT));
+                assert!(result.ok, "{open}: {result:?}");
+                assert_eq!(result.passed.as_deref(), Some("connected"));
+            }
+            let accepted = listener.accept();
+            assert!(
+                matches!(&accepted, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "{open}: the application saw a connection: {accepted:?}"
+            );
+            drop(listener);
+            let result = runtime.block_on(checks.check(open, TIMEOUT));
+            assert!(!result.ok, "{open}: {result:?}");
+            assert_eq!(
+                result.error.as_deref(),
+                Some("connection refused"),
+                "{open}"
+            );
+        }
+        assert!(checks.inner.awaited().is_empty(), "nothing left waiting");
+    }
+
+    /// A listener whose accept queue is full drops SYNs without a word: the check times out
+    /// (a connecting check would too), and the source found for it is looked up again next
+    /// time.
+    #[test]
+    fn a_backend_that_does_not_answer_times_out() {
+        let runtime = runtime();
+        let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
+        let (result, _full) = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.1:0".parse().expect("address"))
+                .expect("bind");
+            // Room for one connection, which the test never accepts.
+            let listener = socket.listen(0).expect("listen");
+            let open = listener.local_addr().expect("address");
+            let full = tokio::net::TcpStream::connect(open).await.expect("connect");
+            let timeout = Duration::from_millis(100);
+            (checks.check(open, timeout).await, (full, listener))
+        });
+        assert!(!result.ok, "{result:?}");
+        assert_eq!(result.error.as_deref(), Some("timed out after 100ms"));
+        assert!(checks.inner.sources().is_empty());
+        assert!(checks.inner.awaited().is_empty());
+    }
+
+    #[test]
+    fn the_ports_replies_come_to_are_held_from_connections() {
+        let runtime = runtime();
+        let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
+        let ports = checks.inner.ports.clone();
+        assert_eq!(ports.len(), SOURCE_PORTS);
+        for port in &ports {
+            let taken = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port));
+            assert!(taken.is_err(), "port {port} is free: {taken:?}");
+        }
+    }
+}
