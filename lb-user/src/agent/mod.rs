@@ -316,6 +316,7 @@ impl Agent {
         agent.publish();
         // Once this line is logged, `lb status` shows the running agent.
         agent.publisher.wait();
+        return_free_memory();
         tracing::info!(
             interface = %config.fixed.interface,
             mode = ?attachment.mode,
@@ -786,6 +787,17 @@ fn load_datapath(config: &Config, fresh_state: bool) -> anyhow::Result<Datapath>
         fresh_state,
     })
     .context("loading the datapath")
+}
+
+/// Gives the memory the allocator holds free back to the kernel: start-up and a reload build
+/// and drop rings, configurations and batches by the megabyte, and glibc keeps what was
+/// freed (19 MB of 129 at 1000 VIPs x 16 distinct backends) for allocations that never come.
+pub(crate) fn return_free_memory() {
+    // SAFETY: malloc_trim only releases free pages of the allocator's heaps; it touches no
+    // memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

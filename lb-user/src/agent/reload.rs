@@ -103,6 +103,7 @@ impl Agent {
         }
         self.reconcile_announcements().await;
         self.publish();
+        super::return_free_memory();
     }
 
     /// Applies a new, valid configuration as a diff against the running one.
