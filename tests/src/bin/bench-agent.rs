@@ -203,9 +203,11 @@ struct Figures {
     all_up: Duration,
     cpu: f64,
     per_check: Duration,
-    /// Of `cpu`, the share spent in the kernel (on a veth, the receiving side's TCP work runs
-    /// in the sender's context: the backends' half of every check is charged here).
+    /// Of `cpu`, the share spent in the kernel.
     system: f64,
+    /// The switch ports' NAPI threads over the same window ([`Lan::thread_switch_napi`]): the
+    /// lab's forwarding and the backend host's TCP work, besides the agent's replies.
+    lab_napi: f64,
     reload: Duration,
     status: Duration,
     rss_mb: f64,
@@ -216,6 +218,7 @@ struct Figures {
 fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
     eprintln!("bench-agent: {}", pool.label(vips));
     let lan = Lan::new(&format!("agent{vips}"), &["lb", "bk"]);
+    lan.thread_switch_napi();
     let (lb, bk) = (lan.host(0), lan.host(1));
     let addresses: Vec<String> = pool
         .addresses(vips)
@@ -257,8 +260,11 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
     // work to end, then the steady-state window whose CPU time is measured.
     std::thread::sleep(Duration::from_secs(2));
     let (user_before, system_before) = process_cpu(agent.pid())?;
+    let napi_before = lan.napi_cpu();
     std::thread::sleep(STEADY);
     let (user_after, system_after) = process_cpu(agent.pid())?;
+    let lab_napi =
+        (lan.napi_cpu().saturating_sub(napi_before)).as_secs_f64() / STEADY.as_secs_f64();
     let system_used = system_after.saturating_sub(system_before);
     let used = user_after.saturating_sub(user_before) + system_used;
     let cpu = used.as_secs_f64() / STEADY.as_secs_f64();
@@ -298,6 +304,7 @@ fn measure(vips: usize, pool: Pool) -> anyhow::Result<Figures> {
         cpu,
         per_check,
         system,
+        lab_napi,
         reload,
         status,
         rss_mb,
@@ -343,8 +350,10 @@ fn run() -> anyhow::Result<Vec<Section>> {
          All up: from starting the agent to every backend up in the pinned BACKENDS (polled every \
          50 ms). CPU: the agent's user + system time over 10 s of steady checking, as a share of \
          one core and per check (V x 16 checks a second), and the share of it spent in the \
-         kernel: on a veth, the receiving side's TCP work runs in the sender's context, so the \
-         backend host's half of every check is charged to the agent here. Reload: from renaming a configuration \
+         kernel. The switch ports run their receive work (NAPI) in kernel threads, as a real \
+         NIC runs it in interrupts: on a veth it otherwise runs in the sender's system calls, \
+         and the agent was charged the backend host's TCP work; those threads' CPU over the \
+         same window is its own column. TCP checks are half-open (a SYN from a raw socket). Reload: from renaming a configuration \
          with one more backend for one VIP over the file to that backend in the VIP's ring \
          (polled every 5 ms). Status: `lb status --json`, median of 5 runs. RSS: the agent's \
          resident memory after the reload. Lab drops: frames the veths dropped on transmit over \
@@ -358,6 +367,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
             "agent CPU, steady",
             "of which in the kernel",
             "CPU per check",
+            "lab's NAPI threads",
             "reload: ring in after",
             "lb status --json",
             "agent RSS",
@@ -373,6 +383,7 @@ fn run() -> anyhow::Result<Vec<Section>> {
             format!("{:.1}%", figures.cpu * 100.0),
             format!("{:.1}%", figures.system * 100.0),
             format!("{:.1} µs", figures.per_check.as_secs_f64() * 1e6),
+            format!("{:.1}%", figures.lab_napi * 100.0),
             format!("{:.0} ms", figures.reload.as_secs_f64() * 1e3),
             format!("{:.0} ms", figures.status.as_secs_f64() * 1e3),
             format!("{:.0} MB", figures.rss_mb),

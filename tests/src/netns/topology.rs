@@ -35,6 +35,58 @@ impl Lan {
         }
     }
 
+    /// Moves the switch ports' receive work (NAPI) to kernel threads of its own, as a real
+    /// NIC's receive runs in its interrupts and softirqs: on a veth, the receiver's work
+    /// otherwise runs in the sender's system calls, and a process sending to the backends
+    /// is charged their TCP work (a benchmark of the agent then measures the lab). The ports
+    /// run XDP, so they have NAPI. The threads' CPU is [`Self::napi_cpu`].
+    pub fn thread_switch_napi(&self) {
+        let writes: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|port| format!("echo 1 > /sys/class/net/{port}/threaded"))
+            .collect();
+        // `ip netns exec` mounts the namespace's own /sys.
+        lb_lab::sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.switch.name,
+            writes.join("; ")
+        ));
+    }
+
+    /// CPU time the switch ports' NAPI threads have used ([`Self::thread_switch_napi`]).
+    pub fn napi_cpu(&self) -> std::time::Duration {
+        let ports = self.ports();
+        let mut ticks = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((name, after)) = stat
+                .split_once(" (")
+                .and_then(|(_, rest)| rest.rsplit_once(") "))
+            else {
+                continue;
+            };
+            // Named `napi/<device>-<id>`.
+            let ours = name
+                .strip_prefix("napi/")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .is_some_and(|(device, _)| ports.iter().any(|port| port == device));
+            if ours {
+                ticks += after
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|field| field.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        // SAFETY: sysconf with a constant name.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        std::time::Duration::from_secs_f64(ticks as f64 / hz)
+    }
+
     /// Frames the lab's veths have dropped on transmit, in every namespace: a veth whose peer
     /// runs an XDP program (the switch ports, a load balancer's interface) has a ring of 256
     /// frames, and a burst larger than that, or a receiver starved of CPU, loses frames before
