@@ -22,6 +22,14 @@ pub(super) struct Located<T> {
     level: u8,
 }
 
+/// A `type` as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KindName {
+    Tcp,
+    TcpConnect,
+    Http,
+}
+
 /// The health keys set at one level (or, once merged, at any level up to it).
 #[derive(Clone, Default)]
 pub(super) struct HealthLayer {
@@ -30,8 +38,8 @@ pub(super) struct HealthLayer {
     rise: Option<u32>,
     fall: Option<u32>,
     port: Option<u16>,
-    /// `type`: true for `http`.
-    http: Option<bool>,
+    /// `type`.
+    kind: Option<KindName>,
     path: Option<String>,
     host: Option<String>,
     expect: Option<Vec<u16>>,
@@ -51,7 +59,7 @@ impl HealthLayer {
             rise: over.rise.or(self.rise),
             fall: over.fall.or(self.fall),
             port: over.port.or(self.port),
-            http: over.http.or(self.http),
+            kind: over.kind.or(self.kind),
             path: over.path.clone().or_else(|| self.path.clone()),
             host: over.host.clone().or_else(|| self.host.clone()),
             expect: over.expect.clone().or_else(|| self.expect.clone()),
@@ -116,15 +124,16 @@ impl Ctx<'_> {
             Some(port) => Some(*port.get_ref()),
             None => None,
         };
-        let http = match &raw.kind {
+        let kind = match &raw.kind {
             Some(kind) => match kind.get_ref().as_str() {
-                "tcp" => Some(false),
-                "http" => Some(true),
+                "tcp" => Some(KindName::Tcp),
+                "tcp-connect" => Some(KindName::TcpConnect),
+                "http" => Some(KindName::Http),
                 other => {
                     return Err(self.error(
                         kind.span(),
                         &format!("{prefix}.type"),
-                        format!("invalid type {other:?}: expected one of tcp, http"),
+                        format!("invalid type {other:?}: expected one of tcp, tcp-connect, http"),
                     ))
                 }
             },
@@ -225,7 +234,7 @@ impl Ctx<'_> {
             rise: count(&raw.rise, "rise")?,
             fall: count(&raw.fall, "fall")?,
             port,
-            http,
+            kind,
             path,
             host,
             expect,
@@ -277,8 +286,8 @@ impl Ctx<'_> {
             None if vip_port == 0 => return Err(no_port()),
             None => vip_port,
         };
-        let check = match (merged.http, &merged.http_key) {
-            (Some(true), _) => CheckKind::Http(HttpCheck {
+        let check = match (merged.kind, &merged.http_key) {
+            (Some(KindName::Http), _) => CheckKind::Http(HttpCheck {
                 path: merged
                     .path
                     .clone()
@@ -296,7 +305,8 @@ impl Ctx<'_> {
                      (or type = \"tcp\" to keep TCP checks)",
                 ))
             }
-            (Some(false) | None, _) => CheckKind::Tcp,
+            (Some(KindName::TcpConnect), _) => CheckKind::TcpConnect,
+            (Some(KindName::Tcp) | None, _) => CheckKind::Tcp,
         };
         Ok(HealthSettings {
             interval,

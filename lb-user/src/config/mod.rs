@@ -243,8 +243,11 @@ impl Balance {
 /// How a backend is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CheckKind {
-    /// A TCP connect to the health port.
+    /// A TCP handshake with the health port: half-open where it can be (a SYN from a raw
+    /// socket, to a backend's own address), else a connect.
     Tcp,
+    /// A TCP connect to the health port, closed with a reset once established.
+    TcpConnect,
     /// An HTTP/1.1 `GET` whose status line must be one of the expected codes.
     Http(HttpCheck),
 }
@@ -254,6 +257,7 @@ impl CheckKind {
     pub const fn name(&self) -> &'static str {
         match self {
             CheckKind::Tcp => "tcp",
+            CheckKind::TcpConnect => "tcp-connect",
             CheckKind::Http(_) => "http",
         }
     }

@@ -901,6 +901,21 @@ fn http_checks_and_slow_start() {
         "health = { type = \"tcp\" }",
     ));
     assert_eq!(tcp.live.vips[0].backends[0].health.check, CheckKind::Tcp);
+    // A backend that must see whole connections: inherited from [health], overridden per VIP.
+    let connect = ok(&one_vip(
+        "[health]\ntype = \"tcp-connect\"",
+        "health = { type = \"tcp\" }",
+        "",
+    ));
+    assert_eq!(
+        connect.live.vips[0].backends[0].health.check,
+        CheckKind::Tcp
+    );
+    let connect = ok(&one_vip("[health]\ntype = \"tcp-connect\"", "", ""));
+    assert_eq!(
+        connect.live.vips[0].backends[0].health.check,
+        CheckKind::TcpConnect
+    );
     assert_error(
         &one_vip("[health]\npath = \"/healthz\"", "", ""),
         3,
@@ -911,7 +926,7 @@ fn http_checks_and_slow_start() {
         &one_vip("[health]\ntype = \"udp\"", "", ""),
         3,
         "health.type",
-        "expected one of tcp, http",
+        "expected one of tcp, tcp-connect, http",
     );
     assert_error(
         &one_vip("[health]\ntype = \"http\"\npath = \"healthz\"", "", ""),

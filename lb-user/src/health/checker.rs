@@ -27,7 +27,7 @@ pub struct HealthEvent<K> {
 /// One check as `kind` says, connecting as `dial` says, within `timeout`.
 pub async fn check(dial: impl Into<Dial>, kind: &CheckKind, timeout: Duration) -> CheckResult {
     match kind {
-        CheckKind::Tcp => check_tcp(dial, timeout).await,
+        CheckKind::Tcp | CheckKind::TcpConnect => check_tcp(dial, timeout).await,
         CheckKind::Http(http) => check_http(dial, http, timeout).await,
     }
 }

@@ -221,9 +221,9 @@ impl HalfOpen {
             awaited: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
         });
-        runtime.spawn(read_replies(Arc::downgrade(&inner), false));
+        runtime.spawn(read_replies(inner.clone(), false));
         if inner.v6.is_some() {
-            runtime.spawn(read_replies(Arc::downgrade(&inner), true));
+            runtime.spawn(read_replies(inner.clone(), true));
         }
         Ok(Self { inner })
     }
@@ -340,21 +340,19 @@ impl Inner {
     }
 }
 
-/// Reads replies off the IPv4 (or IPv6) raw socket until the checker is gone.
-async fn read_replies(inner: std::sync::Weak<Inner>, v6: bool) {
+/// Reads replies off the IPv4 (or IPv6) raw socket, for as long as the runtime runs (the
+/// probes' runtime stops with the agent's checkers).
+async fn read_replies(inner: Arc<Inner>, v6: bool) {
+    let socket = if v6 {
+        inner.v6.as_ref()
+    } else {
+        Some(&inner.v4)
+    };
+    let Some(socket) = socket else {
+        return;
+    };
     let mut buffer = [0u8; 128];
     loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let socket = if v6 {
-            strong.v6.as_ref()
-        } else {
-            Some(&strong.v4)
-        };
-        let Some(socket) = socket else {
-            return;
-        };
         let Ok(mut ready) = socket.readable().await else {
             return;
         };
@@ -367,9 +365,10 @@ async fn read_replies(inner: std::sync::Weak<Inner>, v6: bool) {
                         _ => parse_reply_v4(packet),
                     };
                     if let Some(reply) = reply {
-                        strong.deliver(reply);
+                        inner.deliver(reply);
                     }
                 }
+                // An error queued on the socket (an ICMP error): read on.
                 Ok(Err(_)) => {}
                 Err(_would_block) => break,
             }

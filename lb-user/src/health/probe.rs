@@ -332,6 +332,35 @@ mod tests {
         assert!(probe.unsubscribe(&"slow"), "none left");
     }
 
+    /// With raw sockets, a `tcp` check of a backend's own address is half-open (the listener's
+    /// application never sees a connection) and a `tcp-connect` check connects.
+    #[tokio::test]
+    async fn a_tcp_check_is_half_open_and_a_tcp_connect_check_connects() {
+        let runtime = tokio::runtime::Handle::current();
+        let half_open = HalfOpen::open(&runtime).expect("raw sockets (run as root)");
+        for (kind, connects) in [(CheckKind::Tcp, false), (CheckKind::TcpConnect, true)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, mut rx) = mpsc::channel(16);
+            let spec = ProbeSpec {
+                kind: kind.clone(),
+                ..spec(addr)
+            };
+            let probe = Probe::start_on(
+                &runtime,
+                (spec, None, Some(half_open.clone())),
+                tx,
+                Instant::now(),
+            );
+            probe.subscribe("b1", 1, 1);
+            let event = rx.recv().await.unwrap();
+            assert!(event.result.ok, "{kind:?}: {:?}", event.result);
+            let accepted =
+                tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+            assert_eq!(accepted.is_ok(), connects, "{kind:?}: {accepted:?}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_new_subscriber_gets_a_check_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
