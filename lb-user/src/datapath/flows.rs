@@ -4,7 +4,7 @@
 //! instead of a syscall per set), and the flows an upgrade
 //! carries over from an older layout's table.
 
-use std::{os::fd::AsFd as _, path::Path, sync::atomic::Ordering};
+use std::{path::Path, sync::atomic::Ordering};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{
@@ -18,6 +18,7 @@ use lb_common::{
 
 use super::{
     error::{map_error, DatapathError, Result},
+    handles::array_fd,
     mapping::Mapping,
     upgrade::FlowsCarried,
     Datapath,
@@ -99,8 +100,7 @@ impl Datapath {
         };
         set.stamps[way] = stamp;
         let map = names::FLOWS;
-        let mut table: Array<_, FlowSet> = self.typed(map)?;
-        table.set(index, set, 0).map_err(map_error(map))?;
+        self.maps.flows.set(index, set, 0).map_err(map_error(map))?;
         Ok(true)
     }
 
@@ -111,20 +111,13 @@ impl Datapath {
         let Some(index) = set_index(conntrack_hash(flow), sets) else {
             return Ok(None);
         };
-        let table: Array<_, FlowSet> = self.typed(map)?;
-        let set = table.get(&index, 0).map_err(map_error(map))?;
+        let set = self.maps.flows.get(&index, 0).map_err(map_error(map))?;
         Ok(Some((index, set)))
     }
 
     /// Sets of `FLOWS`.
     pub(super) fn flow_sets(&mut self) -> Result<u32> {
-        let map = names::FLOWS;
-        let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(aya::maps::MapError::InvalidMapType {
-                map_type: 0,
-            }));
-        };
-        Ok(data.info().map_err(map_error(map))?.max_entries())
+        Ok(self.maps.flows.len())
     }
 
     /// How long idle flows stay protected, as `SETTINGS` holds it (in ticks).
@@ -141,13 +134,8 @@ impl Datapath {
         let timeouts = self.idle_timeouts()?;
         let sets = self.flow_sets()? as usize;
         let map = names::FLOWS;
-        let Map::Array(data) = self.map(map)? else {
-            return Err(map_error(map)(aya::maps::MapError::InvalidMapType {
-                map_type: 0,
-            }));
-        };
         let stride = std::mem::size_of::<FlowSet>();
-        let mapping = Mapping::read_only(data.fd().as_fd(), sets * stride)
+        let mapping = Mapping::read_only(array_fd(&self.maps.flows), sets * stride)
             .map_err(|source| DatapathError::Mapping { map, source })?;
         let stamps = std::mem::offset_of!(FlowSet, stamps);
         let mut census = FlowCensus::default();
@@ -200,7 +188,7 @@ impl Datapath {
             }
         }
         let map = names::FLOWS;
-        let mut table: Array<_, FlowSet> = self.typed(map)?;
+        let table = &mut self.maps.flows;
         let mut carried = FlowsCarried::default();
         for (index, flows) in by_set {
             let mut set = table.get(&index, 0).map_err(map_error(map))?;

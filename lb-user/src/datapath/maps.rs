@@ -1,9 +1,7 @@
 //! Typed reads and writes of each map. The datapath module is the only userspace writer of the
 //! balancer's maps (see `lb_common::maps::names`).
 
-use aya::maps::{
-    xdp::DevMapHash, Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::{
     layout::Layout,
     maps::{names, Backend, DecapKey, Settings, Vip, VipKey},
@@ -14,6 +12,7 @@ use std::os::fd::AsFd as _;
 
 use super::{
     error::{map_error, DatapathError, Result},
+    handles::array_fd,
     ring::{new_ring, read_ring, swap_batch, PreparedRing},
     vip_index::{wait_for_program_runs, VipIndexWriter},
     Datapath,
@@ -25,34 +24,29 @@ const RING_SWAP_RETRIES: u32 = 3;
 impl Datapath {
     /// Sets the global settings.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
-        self.set_single(names::SETTINGS, settings)
+        let map = names::SETTINGS;
+        self.maps
+            .settings
+            .set(0, settings, 0)
+            .map_err(map_error(map))
     }
 
     /// The global settings.
     pub fn settings(&mut self) -> Result<Settings> {
-        self.single(names::SETTINGS)
+        let map = names::SETTINGS;
+        self.maps.settings.get(&0, 0).map_err(map_error(map))
     }
 
     /// Records the layout of the maps (`LAYOUT`).
     pub fn set_layout(&mut self, layout: &Layout) -> Result<()> {
-        self.set_single(names::LAYOUT, layout)
+        let map = names::LAYOUT;
+        self.maps.layout.set(0, layout, 0).map_err(map_error(map))
     }
 
     /// The layout the maps were created with (version 0 if never recorded).
     pub fn layout(&mut self) -> Result<Layout> {
-        self.single(names::LAYOUT)
-    }
-
-    /// The value of the one-entry array `map`.
-    fn single<T: aya::Pod>(&mut self, map: &'static str) -> Result<T> {
-        let array: Array<_, T> = self.typed(map)?;
-        array.get(&0, 0).map_err(map_error(map))
-    }
-
-    /// Sets the value of the one-entry array `map`.
-    fn set_single<T: aya::Pod>(&mut self, map: &'static str, value: &T) -> Result<()> {
-        let mut array: Array<_, T> = self.typed(map)?;
-        array.set(0, value, 0).map_err(map_error(map))
+        let map = names::LAYOUT;
+        self.maps.layout.get(&0, 0).map_err(map_error(map))
     }
 
     /// Adds the counters of the old per-CPU `STATS` map pinned at `old` to `STATS`, matching
@@ -63,7 +57,7 @@ impl Datapath {
         let data = MapData::from_pin(old).map_err(map_error(map))?;
         let old_stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(map))?;
-        let mut stats: PerCpuArray<_, u64> = self.typed(map)?;
+        let stats = &mut self.maps.stats;
         for (index, name) in names.iter().enumerate() {
             let Some(counter) = Counter::ALL.into_iter().find(|c| c.name() == *name) else {
                 continue;
@@ -83,7 +77,7 @@ impl Datapath {
     /// Adds or replaces a VIP: in `VIPS`, then in the VIP index.
     pub fn set_vip(&mut self, key: &VipKey, vip: &Vip) -> Result<()> {
         let map = names::VIPS;
-        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        let vips = &mut self.maps.vips;
         vips.insert(key, vip, 0).map_err(map_error(map))?;
         self.vip_index()?
             .insert(*key, *vip)
@@ -94,9 +88,9 @@ impl Datapath {
     pub(super) fn vip_index(&mut self) -> Result<&mut VipIndexWriter> {
         if self.vip_index.is_none() {
             let vips = self.vips()?.into_iter().collect();
-            let slots = self.array_fd(names::VIP_SLOTS)?;
-            let entries = self.array_fd(names::VIP_ENTRIES)?;
-            let writer = VipIndexWriter::open(slots.as_fd(), entries.as_fd(), vips)
+            let slots = array_fd(&self.maps.vip_slots);
+            let entries = array_fd(&self.maps.vip_entries);
+            let writer = VipIndexWriter::open(slots, entries, vips)
                 .map_err(|source| DatapathError::VipIndex { source })?;
             self.vip_index = Some(writer);
         }
@@ -108,7 +102,7 @@ impl Datapath {
     /// Every VIP in `VIPS`.
     pub fn vips(&mut self) -> Result<Vec<(VipKey, Vip)>> {
         let map = names::VIPS;
-        let vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        let vips = &self.maps.vips;
         vips.iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_error(map))
@@ -117,7 +111,7 @@ impl Datapath {
     /// Every backend entry in use (state other than `Unused`), with its id.
     pub fn backends(&mut self) -> Result<Vec<(u32, Backend)>> {
         let map = names::BACKENDS;
-        let backends: Array<_, Backend> = self.typed(map)?;
+        let backends = &self.maps.backends;
         let mut used = Vec::new();
         for (id, backend) in backends.iter().enumerate() {
             let backend = backend.map_err(map_error(map))?;
@@ -128,17 +122,6 @@ impl Datapath {
         Ok(used)
     }
 
-    /// A second descriptor of the array map `name`.
-    fn array_fd(&mut self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
-        let Map::Array(data) = self.map(name)? else {
-            return Err(map_error(name)(MapError::InvalidMapType { map_type: 0 }));
-        };
-        data.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DatapathError::VipIndex { source })
-    }
-
     /// Removes a VIP: its packets stop matching at once (out of the VIP index first, then out
     /// of `VIPS`, which the index sends colliding keys to).
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
@@ -146,21 +129,21 @@ impl Datapath {
             .remove(key)
             .map_err(|source| DatapathError::VipIndex { source })?;
         let map = names::VIPS;
-        let mut vips: HashMap<_, VipKey, Vip> = self.typed(map)?;
+        let vips = &mut self.maps.vips;
         vips.remove(key).map_err(map_error(map))
     }
 
     /// Writes backend `id`.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let map = names::BACKENDS;
-        let mut backends: Array<_, Backend> = self.typed(map)?;
+        let backends = &mut self.maps.backends;
         backends.set(id, backend, 0).map_err(map_error(map))
     }
 
     /// Reads backend `id`.
     pub fn backend(&mut self, id: u32) -> Result<Backend> {
         let map = names::BACKENDS;
-        let backends: Array<_, Backend> = self.typed(map)?;
+        let backends = &self.maps.backends;
         backends.get(&id, 0).map_err(map_error(map))
     }
 
@@ -188,7 +171,7 @@ impl Datapath {
     /// still holds the old one.
     pub fn swap_ring(&mut self, vip: u32, ring: &PreparedRing) -> Result<()> {
         let map = names::RINGS;
-        let mut rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        let rings = &mut self.maps.rings;
         rings.set(vip, &ring.0, 0).map_err(map_error(map))
     }
 
@@ -202,17 +185,13 @@ impl Datapath {
     /// error) are swapped one by one. Each ring is swapped whole, as in [`Self::swap_ring`];
     /// on return, no program run holds an old ring of those swapped.
     pub fn swap_rings(&mut self, rings: &[(u32, PreparedRing)]) -> Vec<Result<()>> {
-        let map = names::RINGS;
-        let done = match self.map(map) {
-            Ok(Map::ArrayOfMaps(data)) => swap_batch(data, rings).unwrap_or_else(|(done, _)| {
-                if done > 0 {
-                    // The kernel may skip its wait when a batch fails part-way.
-                    wait_for_program_runs();
-                }
-                done
-            }),
-            _ => 0,
-        };
+        let done = swap_batch(self.maps.rings_fd.as_fd(), rings).unwrap_or_else(|(done, _)| {
+            if done > 0 {
+                // The kernel may skip its wait when a batch fails part-way.
+                wait_for_program_runs();
+            }
+            done
+        });
         let mut results: Vec<Result<()>> = (0..done).map(|_| Ok(())).collect();
         for (vip, ring) in &rings[done..] {
             results.push(self.swap_ring(*vip, ring));
@@ -223,7 +202,7 @@ impl Datapath {
     /// The kernel's id of the ring map VIP `vip` uses now (`None`: no ring).
     pub fn ring_map_id(&mut self, vip: u32) -> Result<Option<u32>> {
         let map = names::RINGS;
-        let rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        let rings = &self.maps.rings;
         match rings.get(&vip, 0) {
             Ok(inner) => Ok(Some(inner.info().map_err(map_error(map))?.id())),
             Err(MapError::KeyNotFound) => Ok(None),
@@ -234,7 +213,7 @@ impl Datapath {
     /// The ring of VIP `vip` as the kernel currently uses it (`None`: no ring).
     pub fn ring(&mut self, vip: u32) -> Result<Option<Vec<u32>>> {
         let map = names::RINGS;
-        let rings: ArrayOfMaps<_, MapData> = self.typed(map)?;
+        let rings = &self.maps.rings;
         // The slot gives the inner map's id, which is then opened: an agent swapping the ring
         // in between frees the old map, and the open fails. The slot then names the new one.
         let mut attempts = 0;
@@ -254,7 +233,7 @@ impl Datapath {
     /// Lets `XDP_REDIRECT` send to interface `ifindex`.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
         let map = names::TX_PORTS;
-        let mut ports: DevMapHash<_> = self.typed(map)?;
+        let ports = &mut self.maps.tx_ports;
         ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| DatapathError::DevMap { map, source })
@@ -263,28 +242,25 @@ impl Datapath {
     /// Adds a local address the `decap` program strips tunnels for.
     pub fn add_decap_address(&mut self, key: &DecapKey) -> Result<()> {
         let map = names::DECAP_ADDRS;
-        let mut addrs: HashMap<_, DecapKey, u8> = self.typed(map)?;
+        let addrs = &mut self.maps.decap(map)?.addresses;
         addrs.insert(key, 1, 0).map_err(map_error(map))
     }
 
     /// A global counter, summed over CPUs.
     pub fn counter(&mut self, counter: Counter) -> Result<u64> {
-        sum_u64(self.map(names::STATS)?, names::STATS, counter as u32)
+        sum_u64(&self.maps.stats, names::STATS, counter as u32)
     }
 
     /// A `decap` counter, summed over CPUs.
     pub fn decap_counter(&mut self, counter: DecapCounter) -> Result<u64> {
-        sum_u64(
-            self.map(names::DECAP_STATS)?,
-            names::DECAP_STATS,
-            counter as u32,
-        )
+        let map = names::DECAP_STATS;
+        sum_u64(&self.maps.decap(map)?.stats, map, counter as u32)
     }
 
     /// Counters of VIP `vip`, summed over CPUs.
     pub fn vip_stats(&mut self, vip: u32) -> Result<VipStats> {
         let map = names::VIP_STATS;
-        let per_cpu = per_cpu::<VipStats>(self.map(map)?, map, vip)?;
+        let per_cpu = self.maps.vip_stats.get(&vip, 0).map_err(map_error(map))?;
         Ok(per_cpu.iter().fold(VipStats::default(), |sum, cpu| {
             let VipStats {
                 packets,
@@ -306,7 +282,11 @@ impl Datapath {
     /// Counters of backend `id`, summed over CPUs.
     pub fn backend_stats(&mut self, id: u32) -> Result<BackendStats> {
         let map = names::BACKEND_STATS;
-        let per_cpu = per_cpu::<BackendStats>(self.map(map)?, map, id)?;
+        let per_cpu = self
+            .maps
+            .backend_stats
+            .get(&id, 0)
+            .map_err(map_error(map))?;
         Ok(per_cpu.iter().fold(BackendStats::default(), |sum, cpu| {
             let BackendStats {
                 packets,
@@ -322,11 +302,8 @@ impl Datapath {
     }
 }
 
-fn per_cpu<V: aya::Pod>(map: &mut Map, name: &'static str, index: u32) -> Result<PerCpuValues<V>> {
-    let array: PerCpuArray<_, V> = PerCpuArray::try_from(map).map_err(map_error(name))?;
-    array.get(&index, 0).map_err(map_error(name))
-}
-
-fn sum_u64(map: &mut Map, name: &'static str, index: u32) -> Result<u64> {
-    Ok(per_cpu::<u64>(map, name, index)?.iter().sum())
+/// Entry `index` of the per-CPU counters `array` (called `name`), summed over CPUs.
+fn sum_u64(array: &PerCpuArray<MapData, u64>, name: &'static str, index: u32) -> Result<u64> {
+    let per_cpu = array.get(&index, 0).map_err(map_error(name))?;
+    Ok(per_cpu.iter().sum())
 }

@@ -6,6 +6,7 @@ mod clock;
 mod decap;
 mod error;
 mod flows;
+mod handles;
 pub mod layout;
 mod loads;
 mod mapping;
@@ -18,7 +19,7 @@ mod vip_index;
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Map, MapData, MapError},
+    maps::{Map, MapData},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -168,8 +169,8 @@ pub struct Attachment {
 pub struct Datapath {
     /// The loaded object (programs); `None` when only pinned maps were opened.
     ebpf: Option<aya::Ebpf>,
-    /// Every map, by name, taken out of the object (or opened from pins).
-    maps: std::collections::HashMap<&'static str, Map>,
+    /// Every map, typed once, taken out of the object (or opened from pins).
+    maps: handles::BalancerMaps,
     pin_dir: Option<PathBuf>,
     /// The writer of the VIP index, opened on first use (loading opens it, so the index of
     /// maps from a previous agent, or new maps beside its `VIPS`, is right before any program
@@ -263,7 +264,7 @@ impl Datapath {
         }
         let mut datapath = Self {
             ebpf: Some(ebpf),
-            maps,
+            maps: handles::BalancerMaps::new(maps)?,
             pin_dir: options.pin_dir.clone(),
             vip_index: None,
             origin,
@@ -314,7 +315,7 @@ impl Datapath {
         }
         Ok(Self {
             ebpf: None,
-            maps,
+            maps: handles::BalancerMaps::new(maps)?,
             pin_dir: Some(dir.to_path_buf()),
             vip_index: None,
             origin: Origin::Adopted,
@@ -479,20 +480,6 @@ impl Datapath {
             return Ok(());
         };
         remove_pins(&dir)
-    }
-
-    fn map(&mut self, map: &'static str) -> Result<&mut Map> {
-        self.maps
-            .get_mut(map)
-            .ok_or(DatapathError::MissingMap { map })
-    }
-
-    /// `map` as the typed aya handle `T` (`Array`, `HashMap`, ...).
-    fn typed<'a, T>(&'a mut self, map: &'static str) -> Result<T>
-    where
-        T: TryFrom<&'a mut Map, Error = MapError>,
-    {
-        T::try_from(self.map(map)?).map_err(map_error(map))
     }
 }
 

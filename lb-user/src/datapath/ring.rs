@@ -2,7 +2,7 @@
 //! the same way (one copy instead of a syscall per slot).
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     sync::atomic::Ordering,
 };
 
@@ -83,7 +83,7 @@ struct BatchAttr {
 /// many were updated: all of them, or on an error how many the kernel got through first (the
 /// kernel updates in order and reports that count).
 pub(super) fn swap_batch(
-    rings: &MapData,
+    rings: BorrowedFd<'_>,
     prepared: &[(u32, PreparedRing)],
 ) -> Result<usize, (usize, std::io::Error)> {
     if prepared.is_empty() {
@@ -99,7 +99,7 @@ pub(super) fn swap_batch(
         keys: keys.as_ptr() as u64,
         values: fds.as_ptr() as u64,
         count,
-        map_fd: rings.fd().as_fd().as_raw_fd() as u32,
+        map_fd: rings.as_raw_fd() as u32,
         ..BatchAttr::default()
     };
     // SAFETY: `attr` is a valid `bpf_attr` batch member of the size passed; `keys` and `fds`
