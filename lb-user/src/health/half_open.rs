@@ -19,9 +19,9 @@
 use std::{
     collections::HashMap,
     io,
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    mem::{size_of, MaybeUninit},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
@@ -29,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 use tokio::{io::unix::AsyncFd, sync::oneshot, time::Instant};
 
 use super::{
@@ -174,10 +175,10 @@ impl std::fmt::Debug for HalfOpen {
 }
 
 struct Inner {
-    v4: AsyncFd<OwnedFd>,
-    v6: Option<AsyncFd<OwnedFd>>,
+    v4: AsyncFd<Socket>,
+    v6: Option<AsyncFd<Socket>>,
     /// Hold [`Self::ports`] (bound, never listening).
-    _holders: Vec<OwnedFd>,
+    _holders: Vec<Socket>,
     ports: Vec<u16>,
     /// The next port to take, counted up.
     turn: AtomicUsize,
@@ -200,14 +201,14 @@ impl HalfOpen {
             holders.push(holder);
             ports.push(port);
         }
-        let v4 = registered(raw_socket(libc::AF_INET)?)?;
-        attach_filter(&v4, &ports, true)?;
-        let v6 = match raw_socket(libc::AF_INET6) {
+        let v4 = raw_socket(Domain::IPV4)?;
+        v4.attach_filter(&filter_program(&ports, true))?;
+        let v4 = registered(v4)?;
+        let v6 = match raw_socket(Domain::IPV6) {
             Ok(socket) => {
-                set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
-                let socket = registered(socket)?;
-                attach_filter(&socket, &ports, false)?;
-                Some(socket)
+                kernel_checksums(&socket)?;
+                socket.attach_filter(&filter_program(&ports, false))?;
+                Some(registered(socket)?)
             }
             Err(error) if error.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
             Err(error) => return Err(error),
@@ -303,26 +304,13 @@ impl Inner {
             SocketAddr::V4(to) => {
                 let source = self.source_v4(*to.ip())?;
                 let segment = syn_segment(Some(source), port, backend, seq);
-                let to = SocketAddrV4::new(*to.ip(), 0);
-                send_to(
-                    &self.v4,
-                    &segment,
-                    &sockaddr_v4(&to),
-                    size_of::<libc::sockaddr_in>(),
-                )
+                send_to(&self.v4, &segment, backend)
             }
-            SocketAddr::V6(to) => {
+            SocketAddr::V6(_) => {
                 let Some(v6) = &self.v6 else {
                     return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
                 };
-                let segment = syn_segment(None, port, backend, seq);
-                let to = SocketAddrV6::new(*to.ip(), 0, 0, to.scope_id());
-                send_to(
-                    v6,
-                    &segment,
-                    &sockaddr_v6(&to),
-                    size_of::<libc::sockaddr_in6>(),
-                )
+                send_to(v6, &syn_segment(None, port, backend, seq), backend)
             }
         }
     }
@@ -351,17 +339,19 @@ async fn read_replies(inner: Arc<Inner>, v6: bool) {
     let Some(socket) = socket else {
         return;
     };
-    let mut buffer = [0u8; 128];
+    let mut buffer = [MaybeUninit::<u8>::uninit(); 128];
     loop {
         let Ok(mut ready) = socket.readable().await else {
             return;
         };
         loop {
-            match ready.try_io(|fd| recv_from(fd, &mut buffer)) {
+            match ready.try_io(|socket| socket.get_ref().recv_from(&mut buffer)) {
                 Ok(Ok((len, from))) => {
-                    let packet = &buffer[..len];
-                    let reply = match from {
-                        Some(from) if v6 => parse_reply(from, packet),
+                    // SAFETY: recv_from initialised the first `len` bytes of `buffer`.
+                    let packet =
+                        unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), len) };
+                    let reply = match from.as_socket() {
+                        Some(from) if v6 => parse_reply(from.ip(), packet),
                         _ => parse_reply_v4(packet),
                     };
                     if let Some(reply) = reply {
@@ -377,156 +367,31 @@ async fn read_replies(inner: Arc<Inner>, v6: bool) {
 }
 
 /// `socket` registered with the current runtime, for reading.
-fn registered(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an `OwnedFd` is a valid open descriptor that the `AsyncFd` owns, and so keeps
-    // open and unchanged, until it is dropped.
+fn registered(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: a `Socket` owns a valid open descriptor; the `AsyncFd` owns the socket, and so
+    // keeps the descriptor open and unchanged, until it is dropped.
     unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
 }
 
-/// A raw TCP socket of `family`, non-blocking.
-fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; a non-negative result is a new descriptor
-    // that nothing else owns.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A raw TCP socket of `domain`, non-blocking.
+fn raw_socket(domain: Domain) -> io::Result<Socket> {
+    let socket = Socket::new(domain, Type::RAW, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
-/// A TCP socket bound to a port the kernel picks (on both families where IPv6 exists), never
-/// listening: the port is then never given to a connection. The socket and its port.
-fn hold_port() -> io::Result<(OwnedFd, u16)> {
-    for family in [libc::AF_INET6, libc::AF_INET] {
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            let error = io::Error::last_os_error();
-            if family == libc::AF_INET6 && error.raw_os_error() == Some(libc::EAFNOSUPPORT) {
-                continue;
-            }
-            return Err(error);
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let bound = if family == libc::AF_INET6 {
-            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-            let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0);
-            bind(&socket, &sockaddr_v6(&any), size_of::<libc::sockaddr_in6>())
-        } else {
-            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-            bind(&socket, &sockaddr_v4(&any), size_of::<libc::sockaddr_in>())
-        };
-        bound?;
-        let port = local_port(&socket)?;
-        return Ok((socket, port));
-    }
-    Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
-}
-
-fn sockaddr_v4(address: &SocketAddrV4) -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-    let sin =
-        unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    // Raw sockets read a protocol, not a port, there (0: the socket's); the destination
-    // port is in the TCP header.
-    sin.sin_port = address.port().to_be();
-    sin.sin_addr.s_addr = u32::from_ne_bytes(address.ip().octets());
-    storage
-}
-
-fn sockaddr_v6(address: &SocketAddrV6) -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-    let sin6 =
-        unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-    sin6.sin6_port = address.port().to_be();
-    sin6.sin6_addr.s6_addr = address.ip().octets();
-    sin6.sin6_scope_id = address.scope_id();
-    storage
-}
-
-fn bind(socket: &OwnedFd, address: &libc::sockaddr_storage, len: usize) -> io::Result<()> {
-    // SAFETY: `address` holds a socket address of `len` bytes and outlives the call.
-    let result = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (address as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn local_port(socket: &OwnedFd) -> io::Result<u16> {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` has room for `len` bytes; the kernel writes at most that.
-    let result = unsafe {
-        libc::getsockname(
-            socket.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket_address(&storage).map_or(0, |address| address.port()))
-}
-
-/// The address in `storage`, if it holds an IPv4 or IPv6 one.
-fn socket_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says `storage` holds a sockaddr_in.
-            let sin =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says `storage` holds a sockaddr_in6.
-            let sin6 = unsafe {
-                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
-        }
-        _ => None,
-    }
-}
-
-fn set_int(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `value` is a c_int that outlives the call; its size is passed.
+/// Lets the kernel fill in the TCP checksum of what an IPv6 raw socket sends (`IPV6_CHECKSUM`
+/// at the checksum's offset in the TCP header; IPv4 raw sockets have no such option).
+fn kernel_checksums(socket: &Socket) -> io::Result<()> {
+    const CHECKSUM_OFFSET: libc::c_int = 16;
+    // SAFETY: the value is a c_int that outlives the call, and its size is passed.
     let result = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_CHECKSUM,
+            (&CHECKSUM_OFFSET as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -536,58 +401,39 @@ fn set_int(
     Ok(())
 }
 
-fn send_to(
-    socket: &AsyncFd<OwnedFd>,
-    segment: &[u8],
-    address: &libc::sockaddr_storage,
-    len: usize,
-) -> io::Result<()> {
-    // SAFETY: `segment` and `address` (of `len` bytes) outlive the call.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            segment.as_ptr().cast(),
-            segment.len(),
-            0,
-            (address as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
+/// A TCP socket bound to a port the kernel picks (for both families where IPv6 exists), never
+/// listening: the port is then never given to a connection. The socket and its port.
+fn hold_port() -> io::Result<(Socket, u16)> {
+    let socket = match Socket::new(Domain::IPV6, Type::STREAM, None) {
+        Ok(socket) => {
+            socket.set_only_v6(false)?;
+            socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?;
+            socket
+        }
+        Err(error) if error.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+            socket
+        }
+        Err(error) => return Err(error),
     };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .map_or(0, |address| address.port());
+    Ok((socket, port))
 }
 
-/// One datagram off `socket` into `buffer`: its length and who sent it.
-fn recv_from(socket: &AsyncFd<OwnedFd>, buffer: &mut [u8]) -> io::Result<(usize, Option<IpAddr>)> {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `buffer` has room for its length and `storage` for `len` bytes; the kernel
-    // writes at most those.
-    let read = unsafe {
-        libc::recvfrom(
-            socket.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            0,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if read < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((
-        read as usize,
-        socket_address(&storage).map(|address| address.ip()),
-    ))
+/// Sends `segment` to `to`'s address (its port is in the segment: raw sockets read the
+/// protocol, not a port, from the address).
+fn send_to(socket: &AsyncFd<Socket>, segment: &[u8], to: SocketAddr) -> io::Result<()> {
+    let to = SockAddr::from(SocketAddr::new(to.ip(), 0));
+    socket.get_ref().send_to(segment, &to).map(drop)
 }
 
 /// The classic BPF program passing only SYN-ACKs and RSTs to `ports`: from the IP header on
 /// for IPv4 raw sockets, from the TCP header on for IPv6 ones.
-fn filter_program(ports: &[u16], from_ip_header: bool) -> Vec<libc::sock_filter> {
+fn filter_program(ports: &[u16], from_ip_header: bool) -> Vec<SockFilter> {
     const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
     const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
     const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
@@ -596,53 +442,30 @@ fn filter_program(ports: &[u16], from_ip_header: bool) -> Vec<libc::sock_filter>
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let mut program = Vec::new();
     let (load_h, load_b) = if from_ip_header {
         // X = the IPv4 header's length.
-        program.push(op(LDX_MSH, 0, 0, 0));
+        program.push(SockFilter::new(LDX_MSH, 0, 0, 0));
         (LD_H_IND, LD_B_IND)
     } else {
         (LD_H_ABS, LD_B_ABS)
     };
     // The destination port: one of ours, else drop.
-    program.push(op(load_h, 0, 0, 2));
+    program.push(SockFilter::new(load_h, 0, 0, 2));
     let count = ports.len() as u8;
     for (i, port) in ports.iter().enumerate() {
         // On a match, jump past the other comparisons and the drop after them.
         let past = count - i as u8;
-        program.push(op(JEQ, past, 0, u32::from(*port)));
+        program.push(SockFilter::new(JEQ, past, 0, u32::from(*port)));
     }
-    program.push(op(RET, 0, 0, 0));
+    program.push(SockFilter::new(RET, 0, 0, 0));
     // The flags: an ACK, with SYN or RST.
-    program.push(op(load_b, 0, 0, 13));
-    program.push(op(JSET, 0, 2, u32::from(ACK)));
-    program.push(op(JSET, 0, 1, u32::from(SYN | RST)));
-    program.push(op(RET, 0, 0, u32::from(u16::MAX)));
-    program.push(op(RET, 0, 0, 0));
+    program.push(SockFilter::new(load_b, 0, 0, 13));
+    program.push(SockFilter::new(JSET, 0, 2, u32::from(ACK)));
+    program.push(SockFilter::new(JSET, 0, 1, u32::from(SYN | RST)));
+    program.push(SockFilter::new(RET, 0, 0, u32::from(u16::MAX)));
+    program.push(SockFilter::new(RET, 0, 0, 0));
     program
-}
-
-fn attach_filter(socket: &AsyncFd<OwnedFd>, ports: &[u16], from_ip_header: bool) -> io::Result<()> {
-    let program = filter_program(ports, from_ip_header);
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_ptr().cast_mut(),
-    };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
