@@ -237,14 +237,23 @@ impl HalfOpen {
         let inner = &self.inner;
         let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
         let port = inner.ports[turn % inner.ports.len()];
-        let seq: u32 = rand::random();
-        let awaited = Awaited {
-            backend,
-            port,
-            ack: seq.wrapping_add(1),
-        };
         let (answered, answer) = oneshot::channel();
-        inner.awaited().insert(awaited, answered);
+        // A sequence number no other check of this backend on this port awaits.
+        let (seq, awaited) = {
+            let mut waiting = inner.awaited();
+            loop {
+                let seq: u32 = rand::random();
+                let awaited = Awaited {
+                    backend,
+                    port,
+                    ack: seq.wrapping_add(1),
+                };
+                if let std::collections::hash_map::Entry::Vacant(entry) = waiting.entry(awaited) {
+                    entry.insert(answered);
+                    break (seq, awaited);
+                }
+            }
+        };
         let mut answer = std::pin::pin!(answer);
         let deadline = start + timeout;
         let mut wait = FIRST_RESEND;
@@ -258,13 +267,16 @@ impl HalfOpen {
                 Ok(Ok(Answer::Refuses)) => {
                     break CheckResult::failure(start.elapsed(), "connection refused".to_owned())
                 }
-                Ok(Err(_)) | Err(_) if resend >= deadline => {
+                // Nothing yet: the SYN again, unless the time is up.
+                Err(_) if resend < deadline => wait *= 2,
+                // The time is up. (The channel cannot close unanswered: its only sender is in
+                // the entry this check added.)
+                Ok(Err(_)) | Err(_) => {
                     if let IpAddr::V4(address) = backend.ip() {
                         inner.sources().remove(&address);
                     }
                     break CheckResult::failure(start.elapsed(), timed_out(timeout));
                 }
-                Ok(Err(_)) | Err(_) => wait *= 2,
             }
         };
         inner.awaited().remove(&awaited);
