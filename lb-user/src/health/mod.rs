@@ -3,7 +3,8 @@
 //! A check opens a TCP connection to the backend's health port within the timeout:
 //!
 //! - a **TCP** check ([`check_tcp`]) passes once the connection is established and closes it
-//!   right away;
+//!   right away; of a backend's own address it is half-open where raw sockets can be opened
+//!   ([`HalfOpen`]: a SYN, passed by the SYN-ACK), unless its type is `tcp-connect`;
 //! - an **HTTP** check ([`check_http`]) sends `GET path HTTP/1.1` and passes if the status
 //!   line arrives in time with an accepted code ([`crate::config::HttpCheck::accepts`]).
 //!
