@@ -67,6 +67,10 @@ pub struct Snapshot {
     /// Packets of untracked connections sent with a second-chance hop.
     #[serde(default)]
     pub second_chance_hops: u64,
+    /// TCP checks of backends' own addresses are half-open (false: they connect, for want of
+    /// raw sockets).
+    #[serde(default)]
+    pub half_open_checks: bool,
     /// VIPs.
     pub vips: Vec<VipStatus>,
 }

@@ -457,4 +457,46 @@ fn checks_of_backends_own_addresses_are_half_open() {
         .map(|&i| passive_opens(&lab, i) - after[i])
         .sum();
     assert!(served >= 10, "{served} connections counted for 10 clients");
+    assert_eq!(lab.status_json()["agent"]["tcp_checks"], "half-open");
+}
+
+/// Without `CAP_NET_RAW` the same checks connect: the agent says so at start-up and in its
+/// status, the backends come up, and their hosts complete a connection for every check.
+#[test]
+fn without_raw_sockets_tcp_checks_connect() {
+    let lab = AgentLab::new("connectchk");
+    let text =
+        lab.config_text_with_health(&[1, 1, 1], "", "target = \"backend\"", &lab.files.state_dir);
+    lab.files.write_config(&text);
+    let before: Vec<u64> = (0..3).map(|i| passive_opens(&lab, i)).collect();
+    let _agent = AgentProcess::start_without_raw_sockets(&lab.lan.host(1).ns, &lab.files);
+    assert!(
+        lab.files
+            .wait_log("datapath attached", 1, Duration::from_secs(15)),
+        "the agent never attached:\n{}",
+        lab.files.log_text()
+    );
+    assert!(
+        wait_every(Duration::from_secs(10), Duration::from_millis(20), || {
+            lab.files.backends_up() == 3
+        })
+        .is_some(),
+        "the backends never came up:\n{}",
+        lab.files.log_text()
+    );
+    let log = lab.files.log_text();
+    assert!(
+        log.contains(
+            "TCP checks connect, a socket each: raw sockets for half-open checks are unavailable"
+        ),
+        "{log}"
+    );
+    assert_eq!(lab.status_json()["agent"]["tcp_checks"], "connect");
+    for (i, before) in before.iter().enumerate() {
+        assert!(
+            passive_opens(&lab, i) > *before,
+            "b{}'s host completed no connection for its checks",
+            i + 1
+        );
+    }
 }

@@ -269,6 +269,11 @@ impl Checkers {
         }
     }
 
+    /// Whether TCP checks of backends' own addresses are half-open (else they connect).
+    pub fn half_open_checks(&self) -> bool {
+        self.half_open.is_some()
+    }
+
     /// When the last first check paced so far is due.
     pub fn last_first_check(&self) -> tokio::time::Instant {
         self.next_first_check

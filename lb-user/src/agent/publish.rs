@@ -43,6 +43,7 @@ impl Agent {
                 .map(|(counter, count)| (counter.name().to_owned(), *count))
                 .collect(),
             second_chance_hops: self.second_chance.hops_carried(),
+            half_open_checks: self.checkers.half_open_checks(),
             vips: self
                 .vips
                 .values()
@@ -372,6 +373,7 @@ mod tests {
             stopping: false,
             check_packets: Default::default(),
             second_chance_hops: 0,
+            half_open_checks: true,
             vips: Vec::new(),
         }
     }

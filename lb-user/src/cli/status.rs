@@ -59,6 +59,9 @@ pub struct AgentStatus {
     pub check_packets: BTreeMap<String, u64>,
     /// Packets of untracked connections sent with a second-chance hop.
     pub second_chance_hops: u64,
+    /// How TCP checks of backends' own addresses go: `half-open` (a SYN from a raw socket) or
+    /// `connect` (without `CAP_NET_RAW`).
+    pub tcp_checks: &'static str,
 }
 
 /// One VIP's status.
@@ -310,6 +313,11 @@ pub fn status(view: &mut View, routes: Option<&BTreeSet<IpAddr>>) -> Result<Stat
         updated_unix_ms: s.updated_unix_ms,
         check_packets: s.check_packets.clone(),
         second_chance_hops: s.second_chance_hops,
+        tcp_checks: if s.half_open_checks {
+            "half-open"
+        } else {
+            "connect"
+        },
     });
     Ok(Status {
         attached: view.attached,
@@ -509,6 +517,7 @@ mod tests {
                 updated_unix_ms: 0,
                 check_packets: BTreeMap::new(),
                 second_chance_hops: 0,
+                tcp_checks: "half-open",
             }),
             vips: servable
                 .iter()

@@ -153,6 +153,20 @@ impl AgentProcess {
         }
     }
 
+    /// [`Self::start`] without `CAP_NET_RAW` (out of its bounding set, as a unit that does not
+    /// grant it): no raw sockets.
+    pub fn start_without_raw_sockets(ns: &Netns, files: &AgentFiles) -> Self {
+        let mut command = logged(ns.command("setpriv"), &files.log);
+        command
+            .args(["--bounding-set=-net_raw", "--"])
+            .arg(lb_binary())
+            .args(["run", "--config"])
+            .arg(&files.config);
+        Self {
+            child: command.spawn().expect("spawn setpriv lb run"),
+        }
+    }
+
     /// Starts `lb run --fresh-state --config <files.config>` in `ns`: the pinned maps are
     /// recreated (every tracked flow forgotten), the link kept.
     pub fn start_fresh(ns: &Netns, files: &AgentFiles) -> Self {
@@ -216,8 +230,12 @@ impl AgentProcess {
 /// `lb` inside `ns`'s network namespace (only: /sys/fs/bpf stays the test's), logging at info
 /// level to `log` (appended).
 fn lb_command(ns: &Netns, log: &Path) -> Command {
+    logged(ns.command(lb_binary()), log)
+}
+
+/// `command` logging at info level to `log` (appended), with nothing on its input.
+fn logged(mut command: Command, log: &Path) -> Command {
     let log = open_log(log);
-    let mut command = ns.command(lb_binary());
     command
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
