@@ -13,8 +13,9 @@
 //! that no connection of this host gets one of them; a socket filter passes the raw sockets
 //! only SYN-ACKs and RSTs to those ports. A reply is matched to its check by the backend's
 //! address and port, our port, and its acknowledgement number (the check's random sequence
-//! number plus one). A SYN is sent again after 1 s and then at doubling intervals, as a
-//! connect would, while the timeout allows.
+//! number plus one). The SYN is sent again halfway through the timeout (at most 1 s after
+//! the first, a connect's initial RTO), then at doubling intervals: a lost SYN or SYN-ACK
+//! does not fail a check that has time left.
 
 use std::{
     collections::HashMap,
@@ -42,8 +43,16 @@ use super::{
 /// 4-tuple would answer a new SYN on it with its old sequence numbers).
 pub const SOURCE_PORTS: usize = 8;
 
-/// The first wait for a reply before the SYN is sent again (a connect's initial RTO).
+/// The longest first wait for a reply before the SYN is sent again (a connect's initial
+/// RTO).
 const FIRST_RESEND: Duration = Duration::from_secs(1);
+
+/// How long a check waits for a reply before it sends its SYN again: half its timeout, at
+/// most [`FIRST_RESEND`], so that one lost packet (a full queue, a busy ring) does not fail a
+/// check that has time for another try.
+fn first_resend(timeout: Duration) -> Duration {
+    (timeout / 2).min(FIRST_RESEND)
+}
 
 /// TCP flags.
 const FIN: u8 = 0x01;
@@ -256,7 +265,7 @@ impl HalfOpen {
         };
         let mut answer = std::pin::pin!(answer);
         let deadline = start + timeout;
-        let mut wait = FIRST_RESEND;
+        let mut wait = first_resend(timeout);
         let result = loop {
             if let Err(error) = inner.send_syn(backend, port, seq) {
                 break CheckResult::failure(start.elapsed(), describe_io_error(&error));
@@ -624,6 +633,38 @@ mod tests {
         assert_eq!(result.error.as_deref(), Some("timed out after 100ms"));
         assert!(checks.inner.sources().is_empty());
         assert!(checks.inner.awaited().is_empty());
+    }
+
+    /// The first SYN meets a full accept queue and is dropped; room is made 100 ms later, and
+    /// the SYN sent again halfway through the timeout is answered: the check passes.
+    #[test]
+    fn a_lost_syn_is_sent_again_within_the_timeout() {
+        assert_eq!(
+            first_resend(Duration::from_millis(500)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(first_resend(Duration::from_secs(5)), FIRST_RESEND);
+        let runtime = runtime();
+        let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
+        let result = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.1:0".parse().expect("address"))
+                .expect("bind");
+            let listener = socket.listen(0).expect("listen");
+            let open = listener.local_addr().expect("address");
+            let full = tokio::net::TcpStream::connect(open).await.expect("connect");
+            let make_room = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                listener.accept().await.expect("accept")
+            };
+            let (result, _accepted) =
+                tokio::join!(checks.check(open, Duration::from_millis(500)), make_room);
+            drop(full);
+            result
+        });
+        assert!(result.ok, "{result:?}");
+        assert!(result.latency >= Duration::from_millis(250), "{result:?}");
     }
 
     #[test]
