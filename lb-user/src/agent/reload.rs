@@ -101,9 +101,19 @@ impl Agent {
             Ok(summary) => tracing::info!("reloaded ({why}): {summary}"),
             Err(error) => tracing::error!("reload ({why}) failed part-way: {error:#}"),
         }
+        // What reading and comparing the file took is free again.
+        super::return_free_memory();
+        // Results already queued, such as the first checks of backends this reload added (a
+        // millisecond on a LAN), reach the rings now, not after the snapshot is written (only
+        // those: a steady stream of results must not hold the reload's snapshot back).
+        for _ in 0..self.events.len() {
+            let Ok(results) = self.events.try_recv() else {
+                break;
+            };
+            self.on_health_events(results).await;
+        }
         self.reconcile_announcements().await;
         self.publish();
-        super::return_free_memory();
     }
 
     /// Applies a new, valid configuration as a diff against the running one.
