@@ -610,6 +610,19 @@ mod tests {
         assert!(checks.inner.awaited().is_empty(), "nothing left waiting");
     }
 
+    /// A loopback listener with room for one connection, and that connection, which fills its
+    /// accept queue: until it is accepted, the kernel drops SYNs to the listener unanswered.
+    async fn full_listener() -> (tokio::net::TcpListener, tokio::net::TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let open = listener.local_addr().expect("address");
+        let full = tokio::net::TcpStream::connect(open).await.expect("connect");
+        (listener, full)
+    }
+
     /// A listener whose accept queue is full drops SYNs without a word: the check times out
     /// (a connecting check would too), and the source found for it is looked up again next
     /// time.
@@ -618,14 +631,8 @@ mod tests {
         let runtime = runtime();
         let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
         let (result, _full) = runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket
-                .bind("127.0.0.1:0".parse().expect("address"))
-                .expect("bind");
-            // Room for one connection, which the test never accepts.
-            let listener = socket.listen(0).expect("listen");
+            let (listener, full) = full_listener().await;
             let open = listener.local_addr().expect("address");
-            let full = tokio::net::TcpStream::connect(open).await.expect("connect");
             let timeout = Duration::from_millis(100);
             (checks.check(open, timeout).await, (full, listener))
         });
@@ -647,13 +654,8 @@ mod tests {
         let runtime = runtime();
         let checks = HalfOpen::open(runtime.handle()).expect("raw sockets (run as root)");
         let result = runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket
-                .bind("127.0.0.1:0".parse().expect("address"))
-                .expect("bind");
-            let listener = socket.listen(0).expect("listen");
+            let (listener, full) = full_listener().await;
             let open = listener.local_addr().expect("address");
-            let full = tokio::net::TcpStream::connect(open).await.expect("connect");
             let make_room = async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 listener.accept().await.expect("accept")
