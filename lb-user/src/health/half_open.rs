@@ -30,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+use etherparse::{IpNumber, Ipv4HeaderSlice, TcpHeader, TcpHeaderSlice};
 use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 use tokio::{io::unix::AsyncFd, sync::oneshot, time::Instant};
 
@@ -54,14 +55,10 @@ fn first_resend(timeout: Duration) -> Duration {
     (timeout / 2).min(FIRST_RESEND)
 }
 
-/// TCP flags.
-const FIN: u8 = 0x01;
+/// TCP flags (for the socket filter, which reads them as bits).
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
-
-/// The TCP header of a SYN: 20 bytes, no options.
-const SYN_LEN: usize = 20;
 
 /// The window a SYN offers.
 const WINDOW: u16 = 64240;
@@ -104,69 +101,46 @@ pub fn syn_segment(
     from_port: u16,
     to: SocketAddr,
     seq: u32,
-) -> [u8; SYN_LEN] {
-    let mut segment = [0u8; SYN_LEN];
-    segment[0..2].copy_from_slice(&from_port.to_be_bytes());
-    segment[2..4].copy_from_slice(&to.port().to_be_bytes());
-    segment[4..8].copy_from_slice(&seq.to_be_bytes());
-    // Acknowledgement number 0; data offset 5 words.
-    segment[12] = 5 << 4;
-    segment[13] = SYN;
-    segment[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+) -> [u8; TcpHeader::MIN_LEN] {
+    let mut header = TcpHeader::new(from_port, to.port(), seq, WINDOW);
+    header.syn = true;
     if let (Some(source), IpAddr::V4(destination)) = (source, to.ip()) {
-        let checksum = tcp_checksum_v4(source, destination, &segment);
-        segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+        // No payload: the length always fits.
+        header.checksum = header
+            .calc_checksum_ipv4_raw(source.octets(), destination.octets(), &[])
+            .unwrap_or_default();
     }
+    // No options: the minimal 20 bytes, on the stack (one header a check, no allocation).
+    let mut segment = [0; TcpHeader::MIN_LEN];
+    segment.copy_from_slice(&header.to_bytes());
     segment
 }
 
-/// The TCP checksum of `segment` (its checksum field zero) between two IPv4 addresses.
-fn tcp_checksum_v4(source: Ipv4Addr, destination: Ipv4Addr, segment: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let high = u32::from(pair[0]) << 8;
-            let low = pair.get(1).copied().map_or(0, u32::from);
-            sum += high | low;
-        }
-    };
-    add(&source.octets());
-    add(&destination.octets());
-    add(&[0, 6]);
-    add(&(segment.len() as u16).to_be_bytes());
-    add(segment);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The reply in `segment` (a TCP header) from `from`, if it is a SYN-ACK or a RST with an
-/// acknowledgement.
+/// The reply in `segment` (from the TCP header on) from `from`, if it is a SYN-ACK or a RST
+/// with an acknowledgement.
 pub fn parse_reply(from: IpAddr, segment: &[u8]) -> Option<Reply> {
-    let header = segment.get(..SYN_LEN)?;
-    let flags = header[13];
-    let answer = match flags & (SYN | RST | ACK | FIN) {
-        f if f == SYN | ACK => Answer::Accepts,
-        f if f & (RST | ACK) == RST | ACK => Answer::Refuses,
+    let header = TcpHeaderSlice::from_slice(segment).ok()?;
+    let answer = match (header.syn(), header.ack(), header.rst(), header.fin()) {
+        (true, true, false, false) => Answer::Accepts,
+        (_, true, true, _) => Answer::Refuses,
         _ => return None,
     };
     Some(Reply {
-        from: SocketAddr::new(from, u16::from_be_bytes([header[0], header[1]])),
-        to_port: u16::from_be_bytes([header[2], header[3]]),
-        ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
+        from: SocketAddr::new(from, header.source_port()),
+        to_port: header.destination_port(),
+        ack: header.acknowledgment_number(),
         answer,
     })
 }
 
 /// The reply in `packet` as an IPv4 raw socket reads it (from the IP header on).
 pub fn parse_reply_v4(packet: &[u8]) -> Option<Reply> {
-    let header_len = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.first()? >> 4 != 4 || *packet.get(9)? != 6 || header_len < 20 {
+    let header = Ipv4HeaderSlice::from_slice(packet).ok()?;
+    if header.protocol() != IpNumber::TCP {
         return None;
     }
-    let source: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-    parse_reply(IpAddr::from(source), packet.get(header_len..)?)
+    let segment = packet.get(header.slice().len()..)?;
+    parse_reply(IpAddr::V4(header.source_addr()), segment)
 }
 
 /// Checks that go out as SYNs from raw sockets; see the module's documentation.
@@ -497,7 +471,7 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_millis(500);
 
     #[test]
-    fn a_syn_carries_its_ports_sequence_and_a_checksum_that_sums_to_zero() {
+    fn a_syn_carries_its_ports_sequence_and_the_checksum_of_its_addresses() {
         let source = Ipv4Addr::new(10, 0, 0, 1);
         let to = SocketAddr::from(([10, 0, 0, 2], 8080));
         let segment = syn_segment(Some(source), 40000, to, 0xdead_beef);
@@ -507,8 +481,12 @@ mod tests {
         assert_eq!(segment[12] >> 4, 5, "20-byte header");
         assert_eq!(segment[13], SYN);
         assert_ne!(&segment[16..18], &[0, 0]);
-        // Summed with its checksum in, the segment checks out: the complement is 0.
-        assert_eq!(tcp_checksum_v4(source, *to_v4(&to).ip(), &segment), 0);
+        // The checksum is the segment's over the pseudo-header of `source` and `to`.
+        let (parsed, _) = TcpHeader::from_slice(&segment).expect("a TCP header");
+        let expected = parsed
+            .calc_checksum_ipv4_raw(source.octets(), to_v4(&to).ip().octets(), &[])
+            .expect("checksum");
+        assert_eq!(parsed.checksum, expected);
         // Another source gives another checksum.
         let other = syn_segment(Some(Ipv4Addr::new(10, 0, 0, 3)), 40000, to, 0xdead_beef);
         assert_ne!(segment[16..18], other[16..18]);
