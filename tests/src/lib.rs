@@ -14,3 +14,4 @@ pub mod container;
 pub mod deploy;
 pub mod netns;
 pub mod packet;
+pub mod proc_stat;

@@ -146,23 +146,10 @@ fn config(files: &AgentFiles, vips: usize, pool: Pool, added: bool) -> String {
 
 /// CPU time of process `pid`: (user, system).
 fn process_cpu(pid: u32) -> anyhow::Result<(Duration, Duration)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces): state is the first; utime and stime
-    // are the 12th and 13th after it.
-    let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // SAFETY: sysconf with a constant name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let [user, system] = fields[..] else {
-        anyhow::bail!("/proc/{pid}/stat: no utime and stime");
-    };
-    let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / hz);
-    Ok((time(user), time(system)))
+    let path = format!("/proc/{pid}/stat");
+    let stat = lb_tests::proc_stat::read(std::path::Path::new(&path))
+        .with_context(|| format!("{path}: no name, utime and stime"))?;
+    Ok((stat.user, stat.system))
 }
 
 /// Resident memory of process `pid`, in MB.

@@ -57,34 +57,21 @@ impl Lan {
     /// CPU time the switch ports' NAPI threads have used ([`Self::thread_switch_napi`]).
     pub fn napi_cpu(&self) -> std::time::Duration {
         let ports = self.ports();
-        let mut ticks = 0;
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some((name, after)) = stat
-                .split_once(" (")
-                .and_then(|(_, rest)| rest.rsplit_once(") "))
-            else {
-                continue;
-            };
-            // Named `napi/<device>-<id>`.
-            let ours = name
-                .strip_prefix("napi/")
-                .and_then(|rest| rest.rsplit_once('-'))
-                .is_some_and(|(device, _)| ports.iter().any(|port| port == device));
-            if ours {
-                ticks += after
-                    .split_whitespace()
-                    .skip(11)
-                    .take(2)
-                    .filter_map(|field| field.parse::<u64>().ok())
-                    .sum::<u64>();
-            }
-        }
-        // SAFETY: sysconf with a constant name.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        std::time::Duration::from_secs_f64(ticks as f64 / hz)
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| crate::proc_stat::read(&entry.path().join("stat")))
+            .filter(|thread| {
+                // Named `napi/<device>-<id>`.
+                thread
+                    .name
+                    .strip_prefix("napi/")
+                    .and_then(|rest| rest.rsplit_once('-'))
+                    .is_some_and(|(device, _)| ports.iter().any(|port| port == device))
+            })
+            .map(|thread| thread.user + thread.system)
+            .sum()
     }
 
     /// Frames the lab's veths have dropped on transmit, in every namespace: a veth whose peer
